@@ -1,0 +1,7 @@
+//! Vigil: a SIP B2BUA softswitch that keeps calls honest.
+//!
+//! Layers only look down: [`sip`] (codec) → `transaction` → `dialog`/`call` →
+//! session timers → policy. The protocol logic is sans-IO; the `daemon` module is
+//! the thin tokio shell that feeds it datagrams and timeouts.
+
+pub mod sip;

@@ -1,0 +1,29 @@
+//! Vigil's SIP codec: decoding, validation, typed headers and encoding of SIP
+//! messages (RFC 3261 §7, §19, §20, §25; RFC 4028 §4-5 for Session-Expires and
+//! Min-SE). It knows nothing of sockets, transactions or calls.
+//!
+//! Every other module sees SIP only through the types exported here. The codec is
+//! Vigil's own: `rsip` 0.4, which the project first meant to wrap, rewrites valid
+//! URIs when it prints them (an escaped or `;`-carrying user part such as
+//! `sip:+4930123;npdi@gw` loses its host), cannot parse IPv6 hosts, rejects folded
+//! headers and extension methods, and parses header values lazily. A B2BUA that
+//! relays carriers' numbers must reproduce them byte for byte, so this module keeps
+//! each part as written and validates everything on the way in. The boundary stays
+//! narrow so another codec could replace it.
+
+mod decode;
+mod header;
+mod message;
+mod text;
+mod typed;
+mod uri;
+
+pub use decode::{DecodeError, MAX_DATAGRAM, MAX_HEADERS, ReplyContext, decode};
+pub use header::{Header, HeaderName, Headers};
+pub use message::{ALLOWED_METHODS, Message, Request, Response, reason_phrase};
+pub use text::{Param, split_list};
+pub use typed::{
+    CSeq, MAGIC_COOKIE, MediaType, Method, MinSe, NameAddr, Refresher, SessionExpires, ValueError,
+    Via,
+};
+pub use uri::{Host, SipUri, Uri, UriError};
