@@ -4,4 +4,7 @@
 //! session timers → policy. The protocol logic is sans-IO; the `daemon` module is
 //! the thin tokio shell that feeds it datagrams and timeouts.
 
+pub mod config;
 pub mod sip;
+pub mod timer;
+pub mod transaction;

@@ -1,0 +1,657 @@
+//! The YAML configuration: its file format (serde, unknown keys rejected), the
+//! checks that span keys, and the validated [`Config`] the switch runs on.
+//!
+//! Every error names the file, the line and the key, because an operator editing a
+//! live switch's config at 3 a.m. should not have to guess. Loading is all-or-
+//! nothing: a [`Config`] only exists if every check passed, which is what lets a
+//! reload swap it in atomically.
+
+mod locate;
+
+use std::fmt;
+use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use ipnet::IpNet;
+use serde::Deserialize;
+
+use locate::LineIndex;
+
+/// A config that failed to load: every problem found, each with its place.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{file}: cannot read: {source}")]
+    Io {
+        file: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{}", .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n"))]
+    Invalid(Vec<ConfigProblem>),
+}
+
+/// One problem in a config file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigProblem {
+    pub file: PathBuf,
+    pub line: Option<usize>,
+    /// The key path in serde_yaml's notation, e.g. `trunks[1].route_to`.
+    pub key: String,
+    pub message: String,
+}
+
+impl fmt::Display for ConfigProblem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.line {
+            Some(line) => write!(f, "{}:{line}: ", self.file.display())?,
+            None => write!(f, "{}: ", self.file.display())?,
+        }
+        if self.key.is_empty() {
+            write!(f, "{}", self.message)
+        } else {
+            write!(f, "{}: {}", self.key, self.message)
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// The file format.
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    listen: Vec<ListenEntry>,
+    #[serde(default)]
+    trunks: Vec<FileTrunk>,
+    #[serde(default)]
+    routes: Vec<FileRoute>,
+    cdr: FileCdr,
+    #[serde(default)]
+    log: LogConfig,
+    #[serde(default)]
+    sip: SipConfig,
+}
+
+/// `"udp:IP:PORT"`, or `{ addr: "udp:IP:PORT", advertise: IP }` when the address
+/// to put in Via and Contact differs from the bound one (NAT, wildcard binds).
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum ListenEntry {
+    Plain(String),
+    Detailed {
+        addr: String,
+        #[serde(default)]
+        advertise: Option<IpAddr>,
+    },
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileTrunk {
+    name: String,
+    #[serde(default)]
+    inbound: Option<FileInbound>,
+    #[serde(default)]
+    outbound: Option<FileOutbound>,
+    #[serde(default)]
+    route_to: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileInbound {
+    from: Vec<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileOutbound {
+    to: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileRoute {
+    prefix: String,
+    trunk: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileCdr {
+    path: PathBuf,
+}
+
+/// `log:` — level is a tracing filter directive (`info`, `vigil=debug,warn`).
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct LogConfig {
+    #[serde(default = "default_log_level")]
+    pub level: String,
+    #[serde(default)]
+    pub format: LogFormat,
+}
+
+fn default_log_level() -> String {
+    "info".into()
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            level: default_log_level(),
+            format: LogFormat::Text,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+/// `sip:` — protocol knobs with carrier-friendly defaults.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct SipConfig {
+    /// Answer every request to the address and port it came from, as if it carried
+    /// `rport` (RFC 3581), like Kamailio's `force_rport()`. Devices behind NAT
+    /// rarely ask for it but always need it. `false` follows RFC 3261 §18.2.2
+    /// strictly for requests without `rport`.
+    #[serde(default = "yes")]
+    pub force_rport: bool,
+    /// Worker shards; each owns its calls outright. Default: one per CPU.
+    #[serde(default)]
+    pub workers: Option<usize>,
+    /// Seconds an outbound INVITE may ring unanswered before Vigil cancels it and
+    /// answers the caller 408 (RFC 3261 §16.6's Timer C plays this role for proxies).
+    #[serde(default = "default_max_ring_time")]
+    pub max_ring_time: u32,
+    /// Sent as `User-Agent` in requests and `Server` in responses; empty omits it.
+    #[serde(default = "default_user_agent")]
+    pub user_agent: String,
+}
+
+fn yes() -> bool {
+    true
+}
+
+fn default_max_ring_time() -> u32 {
+    180
+}
+
+fn default_user_agent() -> String {
+    "Vigil".into()
+}
+
+impl Default for SipConfig {
+    fn default() -> Self {
+        SipConfig {
+            force_rport: true,
+            workers: None,
+            max_ring_time: default_max_ring_time(),
+            user_agent: default_user_agent(),
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// The validated config.
+
+/// A validated configuration. Cheap to share (`Arc`), never mutated: a reload
+/// builds a new one.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub file: PathBuf,
+    pub listen: Vec<Listener>,
+    pub trunks: Vec<Trunk>,
+    pub routes: Vec<Route>,
+    pub cdr_path: PathBuf,
+    pub log: LogConfig,
+    pub sip: SipConfig,
+}
+
+/// A UDP socket to bind.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Listener {
+    pub bind: SocketAddr,
+    /// The IP written into Via and Contact; defaults to the bound IP, or for a
+    /// wildcard bind to the host's primary address (found at startup).
+    pub advertise: Option<IpAddr>,
+}
+
+/// A trunk: a peer that may send calls (`inbound`), receive them (`outbound`), or
+/// both.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Trunk {
+    pub name: Arc<str>,
+    /// Source networks whose INVITEs this trunk admits.
+    pub inbound_from: Vec<IpNet>,
+    /// Where calls routed to this trunk are sent (resolved at load).
+    pub outbound: Option<SocketAddr>,
+    /// Index into [`Config::trunks`] of the default outbound trunk.
+    pub route_to: Option<usize>,
+}
+
+/// A prefix route to an outbound trunk.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Route {
+    pub prefix: String,
+    pub trunk: usize,
+}
+
+impl Config {
+    /// Reads and validates a config file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io {
+            file: path.to_path_buf(),
+            source,
+        })?;
+        Config::parse(&text, path)
+    }
+
+    /// Validates config text; `file` is only used in error messages.
+    pub fn parse(text: &str, file: &Path) -> Result<Config, ConfigError> {
+        let raw: FileConfig = serde_yaml::from_str(text).map_err(|e| {
+            ConfigError::Invalid(vec![ConfigProblem {
+                file: file.to_path_buf(),
+                line: e.location().map(|l| l.line()),
+                key: String::new(),
+                message: strip_location(&e.to_string()),
+            }])
+        })?;
+        let mut checker = Checker {
+            file: file.to_path_buf(),
+            lines: LineIndex::build(text),
+            problems: Vec::new(),
+        };
+        let config = checker.check(raw);
+        if checker.problems.is_empty() {
+            Ok(config)
+        } else {
+            Err(ConfigError::Invalid(checker.problems))
+        }
+    }
+
+    /// The trunk admitting INVITEs from `ip`: the most specific `inbound.from`
+    /// network wins, then the first trunk listed.
+    pub fn inbound_trunk(&self, ip: IpAddr) -> Option<usize> {
+        let ip = canonical_ip(ip);
+        self.trunks
+            .iter()
+            .enumerate()
+            .flat_map(|(i, t)| t.inbound_from.iter().map(move |net| (i, net)))
+            .filter(|(_, net)| net.contains(&ip))
+            .max_by(|(ia, a), (ib, b)| a.prefix_len().cmp(&b.prefix_len()).then(ib.cmp(ia)))
+            .map(|(i, _)| i)
+    }
+
+    /// True if some trunk admits traffic from `ip`: its inbound networks, or the
+    /// address calls are sent to (a carrier sends BYEs and OPTIONS from there).
+    pub fn admits(&self, ip: IpAddr) -> bool {
+        let ip = canonical_ip(ip);
+        self.inbound_trunk(ip).is_some()
+            || self
+                .trunks
+                .iter()
+                .any(|t| t.outbound.is_some_and(|o| canonical_ip(o.ip()) == ip))
+    }
+
+    /// The outbound trunk for a call from trunk `from` to `callee`: the longest
+    /// matching prefix in `routes`, else the inbound trunk's `route_to`.
+    pub fn route(&self, from: usize, callee: &str) -> Option<usize> {
+        self.routes
+            .iter()
+            .filter(|r| callee.starts_with(r.prefix.as_str()))
+            .max_by_key(|r| r.prefix.len())
+            .map(|r| r.trunk)
+            .or_else(|| self.trunks.get(from).and_then(|t| t.route_to))
+    }
+
+    /// Worker count: configured, else one per CPU.
+    pub fn workers(&self) -> usize {
+        self.sip.workers.unwrap_or_else(|| {
+            std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1)
+        })
+    }
+}
+
+/// IPv4-mapped IPv6 addresses (from a dual-stack socket) compare as IPv4.
+pub fn canonical_ip(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+        v4 => v4,
+    }
+}
+
+/// serde_yaml appends " at line L column C"; the line is reported separately.
+fn strip_location(message: &str) -> String {
+    match message.rfind(" at line ") {
+        Some(i) => message[..i].to_string(),
+        None => message.to_string(),
+    }
+}
+
+/// Collects problems while turning the file format into a [`Config`].
+struct Checker {
+    file: PathBuf,
+    lines: LineIndex,
+    problems: Vec<ConfigProblem>,
+}
+
+impl Checker {
+    fn problem(&mut self, key: impl Into<String>, message: impl Into<String>) {
+        let key = key.into();
+        self.problems.push(ConfigProblem {
+            file: self.file.clone(),
+            line: self.lines.line_of(&key),
+            key,
+            message: message.into(),
+        });
+    }
+
+    fn check(&mut self, raw: FileConfig) -> Config {
+        let listen = self.check_listen(&raw.listen);
+        let trunks = self.check_trunks(&raw.trunks);
+        let routes = self.check_routes(&raw.routes, &trunks);
+        if let Err(e) = tracing_subscriber::EnvFilter::try_new(&raw.log.level) {
+            self.problem(
+                "log.level",
+                format!("invalid log level {:?}: {e}", raw.log.level),
+            );
+        }
+        if raw.sip.workers == Some(0) {
+            self.problem("sip.workers", "must be at least 1");
+        }
+        if raw.sip.max_ring_time == 0 {
+            self.problem("sip.max_ring_time", "must be at least 1 second");
+        }
+        if raw.cdr.path.as_os_str().is_empty() {
+            self.problem("cdr.path", "must not be empty");
+        }
+        Config {
+            file: self.file.clone(),
+            listen,
+            trunks,
+            routes,
+            cdr_path: raw.cdr.path,
+            log: raw.log,
+            sip: raw.sip,
+        }
+    }
+
+    fn check_listen(&mut self, entries: &[ListenEntry]) -> Vec<Listener> {
+        if entries.is_empty() {
+            self.problem(
+                "listen",
+                "needs at least one address, e.g. \"udp:0.0.0.0:5060\"",
+            );
+        }
+        let mut listeners: Vec<Listener> = Vec::new();
+        for (i, entry) in entries.iter().enumerate() {
+            let key = format!("listen[{i}]");
+            let (addr, advertise) = match entry {
+                ListenEntry::Plain(a) => (a.as_str(), None),
+                ListenEntry::Detailed { addr, advertise } => (addr.as_str(), *advertise),
+            };
+            let Some((transport, socket)) = addr.split_once(':') else {
+                self.problem(key, format!("{addr:?} is not transport:ip:port"));
+                continue;
+            };
+            if !transport.eq_ignore_ascii_case("udp") {
+                self.problem(
+                    key,
+                    format!("transport {transport:?} is not supported (udp only)"),
+                );
+                continue;
+            }
+            match socket.parse::<SocketAddr>() {
+                Ok(bind) if listeners.iter().any(|l| l.bind == bind) => {
+                    self.problem(key, format!("{bind} is listed twice"));
+                }
+                Ok(bind) => listeners.push(Listener { bind, advertise }),
+                Err(_) => self.problem(
+                    key,
+                    format!("{socket:?} is not ip:port (IPv6 as [addr]:port)"),
+                ),
+            }
+        }
+        listeners
+    }
+
+    fn check_trunks(&mut self, raw: &[FileTrunk]) -> Vec<Trunk> {
+        let mut trunks: Vec<Trunk> = Vec::new();
+        for (i, t) in raw.iter().enumerate() {
+            let key = format!("trunks[{i}]");
+            if t.name.trim().is_empty() {
+                self.problem(format!("{key}.name"), "must not be empty");
+            } else if raw[..i].iter().any(|o| o.name == t.name) {
+                self.problem(
+                    format!("{key}.name"),
+                    format!("trunk {:?} is defined twice", t.name),
+                );
+            }
+            if t.inbound.is_none() && t.outbound.is_none() {
+                self.problem(&key, "needs `inbound`, `outbound`, or both");
+            }
+            let mut inbound_from = Vec::new();
+            for (j, net) in t.inbound.iter().flat_map(|ib| ib.from.iter()).enumerate() {
+                match parse_net(net) {
+                    Some(n) => inbound_from.push(n),
+                    None => self.problem(
+                        format!("{key}.inbound.from[{j}]"),
+                        format!("{net:?} is not an IP address or network (CIDR)"),
+                    ),
+                }
+            }
+            let outbound = t.outbound.as_ref().and_then(|ob| match resolve(&ob.to) {
+                Ok(addr) => Some(addr),
+                Err(msg) => {
+                    self.problem(format!("{key}.outbound.to"), msg);
+                    None
+                }
+            });
+            trunks.push(Trunk {
+                name: t.name.as_str().into(),
+                inbound_from,
+                outbound,
+                route_to: None,
+            });
+        }
+        for (i, t) in raw.iter().enumerate() {
+            if let Some(target) = &t.route_to {
+                let key = format!("trunks[{i}].route_to");
+                match trunks.iter().position(|o| &*o.name == target) {
+                    Some(j) if trunks[j].outbound.is_some() => trunks[i].route_to = Some(j),
+                    Some(_) => self.problem(
+                        key,
+                        format!("trunk {target:?} has no `outbound` to route to"),
+                    ),
+                    None => self.problem(key, format!("no trunk named {target:?}")),
+                }
+            }
+        }
+        trunks
+    }
+
+    fn check_routes(&mut self, raw: &[FileRoute], trunks: &[Trunk]) -> Vec<Route> {
+        let mut routes = Vec::new();
+        for (i, r) in raw.iter().enumerate() {
+            let key = format!("routes[{i}]");
+            if raw[..i].iter().any(|o| o.prefix == r.prefix) {
+                self.problem(
+                    format!("{key}.prefix"),
+                    format!("prefix {:?} is routed twice", r.prefix),
+                );
+            }
+            match trunks.iter().position(|t| *t.name == *r.trunk) {
+                Some(j) if trunks[j].outbound.is_some() => routes.push(Route {
+                    prefix: r.prefix.clone(),
+                    trunk: j,
+                }),
+                Some(_) => self.problem(
+                    format!("{key}.trunk"),
+                    format!("trunk {:?} has no `outbound` to route to", r.trunk),
+                ),
+                None => self.problem(
+                    format!("{key}.trunk"),
+                    format!("no trunk named {:?}", r.trunk),
+                ),
+            }
+        }
+        routes
+    }
+}
+
+/// `10.0.0.0/8`, or a bare address meaning just that host.
+fn parse_net(s: &str) -> Option<IpNet> {
+    s.parse::<IpNet>()
+        .ok()
+        .or_else(|| s.parse::<IpAddr>().ok().map(IpNet::from))
+        .map(|n| n.trunc())
+}
+
+/// `ip:port`, `[v6]:port` or `host:port` (resolved once, now).
+fn resolve(s: &str) -> Result<SocketAddr, String> {
+    if let Ok(addr) = s.parse::<SocketAddr>() {
+        return Ok(addr);
+    }
+    if !s.contains(':') {
+        return Err(format!("{s:?} needs a port, e.g. \"{s}:5060\""));
+    }
+    s.to_socket_addrs()
+        .map_err(|e| format!("cannot resolve {s:?}: {e}"))?
+        .next()
+        .ok_or_else(|| format!("{s:?} resolves to no address"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+listen: ["udp:127.0.0.1:5060", { addr: "udp:[::1]:5060", advertise: "::1" }]
+trunks:
+  - name: pbx
+    inbound: { from: ["127.0.0.1/32", "10.0.0.0/8"] }
+    route_to: carrier
+  - name: carrier
+    inbound: { from: ["192.0.2.10"] }
+    outbound: { to: "127.0.0.1:5080" }
+  - name: premium
+    outbound: { to: "[::1]:5090" }
+routes: [ { prefix: "00", trunk: carrier }, { prefix: "0090", trunk: premium } ]
+cdr: { path: "cdr.jsonl" }
+log: { level: info, format: json }
+"#;
+
+    fn problems(text: &str) -> Vec<ConfigProblem> {
+        match Config::parse(text, Path::new("vigil.yaml")) {
+            Err(ConfigError::Invalid(p)) => p,
+            other => panic!("expected problems, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_good_config_routes_by_longest_prefix() {
+        let c = Config::parse(GOOD, Path::new("vigil.yaml")).expect("valid");
+        assert_eq!(c.listen.len(), 2);
+        assert_eq!(c.log.format, LogFormat::Json);
+        assert!(c.sip.force_rport);
+        let pbx = c
+            .inbound_trunk("10.1.2.3".parse().expect("ip"))
+            .expect("pbx");
+        assert_eq!(&*c.trunks[pbx].name, "pbx");
+        assert_eq!(
+            c.route(pbx, "0090123").map(|t| &*c.trunks[t].name),
+            Some("premium")
+        );
+        assert_eq!(
+            c.route(pbx, "0049123").map(|t| &*c.trunks[t].name),
+            Some("carrier")
+        );
+        assert_eq!(
+            c.route(pbx, "555").map(|t| &*c.trunks[t].name),
+            Some("carrier")
+        );
+        let carrier = c
+            .inbound_trunk("192.0.2.10".parse().expect("ip"))
+            .expect("carrier");
+        assert_eq!(c.route(carrier, "555"), None);
+        assert!(c.admits("::ffff:127.0.0.1".parse().expect("ip")));
+        assert!(
+            c.admits("::1".parse().expect("ip")),
+            "outbound peers may send in-dialog requests"
+        );
+        assert!(!c.admits("203.0.113.1".parse().expect("ip")));
+    }
+
+    #[test]
+    fn unknown_keys_name_the_line_and_key() {
+        let p = problems(&GOOD.replace(
+            "inbound: { from: [\"192.0.2.10\"] }",
+            "inbound: { frm: [\"192.0.2.10\"] }",
+        ));
+        assert_eq!(p.len(), 1);
+        assert_eq!(p[0].line, Some(8));
+        assert!(
+            p[0].message
+                .contains("trunks[1].inbound: unknown field `frm`"),
+            "{}",
+            p[0]
+        );
+        assert!(p[0].to_string().starts_with("vigil.yaml:8: "), "{}", p[0]);
+    }
+
+    #[test]
+    fn cross_key_problems_are_all_reported_with_lines() {
+        let text = GOOD
+            .replace("route_to: carrier", "route_to: nowhere")
+            .replace("trunk: premium", "trunk: pbx")
+            .replace("10.0.0.0/8", "10.0.0.0/33");
+        let p = problems(&text);
+        let rendered: Vec<String> = p.iter().map(ToString::to_string).collect();
+        assert_eq!(p.len(), 3, "{rendered:#?}");
+        assert!(
+            rendered
+                .iter()
+                .any(|r| r.starts_with("vigil.yaml:5: trunks[0].inbound.from[1]")),
+            "{rendered:#?}"
+        );
+        assert!(
+            rendered
+                .iter()
+                .any(|r| r
+                    .starts_with("vigil.yaml:6: trunks[0].route_to: no trunk named \"nowhere\"")),
+            "{rendered:#?}"
+        );
+        assert!(
+            rendered
+                .iter()
+                .any(|r| r.contains("routes[1].trunk: trunk \"pbx\" has no `outbound`")),
+            "{rendered:#?}"
+        );
+    }
+
+    #[test]
+    fn syntax_errors_carry_a_line() {
+        let p = problems("listen: [\"udp:127.0.0.1:5060\"\ncdr: { path: x }\n");
+        assert!(p[0].line.is_some(), "{}", p[0]);
+        let p = problems("listen: [\"tcp:127.0.0.1:5060\"]\ncdr: { path: x }\n");
+        assert!(
+            p[0].to_string()
+                .contains("listen[0]: transport \"tcp\" is not supported"),
+            "{}",
+            p[0]
+        );
+        let p = problems(
+            "listen: [\"udp:127.0.0.1:5060\"]\ncdr: { path: x }\nlog: { level: \"[bad\" }\n",
+        );
+        assert_eq!(p[0].key, "log.level");
+    }
+}

@@ -1,0 +1,209 @@
+//! Deadlines for sans-IO state machines.
+//!
+//! Each state machine keeps its timers as a small table indexed by an enum
+//! ([`timer_table!`]), so `poll_timeout()` is just the earliest entry and every
+//! deadline carries its reason. Many machines share one [`TimerQueue`], a binary
+//! heap with lazy deletion: an entry only says "look at machine X at time T"; the
+//! machine itself decides what (if anything) is due, so re-arming never needs to
+//! find and remove an old entry.
+
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
+use std::time::Instant;
+
+/// Declares a timer enum and its table. The table's size is derived from the enum,
+/// so the two cannot drift apart.
+///
+/// ```ignore
+/// timer_table!(ClientTimers: ClientTimer { A, B, D });
+/// ```
+#[macro_export]
+macro_rules! timer_table {
+    ($(#[$meta:meta])* $table:ident : $kind:ident { $($variant:ident),+ $(,)? }) => {
+        $(#[$meta])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+        pub enum $kind { $($variant),+ }
+
+        impl $kind {
+            pub const ALL: &'static [$kind] = &[$($kind::$variant),+];
+        }
+
+        /// The deadlines of one state machine, one slot per timer.
+        #[derive(Debug, Clone, Default)]
+        pub struct $table {
+            deadlines: [Option<std::time::Instant>; $kind::ALL.len()],
+        }
+
+        #[allow(dead_code)]
+        impl $table {
+            pub fn set(&mut self, timer: $kind, at: std::time::Instant) {
+                self.deadlines[timer as usize] = Some(at);
+            }
+
+            pub fn clear(&mut self, timer: $kind) {
+                self.deadlines[timer as usize] = None;
+            }
+
+            pub fn clear_all(&mut self) {
+                self.deadlines = Default::default();
+            }
+
+            pub fn get(&self, timer: $kind) -> Option<std::time::Instant> {
+                self.deadlines[timer as usize]
+            }
+
+            /// The earliest armed deadline and its reason.
+            pub fn next(&self) -> Option<(std::time::Instant, $kind)> {
+                $kind::ALL
+                    .iter()
+                    .filter_map(|&k| self.deadlines[k as usize].map(|at| (at, k)))
+                    .min_by_key(|&(at, _)| at)
+            }
+
+            /// Disarms and returns the earliest timer due at `now`, if any.
+            pub fn pop_due(&mut self, now: std::time::Instant) -> Option<$kind> {
+                let (at, kind) = self.next()?;
+                if at <= now {
+                    self.deadlines[kind as usize] = None;
+                    Some(kind)
+                } else {
+                    None
+                }
+            }
+        }
+    };
+}
+
+/// Many machines' next deadlines, earliest first, with lazy deletion: stale
+/// entries are skipped by comparing against what each machine last scheduled.
+#[derive(Debug)]
+pub struct TimerQueue<Id: Ord + Copy> {
+    heap: BinaryHeap<Reverse<(Instant, Id)>>,
+}
+
+impl<Id: Ord + Copy> Default for TimerQueue<Id> {
+    fn default() -> Self {
+        TimerQueue {
+            heap: BinaryHeap::new(),
+        }
+    }
+}
+
+impl<Id: Ord + Copy> TimerQueue<Id> {
+    pub fn schedule(&mut self, at: Instant, id: Id) {
+        self.heap.push(Reverse((at, id)));
+    }
+
+    /// The earliest entry's time (possibly stale: waking early is harmless).
+    pub fn next_deadline(&self) -> Option<Instant> {
+        self.heap.peek().map(|Reverse((at, _))| *at)
+    }
+
+    /// Removes and returns an entry due at `now`.
+    pub fn pop_due(&mut self, now: Instant) -> Option<(Instant, Id)> {
+        match self.heap.peek() {
+            Some(Reverse((at, _))) if *at <= now => self.heap.pop().map(|Reverse(e)| e),
+            _ => None,
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.heap.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.heap.is_empty()
+    }
+}
+
+/// Tracks the deadline a machine last put in the queue, so the owner only pushes
+/// a new entry when the deadline moved earlier or was not queued, and ignores
+/// stale pops.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Scheduled(Option<Instant>);
+
+impl Scheduled {
+    /// Call after the machine changed; returns the deadline to push, if any.
+    pub fn update(&mut self, next: Option<Instant>) -> Option<Instant> {
+        match (self.0, next) {
+            (_, None) => {
+                self.0 = None;
+                None
+            }
+            (Some(queued), Some(n)) if queued <= n => {
+                // An entry at or before `n` is queued already; when it pops early
+                // the owner re-checks and re-queues.
+                None
+            }
+            (_, Some(n)) => {
+                self.0 = Some(n);
+                Some(n)
+            }
+        }
+    }
+
+    /// Call when an entry for this machine pops: true if it is the live one.
+    pub fn take_if(&mut self, popped: Instant) -> bool {
+        if self.0 == Some(popped) {
+            self.0 = None;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    timer_table!(TestTimers: TestTimer { First, Second, Third });
+
+    #[test]
+    fn table_reports_earliest_with_reason() {
+        let t0 = Instant::now();
+        let mut t = TestTimers::default();
+        assert_eq!(t.next(), None);
+        t.set(TestTimer::Second, t0 + Duration::from_secs(2));
+        t.set(TestTimer::Third, t0 + Duration::from_secs(1));
+        assert_eq!(
+            t.next(),
+            Some((t0 + Duration::from_secs(1), TestTimer::Third))
+        );
+        assert_eq!(t.pop_due(t0), None);
+        assert_eq!(
+            t.pop_due(t0 + Duration::from_secs(5)),
+            Some(TestTimer::Third)
+        );
+        assert_eq!(
+            t.pop_due(t0 + Duration::from_secs(5)),
+            Some(TestTimer::Second)
+        );
+        assert_eq!(t.pop_due(t0 + Duration::from_secs(5)), None);
+        assert_eq!(TestTimer::ALL.len(), 3);
+    }
+
+    #[test]
+    fn queue_with_lazy_deletion() {
+        let t0 = Instant::now();
+        let mut q = TimerQueue::default();
+        let mut s = Scheduled::default();
+        let later = t0 + Duration::from_secs(10);
+        let sooner = t0 + Duration::from_secs(5);
+        if let Some(at) = s.update(Some(later)) {
+            q.schedule(at, 7u64);
+        }
+        // Moving later queues nothing; moving earlier queues a new entry.
+        assert_eq!(s.update(Some(later + Duration::from_secs(1))), None);
+        if let Some(at) = s.update(Some(sooner)) {
+            q.schedule(at, 7u64);
+        }
+        assert_eq!(q.len(), 2);
+        let (at, id) = q.pop_due(t0 + Duration::from_secs(6)).expect("due");
+        assert_eq!((at, id), (sooner, 7));
+        assert!(s.take_if(at));
+        let (stale, _) = q.pop_due(t0 + Duration::from_secs(60)).expect("due");
+        assert!(!s.take_if(stale), "the old entry is stale");
+    }
+}

@@ -1,0 +1,478 @@
+//! RFC 3261 §17 transactions over UDP, sans-IO, with RFC 6026's Accepted states.
+//!
+//! The layer owns every client and server transaction of one worker: it matches
+//! requests and responses to them (§17.1.3, §17.2.3, including RFC 2543 requests
+//! without a magic-cookie branch), absorbs retransmissions, retransmits on timers
+//! A, E and G, times out on B, F and H, generates `100 Trying` for INVITE and the
+//! hop-by-hop ACK for non-2xx finals. Its user (the engine) sees only what a
+//! transaction user should: new requests, responses, 2xx ACKs and timeouts.
+//!
+//! Contract: after any `handle_*`/`send_*` call, drain [`TransactionLayer::poll_transmit`]
+//! and [`TransactionLayer::poll_event`]; call [`TransactionLayer::handle_timeout`] at
+//! [`TransactionLayer::poll_timeout`]. `now` never goes backwards.
+
+mod client;
+mod server;
+
+use std::collections::{HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use crate::sip::{HeaderName, Method, Request, Response, Via};
+use crate::timer::TimerQueue;
+
+pub use client::ClientState;
+use client::ClientTx;
+pub use server::ServerState;
+use server::ServerTx;
+
+/// RFC 3261's timer base values (§17.1.1.1, table 4).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TimerValues {
+    /// RTT estimate, 500 ms.
+    pub t1: Duration,
+    /// Maximum retransmit interval for non-INVITE requests and INVITE responses, 4 s.
+    pub t2: Duration,
+    /// Maximum time a message stays in the network, 5 s.
+    pub t4: Duration,
+}
+
+impl Default for TimerValues {
+    fn default() -> Self {
+        TimerValues {
+            t1: Duration::from_millis(500),
+            t2: Duration::from_secs(4),
+            t4: Duration::from_secs(5),
+        }
+    }
+}
+
+impl TimerValues {
+    /// 64*T1: timers B, F, H, J, L and M.
+    pub fn transaction_timeout(&self) -> Duration {
+        self.t1 * 64
+    }
+
+    /// Timer D: at least 32 s on unreliable transports.
+    pub fn timer_d(&self) -> Duration {
+        Duration::from_secs(32).max(self.t1 * 64)
+    }
+}
+
+/// A datagram to send: from which local socket to which peer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Transmit {
+    pub local: SocketAddr,
+    pub remote: SocketAddr,
+    pub bytes: Vec<u8>,
+}
+
+/// Identifies a client transaction of this layer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ClientTxId(u64);
+
+/// Identifies a server transaction of this layer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ServerTxId(u64);
+
+/// What the layer tells its user, besides the direct results of `receive_*`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TxEvent<O> {
+    /// Timer B or F fired: the request was never answered (treat as 408).
+    Timeout { tx: ClientTxId, owner: O },
+    /// Timer H fired: the ACK for a non-2xx final never came.
+    AckTimeout { tx: ServerTxId, owner: Option<O> },
+}
+
+/// An incoming request, as the layer classifies it.
+#[derive(Debug)]
+pub enum Inbound {
+    /// A new request: the user must answer it through [`TransactionLayer::respond`].
+    New(ServerTxId, Request),
+    /// An ACK that belongs to no transaction: the ACK for a 2xx (RFC 3261 §17.2.3,
+    /// RFC 6026), which the dialog layer handles end to end.
+    Ack(Request),
+    /// A retransmission or the ACK of a non-2xx final: handled here.
+    Absorbed,
+}
+
+/// Where a message arrived: the socket it came in on and the peer's address.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Path {
+    pub local: SocketAddr,
+    pub remote: SocketAddr,
+}
+
+/// The live transactions of one worker. `O` is the owner tag the user attaches
+/// (the engine uses it to find the call a transaction belongs to).
+pub struct TransactionLayer<O: Copy> {
+    values: TimerValues,
+    /// Answer to the source address even without `rport` (config `sip.force_rport`).
+    force_rport: bool,
+    next_id: u64,
+    clients: HashMap<ClientTxId, ClientTx<O>>,
+    client_keys: HashMap<String, ClientTxId>,
+    servers: HashMap<ServerTxId, ServerTx<O>>,
+    server_keys: HashMap<String, ServerTxId>,
+    queue: TimerQueue<TxRef>,
+    transmits: VecDeque<Transmit>,
+    events: VecDeque<TxEvent<O>>,
+}
+
+/// A timer-queue entry's target.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum TxRef {
+    Client(ClientTxId),
+    Server(ServerTxId),
+}
+
+impl<O: Copy> TransactionLayer<O> {
+    pub fn new(values: TimerValues, force_rport: bool) -> Self {
+        TransactionLayer {
+            values,
+            force_rport,
+            next_id: 0,
+            clients: HashMap::new(),
+            client_keys: HashMap::new(),
+            servers: HashMap::new(),
+            server_keys: HashMap::new(),
+            queue: TimerQueue::default(),
+            transmits: VecDeque::new(),
+            events: VecDeque::new(),
+        }
+    }
+
+    pub fn set_force_rport(&mut self, force_rport: bool) {
+        self.force_rport = force_rport;
+    }
+
+    pub fn timer_values(&self) -> TimerValues {
+        self.values
+    }
+
+    /// Live transactions (for bounds and leak checks).
+    pub fn len(&self) -> usize {
+        self.clients.len() + self.servers.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn allocate_id(&mut self) -> u64 {
+        self.next_id += 1;
+        self.next_id
+    }
+
+    // ----- server side ------------------------------------------------------
+
+    /// Classifies a request that arrived on `path`. The top Via is stamped with
+    /// `received`/`rport` (RFC 3261 §18.2.1, RFC 3581) before anyone sees it.
+    pub fn receive_request(&mut self, now: Instant, mut request: Request, path: Path) -> Inbound {
+        request.via[0].stamp_received(path.remote);
+        let key = server_key(&request);
+        if let Some(&id) = self.server_keys.get(&key) {
+            if let Some(tx) = self.servers.get_mut(&id) {
+                let values = self.values;
+                tx.on_retransmission(now, &request, &values, &mut self.transmits);
+                self.reschedule(TxRef::Server(id));
+            }
+            return Inbound::Absorbed;
+        }
+        if request.method == Method::Ack {
+            return Inbound::Ack(request);
+        }
+        let id = ServerTxId(self.allocate_id());
+        let reply_to = response_target(&request.via[0], path.remote, self.force_rport);
+        let mut tx = ServerTx::new(&request, key.clone(), path.local, reply_to);
+        if request.method == Method::Invite {
+            // §17.2.1: a 100 stops the caller's retransmissions at once.
+            let trying = request.response(100);
+            tx.send_response(now, trying, &self.values, &mut self.transmits);
+        }
+        self.servers.insert(id, tx);
+        self.server_keys.insert(key, id);
+        self.reschedule(TxRef::Server(id));
+        Inbound::New(id, request)
+    }
+
+    /// Sends the user's response on a server transaction. Responses after the final
+    /// one are ignored (the transaction already answered).
+    pub fn respond(&mut self, now: Instant, tx: ServerTxId, response: Response) {
+        if let Some(t) = self.servers.get_mut(&tx) {
+            t.send_response(now, response, &self.values, &mut self.transmits);
+            self.reschedule(TxRef::Server(tx));
+        }
+    }
+
+    /// Tags a server transaction with its owner (reported with its events).
+    pub fn set_server_owner(&mut self, tx: ServerTxId, owner: O) {
+        if let Some(t) = self.servers.get_mut(&tx) {
+            t.owner = Some(owner);
+        }
+    }
+
+    pub fn server_owner(&self, tx: ServerTxId) -> Option<O> {
+        self.servers.get(&tx).and_then(|t| t.owner)
+    }
+
+    pub fn server_state(&self, tx: ServerTxId) -> Option<ServerState> {
+        self.servers.get(&tx).map(|t| t.state)
+    }
+
+    /// The INVITE server transaction a CANCEL targets (RFC 3261 §9.2): same branch
+    /// and sent-by, method INVITE.
+    pub fn invite_for_cancel(&self, cancel: &Request) -> Option<ServerTxId> {
+        let key = server_key_for(cancel, &Method::Invite);
+        self.server_keys.get(&key).copied()
+    }
+
+    /// Where responses on a server transaction go.
+    pub fn reply_path(&self, tx: ServerTxId) -> Option<Path> {
+        self.servers.get(&tx).map(|t| Path {
+            local: t.local,
+            remote: t.reply_to,
+        })
+    }
+
+    // ----- client side ------------------------------------------------------
+
+    /// Starts a client transaction: sends `request` to `path.remote` from
+    /// `path.local` and retransmits it until answered. The top Via's branch must be
+    /// unique (the user generates it).
+    pub fn send_request(
+        &mut self,
+        now: Instant,
+        request: Request,
+        path: Path,
+        owner: O,
+    ) -> ClientTxId {
+        let id = ClientTxId(self.allocate_id());
+        let key = client_key_for(request.top_via(), &request.cseq.method);
+        let tx = ClientTx::start(
+            now,
+            request,
+            key.clone(),
+            path,
+            owner,
+            &self.values,
+            &mut self.transmits,
+        );
+        self.clients.insert(id, tx);
+        self.client_keys.insert(key, id);
+        self.reschedule(TxRef::Client(id));
+        id
+    }
+
+    /// Matches a response to its client transaction (§17.1.3). Returns the
+    /// transaction, its owner and the response when the user must see it;
+    /// retransmissions and strays are absorbed here.
+    pub fn receive_response(
+        &mut self,
+        now: Instant,
+        response: Response,
+    ) -> Option<(ClientTxId, O, Response)> {
+        let key = client_key_for(response.top_via(), &response.cseq.method);
+        let id = *self.client_keys.get(&key)?;
+        let tx = self.clients.get_mut(&id)?;
+        let owner = tx.owner;
+        let values = self.values;
+        let pass = tx.on_response(now, &response, &values, &mut self.transmits);
+        self.reschedule(TxRef::Client(id));
+        pass.then_some((id, owner, response))
+    }
+
+    pub fn client_state(&self, tx: ClientTxId) -> Option<ClientState> {
+        self.clients.get(&tx).map(|t| t.state)
+    }
+
+    /// The original request of a client transaction.
+    pub fn client_request(&self, tx: ClientTxId) -> Option<&Request> {
+        self.clients.get(&tx).map(|t| &t.request)
+    }
+
+    /// Builds the CANCEL for an INVITE client transaction (RFC 3261 §9.1). Only
+    /// valid once a provisional arrived; the caller checks [`ClientState::Proceeding`].
+    pub fn build_cancel(&self, tx: ClientTxId) -> Option<(Request, Path)> {
+        let t = self.clients.get(&tx)?;
+        let invite = &t.request;
+        let mut headers = crate::sip::Headers::new();
+        for route in invite.headers.get_all(&HeaderName::Route) {
+            headers.push(HeaderName::Route, route);
+        }
+        let cancel = Request {
+            method: Method::Cancel,
+            uri: invite.uri.clone(),
+            via: vec![invite.top_via().clone()],
+            max_forwards: 70,
+            from: invite.from.clone(),
+            to: invite.to.clone(),
+            call_id: invite.call_id.clone(),
+            cseq: crate::sip::CSeq {
+                seq: invite.cseq.seq,
+                method: Method::Cancel,
+            },
+            headers,
+            body: Vec::new(),
+        };
+        Some((cancel, t.path))
+    }
+
+    /// Sends a message outside any transaction (the ACK for a 2xx, §13.2.2.4).
+    pub fn send_stateless(&mut self, bytes: Vec<u8>, path: Path) {
+        self.transmits.push_back(Transmit {
+            local: path.local,
+            remote: path.remote,
+            bytes,
+        });
+    }
+
+    // ----- time and output --------------------------------------------------
+
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        self.queue.next_deadline()
+    }
+
+    /// Fires every timer due at `now`.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        while let Some((at, target)) = self.queue.pop_due(now) {
+            match target {
+                TxRef::Client(id) => {
+                    let Some(tx) = self.clients.get_mut(&id) else {
+                        continue;
+                    };
+                    if !tx.scheduled.take_if(at) {
+                        continue;
+                    }
+                    let values = self.values;
+                    if tx.on_timeout(now, &values, &mut self.transmits) {
+                        self.events.push_back(TxEvent::Timeout {
+                            tx: id,
+                            owner: tx.owner,
+                        });
+                    }
+                }
+                TxRef::Server(id) => {
+                    let Some(tx) = self.servers.get_mut(&id) else {
+                        continue;
+                    };
+                    if !tx.scheduled.take_if(at) {
+                        continue;
+                    }
+                    let values = self.values;
+                    if tx.on_timeout(now, &values, &mut self.transmits) {
+                        self.events.push_back(TxEvent::AckTimeout {
+                            tx: id,
+                            owner: tx.owner,
+                        });
+                    }
+                }
+            }
+            self.reschedule(target);
+        }
+    }
+
+    pub fn poll_transmit(&mut self) -> Option<Transmit> {
+        self.transmits.pop_front()
+    }
+
+    pub fn poll_event(&mut self) -> Option<TxEvent<O>> {
+        self.events.pop_front()
+    }
+
+    /// Re-queues a transaction's next deadline, or removes it once terminated.
+    fn reschedule(&mut self, target: TxRef) {
+        match target {
+            TxRef::Client(id) => {
+                let Some(tx) = self.clients.get_mut(&id) else {
+                    return;
+                };
+                if tx.state == ClientState::Terminated {
+                    let key = tx.key.clone();
+                    self.clients.remove(&id);
+                    if self.client_keys.get(&key) == Some(&id) {
+                        self.client_keys.remove(&key);
+                    }
+                    return;
+                }
+                if let Some(at) = tx.scheduled.update(tx.timers.next().map(|(at, _)| at)) {
+                    self.queue.schedule(at, target);
+                }
+            }
+            TxRef::Server(id) => {
+                let Some(tx) = self.servers.get_mut(&id) else {
+                    return;
+                };
+                if tx.state == ServerState::Terminated {
+                    let key = tx.key.clone();
+                    self.servers.remove(&id);
+                    if self.server_keys.get(&key) == Some(&id) {
+                        self.server_keys.remove(&key);
+                    }
+                    return;
+                }
+                if let Some(at) = tx.scheduled.update(tx.timers.next().map(|(at, _)| at)) {
+                    self.queue.schedule(at, target);
+                }
+            }
+        }
+    }
+}
+
+/// Server transaction key (RFC 3261 §17.2.3). With a magic-cookie branch: branch,
+/// sent-by and method (ACK matches INVITE). Without (RFC 2543 peers): the
+/// Request-URI, From tag, Call-ID, CSeq number and top Via.
+fn server_key(request: &Request) -> String {
+    let method = match request.method {
+        Method::Ack => Method::Invite,
+        ref m => m.clone(),
+    };
+    server_key_for(request, &method)
+}
+
+fn server_key_for(request: &Request, method: &Method) -> String {
+    let via = request.top_via();
+    match via.branch() {
+        Some(branch) if via.has_rfc3261_branch() => {
+            format!("{branch}|{}|{method}", via.sent_by())
+        }
+        _ => format!(
+            "2543|{}|{}|{}|{}|{}|{method}",
+            request.uri,
+            request.from.tag().unwrap_or_default(),
+            request.call_id,
+            request.cseq.seq,
+            via.sent_by(),
+        ),
+    }
+}
+
+/// Client transaction key (§17.1.3): the top Via branch and the CSeq method.
+fn client_key_for(via: &Via, method: &Method) -> String {
+    format!("{}|{method}", via.branch().unwrap_or_default())
+}
+
+/// Where to send responses (RFC 3261 §18.2.2, RFC 3581 §4): to the source with
+/// `rport` (or when forced), else to `received` or sent-by at sent-by's port.
+pub fn response_target(top: &Via, source: SocketAddr, force_rport: bool) -> SocketAddr {
+    if force_rport || top.has_rport() {
+        return source;
+    }
+    let port = top.port.unwrap_or(5060);
+    let received = top
+        .params
+        .iter()
+        .find(|p| p.name.eq_ignore_ascii_case("received"))
+        .and_then(|p| p.value.as_deref())
+        .and_then(|v| crate::sip::Host::parse(v).ok())
+        .and_then(|h| h.ip());
+    match received.or_else(|| top.host.ip()) {
+        Some(ip) => SocketAddr::new(ip, port),
+        // A hostname in sent-by would need DNS; the source address is the answer
+        // that reaches the sender.
+        None => source,
+    }
+}
+
+#[cfg(test)]
+mod tests;
