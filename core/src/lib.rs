@@ -4,7 +4,12 @@
 //! session timers → policy. The protocol logic is sans-IO; the `daemon` module is
 //! the thin tokio shell that feeds it datagrams and timeouts.
 
+pub mod call;
+pub mod cdr;
 pub mod config;
+pub mod dialog;
+pub mod engine;
+pub mod ids;
 pub mod sip;
 pub mod timer;
 pub mod transaction;

@@ -67,6 +67,7 @@ header_names! {
     From => "From", compact b'f';
     Identity => "Identity", compact b'y';
     InReplyTo => "In-Reply-To";
+    InfoPackage => "Info-Package";
     MaxForwards => "Max-Forwards";
     MinExpires => "Min-Expires";
     MinSe => "Min-SE";
@@ -86,6 +87,7 @@ header_names! {
     ReferredBy => "Referred-By", compact b'b';
     RejectContact => "Reject-Contact", compact b'j';
     RemotePartyId => "Remote-Party-ID";
+    RecvInfo => "Recv-Info";
     ReplyTo => "Reply-To";
     RequestDisposition => "Request-Disposition", compact b'd';
     Require => "Require";

@@ -282,6 +282,16 @@ impl<O: Copy> TransactionLayer<O> {
         pass.then_some((id, owner, response))
     }
 
+    /// Gives up on a client transaction without an answer (RFC 3261 §9.1: an
+    /// INVITE whose CANCEL got no final response within 64*T1).
+    pub fn abandon_client(&mut self, tx: ClientTxId) {
+        if let Some(t) = self.clients.get_mut(&tx) {
+            t.state = ClientState::Terminated;
+            t.timers.clear_all();
+        }
+        self.reschedule(TxRef::Client(tx));
+    }
+
     pub fn client_state(&self, tx: ClientTxId) -> Option<ClientState> {
         self.clients.get(&tx).map(|t| t.state)
     }

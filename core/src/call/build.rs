@@ -1,0 +1,229 @@
+//! Building the messages a B2BUA sends: the B-leg INVITE from the A-leg INVITE,
+//! and each leg's view of what the other leg said. Only a known set of headers
+//! crosses from one leg to the other; everything else (Via, Route, Contact, tags,
+//! Call-ID) belongs to a single dialog and never leaks across.
+
+use std::net::SocketAddr;
+
+use crate::sip::{
+    ALLOWED_METHODS, CSeq, HeaderName, Headers, Host, Method, NameAddr, Request, Response, SipUri,
+    Uri, Via,
+};
+
+/// Headers describing a body; they travel with it.
+const BODY_HEADERS: [HeaderName; 5] = [
+    HeaderName::ContentType,
+    HeaderName::ContentDisposition,
+    HeaderName::ContentEncoding,
+    HeaderName::ContentLanguage,
+    HeaderName::MimeVersion,
+];
+
+/// Identity and call-information headers a carrier expects to pass through a
+/// switch on the initial INVITE.
+const INVITE_PASSTHROUGH: [HeaderName; 7] = [
+    HeaderName::PAssertedIdentity,
+    HeaderName::PPreferredIdentity,
+    HeaderName::Privacy,
+    HeaderName::RemotePartyId,
+    HeaderName::Diversion,
+    HeaderName::UserToUser,
+    HeaderName::Subject,
+];
+
+/// Headers of a response that mean something to the other side.
+const RESPONSE_PASSTHROUGH: [HeaderName; 7] = [
+    HeaderName::PAssertedIdentity,
+    HeaderName::Privacy,
+    HeaderName::RemotePartyId,
+    HeaderName::Reason,
+    HeaderName::RetryAfter,
+    HeaderName::Warning,
+    HeaderName::ErrorInfo,
+];
+
+/// Headers of mid-dialog requests (INFO, NOTIFY, …) that carry their meaning.
+const IN_DIALOG_PASSTHROUGH: [HeaderName; 4] = [
+    HeaderName::Event,
+    HeaderName::SubscriptionState,
+    HeaderName::InfoPackage,
+    HeaderName::Reason,
+];
+
+fn copy(from: &Headers, to: &mut Headers, names: &[HeaderName]) {
+    for name in names {
+        for value in from.get_all(name) {
+            to.push(name.clone(), value);
+        }
+    }
+}
+
+/// Copies a body and the headers that describe it.
+pub fn copy_body(
+    from_headers: &Headers,
+    body: &[u8],
+    to_headers: &mut Headers,
+    to_body: &mut Vec<u8>,
+) {
+    if body.is_empty() {
+        return;
+    }
+    copy(from_headers, to_headers, &BODY_HEADERS);
+    *to_body = body.to_vec();
+}
+
+/// A Via for a request Vigil originates from `advertised`.
+pub fn our_via(advertised: SocketAddr, branch: String) -> Via {
+    Via {
+        transport: "UDP".into(),
+        host: Host::Ip(advertised.ip()),
+        port: Some(advertised.port()),
+        params: vec![
+            crate::sip::Param::new("branch", Some(branch)),
+            crate::sip::Param::new("rport", None),
+        ],
+    }
+}
+
+/// The raw user part of a URI, as written (keeps `;npdi;rn=` and escapes).
+pub fn raw_user(uri: &Uri) -> Option<String> {
+    match uri {
+        Uri::Sip(u) => u.user.clone(),
+        Uri::Other { rest, .. } => Some(rest.clone()),
+    }
+}
+
+/// Everything needed to build the B-leg INVITE.
+pub struct OutboundInvite<'a> {
+    pub a_invite: &'a Request,
+    pub target: SocketAddr,
+    pub advertised: SocketAddr,
+    pub call_id: String,
+    pub from_tag: String,
+    pub branch: String,
+    pub user_agent: &'a str,
+}
+
+/// The B-leg INVITE: a new dialog towards the trunk, carrying the caller's number
+/// and display name, the called number exactly as dialled, the SDP and the
+/// identity headers — and nothing that belongs to the A-leg dialog.
+pub fn b_leg_invite(o: OutboundInvite<'_>) -> Request {
+    let a = o.a_invite;
+    let callee = raw_user(&a.uri);
+    let target_uri = SipUri::new(callee, Host::Ip(o.target.ip()), Some(o.target.port()));
+    let caller_user = raw_user(&a.from.uri);
+    let mut from = NameAddr::new(Uri::Sip(SipUri::for_socket(
+        caller_user.clone(),
+        o.advertised,
+    )));
+    from.display = a.from.display.clone();
+    from.set_tag(&o.from_tag);
+    let mut headers = Headers::new();
+    headers.push(
+        HeaderName::Contact,
+        format!("<{}>", SipUri::for_socket(caller_user, o.advertised)),
+    );
+    headers.push(HeaderName::Allow, ALLOWED_METHODS);
+    if !o.user_agent.is_empty() {
+        headers.push(HeaderName::UserAgent, o.user_agent);
+    }
+    copy(&a.headers, &mut headers, &INVITE_PASSTHROUGH);
+    let mut body = Vec::new();
+    copy_body(&a.headers, &a.body, &mut headers, &mut body);
+    Request {
+        method: Method::Invite,
+        uri: Uri::Sip(target_uri.clone()),
+        via: vec![our_via(o.advertised, o.branch)],
+        max_forwards: a.max_forwards.saturating_sub(1),
+        from,
+        to: NameAddr::new(Uri::Sip(target_uri)),
+        call_id: o.call_id,
+        cseq: CSeq {
+            seq: 1,
+            method: Method::Invite,
+        },
+        headers,
+        body,
+    }
+}
+
+/// What one leg tells the other in a response: status and reason as received
+/// (486 stays 486 with its reason phrase), the body and pass-through headers.
+pub fn relay_response(
+    original: &Request,
+    received: &Response,
+    local_tag: Option<&str>,
+    contact: &SipUri,
+    server_header: &str,
+) -> Response {
+    let mut r = original
+        .response(received.status)
+        .with_reason(received.reason.clone());
+    if let Some(tag) = local_tag
+        && r.to.tag().is_none()
+    {
+        r.to.set_tag(tag);
+    }
+    let creates_dialog =
+        original.method == Method::Invite && received.status > 100 && received.status < 300;
+    if creates_dialog && !original.is_in_dialog() {
+        // §12.1.1: a dialog-creating response copies the request's Record-Route.
+        for rr in original.headers.get_all(&HeaderName::RecordRoute) {
+            r.headers.push(HeaderName::RecordRoute, rr);
+        }
+    }
+    if creates_dialog || (original.method == Method::Update && received.is_success()) {
+        r.headers.push(HeaderName::Contact, format!("<{contact}>"));
+    }
+    if received.is_success()
+        && matches!(
+            original.method,
+            Method::Invite | Method::Update | Method::Options
+        )
+    {
+        r.headers.push(HeaderName::Allow, ALLOWED_METHODS);
+    }
+    if (300..400).contains(&received.status) {
+        copy(&received.headers, &mut r.headers, &[HeaderName::Contact]);
+    }
+    copy(&received.headers, &mut r.headers, &RESPONSE_PASSTHROUGH);
+    if !server_header.is_empty() {
+        r.headers.push(HeaderName::Server, server_header);
+    }
+    copy_body(
+        &received.headers,
+        &received.body,
+        &mut r.headers,
+        &mut r.body,
+    );
+    r
+}
+
+/// A response Vigil itself originates (`487`, `408`, `503`, …) on a leg.
+pub fn local_response(
+    original: &Request,
+    status: u16,
+    reason: Option<&str>,
+    local_tag: Option<&str>,
+    server_header: &str,
+) -> Response {
+    let mut r = original.response(status);
+    if let Some(reason) = reason {
+        r.reason = reason.to_string();
+    }
+    if let Some(tag) = local_tag
+        && r.to.tag().is_none()
+    {
+        r.to.set_tag(tag);
+    }
+    if !server_header.is_empty() {
+        r.headers.push(HeaderName::Server, server_header);
+    }
+    r
+}
+
+/// Copies the payload of a mid-dialog request onto its relayed copy.
+pub fn relay_request_payload(from: &Request, to: &mut Request) {
+    copy(&from.headers, &mut to.headers, &IN_DIALOG_PASSTHROUGH);
+    copy_body(&from.headers, &from.body, &mut to.headers, &mut to.body);
+}

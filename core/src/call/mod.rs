@@ -1,0 +1,1045 @@
+//! The B2BUA call: two dialogs, the A leg (Vigil is UAS towards the caller) and
+//! the B leg (Vigil is UAC towards the trunk), and the rules that tie them —
+//! relaying provisional and final responses, ACK, CANCEL, BYE from either side,
+//! re-INVITE and UPDATE with their SDP, and writing the CDR the moment the call
+//! ends, with the reason it ended.
+//!
+//! A `Call` is sans-IO: every input comes with `now`, every output goes through
+//! [`Env`] (the worker's transaction layer and CDR queue), and its only clock is
+//! its own timer table.
+
+pub mod build;
+
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::cdr::{CdrRecord, EndReason, EndedBy};
+use crate::dialog::Dialog;
+use crate::ids::IdGen;
+use crate::sip::{HeaderName, Method, Request, Response, SipUri};
+use crate::timer::Scheduled;
+use crate::timer_table;
+use crate::transaction::{
+    ClientState, ClientTxId, Path, ServerTxId, TimerValues, TransactionLayer,
+};
+
+use build::{
+    OutboundInvite, b_leg_invite, local_response, our_via, relay_request_payload, relay_response,
+};
+
+/// A call's handle inside its worker.
+pub type CallKey = u64;
+
+/// Which side of the call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Leg {
+    /// Towards the caller; Vigil is the UAS.
+    A,
+    /// Towards the trunk; Vigil is the UAC.
+    B,
+}
+
+impl Leg {
+    pub fn other(self) -> Leg {
+        match self {
+            Leg::A => Leg::B,
+            Leg::B => Leg::A,
+        }
+    }
+}
+
+/// Why a client transaction exists, reported back with its responses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Purpose {
+    /// The B-leg INVITE.
+    BInvite,
+    /// A request relayed from one leg to the other.
+    Relay(u32),
+    /// A request Vigil sends on its own (BYE, CANCEL): its answer changes nothing.
+    Teardown,
+}
+
+/// The owner tag on every transaction a call starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TxOwner {
+    pub call: CallKey,
+    pub purpose: Purpose,
+}
+
+/// What a call needs from its worker to act.
+pub struct Env<'a> {
+    pub tx: &'a mut TransactionLayer<TxOwner>,
+    pub ids: &'a mut IdGen,
+    pub cdrs: &'a mut VecDeque<CdrRecord>,
+    pub settings: &'a CallSettings,
+}
+
+/// Per-call knobs from the config snapshot the call started under.
+#[derive(Debug, Clone)]
+pub struct CallSettings {
+    pub user_agent: String,
+    pub max_ring_time: Duration,
+    pub timers: TimerValues,
+}
+
+timer_table!(
+    /// Ring: unanswered too long. Retransmit2xx/AckWait: our 2xx until its ACK
+    /// (RFC 3261 §13.3.1.4). CancelWait: a CANCELled INVITE that never got its final.
+    CallTimers: CallTimer { Ring, Retransmit2xx, AckWait, CancelWait }
+);
+
+/// The A leg's progress.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum AState {
+    /// INVITE received, no final response yet.
+    Proceeding,
+    /// 2xx sent, waiting for its ACK.
+    Answered,
+    Confirmed,
+    /// Final failure sent, or BYE exchanged: nothing more to do.
+    Done,
+}
+
+/// The B leg's progress.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum BState {
+    /// INVITE sent, nothing back yet (a CANCEL must wait, §9.1).
+    Calling,
+    /// A provisional arrived.
+    Proceeding,
+    /// 2xx received; Vigil sends its ACK once the caller ACKs ours.
+    Answered,
+    Confirmed,
+    /// CANCEL sent: waiting for the INVITE's final answer.
+    Cancelling,
+    Done,
+}
+
+/// What one leg needs beyond its dialog.
+struct LegInfo {
+    /// Our socket and the peer's address as seen on the wire.
+    path: Path,
+    /// The address Vigil writes into Via and Contact on this leg.
+    advertised: SocketAddr,
+    dialog: Option<Dialog>,
+    /// The last ACK sent for a 2xx on this leg, resent if the 2xx is.
+    last_ack: Option<(u32, Vec<u8>)>,
+}
+
+impl LegInfo {
+    fn contact(&self) -> SipUri {
+        SipUri::for_socket(None, self.advertised)
+    }
+
+    fn next_hop(&self) -> Path {
+        let remote = self
+            .dialog
+            .as_ref()
+            .map_or(self.path.remote, |d| d.next_hop(self.path.remote));
+        Path {
+            local: self.path.local,
+            remote,
+        }
+    }
+}
+
+/// A request relayed from one leg to the other, waiting for its answer.
+struct Relay {
+    id: u32,
+    /// The leg the request came from (where the answer goes).
+    from: Leg,
+    server_tx: ServerTxId,
+    request: Request,
+    /// CSeq of the copy sent on the other leg.
+    sent_seq: u32,
+}
+
+/// A 2xx to an INVITE that Vigil retransmits until the ACK (§13.3.1.4).
+struct Pending2xx {
+    leg: Leg,
+    bytes: Vec<u8>,
+    interval: Duration,
+    invite_seq: u32,
+    /// When the ACK arrives, ACK the other leg's INVITE with this CSeq (the 2xx
+    /// came from there).
+    ack_other_seq: Option<u32>,
+}
+
+/// How the call ended, fixed the first time it is decided.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ending {
+    pub reason: EndReason,
+    pub by: EndedBy,
+    pub sip_code: Option<u16>,
+}
+
+/// Who the call is between, for the CDR and logs.
+#[derive(Debug, Clone)]
+pub struct Parties {
+    pub caller: String,
+    pub callee: String,
+    pub trunk_in: Arc<str>,
+    pub trunk_out: Arc<str>,
+}
+
+/// Where the B leg goes.
+pub struct Outbound {
+    pub path: Path,
+    pub advertised: SocketAddr,
+}
+
+/// One B2BUA call.
+pub struct Call {
+    key: CallKey,
+    parties: Parties,
+    start: Instant,
+    answer: Option<Instant>,
+    ending: Option<Ending>,
+    a_state: AState,
+    b_state: BState,
+    a_invite: Request,
+    a_invite_tx: ServerTxId,
+    a_local_tag: String,
+    a: LegInfo,
+    b_invite: Request,
+    b_invite_tx: ClientTxId,
+    b: LegInfo,
+    /// CANCEL wanted before B sent any provisional (§9.1 says wait).
+    cancel_pending: bool,
+    /// B hung up before the caller ACKed our 2xx; BYE the caller once it does.
+    bye_a_after_ack: bool,
+    relays: Vec<Relay>,
+    next_relay: u32,
+    pending_2xx: Option<Pending2xx>,
+    timers: CallTimers,
+    pub(crate) scheduled: Scheduled,
+}
+
+impl Call {
+    /// Starts a call: sends the B-leg INVITE and arms the ring timer. The A-leg
+    /// INVITE has had its `100 Trying` from the transaction layer.
+    #[allow(clippy::too_many_arguments)]
+    pub fn start(
+        now: Instant,
+        key: CallKey,
+        a_invite_tx: ServerTxId,
+        a_invite: Request,
+        a_path: Path,
+        a_advertised: SocketAddr,
+        parties: Parties,
+        outbound: Outbound,
+        env: &mut Env<'_>,
+    ) -> Call {
+        env.tx.set_server_owner(
+            a_invite_tx,
+            TxOwner {
+                call: key,
+                purpose: Purpose::Teardown,
+            },
+        );
+        let b_invite = b_leg_invite(OutboundInvite {
+            a_invite: &a_invite,
+            target: outbound.path.remote,
+            advertised: outbound.advertised,
+            call_id: env.ids.call_id(),
+            from_tag: env.ids.tag(),
+            branch: env.ids.branch(),
+            user_agent: &env.settings.user_agent,
+        });
+        let b_invite_tx = env.tx.send_request(
+            now,
+            b_invite.clone(),
+            outbound.path,
+            TxOwner {
+                call: key,
+                purpose: Purpose::BInvite,
+            },
+        );
+        let mut timers = CallTimers::default();
+        timers.set(CallTimer::Ring, now + env.settings.max_ring_time);
+        tracing::info!(
+            call_id = %a_invite.call_id, b_call_id = %b_invite.call_id,
+            caller = %parties.caller, callee = %parties.callee,
+            trunk_in = %parties.trunk_in, trunk_out = %parties.trunk_out,
+            "call started"
+        );
+        Call {
+            key,
+            parties,
+            start: now,
+            answer: None,
+            ending: None,
+            a_state: AState::Proceeding,
+            b_state: BState::Calling,
+            a_local_tag: env.ids.tag(),
+            a_invite,
+            a_invite_tx,
+            a: LegInfo {
+                path: a_path,
+                advertised: a_advertised,
+                dialog: None,
+                last_ack: None,
+            },
+            b_invite,
+            b_invite_tx,
+            b: LegInfo {
+                path: outbound.path,
+                advertised: outbound.advertised,
+                dialog: None,
+                last_ack: None,
+            },
+            cancel_pending: false,
+            bye_a_after_ack: false,
+            relays: Vec::new(),
+            next_relay: 0,
+            pending_2xx: None,
+            timers,
+            scheduled: Scheduled::default(),
+        }
+    }
+
+    pub fn a_call_id(&self) -> &str {
+        &self.a_invite.call_id
+    }
+
+    /// The A leg's dialog key: Call-ID and the caller's From tag.
+    pub fn a_from_tag(&self) -> &str {
+        self.a_invite.from.tag().unwrap_or_default()
+    }
+
+    pub fn b_call_id(&self) -> &str {
+        &self.b_invite.call_id
+    }
+
+    /// The To tag Vigil uses on the A leg (also for the 200 to a CANCEL, §9.2).
+    pub fn a_local_tag(&self) -> &str {
+        &self.a_local_tag
+    }
+
+    pub fn ending(&self) -> Option<Ending> {
+        self.ending
+    }
+
+    pub fn is_answered(&self) -> bool {
+        self.answer.is_some()
+    }
+
+    /// The call has nothing left to do: its CDR is written and both legs are
+    /// closed. The worker then forgets it.
+    pub fn is_finished(&self) -> bool {
+        self.ending.is_some()
+            && self.a_state == AState::Done
+            && self.b_state == BState::Done
+            && self.relays.is_empty()
+    }
+
+    pub fn next_deadline(&self) -> Option<Instant> {
+        self.timers.next().map(|(at, _)| at)
+    }
+
+    fn owner(&self, purpose: Purpose) -> TxOwner {
+        TxOwner {
+            call: self.key,
+            purpose,
+        }
+    }
+
+    fn leg(&self, leg: Leg) -> &LegInfo {
+        match leg {
+            Leg::A => &self.a,
+            Leg::B => &self.b,
+        }
+    }
+
+    fn leg_mut(&mut self, leg: Leg) -> &mut LegInfo {
+        match leg {
+            Leg::A => &mut self.a,
+            Leg::B => &mut self.b,
+        }
+    }
+
+    /// Records how the call ended and writes its CDR, once.
+    fn end(
+        &mut self,
+        now: Instant,
+        reason: EndReason,
+        by: EndedBy,
+        sip_code: Option<u16>,
+        env: &mut Env<'_>,
+    ) {
+        if self.ending.is_some() {
+            return;
+        }
+        self.ending = Some(Ending {
+            reason,
+            by,
+            sip_code,
+        });
+        self.timers.clear(CallTimer::Ring);
+        let answered = self.answer.is_some();
+        tracing::info!(
+            call_id = %self.a_invite.call_id, b_call_id = %self.b_invite.call_id,
+            reason = %reason, sip_code = ?sip_code, answered,
+            "call ended"
+        );
+        env.cdrs.push_back(CdrRecord {
+            call_id: self.a_invite.call_id.clone(),
+            b_call_id: Some(self.b_invite.call_id.clone()),
+            caller: self.parties.caller.clone(),
+            callee: self.parties.callee.clone(),
+            trunk_in: self.parties.trunk_in.clone(),
+            trunk_out: Some(self.parties.trunk_out.clone()),
+            start: self.start,
+            answer: self.answer,
+            end: now,
+            end_reason: reason,
+            ended_by: by,
+            sip_code,
+        });
+    }
+
+    // ----- responses on the B-leg INVITE --------------------------------------
+
+    /// A response to a client transaction this call started.
+    pub fn on_response(
+        &mut self,
+        now: Instant,
+        purpose: Purpose,
+        response: Response,
+        env: &mut Env<'_>,
+    ) {
+        match purpose {
+            Purpose::BInvite => self.on_b_invite_response(now, response, env),
+            Purpose::Relay(id) => self.on_relay_response(now, id, response, env),
+            Purpose::Teardown => {}
+        }
+    }
+
+    fn on_b_invite_response(&mut self, now: Instant, response: Response, env: &mut Env<'_>) {
+        let status = response.status;
+        match self.b_state {
+            BState::Calling | BState::Proceeding => {
+                if status < 200 {
+                    self.b_state = BState::Proceeding;
+                    if self.cancel_pending {
+                        self.send_b_cancel(now, env);
+                    } else if status > 100 && self.a_state == AState::Proceeding {
+                        let r = relay_response(
+                            &self.a_invite,
+                            &response,
+                            Some(&self.a_local_tag),
+                            &self.a.contact(),
+                            &env.settings.user_agent,
+                        );
+                        env.tx.respond(now, self.a_invite_tx, r);
+                    }
+                } else if status < 300 {
+                    self.on_b_answered(now, response, env);
+                } else {
+                    self.b_state = BState::Done;
+                    if self.ending.is_none() {
+                        let r = relay_response(
+                            &self.a_invite,
+                            &response,
+                            Some(&self.a_local_tag),
+                            &self.a.contact(),
+                            &env.settings.user_agent,
+                        );
+                        env.tx.respond(now, self.a_invite_tx, r);
+                        self.a_state = AState::Done;
+                        self.end(now, EndReason::Rejected, EndedBy::Callee, Some(status), env);
+                    }
+                }
+            }
+            BState::Cancelling => {
+                if (200..300).contains(&status) {
+                    // The callee answered as the CANCEL crossed: ACK and BYE it.
+                    self.hang_up_fork(now, &response, env);
+                }
+                if status >= 200 {
+                    self.b_state = BState::Done;
+                    self.timers.clear(CallTimer::CancelWait);
+                }
+            }
+            BState::Answered | BState::Confirmed => {
+                if !(200..300).contains(&status) {
+                    return;
+                }
+                let same_dialog = self
+                    .b
+                    .dialog
+                    .as_ref()
+                    .is_some_and(|d| Some(d.remote_tag.as_str()) == response.to.tag());
+                if same_dialog {
+                    self.resend_ack(Leg::B, response.cseq.seq, env);
+                } else {
+                    self.hang_up_fork(now, &response, env);
+                }
+            }
+            BState::Done => {
+                if (200..300).contains(&status) {
+                    self.hang_up_fork(now, &response, env);
+                }
+            }
+        }
+    }
+
+    fn on_b_answered(&mut self, now: Instant, response: Response, env: &mut Env<'_>) {
+        self.b.dialog = Some(Dialog::as_uac(&self.b_invite, &response, self.b.contact()));
+        if self.ending.is_some() {
+            // Answered after the call was already given up (CANCEL race, shutdown).
+            self.b_state = BState::Answered;
+            self.hang_up_b(now, env);
+            return;
+        }
+        self.b_state = BState::Answered;
+        self.answer = Some(now);
+        self.timers.clear(CallTimer::Ring);
+        let ok = relay_response(
+            &self.a_invite,
+            &response,
+            Some(&self.a_local_tag),
+            &self.a.contact(),
+            &env.settings.user_agent,
+        );
+        self.a.dialog = Some(Dialog::as_uas(
+            &self.a_invite,
+            self.a_local_tag.clone(),
+            self.a.contact(),
+        ));
+        self.a_state = AState::Answered;
+        let bytes = ok.encode();
+        env.tx.respond(now, self.a_invite_tx, ok);
+        self.arm_2xx(
+            now,
+            Pending2xx {
+                leg: Leg::A,
+                bytes,
+                interval: env.settings.timers.t1,
+                invite_seq: self.a_invite.cseq.seq,
+                ack_other_seq: Some(self.b_invite.cseq.seq),
+            },
+            env,
+        );
+        tracing::debug!(call_id = %self.a_invite.call_id, "answered");
+    }
+
+    fn arm_2xx(&mut self, now: Instant, pending: Pending2xx, env: &Env<'_>) {
+        self.timers
+            .set(CallTimer::Retransmit2xx, now + pending.interval);
+        self.timers.set(
+            CallTimer::AckWait,
+            now + env.settings.timers.transaction_timeout(),
+        );
+        self.pending_2xx = Some(pending);
+    }
+
+    /// ACKs and BYEs a 2xx that does not belong to the call's B dialog (a second
+    /// fork, or an answer after the call ended) so the callee does not ring on.
+    fn hang_up_fork(&mut self, now: Instant, response: &Response, env: &mut Env<'_>) {
+        let mut fork = Dialog::as_uac(&self.b_invite, response, self.b.contact());
+        let hop = Path {
+            local: self.b.path.local,
+            remote: fork.next_hop(self.b.path.remote),
+        };
+        let ack = fork.ack(
+            response.cseq.seq,
+            our_via(self.b.advertised, env.ids.branch()),
+        );
+        env.tx.send_stateless(ack.encode(), hop);
+        let bye = fork.new_request(Method::Bye, our_via(self.b.advertised, env.ids.branch()));
+        env.tx
+            .send_request(now, bye, hop, self.owner(Purpose::Teardown));
+    }
+
+    fn resend_ack(&mut self, leg: Leg, seq: u32, env: &mut Env<'_>) {
+        let info = self.leg(leg);
+        if let Some((ack_seq, bytes)) = &info.last_ack
+            && *ack_seq == seq
+        {
+            let path = info.next_hop();
+            env.tx.send_stateless(bytes.clone(), path);
+        }
+    }
+
+    // ----- the caller's CANCEL and ACK ----------------------------------------
+
+    /// The caller cancelled (its CANCEL is already answered 200).
+    pub fn on_cancel(&mut self, now: Instant, env: &mut Env<'_>) {
+        if self.a_state != AState::Proceeding {
+            return; // §9.2: a final response was sent already; CANCEL changes nothing.
+        }
+        self.fail_a(now, 487, None, env);
+        self.end(now, EndReason::Cancelled, EndedBy::Caller, Some(487), env);
+        self.cancel_b(now, env);
+    }
+
+    /// An ACK from a leg (for a 2xx Vigil sent on it).
+    pub fn on_ack(&mut self, now: Instant, leg: Leg, ack: Request, env: &mut Env<'_>) {
+        let Some(pending) = &self.pending_2xx else {
+            return;
+        };
+        if pending.leg != leg || pending.invite_seq != ack.cseq.seq {
+            return; // a retransmitted ACK
+        }
+        let ack_other = pending.ack_other_seq;
+        self.pending_2xx = None;
+        self.timers.clear(CallTimer::Retransmit2xx);
+        self.timers.clear(CallTimer::AckWait);
+        if leg == Leg::A && self.a_state == AState::Answered {
+            self.a_state = AState::Confirmed;
+        }
+        if let Some(seq) = ack_other {
+            let other = leg.other();
+            self.send_ack(other, seq, Some(&ack), env);
+            if other == Leg::B && self.b_state == BState::Answered {
+                self.b_state = BState::Confirmed;
+            }
+        }
+        if leg == Leg::A && self.bye_a_after_ack {
+            self.bye_a_after_ack = false;
+            self.send_bye(now, Leg::A, env);
+            self.a_state = AState::Done;
+        }
+    }
+
+    /// ACKs the 2xx to `leg`'s INVITE with CSeq `seq`, carrying the other leg's ACK
+    /// body (the SDP answer of a late-offer call).
+    fn send_ack(&mut self, leg: Leg, seq: u32, body_from: Option<&Request>, env: &mut Env<'_>) {
+        let advertised = self.leg(leg).advertised;
+        let info = self.leg_mut(leg);
+        let Some(dialog) = info.dialog.as_ref() else {
+            return;
+        };
+        let mut ack = dialog.ack(seq, our_via(advertised, env.ids.branch()));
+        if let Some(from) = body_from {
+            build::copy_body(&from.headers, &from.body, &mut ack.headers, &mut ack.body);
+        }
+        let bytes = ack.encode();
+        let path = info.next_hop();
+        env.tx.send_stateless(bytes.clone(), path);
+        info.last_ack = Some((seq, bytes));
+    }
+
+    // ----- requests inside a dialog -------------------------------------------
+
+    /// A request inside one of the call's dialogs (BYE, re-INVITE, UPDATE, INFO, …),
+    /// already a server transaction that this call must answer.
+    pub fn on_request(
+        &mut self,
+        now: Instant,
+        leg: Leg,
+        tx: ServerTxId,
+        request: Request,
+        env: &mut Env<'_>,
+    ) {
+        env.tx.set_server_owner(tx, self.owner(Purpose::Teardown));
+        let ua = env.settings.user_agent.clone();
+        let reply = |env: &mut Env<'_>,
+                     status: u16,
+                     reason: Option<&str>,
+                     extra: Option<(HeaderName, &str)>| {
+            let mut r = local_response(&request, status, reason, None, &ua);
+            if let Some((name, value)) = extra {
+                r.headers.push(name, value);
+            }
+            env.tx.respond(now, tx, r);
+        };
+        if leg == Leg::A && self.a_state == AState::Proceeding && request.method == Method::Bye {
+            // §15: a caller may BYE an early dialog; it means what CANCEL means.
+            reply(env, 200, None, None);
+            self.on_cancel(now, env);
+            return;
+        }
+        let Some(dialog) = self.leg_mut(leg).dialog.as_mut() else {
+            reply(env, 481, None, None);
+            return;
+        };
+        if !dialog.accept_remote_cseq(&request) {
+            reply(env, 500, Some("CSeq Out Of Order"), None);
+            return;
+        }
+        match request.method {
+            Method::Bye => {
+                reply(env, 200, None, None);
+                self.on_bye(now, leg, env);
+            }
+            Method::Invite | Method::Update => {
+                let busy_from = self
+                    .relays
+                    .iter()
+                    .find(|r| matches!(r.request.method, Method::Invite | Method::Update))
+                    .map(|r| r.from)
+                    .or(self.pending_2xx.as_ref().map(|p| p.leg));
+                match busy_from {
+                    // §14.2: a second INVITE from the same side before the first's
+                    // final response gets 500 with Retry-After.
+                    Some(from) if from == leg => reply(
+                        env,
+                        500,
+                        Some("Previous Request Pending"),
+                        Some((HeaderName::RetryAfter, "1")),
+                    ),
+                    // Glare with the other side's offer: 491 (§14.2, RFC 3311 §5.2).
+                    Some(_) => reply(env, 491, None, None),
+                    None if self.leg(leg.other()).dialog.is_none() || self.ending.is_some() => {
+                        reply(env, 491, None, Some((HeaderName::RetryAfter, "1")))
+                    }
+                    None => {
+                        if let Some(d) = self.leg_mut(leg).dialog.as_mut() {
+                            d.refresh_target(request.contact());
+                        }
+                        self.relay(now, leg, tx, request, env);
+                    }
+                }
+            }
+            Method::Info | Method::Message | Method::Notify | Method::Options => {
+                if self.leg(leg.other()).dialog.is_none() || self.ending.is_some() {
+                    reply(
+                        env,
+                        500,
+                        Some("Other Leg Not Connected"),
+                        Some((HeaderName::RetryAfter, "1")),
+                    );
+                } else {
+                    self.relay(now, leg, tx, request, env);
+                }
+            }
+            // No reliable provisional is ever pending: Vigil does not offer 100rel.
+            Method::Prack => reply(env, 481, None, None),
+            Method::Extension(_) => reply(env, 501, None, None),
+            _ => reply(
+                env,
+                405,
+                None,
+                Some((HeaderName::Allow, crate::sip::ALLOWED_METHODS)),
+            ),
+        }
+    }
+
+    fn on_bye(&mut self, now: Instant, leg: Leg, env: &mut Env<'_>) {
+        let (reason, by) = match leg {
+            Leg::A => (EndReason::CallerBye, EndedBy::Caller),
+            Leg::B => (EndReason::CalleeBye, EndedBy::Callee),
+        };
+        self.end(now, reason, by, None, env);
+        self.abandon_relays(now, env);
+        match leg {
+            Leg::A => {
+                self.a_state = AState::Done;
+                self.clear_pending_2xx_on(Leg::A);
+                self.hang_up_b(now, env);
+            }
+            Leg::B => {
+                self.b_state = BState::Done;
+                self.hang_up_a(now, false, env);
+            }
+        }
+    }
+
+    fn clear_pending_2xx_on(&mut self, leg: Leg) {
+        if self.pending_2xx.as_ref().is_some_and(|p| p.leg == leg) {
+            self.pending_2xx = None;
+            self.timers.clear(CallTimer::Retransmit2xx);
+            self.timers.clear(CallTimer::AckWait);
+        }
+    }
+
+    /// Answers every relayed request still waiting: the call is going away.
+    fn abandon_relays(&mut self, now: Instant, env: &mut Env<'_>) {
+        for relay in self.relays.drain(..) {
+            let tag = (relay.from == Leg::A).then_some(self.a_local_tag.as_str());
+            let r = local_response(&relay.request, 487, None, tag, &env.settings.user_agent);
+            env.tx.respond(now, relay.server_tx, r);
+        }
+    }
+
+    /// Sends a copy of `request` on the other leg.
+    fn relay(
+        &mut self,
+        now: Instant,
+        from: Leg,
+        tx: ServerTxId,
+        request: Request,
+        env: &mut Env<'_>,
+    ) {
+        let to = from.other();
+        let advertised = self.leg(to).advertised;
+        let id = self.next_relay;
+        self.next_relay += 1;
+        let info = self.leg_mut(to);
+        let Some(dialog) = info.dialog.as_mut() else {
+            return;
+        };
+        let mut copy = dialog.new_request(
+            request.method.clone(),
+            our_via(advertised, env.ids.branch()),
+        );
+        relay_request_payload(&request, &mut copy);
+        let sent_seq = copy.cseq.seq;
+        let path = info.next_hop();
+        env.tx.send_request(
+            now,
+            copy,
+            path,
+            TxOwner {
+                call: self.key,
+                purpose: Purpose::Relay(id),
+            },
+        );
+        self.relays.push(Relay {
+            id,
+            from,
+            server_tx: tx,
+            request,
+            sent_seq,
+        });
+    }
+
+    fn on_relay_response(&mut self, now: Instant, id: u32, response: Response, env: &mut Env<'_>) {
+        if response.status < 200 {
+            return; // the transaction layer already sent 100 on the other side
+        }
+        let Some(pos) = self.relays.iter().position(|r| r.id == id) else {
+            // Late: the relay was abandoned. A 2xx to a re-INVITE still needs its ACK.
+            if response.is_success() && response.cseq.method == Method::Invite {
+                let leg = if response.call_id == self.b_invite.call_id {
+                    Leg::B
+                } else {
+                    Leg::A
+                };
+                self.send_ack(leg, response.cseq.seq, None, env);
+            }
+            return;
+        };
+        let relay = self.relays.remove(pos);
+        let to = relay.from.other();
+        if response.is_success()
+            && matches!(relay.request.method, Method::Invite | Method::Update)
+            && let Some(d) = self.leg_mut(to).dialog.as_mut()
+        {
+            d.refresh_target(response.contact());
+        }
+        let contact = self.leg(relay.from).contact();
+        let r = relay_response(
+            &relay.request,
+            &response,
+            None,
+            &contact,
+            &env.settings.user_agent,
+        );
+        if response.is_success() && relay.request.method == Method::Invite {
+            let bytes = r.encode();
+            env.tx.respond(now, relay.server_tx, r);
+            self.arm_2xx(
+                now,
+                Pending2xx {
+                    leg: relay.from,
+                    bytes,
+                    interval: env.settings.timers.t1,
+                    invite_seq: relay.request.cseq.seq,
+                    ack_other_seq: Some(relay.sent_seq),
+                },
+                env,
+            );
+        } else {
+            env.tx.respond(now, relay.server_tx, r);
+        }
+    }
+
+    /// A client transaction of this call got no answer (Timer B or F).
+    pub fn on_timeout(&mut self, now: Instant, purpose: Purpose, env: &mut Env<'_>) {
+        match purpose {
+            Purpose::BInvite => {
+                let was = self.b_state;
+                self.b_state = BState::Done;
+                self.timers.clear(CallTimer::CancelWait);
+                if matches!(was, BState::Calling | BState::Proceeding) && self.ending.is_none() {
+                    self.fail_a(now, 408, None, env);
+                    self.end(now, EndReason::Rejected, EndedBy::Switch, Some(408), env);
+                }
+            }
+            Purpose::Relay(id) => {
+                if let Some(pos) = self.relays.iter().position(|r| r.id == id) {
+                    let relay = self.relays.remove(pos);
+                    let r =
+                        local_response(&relay.request, 408, None, None, &env.settings.user_agent);
+                    env.tx.respond(now, relay.server_tx, r);
+                }
+            }
+            Purpose::Teardown => {}
+        }
+    }
+
+    // ----- timers ------------------------------------------------------------
+
+    pub fn handle_timeout(&mut self, now: Instant, env: &mut Env<'_>) {
+        while let Some(timer) = self.timers.pop_due(now) {
+            match timer {
+                CallTimer::Ring => {
+                    if self.a_state == AState::Proceeding && self.ending.is_none() {
+                        tracing::info!(call_id = %self.a_invite.call_id, "no answer within max_ring_time");
+                        self.fail_a(now, 408, Some("No Answer"), env);
+                        self.end(now, EndReason::Rejected, EndedBy::Switch, Some(408), env);
+                        self.cancel_b(now, env);
+                    }
+                }
+                CallTimer::Retransmit2xx => {
+                    if let Some(p) = self.pending_2xx.as_mut() {
+                        let bytes = p.bytes.clone();
+                        p.interval = (p.interval * 2).min(env.settings.timers.t2);
+                        let at = now + p.interval;
+                        let leg = p.leg;
+                        let path = self.leg(leg).path;
+                        env.tx.send_stateless(bytes, path);
+                        self.timers.set(CallTimer::Retransmit2xx, at);
+                    }
+                }
+                CallTimer::AckWait => self.on_ack_timeout(now, env),
+                CallTimer::CancelWait => {
+                    // §9.1: no final answer 64*T1 after CANCEL: consider it cancelled.
+                    if self.b_state == BState::Cancelling {
+                        env.tx.abandon_client(self.b_invite_tx);
+                        self.b_state = BState::Done;
+                    }
+                }
+            }
+        }
+    }
+
+    fn on_ack_timeout(&mut self, now: Instant, env: &mut Env<'_>) {
+        let Some(pending) = self.pending_2xx.take() else {
+            return;
+        };
+        self.timers.clear(CallTimer::Retransmit2xx);
+        tracing::warn!(call_id = %self.a_invite.call_id, leg = ?pending.leg, "no ACK for 2xx; ending the call");
+        // Complete the other side's INVITE so it stops retransmitting, then end.
+        if let Some(seq) = pending.ack_other_seq {
+            let other = pending.leg.other();
+            if self.leg(other).last_ack.as_ref().map(|(s, _)| *s) != Some(seq) {
+                self.send_ack(other, seq, None, env);
+            }
+            if other == Leg::B && self.b_state == BState::Answered {
+                self.b_state = BState::Confirmed;
+            }
+        }
+        if pending.leg == Leg::A && self.a_state == AState::Answered {
+            // §13.3.1.4: confirm the dialog, then end it with BYE.
+            self.a_state = AState::Confirmed;
+        }
+        self.end(now, EndReason::AckTimeout, EndedBy::Switch, None, env);
+        self.abandon_relays(now, env);
+        self.hang_up_a(now, true, env);
+        self.hang_up_b(now, env);
+    }
+
+    // ----- tearing legs down ---------------------------------------------------
+
+    /// Answers the caller's INVITE with a failure (before answer).
+    fn fail_a(&mut self, now: Instant, status: u16, reason: Option<&str>, env: &mut Env<'_>) {
+        if self.a_state != AState::Proceeding {
+            return;
+        }
+        let r = local_response(
+            &self.a_invite,
+            status,
+            reason,
+            Some(&self.a_local_tag),
+            &env.settings.user_agent,
+        );
+        env.tx.respond(now, self.a_invite_tx, r);
+        self.a_state = AState::Done;
+    }
+
+    /// Ends the B leg in whatever state it is: CANCEL before answer, ACK + BYE
+    /// after.
+    fn hang_up_b(&mut self, now: Instant, env: &mut Env<'_>) {
+        match self.b_state {
+            BState::Calling | BState::Proceeding => self.cancel_b(now, env),
+            BState::Answered => {
+                self.send_ack(Leg::B, self.b_invite.cseq.seq, None, env);
+                self.send_bye(now, Leg::B, env);
+                self.b_state = BState::Done;
+            }
+            BState::Confirmed => {
+                self.send_bye(now, Leg::B, env);
+                self.b_state = BState::Done;
+            }
+            BState::Cancelling | BState::Done => {}
+        }
+    }
+
+    /// Ends the A leg: BYE once confirmed. Before the caller's ACK, §15 says wait
+    /// for it, unless `now_anyway` (shutdown, ACK timeout).
+    fn hang_up_a(&mut self, now: Instant, now_anyway: bool, env: &mut Env<'_>) {
+        match self.a_state {
+            AState::Proceeding => {}
+            AState::Answered if !now_anyway => {
+                self.bye_a_after_ack = true;
+                return;
+            }
+            AState::Answered | AState::Confirmed => {
+                self.clear_pending_2xx_on(Leg::A);
+                self.send_bye(now, Leg::A, env);
+            }
+            AState::Done => {}
+        }
+        self.a_state = AState::Done;
+    }
+
+    fn send_bye(&mut self, now: Instant, leg: Leg, env: &mut Env<'_>) {
+        let advertised = self.leg(leg).advertised;
+        let owner = self.owner(Purpose::Teardown);
+        let info = self.leg_mut(leg);
+        let Some(dialog) = info.dialog.as_mut() else {
+            return;
+        };
+        let bye = dialog.new_request(Method::Bye, our_via(advertised, env.ids.branch()));
+        let path = info.next_hop();
+        env.tx.send_request(now, bye, path, owner);
+    }
+
+    /// CANCELs the B-leg INVITE, or remembers to once a provisional arrives.
+    fn cancel_b(&mut self, now: Instant, env: &mut Env<'_>) {
+        match self.b_state {
+            BState::Calling => self.cancel_pending = true,
+            BState::Proceeding => self.send_b_cancel(now, env),
+            BState::Answered | BState::Confirmed => self.hang_up_b(now, env),
+            BState::Cancelling | BState::Done => {}
+        }
+    }
+
+    fn send_b_cancel(&mut self, now: Instant, env: &mut Env<'_>) {
+        self.cancel_pending = false;
+        if env.tx.client_state(self.b_invite_tx) != Some(ClientState::Proceeding) {
+            return;
+        }
+        if let Some((cancel, path)) = env.tx.build_cancel(self.b_invite_tx) {
+            env.tx
+                .send_request(now, cancel, path, self.owner(Purpose::Teardown));
+            self.b_state = BState::Cancelling;
+            self.timers.set(
+                CallTimer::CancelWait,
+                now + env.settings.timers.transaction_timeout(),
+            );
+        }
+    }
+
+    /// Graceful shutdown: fail an unanswered call, BYE an answered one.
+    pub fn shutdown(&mut self, now: Instant, env: &mut Env<'_>) {
+        if self.ending.is_some() {
+            return;
+        }
+        if self.a_state == AState::Proceeding {
+            self.fail_a(now, 503, Some("Shutting Down"), env);
+            self.end(now, EndReason::Shutdown, EndedBy::Switch, Some(503), env);
+        } else {
+            self.end(now, EndReason::Shutdown, EndedBy::Switch, None, env);
+        }
+        self.abandon_relays(now, env);
+        self.hang_up_a(now, true, env);
+        self.hang_up_b(now, env);
+    }
+}

@@ -1,0 +1,184 @@
+//! Call detail records: what billing sees of a call, one JSON object per line.
+//!
+//! The call state machine produces a [`CdrRecord`] with monotonic instants the
+//! moment a call ends; the writer turns them into wall-clock times when it writes
+//! the line, microseconds later. Durations therefore come from the monotonic clock
+//! (an NTP step mid-call cannot bill a caller for an hour they did not talk),
+//! while `start`/`answer`/`end` are as accurate as the host's clock.
+
+mod writer;
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::{Instant, SystemTime};
+
+use serde::Serialize;
+
+pub use writer::{CdrWriter, CdrWriterError};
+
+/// Why a call ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum EndReason {
+    /// The caller hung up with BYE.
+    CallerBye,
+    /// The callee hung up with BYE.
+    CalleeBye,
+    /// The caller cancelled before answer.
+    Cancelled,
+    /// The call failed before answer (busy, timeout, error): see `sip_code`.
+    Rejected,
+    /// No route matched the called number.
+    NoRoute,
+    /// Vigil was shut down during the call.
+    Shutdown,
+    /// The caller never ACKed the 200 OK (RFC 3261 §13.3.1.4); both legs got BYE.
+    AckTimeout,
+}
+
+impl EndReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EndReason::CallerBye => "caller-bye",
+            EndReason::CalleeBye => "callee-bye",
+            EndReason::Cancelled => "cancelled",
+            EndReason::Rejected => "rejected",
+            EndReason::NoRoute => "no-route",
+            EndReason::Shutdown => "shutdown",
+            EndReason::AckTimeout => "ack-timeout",
+        }
+    }
+}
+
+impl fmt::Display for EndReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Which party ended the call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EndedBy {
+    Caller,
+    Callee,
+    Switch,
+}
+
+/// One finished call, as the state machine saw it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CdrRecord {
+    pub call_id: String,
+    pub b_call_id: Option<String>,
+    pub caller: String,
+    pub callee: String,
+    pub trunk_in: Arc<str>,
+    pub trunk_out: Option<Arc<str>>,
+    pub start: Instant,
+    pub answer: Option<Instant>,
+    pub end: Instant,
+    pub end_reason: EndReason,
+    pub ended_by: EndedBy,
+    /// The final status of a call that failed before answer.
+    pub sip_code: Option<u16>,
+}
+
+impl CdrRecord {
+    /// Billable milliseconds: end − answer, 0 if never answered.
+    pub fn duration_ms(&self) -> u64 {
+        self.answer
+            .map(|a| self.end.saturating_duration_since(a).as_millis() as u64)
+            .unwrap_or(0)
+    }
+
+    /// The JSON line, with instants converted using `(now_instant, now_wall)`
+    /// taken together by the writer.
+    pub fn to_json_line(&self, now_instant: Instant, now_wall: SystemTime) -> String {
+        let wall = |at: Instant| -> String {
+            let ago = now_instant.saturating_duration_since(at);
+            let t = now_wall.checked_sub(ago).unwrap_or(SystemTime::UNIX_EPOCH);
+            humantime::format_rfc3339_millis(t).to_string()
+        };
+        let line = CdrLine {
+            call_id: &self.call_id,
+            b_call_id: self.b_call_id.as_deref(),
+            caller: &self.caller,
+            callee: &self.callee,
+            trunk_in: &self.trunk_in,
+            trunk_out: self.trunk_out.as_deref(),
+            start: wall(self.start),
+            answer: self.answer.map(wall),
+            end: wall(self.end),
+            duration_ms: self.duration_ms(),
+            end_reason: self.end_reason,
+            ended_by: self.ended_by,
+            sip_code: self.sip_code,
+        };
+        // Serialising a struct of strings and numbers cannot fail.
+        serde_json::to_string(&line).unwrap_or_default()
+    }
+}
+
+#[derive(Serialize)]
+struct CdrLine<'a> {
+    call_id: &'a str,
+    b_call_id: Option<&'a str>,
+    caller: &'a str,
+    callee: &'a str,
+    trunk_in: &'a str,
+    trunk_out: Option<&'a str>,
+    start: String,
+    answer: Option<String>,
+    end: String,
+    duration_ms: u64,
+    end_reason: EndReason,
+    ended_by: EndedBy,
+    sip_code: Option<u16>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn json_line_has_every_field_in_utc_with_millis() {
+        let t0 = Instant::now();
+        let record = CdrRecord {
+            call_id: "a@b".into(),
+            b_call_id: Some("vgl00-1".into()),
+            caller: "1001".into(),
+            callee: "0049301234".into(),
+            trunk_in: "pbx".into(),
+            trunk_out: Some("carrier".into()),
+            start: t0,
+            answer: Some(t0 + Duration::from_millis(1500)),
+            end: t0 + Duration::from_millis(61_500),
+            end_reason: EndReason::CallerBye,
+            ended_by: EndedBy::Caller,
+            sip_code: None,
+        };
+        let wall = SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+        let line = record.to_json_line(t0 + Duration::from_millis(61_500), wall);
+        let v: serde_json::Value = serde_json::from_str(&line).expect("json");
+        assert_eq!(v["duration_ms"], 60_000);
+        assert_eq!(v["end_reason"], "caller-bye");
+        assert_eq!(v["ended_by"], "caller");
+        assert_eq!(v["sip_code"], serde_json::Value::Null);
+        assert_eq!(v["end"], "2027-01-15T08:00:00.000Z");
+        assert_eq!(v["start"], "2027-01-15T07:58:58.500Z");
+        assert_eq!(v["answer"], "2027-01-15T07:59:00.000Z");
+        assert_eq!(v["trunk_out"], "carrier");
+        let unanswered = CdrRecord {
+            answer: None,
+            end_reason: EndReason::Rejected,
+            sip_code: Some(486),
+            ..record
+        };
+        let v: serde_json::Value =
+            serde_json::from_str(&unanswered.to_json_line(t0, wall)).expect("json");
+        assert_eq!(v["answer"], serde_json::Value::Null);
+        assert_eq!(v["duration_ms"], 0);
+        assert_eq!(v["sip_code"], 486);
+    }
+}

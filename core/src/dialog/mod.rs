@@ -1,0 +1,271 @@
+//! SIP dialogs (RFC 3261 §12): the state one leg of a call keeps to send and check
+//! requests inside it — Call-ID, tags, CSeq numbers, remote target and route set.
+//!
+//! A dialog is plain data with the rules of §12 as methods; it does no I/O and
+//! keeps no timers (those belong to the call and the session timer).
+
+use std::net::SocketAddr;
+
+use crate::sip::{
+    CSeq, HeaderName, Headers, Method, NameAddr, Request, Response, SipUri, Uri, Via,
+};
+
+/// One side of a call as a dialog.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Dialog {
+    pub call_id: String,
+    pub local_tag: String,
+    pub remote_tag: String,
+    /// Our From (without tag) in requests we send.
+    pub local_uri: NameAddr,
+    /// Our To (without tag) in requests we send.
+    pub remote_uri: NameAddr,
+    pub local_seq: u32,
+    pub remote_seq: Option<u32>,
+    /// Where requests go (the peer's Contact), updated by target refreshes.
+    pub remote_target: Uri,
+    /// Route set in the order requests carry it (§12.1.1, §12.1.2).
+    pub route_set: Vec<String>,
+    /// Our Contact, sent in target-refresh requests.
+    pub local_contact: SipUri,
+}
+
+impl Dialog {
+    /// The dialog Vigil holds as UAS, from an INVITE and the tag of its 2xx/1xx
+    /// (§12.1.1): route set is the Record-Route in order, remote target is the
+    /// request's Contact.
+    pub fn as_uas(invite: &Request, local_tag: String, local_contact: SipUri) -> Dialog {
+        let mut local_uri = invite.to.clone();
+        local_uri
+            .params
+            .retain(|p| !p.name.eq_ignore_ascii_case("tag"));
+        let mut remote_uri = invite.from.clone();
+        remote_uri
+            .params
+            .retain(|p| !p.name.eq_ignore_ascii_case("tag"));
+        Dialog {
+            call_id: invite.call_id.clone(),
+            local_tag,
+            remote_tag: invite.from.tag().unwrap_or_default().to_string(),
+            local_uri,
+            remote_uri,
+            // §12.1.1: our sequence space starts fresh; 1 is as good as random.
+            local_seq: 0,
+            remote_seq: Some(invite.cseq.seq),
+            remote_target: invite
+                .contact()
+                .map(|c| c.uri)
+                .unwrap_or_else(|| invite.from.uri.clone()),
+            route_set: invite.record_route(),
+            local_contact,
+        }
+    }
+
+    /// The dialog Vigil holds as UAC, from its INVITE and the peer's 2xx (§12.1.2):
+    /// route set is the response's Record-Route reversed.
+    pub fn as_uac(invite: &Request, response: &Response, local_contact: SipUri) -> Dialog {
+        let mut local_uri = invite.from.clone();
+        local_uri
+            .params
+            .retain(|p| !p.name.eq_ignore_ascii_case("tag"));
+        let mut remote_uri = invite.to.clone();
+        remote_uri
+            .params
+            .retain(|p| !p.name.eq_ignore_ascii_case("tag"));
+        let mut route_set = response.record_route();
+        route_set.reverse();
+        Dialog {
+            call_id: invite.call_id.clone(),
+            local_tag: invite.from.tag().unwrap_or_default().to_string(),
+            remote_tag: response.to.tag().unwrap_or_default().to_string(),
+            local_uri,
+            remote_uri,
+            local_seq: invite.cseq.seq,
+            remote_seq: None,
+            remote_target: response
+                .contact()
+                .map(|c| c.uri)
+                .unwrap_or_else(|| invite.uri.clone()),
+            route_set,
+            local_contact,
+        }
+    }
+
+    /// Checks an incoming in-dialog request's CSeq (§12.2.2): one lower than the
+    /// last is out of order (answer 500). ACK and CANCEL reuse the INVITE's number.
+    pub fn accept_remote_cseq(&mut self, request: &Request) -> bool {
+        if matches!(request.method, Method::Ack | Method::Cancel) {
+            return true;
+        }
+        let seq = request.cseq.seq;
+        match self.remote_seq {
+            Some(last) if seq <= last => false,
+            _ => {
+                self.remote_seq = Some(seq);
+                true
+            }
+        }
+    }
+
+    /// Applies a target refresh (re-INVITE, UPDATE or their 2xx): the Contact
+    /// becomes the new remote target (§12.2).
+    pub fn refresh_target(&mut self, contact: Option<NameAddr>) {
+        if let Some(c) = contact {
+            self.remote_target = c.uri;
+        }
+    }
+
+    /// A new request in this dialog (§12.2.1.1) with the next CSeq.
+    pub fn new_request(&mut self, method: Method, via: Via) -> Request {
+        self.local_seq += 1;
+        let seq = self.local_seq;
+        self.request_with_seq(method, via, seq)
+    }
+
+    /// The ACK for a 2xx to the INVITE with CSeq `invite_seq` (§13.2.2.4).
+    pub fn ack(&self, invite_seq: u32, via: Via) -> Request {
+        self.request_with_seq(Method::Ack, via, invite_seq)
+    }
+
+    fn request_with_seq(&self, method: Method, via: Via, seq: u32) -> Request {
+        let mut from = self.local_uri.clone();
+        from.set_tag(&self.local_tag);
+        let mut to = self.remote_uri.clone();
+        to.set_tag(&self.remote_tag);
+        let mut headers = Headers::new();
+        // §12.2.1.1: with a loose-routing first hop (lr), the Request-URI is the
+        // remote target and the route set goes in Route; with a strict router, the
+        // first route becomes the Request-URI and the target goes last.
+        let strict_first = self
+            .route_set
+            .first()
+            .and_then(|r| NameAddr::parse(r).ok())
+            .filter(|r| r.uri.as_sip().is_some_and(|u| u.param("lr").is_none()));
+        let uri = match &strict_first {
+            Some(first) => {
+                for route in &self.route_set[1..] {
+                    headers.push(HeaderName::Route, route.as_str());
+                }
+                headers.push(HeaderName::Route, format!("<{}>", self.remote_target));
+                first.uri.clone()
+            }
+            None => {
+                for route in &self.route_set {
+                    headers.push(HeaderName::Route, route.as_str());
+                }
+                self.remote_target.clone()
+            }
+        };
+        if matches!(method, Method::Invite | Method::Update) {
+            headers.push(HeaderName::Contact, format!("<{}>", self.local_contact));
+        }
+        Request {
+            method: method.clone(),
+            uri,
+            via: vec![via],
+            max_forwards: 70,
+            from,
+            to,
+            call_id: self.call_id.clone(),
+            cseq: CSeq { seq, method },
+            headers,
+            body: Vec::new(),
+        }
+    }
+
+    /// The address the next request goes to: the first route's, else the remote
+    /// target's, when it is an IP literal; else `fallback` (the address this leg's
+    /// peer talks from), since the sans-IO core does not resolve names.
+    pub fn next_hop(&self, fallback: SocketAddr) -> SocketAddr {
+        let hop = match self.route_set.first() {
+            Some(route) => NameAddr::parse(route).ok().map(|r| r.uri),
+            None => Some(self.remote_target.clone()),
+        };
+        hop.as_ref()
+            .and_then(Uri::as_sip)
+            .and_then(SipUri::socket_addr)
+            .unwrap_or(fallback)
+    }
+
+    /// True if `request` (from the peer) belongs to this dialog (§12.2.2).
+    pub fn matches_incoming(&self, request: &Request) -> bool {
+        request.call_id == self.call_id
+            && request.from.tag() == Some(self.remote_tag.as_str())
+            && request.to.tag() == Some(self.local_tag.as_str())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sip::{Message, decode};
+
+    fn invite() -> Request {
+        let text = "INVITE sip:bob@192.0.2.20 SIP/2.0\r\n\
+Via: SIP/2.0/UDP 192.0.2.10:5060;branch=z9hG4bK1\r\n\
+Record-Route: <sip:p1.example.com;lr>, <sip:192.0.2.30:5070;lr>\r\n\
+From: Alice <sip:alice@192.0.2.10>;tag=ta\r\nTo: <sip:bob@192.0.2.20>\r\n\
+Call-ID: d1\r\nCSeq: 314 INVITE\r\nContact: <sip:alice@192.0.2.10:5062>\r\n\r\n";
+        match decode(text.as_bytes()) {
+            Ok(Message::Request(r)) => r,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    fn via() -> Via {
+        Via::parse("SIP/2.0/UDP 192.0.2.20:5060;branch=z9hG4bKx").expect("via")
+    }
+
+    #[test]
+    fn uas_dialog_sends_requests_per_rfc3261_12_2_1_1() {
+        let contact = SipUri::for_socket(None, "192.0.2.20:5060".parse().expect("addr"));
+        let mut d = Dialog::as_uas(&invite(), "tb".into(), contact);
+        let bye = d.new_request(Method::Bye, via());
+        assert_eq!(bye.uri.to_string(), "sip:alice@192.0.2.10:5062");
+        assert_eq!(bye.from.tag(), Some("tb"));
+        assert_eq!(bye.to.tag(), Some("ta"));
+        assert_eq!(bye.cseq.seq, 1);
+        let routes: Vec<&str> = bye.headers.get_all(&HeaderName::Route).collect();
+        assert_eq!(
+            routes,
+            vec!["<sip:p1.example.com;lr>", "<sip:192.0.2.30:5070;lr>"]
+        );
+        // The first route is a hostname: fall back to the peer's address.
+        let fallback = "192.0.2.99:5060".parse().expect("addr");
+        assert_eq!(d.next_hop(fallback), fallback);
+        d.route_set.remove(0);
+        assert_eq!(
+            d.next_hop(fallback),
+            "192.0.2.30:5070".parse().expect("addr")
+        );
+    }
+
+    #[test]
+    fn remote_cseq_must_grow() {
+        let contact = SipUri::for_socket(None, "192.0.2.20:5060".parse().expect("addr"));
+        let mut d = Dialog::as_uas(&invite(), "tb".into(), contact);
+        let mut req = invite();
+        req.to.set_tag("tb");
+        assert!(!d.accept_remote_cseq(&req), "same CSeq as the INVITE");
+        req.cseq.seq = 315;
+        assert!(d.accept_remote_cseq(&req));
+        assert!(d.matches_incoming(&req));
+    }
+
+    #[test]
+    fn strict_router_becomes_the_request_uri() {
+        let contact = SipUri::for_socket(None, "192.0.2.20:5060".parse().expect("addr"));
+        let mut d = Dialog::as_uas(&invite(), "tb".into(), contact);
+        d.route_set = vec!["<sip:192.0.2.40>".into()];
+        let req = d.new_request(Method::Info, via());
+        assert_eq!(req.uri.to_string(), "sip:192.0.2.40");
+        assert_eq!(
+            req.headers.get(&HeaderName::Route),
+            Some("<sip:alice@192.0.2.10:5062>")
+        );
+        assert_eq!(
+            d.next_hop("192.0.2.99:5060".parse().expect("addr")),
+            "192.0.2.40:5060".parse().expect("addr")
+        );
+    }
+}

@@ -1,0 +1,493 @@
+//! One worker's switch core, sans-IO: it owns a transaction layer and the calls of
+//! its shard, routes every decoded message to the transaction, dialog and call it
+//! belongs to, answers what no call owns (OPTIONS, 481, 405, 501, …) and starts
+//! new calls on admitted INVITEs.
+//!
+//! Contract (str0m/quinn-proto style): feed [`Engine::handle_message`] and
+//! [`Engine::handle_timeout`]; after each, drain [`Engine::poll_transmit`] and
+//! [`Engine::poll_cdr`]; sleep until [`Engine::poll_timeout`]. Time never goes
+//! backwards. Nothing here reads a clock, touches a socket or spawns a task.
+
+use std::collections::{HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::call::build::local_response;
+use crate::call::{Call, CallKey, CallSettings, Env, Leg, Outbound, Parties, TxOwner};
+use crate::cdr::{CdrRecord, EndReason, EndedBy};
+use crate::config::{Config, canonical_ip};
+use crate::ids::IdGen;
+use crate::sip::{ALLOWED_METHODS, HeaderName, MediaType, Message, Method, Request, Response};
+use crate::timer::TimerQueue;
+use crate::transaction::{
+    Inbound, Path, ServerTxId, TimerValues, TransactionLayer, Transmit, TxEvent,
+};
+
+/// A socket Vigil listens on and the address it advertises for it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LocalSocket {
+    pub bind: SocketAddr,
+    /// What Via and Contact say (the bind address unless it is a wildcard or NAT).
+    pub advertised: SocketAddr,
+}
+
+/// A request refused before any call exists: status, reason phrase (default if
+/// `None`) and headers that explain it (Unsupported, Accept, Retry-After, …).
+type Refusal = (u16, Option<&'static str>, Vec<(HeaderName, String)>);
+
+/// Option tags Vigil implements (for `Supported` and checking `Require`).
+pub const SUPPORTED: &[&str] = &[];
+
+pub struct Engine {
+    config: Arc<Config>,
+    settings: CallSettings,
+    sockets: Arc<[LocalSocket]>,
+    tx: TransactionLayer<TxOwner>,
+    calls: HashMap<CallKey, Call>,
+    /// A-leg dialogs by Call-ID and the caller's From tag.
+    by_a: HashMap<(String, String), CallKey>,
+    /// B-leg dialogs by Vigil's Call-ID.
+    by_b: HashMap<String, CallKey>,
+    call_timers: TimerQueue<CallKey>,
+    ids: IdGen,
+    cdrs: VecDeque<CdrRecord>,
+    next_key: CallKey,
+    /// Set by [`Engine::begin_shutdown`]: new calls are refused.
+    draining: bool,
+}
+
+impl Engine {
+    pub fn new(worker: u8, config: Arc<Config>, sockets: Arc<[LocalSocket]>) -> Engine {
+        Engine::with_ids(IdGen::new(worker), config, sockets)
+    }
+
+    /// An engine with a given id generator (tests use a seeded one).
+    pub fn with_ids(ids: IdGen, config: Arc<Config>, sockets: Arc<[LocalSocket]>) -> Engine {
+        let timers = TimerValues::default();
+        Engine {
+            settings: settings_from(&config, timers),
+            tx: TransactionLayer::new(timers, config.sip.force_rport),
+            config,
+            sockets,
+            calls: HashMap::new(),
+            by_a: HashMap::new(),
+            by_b: HashMap::new(),
+            call_timers: TimerQueue::default(),
+            ids,
+            cdrs: VecDeque::new(),
+            next_key: 0,
+            draining: false,
+        }
+    }
+
+    /// Applies a new config snapshot to calls that start from now on.
+    pub fn set_config(&mut self, config: Arc<Config>) {
+        self.settings = settings_from(&config, self.tx.timer_values());
+        self.tx.set_force_rport(config.sip.force_rport);
+        self.config = config;
+    }
+
+    pub fn active_calls(&self) -> usize {
+        self.calls.len()
+    }
+
+    pub fn transactions(&self) -> usize {
+        self.tx.len()
+    }
+
+    pub fn poll_transmit(&mut self) -> Option<Transmit> {
+        self.tx.poll_transmit()
+    }
+
+    pub fn poll_cdr(&mut self) -> Option<CdrRecord> {
+        self.cdrs.pop_front()
+    }
+
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        match (self.tx.poll_timeout(), self.call_timers.next_deadline()) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// Stops taking calls and ends every active one (BYE both legs, CDR
+    /// `shutdown`).
+    pub fn begin_shutdown(&mut self, now: Instant) {
+        self.draining = true;
+        let keys: Vec<CallKey> = self.calls.keys().copied().collect();
+        for key in keys {
+            self.with_call(key, |call, env| call.shutdown(now, env));
+        }
+    }
+
+    /// Handles a decoded message that arrived on `path`. `admitted` is false for an
+    /// in-dialog request from an address no trunk admits: it is served only if it
+    /// matches a dialog.
+    pub fn handle_message(&mut self, now: Instant, message: Message, path: Path, admitted: bool) {
+        match message {
+            Message::Request(request) => match self.tx.receive_request(now, request, path) {
+                Inbound::Absorbed => {}
+                Inbound::Ack(ack) => self.on_ack(now, ack),
+                Inbound::New(tx, request) => self.on_request(now, tx, request, path, admitted),
+            },
+            Message::Response(response) => {
+                if let Some((_, owner, response)) = self.tx.receive_response(now, response) {
+                    self.with_call(owner.call, |call, env| {
+                        call.on_response(now, owner.purpose, response, env)
+                    });
+                }
+            }
+        }
+        self.drain_tx_events(now);
+    }
+
+    pub fn handle_timeout(&mut self, now: Instant) {
+        self.tx.handle_timeout(now);
+        self.drain_tx_events(now);
+        while let Some((at, key)) = self.call_timers.pop_due(now) {
+            let live = self
+                .calls
+                .get_mut(&key)
+                .is_some_and(|c| c.scheduled.take_if(at));
+            if live {
+                self.with_call(key, |call, env| call.handle_timeout(now, env));
+            }
+        }
+    }
+
+    fn drain_tx_events(&mut self, now: Instant) {
+        while let Some(event) = self.tx.poll_event() {
+            if let TxEvent::Timeout { owner, .. } = event {
+                self.with_call(owner.call, |call, env| {
+                    call.on_timeout(now, owner.purpose, env)
+                });
+            }
+        }
+    }
+
+    /// Runs `f` on a call with its environment, then reschedules or forgets it.
+    fn with_call(&mut self, key: CallKey, f: impl FnOnce(&mut Call, &mut Env<'_>)) {
+        let Some(call) = self.calls.get_mut(&key) else {
+            return;
+        };
+        let mut env = Env {
+            tx: &mut self.tx,
+            ids: &mut self.ids,
+            cdrs: &mut self.cdrs,
+            settings: &self.settings,
+        };
+        f(call, &mut env);
+        if call.is_finished() {
+            let a_key = (call.a_call_id().to_string(), call.a_from_tag().to_string());
+            let b_key = call.b_call_id().to_string();
+            self.by_a.remove(&a_key);
+            self.by_b.remove(&b_key);
+            self.calls.remove(&key);
+        } else if let Some(at) = call.scheduled.update(call.next_deadline()) {
+            self.call_timers.schedule(at, key);
+        }
+    }
+
+    /// The call and leg an in-dialog message belongs to.
+    fn find_call(&self, request: &Request) -> Option<(CallKey, Leg)> {
+        if let Some(&key) = self.by_b.get(&request.call_id) {
+            return Some((key, Leg::B));
+        }
+        let tag = request.from.tag().unwrap_or_default();
+        self.by_a
+            .get(&(request.call_id.clone(), tag.to_string()))
+            .map(|&key| (key, Leg::A))
+    }
+
+    fn on_ack(&mut self, now: Instant, ack: Request) {
+        if let Some((key, leg)) = self.find_call(&ack) {
+            self.with_call(key, |call, env| call.on_ack(now, leg, ack, env));
+        }
+    }
+
+    fn on_request(
+        &mut self,
+        now: Instant,
+        tx: ServerTxId,
+        request: Request,
+        path: Path,
+        admitted: bool,
+    ) {
+        if request.method == Method::Cancel {
+            return self.on_cancel(now, tx, request);
+        }
+        if request.is_in_dialog() {
+            return match self.find_call(&request) {
+                Some((key, leg)) => {
+                    self.with_call(key, |call, env| call.on_request(now, leg, tx, request, env))
+                }
+                None if !admitted => self.reply(now, tx, &request, 403, None, &[]),
+                None => self.reply(now, tx, &request, 481, None, &[]),
+            };
+        }
+        match &request.method {
+            Method::Invite => self.on_invite(now, tx, request, path),
+            Method::Options => {
+                if let Some((status, reason, extra)) = self.uas_checks(&request) {
+                    return self.reply(now, tx, &request, status, reason, &extra);
+                }
+                let mut extra = vec![
+                    (HeaderName::Allow, ALLOWED_METHODS.to_string()),
+                    (HeaderName::Accept, "application/sdp".to_string()),
+                ];
+                if !SUPPORTED.is_empty() {
+                    extra.push((HeaderName::Supported, SUPPORTED.join(", ")));
+                }
+                self.reply(now, tx, &request, 200, None, &extra);
+            }
+            // These only make sense inside a dialog (RFC 3261 §15, RFC 3311, 3262, 6086).
+            Method::Bye | Method::Update | Method::Prack | Method::Info => {
+                self.reply(now, tx, &request, 481, None, &[])
+            }
+            Method::Extension(_) => self.reply(now, tx, &request, 501, None, &[]),
+            _ => self.reply(
+                now,
+                tx,
+                &request,
+                405,
+                None,
+                &[(HeaderName::Allow, ALLOWED_METHODS.to_string())],
+            ),
+        }
+    }
+
+    fn on_cancel(&mut self, now: Instant, tx: ServerTxId, cancel: Request) {
+        let target = self
+            .tx
+            .invite_for_cancel(&cancel)
+            .and_then(|invite_tx| self.tx.server_owner(invite_tx));
+        match target.and_then(|owner| self.calls.get(&owner.call).map(|c| (owner.call, c))) {
+            Some((key, call)) => {
+                let tag = call.a_local_tag().to_string();
+                let mut ok =
+                    local_response(&cancel, 200, None, Some(&tag), &self.settings.user_agent);
+                ok.headers.remove(&HeaderName::Server);
+                self.tx.respond(now, tx, ok);
+                self.with_call(key, |call, env| call.on_cancel(now, env));
+            }
+            None => self.reply(now, tx, &cancel, 481, None, &[]),
+        }
+    }
+
+    /// RFC 3261 §8.2.1-8.2.3 checks a UAS makes before acting on a request.
+    fn uas_checks(&self, request: &Request) -> Option<Refusal> {
+        let scheme = request.uri.scheme();
+        if !matches!(scheme.as_str(), "sip" | "sips" | "tel") {
+            return Some((416, None, Vec::new()));
+        }
+        let unsupported: Vec<&str> = request
+            .headers
+            .list(&HeaderName::Require)
+            .chain(request.headers.list(&HeaderName::ProxyRequire))
+            .filter(|tag| !SUPPORTED.iter().any(|s| s.eq_ignore_ascii_case(tag)))
+            .collect();
+        if !unsupported.is_empty() {
+            return Some((
+                420,
+                None,
+                vec![(HeaderName::Unsupported, unsupported.join(", "))],
+            ));
+        }
+        None
+    }
+
+    /// Session description checks for an INVITE (§8.2.3, RFC 4475 `invut`, `sdp01`).
+    fn content_checks(request: &Request) -> Option<Refusal> {
+        if !request.body.is_empty() {
+            let acceptable = request.content_type().is_some_and(|m| {
+                (m.kind == "application" && m.subtype == "sdp")
+                    || (m.kind == "multipart" && m.subtype == "mixed")
+            });
+            if !acceptable {
+                return Some((
+                    415,
+                    None,
+                    vec![(HeaderName::Accept, "application/sdp".into())],
+                ));
+            }
+            if let Some(enc) = request.headers.get(&HeaderName::ContentEncoding)
+                && !enc.trim().eq_ignore_ascii_case("identity")
+            {
+                return Some((
+                    415,
+                    None,
+                    vec![(HeaderName::AcceptEncoding, "identity".into())],
+                ));
+            }
+        }
+        let accepts: Vec<MediaType> = request
+            .headers
+            .list(&HeaderName::Accept)
+            .filter_map(|a| MediaType::parse(a).ok())
+            .collect();
+        if request.headers.count(&HeaderName::Accept) > 0
+            && !accepts.iter().any(|m| m.admits("application", "sdp"))
+        {
+            return Some((
+                406,
+                None,
+                vec![(HeaderName::Accept, "application/sdp".into())],
+            ));
+        }
+        None
+    }
+
+    fn on_invite(&mut self, now: Instant, tx: ServerTxId, request: Request, path: Path) {
+        let refusal = if self.draining {
+            Some((
+                503,
+                Some("Shutting Down"),
+                vec![(HeaderName::RetryAfter, "30".to_string())],
+            ))
+        } else {
+            self.uas_checks(&request)
+                .or_else(|| Self::content_checks(&request))
+        };
+        if let Some((status, reason, extra)) = refusal {
+            return self.reply(now, tx, &request, status, reason, &extra);
+        }
+        if request.max_forwards == 0 {
+            return self.reply(now, tx, &request, 483, None, &[]);
+        }
+        let Some(trunk_in) = self.config.inbound_trunk(path.remote.ip()) else {
+            return self.reply(now, tx, &request, 403, Some("Not An Inbound Trunk"), &[]);
+        };
+        let callee = request.uri.user_part().unwrap_or_default();
+        let caller = request.from.uri.user_part().unwrap_or_default();
+        let trunk_in_name = self.config.trunks[trunk_in].name.clone();
+        let Some(trunk_out) = self.config.route(trunk_in, &callee) else {
+            tracing::info!(call_id = %request.call_id, %callee, trunk_in = %trunk_in_name, "no route");
+            self.reply(now, tx, &request, 404, Some("No Route"), &[]);
+            self.cdrs.push_back(CdrRecord {
+                call_id: request.call_id.clone(),
+                b_call_id: None,
+                caller,
+                callee,
+                trunk_in: trunk_in_name,
+                trunk_out: None,
+                start: now,
+                answer: None,
+                end: now,
+                end_reason: EndReason::NoRoute,
+                ended_by: EndedBy::Switch,
+                sip_code: Some(404),
+            });
+            return;
+        };
+        let trunk = &self.config.trunks[trunk_out];
+        let Some(target) = trunk.outbound else {
+            // Routes only name trunks with `outbound` (config checks it).
+            return self.reply(now, tx, &request, 500, None, &[]);
+        };
+        if self
+            .sockets
+            .iter()
+            .any(|s| s.bind == target || s.advertised == target)
+        {
+            return self.reply(now, tx, &request, 482, None, &[]);
+        }
+        let Some(b_socket) = self.socket_for(target) else {
+            tracing::warn!(%target, "no listening socket of the trunk's address family");
+            return self.reply(now, tx, &request, 503, Some("No Socket For Trunk"), &[]);
+        };
+        let a_advertised = self
+            .sockets
+            .iter()
+            .find(|s| s.bind == path.local)
+            .map_or(path.local, |s| s.advertised);
+        let key = self.next_key;
+        self.next_key += 1;
+        let parties = Parties {
+            caller,
+            callee,
+            trunk_in: trunk_in_name,
+            trunk_out: trunk.name.clone(),
+        };
+        let outbound = Outbound {
+            path: Path {
+                local: b_socket.bind,
+                remote: target,
+            },
+            advertised: b_socket.advertised,
+        };
+        let mut env = Env {
+            tx: &mut self.tx,
+            ids: &mut self.ids,
+            cdrs: &mut self.cdrs,
+            settings: &self.settings,
+        };
+        let a_key = (
+            request.call_id.clone(),
+            request.from.tag().unwrap_or_default().to_string(),
+        );
+        let call = Call::start(
+            now,
+            key,
+            tx,
+            request,
+            path,
+            a_advertised,
+            parties,
+            outbound,
+            &mut env,
+        );
+        self.by_b.insert(call.b_call_id().to_string(), key);
+        self.by_a.insert(a_key, key);
+        self.calls.insert(key, call);
+        self.with_call(key, |_, _| {});
+    }
+
+    /// The socket to reach `target` from: same address family, preferring one
+    /// bound to the same kind of address (loopback to loopback).
+    fn socket_for(&self, target: SocketAddr) -> Option<LocalSocket> {
+        let target_ip = canonical_ip(target.ip());
+        let same_family = |s: &&LocalSocket| s.bind.is_ipv4() == target.is_ipv4();
+        self.sockets
+            .iter()
+            .filter(same_family)
+            .find(|s| s.bind.ip().is_loopback() == target_ip.is_loopback())
+            .or_else(|| self.sockets.iter().find(same_family))
+            .copied()
+    }
+
+    /// Answers a request Vigil handles itself, with a fresh To tag.
+    fn reply(
+        &mut self,
+        now: Instant,
+        tx: ServerTxId,
+        request: &Request,
+        status: u16,
+        reason: Option<&str>,
+        extra: &[(HeaderName, String)],
+    ) {
+        let tag = self.ids.tag();
+        let mut r: Response = local_response(
+            request,
+            status,
+            reason,
+            Some(&tag),
+            &self.settings.user_agent,
+        );
+        for (name, value) in extra {
+            r.headers.push(name.clone(), value.as_str());
+        }
+        self.tx.respond(now, tx, r);
+    }
+}
+
+fn settings_from(config: &Config, timers: TimerValues) -> CallSettings {
+    CallSettings {
+        user_agent: config.sip.user_agent.clone(),
+        max_ring_time: Duration::from_secs(u64::from(config.sip.max_ring_time)),
+        timers,
+    }
+}
+
+#[cfg(test)]
+mod tests;
