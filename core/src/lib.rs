@@ -7,9 +7,13 @@
 pub mod call;
 pub mod cdr;
 pub mod config;
+pub mod daemon;
 pub mod dialog;
 pub mod engine;
 pub mod ids;
+pub mod ingress;
+pub mod ratelimit;
 pub mod sip;
 pub mod timer;
 pub mod transaction;
+pub mod transport;

@@ -1,1 +1,78 @@
-fn main() {}
+//! `vigil`: run the softswitch, or check a config.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use vigil::config::Config;
+
+#[derive(Parser)]
+#[command(
+    name = "vigil",
+    version,
+    about = "Vigil: a SIP B2BUA softswitch that keeps calls honest"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the switch in the foreground until SIGTERM or SIGINT.
+    Run {
+        /// The YAML config file.
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Validate a config file: exit 0 if it is good, 1 with every problem if not.
+    Check {
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+}
+
+fn main() -> ExitCode {
+    match Cli::parse().command {
+        Command::Check { config } => check(&config),
+        Command::Run { config } => match run(&config) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("vigil: {e:#}");
+                ExitCode::FAILURE
+            }
+        },
+    }
+}
+
+fn check(path: &std::path::Path) -> ExitCode {
+    match Config::load(path) {
+        Ok(c) => {
+            println!(
+                "{}: OK ({} listen, {} trunks, {} routes)",
+                path.display(),
+                c.listen.len(),
+                c.trunks.len(),
+                c.routes.len()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("{e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(path: &std::path::Path) -> anyhow::Result<()> {
+    let config = Config::load(path)?;
+    vigil::daemon::init_logging(&config.log)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(config.workers())
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(vigil::daemon::run(config))?;
+    Ok(())
+}

@@ -96,6 +96,12 @@ impl Engine {
         self.tx.len()
     }
 
+    /// Requests Vigil sent that have no final answer yet (shutdown waits for the
+    /// BYEs it sent).
+    pub fn requests_in_flight(&self) -> usize {
+        self.tx.clients_awaiting_final()
+    }
+
     pub fn poll_transmit(&mut self) -> Option<Transmit> {
         self.tx.poll_transmit()
     }

@@ -159,6 +159,19 @@ impl<O: Copy> TransactionLayer<O> {
         self.len() == 0
     }
 
+    /// Client transactions still waiting for a final response.
+    pub fn clients_awaiting_final(&self) -> usize {
+        self.clients
+            .values()
+            .filter(|t| {
+                matches!(
+                    t.state,
+                    ClientState::Calling | ClientState::Trying | ClientState::Proceeding
+                )
+            })
+            .count()
+    }
+
     fn allocate_id(&mut self) -> u64 {
         self.next_id += 1;
         self.next_id

@@ -1,0 +1,185 @@
+//! The `vigil run` daemon: the thin tokio shell around the sans-IO engine.
+//!
+//! It reads top to bottom: bind sockets → open the CDR file → start one worker per
+//! shard and one receive loop per socket → wait for SIGTERM/SIGINT → drain calls
+//! (BYE on both legs, CDR `shutdown`) → flush CDRs → return.
+
+mod logging;
+mod worker;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::net::UdpSocket;
+use tokio::signal::unix::{SignalKind, signal};
+use tokio::sync::mpsc;
+
+use crate::cdr::{CdrWriter, CdrWriterError};
+use crate::config::Config;
+use crate::engine::LocalSocket;
+use crate::ingress::{Ingress, Verdict};
+use crate::ratelimit::RateLimit;
+use crate::sip::MAX_DATAGRAM;
+use crate::transaction::{Path, Transmit};
+use crate::transport::{Transport, TransportError};
+
+pub use logging::{LoggingError, init_logging};
+use worker::{WorkerInput, run_worker};
+
+/// How long shutdown waits for calls to end before giving up on stragglers; the
+/// whole shutdown stays within the 5 s a service manager gives.
+const DRAIN_TIME: Duration = Duration::from_secs(4);
+/// Datagrams queued per worker before the receive path sheds load.
+const WORKER_QUEUE: usize = 16_384;
+
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    #[error(transparent)]
+    Transport(#[from] TransportError),
+    #[error(transparent)]
+    Cdr(#[from] CdrWriterError),
+    #[error("cannot install signal handler: {0}")]
+    Signal(std::io::Error),
+}
+
+/// Runs the switch until SIGTERM or SIGINT, then shuts down gracefully.
+pub async fn run(config: Config) -> Result<(), DaemonError> {
+    let config = Arc::new(config);
+    let transport = Arc::new(Transport::bind(&config.listen)?);
+    let cdr_writer = CdrWriter::open(&config.cdr_path).await?;
+    let (cdr_tx, cdr_rx) = mpsc::unbounded_channel();
+    let writer = tokio::spawn(cdr_writer.run(cdr_rx));
+
+    let workers = config.workers().min(usize::from(u8::MAX));
+    let local_sockets = transport.local_sockets();
+    let mut worker_inputs = Vec::with_capacity(workers);
+    let mut worker_tasks = Vec::with_capacity(workers);
+    for id in 0..workers {
+        let (tx, rx) = mpsc::channel(WORKER_QUEUE);
+        worker_inputs.push(tx);
+        worker_tasks.push(tokio::spawn(run_worker(
+            id as u8,
+            config.clone(),
+            local_sockets.clone(),
+            rx,
+            transport.clone(),
+            cdr_tx.clone(),
+        )));
+    }
+    drop(cdr_tx);
+
+    let mut receivers = Vec::new();
+    for (local, socket) in transport.sockets() {
+        receivers.push(tokio::spawn(receive_loop(
+            socket,
+            local,
+            Ingress::new(workers),
+            config.clone(),
+            worker_inputs.clone(),
+            transport.clone(),
+        )));
+    }
+    tracing::info!(
+        workers,
+        trunks = config.trunks.len(),
+        routes = config.routes.len(),
+        "vigil running"
+    );
+
+    wait_for_signal().await?;
+
+    tracing::info!("shutting down: ending active calls");
+    for input in &worker_inputs {
+        let _ = input.send(WorkerInput::Shutdown).await;
+    }
+    for task in worker_tasks {
+        let _ = tokio::time::timeout(DRAIN_TIME + Duration::from_millis(500), task).await;
+    }
+    for r in &receivers {
+        r.abort();
+    }
+    drop(worker_inputs);
+    match tokio::time::timeout(Duration::from_millis(500), writer).await {
+        Ok(Ok(Ok(written))) => tracing::info!(cdrs_written = written, "CDRs flushed"),
+        Ok(Ok(Err(e))) => return Err(e.into()),
+        Ok(Err(e)) => tracing::error!(error = %e, "CDR writer task failed"),
+        Err(_) => tracing::error!("CDR writer did not finish in time"),
+    }
+    tracing::info!("stopped");
+    Ok(())
+}
+
+async fn wait_for_signal() -> Result<(), DaemonError> {
+    let mut term = signal(SignalKind::terminate()).map_err(DaemonError::Signal)?;
+    let mut int = signal(SignalKind::interrupt()).map_err(DaemonError::Signal)?;
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM"),
+        _ = int.recv() => tracing::info!("SIGINT"),
+    }
+    Ok(())
+}
+
+/// Reads datagrams from one socket, judges them and hands them on.
+async fn receive_loop(
+    socket: Arc<UdpSocket>,
+    local: LocalSocket,
+    mut ingress: Ingress,
+    config: Arc<Config>,
+    workers: Vec<mpsc::Sender<WorkerInput>>,
+    transport: Arc<Transport>,
+) {
+    // One byte more than the largest datagram, to notice an oversized one.
+    let mut buf = vec![0u8; MAX_DATAGRAM + 1];
+    let mut errors_log = RateLimit::new(5, Duration::from_secs(10));
+    let mut overload_log = RateLimit::new(5, Duration::from_secs(10));
+    loop {
+        let (len, remote) = match socket.recv_from(&mut buf).await {
+            Ok(r) => r,
+            Err(e) => {
+                if let Some(suppressed) = errors_log.allow(Instant::now()) {
+                    tracing::warn!(error = %e, suppressed, "receive failed");
+                }
+                continue;
+            }
+        };
+        let now = Instant::now();
+        if len > MAX_DATAGRAM {
+            if let Some(suppressed) = errors_log.allow(now) {
+                tracing::warn!(source = %remote, suppressed, "datagram over 64 KiB dropped");
+            }
+            continue;
+        }
+        let path = Path {
+            local: local.bind,
+            remote,
+        };
+        match ingress.classify(now, &config, &buf[..len], path) {
+            Verdict::Dispatch {
+                worker,
+                message,
+                admitted,
+            } => {
+                let input = WorkerInput::Message {
+                    message,
+                    path,
+                    admitted,
+                };
+                if workers[worker].try_send(input).is_err()
+                    && let Some(suppressed) = overload_log.allow(now)
+                {
+                    tracing::warn!(worker, suppressed, "worker queue full: datagram dropped");
+                }
+            }
+            Verdict::Reply { bytes, to } => {
+                transport
+                    .send(&Transmit {
+                        local: local.bind,
+                        remote: to,
+                        bytes,
+                    })
+                    .await;
+            }
+            Verdict::Drop(_) => {}
+        }
+    }
+}

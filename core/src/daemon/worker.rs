@@ -1,0 +1,95 @@
+//! One worker task: owns an [`Engine`] outright (no locks on the hot path), feeds
+//! it the messages of its shard and its timeouts, and performs what it asks.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::mpsc;
+use tokio::time::sleep_until;
+
+use super::DRAIN_TIME;
+use crate::cdr::CdrRecord;
+use crate::config::Config;
+use crate::engine::{Engine, LocalSocket};
+use crate::sip::Message;
+use crate::transaction::Path;
+use crate::transport::Transport;
+
+/// What the receive loops and the daemon send a worker.
+pub enum WorkerInput {
+    Message {
+        message: Box<Message>,
+        path: Path,
+        admitted: bool,
+    },
+    /// End every call and stop once they are gone (or after [`DRAIN_TIME`]).
+    Shutdown,
+}
+
+/// Inputs handled per wake-up before outputs are flushed; bounds latency while
+/// amortising the wake-up under load.
+const BATCH: usize = 64;
+
+pub async fn run_worker(
+    id: u8,
+    config: Arc<Config>,
+    sockets: Arc<[LocalSocket]>,
+    mut inputs: mpsc::Receiver<WorkerInput>,
+    transport: Arc<Transport>,
+    cdrs: mpsc::UnboundedSender<CdrRecord>,
+) {
+    let mut engine = Engine::new(id, config, sockets);
+    let mut drain_until: Option<Instant> = None;
+    let mut batch = Vec::with_capacity(BATCH);
+    loop {
+        // Without a deadline, sleep "forever" (a day) until input arrives.
+        let wake = engine
+            .poll_timeout()
+            .unwrap_or_else(|| Instant::now() + Duration::from_secs(86_400));
+        let drain_wake =
+            drain_until.unwrap_or_else(|| Instant::now() + Duration::from_secs(86_400));
+        tokio::select! {
+            received = inputs.recv_many(&mut batch, BATCH) => {
+                if received == 0 {
+                    break;
+                }
+                for input in batch.drain(..) {
+                    let now = Instant::now();
+                    match input {
+                        WorkerInput::Message { message, path, admitted } => {
+                            engine.handle_message(now, *message, path, admitted)
+                        }
+                        WorkerInput::Shutdown => {
+                            engine.begin_shutdown(now);
+                            drain_until = Some(now + DRAIN_TIME);
+                        }
+                    }
+                }
+            }
+            _ = sleep_until(wake.into()) => engine.handle_timeout(Instant::now()),
+            _ = sleep_until(drain_wake.into()), if drain_until.is_some() => {
+                tracing::warn!(worker = id, calls = engine.active_calls(), "calls still active at the end of the drain");
+                flush(&mut engine, &transport, &cdrs).await;
+                break;
+            }
+        }
+        flush(&mut engine, &transport, &cdrs).await;
+        if drain_until.is_some() && engine.active_calls() == 0 && engine.requests_in_flight() == 0 {
+            break;
+        }
+    }
+}
+
+async fn flush(
+    engine: &mut Engine,
+    transport: &Transport,
+    cdrs: &mpsc::UnboundedSender<CdrRecord>,
+) {
+    while let Some(t) = engine.poll_transmit() {
+        transport.send(&t).await;
+    }
+    while let Some(record) = engine.poll_cdr() {
+        // The writer only goes away after every worker has stopped.
+        let _ = cdrs.send(record);
+    }
+}

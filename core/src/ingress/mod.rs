@@ -1,0 +1,258 @@
+//! The stateless front of the switch: every datagram is decoded and judged here
+//! before any state exists for it.
+//!
+//! - junk and malformed responses are dropped (rate-limited log);
+//! - a malformed request is answered 400 (or 505) when it can be addressed;
+//! - a request from an address no trunk admits is answered 403 and forgotten,
+//!   unless it claims to be inside a dialog (a worker then checks the claim);
+//! - everything else goes to the worker that owns its Call-ID or branch.
+
+use std::collections::hash_map::DefaultHasher;
+use std::hash::{Hash, Hasher};
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use crate::config::Config;
+use crate::ids::{IdGen, worker_of};
+use crate::ratelimit::RateLimit;
+use crate::sip::{DecodeError, Message, Method, decode};
+use crate::transaction::{Path, response_target};
+
+/// What to do with a datagram.
+#[derive(Debug)]
+pub enum Verdict {
+    /// Hand to worker `worker`. `admitted` is false for an in-dialog request from
+    /// an unknown address.
+    Dispatch {
+        worker: usize,
+        message: Box<Message>,
+        admitted: bool,
+    },
+    /// Answer statelessly.
+    Reply { bytes: Vec<u8>, to: SocketAddr },
+    /// Ignore.
+    Drop(DropReason),
+}
+
+/// Why a datagram was dropped (for counters and tests).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DropReason {
+    KeepAlive,
+    Malformed,
+    Forbidden,
+    /// A response to nothing Vigil sent.
+    Stray,
+}
+
+/// One receive path's judge. Each receive task owns one (`&mut self`, no locks).
+pub struct Ingress {
+    workers: usize,
+    ids: IdGen,
+    malformed_log: RateLimit,
+    forbidden_log: RateLimit,
+}
+
+impl Ingress {
+    pub fn new(workers: usize) -> Ingress {
+        Ingress {
+            workers: workers.max(1),
+            ids: IdGen::new(u8::MAX),
+            malformed_log: RateLimit::new(10, Duration::from_secs(10)),
+            forbidden_log: RateLimit::new(10, Duration::from_secs(10)),
+        }
+    }
+
+    pub fn classify(
+        &mut self,
+        now: Instant,
+        config: &Config,
+        datagram: &[u8],
+        path: Path,
+    ) -> Verdict {
+        let admitted = config.admits(path.remote.ip());
+        let message = match decode(datagram) {
+            Ok(m) => m,
+            Err(DecodeError::KeepAlive) => return Verdict::Drop(DropReason::KeepAlive),
+            Err(DecodeError::BadRequest {
+                status,
+                reason,
+                reply: Some(reply),
+            }) => {
+                self.log_malformed(now, path, &reason);
+                let (status, reason) = if admitted {
+                    (status, reason)
+                } else {
+                    (403, "Forbidden".to_string())
+                };
+                let to = reply.top_via.as_ref().map_or(path.remote, |v| {
+                    response_target(v, path.remote, config.sip.force_rport)
+                });
+                let tag = self.ids.tag();
+                return Verdict::Reply {
+                    bytes: reply.render(status, &reason, path.remote, &tag),
+                    to,
+                };
+            }
+            Err(e) => {
+                self.log_malformed(now, path, &e.to_string());
+                return Verdict::Drop(DropReason::Malformed);
+            }
+        };
+        match message {
+            Message::Response(response) => match response.top_via().branch().and_then(worker_of) {
+                Some(worker) if worker < self.workers => Verdict::Dispatch {
+                    worker,
+                    message: Box::new(Message::Response(response)),
+                    admitted,
+                },
+                _ => Verdict::Drop(DropReason::Stray),
+            },
+            Message::Request(request) => {
+                if !admitted && !request.is_in_dialog() {
+                    if let Some(suppressed) = self.forbidden_log.allow(now) {
+                        tracing::warn!(
+                            source = %path.remote, method = %request.method, call_id = %request.call_id,
+                            suppressed, "request from an address no trunk admits: 403"
+                        );
+                    }
+                    if request.method == Method::Ack {
+                        return Verdict::Drop(DropReason::Forbidden);
+                    }
+                    let mut r = request.response(403);
+                    let tag = self.ids.tag();
+                    r.to.set_tag(&tag);
+                    r.via[0].stamp_received(path.remote);
+                    let to = response_target(&r.via[0], path.remote, config.sip.force_rport);
+                    return Verdict::Reply {
+                        bytes: r.encode(),
+                        to,
+                    };
+                }
+                let worker = worker_of(&request.call_id)
+                    .filter(|&w| w < self.workers)
+                    .unwrap_or_else(|| shard(&request.call_id, self.workers));
+                Verdict::Dispatch {
+                    worker,
+                    message: Box::new(Message::Request(request)),
+                    admitted,
+                }
+            }
+        }
+    }
+
+    fn log_malformed(&mut self, now: Instant, path: Path, reason: &str) {
+        if let Some(suppressed) = self.malformed_log.allow(now) {
+            tracing::warn!(source = %path.remote, %reason, suppressed, "malformed datagram");
+        }
+    }
+}
+
+/// The worker for a Call-ID Vigil did not generate: a stable hash, so every
+/// message of the caller's dialog lands on the same worker.
+fn shard(call_id: &str, workers: usize) -> usize {
+    let mut h = DefaultHasher::new();
+    call_id.hash(&mut h);
+    (h.finish() % workers as u64) as usize
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::Path as FsPath;
+
+    fn config() -> Config {
+        Config::parse(
+            "listen: [\"udp:127.0.0.1:5060\"]\ntrunks:\n  - { name: pbx, inbound: { from: [\"127.0.0.2\"] } }\ncdr: { path: x }\n",
+            FsPath::new("t.yaml"),
+        )
+        .expect("config")
+    }
+
+    fn path(remote: &str) -> Path {
+        Path {
+            local: "127.0.0.1:5060".parse().expect("addr"),
+            remote: remote.parse().expect("addr"),
+        }
+    }
+
+    const OPTIONS: &str = "OPTIONS sip:x@127.0.0.1 SIP/2.0\r\nVia: SIP/2.0/UDP 10.9.9.9:5999;branch=z9hG4bKq\r\n\
+From: <sip:a@b>;tag=1\r\nTo: <sip:x@127.0.0.1>\r\nCall-ID: q1\r\nCSeq: 1 OPTIONS\r\n\r\n";
+
+    #[test]
+    fn unknown_sources_get_403_statelessly_at_their_source_address() {
+        let mut ingress = Ingress::new(2);
+        let v = ingress.classify(
+            Instant::now(),
+            &config(),
+            OPTIONS.as_bytes(),
+            path("203.0.113.7:40000"),
+        );
+        let Verdict::Reply { bytes, to } = v else {
+            panic!("expected a reply, got {v:?}");
+        };
+        assert_eq!(to, "203.0.113.7:40000".parse().expect("addr"));
+        let text = String::from_utf8(bytes).expect("utf8");
+        assert!(text.starts_with("SIP/2.0 403 Forbidden\r\n"), "{text}");
+        assert!(text.contains("received=203.0.113.7"), "{text}");
+    }
+
+    #[test]
+    fn admitted_requests_are_sharded_by_call_id() {
+        let mut ingress = Ingress::new(4);
+        let first = ingress.classify(
+            Instant::now(),
+            &config(),
+            OPTIONS.as_bytes(),
+            path("127.0.0.2:5061"),
+        );
+        let second = ingress.classify(
+            Instant::now(),
+            &config(),
+            OPTIONS.as_bytes(),
+            path("127.0.0.2:5061"),
+        );
+        match (first, second) {
+            (Verdict::Dispatch { worker: a, .. }, Verdict::Dispatch { worker: b, .. }) => {
+                assert_eq!(a, b)
+            }
+            other => panic!("{other:?}"),
+        }
+        let ours = OPTIONS.replace("Call-ID: q1", "Call-ID: vgl03-abc");
+        match ingress.classify(
+            Instant::now(),
+            &config(),
+            ours.as_bytes(),
+            path("127.0.0.2:5061"),
+        ) {
+            Verdict::Dispatch { worker, .. } => assert_eq!(worker, 3),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn junk_is_dropped_and_bad_requests_answered() {
+        let mut ingress = Ingress::new(1);
+        let now = Instant::now();
+        assert!(matches!(
+            ingress.classify(now, &config(), b"\r\n\r\n", path("127.0.0.2:5061")),
+            Verdict::Drop(DropReason::KeepAlive)
+        ));
+        assert!(matches!(
+            ingress.classify(now, &config(), &[0xff, 0x00, 0x13], path("127.0.0.2:5061")),
+            Verdict::Drop(DropReason::Malformed)
+        ));
+        let bad = OPTIONS.replace("CSeq: 1 OPTIONS", "CSeq: one OPTIONS");
+        match ingress.classify(now, &config(), bad.as_bytes(), path("127.0.0.2:5061")) {
+            Verdict::Reply { bytes, .. } => {
+                assert!(String::from_utf8_lossy(&bytes).starts_with("SIP/2.0 400 Invalid CSeq"))
+            }
+            other => panic!("{other:?}"),
+        }
+        let stray = "SIP/2.0 200 OK\r\nVia: SIP/2.0/UDP 127.0.0.1;branch=z9hG4bKnotours\r\n\
+From: <sip:a@b>;tag=1\r\nTo: <sip:c@d>;tag=2\r\nCall-ID: x\r\nCSeq: 1 INVITE\r\n\r\n";
+        assert!(matches!(
+            ingress.classify(now, &config(), stray.as_bytes(), path("127.0.0.2:5061")),
+            Verdict::Drop(DropReason::Stray)
+        ));
+    }
+}

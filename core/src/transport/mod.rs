@@ -1,0 +1,139 @@
+//! UDP transport (RFC 3261 §18): binds the `listen` sockets, works out the address
+//! each one advertises in Via and Contact, receives datagrams into the ingress and
+//! sends the engine's transmits. This is the only module that touches sockets.
+
+use std::io;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, UdpSocket as StdUdpSocket};
+use std::sync::Arc;
+
+use socket2::{Domain, Protocol, Socket, Type};
+use tokio::net::UdpSocket;
+
+use crate::config::Listener;
+use crate::engine::LocalSocket;
+use crate::transaction::Transmit;
+
+/// Socket buffers big enough to ride out a burst of a few thousand calls per second
+/// without the kernel dropping datagrams; the kernel may cap them (net.core.rmem_max).
+const SOCKET_BUFFER: usize = 4 * 1024 * 1024;
+
+#[derive(Debug, thiserror::Error)]
+pub enum TransportError {
+    #[error("cannot listen on udp:{addr}: {source}")]
+    Bind { addr: SocketAddr, source: io::Error },
+}
+
+/// The bound sockets.
+pub struct Transport {
+    sockets: Vec<(LocalSocket, Arc<UdpSocket>)>,
+}
+
+impl Transport {
+    /// Binds every listener. Must run inside a tokio runtime.
+    pub fn bind(listeners: &[Listener]) -> Result<Transport, TransportError> {
+        let mut sockets = Vec::with_capacity(listeners.len());
+        for l in listeners {
+            let socket = bind_udp(l.bind).map_err(|source| TransportError::Bind {
+                addr: l.bind,
+                source,
+            })?;
+            let bound = socket.local_addr().map_err(|source| TransportError::Bind {
+                addr: l.bind,
+                source,
+            })?;
+            let advertised_ip = l.advertise.unwrap_or_else(|| advertised_ip(bound.ip()));
+            let local = LocalSocket {
+                bind: bound,
+                advertised: SocketAddr::new(advertised_ip, bound.port()),
+            };
+            tracing::info!(bind = %local.bind, advertised = %local.advertised, "listening on udp");
+            sockets.push((local, Arc::new(socket)));
+        }
+        Ok(Transport { sockets })
+    }
+
+    pub fn local_sockets(&self) -> Arc<[LocalSocket]> {
+        self.sockets.iter().map(|(l, _)| *l).collect()
+    }
+
+    pub fn sockets(&self) -> impl Iterator<Item = (LocalSocket, Arc<UdpSocket>)> + '_ {
+        self.sockets.iter().map(|(l, s)| (*l, s.clone()))
+    }
+
+    /// Sends a datagram from the socket bound to `local`. Errors are logged, not
+    /// returned: a lost datagram is what UDP and the transaction timers are for.
+    pub async fn send(&self, transmit: &Transmit) {
+        let Some((_, socket)) = self.sockets.iter().find(|(l, _)| l.bind == transmit.local) else {
+            tracing::error!(local = %transmit.local, "no socket for transmit");
+            return;
+        };
+        let result = match socket.try_send_to(&transmit.bytes, transmit.remote) {
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                socket.send_to(&transmit.bytes, transmit.remote).await
+            }
+            other => other,
+        };
+        if let Err(e) = result {
+            tracing::debug!(to = %transmit.remote, error = %e, "send failed");
+        }
+    }
+}
+
+fn bind_udp(addr: SocketAddr) -> io::Result<UdpSocket> {
+    let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+    if addr.is_ipv6() {
+        // Lets "udp:[::]:5060" and "udp:0.0.0.0:5060" both be listed.
+        socket.set_only_v6(true)?;
+    }
+    // Best effort: the kernel caps these at net.core.{r,w}mem_max.
+    let _ = socket.set_recv_buffer_size(SOCKET_BUFFER);
+    let _ = socket.set_send_buffer_size(SOCKET_BUFFER);
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    UdpSocket::from_std(StdUdpSocket::from(socket))
+}
+
+/// The address to advertise for a socket bound to `ip`: itself, unless it is a
+/// wildcard; then the source address the host would use towards the Internet
+/// (found by connecting a UDP socket, which sends nothing), else loopback.
+fn advertised_ip(ip: IpAddr) -> IpAddr {
+    if !ip.is_unspecified() {
+        return ip;
+    }
+    let (probe_bind, probe_target): (SocketAddr, SocketAddr) = if ip.is_ipv4() {
+        (
+            (Ipv4Addr::UNSPECIFIED, 0).into(),
+            (Ipv4Addr::new(192, 0, 2, 1), 9).into(),
+        )
+    } else {
+        (
+            (Ipv6Addr::UNSPECIFIED, 0).into(),
+            (
+                "2001:db8::1"
+                    .parse::<Ipv6Addr>()
+                    .unwrap_or(Ipv6Addr::LOCALHOST),
+                9,
+            )
+                .into(),
+        )
+    };
+    let found = StdUdpSocket::bind(probe_bind)
+        .and_then(|s| s.connect(probe_target).map(|()| s))
+        .and_then(|s| s.local_addr())
+        .map(|a| a.ip());
+    match found {
+        Ok(ip) => {
+            tracing::warn!(advertised = %ip, "wildcard listen address: advertising the primary address; set `advertise` to choose");
+            ip
+        }
+        Err(_) => {
+            let fallback = if ip.is_ipv4() {
+                IpAddr::V4(Ipv4Addr::LOCALHOST)
+            } else {
+                IpAddr::V6(Ipv6Addr::LOCALHOST)
+            };
+            tracing::warn!(advertised = %fallback, "wildcard listen address and no route: advertising loopback; set `advertise`");
+            fallback
+        }
+    }
+}
