@@ -221,7 +221,7 @@ impl Engine {
         admitted: bool,
     ) {
         if request.method == Method::Cancel {
-            return self.on_cancel(now, tx, request);
+            return self.on_cancel(now, tx, request, path);
         }
         if request.is_in_dialog() {
             return match self.find_call(&request) {
@@ -263,10 +263,10 @@ impl Engine {
         }
     }
 
-    fn on_cancel(&mut self, now: Instant, tx: ServerTxId, cancel: Request) {
+    fn on_cancel(&mut self, now: Instant, tx: ServerTxId, cancel: Request, path: Path) {
         let target = self
             .tx
-            .invite_for_cancel(&cancel)
+            .invite_for_cancel(&cancel, path.remote)
             .and_then(|invite_tx| self.tx.server_owner(invite_tx));
         match target.and_then(|owner| self.calls.get(&owner.call).map(|c| (owner.call, c))) {
             Some((key, call)) => {

@@ -116,8 +116,11 @@ impl CSeq {
         let s = trim_lws(s);
         let digits = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
         let (num, rest) = s.split_at(digits);
+        if num.is_empty() {
+            return Err(ValueError::new("CSeq must start with a sequence number"));
+        }
         let seq = parse_bounded(num, u64::from(i32::MAX as u32))
-            .ok_or_else(|| ValueError::new(format!("CSeq number {num:?} is not below 2^31")))?;
+            .ok_or_else(|| ValueError::new(format!("CSeq number {num} is not below 2^31")))?;
         if !rest.starts_with(is_wsp) {
             return Err(ValueError::new("CSeq needs whitespace before the method"));
         }

@@ -112,6 +112,8 @@ impl<O: Copy> ClientTx<O> {
                 ClientState::Calling | ClientState::Proceeding => {
                     self.timers.clear(ClientTimer::A);
                     self.timers.clear(ClientTimer::B);
+                    // Answered: the INVITE is never retransmitted again.
+                    self.bytes = Vec::new();
                     if provisional {
                         self.state = ClientState::Proceeding;
                     } else if success {
@@ -147,6 +149,9 @@ impl<O: Copy> ClientTx<O> {
                     } else {
                         self.timers.clear(ClientTimer::E);
                         self.timers.clear(ClientTimer::F);
+                        // Only lingers to absorb copies of the final: the request's
+                        // bytes are not needed any more.
+                        self.bytes = Vec::new();
                         self.state = ClientState::Completed;
                         self.timers.set(ClientTimer::K, now + values.t4);
                     }

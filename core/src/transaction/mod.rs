@@ -183,7 +183,7 @@ impl<O: Copy> TransactionLayer<O> {
     /// `received`/`rport` (RFC 3261 §18.2.1, RFC 3581) before anyone sees it.
     pub fn receive_request(&mut self, now: Instant, mut request: Request, path: Path) -> Inbound {
         request.via[0].stamp_received(path.remote);
-        let key = server_key(&request);
+        let key = server_key(&request, path.remote);
         if let Some(&id) = self.server_keys.get(&key) {
             if let Some(tx) = self.servers.get_mut(&id) {
                 let values = self.values;
@@ -233,10 +233,10 @@ impl<O: Copy> TransactionLayer<O> {
         self.servers.get(&tx).map(|t| t.state)
     }
 
-    /// The INVITE server transaction a CANCEL targets (RFC 3261 §9.2): same branch
-    /// and sent-by, method INVITE.
-    pub fn invite_for_cancel(&self, cancel: &Request) -> Option<ServerTxId> {
-        let key = server_key_for(cancel, &Method::Invite);
+    /// The INVITE server transaction a CANCEL from `source` targets (RFC 3261
+    /// §9.2): same branch and sent-by, method INVITE.
+    pub fn invite_for_cancel(&self, cancel: &Request, source: SocketAddr) -> Option<ServerTxId> {
+        let key = server_key_for(cancel, &Method::Invite, source);
         self.server_keys.get(&key).copied()
     }
 
@@ -445,22 +445,27 @@ impl<O: Copy> TransactionLayer<O> {
 /// Server transaction key (RFC 3261 §17.2.3). With a magic-cookie branch: branch,
 /// sent-by and method (ACK matches INVITE). Without (RFC 2543 peers): the
 /// Request-URI, From tag, Call-ID, CSeq number and top Via.
-fn server_key(request: &Request) -> String {
+///
+/// Vigil adds the source address: a retransmission always comes from where the
+/// original came from, while a copy of someone else's branch from elsewhere (RFC
+/// 4475's messages reuse branches; an attacker can too) must not be absorbed into,
+/// or answered from, another client's transaction.
+fn server_key(request: &Request, source: SocketAddr) -> String {
     let method = match request.method {
         Method::Ack => Method::Invite,
         ref m => m.clone(),
     };
-    server_key_for(request, &method)
+    server_key_for(request, &method, source)
 }
 
-fn server_key_for(request: &Request, method: &Method) -> String {
+fn server_key_for(request: &Request, method: &Method, source: SocketAddr) -> String {
     let via = request.top_via();
     match via.branch() {
         Some(branch) if via.has_rfc3261_branch() => {
-            format!("{branch}|{}|{method}", via.sent_by())
+            format!("{source}|{branch}|{}|{method}", via.sent_by())
         }
         _ => format!(
-            "2543|{}|{}|{}|{}|{}|{method}",
+            "{source}|2543|{}|{}|{}|{}|{}|{method}",
             request.uri,
             request.from.tag().unwrap_or_default(),
             request.call_id,

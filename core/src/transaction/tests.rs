@@ -260,7 +260,13 @@ fn cancel_finds_its_invite_and_is_its_own_transaction() {
         panic!("new");
     };
     let cancel = request("CANCEL", "z9hG4bKq", "");
-    assert_eq!(l.invite_for_cancel(&cancel), Some(invite_tx));
+    assert_eq!(l.invite_for_cancel(&cancel, path().remote), Some(invite_tx));
+    let elsewhere: SocketAddr = "192.0.2.99:5070".parse().expect("addr");
+    assert_eq!(
+        l.invite_for_cancel(&cancel, elsewhere),
+        None,
+        "a CANCEL from elsewhere cancels nothing"
+    );
     assert!(matches!(
         l.receive_request(t0, cancel, path()),
         Inbound::New(..)

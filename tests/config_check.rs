@@ -1,0 +1,64 @@
+//! `vigil check` and `vigil run` on good and broken configs: a bad file is
+//! refused with its file, line and key, and the daemon never starts on it.
+
+use std::process::Command;
+
+fn vigil(args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_vigil"))
+        .args(args)
+        .output()
+        .expect("run vigil");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn the_example_config_is_valid() {
+    let example = concat!(env!("CARGO_MANIFEST_DIR"), "/../config/vigil.yaml");
+    let (ok, stdout, stderr) = vigil(&["check", "--config", example]);
+    assert!(ok, "{stderr}");
+    assert!(
+        stdout.contains("OK (1 listen, 2 trunks, 1 routes)"),
+        "{stdout}"
+    );
+}
+
+#[test]
+fn broken_configs_are_refused_with_file_line_and_key() {
+    let dir = tempfile::tempdir().expect("dir");
+    let cases = [
+        (
+            "unknown-key.yaml",
+            "listen: [\"udp:127.0.0.1:5060\"]\ntrunks:\n  - name: a\n    inbound: { form: [\"10.0.0.0/8\"] }\ncdr: { path: x }\n",
+            ":4: trunks[0].inbound: unknown field `form`, expected `from`",
+        ),
+        (
+            "dangling-route.yaml",
+            "listen: [\"udp:127.0.0.1:5060\"]\ntrunks:\n  - name: a\n    inbound: { from: [\"10.0.0.0/8\"] }\nroutes:\n  - { prefix: \"00\", trunk: nowhere }\ncdr: { path: x }\n",
+            ":6: routes[0].trunk: no trunk named \"nowhere\"",
+        ),
+        (
+            "syntax.yaml",
+            "listen: [\"udp:127.0.0.1:5060\"\ncdr: { path: x }\n",
+            ".yaml:",
+        ),
+        ("missing.yaml", "", "cannot read"),
+    ];
+    for (name, text, expected) in cases {
+        let path = dir.path().join(name);
+        if !text.is_empty() {
+            std::fs::write(&path, text).expect("write");
+        }
+        let path = path.display().to_string();
+        let (ok, _, stderr) = vigil(&["check", "--config", &path]);
+        assert!(!ok, "{name} must be refused");
+        assert!(stderr.contains(expected), "{name}: {stderr}");
+        assert!(stderr.contains(name), "{name}: the file is named: {stderr}");
+        let (ok, _, stderr) = vigil(&["run", "--config", &path]);
+        assert!(!ok, "vigil run must refuse {name}");
+        assert!(stderr.contains(expected), "{name}: {stderr}");
+    }
+}

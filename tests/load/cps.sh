@@ -1,0 +1,705 @@
+#!/usr/bin/env bash
+#
+# tests/load/cps.sh - calls-per-second benchmark: Vigil vs Kamailio.
+#
+#   sipp UAC (127.0.0.1:5090) --> SUT --> sipp UAS (127.0.0.1:5080)
+#     SUT "vigil":    ${VIGIL_BIN:-target/release/vigil} on udp:127.0.0.1:5060 (B2BUA)
+#     SUT "kamailio": kamailio -f tests/load/kamailio.cfg on udp:127.0.0.1:5070
+#                     (stateful proxy: tm + dialog + sst + record_route)
+#
+# For each SUT it steps through a list of call rates. Each step starts a fresh
+# SUT and a fresh UAS, runs rate*duration calls at that rate (each call
+# INVITE/180/200/ACK, held HOLD_MS, then BYE/200), and records:
+#   attempted, ok, failed   from the UAC's final sipp counters
+#                           (failed = attempted - ok: calls sipp did not finish
+#                           before -timeout count as failed too)
+#   ratio                   ok / attempted; the step passes when it is
+#                           >= PASS_RATIO (0.999) AND sipp really created the
+#                           calls at the asked rate (>= 95 %)
+#   rss_kb                  peak RSS: VmHWM from /proc/PID/status, summed over
+#                           the SUT's processes (Kamailio forks ~7; their
+#                           VmHWM all count the same shared memory, so the
+#                           sum over-states it - see pss_kb)
+#   pss_kb                  proportional set size (smaps_rollup) summed over
+#                           the SUT's processes at the end of the step: the
+#                           fair multi-process memory figure
+#   cpu_us_per_call         utime+stime (/proc/PID/stat) of the SUT's
+#                           processes during the step / attempted calls
+#   cpu_pct                 the same CPU time / step duration (% of one core
+#                           while offered this rate)
+#   retrans                 sipp UAC retransmissions (a strained SUT shows
+#                           them before it loses calls)
+#   uas_fail                callee legs the sipp UAS did not complete (failed,
+#                           or never got their ACK/BYE): errors the UAC cannot
+#                           see. The step fails if they exceed 1 - PASS_RATIO
+#                           of the attempted calls
+#   achieved                calls/s sipp really created (1 s resolution)
+#   cdr                     Vigil only: CDR lines written during the step
+#                           (a B2BUA writes one per call)
+# A SUT stops stepping after its first failing rate (unless --keep-going).
+# The summary gives each SUT's best passing rate and the Vigil/Kamailio ratio.
+#
+# Usage: tests/load/cps.sh [options]     (run from anywhere; paths are
+#                                         relative to the repository root)
+#   -r, --rates "R1 R2 ..."  call rates to try, calls/s, ascending
+#                            [RATES, default "250 500 750 1000 1250 1500 2000 2500 3000"]
+#   -d, --duration S         seconds of traffic per step     [DURATION, default 30]
+#   -H, --hold MS            call hold time (ACK -> BYE), ms [HOLD_MS, default 1000]
+#                            keep it < 45000: the UAS scenario does not answer
+#                            session-timer refreshes (Min-SE 90 s)
+#   -s, --sut LIST           vigil | kamailio | both         [SUTS, default both]
+#   -p, --pass-ratio X       pass threshold ok/attempted     [PASS_RATIO, default 0.999]
+#   -k, --keep-going         do not stop a SUT at its first failing rate [KEEP_GOING=1]
+#       --keep               keep the work dir (logs, sipp traces, CDRs) [KEEP=1]
+#   -h, --help
+# Environment only:
+#   VIGIL_BIN   Vigil binary (default target/release/vigil; build it with
+#               `cargo build --release`)
+#   KAMAILIO    kamailio binary (default: kamailio in PATH)
+#   SIPP        sipp binary     (default: sipp in PATH)
+#
+# Example (quick check):  tests/load/cps.sh --sut kamailio --rates "200 500" --duration 10
+#
+# Notes (see also /work/shared/TESTING-NOTES.md):
+# * Both SUTs get the same sipp scenarios (uac.xml / uas.xml, Record-Route
+#   aware). Kamailio, with 2 workers, may forward a 180 after the 200, so for
+#   it both sipps run with "-default_behaviors all,-abortunexp" (late/unexpected
+#   messages are ignored instead of aborting the call). Vigil keeps per-dialog
+#   order, so it runs with sipp's strict defaults: a reordered or stray
+#   message is a failed call.
+# * Both sipps run with -aa: they answer INFO/NOTIFY/OPTIONS/UPDATE with 200
+#   (trunk keepalives, session refreshes) instead of failing the call.
+# * sipp itself tops out around 5,000 calls/s on a 2-core machine; results
+#   near that say more about sipp than about the SUT.
+# * Compare SUTs within one run, never across runs or machines. Run it on an
+#   otherwise idle machine (the header prints the load average).
+
+set -euo pipefail
+
+# ---------------------------------------------------------------------------
+# Settings
+# ---------------------------------------------------------------------------
+REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
+LOAD_DIR="$REPO_ROOT/tests/load"
+
+RATES="${RATES:-250 500 750 1000 1250 1500 2000 2500 3000}"
+DURATION="${DURATION:-30}"
+HOLD_MS="${HOLD_MS:-1000}"
+SUTS="${SUTS:-both}"
+PASS_RATIO="${PASS_RATIO:-0.999}"
+KEEP_GOING="${KEEP_GOING:-0}"
+KEEP="${KEEP:-0}"
+VIGIL_BIN="${VIGIL_BIN:-target/release/vigil}"
+KAMAILIO="${KAMAILIO:-kamailio}"
+SIPP="${SIPP:-sipp}"
+
+# Fixed addresses: distinct ports so nothing collides.
+readonly HOST=127.0.0.1
+readonly UAC_PORT=5090
+readonly UAS_PORT=5080
+readonly VIGIL_PORT=5060
+readonly KAMAILIO_PORT=5070
+# sipp opens an RTP echo socket per instance (default 6000); keep the two apart.
+readonly UAC_MEDIA_PORT=46000
+readonly UAS_MEDIA_PORT=46010
+# Socket buffers for sipp (the kernel clamps to net.core.rmem_max/wmem_max).
+readonly SIPP_BUFF=4194304
+# Cap on each sipp error log (bytes): a collapsing step can log every call.
+readonly SIPP_MAX_LOG=20000000
+# Minimum fraction of the asked rate sipp must actually achieve for a pass.
+readonly MIN_RATE_FRACTION=0.95
+
+usage() {
+	# Print the header comment (everything between the shebang and set -e).
+	sed -n '3,/^set -euo pipefail/p' "${BASH_SOURCE[0]}" | sed '$d' | sed 's/^# \{0,1\}//'
+}
+
+die() {
+	echo "cps.sh: error: $*" >&2
+	exit 1
+}
+
+log() {
+	echo "# $*" >&2
+}
+
+parse_args() {
+	while (($#)); do
+		case "$1" in
+		-r | --rates) RATES="${2:?--rates needs a value}"; shift 2 ;;
+		-d | --duration) DURATION="${2:?--duration needs a value}"; shift 2 ;;
+		-H | --hold) HOLD_MS="${2:?--hold needs a value}"; shift 2 ;;
+		-s | --sut) SUTS="${2:?--sut needs a value}"; shift 2 ;;
+		-p | --pass-ratio) PASS_RATIO="${2:?--pass-ratio needs a value}"; shift 2 ;;
+		-k | --keep-going) KEEP_GOING=1; shift ;;
+		--keep) KEEP=1; shift ;;
+		-h | --help) usage; exit 0 ;;
+		*) die "unknown option '$1' (try --help)" ;;
+		esac
+	done
+
+	case "$SUTS" in
+	both) SUT_LIST=(vigil kamailio) ;;
+	vigil | kamailio) SUT_LIST=("$SUTS") ;;
+	*) die "--sut must be vigil, kamailio or both (got '$SUTS')" ;;
+	esac
+	[[ "$DURATION" =~ ^[1-9][0-9]*$ ]] || die "--duration must be a positive integer (s)"
+	[[ "$HOLD_MS" =~ ^[0-9]+$ ]] || die "--hold must be an integer (ms)"
+	((HOLD_MS < 45000)) || die "--hold must be < 45000 ms (the UAS does not answer session-timer refreshes)"
+	read -r -a RATE_LIST <<<"$RATES"
+	((${#RATE_LIST[@]} > 0)) || die "--rates is empty"
+	local r
+	for r in "${RATE_LIST[@]}"; do
+		[[ "$r" =~ ^[1-9][0-9]*$ ]] || die "bad rate '$r' in --rates"
+	done
+	awk -v p="$PASS_RATIO" 'BEGIN { exit !(p > 0 && p <= 1) }' || die "--pass-ratio must be in (0, 1]"
+}
+
+# ---------------------------------------------------------------------------
+# Process bookkeeping: every process we start is recorded in PIDS and killed
+# (with its descendants) on exit, whatever the exit path.
+# ---------------------------------------------------------------------------
+PIDS=()
+WORK=""
+
+# All descendants of $1 (not $1 itself), one per line.
+descendants() {
+	ps -e -o pid= -o ppid= | awk -v root="$1" '
+		{ parent[$1] = $2 }
+		END {
+			found[root] = 1
+			do {
+				added = 0
+				for (p in parent)
+					if (!(p in found) && (parent[p] in found)) { found[p] = 1; added = 1 }
+			} while (added)
+			for (p in found) if (p != root) print p
+		}'
+}
+
+# $1 and its descendants.
+tree_pids() {
+	echo "$1"
+	descendants "$1"
+}
+
+alive() {
+	kill -0 "$1" 2>/dev/null
+}
+
+# Stop $1 and its descendants: SIGTERM, up to $2 s (default 10) to exit,
+# then SIGKILL. Reaps it if it is our child.
+stop_tree() {
+	local pid="$1" grace="${2:-10}" pids i
+	alive "$pid" || { wait "$pid" 2>/dev/null || true; return 0; }
+	pids="$(tree_pids "$pid" | tr '\n' ' ')"
+	# shellcheck disable=SC2086
+	kill -TERM $pids 2>/dev/null || true
+	for ((i = 0; i < grace * 10; i++)); do
+		alive "$pid" || break
+		sleep 0.1
+	done
+	# Anything left of the tree (including children orphaned by the parent).
+	# shellcheck disable=SC2086
+	kill -KILL $pids 2>/dev/null || true
+	wait "$pid" 2>/dev/null || true
+}
+
+forget_pid() {
+	local keep=() p
+	for p in "${PIDS[@]}"; do [[ "$p" == "$1" ]] || keep+=("$p"); done
+	PIDS=("${keep[@]+"${keep[@]}"}")
+}
+
+cleanup() {
+	local rc=$? p
+	trap - EXIT INT TERM
+	for p in "${PIDS[@]+"${PIDS[@]}"}"; do
+		stop_tree "$p" 3
+	done
+	if [[ -n "$WORK" && -d "$WORK" ]]; then
+		if [[ "$KEEP" == 1 ]]; then
+			log "work dir kept: $WORK"
+		else
+			rm -rf "$WORK"
+		fi
+	fi
+	exit "$rc"
+}
+
+# ---------------------------------------------------------------------------
+# /proc readers
+# ---------------------------------------------------------------------------
+
+# utime+stime (clock ticks) of $1 and its live descendants, plus the CPU of
+# children it already reaped (cutime+cstime of the root only, so nothing is
+# counted twice). Threads are included by the kernel.
+cpu_ticks() {
+	local root="$1" p stat rest total=0 f
+	for p in $(tree_pids "$root"); do
+		stat="$(cat "/proc/$p/stat" 2>/dev/null)" || continue
+		rest="${stat##*) }" # drop "pid (comm) ": comm may contain spaces
+		# rest: state(3) ppid ... utime(14) stime(15) cutime(16) cstime(17); index = field-3
+		read -r -a f <<<"$rest"
+		total=$((total + f[11] + f[12]))
+		if [[ "$p" == "$root" ]]; then
+			total=$((total + f[13] + f[14]))
+		fi
+	done
+	echo "$total"
+}
+
+# Sum of a "Key:  N kB" field of /proc/PID/$2 over $1's process tree.
+sum_kb() {
+	local root="$1" file="$2" key="$3" p total=0 v
+	for p in $(tree_pids "$root"); do
+		v="$(awk -v k="$key:" '$1 == k { print $2; exit }' "/proc/$p/$file" 2>/dev/null)" || v=0
+		total=$((total + ${v:-0}))
+	done
+	echo "$total"
+}
+
+# ---------------------------------------------------------------------------
+# Ports and readiness
+# ---------------------------------------------------------------------------
+udp_port_bound() {
+	[[ -n "$(ss -Hlun "sport = :$1" 2>/dev/null)" ]]
+}
+
+require_port_free() {
+	if udp_port_bound "$1"; then
+		die "UDP port $1 is already in use ($2 needs it): $(ss -Hlunp "sport = :$1" | tr -s ' ' | head -1)"
+	fi
+}
+
+# Wait until $2 (pid) has bound UDP port $1; $3 = name, $4 = log file.
+wait_for_port() {
+	local port="$1" pid="$2" name="$3" logf="$4" i
+	for ((i = 0; i < 150; i++)); do
+		alive "$pid" || {
+			tail -n 20 "$logf" >&2 || true
+			die "$name exited during start-up (log above: $logf)"
+		}
+		udp_port_bound "$port" && return 0
+		sleep 0.1
+	done
+	tail -n 20 "$logf" >&2 || true
+	die "$name did not bind udp:$HOST:$port within 15 s (log: $logf)"
+}
+
+# ---------------------------------------------------------------------------
+# Machine and versions (printed at the top: results mean nothing without them)
+# ---------------------------------------------------------------------------
+print_header() {
+	local cpu mem load vigil_ver sipp_ver kam_ver commit
+	cpu="$(awk -F': ' '/^model name/ { print $2; exit }' /proc/cpuinfo)"
+	mem="$(awk '/^MemTotal:/ { printf "%.1f GiB", $2 / 1048576 }' /proc/meminfo)"
+	load="$(cut -d' ' -f1-3 /proc/loadavg)"
+	sipp_ver="$("$SIPP" -v 2>&1 | grep -m1 -o 'SIPp v[^ ]*' | sed 's/\.$//' || true)" # sipp -v exits 99
+	kam_ver="$("$KAMAILIO" -v 2>&1 | head -n1 | sed 's/^version: //; s/ *$//' || true)"
+	if [[ -x "$VIGIL_BIN" ]]; then
+		vigil_ver="$(timeout 5 "$VIGIL_BIN" --version 2>/dev/null | head -n1 || true)"
+		vigil_ver="${vigil_ver:-unknown} ($(realpath "$VIGIL_BIN"))"
+	else
+		vigil_ver="(not built: $VIGIL_BIN)"
+	fi
+	commit="$(git -C "$REPO_ROOT" rev-parse --short HEAD 2>/dev/null || echo none)"
+	if [[ -n "$(git -C "$REPO_ROOT" status --porcelain 2>/dev/null | head -n1)" ]]; then
+		commit="$commit (dirty)"
+	fi
+
+	echo "== Vigil CPS benchmark  $(date -u '+%Y-%m-%dT%H:%M:%SZ')"
+	echo "machine:  nproc=$(nproc)  cpu=\"$cpu\"  kernel=$(uname -srm)  mem=$mem"
+	echo "load:     $load (1/5/15 min)"
+	echo "sipp:     $sipp_ver"
+	echo "kamailio: $kam_ver"
+	echo "vigil:    $vigil_ver  commit=$commit"
+	echo "params:   suts=${SUT_LIST[*]}  rates=\"${RATE_LIST[*]}\"  duration=${DURATION}s  hold=${HOLD_MS}ms  pass>=${PASS_RATIO}  keep_going=$KEEP_GOING"
+	if awk -v l="${load%% *}" 'BEGIN { exit !(l > 0.5) }'; then
+		echo "WARNING:  load average ${load%% *} > 0.5: the machine is busy, numbers will be low and noisy"
+	fi
+	echo
+}
+
+# ---------------------------------------------------------------------------
+# SUTs
+# ---------------------------------------------------------------------------
+
+# Fails with the build hint when the Vigil binary is missing; called before
+# any traffic so a long Kamailio run is not wasted.
+check_vigil_bin() {
+	if [[ ! -x "$VIGIL_BIN" ]]; then
+		echo "cps.sh: error: Vigil binary not found or not executable: $VIGIL_BIN" >&2
+		echo "cps.sh: build it first:  cargo build --release   (or set VIGIL_BIN=/path/to/vigil)" >&2
+		exit 2
+	fi
+}
+
+write_vigil_config() {
+	VIGIL_CFG="$WORK/vigil.yaml"
+	VIGIL_CDR="$WORK/cdr.jsonl"
+	cat >"$VIGIL_CFG" <<-EOF
+		listen: ["udp:$HOST:$VIGIL_PORT"]
+		trunks:
+		  - name: loadgen
+		    inbound: { from: ["$HOST/32"] }
+		    route_to: uas
+		  - name: uas
+		    outbound: { to: "$HOST:$UAS_PORT" }
+		routes: []
+		cdr: { path: "$VIGIL_CDR" }
+		log: { level: warn, format: text }
+	EOF
+}
+
+# Sets SUT_PID / SUT_PORT. $1 = sut, $2 = step dir.
+start_sut() {
+	local sut="$1" dir="$2"
+	case "$sut" in
+	vigil)
+		SUT_PORT=$VIGIL_PORT
+		require_port_free "$SUT_PORT" vigil
+		"$VIGIL_BIN" run --config "$VIGIL_CFG" >"$dir/vigil.log" 2>&1 &
+		SUT_PID=$!
+		PIDS+=("$SUT_PID")
+		wait_for_port "$SUT_PORT" "$SUT_PID" vigil "$dir/vigil.log"
+		;;
+	kamailio)
+		SUT_PORT=$KAMAILIO_PORT
+		require_port_free "$SUT_PORT" kamailio
+		# -DD: stay in the foreground (so $! is the main process) but still
+		# fork the workers; -E: log to stderr; -m 4096: ended dialogs are
+		# kept for end_timeout (300 s) and fill 512 MB at ~3,000 calls/s.
+		"$KAMAILIO" -DD -E -m 4096 -f "$LOAD_DIR/kamailio.cfg" >"$dir/kamailio.log" 2>&1 &
+		SUT_PID=$!
+		PIDS+=("$SUT_PID")
+		wait_for_port "$SUT_PORT" "$SUT_PID" kamailio "$dir/kamailio.log"
+		;;
+	esac
+	# Let workers finish their start-up before the CPU baseline is taken.
+	sleep 1
+	alive "$SUT_PID" || die "$sut died right after start-up (see $dir/$sut.log)"
+}
+
+stop_pid() {
+	stop_tree "$1" "${2:-10}"
+	forget_pid "$1"
+}
+
+# ---------------------------------------------------------------------------
+# sipp
+# ---------------------------------------------------------------------------
+
+# Extra sipp flags for a SUT (see the header: Kamailio may reorder 180/200).
+sipp_behaviour_flags() {
+	if [[ "$1" == kamailio ]]; then
+		echo "-default_behaviors all,-abortunexp"
+	fi
+}
+
+# Starts the UAS for one step; sets UAS_PID. $1 = sut, $2 = step dir.
+start_uas() {
+	local sut="$1" dir="$2"
+	require_port_free "$UAS_PORT" "sipp UAS"
+	# shellcheck disable=SC2046
+	"$SIPP" -sf "$LOAD_DIR/uas.xml" -i "$HOST" -p "$UAS_PORT" -t u1 \
+		-mp "$UAS_MEDIA_PORT" -buff_size "$SIPP_BUFF" -nostdin -aa \
+		$(sipp_behaviour_flags "$sut") \
+		-trace_err -error_file "$dir/uas-errors.log" -max_log_size "$SIPP_MAX_LOG" \
+		-trace_stat -stf "$dir/uas-stat.csv" -fd 1 \
+		>"$dir/uas.out" 2>&1 &
+	UAS_PID=$!
+	PIDS+=("$UAS_PID")
+	wait_for_port "$UAS_PORT" "$UAS_PID" "sipp UAS" "$dir/uas.out"
+}
+
+# SIGUSR1 makes sipp quit like the 'q' key: it lets its calls finish (the
+# UAS scenario's 4 s timewait) and writes its final statistics. A callee
+# leg that never got its ACK or BYE would keep it waiting forever, so it
+# gets 6 s (> timewait + 1 s stats period) and is then terminated; its
+# last stats row is recent enough either way.
+stop_uas() {
+	local i
+	kill -USR1 "$UAS_PID" 2>/dev/null || true
+	for ((i = 0; i < 60; i++)); do
+		alive "$UAS_PID" || break
+		sleep 0.1
+	done
+	stop_pid "$UAS_PID" 3
+}
+
+# Runs the UAC for one step in the background and waits for it (a plain
+# foreground child would delay our INT/TERM trap until it exits).
+# $1 = sut, $2 = step dir, $3 = rate, $4 = calls. Sets UAC_RC.
+run_uac() {
+	local sut="$1" dir="$2" rate="$3" calls="$4" limit
+	require_port_free "$UAC_PORT" "sipp UAC"
+	# Hard stop: traffic + hold + 40 s for the last calls' retransmissions
+	# (an INVITE transaction gives up after ~32 s). Unfinished calls count as
+	# failed, so a wedged SUT still ends the step.
+	limit=$((DURATION + HOLD_MS / 1000 + 40))
+	# -fd 1: one statistics row per second (used to check the achieved rate).
+	# shellcheck disable=SC2046
+	"$SIPP" "$HOST:$SUT_PORT" -sf "$LOAD_DIR/uac.xml" -i "$HOST" -p "$UAC_PORT" -t u1 \
+		-mp "$UAC_MEDIA_PORT" -buff_size "$SIPP_BUFF" -nostdin -aa \
+		-r "$rate" -rp 1000 -m "$calls" -d "$HOLD_MS" -timeout "${limit}s" \
+		$(sipp_behaviour_flags "$sut") \
+		-trace_err -error_file "$dir/uac-errors.log" -max_log_size "$SIPP_MAX_LOG" \
+		-trace_stat -stf "$dir/uac-stat.csv" -fd 1 \
+		-trace_screen -screen_file "$dir/uac-screen.log" \
+		>"$dir/uac.out" 2>&1 &
+	UAC_PID=$!
+	PIDS+=("$UAC_PID")
+	UAC_RC=0
+	wait "$UAC_PID" || UAC_RC=$?
+	forget_pid "$UAC_PID"
+}
+
+# Cumulative value of a counter in sipp's final screen dump, e.g.
+# "  Successful call        |        0                  |      299   ".
+screen_counter() {
+	awk -F'|' -v name="$2" '
+		{ key = $1; gsub(/^ +| +$/, "", key) }
+		key == name { v = $3; gsub(/[^0-9]/, "", v); last = v }
+		END { print (last == "" ? "" : last) }' "$1"
+}
+
+# Column $2 of the last row of sipp's -trace_stat CSV ($1).
+stat_last() {
+	awk -F';' -v name="$2" '
+		NR == 1 { for (i = 1; i <= NF; i++) if ($i == name) col = i; next }
+		col { v = $col }
+		END { print (v == "" ? 0 : v) }' "$1"
+}
+
+# Seconds from sipp's start until it had created $2 calls, from the
+# per-second CSV rows (CurrentTime/StartTime carry an epoch with µs as the
+# third tab-separated part). Empty if it never got there.
+creation_seconds() {
+	awk -F';' -v want="$2" '
+		function epoch(s,   a) { split(s, a, "\t"); return a[3] + 0 }
+		NR == 1 { for (i = 1; i <= NF; i++) { if ($i == "StartTime") st = i; if ($i == "CurrentTime") ct = i; if ($i == "TotalCallCreated") tc = i }; next }
+		tc && $tc + 0 >= want { printf "%.2f\n", epoch($ct) - epoch($st); exit }' "$1"
+}
+
+# ---------------------------------------------------------------------------
+# One step
+# ---------------------------------------------------------------------------
+STEP_HEADER_PRINTED=0
+print_step_header() {
+	((STEP_HEADER_PRINTED)) && return 0
+	STEP_HEADER_PRINTED=1
+	printf '%-8s %6s %9s %9s %7s %8s %9s %15s %7s %9s %7s %8s %8s %8s %s\n' \
+		sut rate attempted ok failed ratio rss_kb cpu_us_per_call cpu_pct pss_kb retrans uas_fail achieved cdr result
+}
+
+# Runs $1 (sut) at $2 calls/s. Prints the step line; returns 0 on pass, 1 on fail.
+# Also sets STEP_* for the summary.
+run_step() {
+	local sut="$1" rate="$2" dir calls cdr_before cdr="-" c0 c1
+	local attempted ok failed ratio rss pss retrans uas_fail created_s achieved cpu_s us_per_call cpu_pct result
+	dir="$WORK/$sut-$rate"
+	mkdir -p "$dir"
+	calls=$((rate * DURATION))
+
+	if [[ "$sut" == vigil ]]; then
+		cdr_before=$( [[ -f "$VIGIL_CDR" ]] && wc -l <"$VIGIL_CDR" || echo 0)
+	fi
+
+	start_uas "$sut" "$dir"
+	start_sut "$sut" "$dir"
+
+	# CPU baseline after start-up, so only call handling is charged.
+	c0="$(cpu_ticks "$SUT_PID")"
+	run_uac "$sut" "$dir" "$rate" "$calls"
+	# Measure before stopping anything: a dead process has no /proc entry.
+	if alive "$SUT_PID"; then
+		c1="$(cpu_ticks "$SUT_PID")"
+		rss="$(sum_kb "$SUT_PID" status VmHWM)"
+		pss="$(sum_kb "$SUT_PID" smaps_rollup Pss)"
+	else
+		log "$sut died during the $rate calls/s step (see $dir/$sut.log)"
+		c1="$c0" rss=0 pss=0
+	fi
+
+	stop_pid "$SUT_PID" 10
+	stop_uas
+
+	if [[ "$sut" == vigil && -f "$VIGIL_CDR" ]]; then
+		# Counted after Vigil stopped, so buffered CDRs have been flushed.
+		cdr=$(($(wc -l <"$VIGIL_CDR") - cdr_before))
+	fi
+
+	# Final counters: the screen dump sipp writes when it quits; the stats
+	# CSV as a fallback (e.g. if sipp was killed).
+	attempted="$(screen_counter "$dir/uac-screen.log" "Total Calls created" 2>/dev/null || true)"
+	ok="$(screen_counter "$dir/uac-screen.log" "Successful call" 2>/dev/null || true)"
+	[[ -n "$attempted" ]] || attempted="$(stat_last "$dir/uac-stat.csv" TotalCallCreated 2>/dev/null || echo 0)"
+	[[ -n "$ok" ]] || ok="$(stat_last "$dir/uac-stat.csv" 'SuccessfulCall(C)' 2>/dev/null || echo 0)"
+	retrans="$(stat_last "$dir/uac-stat.csv" 'Retransmissions(C)' 2>/dev/null || echo 0)"
+	# Callee legs that did not complete (failed, or still waiting for an ACK
+	# or BYE that never came): the UAC cannot see these. sipp also counts an
+	# out-of-dialog OPTIONS (a trunk keepalive) as a created "call"; -aa
+	# answers it and counts it as AutoAnswered, so those are taken out.
+	uas_fail="$(awk -v c="$(stat_last "$dir/uas-stat.csv" TotalCallCreated 2>/dev/null || echo 0)" \
+		-v s="$(stat_last "$dir/uas-stat.csv" 'SuccessfulCall(C)' 2>/dev/null || echo 0)" \
+		-v a="$(stat_last "$dir/uas-stat.csv" 'AutoAnswered(C)' 2>/dev/null || echo 0)" \
+		'BEGIN { f = c - s - a; print (f > 0 ? f : 0) }')"
+	# Calls never created (sipp fell behind / was cut off) count as attempted
+	# and failed: the step asked for $calls.
+	((attempted >= calls)) || attempted=$calls
+	failed=$((attempted - ok))
+	created_s="$(creation_seconds "$dir/uac-stat.csv" "$calls" 2>/dev/null || true)"
+
+	cpu_s="$(awk -v t=$((c1 - c0)) -v hz="$(getconf CLK_TCK)" 'BEGIN { printf "%.3f", t / hz }')"
+	ratio="$(awk -v o="$ok" -v a="$attempted" 'BEGIN { printf "%.5f", (a ? o / a : 0) }')"
+	us_per_call="$(awk -v c="$cpu_s" -v a="$attempted" 'BEGIN { printf "%.1f", (a ? c * 1e6 / a : 0) }')"
+	# Per second of offered traffic (the calls are spread over DURATION s):
+	# the steady-state load at this rate, not diluted by start-up and tail.
+	cpu_pct="$(awk -v c="$cpu_s" -v d="$DURATION" 'BEGIN { printf "%.1f", 100 * c / d }')"
+	if [[ -n "$created_s" ]]; then
+		# Rows are one second apart: allow that much slack on top of 95 %.
+		achieved="$(awk -v n="$calls" -v s="$created_s" 'BEGIN { printf "%.0f", (s > 0 ? n / s : n) }')"
+	else
+		achieved=0
+	fi
+
+	result=PASS
+	if ! awk -v r="$ratio" -v p="$PASS_RATIO" 'BEGIN { exit !(r >= p) }'; then
+		result="FAIL(ratio)"
+	elif ! awk -v f="$uas_fail" -v a="$attempted" -v p="$PASS_RATIO" \
+		'BEGIN { exit !(a > 0 && 1 - f / a >= p) }'; then
+		result="FAIL(uas)" # callee legs failed although the caller side looked fine
+	elif [[ -z "$created_s" ]] || ! awk -v s="$created_s" -v d="$DURATION" -v f="$MIN_RATE_FRACTION" \
+		'BEGIN { exit !(s <= d / f + 1) }'; then
+		result="FAIL(rate)" # sipp could not create the calls fast enough
+	fi
+	if ((UAC_RC > 1)); then
+		result="FAIL(sipp_rc=$UAC_RC)" # 0 = all ok, 1 = some failed, else sipp itself broke
+	fi
+
+	print_step_header
+	printf '%-8s %6s %9s %9s %7s %8s %9s %15s %7s %9s %7s %8s %8s %8s %s\n' \
+		"$sut" "$rate" "$attempted" "$ok" "$failed" "$ratio" "$rss" "$us_per_call" "$cpu_pct" \
+		"$pss" "$retrans" "$uas_fail" "$achieved" "$cdr" "$result"
+
+	if [[ "$sut" == vigil && "$cdr" != "-" ]] && ((cdr < ok)); then
+		log "vigil wrote $cdr CDRs for $ok completed calls at $rate calls/s"
+	fi
+	if [[ "$result" != PASS ]]; then
+		explain_failure "$dir"
+	fi
+
+	STEP_RESULT="$result" STEP_RATIO="$ratio" STEP_RSS="$rss" STEP_PSS="$pss"
+	STEP_US="$us_per_call" STEP_PCT="$cpu_pct" STEP_ATT="$attempted" STEP_OK="$ok"
+	[[ "$result" == PASS ]]
+}
+
+# Why a step failed, from sipp's own failure counters (to stderr).
+explain_failure() {
+	local dir="$1" side k out
+	for side in uac uas; do
+		out=""
+		for k in FailedCall FailedMaxUDPRetrans FailedUnexpectedMessage FailedTimeoutOnRecv \
+			FailedCallRejected FailedCannotSendMessage OutOfCallMsgs DeadCallMsgs; do
+			out+=" $k=$(stat_last "$dir/$side-stat.csv" "$k(C)" 2>/dev/null || echo '?')"
+		done
+		log "  sipp ${side^^}:$out"
+	done
+	log "  logs: $dir (kept only with --keep)"
+}
+
+# ---------------------------------------------------------------------------
+# Main
+# ---------------------------------------------------------------------------
+declare -A BEST_RATE BEST_LINE FIRST_FAIL NEVER_FAILED
+
+run_sut() {
+	local sut="$1" rate
+	BEST_RATE[$sut]=0
+	BEST_LINE[$sut]="- | - | - | - | -"
+	FIRST_FAIL[$sut]="-"
+	NEVER_FAILED[$sut]=1
+	for rate in "${RATE_LIST[@]}"; do
+		if run_step "$sut" "$rate"; then
+			if ((rate > BEST_RATE[$sut])); then
+				BEST_RATE[$sut]=$rate
+				BEST_LINE[$sut]="$STEP_OK/$STEP_ATT ($STEP_RATIO) | $STEP_RSS | $STEP_PSS | $STEP_US | $STEP_PCT"
+			fi
+		else
+			NEVER_FAILED[$sut]=0
+			[[ "${FIRST_FAIL[$sut]}" != "-" ]] || FIRST_FAIL[$sut]="$rate ($STEP_RESULT, ratio $STEP_RATIO)"
+			[[ "$KEEP_GOING" == 1 ]] || break
+		fi
+		sleep 1 # let the kernel drain sockets between steps
+	done
+}
+
+print_summary() {
+	local sut best v k
+	echo
+	echo "== Summary (best rate = highest rate with ok/attempted >= $PASS_RATIO over ${DURATION}s, hold ${HOLD_MS}ms)"
+	echo "| SUT | best rate (calls/s) | ok/attempted at best | peak RSS (KiB, sum VmHWM) | PSS (KiB) | CPU µs/call | CPU % of 1 core | first failing rate |"
+	echo "|---|---|---|---|---|---|---|---|"
+	for sut in "${SUT_LIST[@]}"; do
+		best="${BEST_RATE[$sut]}"
+		# The top rate never failed: the real limit is higher.
+		if ((NEVER_FAILED[$sut] && best > 0)); then best=">= $best"; fi
+		echo "| $sut | $best | ${BEST_LINE[$sut]} | ${FIRST_FAIL[$sut]} |"
+	done
+	if [[ -n "${BEST_RATE[vigil]:-}" && -n "${BEST_RATE[kamailio]:-}" ]]; then
+		v="${BEST_RATE[vigil]}" k="${BEST_RATE[kamailio]}"
+		if ((k > 0)); then
+			echo "Vigil/Kamailio best-rate ratio: $(awk -v v="$v" -v k="$k" 'BEGIN { printf "%.2f", v / k }') ($v / $k calls/s)"
+			if ((NEVER_FAILED[vigil] || NEVER_FAILED[kamailio])); then
+				echo "(a SUT that never failed is capped by the rate list: extend --rates for a true ratio)"
+			fi
+		else
+			echo "Vigil/Kamailio best-rate ratio: n/a (Kamailio passed no rate)"
+		fi
+	fi
+}
+
+main() {
+	parse_args "$@"
+	# VIGIL_BIN: absolute, or relative to the current directory if it exists
+	# there, else relative to the repository root (the default
+	# target/release/vigil works from anywhere). We later cd to a work dir.
+	if [[ "$VIGIL_BIN" != /* ]]; then
+		if [[ -e "$PWD/$VIGIL_BIN" ]]; then
+			VIGIL_BIN="$PWD/$VIGIL_BIN"
+		else
+			VIGIL_BIN="$REPO_ROOT/$VIGIL_BIN"
+		fi
+	fi
+	cd "$REPO_ROOT"
+	command -v "$SIPP" >/dev/null || die "sipp not found (apt-get install sip-tester)"
+	command -v ss >/dev/null || die "ss not found (iproute2)"
+	local sut
+	for sut in "${SUT_LIST[@]}"; do
+		case "$sut" in
+		vigil) check_vigil_bin ;;
+		kamailio)
+			command -v "$KAMAILIO" >/dev/null || die "kamailio not found (apt-get install kamailio)"
+			"$KAMAILIO" -c -f "$LOAD_DIR/kamailio.cfg" >/dev/null 2>&1 ||
+				die "kamailio -c -f $LOAD_DIR/kamailio.cfg rejects the config"
+			;;
+		esac
+	done
+
+	WORK="$(mktemp -d "${TMPDIR:-/tmp}/vigil-cps.XXXXXX")"
+	trap cleanup EXIT
+	trap 'log "interrupted: stopping everything we started"; exit 130' INT
+	trap 'log "terminated: stopping everything we started"; exit 143' TERM
+	# Run sipp and the SUTs from the work dir: sipp drops files in its cwd.
+	cd "$WORK"
+	write_vigil_config
+
+	print_header
+	for sut in "${SUT_LIST[@]}"; do
+		run_sut "$sut"
+	done
+	print_summary
+}
+
+main "$@"
