@@ -361,6 +361,15 @@ impl Engine {
         if request.max_forwards == 0 {
             return self.reply(now, tx, &request, 483, None, &[]);
         }
+        let a_key = (
+            request.call_id.clone(),
+            request.from.tag().unwrap_or_default().to_string(),
+        );
+        if self.by_a.contains_key(&a_key) {
+            // §8.2.2.2: the same request arriving again on another path (a new
+            // branch) is a merged request, not a second call.
+            return self.reply(now, tx, &request, 482, Some("Merged Request"), &[]);
+        }
         let Some(trunk_in) = self.config.inbound_trunk(path.remote.ip()) else {
             return self.reply(now, tx, &request, 403, Some("Not An Inbound Trunk"), &[]);
         };
@@ -428,10 +437,6 @@ impl Engine {
             cdrs: &mut self.cdrs,
             settings: &self.settings,
         };
-        let a_key = (
-            request.call_id.clone(),
-            request.from.tag().unwrap_or_default().to_string(),
-        );
         let call = Call::start(
             now,
             key,

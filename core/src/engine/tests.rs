@@ -710,3 +710,18 @@ fn out_of_order_cseq_is_500() {
     h.caller_sends(&caller_in_dialog("INFO", 1, &a_tag, "call-24", "info", ""));
     assert_eq!(h.statuses(CALLER), vec![500]);
 }
+
+#[test]
+fn the_same_invite_on_another_branch_is_a_merged_request() {
+    let mut h = Harness::new();
+    h.caller_sends(&invite("call-25", "0049301234", SDP));
+    h.take(CALLER);
+    h.take_one_request(CALLEE, Method::Invite);
+    h.caller_sends(
+        &invite("call-25", "0049301234", SDP)
+            .replace("branch=z9hG4bK-call-25", "branch=z9hG4bK-other-path"),
+    );
+    assert_eq!(h.statuses(CALLER), vec![100, 482]);
+    assert!(h.take(CALLEE).is_empty(), "no second B leg");
+    assert_eq!(h.engine.active_calls(), 1);
+}

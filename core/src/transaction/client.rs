@@ -28,7 +28,11 @@ pub enum ClientState {
 
 pub(super) struct ClientTx<O> {
     pub(super) state: ClientState,
-    pub(super) request: Request,
+    /// The INVITE, kept until its final response: a CANCEL or the ACK for a
+    /// failure is built from it. Not kept for other methods, nor once answered,
+    /// because thousands of answered transactions linger for Timers D, K and M.
+    pub(super) request: Option<Box<Request>>,
+    invite: bool,
     /// The request as sent, for retransmission.
     bytes: Vec<u8>,
     pub(super) key: String,
@@ -73,7 +77,8 @@ impl<O: Copy> ClientTx<O> {
             } else {
                 ClientState::Trying
             },
-            request,
+            request: invite.then(|| Box::new(request)),
+            invite,
             bytes,
             key,
             path,
@@ -86,7 +91,7 @@ impl<O: Copy> ClientTx<O> {
     }
 
     fn is_invite(&self) -> bool {
-        self.request.method == Method::Invite
+        self.invite
     }
 
     fn send(&self, bytes: Vec<u8>, out: &mut VecDeque<Transmit>) {
@@ -117,13 +122,16 @@ impl<O: Copy> ClientTx<O> {
                     if provisional {
                         self.state = ClientState::Proceeding;
                     } else if success {
+                        self.request = None;
                         self.state = ClientState::Accepted;
                         self.timers
                             .set(ClientTimer::M, now + values.transaction_timeout());
                     } else {
-                        let ack = self.build_ack(response).encode();
-                        self.send(ack.clone(), out);
-                        self.ack = Some(ack);
+                        if let Some(ack) = self.build_ack(response).map(|a| a.encode()) {
+                            self.send(ack.clone(), out);
+                            self.ack = Some(ack);
+                        }
+                        self.request = None;
                         self.state = ClientState::Completed;
                         self.timers.set(ClientTimer::D, now + values.timer_d());
                     }
@@ -201,26 +209,28 @@ impl<O: Copy> ClientTx<O> {
         self.timers.clear_all();
     }
 
-    /// The hop-by-hop ACK for a non-2xx final (RFC 3261 §17.1.1.3).
-    fn build_ack(&self, response: &Response) -> Request {
+    /// The hop-by-hop ACK for a non-2xx final (RFC 3261 §17.1.1.3), while the
+    /// INVITE is still held.
+    fn build_ack(&self, response: &Response) -> Option<Request> {
+        let invite = self.request.as_deref()?;
         let mut headers = Headers::new();
-        for route in self.request.headers.get_all(&HeaderName::Route) {
+        for route in invite.headers.get_all(&HeaderName::Route) {
             headers.push(HeaderName::Route, route);
         }
-        Request {
+        Some(Request {
             method: Method::Ack,
-            uri: self.request.uri.clone(),
-            via: vec![self.request.top_via().clone()],
+            uri: invite.uri.clone(),
+            via: vec![invite.top_via().clone()],
             max_forwards: 70,
-            from: self.request.from.clone(),
+            from: invite.from.clone(),
             to: response.to.clone(),
-            call_id: self.request.call_id.clone(),
+            call_id: invite.call_id.clone(),
             cseq: CSeq {
-                seq: self.request.cseq.seq,
+                seq: invite.cseq.seq,
                 method: Method::Ack,
             },
             headers,
             body: Vec::new(),
-        }
+        })
     }
 }

@@ -309,16 +309,11 @@ impl<O: Copy> TransactionLayer<O> {
         self.clients.get(&tx).map(|t| t.state)
     }
 
-    /// The original request of a client transaction.
-    pub fn client_request(&self, tx: ClientTxId) -> Option<&Request> {
-        self.clients.get(&tx).map(|t| &t.request)
-    }
-
     /// Builds the CANCEL for an INVITE client transaction (RFC 3261 §9.1). Only
     /// valid once a provisional arrived; the caller checks [`ClientState::Proceeding`].
     pub fn build_cancel(&self, tx: ClientTxId) -> Option<(Request, Path)> {
         let t = self.clients.get(&tx)?;
-        let invite = &t.request;
+        let invite = t.request.as_deref()?;
         let mut headers = crate::sip::Headers::new();
         for route in invite.headers.get_all(&HeaderName::Route) {
             headers.push(HeaderName::Route, route);

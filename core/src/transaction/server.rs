@@ -90,8 +90,15 @@ impl<O: Copy> ServerTx<O> {
             _ => return,
         }
         let bytes = response.encode();
-        self.send(bytes.clone(), out);
-        self.last_response = Some(bytes);
+        if self.state == ServerState::Accepted || (self.invite && (200..300).contains(&status)) {
+            // Accepted absorbs INVITE copies without answering them (RFC 6026):
+            // the 2xx need not be kept.
+            self.send(bytes, out);
+            self.last_response = None;
+        } else {
+            self.send(bytes.clone(), out);
+            self.last_response = Some(bytes);
+        }
         if status < 200 {
             if self.state == ServerState::Trying {
                 self.state = ServerState::Proceeding;
