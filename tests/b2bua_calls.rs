@@ -10,6 +10,32 @@ use std::time::Duration;
 
 use support::{Net, Vigil, callee, caller, scenario, scenario_expecting};
 
+/// Runs five calls between a callee and a caller scenario (both must succeed)
+/// and returns the CDRs the daemon wrote.
+fn five_calls(
+    net: Net,
+    vigil: Vigil,
+    uas: &std::path::Path,
+    uas_args: &[&str],
+    uac: &std::path::Path,
+) -> Vec<serde_json::Value> {
+    let mut args = vec!["-m", "5"];
+    args.extend_from_slice(uas_args);
+    let callee = callee(net, Some(uas), &args);
+    caller(
+        net,
+        net.caller,
+        Some(uac),
+        "0049301234",
+        &["-m", "5", "-r", "10"],
+    )
+    .expect_success(Duration::from_secs(30));
+    callee.expect_success(Duration::from_secs(10));
+    let cdrs = vigil.stop().cdrs;
+    assert_eq!(cdrs.len(), 5, "one CDR per call");
+    cdrs
+}
+
 #[test]
 fn two_hundred_calls_complete_with_one_cdr_each() {
     let net = Net::new(10);
@@ -67,22 +93,13 @@ fn two_hundred_calls_complete_with_one_cdr_each() {
 fn the_callee_hangs_up_and_the_caller_gets_bye() {
     let net = Net::new(11);
     let vigil = Vigil::start(net, "");
-    let uas = callee(
+    let cdrs = five_calls(
         net,
-        Some(&scenario("uas_hangup.xml")),
-        &["-d", "300", "-m", "5"],
+        vigil,
+        &scenario("uas_hangup.xml"),
+        &["-d", "300"],
+        &scenario("uac_wait_bye.xml"),
     );
-    caller(
-        net,
-        net.caller,
-        Some(&scenario("uac_wait_bye.xml")),
-        "0049301234",
-        &["-m", "5", "-r", "10"],
-    )
-    .expect_success(Duration::from_secs(30));
-    uas.expect_success(Duration::from_secs(10));
-    let cdrs = vigil.stop().cdrs;
-    assert_eq!(cdrs.len(), 5);
     for cdr in &cdrs {
         assert_eq!(cdr["end_reason"], "callee-bye", "{cdr}");
         assert_eq!(cdr["ended_by"], "callee", "{cdr}");
@@ -93,18 +110,13 @@ fn the_callee_hangs_up_and_the_caller_gets_bye() {
 fn the_caller_cancels_before_answer() {
     let net = Net::new(12);
     let vigil = Vigil::start(net, "");
-    let uas = callee(net, Some(&scenario("uas_ring_cancel.xml")), &["-m", "5"]);
-    caller(
+    let cdrs = five_calls(
         net,
-        net.caller,
-        Some(&scenario("uac_cancel.xml")),
-        "0049301234",
-        &["-m", "5", "-r", "10"],
-    )
-    .expect_success(Duration::from_secs(30));
-    uas.expect_success(Duration::from_secs(10));
-    let cdrs = vigil.stop().cdrs;
-    assert_eq!(cdrs.len(), 5);
+        vigil,
+        &scenario("uas_ring_cancel.xml"),
+        &[],
+        &scenario("uac_cancel.xml"),
+    );
     for cdr in &cdrs {
         assert_eq!(cdr["end_reason"], "cancelled", "{cdr}");
         assert_eq!(cdr["sip_code"], 487, "{cdr}");
@@ -117,19 +129,8 @@ fn the_caller_cancels_before_answer() {
 fn a_busy_callee_stays_486() {
     let net = Net::new(13);
     let vigil = Vigil::start(net, "");
-    let uas = callee(net, Some(&scenario("uas_busy.xml")), &["-m", "5"]);
     let expects_486 = scenario_expecting(vigil.dir.path(), "uac_rejected.xml", 486);
-    caller(
-        net,
-        net.caller,
-        Some(&expects_486),
-        "0049301234",
-        &["-m", "5", "-r", "10"],
-    )
-    .expect_success(Duration::from_secs(30));
-    uas.expect_success(Duration::from_secs(10));
-    let cdrs = vigil.stop().cdrs;
-    assert_eq!(cdrs.len(), 5);
+    let cdrs = five_calls(net, vigil, &scenario("uas_busy.xml"), &[], &expects_486);
     for cdr in &cdrs {
         assert_eq!(cdr["end_reason"], "rejected", "{cdr}");
         assert_eq!(cdr["ended_by"], "callee", "{cdr}");

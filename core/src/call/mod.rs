@@ -426,13 +426,7 @@ impl Call {
                     if self.cancel_pending {
                         self.send_b_cancel(now, env);
                     } else if status > 100 && self.a_state == AState::Proceeding {
-                        let r = relay_response(
-                            &self.a_invite,
-                            &response,
-                            Some(&self.a_local_tag),
-                            &self.a.contact(),
-                            &env.settings.user_agent,
-                        );
+                        let r = self.to_caller(&response, env);
                         env.tx.respond(now, self.a_invite_tx, r);
                     }
                 } else if status < 300 {
@@ -440,13 +434,7 @@ impl Call {
                 } else {
                     self.b_state = BState::Done;
                     if self.ending.is_none() {
-                        let r = relay_response(
-                            &self.a_invite,
-                            &response,
-                            Some(&self.a_local_tag),
-                            &self.a.contact(),
-                            &env.settings.user_agent,
-                        );
+                        let r = self.to_caller(&response, env);
                         env.tx.respond(now, self.a_invite_tx, r);
                         self.a_state = AState::Done;
                         self.end(now, EndReason::Rejected, EndedBy::Callee, Some(status), env);
@@ -486,6 +474,17 @@ impl Call {
         }
     }
 
+    /// The callee's response to the B-leg INVITE, as the caller gets it.
+    fn to_caller(&self, response: &Response, env: &Env<'_>) -> Response {
+        relay_response(
+            &self.a_invite,
+            response,
+            Some(&self.a_local_tag),
+            &self.a.contact(),
+            &env.settings.user_agent,
+        )
+    }
+
     fn on_b_answered(&mut self, now: Instant, response: Response, env: &mut Env<'_>) {
         self.b.dialog = Some(Dialog::as_uac(&self.b_invite, &response, self.b.contact()));
         if self.ending.is_some() {
@@ -497,13 +496,7 @@ impl Call {
         self.b_state = BState::Answered;
         self.answer = Some(now);
         self.timers.clear(CallTimer::Ring);
-        let ok = relay_response(
-            &self.a_invite,
-            &response,
-            Some(&self.a_local_tag),
-            &self.a.contact(),
-            &env.settings.user_agent,
-        );
+        let ok = self.to_caller(&response, env);
         self.a.dialog = Some(Dialog::as_uas(
             &self.a_invite,
             self.a_local_tag.clone(),

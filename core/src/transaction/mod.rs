@@ -19,7 +19,7 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use crate::sip::{HeaderName, Method, Request, Response, Via};
-use crate::timer::TimerQueue;
+use crate::timer::{Scheduled, TimerQueue};
 
 pub use client::ClientState;
 use client::ClientTx;
@@ -401,39 +401,82 @@ impl<O: Copy> TransactionLayer<O> {
     /// Re-queues a transaction's next deadline, or removes it once terminated.
     fn reschedule(&mut self, target: TxRef) {
         match target {
-            TxRef::Client(id) => {
-                let Some(tx) = self.clients.get_mut(&id) else {
-                    return;
-                };
-                if tx.state == ClientState::Terminated {
-                    let key = tx.key.clone();
-                    self.clients.remove(&id);
-                    if self.client_keys.get(&key) == Some(&id) {
-                        self.client_keys.remove(&key);
-                    }
-                    return;
-                }
-                if let Some(at) = tx.scheduled.update(tx.timers.next().map(|(at, _)| at)) {
-                    self.queue.schedule(at, target);
-                }
-            }
-            TxRef::Server(id) => {
-                let Some(tx) = self.servers.get_mut(&id) else {
-                    return;
-                };
-                if tx.state == ServerState::Terminated {
-                    let key = tx.key.clone();
-                    self.servers.remove(&id);
-                    if self.server_keys.get(&key) == Some(&id) {
-                        self.server_keys.remove(&key);
-                    }
-                    return;
-                }
-                if let Some(at) = tx.scheduled.update(tx.timers.next().map(|(at, _)| at)) {
-                    self.queue.schedule(at, target);
-                }
-            }
+            TxRef::Client(id) => reschedule_in(
+                &mut self.clients,
+                &mut self.client_keys,
+                &mut self.queue,
+                id,
+                target,
+            ),
+            TxRef::Server(id) => reschedule_in(
+                &mut self.servers,
+                &mut self.server_keys,
+                &mut self.queue,
+                id,
+                target,
+            ),
         }
+    }
+}
+
+/// What the layer's bookkeeping needs from either kind of transaction.
+trait Lingering {
+    fn is_terminated(&self) -> bool;
+    fn key(&self) -> &str;
+    fn next_deadline(&self) -> Option<Instant>;
+    fn scheduled(&mut self) -> &mut Scheduled;
+}
+
+impl<O> Lingering for ClientTx<O> {
+    fn is_terminated(&self) -> bool {
+        self.state == ClientState::Terminated
+    }
+    fn key(&self) -> &str {
+        &self.key
+    }
+    fn next_deadline(&self) -> Option<Instant> {
+        self.timers.next().map(|(at, _)| at)
+    }
+    fn scheduled(&mut self) -> &mut Scheduled {
+        &mut self.scheduled
+    }
+}
+
+impl<O> Lingering for ServerTx<O> {
+    fn is_terminated(&self) -> bool {
+        self.state == ServerState::Terminated
+    }
+    fn key(&self) -> &str {
+        &self.key
+    }
+    fn next_deadline(&self) -> Option<Instant> {
+        self.timers.next().map(|(at, _)| at)
+    }
+    fn scheduled(&mut self) -> &mut Scheduled {
+        &mut self.scheduled
+    }
+}
+
+/// Removes a terminated transaction (and its key, unless reused), or queues its
+/// next deadline.
+fn reschedule_in<Id: Copy + Eq + std::hash::Hash, T: Lingering>(
+    txs: &mut HashMap<Id, T>,
+    keys: &mut HashMap<String, Id>,
+    queue: &mut TimerQueue<TxRef>,
+    id: Id,
+    target: TxRef,
+) {
+    let Some(tx) = txs.get_mut(&id) else { return };
+    if tx.is_terminated() {
+        if keys.get(tx.key()) == Some(&id) {
+            keys.remove(tx.key());
+        }
+        txs.remove(&id);
+        return;
+    }
+    let next = tx.next_deadline();
+    if let Some(at) = tx.scheduled().update(next) {
+        queue.schedule(at, target);
     }
 }
 
