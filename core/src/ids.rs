@@ -55,6 +55,13 @@ impl IdGen {
         format!("{MAGIC_COOKIE}{PREFIX}{:02x}-{random}", self.worker)
     }
 
+    /// A random delay in `[from_ms, to_ms)` milliseconds (RFC 3261 §14.1 glare
+    /// back-off).
+    pub fn jitter(&mut self, from_ms: u64, to_ms: u64) -> std::time::Duration {
+        let span = to_ms.saturating_sub(from_ms).max(1);
+        std::time::Duration::from_millis(from_ms + self.rng.random::<u64>() % span)
+    }
+
     /// A From/To tag.
     pub fn tag(&mut self) -> String {
         format!("{:016x}", self.rng.random::<u64>())

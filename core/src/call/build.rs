@@ -65,11 +65,41 @@ pub fn copy_body(
     to_headers: &mut Headers,
     to_body: &mut Vec<u8>,
 ) {
-    if body.is_empty() {
-        return;
+    if let Some(b) = Body::of(from_headers, body) {
+        b.apply(to_headers, to_body);
     }
-    copy(from_headers, to_headers, &BODY_HEADERS);
-    *to_body = body.to_vec();
+}
+
+/// A message body (an SDP, or a multipart carrying one) with the headers that
+/// describe it, as a leg last saw it: re-sent in a re-INVITE refresh, or in a local
+/// answer to the peer's refresh.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Body {
+    headers: Headers,
+    bytes: Vec<u8>,
+}
+
+impl Body {
+    /// The body of a message, if it has one.
+    pub fn of(headers: &Headers, bytes: &[u8]) -> Option<Body> {
+        if bytes.is_empty() {
+            return None;
+        }
+        let mut own = Headers::new();
+        copy(headers, &mut own, &BODY_HEADERS);
+        Some(Body {
+            headers: own,
+            bytes: bytes.to_vec(),
+        })
+    }
+
+    /// Puts this body (and its headers) on a message.
+    pub fn apply(&self, headers: &mut Headers, body: &mut Vec<u8>) {
+        for h in self.headers.iter() {
+            headers.push(h.name.clone(), h.value.as_str());
+        }
+        *body = self.bytes.clone();
+    }
 }
 
 /// A Via for a request Vigil originates from `advertised`.

@@ -4,11 +4,16 @@
 //! re-INVITE and UPDATE with their SDP, and writing the CDR the moment the call
 //! ends, with the reason it ended.
 //!
+//! Each leg also carries its own RFC 4028 session timer ([`refresh`]), and a
+//! call with a leg that has none is limited to `no_timer_max_duration`.
+//!
 //! A `Call` is sans-IO: every input comes with `now`, every output goes through
-//! [`Env`] (the worker's transaction layer and CDR queue), and its only clock is
-//! its own timer table.
+//! [`Env`] (the worker's transaction layer, CDR queue and policy), and its only
+//! clocks are its own timer tables.
 
 pub mod build;
+mod in_dialog;
+mod refresh;
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
@@ -16,8 +21,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::cdr::{CdrRecord, EndReason, EndedBy};
+use crate::config::{PreferRefresher, SessionTimerConfig};
 use crate::dialog::Dialog;
 use crate::ids::IdGen;
+use crate::policy::{CallView, RefreshFailure, SessionPolicy};
+use crate::session_timer::negotiate::{retry_after_422, uac_offer_headers, uas_answer_headers};
+use crate::session_timer::{SessionLeg, UasOutcome, negotiate};
 use crate::sip::{HeaderName, Method, Request, Response, SipUri};
 use crate::timer::Scheduled;
 use crate::timer_table;
@@ -25,9 +34,7 @@ use crate::transaction::{
     ClientState, ClientTxId, Path, ServerTxId, TimerValues, TransactionLayer,
 };
 
-use build::{
-    OutboundInvite, b_leg_invite, local_response, our_via, relay_request_payload, relay_response,
-};
+use build::{Body, OutboundInvite, b_leg_invite, local_response, our_via, relay_response};
 
 /// A call's handle inside its worker.
 pub type CallKey = u64;
@@ -57,6 +64,8 @@ pub enum Purpose {
     BInvite,
     /// A request relayed from one leg to the other.
     Relay(u32),
+    /// Vigil's session refresh (UPDATE or re-INVITE) on a leg.
+    Refresh(Leg),
     /// A request Vigil sends on its own (BYE, CANCEL): its answer changes nothing.
     Teardown,
 }
@@ -74,6 +83,7 @@ pub struct Env<'a> {
     pub ids: &'a mut IdGen,
     pub cdrs: &'a mut VecDeque<CdrRecord>,
     pub settings: &'a CallSettings,
+    pub policy: &'a dyn SessionPolicy,
 }
 
 /// Per-call knobs from the config snapshot the call started under.
@@ -87,7 +97,8 @@ pub struct CallSettings {
 timer_table!(
     /// Ring: unanswered too long. Retransmit2xx/AckWait: our 2xx until its ACK
     /// (RFC 3261 §13.3.1.4). CancelWait: a CANCELled INVITE that never got its final.
-    CallTimers: CallTimer { Ring, Retransmit2xx, AckWait, CancelWait }
+    /// MaxDuration: `no_timer_max_duration` of a call with a leg without timer.
+    CallTimers: CallTimer { Ring, Retransmit2xx, AckWait, CancelWait, MaxDuration }
 );
 
 /// The A leg's progress.
@@ -126,9 +137,33 @@ struct LegInfo {
     dialog: Option<Dialog>,
     /// The last ACK sent for a 2xx on this leg, resent if the 2xx is.
     last_ack: Option<(u32, Vec<u8>)>,
+    /// The session-timer settings of this leg's trunk.
+    timer: SessionTimerConfig,
+    /// The leg's session timer, once the call is answered (None: no timer).
+    session: Option<SessionLeg>,
+    /// The peer's `Allow` lists UPDATE (for `refresh_method: auto`).
+    allows_update: bool,
+    /// The last body Vigil sent this peer (re-sent by a re-INVITE refresh).
+    local_body: Option<Body>,
+    /// The last body this peer sent (an unchanged one is not relayed).
+    remote_body: Option<Body>,
 }
 
 impl LegInfo {
+    fn new(path: Path, advertised: SocketAddr, timer: SessionTimerConfig) -> LegInfo {
+        LegInfo {
+            path,
+            advertised,
+            dialog: None,
+            last_ack: None,
+            timer,
+            session: None,
+            allows_update: false,
+            local_body: None,
+            remote_body: None,
+        }
+    }
+
     fn contact(&self) -> SipUri {
         SipUri::for_socket(None, self.advertised)
     }
@@ -154,6 +189,8 @@ struct Relay {
     request: Request,
     /// CSeq of the copy sent on the other leg.
     sent_seq: u32,
+    /// For a re-INVITE or UPDATE: the session timer negotiated with its sender.
+    negotiated: Option<UasOutcome>,
 }
 
 /// A 2xx to an INVITE that Vigil retransmits until the ACK (§13.3.1.4).
@@ -173,6 +210,8 @@ pub struct Ending {
     pub reason: EndReason,
     pub by: EndedBy,
     pub sip_code: Option<u16>,
+    /// For `session-timeout`: why the session ran out.
+    pub refresh_failure: Option<RefreshFailure>,
 }
 
 /// Who the call is between, for the CDR and logs.
@@ -184,10 +223,22 @@ pub struct Parties {
     pub trunk_out: Arc<str>,
 }
 
+/// The A leg as it arrived: the INVITE, where it came from, and its session timer
+/// as negotiated before the call was accepted (a too-small interval was refused).
+pub struct Inbound {
+    pub tx: ServerTxId,
+    pub invite: Request,
+    pub path: Path,
+    pub advertised: SocketAddr,
+    pub timer: SessionTimerConfig,
+    pub negotiated: UasOutcome,
+}
+
 /// Where the B leg goes.
 pub struct Outbound {
     pub path: Path,
     pub advertised: SocketAddr,
+    pub timer: SessionTimerConfig,
 }
 
 /// One B2BUA call.
@@ -202,9 +253,15 @@ pub struct Call {
     a_invite: Request,
     a_invite_tx: ServerTxId,
     a_local_tag: String,
+    /// The A leg's session timer as negotiated on the INVITE.
+    a_negotiated: UasOutcome,
     a: LegInfo,
     b_invite: Request,
     b_invite_tx: ClientTxId,
+    /// The Session-Expires offered on the B leg (changes after a 422).
+    b_offered: u32,
+    /// The B-leg INVITE was retried after a 422 (RFC 4028 §7.4: only once).
+    b_retried_422: bool,
     b: LegInfo,
     /// CANCEL wanted before B sent any provisional (§9.1 says wait).
     cancel_pending: bool,
@@ -218,28 +275,26 @@ pub struct Call {
 }
 
 impl Call {
-    /// Starts a call: sends the B-leg INVITE and arms the ring timer. The A-leg
-    /// INVITE has had its `100 Trying` from the transaction layer.
-    #[allow(clippy::too_many_arguments)]
+    /// Starts a call: sends the B-leg INVITE (offering session timers) and arms the
+    /// ring timer. The A-leg INVITE has had its `100 Trying` from the transaction
+    /// layer.
     pub fn start(
         now: Instant,
         key: CallKey,
-        a_invite_tx: ServerTxId,
-        a_invite: Request,
-        a_path: Path,
-        a_advertised: SocketAddr,
+        inbound: Inbound,
         parties: Parties,
         outbound: Outbound,
         env: &mut Env<'_>,
     ) -> Call {
         env.tx.set_server_owner(
-            a_invite_tx,
+            inbound.tx,
             TxOwner {
                 call: key,
                 purpose: Purpose::Teardown,
             },
         );
-        let b_invite = b_leg_invite(OutboundInvite {
+        let a_invite = inbound.invite;
+        let mut b_invite = b_leg_invite(OutboundInvite {
             a_invite: &a_invite,
             target: outbound.path.remote,
             advertised: outbound.advertised,
@@ -248,6 +303,13 @@ impl Call {
             branch: env.ids.branch(),
             user_agent: &env.settings.user_agent,
         });
+        let b_offered = outbound.timer.ttl;
+        uac_offer_headers(
+            b_offered,
+            &outbound.timer,
+            outbound.timer.prefer_refresher == PreferRefresher::Local,
+            &mut b_invite.headers,
+        );
         let b_invite_tx = env.tx.send_request(
             now,
             b_invite.clone(),
@@ -265,6 +327,11 @@ impl Call {
             trunk_in = %parties.trunk_in, trunk_out = %parties.trunk_out,
             "call started"
         );
+        let mut a = LegInfo::new(inbound.path, inbound.advertised, inbound.timer);
+        a.allows_update = a_invite.headers.has_tag(&HeaderName::Allow, "UPDATE");
+        a.remote_body = Body::of(&a_invite.headers, &a_invite.body);
+        let mut b = LegInfo::new(outbound.path, outbound.advertised, outbound.timer);
+        b.local_body = Body::of(&b_invite.headers, &b_invite.body);
         Call {
             key,
             parties,
@@ -274,22 +341,15 @@ impl Call {
             a_state: AState::Proceeding,
             b_state: BState::Calling,
             a_local_tag: env.ids.tag(),
+            a_negotiated: inbound.negotiated,
             a_invite,
-            a_invite_tx,
-            a: LegInfo {
-                path: a_path,
-                advertised: a_advertised,
-                dialog: None,
-                last_ack: None,
-            },
+            a_invite_tx: inbound.tx,
+            a,
             b_invite,
             b_invite_tx,
-            b: LegInfo {
-                path: outbound.path,
-                advertised: outbound.advertised,
-                dialog: None,
-                last_ack: None,
-            },
+            b_offered,
+            b_retried_422: false,
+            b,
             cancel_pending: false,
             bye_a_after_ack: false,
             relays: Vec::new(),
@@ -336,7 +396,16 @@ impl Call {
     }
 
     pub fn next_deadline(&self) -> Option<Instant> {
-        self.timers.next().map(|(at, _)| at)
+        let sessions = [&self.a.session, &self.b.session]
+            .into_iter()
+            .flatten()
+            .filter_map(SessionLeg::next_deadline);
+        self.timers
+            .next()
+            .map(|(at, _)| at)
+            .into_iter()
+            .chain(sessions)
+            .min()
     }
 
     fn owner(&self, purpose: Purpose) -> TxOwner {
@@ -369,21 +438,44 @@ impl Call {
         sip_code: Option<u16>,
         env: &mut Env<'_>,
     ) {
+        self.finish(
+            now,
+            Ending {
+                reason,
+                by,
+                sip_code,
+                refresh_failure: None,
+            },
+            env,
+        );
+    }
+
+    fn finish(&mut self, now: Instant, ending: Ending, env: &mut Env<'_>) {
         if self.ending.is_some() {
             return;
         }
-        self.ending = Some(Ending {
-            reason,
-            by,
-            sip_code,
-        });
+        self.ending = Some(ending);
         self.timers.clear(CallTimer::Ring);
+        self.timers.clear(CallTimer::MaxDuration);
+        self.a.session = None;
+        self.b.session = None;
         let answered = self.answer.is_some();
         tracing::info!(
             call_id = %self.a_invite.call_id, b_call_id = %self.b_invite.call_id,
-            reason = %reason, sip_code = ?sip_code, answered,
+            reason = %ending.reason, sip_code = ?ending.sip_code,
+            refresh_failure = ?ending.refresh_failure, answered,
             "call ended"
         );
+        env.policy.hangup(&CallView {
+            call_id: &self.a_invite.call_id,
+            b_call_id: &self.b_invite.call_id,
+            trunk_in: &self.parties.trunk_in,
+            trunk_out: &self.parties.trunk_out,
+            caller: &self.parties.caller,
+            callee: &self.parties.callee,
+            end_reason: ending.reason,
+            since_answer: self.answer.map(|a| now.saturating_duration_since(a)),
+        });
         env.cdrs.push_back(CdrRecord {
             call_id: self.a_invite.call_id.clone(),
             b_call_id: Some(self.b_invite.call_id.clone()),
@@ -394,9 +486,10 @@ impl Call {
             start: self.start,
             answer: self.answer,
             end: now,
-            end_reason: reason,
-            ended_by: by,
-            sip_code,
+            end_reason: ending.reason,
+            ended_by: ending.by,
+            sip_code: ending.sip_code,
+            refresh_failure: ending.refresh_failure.map(RefreshFailure::as_cdr_value),
         });
     }
 
@@ -413,6 +506,7 @@ impl Call {
         match purpose {
             Purpose::BInvite => self.on_b_invite_response(now, response, env),
             Purpose::Relay(id) => self.on_relay_response(now, id, response, env),
+            Purpose::Refresh(leg) => self.on_refresh_response(now, leg, response, env),
             Purpose::Teardown => {}
         }
     }
@@ -426,15 +520,32 @@ impl Call {
                     if self.cancel_pending {
                         self.send_b_cancel(now, env);
                     } else if status > 100 && self.a_state == AState::Proceeding {
+                        self.note_early_media(&response);
                         let r = self.to_caller(&response, env);
                         env.tx.respond(now, self.a_invite_tx, r);
                     }
                 } else if status < 300 {
                     self.on_b_answered(now, response, env);
+                } else if status == 422
+                    && self.ending.is_none()
+                    && self.retry_b_after_422(now, &response, env)
+                {
+                    // RFC 4028 §7.4: the callee wants a longer interval; asked again.
                 } else {
                     self.b_state = BState::Done;
                     if self.ending.is_none() {
-                        let r = self.to_caller(&response, env);
+                        let r = if status == 422 {
+                            // The caller's interval was fine; the callee refused ours.
+                            local_response(
+                                &self.a_invite,
+                                500,
+                                Some("Session Interval Refused By Callee"),
+                                Some(&self.a_local_tag),
+                                &env.settings.user_agent,
+                            )
+                        } else {
+                            self.to_caller(&response, env)
+                        };
                         env.tx.respond(now, self.a_invite_tx, r);
                         self.a_state = AState::Done;
                         self.end(now, EndReason::Rejected, EndedBy::Callee, Some(status), env);
@@ -496,7 +607,13 @@ impl Call {
         self.b_state = BState::Answered;
         self.answer = Some(now);
         self.timers.clear(CallTimer::Ring);
-        let ok = self.to_caller(&response, env);
+        self.b.allows_update = response.headers.has_tag(&HeaderName::Allow, "UPDATE");
+        let mut ok = self.to_caller(&response, env);
+        ok.headers.push(HeaderName::Supported, "timer");
+        if let UasOutcome::Timer(agreed) = self.a_negotiated {
+            uas_answer_headers(&agreed, &mut ok.headers);
+        }
+        self.note_body(Leg::B, &response.headers, &response.body);
         self.a.dialog = Some(Dialog::as_uas(
             &self.a_invite,
             self.a_local_tag.clone(),
@@ -516,7 +633,55 @@ impl Call {
             },
             env,
         );
+        let b_agreed = negotiate::as_uac(&response, self.b_offered, &self.b.timer);
+        self.start_sessions(now, b_agreed);
         tracing::debug!(call_id = %self.a_invite.call_id, "answered");
+    }
+
+    /// Early media: the callee's SDP in a provisional travels to the caller.
+    fn note_early_media(&mut self, response: &Response) {
+        if !response.body.is_empty() {
+            self.note_body(Leg::B, &response.headers, &response.body);
+        }
+    }
+
+    /// A body the peer on `from` sent, which Vigil passes to the other leg.
+    fn note_body(&mut self, from: Leg, headers: &crate::sip::Headers, body: &[u8]) {
+        if let Some(b) = Body::of(headers, body) {
+            self.leg_mut(from.other()).local_body = Some(b.clone());
+            self.leg_mut(from).remote_body = Some(b);
+        }
+    }
+
+    /// RFC 4028 §7.4: after a 422, the B-leg INVITE goes again (once) with the
+    /// callee's Min-SE as the interval, same dialog identifiers, next CSeq.
+    fn retry_b_after_422(&mut self, now: Instant, response: &Response, env: &mut Env<'_>) -> bool {
+        if self.b_retried_422 {
+            return false;
+        }
+        let Some(interval) = retry_after_422(response, &self.b.timer) else {
+            return false;
+        };
+        let mut again = self.b_invite.clone();
+        again.cseq.seq += 1;
+        again.via = vec![our_via(self.b.advertised, env.ids.branch())];
+        again.headers.remove(&HeaderName::SessionExpires);
+        again.headers.remove(&HeaderName::MinSe);
+        again.headers.remove(&HeaderName::Supported);
+        uac_offer_headers(interval, &self.b.timer, false, &mut again.headers);
+        again.headers.set(HeaderName::MinSe, interval.to_string());
+        tracing::info!(call_id = %self.a_invite.call_id, interval, "callee wants a longer session interval (422): retrying");
+        self.b_invite_tx = env.tx.send_request(
+            now,
+            again.clone(),
+            self.b.path,
+            self.owner(Purpose::BInvite),
+        );
+        self.b_invite = again;
+        self.b_offered = interval;
+        self.b_retried_422 = true;
+        self.b_state = BState::Calling;
+        true
     }
 
     fn arm_2xx(&mut self, now: Instant, pending: Pending2xx, env: &Env<'_>) {
@@ -584,6 +749,7 @@ impl Call {
         if leg == Leg::A && self.a_state == AState::Answered {
             self.a_state = AState::Confirmed;
         }
+        self.note_body(leg, &ack.headers, &ack.body);
         if let Some(seq) = ack_other {
             let other = leg.other();
             self.send_ack(other, seq, Some(&ack), env);
@@ -616,232 +782,6 @@ impl Call {
         info.last_ack = Some((seq, bytes));
     }
 
-    // ----- requests inside a dialog -------------------------------------------
-
-    /// A request inside one of the call's dialogs (BYE, re-INVITE, UPDATE, INFO, …),
-    /// already a server transaction that this call must answer.
-    pub fn on_request(
-        &mut self,
-        now: Instant,
-        leg: Leg,
-        tx: ServerTxId,
-        request: Request,
-        env: &mut Env<'_>,
-    ) {
-        env.tx.set_server_owner(tx, self.owner(Purpose::Teardown));
-        let ua = env.settings.user_agent.clone();
-        let reply = |env: &mut Env<'_>,
-                     status: u16,
-                     reason: Option<&str>,
-                     extra: Option<(HeaderName, &str)>| {
-            let mut r = local_response(&request, status, reason, None, &ua);
-            if let Some((name, value)) = extra {
-                r.headers.push(name, value);
-            }
-            env.tx.respond(now, tx, r);
-        };
-        if leg == Leg::A && self.a_state == AState::Proceeding && request.method == Method::Bye {
-            // §15: a caller may BYE an early dialog; it means what CANCEL means.
-            reply(env, 200, None, None);
-            self.on_cancel(now, env);
-            return;
-        }
-        let Some(dialog) = self.leg_mut(leg).dialog.as_mut() else {
-            reply(env, 481, None, None);
-            return;
-        };
-        if !dialog.accept_remote_cseq(&request) {
-            reply(env, 500, Some("CSeq Out Of Order"), None);
-            return;
-        }
-        match request.method {
-            Method::Bye => {
-                reply(env, 200, None, None);
-                self.on_bye(now, leg, env);
-            }
-            Method::Invite | Method::Update => {
-                let busy_from = self
-                    .relays
-                    .iter()
-                    .find(|r| matches!(r.request.method, Method::Invite | Method::Update))
-                    .map(|r| r.from)
-                    .or(self.pending_2xx.as_ref().map(|p| p.leg));
-                match busy_from {
-                    // §14.2: a second INVITE from the same side before the first's
-                    // final response gets 500 with Retry-After.
-                    Some(from) if from == leg => reply(
-                        env,
-                        500,
-                        Some("Previous Request Pending"),
-                        Some((HeaderName::RetryAfter, "1")),
-                    ),
-                    // Glare with the other side's offer: 491 (§14.2, RFC 3311 §5.2).
-                    Some(_) => reply(env, 491, None, None),
-                    None if self.leg(leg.other()).dialog.is_none() || self.ending.is_some() => {
-                        reply(env, 491, None, Some((HeaderName::RetryAfter, "1")))
-                    }
-                    None => {
-                        if let Some(d) = self.leg_mut(leg).dialog.as_mut() {
-                            d.refresh_target(request.contact());
-                        }
-                        self.relay(now, leg, tx, request, env);
-                    }
-                }
-            }
-            Method::Info | Method::Message | Method::Notify | Method::Options => {
-                if self.leg(leg.other()).dialog.is_none() || self.ending.is_some() {
-                    reply(
-                        env,
-                        500,
-                        Some("Other Leg Not Connected"),
-                        Some((HeaderName::RetryAfter, "1")),
-                    );
-                } else {
-                    self.relay(now, leg, tx, request, env);
-                }
-            }
-            // No reliable provisional is ever pending: Vigil does not offer 100rel.
-            Method::Prack => reply(env, 481, None, None),
-            Method::Extension(_) => reply(env, 501, None, None),
-            _ => reply(
-                env,
-                405,
-                None,
-                Some((HeaderName::Allow, crate::sip::ALLOWED_METHODS)),
-            ),
-        }
-    }
-
-    fn on_bye(&mut self, now: Instant, leg: Leg, env: &mut Env<'_>) {
-        let (reason, by) = match leg {
-            Leg::A => (EndReason::CallerBye, EndedBy::Caller),
-            Leg::B => (EndReason::CalleeBye, EndedBy::Callee),
-        };
-        self.end(now, reason, by, None, env);
-        self.abandon_relays(now, env);
-        match leg {
-            Leg::A => {
-                self.a_state = AState::Done;
-                self.clear_pending_2xx_on(Leg::A);
-                self.hang_up_b(now, env);
-            }
-            Leg::B => {
-                self.b_state = BState::Done;
-                self.hang_up_a(now, false, env);
-            }
-        }
-    }
-
-    fn clear_pending_2xx_on(&mut self, leg: Leg) {
-        if self.pending_2xx.as_ref().is_some_and(|p| p.leg == leg) {
-            self.pending_2xx = None;
-            self.timers.clear(CallTimer::Retransmit2xx);
-            self.timers.clear(CallTimer::AckWait);
-        }
-    }
-
-    /// Answers every relayed request still waiting: the call is going away.
-    fn abandon_relays(&mut self, now: Instant, env: &mut Env<'_>) {
-        for relay in self.relays.drain(..) {
-            let tag = (relay.from == Leg::A).then_some(self.a_local_tag.as_str());
-            let r = local_response(&relay.request, 487, None, tag, &env.settings.user_agent);
-            env.tx.respond(now, relay.server_tx, r);
-        }
-    }
-
-    /// Sends a copy of `request` on the other leg.
-    fn relay(
-        &mut self,
-        now: Instant,
-        from: Leg,
-        tx: ServerTxId,
-        request: Request,
-        env: &mut Env<'_>,
-    ) {
-        let to = from.other();
-        let advertised = self.leg(to).advertised;
-        let id = self.next_relay;
-        self.next_relay += 1;
-        let info = self.leg_mut(to);
-        let Some(dialog) = info.dialog.as_mut() else {
-            return;
-        };
-        let mut copy = dialog.new_request(
-            request.method.clone(),
-            our_via(advertised, env.ids.branch()),
-        );
-        relay_request_payload(&request, &mut copy);
-        let sent_seq = copy.cseq.seq;
-        let path = info.next_hop();
-        env.tx.send_request(
-            now,
-            copy,
-            path,
-            TxOwner {
-                call: self.key,
-                purpose: Purpose::Relay(id),
-            },
-        );
-        self.relays.push(Relay {
-            id,
-            from,
-            server_tx: tx,
-            request,
-            sent_seq,
-        });
-    }
-
-    fn on_relay_response(&mut self, now: Instant, id: u32, response: Response, env: &mut Env<'_>) {
-        if response.status < 200 {
-            return; // the transaction layer already sent 100 on the other side
-        }
-        let Some(pos) = self.relays.iter().position(|r| r.id == id) else {
-            // Late: the relay was abandoned. A 2xx to a re-INVITE still needs its ACK.
-            if response.is_success() && response.cseq.method == Method::Invite {
-                let leg = if response.call_id == self.b_invite.call_id {
-                    Leg::B
-                } else {
-                    Leg::A
-                };
-                self.send_ack(leg, response.cseq.seq, None, env);
-            }
-            return;
-        };
-        let relay = self.relays.remove(pos);
-        let to = relay.from.other();
-        if response.is_success()
-            && matches!(relay.request.method, Method::Invite | Method::Update)
-            && let Some(d) = self.leg_mut(to).dialog.as_mut()
-        {
-            d.refresh_target(response.contact());
-        }
-        let contact = self.leg(relay.from).contact();
-        let r = relay_response(
-            &relay.request,
-            &response,
-            None,
-            &contact,
-            &env.settings.user_agent,
-        );
-        if response.is_success() && relay.request.method == Method::Invite {
-            let bytes = r.encode();
-            env.tx.respond(now, relay.server_tx, r);
-            self.arm_2xx(
-                now,
-                Pending2xx {
-                    leg: relay.from,
-                    bytes,
-                    interval: env.settings.timers.t1,
-                    invite_seq: relay.request.cseq.seq,
-                    ack_other_seq: Some(relay.sent_seq),
-                },
-                env,
-            );
-        } else {
-            env.tx.respond(now, relay.server_tx, r);
-        }
-    }
-
     /// A client transaction of this call got no answer (Timer B or F).
     pub fn on_timeout(&mut self, now: Instant, purpose: Purpose, env: &mut Env<'_>) {
         match purpose {
@@ -862,6 +802,7 @@ impl Call {
                     env.tx.respond(now, relay.server_tx, r);
                 }
             }
+            Purpose::Refresh(leg) => self.on_refresh_timeout(now, leg, env),
             Purpose::Teardown => {}
         }
     }
@@ -898,8 +839,10 @@ impl Call {
                         self.b_state = BState::Done;
                     }
                 }
+                CallTimer::MaxDuration => self.on_max_duration(now, env),
             }
         }
+        self.poll_sessions(now, env);
     }
 
     fn on_ack_timeout(&mut self, now: Instant, env: &mut Env<'_>) {
@@ -923,9 +866,7 @@ impl Call {
             self.a_state = AState::Confirmed;
         }
         self.end(now, EndReason::AckTimeout, EndedBy::Switch, None, env);
-        self.abandon_relays(now, env);
-        self.hang_up_a(now, true, env);
-        self.hang_up_b(now, env);
+        self.hang_up_both(now, env);
     }
 
     // ----- tearing legs down ---------------------------------------------------
@@ -983,13 +924,21 @@ impl Call {
     }
 
     fn send_bye(&mut self, now: Instant, leg: Leg, env: &mut Env<'_>) {
-        let advertised = self.leg(leg).advertised;
         let owner = self.owner(Purpose::Teardown);
+        let session_expired = self
+            .ending
+            .is_some_and(|e| e.reason == EndReason::SessionTimeout);
         let info = self.leg_mut(leg);
+        let advertised = info.advertised;
         let Some(dialog) = info.dialog.as_mut() else {
             return;
         };
-        let bye = dialog.new_request(Method::Bye, our_via(advertised, env.ids.branch()));
+        let mut bye = dialog.new_request(Method::Bye, our_via(advertised, env.ids.branch()));
+        if session_expired {
+            // RFC 3326 / RFC 4028 §10: say why.
+            bye.headers
+                .push(HeaderName::Reason, "SIP;cause=408;text=\"Session expired\"");
+        }
         let path = info.next_hop();
         env.tx.send_request(now, bye, path, owner);
     }
@@ -1031,8 +980,6 @@ impl Call {
         } else {
             self.end(now, EndReason::Shutdown, EndedBy::Switch, None, env);
         }
-        self.abandon_relays(now, env);
-        self.hang_up_a(now, true, env);
-        self.hang_up_b(now, env);
+        self.hang_up_both(now, env);
     }
 }

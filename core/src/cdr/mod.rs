@@ -34,6 +34,11 @@ pub enum EndReason {
     Shutdown,
     /// The caller never ACKed the 200 OK (RFC 3261 §13.3.1.4); both legs got BYE.
     AckTimeout,
+    /// A leg's session timer ran out: a refresh failed or the peer stopped
+    /// refreshing (RFC 4028); both legs got BYE. See `refresh_failure`.
+    SessionTimeout,
+    /// A call with a leg without session timer reached `no_timer_max_duration`.
+    MaxDuration,
 }
 
 impl EndReason {
@@ -46,6 +51,8 @@ impl EndReason {
             EndReason::NoRoute => "no-route",
             EndReason::Shutdown => "shutdown",
             EndReason::AckTimeout => "ack-timeout",
+            EndReason::SessionTimeout => "session-timeout",
+            EndReason::MaxDuration => "max-duration",
         }
     }
 }
@@ -81,6 +88,8 @@ pub struct CdrRecord {
     pub ended_by: EndedBy,
     /// The final status of a call that failed before answer.
     pub sip_code: Option<u16>,
+    /// For `session-timeout`: `timeout`, `expired` or the refresh's status code.
+    pub refresh_failure: Option<String>,
 }
 
 impl CdrRecord {
@@ -113,6 +122,7 @@ impl CdrRecord {
             end_reason: self.end_reason,
             ended_by: self.ended_by,
             sip_code: self.sip_code,
+            refresh_failure: self.refresh_failure.as_deref(),
         };
         // Serialising a struct of strings and numbers cannot fail.
         serde_json::to_string(&line).unwrap_or_default()
@@ -134,6 +144,7 @@ struct CdrLine<'a> {
     end_reason: EndReason,
     ended_by: EndedBy,
     sip_code: Option<u16>,
+    refresh_failure: Option<&'a str>,
 }
 
 #[cfg(test)]
@@ -157,6 +168,7 @@ mod tests {
             end_reason: EndReason::CallerBye,
             ended_by: EndedBy::Caller,
             sip_code: None,
+            refresh_failure: None,
         };
         let wall = SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000);
         let line = record.to_json_line(t0 + Duration::from_millis(61_500), wall);
@@ -165,6 +177,7 @@ mod tests {
         assert_eq!(v["end_reason"], "caller-bye");
         assert_eq!(v["ended_by"], "caller");
         assert_eq!(v["sip_code"], serde_json::Value::Null);
+        assert_eq!(v["refresh_failure"], serde_json::Value::Null);
         assert_eq!(v["end"], "2027-01-15T08:00:00.000Z");
         assert_eq!(v["start"], "2027-01-15T07:58:58.500Z");
         assert_eq!(v["answer"], "2027-01-15T07:59:00.000Z");

@@ -7,6 +7,7 @@
 //! reload swap it in atomically.
 
 mod locate;
+mod session_timer;
 
 use std::fmt;
 use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
@@ -17,6 +18,9 @@ use ipnet::IpNet;
 use serde::Deserialize;
 
 use locate::LineIndex;
+pub use session_timer::{
+    PreferRefresher, RFC_MIN_SE, RefreshMethod, SessionTimerConfig, SessionTimerFile,
+};
 
 /// A config that failed to load: every problem found, each with its place.
 #[derive(Debug, thiserror::Error)]
@@ -70,6 +74,8 @@ struct FileConfig {
     log: LogConfig,
     #[serde(default)]
     sip: SipConfig,
+    #[serde(default)]
+    session_timer: SessionTimerFile,
 }
 
 /// `"udp:IP:PORT"`, or `{ addr: "udp:IP:PORT", advertise: IP }` when the address
@@ -95,6 +101,8 @@ struct FileTrunk {
     outbound: Option<FileOutbound>,
     #[serde(default)]
     route_to: Option<String>,
+    #[serde(default)]
+    session_timer: Option<SessionTimerFile>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -212,6 +220,8 @@ pub struct Config {
     pub cdr_path: PathBuf,
     pub log: LogConfig,
     pub sip: SipConfig,
+    /// The global `session_timer:` section (each trunk has its merged copy).
+    pub session_timer: SessionTimerConfig,
 }
 
 /// A UDP socket to bind.
@@ -234,6 +244,8 @@ pub struct Trunk {
     pub outbound: Option<SocketAddr>,
     /// Index into [`Config::trunks`] of the default outbound trunk.
     pub route_to: Option<usize>,
+    /// Session-timer settings for this trunk's legs (global, then overrides).
+    pub session_timer: SessionTimerConfig,
 }
 
 /// A prefix route to an outbound trunk.
@@ -357,7 +369,9 @@ impl Checker {
 
     fn check(&mut self, raw: FileConfig) -> Config {
         let listen = self.check_listen(&raw.listen);
-        let trunks = self.check_trunks(&raw.trunks);
+        let session_timer = SessionTimerConfig::default().merged(&raw.session_timer);
+        self.check_session_timer("session_timer", &session_timer);
+        let trunks = self.check_trunks(&raw.trunks, &session_timer);
         let routes = self.check_routes(&raw.routes, &trunks);
         if let Err(e) = tracing_subscriber::EnvFilter::try_new(&raw.log.level) {
             self.problem(
@@ -382,6 +396,13 @@ impl Checker {
             cdr_path: raw.cdr.path,
             log: raw.log,
             sip: raw.sip,
+            session_timer,
+        }
+    }
+
+    fn check_session_timer(&mut self, key: &str, config: &SessionTimerConfig) {
+        for (field, message) in config.problems() {
+            self.problem(format!("{key}.{field}"), message);
         }
     }
 
@@ -424,7 +445,11 @@ impl Checker {
         listeners
     }
 
-    fn check_trunks(&mut self, raw: &[FileTrunk]) -> Vec<Trunk> {
+    fn check_trunks(
+        &mut self,
+        raw: &[FileTrunk],
+        session_timer: &SessionTimerConfig,
+    ) -> Vec<Trunk> {
         let mut trunks: Vec<Trunk> = Vec::new();
         for (i, t) in raw.iter().enumerate() {
             let key = format!("trunks[{i}]");
@@ -456,11 +481,20 @@ impl Checker {
                     None
                 }
             });
+            let trunk_timer = match &t.session_timer {
+                Some(over) => {
+                    let merged = session_timer.merged(over);
+                    self.check_session_timer(&format!("{key}.session_timer"), &merged);
+                    merged
+                }
+                None => *session_timer,
+            };
             trunks.push(Trunk {
                 name: t.name.as_str().into(),
                 inbound_from,
                 outbound,
                 route_to: None,
+                session_timer: trunk_timer,
             });
         }
         for (i, t) in raw.iter().enumerate() {
@@ -636,6 +670,34 @@ log: { level: info, format: json }
                 .any(|r| r.contains("routes[1].trunk: trunk \"pbx\" has no `outbound`")),
             "{rendered:#?}"
         );
+    }
+
+    #[test]
+    fn session_timer_values_out_of_range_name_their_key() {
+        let text = format!("{GOOD}session_timer: {{ ttl: 30, update_segment: 2 }}\n").replace(
+            "  - name: premium\n",
+            "  - name: premium\n    session_timer: { update_segment: 12 }\n",
+        );
+        let p = problems(&text);
+        let rendered: Vec<String> = p.iter().map(ToString::to_string).collect();
+        assert!(
+            rendered
+                .iter()
+                .any(|r| r.contains("session_timer.ttl: 30 is below min_se (90)")),
+            "{rendered:#?}"
+        );
+        assert!(
+            rendered
+                .iter()
+                .any(|r| r.contains("trunks[2].session_timer.update_segment: 12 is not in 2..10")),
+            "{rendered:#?}"
+        );
+        let lab =
+            format!("{GOOD}session_timer: {{ ttl: 4, min_se: 2, allow_short_intervals: true }}\n");
+        let c =
+            Config::parse(&lab, Path::new("vigil.yaml")).expect("lab values allowed by the switch");
+        assert_eq!(c.trunks[0].session_timer.ttl, 4);
+        assert_eq!(c.session_timer.min_se, 2);
     }
 
     #[test]

@@ -14,10 +14,14 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::call::build::local_response;
-use crate::call::{Call, CallKey, CallSettings, Env, Leg, Outbound, Parties, TxOwner};
+use crate::call::{
+    Call, CallKey, CallSettings, Env, Inbound as InboundLeg, Leg, Outbound, Parties, TxOwner,
+};
 use crate::cdr::{CdrRecord, EndReason, EndedBy};
 use crate::config::{Config, canonical_ip};
 use crate::ids::IdGen;
+use crate::policy::{BuiltinPolicy, SessionPolicy};
+use crate::session_timer::{UasOutcome, negotiate};
 use crate::sip::{ALLOWED_METHODS, HeaderName, MediaType, Message, Method, Request, Response};
 use crate::timer::TimerQueue;
 use crate::transaction::{
@@ -37,7 +41,7 @@ pub struct LocalSocket {
 type Refusal = (u16, Option<&'static str>, Vec<(HeaderName, String)>);
 
 /// Option tags Vigil implements (for `Supported` and checking `Require`).
-pub const SUPPORTED: &[&str] = &[];
+pub const SUPPORTED: &[&str] = &["timer"];
 
 pub struct Engine {
     config: Arc<Config>,
@@ -52,6 +56,8 @@ pub struct Engine {
     call_timers: TimerQueue<CallKey>,
     ids: IdGen,
     cdrs: VecDeque<CdrRecord>,
+    /// The decision points' policy (built-in unless configured).
+    policy: Arc<dyn SessionPolicy>,
     next_key: CallKey,
     /// Set by [`Engine::begin_shutdown`]: new calls are refused.
     draining: bool,
@@ -76,9 +82,15 @@ impl Engine {
             call_timers: TimerQueue::default(),
             ids,
             cdrs: VecDeque::new(),
+            policy: Arc::new(BuiltinPolicy),
             next_key: 0,
             draining: false,
         }
+    }
+
+    /// Replaces the decision-point policy (hooks of later calls and events).
+    pub fn set_policy(&mut self, policy: Arc<dyn SessionPolicy>) {
+        self.policy = policy;
     }
 
     /// Applies a new config snapshot to calls that start from now on.
@@ -182,6 +194,7 @@ impl Engine {
             ids: &mut self.ids,
             cdrs: &mut self.cdrs,
             settings: &self.settings,
+            policy: self.policy.as_ref(),
         };
         f(call, &mut env);
         if call.is_finished() {
@@ -373,6 +386,19 @@ impl Engine {
         let Some(trunk_in) = self.config.inbound_trunk(path.remote.ip()) else {
             return self.reply(now, tx, &request, 403, Some("Not An Inbound Trunk"), &[]);
         };
+        let a_timer = self.config.trunks[trunk_in].session_timer;
+        let negotiated = negotiate::as_uas(&request, &a_timer);
+        if let UasOutcome::TooSmall { min_se } = negotiated {
+            // RFC 4028 §9: the caller retries with at least our Min-SE.
+            return self.reply(
+                now,
+                tx,
+                &request,
+                422,
+                None,
+                &[(HeaderName::MinSe, min_se.to_string())],
+            );
+        }
         let callee = request.uri.user_part().unwrap_or_default();
         let caller = request.from.uri.user_part().unwrap_or_default();
         let trunk_in_name = self.config.trunks[trunk_in].name.clone();
@@ -392,6 +418,7 @@ impl Engine {
                 end_reason: EndReason::NoRoute,
                 ended_by: EndedBy::Switch,
                 sip_code: Some(404),
+                refresh_failure: None,
             });
             return;
         };
@@ -430,24 +457,24 @@ impl Engine {
                 remote: target,
             },
             advertised: b_socket.advertised,
+            timer: trunk.session_timer,
         };
         let mut env = Env {
             tx: &mut self.tx,
             ids: &mut self.ids,
             cdrs: &mut self.cdrs,
             settings: &self.settings,
+            policy: self.policy.as_ref(),
         };
-        let call = Call::start(
-            now,
-            key,
+        let inbound = InboundLeg {
             tx,
-            request,
+            invite: request,
             path,
-            a_advertised,
-            parties,
-            outbound,
-            &mut env,
-        );
+            advertised: a_advertised,
+            timer: a_timer,
+            negotiated,
+        };
+        let call = Call::start(now, key, inbound, parties, outbound, &mut env);
         self.by_b.insert(call.b_call_id().to_string(), key);
         self.by_a.insert(a_key, key);
         self.calls.insert(key, call);

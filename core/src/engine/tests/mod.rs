@@ -2,6 +2,8 @@
 //! by scripts and the clock jumped from deadline to deadline. Each test reads as
 //! the call flow it proves.
 
+mod session_timers;
+
 use std::path::Path as FsPath;
 use std::time::{Duration, Instant};
 
@@ -26,11 +28,15 @@ fn addr(s: &str) -> SocketAddr {
     s.parse().expect("addr")
 }
 
-struct Harness {
+pub(super) struct Harness {
     engine: Engine,
     now: Instant,
     sent: Vec<Transmit>,
     cdrs: Vec<CdrRecord>,
+    /// The last initial INVITE Vigil sent the callee (a B leg).
+    last_b_invite: Option<Request>,
+    /// The A-leg tag of the call a test set up, for requests it sends later.
+    a_tag: String,
 }
 
 const LOCAL: &str = "127.0.0.1:5060";
@@ -54,12 +60,21 @@ impl Harness {
             now,
             sent: Vec::new(),
             cdrs: Vec::new(),
+            last_b_invite: None,
+            a_tag: String::new(),
         }
     }
 
     fn collect(&mut self) {
         while let Some(t) = self.engine.poll_transmit() {
             assert_eq!(t.local, addr(LOCAL));
+            if t.remote == addr(CALLEE)
+                && let Ok(Message::Request(r)) = decode(&t.bytes)
+                && r.method == Method::Invite
+                && !r.is_in_dialog()
+            {
+                self.last_b_invite = Some(r);
+            }
             self.sent.push(t);
         }
         while let Some(c) = self.engine.poll_cdr() {
@@ -116,6 +131,8 @@ impl Harness {
             .collect()
     }
 
+    /// Takes what was sent to `to` and returns the one `method` request among it
+    /// (retransmissions, which share its branch, count once).
     fn take_one_request(&mut self, to: &str, method: Method) -> Request {
         let msgs = self.take(to);
         let mut requests: Vec<Request> = msgs
@@ -125,6 +142,7 @@ impl Harness {
                 _ => None,
             })
             .collect();
+        requests.dedup_by(|a, b| a.top_via().branch() == b.top_via().branch());
         assert_eq!(requests.len(), 1, "expected exactly one {method} to {to}");
         requests.remove(0)
     }
@@ -224,6 +242,22 @@ Contact: <sip:1001@127.0.0.2:5061>\r\n\
 
 /// A request from the callee inside the B dialog, mirroring the B INVITE.
 fn callee_in_dialog(method: &str, cseq: u32, b_invite: &Request, branch: &str) -> String {
+    callee_in_dialog_with(method, cseq, b_invite, branch, "")
+}
+
+/// The same, with a body (an SDP).
+fn callee_in_dialog_with(
+    method: &str,
+    cseq: u32,
+    b_invite: &Request,
+    branch: &str,
+    body: &str,
+) -> String {
+    let ct = if body.is_empty() {
+        ""
+    } else {
+        "Content-Type: application/sdp\r\n"
+    };
     format!(
         "{method} sip:1001@127.0.0.1:5060 SIP/2.0\r\n\
 Via: SIP/2.0/UDP 127.0.0.3:5080;branch=z9hG4bK-{branch};rport\r\n\
@@ -231,7 +265,8 @@ From: <sip:callee@127.0.0.3:5080>;tag=callee-tag\r\n\
 To: {}\r\n\
 Call-ID: {}\r\n\
 CSeq: {cseq} {method}\r\n\
-Contact: <sip:callee@127.0.0.3:5080>\r\n\r\n",
+Contact: <sip:callee@127.0.0.3:5080>\r\n\
+{ct}\r\n{body}",
         b_invite.from, b_invite.call_id
     )
 }
@@ -500,12 +535,14 @@ fn a_reinvite_from_the_caller_is_relayed_with_its_sdp_and_acked_across() {
 }
 
 #[test]
-fn an_update_from_the_callee_is_relayed_to_the_caller() {
+fn an_update_with_a_new_sdp_from_the_callee_is_relayed_to_the_caller() {
     let mut h = Harness::new();
     let (b, _) = connected_call(&mut h, "call-10");
-    h.callee_sends(&callee_in_dialog("UPDATE", 1, &b, "upd"));
+    let new_sdp = SDP.replace("4000", "4010");
+    h.callee_sends(&callee_in_dialog_with("UPDATE", 1, &b, "upd", &new_sdp));
     let update = h.take_one_request(CALLER, Method::Update);
     assert_eq!(update.call_id, "call-10");
+    assert_eq!(update.body, new_sdp.as_bytes());
     let mut ok = update.response(200);
     ok.headers
         .push(HeaderName::Contact, "<sip:1001@127.0.0.2:5061>");

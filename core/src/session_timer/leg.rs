@@ -1,0 +1,334 @@
+//! One leg's session timer while the call is up (RFC 4028 §7.4, §10): when Vigil
+//! refreshes, when the session expires, and what proves the peer alive.
+
+use std::time::{Duration, Instant};
+
+use super::negotiate::{Agreed, Who};
+use crate::config::{RefreshMethod, SessionTimerConfig};
+use crate::timer_table;
+
+timer_table!(
+    /// Refresh: Vigil's refresh is due. Expiry: the session runs out (minus
+    /// `early_hangup`, and for a peer refresher minus min(32, SE/3), RFC 4028 §10).
+    /// Retry: a refresh answered 491 (or postponed) goes again.
+    LegTimers: LegTimer { Refresh, Expiry, Retry }
+);
+
+/// The request Vigil refreshes with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RefreshKind {
+    Update,
+    Reinvite,
+}
+
+/// What a leg's timers say now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LegEvent {
+    /// Vigil should send a refresh.
+    RefreshDue,
+    /// No proof of life came in time: the session is over.
+    Expired,
+}
+
+/// A leg's live session timer.
+#[derive(Debug, Clone)]
+pub struct SessionLeg {
+    agreed: Agreed,
+    config: SessionTimerConfig,
+    last_proof: Instant,
+    refreshes: u32,
+    /// Vigil's refresh waiting for its answer.
+    in_flight: Option<RefreshKind>,
+    /// The peer refused UPDATE (405/501): re-INVITE from now on (remembered for
+    /// the dialog).
+    update_refused: bool,
+    /// A refresh answered 422 was retried once already.
+    retried_422: bool,
+    timers: LegTimers,
+}
+
+impl SessionLeg {
+    /// Starts the timer at `now` (the 2xx that established the session).
+    pub fn start(now: Instant, agreed: Agreed, config: SessionTimerConfig) -> SessionLeg {
+        let mut leg = SessionLeg {
+            agreed,
+            config,
+            last_proof: now,
+            refreshes: 0,
+            in_flight: None,
+            update_refused: false,
+            retried_422: false,
+            timers: LegTimers::default(),
+        };
+        leg.arm(now);
+        leg
+    }
+
+    fn arm(&mut self, now: Instant) {
+        self.timers.clear_all();
+        let interval = Duration::from_secs(u64::from(self.agreed.interval));
+        let early = Duration::from_secs(u64::from(self.config.early_hangup));
+        match self.agreed.refresher {
+            Who::Vigil => {
+                // VOS3000: refresh every ttl / SS_SIP_SESSION_UPDATE_SEGMENT.
+                let every = interval / self.config.update_segment.max(1);
+                self.timers.set(
+                    LegTimer::Refresh,
+                    now + every.max(Duration::from_millis(500)),
+                );
+                self.timers
+                    .set(LegTimer::Expiry, now + interval.saturating_sub(early));
+            }
+            Who::Peer => {
+                // RFC 4028 §10: BYE at expiry minus min(32 s, SE/3).
+                let margin = Duration::from_secs(32).min(interval / 3);
+                self.timers.set(
+                    LegTimer::Expiry,
+                    now + interval.saturating_sub(margin).saturating_sub(early),
+                );
+            }
+        }
+    }
+
+    /// A 2xx to a refresh (ours or relayed), or a refresh from the peer, proves the
+    /// peer alive: the timer restarts, renegotiated if the exchange said so.
+    pub fn proof_of_life(&mut self, now: Instant, renegotiated: Option<Agreed>) {
+        if let Some(agreed) = renegotiated {
+            self.agreed = agreed;
+        }
+        self.last_proof = now;
+        self.in_flight = None;
+        self.retried_422 = false;
+        self.arm(now);
+    }
+
+    /// Counts a successful refresh Vigil sent, then restarts the timer.
+    pub fn refreshed(&mut self, now: Instant, renegotiated: Option<Agreed>) {
+        self.refreshes += 1;
+        self.proof_of_life(now, renegotiated);
+    }
+
+    /// The next thing due at `now`, if any.
+    pub fn poll(&mut self, now: Instant) -> Option<LegEvent> {
+        while let Some(timer) = self.timers.pop_due(now) {
+            match timer {
+                LegTimer::Expiry => {
+                    self.timers.clear_all();
+                    return Some(LegEvent::Expired);
+                }
+                LegTimer::Refresh | LegTimer::Retry if self.in_flight.is_none() => {
+                    return Some(LegEvent::RefreshDue);
+                }
+                // A refresh is on its way already: its answer decides.
+                LegTimer::Refresh | LegTimer::Retry => {}
+            }
+        }
+        None
+    }
+
+    pub fn next_deadline(&self) -> Option<Instant> {
+        self.timers.next().map(|(at, _)| at)
+    }
+
+    /// The method for Vigil's next refresh: `refresh_method`, with `auto` meaning
+    /// UPDATE when the peer allows it, and re-INVITE once the peer refused UPDATE.
+    pub fn method(&self, peer_allows_update: bool) -> RefreshKind {
+        match self.config.refresh_method {
+            _ if self.update_refused => RefreshKind::Reinvite,
+            RefreshMethod::Update => RefreshKind::Update,
+            RefreshMethod::Reinvite => RefreshKind::Reinvite,
+            RefreshMethod::Auto if peer_allows_update => RefreshKind::Update,
+            RefreshMethod::Auto => RefreshKind::Reinvite,
+        }
+    }
+
+    pub fn sent(&mut self, kind: RefreshKind) {
+        self.in_flight = Some(kind);
+    }
+
+    pub fn in_flight(&self) -> Option<RefreshKind> {
+        self.in_flight
+    }
+
+    /// The peer answered UPDATE with 405 or 501: use re-INVITE for this dialog.
+    pub fn refuse_update(&mut self) {
+        self.update_refused = true;
+        self.in_flight = None;
+    }
+
+    /// A 422 to a refresh: take the peer's interval, once per refresh (a second 422
+    /// would be a loop).
+    pub fn retry_with_interval(&mut self, interval: u32) -> bool {
+        if self.retried_422 {
+            return false;
+        }
+        self.retried_422 = true;
+        self.agreed.interval = interval;
+        self.in_flight = None;
+        true
+    }
+
+    /// Tries the refresh again after `delay` (491, or a policy's retry), never past
+    /// the expiry.
+    pub fn retry_in(&mut self, now: Instant, delay: Duration) {
+        self.in_flight = None;
+        let at = now + delay;
+        let at = self
+            .timers
+            .get(LegTimer::Expiry)
+            .map_or(at, |expiry| at.min(expiry));
+        self.timers.set(LegTimer::Retry, at);
+    }
+
+    /// The refresh got no usable answer: stop refreshing; the caller decides.
+    pub fn failed(&mut self) {
+        self.in_flight = None;
+    }
+
+    pub fn agreed(&self) -> Agreed {
+        self.agreed
+    }
+
+    pub fn refreshes(&self) -> u32 {
+        self.refreshes
+    }
+
+    pub fn config(&self) -> &SessionTimerConfig {
+        &self.config
+    }
+
+    pub fn last_proof(&self) -> Instant {
+        self.last_proof
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn agreed(interval: u32, refresher: Who) -> Agreed {
+        Agreed {
+            interval,
+            refresher,
+            peer_supports: true,
+        }
+    }
+
+    /// Steps to the next deadline and returns what fired, with its time from t0.
+    fn next(leg: &mut SessionLeg, t0: Instant) -> Option<(u64, LegEvent)> {
+        let at = leg.next_deadline()?;
+        leg.poll(at).map(|e| ((at - t0).as_secs(), e))
+    }
+
+    #[test]
+    fn vigil_refreshes_every_interval_over_segment_for_two_hours() {
+        let t0 = Instant::now();
+        let mut leg = SessionLeg::start(t0, agreed(600, Who::Vigil), SessionTimerConfig::default());
+        let mut now = t0;
+        for i in 1..=24 {
+            let (at, event) = next(&mut leg, t0).expect("due");
+            assert_eq!((at, event), (300 * i, LegEvent::RefreshDue));
+            now = t0 + Duration::from_secs(at);
+            leg.sent(RefreshKind::Update);
+            leg.refreshed(now + Duration::from_millis(0), None);
+        }
+        assert_eq!(leg.refreshes(), 24);
+        assert_eq!((now - t0).as_secs(), 7200);
+    }
+
+    #[test]
+    fn an_unanswered_refresh_lets_the_session_expire() {
+        let t0 = Instant::now();
+        let mut leg = SessionLeg::start(t0, agreed(600, Who::Vigil), SessionTimerConfig::default());
+        assert_eq!(next(&mut leg, t0), Some((300, LegEvent::RefreshDue)));
+        leg.sent(RefreshKind::Update);
+        assert_eq!(next(&mut leg, t0), Some((600, LegEvent::Expired)));
+    }
+
+    #[test]
+    fn a_silent_peer_refresher_expires_early_per_rfc_4028_section_10() {
+        let t0 = Instant::now();
+        let mut leg = SessionLeg::start(t0, agreed(1800, Who::Peer), SessionTimerConfig::default());
+        assert_eq!(next(&mut leg, t0), Some((1800 - 32, LegEvent::Expired)));
+        let mut short = SessionLeg::start(t0, agreed(90, Who::Peer), SessionTimerConfig::default());
+        assert_eq!(
+            next(&mut short, t0),
+            Some((60, LegEvent::Expired)),
+            "min(32, 90/3) = 30"
+        );
+    }
+
+    #[test]
+    fn a_peer_refresh_restarts_the_timer() {
+        let t0 = Instant::now();
+        let mut leg = SessionLeg::start(t0, agreed(600, Who::Peer), SessionTimerConfig::default());
+        leg.proof_of_life(t0 + Duration::from_secs(500), Some(agreed(900, Who::Peer)));
+        assert_eq!(
+            next(&mut leg, t0),
+            Some((500 + 900 - 32, LegEvent::Expired))
+        );
+    }
+
+    #[test]
+    fn early_hangup_ends_before_expiry() {
+        let t0 = Instant::now();
+        let config = SessionTimerConfig {
+            early_hangup: 20,
+            ..SessionTimerConfig::default()
+        };
+        let mut mine = SessionLeg::start(t0, agreed(600, Who::Vigil), config);
+        mine.poll(t0 + Duration::from_secs(300));
+        mine.sent(RefreshKind::Update);
+        assert_eq!(next(&mut mine, t0), Some((580, LegEvent::Expired)));
+        let mut theirs = SessionLeg::start(t0, agreed(600, Who::Peer), config);
+        assert_eq!(
+            next(&mut theirs, t0),
+            Some((600 - 32 - 20, LegEvent::Expired))
+        );
+    }
+
+    #[test]
+    fn retries_stay_before_expiry_and_422_is_retried_once() {
+        let t0 = Instant::now();
+        let mut leg = SessionLeg::start(t0, agreed(600, Who::Vigil), SessionTimerConfig::default());
+        leg.poll(t0 + Duration::from_secs(300));
+        leg.sent(RefreshKind::Update);
+        leg.retry_in(t0 + Duration::from_secs(300), Duration::from_secs(3));
+        assert_eq!(next(&mut leg, t0), Some((303, LegEvent::RefreshDue)));
+        leg.sent(RefreshKind::Update);
+        leg.retry_in(t0 + Duration::from_secs(303), Duration::from_secs(1000));
+        assert_eq!(
+            next(&mut leg, t0),
+            Some((600, LegEvent::Expired)),
+            "a retry never outlives the session"
+        );
+        assert!(leg.retry_with_interval(1800));
+        assert!(
+            !leg.retry_with_interval(3600),
+            "at most one 422 retry per refresh"
+        );
+    }
+
+    #[test]
+    fn the_method_follows_config_allow_and_refusals() {
+        let t0 = Instant::now();
+        let mut leg = SessionLeg::start(t0, agreed(600, Who::Vigil), SessionTimerConfig::default());
+        assert_eq!(leg.method(true), RefreshKind::Update);
+        assert_eq!(leg.method(false), RefreshKind::Reinvite);
+        leg.refuse_update();
+        assert_eq!(
+            leg.method(true),
+            RefreshKind::Reinvite,
+            "a 501/405 to UPDATE is remembered"
+        );
+        let forced = SessionLeg::start(
+            t0,
+            agreed(600, Who::Vigil),
+            SessionTimerConfig {
+                refresh_method: RefreshMethod::Reinvite,
+                ..SessionTimerConfig::default()
+            },
+        );
+        assert_eq!(forced.method(true), RefreshKind::Reinvite);
+    }
+}

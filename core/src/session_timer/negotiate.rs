@@ -1,0 +1,352 @@
+//! RFC 4028 negotiation: what Vigil answers as UAS (§9), offers as UAC (§7.1) and
+//! concludes from a UAS's answer (§7.2), for one leg under one trunk's settings.
+
+use crate::config::{PreferRefresher, SessionTimerConfig};
+use crate::sip::{HeaderName, Headers, Refresher, Request, Response, SessionExpires};
+
+/// Who refreshes a leg's session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Who {
+    Vigil,
+    Peer,
+}
+
+/// The session timer agreed on one leg.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Agreed {
+    /// The session interval (Session-Expires), seconds.
+    pub interval: u32,
+    pub refresher: Who,
+    /// The peer said `Supported: timer` (so `Require: timer` may be used).
+    pub peer_supports: bool,
+}
+
+/// What Vigil, as UAS, does with a session-timer request (an INVITE or a
+/// refresh).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UasOutcome {
+    /// RFC 4028 §9: Session-Expires below Vigil's Min-SE: 422 with this Min-SE.
+    TooSmall {
+        min_se: u32,
+    },
+    /// No session timer on this leg.
+    NoTimer,
+    Timer(Agreed),
+}
+
+fn supports_timer(headers: &Headers) -> bool {
+    headers.has_tag(&HeaderName::Supported, "timer")
+        || headers.has_tag(&HeaderName::Require, "timer")
+}
+
+/// RFC 4028 §9, with Vigil's rules: a Session-Expires below our Min-SE is refused
+/// (422); the interval is the caller's, reduced to `ttl` (a switch that promises no
+/// zombies does not let a caller stretch it; §9 allows reducing it, never below the
+/// request's Min-SE); `refresher=` is honoured; left open, a timer-capable peer
+/// refreshes (`prefer_refresher: remote`) or Vigil does (`local`). A peer without
+/// timer support is refreshed by Vigil if `refresh_non_timer_peers`, else the leg
+/// has no timer.
+pub fn as_uas(request: &Request, config: &SessionTimerConfig) -> UasOutcome {
+    let peer_supports = supports_timer(&request.headers);
+    let offered = request.session_expires();
+    let their_min = request.min_se().map_or(0, |m| m.0);
+    if let Some(se) = &offered
+        && se.delta < config.min_se
+    {
+        return UasOutcome::TooSmall {
+            min_se: config.min_se,
+        };
+    }
+    if !peer_supports && !config.refresh_non_timer_peers {
+        return UasOutcome::NoTimer;
+    }
+    let wanted = offered
+        .as_ref()
+        .map_or(config.ttl, |se| se.delta.min(config.ttl));
+    let interval = wanted.max(their_min).max(config.min_se);
+    let refresher = if !peer_supports {
+        // §9: a UAC without timer support cannot refresh; the UAS must.
+        Who::Vigil
+    } else {
+        match offered.and_then(|se| se.refresher) {
+            Some(Refresher::Uac) => Who::Peer,
+            Some(Refresher::Uas) => Who::Vigil,
+            None => match config.prefer_refresher {
+                PreferRefresher::Remote => Who::Peer,
+                PreferRefresher::Local => Who::Vigil,
+            },
+        }
+    };
+    UasOutcome::Timer(Agreed {
+        interval,
+        refresher,
+        peer_supports,
+    })
+}
+
+/// The headers of Vigil's 2xx to a request it negotiated as UAS: Session-Expires
+/// with `refresher=` (the request's sender is the uac), and `Require: timer` when
+/// the peer supports it (§9).
+pub fn uas_answer_headers(agreed: &Agreed, headers: &mut Headers) {
+    let refresher = match agreed.refresher {
+        Who::Peer => Refresher::Uac,
+        Who::Vigil => Refresher::Uas,
+    };
+    headers.push(
+        HeaderName::SessionExpires,
+        SessionExpires {
+            delta: agreed.interval,
+            refresher: Some(refresher),
+        }
+        .to_string(),
+    );
+    if agreed.peer_supports {
+        headers.push(HeaderName::Require, "timer");
+    }
+}
+
+/// The headers of a request Vigil sends as UAC to start or refresh a session
+/// (§7.1, §7.4): `Supported: timer`, Session-Expires and Min-SE. `refresher=uac`
+/// when Vigil means to refresh.
+pub fn uac_offer_headers(
+    interval: u32,
+    config: &SessionTimerConfig,
+    we_refresh: bool,
+    headers: &mut Headers,
+) {
+    headers.push(HeaderName::Supported, "timer");
+    headers.push(
+        HeaderName::SessionExpires,
+        SessionExpires {
+            delta: interval,
+            refresher: we_refresh.then_some(Refresher::Uac),
+        }
+        .to_string(),
+    );
+    headers.push(HeaderName::MinSe, config.min_se.to_string());
+}
+
+/// What a UAS's 2xx to Vigil's session-timer request means (§7.2). Without a
+/// Session-Expires the peer does no timers: Vigil refreshes it anyway (a 2xx is a
+/// 2xx) if `refresh_non_timer_peers`, at the interval it offered.
+pub fn as_uac(response: &Response, offered: u32, config: &SessionTimerConfig) -> Option<Agreed> {
+    let peer_supports = supports_timer(&response.headers);
+    match response.session_expires() {
+        Some(se) => Some(Agreed {
+            interval: se.delta.max(1),
+            // §7.2: refresher=uas hands the refreshing to the peer; uac (or, from
+            // a sloppy UAS, nothing) leaves it with Vigil.
+            refresher: if se.refresher == Some(Refresher::Uas) {
+                Who::Peer
+            } else {
+                Who::Vigil
+            },
+            peer_supports,
+        }),
+        None if config.refresh_non_timer_peers => Some(Agreed {
+            interval: offered,
+            refresher: Who::Vigil,
+            peer_supports,
+        }),
+        None => None,
+    }
+}
+
+/// The interval to retry with after a 422 (§7.4): the peer's Min-SE, if it is
+/// within what Vigil accepts (at least our Min-SE, at most a day).
+pub fn retry_after_422(response: &Response, config: &SessionTimerConfig) -> Option<u32> {
+    const MAX_INTERVAL: u32 = 86_400;
+    let theirs = response.min_se()?.0;
+    (theirs <= MAX_INTERVAL).then(|| theirs.max(config.min_se))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sip::{Message, decode};
+
+    fn invite(extra: &str) -> Request {
+        let text = format!(
+            "INVITE sip:1@h SIP/2.0\r\nVia: SIP/2.0/UDP h;branch=z9hG4bKx\r\nFrom: <sip:a@h>;tag=1\r\n\
+To: <sip:b@h>\r\nCall-ID: c\r\nCSeq: 1 INVITE\r\n{extra}\r\n"
+        );
+        match decode(text.as_bytes()) {
+            Ok(Message::Request(r)) => r,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    fn ok(extra: &str) -> Response {
+        let mut r = invite("").response(200);
+        let text = String::from_utf8(r.encode())
+            .expect("utf8")
+            .replace("Content-Length: 0", &format!("{extra}Content-Length: 0"));
+        r = match decode(text.as_bytes()) {
+            Ok(Message::Response(r)) => r,
+            other => panic!("{other:?}"),
+        };
+        r
+    }
+
+    fn config() -> SessionTimerConfig {
+        SessionTimerConfig::default()
+    }
+
+    fn timer(interval: u32, refresher: Who, peer_supports: bool) -> UasOutcome {
+        UasOutcome::Timer(Agreed {
+            interval,
+            refresher,
+            peer_supports,
+        })
+    }
+
+    /// The negotiation matrix of the issue: caller supports timer or not ×
+    /// refresher uac / uas / absent.
+    #[test]
+    fn uas_matrix() {
+        let c = config();
+        let cases = [
+            (
+                "Supported: timer\r\nSession-Expires: 1800;refresher=uac\r\n",
+                timer(600, Who::Peer, true),
+            ),
+            (
+                "Supported: timer\r\nSession-Expires: 300;refresher=uas\r\n",
+                timer(300, Who::Vigil, true),
+            ),
+            (
+                "Supported: timer\r\nSession-Expires: 300\r\n",
+                timer(300, Who::Peer, true),
+            ),
+            ("Supported: timer\r\n", timer(600, Who::Peer, true)),
+            (
+                "k: timer\r\nx: 120;refresher=uac\r\n",
+                timer(120, Who::Peer, true),
+            ),
+            (
+                "Session-Expires: 300;refresher=uac\r\n",
+                timer(300, Who::Vigil, false),
+            ),
+            ("", timer(600, Who::Vigil, false)),
+            (
+                "Supported: timer\r\nSession-Expires: 60\r\n",
+                UasOutcome::TooSmall { min_se: 90 },
+            ),
+        ];
+        for (headers, expected) in cases {
+            assert_eq!(as_uas(&invite(headers), &c), expected, "{headers:?}");
+        }
+    }
+
+    #[test]
+    fn uas_respects_min_se_and_local_preference() {
+        let c = config();
+        // Their Min-SE above our ttl wins over the reduction to ttl.
+        let r = invite("Supported: timer\r\nSession-Expires: 1800\r\nMin-SE: 900\r\n");
+        assert_eq!(as_uas(&r, &c), timer(900, Who::Peer, true));
+        let local = SessionTimerConfig {
+            prefer_refresher: PreferRefresher::Local,
+            ..c
+        };
+        assert_eq!(
+            as_uas(&invite("Supported: timer\r\n"), &local),
+            timer(600, Who::Vigil, true)
+        );
+        let strict = SessionTimerConfig {
+            refresh_non_timer_peers: false,
+            ..c
+        };
+        assert_eq!(as_uas(&invite(""), &strict), UasOutcome::NoTimer);
+        assert_eq!(
+            as_uas(&invite("Supported: timer\r\n"), &strict),
+            timer(600, Who::Peer, true)
+        );
+    }
+
+    #[test]
+    fn uas_answer_says_who_refreshes() {
+        let mut h = Headers::new();
+        uas_answer_headers(
+            &Agreed {
+                interval: 600,
+                refresher: Who::Peer,
+                peer_supports: true,
+            },
+            &mut h,
+        );
+        assert_eq!(
+            h.get(&HeaderName::SessionExpires),
+            Some("600;refresher=uac")
+        );
+        assert_eq!(h.get(&HeaderName::Require), Some("timer"));
+        let mut h = Headers::new();
+        uas_answer_headers(
+            &Agreed {
+                interval: 600,
+                refresher: Who::Vigil,
+                peer_supports: false,
+            },
+            &mut h,
+        );
+        assert_eq!(
+            h.get(&HeaderName::SessionExpires),
+            Some("600;refresher=uas")
+        );
+        assert_eq!(
+            h.get(&HeaderName::Require),
+            None,
+            "no Require towards a peer without timer support"
+        );
+    }
+
+    #[test]
+    fn uac_side() {
+        let c = config();
+        let mut h = Headers::new();
+        uac_offer_headers(600, &c, false, &mut h);
+        assert_eq!(h.get(&HeaderName::SessionExpires), Some("600"));
+        assert_eq!(h.get(&HeaderName::MinSe), Some("90"));
+        assert!(h.has_tag(&HeaderName::Supported, "timer"));
+        assert_eq!(
+            as_uac(
+                &ok("Require: timer\r\nSession-Expires: 600;refresher=uas\r\n"),
+                600,
+                &c
+            ),
+            Some(Agreed {
+                interval: 600,
+                refresher: Who::Peer,
+                peer_supports: true
+            })
+        );
+        assert_eq!(
+            as_uac(&ok("Session-Expires: 900;refresher=uac\r\n"), 600, &c)
+                .map(|a| (a.interval, a.refresher)),
+            Some((900, Who::Vigil))
+        );
+        assert_eq!(
+            as_uac(&ok(""), 600, &c).map(|a| a.refresher),
+            Some(Who::Vigil),
+            "a non-timer callee is refreshed by Vigil"
+        );
+        let strict = SessionTimerConfig {
+            refresh_non_timer_peers: false,
+            ..c
+        };
+        assert_eq!(as_uac(&ok(""), 600, &strict), None);
+    }
+
+    #[test]
+    fn retry_after_422_within_limits() {
+        let c = config();
+        let mut r = ok("Min-SE: 1800\r\n");
+        r.status = 422;
+        assert_eq!(retry_after_422(&r, &c), Some(1800));
+        let mut absurd = ok("Min-SE: 999999\r\n");
+        absurd.status = 422;
+        assert_eq!(retry_after_422(&absurd, &c), None);
+        let mut none = ok("");
+        none.status = 422;
+        assert_eq!(retry_after_422(&none, &c), None);
+    }
+}
