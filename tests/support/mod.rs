@@ -242,6 +242,8 @@ pub struct SippResult {
     pub status: ExitStatus,
     pub output: String,
     pub errors: String,
+    /// What `-trace_msg` logged (empty without it).
+    pub messages: String,
 }
 
 impl Sipp {
@@ -304,6 +306,17 @@ impl Sipp {
         self.result(Some(status))
     }
 
+    /// The messages sipp logged with `-trace_msg`.
+    pub fn messages(&self) -> String {
+        std::fs::read_dir(self.dir.path())
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().ends_with("_messages.log"))
+            .map(|e| std::fs::read_to_string(e.path()).unwrap_or_default())
+            .collect()
+    }
+
     fn result(&self, status: Option<ExitStatus>) -> SippResult {
         let read = |f: &str| {
             let mut s = String::new();
@@ -316,6 +329,7 @@ impl Sipp {
             status: status.unwrap_or_default(),
             output: read("out.log"),
             errors: read("errors.log"),
+            messages: self.messages(),
         }
     }
 }
