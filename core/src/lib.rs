@@ -12,6 +12,7 @@ pub mod dialog;
 pub mod engine;
 pub mod ids;
 pub mod ingress;
+pub mod metrics;
 pub mod policy;
 pub mod ratelimit;
 pub mod session_timer;

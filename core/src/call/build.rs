@@ -73,8 +73,14 @@ pub fn copy_body(
 /// A message body (an SDP, or a multipart carrying one) with the headers that
 /// describe it, as a leg last saw it: re-sent in a re-INVITE refresh, or in a local
 /// answer to the peer's refresh.
+///
+/// Shared (`Arc`): the same SDP is one leg's remote body and the other's local
+/// one, and a worker holds tens of thousands of calls.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Body {
+pub struct Body(std::sync::Arc<BodyParts>);
+
+#[derive(Debug, PartialEq, Eq)]
+struct BodyParts {
     headers: Headers,
     bytes: Vec<u8>,
 }
@@ -87,18 +93,18 @@ impl Body {
         }
         let mut own = Headers::new();
         copy(headers, &mut own, &BODY_HEADERS);
-        Some(Body {
+        Some(Body(std::sync::Arc::new(BodyParts {
             headers: own,
             bytes: bytes.to_vec(),
-        })
+        })))
     }
 
     /// Puts this body (and its headers) on a message.
     pub fn apply(&self, headers: &mut Headers, body: &mut Vec<u8>) {
-        for h in self.headers.iter() {
+        for h in self.0.headers.iter() {
             headers.push(h.name.clone(), h.value.as_str());
         }
-        *body = self.bytes.clone();
+        *body = self.0.bytes.clone();
     }
 }
 

@@ -157,7 +157,7 @@ impl Call {
             body.apply(&mut ok.headers, &mut ok.body);
         }
         self.prove_alive_as_uas(now, leg, negotiated, &mut ok);
-        tracing::debug!(call_id = %self.a_invite.call_id, ?leg, method = %request.method, "session refreshed by the peer");
+        tracing::debug!(call_id = %self.a_call_id, ?leg, method = %request.method, "session refreshed by the peer");
         if request.method == Method::Invite {
             let bytes = ok.encode();
             env.tx.respond(now, tx, ok);
@@ -315,12 +315,12 @@ impl Call {
         let Some(pos) = self.relays.iter().position(|r| r.id == id) else {
             // Late: the relay was abandoned. A 2xx to a re-INVITE still needs its ACK.
             if response.is_success() && response.cseq.method == Method::Invite {
-                let leg = if response.call_id == self.b_invite.call_id {
+                let leg = if response.call_id == self.b_call_id {
                     Leg::B
                 } else {
                     Leg::A
                 };
-                self.send_ack(leg, response.cseq.seq, None, env);
+                self.send_ack(now, leg, response.cseq.seq, None, env);
             }
             return;
         };

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use super::build::our_via;
 use super::{Call, CallTimer, Ending, Env, Leg, Purpose};
 use crate::cdr::{EndReason, EndedBy};
+use crate::metrics::Metrics;
 use crate::policy::{FailureDecision, LegView, RefreshDecision, RefreshFailure};
 use crate::session_timer::negotiate::{self, Agreed, retry_after_422, uac_offer_headers};
 use crate::session_timer::{LegEvent, RefreshKind, SessionLeg, UasOutcome, Who};
@@ -39,7 +40,7 @@ impl Call {
             );
         }
         tracing::debug!(
-            call_id = %self.a_invite.call_id,
+            call_id = %self.a_call_id,
             a_timer = ?self.a.session.as_ref().map(|s| s.agreed()),
             b_timer = ?self.b.session.as_ref().map(|s| s.agreed()),
             max_duration = ?limit,
@@ -51,7 +52,7 @@ impl Call {
         if self.ending.is_some() {
             return;
         }
-        tracing::info!(call_id = %self.a_invite.call_id, "a leg without session timer reached no_timer_max_duration");
+        tracing::info!(call_id = %self.a_call_id, "a leg without session timer reached no_timer_max_duration");
         self.end(now, EndReason::MaxDuration, EndedBy::Switch, None, env);
         self.hang_up_both(now, env);
     }
@@ -72,7 +73,7 @@ impl Call {
                         };
                         self.session_timeout(now, leg, failure, env);
                     }
-                    LegEvent::RefreshDue => self.refresh_due(now, leg, env),
+                    LegEvent::RefreshDue { due } => self.refresh_due(now, due, leg, env),
                 }
             }
         }
@@ -82,8 +83,8 @@ impl Call {
         let session = self.leg(leg).session.as_ref()?;
         let agreed = session.agreed();
         Some(LegView {
-            call_id: &self.a_invite.call_id,
-            b_call_id: &self.b_invite.call_id,
+            call_id: &self.a_call_id,
+            b_call_id: &self.b_call_id,
             trunk: match leg {
                 Leg::A => &self.parties.trunk_in,
                 Leg::B => &self.parties.trunk_out,
@@ -100,7 +101,7 @@ impl Call {
         })
     }
 
-    fn refresh_due(&mut self, now: Instant, leg: Leg, env: &mut Env<'_>) {
+    fn refresh_due(&mut self, now: Instant, due: Instant, leg: Leg, env: &mut Env<'_>) {
         if self.ending.is_some() {
             return;
         }
@@ -136,6 +137,9 @@ impl Call {
                 return self.session_timeout(now, leg, RefreshFailure::Policy, env);
             }
         };
+        env.metrics
+            .refresh_lateness
+            .record(now.saturating_duration_since(due));
         self.send_refresh(now, leg, kind, env);
     }
 
@@ -165,8 +169,9 @@ impl Call {
             body.apply(&mut request.headers, &mut request.body);
         }
         session.sent(kind);
+        Metrics::count(&env.metrics.refreshes_sent);
         let path = info.next_hop();
-        tracing::debug!(call_id = %self.a_invite.call_id, ?leg, ?kind, "session refresh sent");
+        tracing::debug!(call_id = %self.a_call_id, ?leg, ?kind, "session refresh sent");
         env.tx.send_request(now, request, path, owner);
     }
 
@@ -182,7 +187,7 @@ impl Call {
             return;
         }
         if response.is_success() && response.cseq.method == Method::Invite {
-            self.send_ack(leg, response.cseq.seq, None, env);
+            self.send_ack(now, leg, response.cseq.seq, None, env);
         }
         let info = self.leg_mut(leg);
         let Some(session) = info.session.as_mut() else {
@@ -191,12 +196,13 @@ impl Call {
         let kind = session.in_flight();
         let status = response.status;
         if response.is_success() {
+            Metrics::count(&env.metrics.refreshes_answered);
             let renegotiated = negotiate::as_uac(&response, session.agreed().interval, &info.timer);
             session.refreshed(now, renegotiated);
             if let Some(d) = info.dialog.as_mut() {
                 d.refresh_target(response.contact());
             }
-            tracing::debug!(call_id = %self.a_invite.call_id, ?leg, "session refreshed");
+            tracing::debug!(call_id = %self.a_call_id, ?leg, "session refreshed");
             return;
         }
         match status {
@@ -210,7 +216,7 @@ impl Call {
             }
             405 | 501 if kind == Some(RefreshKind::Update) => {
                 session.refuse_update();
-                tracing::info!(call_id = %self.a_invite.call_id, ?leg, status, "peer refuses UPDATE: refreshing with re-INVITE");
+                tracing::info!(call_id = %self.a_call_id, ?leg, status, "peer refuses UPDATE: refreshing with re-INVITE");
                 self.send_refresh(now, leg, RefreshKind::Reinvite, env);
             }
             422 => {
@@ -269,7 +275,8 @@ impl Call {
         if self.ending.is_some() {
             return;
         }
-        tracing::info!(call_id = %self.a_invite.call_id, ?leg, ?failure, "session timer expired");
+        tracing::info!(call_id = %self.a_call_id, ?leg, ?failure, "session timer expired");
+        Metrics::count(&env.metrics.refreshes_failed);
         self.finish(
             now,
             Ending {

@@ -18,6 +18,7 @@ use crate::cdr::{CdrWriter, CdrWriterError};
 use crate::config::Config;
 use crate::engine::LocalSocket;
 use crate::ingress::{Ingress, Verdict};
+use crate::metrics::Metrics;
 use crate::ratelimit::RateLimit;
 use crate::sip::MAX_DATAGRAM;
 use crate::transaction::{Path, Transmit};
@@ -50,6 +51,7 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
     let (cdr_tx, cdr_rx) = mpsc::unbounded_channel();
     let writer = tokio::spawn(cdr_writer.run(cdr_rx));
 
+    let metrics = Arc::new(Metrics::default());
     let workers = config.workers().min(usize::from(u8::MAX));
     let local_sockets = transport.local_sockets();
     let mut worker_inputs = Vec::with_capacity(workers);
@@ -61,6 +63,7 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
             id as u8,
             config.clone(),
             local_sockets.clone(),
+            metrics.clone(),
             rx,
             transport.clone(),
             cdr_tx.clone(),
@@ -85,8 +88,10 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
         routes = config.routes.len(),
         "vigil running"
     );
+    let reporter = tokio::spawn(report_refreshes(metrics.clone()));
 
     wait_for_signal().await?;
+    reporter.abort();
 
     tracing::info!("shutting down: ending active calls");
     for input in &worker_inputs {
@@ -105,8 +110,27 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
         Ok(Err(e)) => tracing::error!(error = %e, "CDR writer task failed"),
         Err(_) => tracing::error!("CDR writer did not finish in time"),
     }
+    tracing::info!(summary = %metrics.refresh_summary(), "session refreshes");
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Logs the session-refresh counters once a minute while they move, until the
+/// metrics endpoint exists.
+async fn report_refreshes(metrics: Arc<Metrics>) {
+    let mut last = 0;
+    let mut tick = tokio::time::interval(Duration::from_secs(60));
+    tick.tick().await;
+    loop {
+        tick.tick().await;
+        let sent = metrics
+            .refreshes_sent
+            .load(std::sync::atomic::Ordering::Relaxed);
+        if sent != last {
+            last = sent;
+            tracing::info!(summary = %metrics.refresh_summary(), "session refreshes");
+        }
+    }
 }
 
 async fn wait_for_signal() -> Result<(), DaemonError> {

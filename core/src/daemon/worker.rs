@@ -11,6 +11,7 @@ use super::DRAIN_TIME;
 use crate::cdr::CdrRecord;
 use crate::config::Config;
 use crate::engine::{Engine, LocalSocket};
+use crate::metrics::Metrics;
 use crate::sip::Message;
 use crate::transaction::Path;
 use crate::transport::Transport;
@@ -30,15 +31,18 @@ pub enum WorkerInput {
 /// amortising the wake-up under load.
 const BATCH: usize = 64;
 
+#[allow(clippy::too_many_arguments)]
 pub async fn run_worker(
     id: u8,
     config: Arc<Config>,
     sockets: Arc<[LocalSocket]>,
+    metrics: Arc<Metrics>,
     mut inputs: mpsc::Receiver<WorkerInput>,
     transport: Arc<Transport>,
     cdrs: mpsc::UnboundedSender<CdrRecord>,
 ) {
     let mut engine = Engine::new(id, config, sockets);
+    engine.set_metrics(metrics);
     let mut drain_until: Option<Instant> = None;
     let mut batch = Vec::with_capacity(BATCH);
     loop {

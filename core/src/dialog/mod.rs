@@ -91,6 +91,23 @@ impl Dialog {
         }
     }
 
+    /// The dialog another fork's 2xx to the same INVITE creates (§13.2.2.4): same
+    /// local side, the fork's tag, Contact and Record-Route.
+    pub fn fork(&self, response: &Response) -> Dialog {
+        let mut route_set = response.record_route();
+        route_set.reverse();
+        Dialog {
+            remote_tag: response.to.tag().unwrap_or_default().to_string(),
+            remote_target: response
+                .contact()
+                .map_or_else(|| self.remote_target.clone(), |c| c.uri),
+            route_set,
+            remote_seq: None,
+            local_seq: response.cseq.seq,
+            ..self.clone()
+        }
+    }
+
     /// Checks an incoming in-dialog request's CSeq (§12.2.2): one lower than the
     /// last is out of order (answer 500). ACK and CANCEL reuse the INVITE's number.
     pub fn accept_remote_cseq(&mut self, request: &Request) -> bool {

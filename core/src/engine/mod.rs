@@ -20,6 +20,7 @@ use crate::call::{
 use crate::cdr::{CdrRecord, EndReason, EndedBy};
 use crate::config::{Config, canonical_ip};
 use crate::ids::IdGen;
+use crate::metrics::Metrics;
 use crate::policy::{BuiltinPolicy, SessionPolicy};
 use crate::session_timer::{UasOutcome, negotiate};
 use crate::sip::{ALLOWED_METHODS, HeaderName, MediaType, Message, Method, Request, Response};
@@ -48,7 +49,9 @@ pub struct Engine {
     settings: CallSettings,
     sockets: Arc<[LocalSocket]>,
     tx: TransactionLayer<TxOwner>,
-    calls: HashMap<CallKey, Call>,
+    /// Boxed: a call is a few KiB, and a table of 100,000 inline calls would
+    /// move them all on every resize.
+    calls: HashMap<CallKey, Box<Call>>,
     /// A-leg dialogs by Call-ID and the caller's From tag.
     by_a: HashMap<(String, String), CallKey>,
     /// B-leg dialogs by Vigil's Call-ID.
@@ -58,6 +61,8 @@ pub struct Engine {
     cdrs: VecDeque<CdrRecord>,
     /// The decision points' policy (built-in unless configured).
     policy: Arc<dyn SessionPolicy>,
+    /// Counters shared with the other workers and the daemon.
+    metrics: Arc<Metrics>,
     next_key: CallKey,
     /// Set by [`Engine::begin_shutdown`]: new calls are refused.
     draining: bool,
@@ -83,9 +88,15 @@ impl Engine {
             ids,
             cdrs: VecDeque::new(),
             policy: Arc::new(BuiltinPolicy),
+            metrics: Arc::new(Metrics::default()),
             next_key: 0,
             draining: false,
         }
+    }
+
+    /// Shares the daemon's counters with this engine.
+    pub fn set_metrics(&mut self, metrics: Arc<Metrics>) {
+        self.metrics = metrics;
     }
 
     /// Replaces the decision-point policy (hooks of later calls and events).
@@ -195,6 +206,7 @@ impl Engine {
             cdrs: &mut self.cdrs,
             settings: &self.settings,
             policy: self.policy.as_ref(),
+            metrics: &self.metrics,
         };
         f(call, &mut env);
         if call.is_finished() {
@@ -465,6 +477,7 @@ impl Engine {
             cdrs: &mut self.cdrs,
             settings: &self.settings,
             policy: self.policy.as_ref(),
+            metrics: &self.metrics,
         };
         let inbound = InboundLeg {
             tx,
@@ -477,7 +490,7 @@ impl Engine {
         let call = Call::start(now, key, inbound, parties, outbound, &mut env);
         self.by_b.insert(call.b_call_id().to_string(), key);
         self.by_a.insert(a_key, key);
-        self.calls.insert(key, call);
+        self.calls.insert(key, Box::new(call));
         self.with_call(key, |_, _| {});
     }
 

@@ -24,8 +24,8 @@ pub enum RefreshKind {
 /// What a leg's timers say now.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LegEvent {
-    /// Vigil should send a refresh.
-    RefreshDue,
+    /// Vigil should send a refresh; it was due at `due`.
+    RefreshDue { due: Instant },
     /// No proof of life came in time: the session is over.
     Expired,
 }
@@ -110,14 +110,15 @@ impl SessionLeg {
 
     /// The next thing due at `now`, if any.
     pub fn poll(&mut self, now: Instant) -> Option<LegEvent> {
-        while let Some(timer) = self.timers.pop_due(now) {
+        while let Some((due, timer)) = self.timers.next().filter(|(at, _)| *at <= now) {
+            self.timers.clear(timer);
             match timer {
                 LegTimer::Expiry => {
                     self.timers.clear_all();
                     return Some(LegEvent::Expired);
                 }
                 LegTimer::Refresh | LegTimer::Retry if self.in_flight.is_none() => {
-                    return Some(LegEvent::RefreshDue);
+                    return Some(LegEvent::RefreshDue { due });
                 }
                 // A refresh is on its way already: its answer decides.
                 LegTimer::Refresh | LegTimer::Retry => {}
@@ -214,10 +215,20 @@ mod tests {
         }
     }
 
-    /// Steps to the next deadline and returns what fired, with its time from t0.
-    fn next(leg: &mut SessionLeg, t0: Instant) -> Option<(u64, LegEvent)> {
+    /// Steps to the next deadline and returns what fired ("refresh" or
+    /// "expired"), with its time from t0.
+    fn next(leg: &mut SessionLeg, t0: Instant) -> Option<(u64, &'static str)> {
         let at = leg.next_deadline()?;
-        leg.poll(at).map(|e| ((at - t0).as_secs(), e))
+        leg.poll(at).map(|e| {
+            let what = match e {
+                LegEvent::RefreshDue { due } => {
+                    assert_eq!(due, at, "a refresh reports when it was due");
+                    "refresh"
+                }
+                LegEvent::Expired => "expired",
+            };
+            ((at - t0).as_secs(), what)
+        })
     }
 
     #[test]
@@ -227,7 +238,7 @@ mod tests {
         let mut now = t0;
         for i in 1..=24 {
             let (at, event) = next(&mut leg, t0).expect("due");
-            assert_eq!((at, event), (300 * i, LegEvent::RefreshDue));
+            assert_eq!((at, event), (300 * i, "refresh"));
             now = t0 + Duration::from_secs(at);
             leg.sent(RefreshKind::Update);
             leg.refreshed(now + Duration::from_millis(0), None);
@@ -240,20 +251,20 @@ mod tests {
     fn an_unanswered_refresh_lets_the_session_expire() {
         let t0 = Instant::now();
         let mut leg = SessionLeg::start(t0, agreed(600, Who::Vigil), SessionTimerConfig::default());
-        assert_eq!(next(&mut leg, t0), Some((300, LegEvent::RefreshDue)));
+        assert_eq!(next(&mut leg, t0), Some((300, "refresh")));
         leg.sent(RefreshKind::Update);
-        assert_eq!(next(&mut leg, t0), Some((600, LegEvent::Expired)));
+        assert_eq!(next(&mut leg, t0), Some((600, "expired")));
     }
 
     #[test]
     fn a_silent_peer_refresher_expires_early_per_rfc_4028_section_10() {
         let t0 = Instant::now();
         let mut leg = SessionLeg::start(t0, agreed(1800, Who::Peer), SessionTimerConfig::default());
-        assert_eq!(next(&mut leg, t0), Some((1800 - 32, LegEvent::Expired)));
+        assert_eq!(next(&mut leg, t0), Some((1800 - 32, "expired")));
         let mut short = SessionLeg::start(t0, agreed(90, Who::Peer), SessionTimerConfig::default());
         assert_eq!(
             next(&mut short, t0),
-            Some((60, LegEvent::Expired)),
+            Some((60, "expired")),
             "min(32, 90/3) = 30"
         );
     }
@@ -263,10 +274,7 @@ mod tests {
         let t0 = Instant::now();
         let mut leg = SessionLeg::start(t0, agreed(600, Who::Peer), SessionTimerConfig::default());
         leg.proof_of_life(t0 + Duration::from_secs(500), Some(agreed(900, Who::Peer)));
-        assert_eq!(
-            next(&mut leg, t0),
-            Some((500 + 900 - 32, LegEvent::Expired))
-        );
+        assert_eq!(next(&mut leg, t0), Some((500 + 900 - 32, "expired")));
     }
 
     #[test]
@@ -279,12 +287,9 @@ mod tests {
         let mut mine = SessionLeg::start(t0, agreed(600, Who::Vigil), config);
         mine.poll(t0 + Duration::from_secs(300));
         mine.sent(RefreshKind::Update);
-        assert_eq!(next(&mut mine, t0), Some((580, LegEvent::Expired)));
+        assert_eq!(next(&mut mine, t0), Some((580, "expired")));
         let mut theirs = SessionLeg::start(t0, agreed(600, Who::Peer), config);
-        assert_eq!(
-            next(&mut theirs, t0),
-            Some((600 - 32 - 20, LegEvent::Expired))
-        );
+        assert_eq!(next(&mut theirs, t0), Some((600 - 32 - 20, "expired")));
     }
 
     #[test]
@@ -294,12 +299,12 @@ mod tests {
         leg.poll(t0 + Duration::from_secs(300));
         leg.sent(RefreshKind::Update);
         leg.retry_in(t0 + Duration::from_secs(300), Duration::from_secs(3));
-        assert_eq!(next(&mut leg, t0), Some((303, LegEvent::RefreshDue)));
+        assert_eq!(next(&mut leg, t0), Some((303, "refresh")));
         leg.sent(RefreshKind::Update);
         leg.retry_in(t0 + Duration::from_secs(303), Duration::from_secs(1000));
         assert_eq!(
             next(&mut leg, t0),
-            Some((600, LegEvent::Expired)),
+            Some((600, "expired")),
             "a retry never outlives the session"
         );
         assert!(leg.retry_with_interval(1800));
