@@ -15,6 +15,7 @@ pub mod ingress;
 pub mod metrics;
 pub mod policy;
 pub mod ratelimit;
+pub mod registrar;
 pub mod session_timer;
 pub mod sip;
 pub mod timer;

@@ -7,8 +7,10 @@
 //! reload swap it in atomically.
 
 mod locate;
+mod registrar;
 mod session_timer;
 
+use std::collections::HashMap;
 use std::fmt;
 use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
 use std::path::{Path, PathBuf};
@@ -18,6 +20,7 @@ use ipnet::IpNet;
 use serde::Deserialize;
 
 use locate::LineIndex;
+pub use registrar::{KeepaliveConfig, KeepaliveFile, KeepaliveMode, RegistrarConfig, UserFile};
 pub use session_timer::{
     PreferRefresher, RFC_MIN_SE, RefreshMethod, SessionTimerConfig, SessionTimerFile,
 };
@@ -76,6 +79,12 @@ struct FileConfig {
     sip: SipConfig,
     #[serde(default)]
     session_timer: SessionTimerFile,
+    #[serde(default)]
+    registrar: Option<RegistrarConfig>,
+    #[serde(default)]
+    users: Vec<UserFile>,
+    #[serde(default)]
+    nat_keepalive: KeepaliveFile,
 }
 
 /// `"udp:IP:PORT"`, or `{ addr: "udp:IP:PORT", advertise: IP }` when the address
@@ -222,6 +231,25 @@ pub struct Config {
     pub sip: SipConfig,
     /// The global `session_timer:` section (each trunk has its merged copy).
     pub session_timer: SessionTimerConfig,
+    /// The registrar, if users may register.
+    pub registrar: Option<RegistrarConfig>,
+    /// The global `nat_keepalive:` section (each user has its merged copy; the
+    /// batching keys apply to the whole registry).
+    pub nat_keepalive: KeepaliveConfig,
+    pub users: Vec<User>,
+    /// User name → index into `users`.
+    user_index: HashMap<Arc<str>, usize>,
+}
+
+/// A user that may register, and call with digest credentials.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct User {
+    pub name: Arc<str>,
+    pub password: String,
+    /// Index into [`Config::trunks`] for this user's calls with no prefix route.
+    pub route_to: Option<usize>,
+    /// Keep-alive for this user's contacts (global, then overrides).
+    pub keepalive: KeepaliveConfig,
 }
 
 /// A UDP socket to bind.
@@ -323,6 +351,10 @@ impl Config {
             .or_else(|| self.trunks.get(from).and_then(|t| t.route_to))
     }
 
+    pub fn user(&self, name: &str) -> Option<&User> {
+        self.user_index.get(name).map(|&i| &self.users[i])
+    }
+
     /// Worker count: configured, else one per CPU.
     pub fn workers(&self) -> usize {
         self.sip.workers.unwrap_or_else(|| {
@@ -388,6 +420,16 @@ impl Checker {
         if raw.cdr.path.as_os_str().is_empty() {
             self.problem("cdr.path", "must not be empty");
         }
+        if let Some(registrar) = &raw.registrar {
+            for (field, message) in registrar.problems() {
+                self.problem(format!("registrar.{field}"), message);
+            }
+        }
+        let keepalive = KeepaliveConfig::default().merged(&raw.nat_keepalive);
+        for (field, message) in keepalive.problems() {
+            self.problem(format!("nat_keepalive.{field}"), message);
+        }
+        let (users, user_index) = self.check_users(&raw, &trunks, &keepalive);
         Config {
             file: self.file.clone(),
             listen,
@@ -397,7 +439,82 @@ impl Checker {
             log: raw.log,
             sip: raw.sip,
             session_timer,
+            registrar: raw.registrar,
+            nat_keepalive: keepalive,
+            users,
+            user_index,
         }
+    }
+
+    fn check_users(
+        &mut self,
+        raw: &FileConfig,
+        trunks: &[Trunk],
+        keepalive: &KeepaliveConfig,
+    ) -> (Vec<User>, HashMap<Arc<str>, usize>) {
+        if !raw.users.is_empty() && raw.registrar.is_none() {
+            self.problem(
+                "users",
+                "users need a `registrar` section (at least `domain`)",
+            );
+        }
+        let mut users = Vec::with_capacity(raw.users.len());
+        let mut index: HashMap<Arc<str>, usize> = HashMap::with_capacity(raw.users.len());
+        for (i, u) in raw.users.iter().enumerate() {
+            let key = format!("users[{i}]");
+            if u.user.trim().is_empty() || u.user.contains(['@', ':', ';', ' ']) {
+                self.problem(
+                    format!("{key}.user"),
+                    format!("{:?} is not a SIP user name", u.user),
+                );
+            }
+            if u.password.is_empty() {
+                self.problem(format!("{key}.password"), "must not be empty");
+            }
+            let route_to = u.route_to.as_ref().and_then(|target| {
+                match trunks.iter().position(|t| &*t.name == target) {
+                    Some(j) if trunks[j].outbound.is_some() => Some(j),
+                    Some(_) => {
+                        self.problem(
+                            format!("{key}.route_to"),
+                            format!("trunk {target:?} has no `outbound` to route to"),
+                        );
+                        None
+                    }
+                    None => {
+                        self.problem(
+                            format!("{key}.route_to"),
+                            format!("no trunk named {target:?}"),
+                        );
+                        None
+                    }
+                }
+            });
+            let user_keepalive = match &u.nat_keepalive {
+                Some(over) => {
+                    let merged = keepalive.merged(over);
+                    for (field, message) in merged.problems() {
+                        self.problem(format!("{key}.nat_keepalive.{field}"), message);
+                    }
+                    merged
+                }
+                None => keepalive.clone(),
+            };
+            let name: Arc<str> = u.user.as_str().into();
+            if index.insert(name.clone(), users.len()).is_some() {
+                self.problem(
+                    format!("{key}.user"),
+                    format!("user {:?} is defined twice", u.user),
+                );
+            }
+            users.push(User {
+                name,
+                password: u.password.clone(),
+                route_to,
+                keepalive: user_keepalive,
+            });
+        }
+        (users, index)
     }
 
     fn check_session_timer(&mut self, key: &str, config: &SessionTimerConfig) {
@@ -698,6 +815,47 @@ log: { level: info, format: json }
             Config::parse(&lab, Path::new("vigil.yaml")).expect("lab values allowed by the switch");
         assert_eq!(c.trunks[0].session_timer.ttl, 4);
         assert_eq!(c.session_timer.min_se, 2);
+    }
+
+    #[test]
+    fn users_and_keepalive() {
+        let text = format!(
+            "{GOOD}registrar: {{ domain: vigil.local }}\nnat_keepalive: {{ period: 20 }}\nusers:\n  - {{ user: \"1001\", password: s1 }}\n  - {{ user: \"1002\", password: s2, route_to: carrier, nat_keepalive: {{ message: \"\" }} }}\n"
+        );
+        let c = Config::parse(&text, Path::new("vigil.yaml")).expect("valid");
+        let u = c.user("1002").expect("user");
+        assert_eq!(u.keepalive.period, 20, "global override inherited");
+        assert!(!u.keepalive.enabled(), "per-user override");
+        assert_eq!(u.route_to.map(|t| &*c.trunks[t].name), Some("carrier"));
+        assert_eq!(c.registrar.as_ref().map(|r| r.min_expires), Some(60));
+        let bad = format!(
+            "{GOOD}nat_keepalive: {{ period: 5 }}\nusers:\n  - {{ user: \"1001\", password: \"\" }}\n  - {{ user: \"1001\", password: x }}\n"
+        );
+        let rendered: Vec<String> = problems(&bad).iter().map(ToString::to_string).collect();
+        assert!(
+            rendered
+                .iter()
+                .any(|r| r.contains("users: users need a `registrar` section")),
+            "{rendered:#?}"
+        );
+        assert!(
+            rendered
+                .iter()
+                .any(|r| r.contains("nat_keepalive.period: 5 is not in 10..86400")),
+            "{rendered:#?}"
+        );
+        assert!(
+            rendered
+                .iter()
+                .any(|r| r.contains("users[0].password: must not be empty")),
+            "{rendered:#?}"
+        );
+        assert!(
+            rendered
+                .iter()
+                .any(|r| r.contains("users[1].user: user \"1001\" is defined twice")),
+            "{rendered:#?}"
+        );
     }
 
     #[test]

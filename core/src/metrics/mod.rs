@@ -72,6 +72,8 @@ pub struct Metrics {
     pub refreshes_sent: AtomicU64,
     pub refreshes_answered: AtomicU64,
     pub refreshes_failed: AtomicU64,
+    /// NAT keep-alive datagrams sent to registered contacts.
+    pub keepalives_sent: AtomicU64,
 }
 
 impl Metrics {

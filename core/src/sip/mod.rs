@@ -11,6 +11,7 @@
 //! each part as written and validates everything on the way in. The boundary stays
 //! narrow so another codec could replace it.
 
+mod auth;
 mod decode;
 mod header;
 mod message;
@@ -18,6 +19,7 @@ mod text;
 mod typed;
 mod uri;
 
+pub use auth::{DigestChallenge, DigestCredentials};
 pub use decode::{DecodeError, MAX_DATAGRAM, MAX_HEADERS, ReplyContext, decode};
 pub use header::{Header, HeaderName, Headers};
 pub use message::{ALLOWED_METHODS, Message, Request, Response, reason_phrase};

@@ -1,0 +1,418 @@
+//! Digest authentication (RFC 3261 §22, RFC 7616, RFC 8760): nonces that expire
+//! and cannot be replayed, MD5 and SHA-256 responses with `qop=auth`, and a cap on
+//! failed attempts per source address.
+//!
+//! Nonces carry their own issue time and an HMAC over it (a per-process key), so
+//! checking one needs no table; a table of nonces already used, each with the
+//! highest nonce-count seen, stops replays until the nonce expires anyway.
+
+use std::collections::{HashMap, VecDeque};
+use std::net::IpAddr;
+use std::time::{Duration, Instant};
+
+use hmac::{Hmac, KeyInit, Mac};
+use md5::Md5;
+use sha2::{Digest as _, Sha256};
+
+use crate::sip::{DigestChallenge, DigestCredentials};
+
+/// Failed attempts a source may make per [`FAILURE_WINDOW`] before it is refused
+/// without a challenge.
+pub const MAX_FAILURES: u32 = 10;
+pub const FAILURE_WINDOW: Duration = Duration::from_secs(60);
+/// Nonces remembered for replay protection; beyond this the oldest are
+/// forgotten (their replays then fail as expired soon anyway).
+const MAX_REMEMBERED_NONCES: usize = 200_000;
+
+/// A Digest hash algorithm Vigil accepts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Algorithm {
+    Md5,
+    Sha256,
+}
+
+impl Algorithm {
+    fn parse(name: Option<&str>) -> Option<Algorithm> {
+        match name {
+            None => Some(Algorithm::Md5),
+            Some(a) if a.eq_ignore_ascii_case("MD5") => Some(Algorithm::Md5),
+            Some(a) if a.eq_ignore_ascii_case("SHA-256") => Some(Algorithm::Sha256),
+            Some(_) => None,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Algorithm::Md5 => "MD5",
+            Algorithm::Sha256 => "SHA-256",
+        }
+    }
+
+    pub fn hash(self, data: &str) -> String {
+        match self {
+            Algorithm::Md5 => hex::encode(Md5::digest(data.as_bytes())),
+            Algorithm::Sha256 => hex::encode(Sha256::digest(data.as_bytes())),
+        }
+    }
+}
+
+/// The expected `response` of RFC 7616 §3.4.1 (and RFC 2069 without qop).
+pub fn expected_response(
+    algorithm: Algorithm,
+    creds: &DigestCredentials,
+    password: &str,
+    method: &str,
+) -> String {
+    let ha1 = algorithm.hash(&format!("{}:{}:{password}", creds.username, creds.realm));
+    let ha2 = algorithm.hash(&format!("{method}:{}", creds.uri));
+    match (&creds.qop, &creds.nc, &creds.cnonce) {
+        (Some(qop), Some(nc), Some(cnonce)) => {
+            algorithm.hash(&format!("{ha1}:{}:{nc}:{cnonce}:{qop}:{ha2}", creds.nonce))
+        }
+        _ => algorithm.hash(&format!("{ha1}:{}:{ha2}", creds.nonce)),
+    }
+}
+
+/// What a request's credentials are worth.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    /// Valid, fresh credentials of this user.
+    Accepted,
+    /// Right password but an expired nonce: challenge again with `stale=true`.
+    Stale,
+    /// Wrong, replayed or malformed: challenge again (and count the failure).
+    Rejected(&'static str),
+}
+
+struct NonceUse {
+    last_nc: u32,
+}
+
+/// Issues nonces and checks credentials for one realm.
+pub struct DigestAuth {
+    realm: String,
+    key: Vec<u8>,
+    epoch: Instant,
+    lifetime: Duration,
+    counter: u64,
+    used: HashMap<String, NonceUse>,
+    used_order: VecDeque<(Instant, String)>,
+    failures: HashMap<IpAddr, (Instant, u32)>,
+}
+
+impl DigestAuth {
+    /// `key` signs nonces (random per process); `epoch` is when time starts for
+    /// them.
+    pub fn new(realm: &str, key: &[u8], epoch: Instant, lifetime: Duration) -> DigestAuth {
+        DigestAuth {
+            realm: realm.to_string(),
+            key: key.to_vec(),
+            epoch,
+            lifetime,
+            counter: 0,
+            used: HashMap::new(),
+            used_order: VecDeque::new(),
+            failures: HashMap::new(),
+        }
+    }
+
+    pub fn realm(&self) -> &str {
+        &self.realm
+    }
+
+    fn mac(&self, stamp: &str) -> String {
+        // HMAC accepts keys of any length.
+        let mut mac = <Hmac<Sha256> as KeyInit>::new_from_slice(&self.key)
+            .unwrap_or_else(|_| unreachable!("HMAC takes any key length"));
+        mac.update(stamp.as_bytes());
+        mac.update(self.realm.as_bytes());
+        hex::encode(&mac.finalize().into_bytes()[..12])
+    }
+
+    /// A fresh nonce: issue time, a counter, and their HMAC.
+    pub fn nonce(&mut self, now: Instant) -> String {
+        self.counter += 1;
+        let stamp = format!(
+            "{:x}-{:x}",
+            now.saturating_duration_since(self.epoch).as_secs(),
+            self.counter
+        );
+        let mac = self.mac(&stamp);
+        format!("{stamp}-{mac}")
+    }
+
+    /// Challenges for both algorithms, SHA-256 first (RFC 8760 §2.4: in order of
+    /// preference), sharing one fresh nonce.
+    pub fn challenges(&mut self, now: Instant, stale: bool) -> [DigestChallenge; 2] {
+        let nonce = self.nonce(now);
+        [Algorithm::Sha256, Algorithm::Md5].map(|a| DigestChallenge {
+            realm: self.realm.clone(),
+            nonce: nonce.clone(),
+            algorithm: a.name(),
+            stale,
+        })
+    }
+
+    /// When `nonce` was issued, if Vigil issued it.
+    fn issued(&self, nonce: &str) -> Option<Instant> {
+        let (stamp, mac) = nonce.rsplit_once('-')?;
+        if !constant_time_eq(mac.as_bytes(), self.mac(stamp).as_bytes()) {
+            return None;
+        }
+        let secs = u64::from_str_radix(stamp.split('-').next()?, 16).ok()?;
+        self.epoch.checked_add(Duration::from_secs(secs))
+    }
+
+    /// Checks `creds` for a request with `method` against `password`.
+    pub fn verify(
+        &mut self,
+        now: Instant,
+        method: &str,
+        creds: &DigestCredentials,
+        password: &str,
+    ) -> Verdict {
+        self.forget_expired(now);
+        if creds.realm != self.realm {
+            return Verdict::Rejected("wrong realm");
+        }
+        let Some(algorithm) = Algorithm::parse(creds.algorithm.as_deref()) else {
+            return Verdict::Rejected("unsupported algorithm");
+        };
+        if creds
+            .qop
+            .as_deref()
+            .is_some_and(|q| !q.eq_ignore_ascii_case("auth"))
+        {
+            return Verdict::Rejected("unsupported qop");
+        }
+        let Some(issued) = self.issued(&creds.nonce) else {
+            return Verdict::Rejected("not a nonce Vigil issued");
+        };
+        let expected = expected_response(algorithm, creds, password, method);
+        if !constant_time_eq(
+            expected.as_bytes(),
+            creds.response.to_ascii_lowercase().as_bytes(),
+        ) {
+            return Verdict::Rejected("wrong response");
+        }
+        if now.saturating_duration_since(issued) > self.lifetime {
+            return Verdict::Stale;
+        }
+        // qop=auth: each use must count up; without qop the nonce is single-use.
+        let nc = match &creds.nc {
+            Some(nc) => match u32::from_str_radix(nc, 16) {
+                Ok(n) if n > 0 => n,
+                _ => return Verdict::Rejected("invalid nonce count"),
+            },
+            None => 1,
+        };
+        match self.used.get_mut(&creds.nonce) {
+            Some(used) if nc <= used.last_nc => Verdict::Rejected("replayed nonce"),
+            Some(used) => {
+                used.last_nc = nc;
+                Verdict::Accepted
+            }
+            None => {
+                let expires = issued + self.lifetime;
+                self.used
+                    .insert(creds.nonce.clone(), NonceUse { last_nc: nc });
+                self.used_order.push_back((expires, creds.nonce.clone()));
+                if self.used_order.len() > MAX_REMEMBERED_NONCES
+                    && let Some((_, oldest)) = self.used_order.pop_front()
+                {
+                    self.used.remove(&oldest);
+                }
+                Verdict::Accepted
+            }
+        }
+    }
+
+    fn forget_expired(&mut self, now: Instant) {
+        while let Some((expires, _)) = self.used_order.front() {
+            if *expires > now {
+                break;
+            }
+            if let Some((_, nonce)) = self.used_order.pop_front() {
+                self.used.remove(&nonce);
+            }
+        }
+    }
+
+    /// Counts a failed attempt from `source`.
+    pub fn note_failure(&mut self, now: Instant, source: IpAddr) {
+        let entry = self.failures.entry(source).or_insert((now, 0));
+        if now.saturating_duration_since(entry.0) >= FAILURE_WINDOW {
+            *entry = (now, 0);
+        }
+        entry.1 += 1;
+        if self.failures.len() > 100_000 {
+            self.failures
+                .retain(|_, (start, _)| now.saturating_duration_since(*start) < FAILURE_WINDOW);
+        }
+    }
+
+    /// True if `source` failed too often lately: refuse it without a challenge.
+    pub fn is_blocked(&self, now: Instant, source: IpAddr) -> bool {
+        self.failures.get(&source).is_some_and(|(start, count)| {
+            *count >= MAX_FAILURES && now.saturating_duration_since(*start) < FAILURE_WINDOW
+        })
+    }
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// RFC 7616 §3.9.1's example (HTTP, but the computation is the same).
+    fn rfc7616_credentials(algorithm: &str) -> DigestCredentials {
+        DigestCredentials {
+            username: "Mufasa".into(),
+            realm: "http-auth@example.org".into(),
+            nonce: "7ypf/xlj9XXwfDPEoM4URrv/xwf94BcCAzFZH4GiTo0v".into(),
+            uri: "/dir/index.html".into(),
+            response: String::new(),
+            algorithm: Some(algorithm.into()),
+            cnonce: Some("f2/wE4q74E6zIJEtWaHKaf5wv/H5QzzpXusqGemxURZJ".into()),
+            qop: Some("auth".into()),
+            nc: Some("00000001".into()),
+            opaque: None,
+        }
+    }
+
+    #[test]
+    fn rfc_7616_test_vectors() {
+        assert_eq!(
+            expected_response(
+                Algorithm::Md5,
+                &rfc7616_credentials("MD5"),
+                "Circle of Life",
+                "GET"
+            ),
+            "8ca523f5e9506fed4657c9700eebdbec"
+        );
+        assert_eq!(
+            expected_response(
+                Algorithm::Sha256,
+                &rfc7616_credentials("SHA-256"),
+                "Circle of Life",
+                "GET"
+            ),
+            "753927fa0e85d155564e2e272a28d1802ca10daf4496794697cf8db5856cb6c1"
+        );
+    }
+
+    /// What a phone answers to `challenge`.
+    fn answer(
+        auth: &mut DigestAuth,
+        now: Instant,
+        algorithm: Algorithm,
+        password: &str,
+        nc: u32,
+    ) -> DigestCredentials {
+        let nonce = auth.challenges(now, false)[0].nonce.clone();
+        sign(nonce, algorithm, password, nc)
+    }
+
+    fn sign(nonce: String, algorithm: Algorithm, password: &str, nc: u32) -> DigestCredentials {
+        let mut c = DigestCredentials {
+            username: "1001".into(),
+            realm: "vigil.local".into(),
+            nonce,
+            uri: "sip:vigil.local".into(),
+            response: String::new(),
+            algorithm: Some(algorithm.name().into()),
+            cnonce: Some("c0ffee".into()),
+            qop: Some("auth".into()),
+            nc: Some(format!("{nc:08x}")),
+            opaque: None,
+        };
+        c.response = expected_response(algorithm, &c, password, "REGISTER");
+        c
+    }
+
+    fn auth(t0: Instant) -> DigestAuth {
+        DigestAuth::new("vigil.local", b"test key", t0, Duration::from_secs(300))
+    }
+
+    #[test]
+    fn good_credentials_pass_with_both_algorithms() {
+        let t0 = Instant::now();
+        let mut a = auth(t0);
+        for alg in [Algorithm::Md5, Algorithm::Sha256] {
+            let c = answer(&mut a, t0, alg, "secret1001", 1);
+            assert_eq!(
+                a.verify(t0, "REGISTER", &c, "secret1001"),
+                Verdict::Accepted
+            );
+        }
+    }
+
+    #[test]
+    fn wrong_password_forged_nonce_and_replay_fail() {
+        let t0 = Instant::now();
+        let mut a = auth(t0);
+        let c = answer(&mut a, t0, Algorithm::Sha256, "wrong", 1);
+        assert_eq!(
+            a.verify(t0, "REGISTER", &c, "secret1001"),
+            Verdict::Rejected("wrong response")
+        );
+        let forged = sign(
+            "1-1-000000000000000000000000".into(),
+            Algorithm::Md5,
+            "secret1001",
+            1,
+        );
+        assert_eq!(
+            a.verify(t0, "REGISTER", &forged, "secret1001"),
+            Verdict::Rejected("not a nonce Vigil issued")
+        );
+        let c = answer(&mut a, t0, Algorithm::Md5, "secret1001", 1);
+        assert_eq!(
+            a.verify(t0, "REGISTER", &c, "secret1001"),
+            Verdict::Accepted
+        );
+        assert_eq!(
+            a.verify(t0, "REGISTER", &c, "secret1001"),
+            Verdict::Rejected("replayed nonce")
+        );
+        let next = sign(c.nonce.clone(), Algorithm::Md5, "secret1001", 2);
+        assert_eq!(
+            a.verify(t0, "REGISTER", &next, "secret1001"),
+            Verdict::Accepted,
+            "nc counts up"
+        );
+        let wrong_method = sign(c.nonce.clone(), Algorithm::Md5, "secret1001", 3);
+        assert_eq!(
+            a.verify(t0, "INVITE", &wrong_method, "secret1001"),
+            Verdict::Rejected("wrong response")
+        );
+    }
+
+    #[test]
+    fn nonces_expire_as_stale() {
+        let t0 = Instant::now();
+        let mut a = auth(t0);
+        let c = answer(&mut a, t0, Algorithm::Sha256, "secret1001", 1);
+        assert_eq!(
+            a.verify(t0 + Duration::from_secs(301), "REGISTER", &c, "secret1001"),
+            Verdict::Stale
+        );
+    }
+
+    #[test]
+    fn a_source_that_keeps_failing_is_blocked_for_a_while() {
+        let t0 = Instant::now();
+        let mut a = auth(t0);
+        let ip: IpAddr = "203.0.113.9".parse().expect("ip");
+        for _ in 0..MAX_FAILURES {
+            assert!(!a.is_blocked(t0, ip));
+            a.note_failure(t0, ip);
+        }
+        assert!(a.is_blocked(t0, ip));
+        assert!(!a.is_blocked(t0 + FAILURE_WINDOW, ip));
+    }
+}

@@ -1,0 +1,470 @@
+//! The registrar (RFC 3261 §10) with digest authentication, and NAT keep-alive for
+//! the contacts it holds. Sans-IO like the call engine: it takes REGISTERs,
+//! answers to its keep-alive pings and timeouts, and returns what to send and
+//! what to persist, in the order it must happen (a binding is written to the store
+//! before its 200 OK goes out).
+//!
+//! One registrar serves the whole switch; the call workers read where each user
+//! can be reached from its [`location::LocationView`].
+
+pub mod digest;
+pub mod keepalive;
+pub mod location;
+pub mod store;
+
+use std::collections::{HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use crate::config::{Config, KeepaliveMode};
+use crate::engine::LocalSocket;
+use crate::ids::IdGen;
+use crate::metrics::Metrics;
+use crate::ratelimit::RateLimit;
+use crate::sip::{
+    CSeq, DigestCredentials, HeaderName, Headers, Host, Message, Method, NameAddr, Request,
+    Response, SipUri, Uri,
+};
+use crate::transaction::{Inbound, Path, TimerValues, TransactionLayer, Transmit};
+
+use digest::{DigestAuth, Verdict};
+use keepalive::Schedule;
+use location::{Binding, Change, ContactId, Limits, Location, LocationView};
+
+/// The worker number the registrar's Via branches and Call-IDs carry, so the
+/// receive path hands answers to its keep-alive pings back to it.
+pub const REGISTRAR_WORKER: u8 = 0xfe;
+
+/// What the registrar asks its shell to do, in order.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Output {
+    /// Write this change to the location store (before anything after it is sent).
+    Persist(Change),
+    Transmit(Transmit),
+}
+
+/// A binding as the store holds it, to load at start.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredBinding {
+    pub aor: String,
+    pub uri: String,
+    pub received: SocketAddr,
+    pub local: SocketAddr,
+    /// Time left before it expires.
+    pub expires_in: Duration,
+    pub call_id: String,
+    pub cseq: u32,
+    pub q: u16,
+}
+
+/// An OPTIONS keep-alive in flight, and the unanswered ones before it.
+#[derive(Debug, Default)]
+struct PingState {
+    outstanding: Option<String>,
+    failures: u32,
+}
+
+pub struct Registrar {
+    config: Arc<Config>,
+    sockets: Arc<[LocalSocket]>,
+    auth: Arc<Mutex<DigestAuth>>,
+    tx: TransactionLayer<()>,
+    location: Location,
+    schedule: Schedule,
+    /// OPTIONS pings by branch, and each contact's ping state.
+    pings: HashMap<String, ContactId>,
+    ping_state: HashMap<ContactId, PingState>,
+    ids: IdGen,
+    metrics: Arc<Metrics>,
+    outputs: VecDeque<Output>,
+    refusal_log: RateLimit,
+}
+
+impl Registrar {
+    pub fn new(
+        config: Arc<Config>,
+        sockets: Arc<[LocalSocket]>,
+        auth: Arc<Mutex<DigestAuth>>,
+        view: Arc<LocationView>,
+        metrics: Arc<Metrics>,
+    ) -> Registrar {
+        Registrar::with_ids(
+            config,
+            sockets,
+            auth,
+            view,
+            metrics,
+            IdGen::new(REGISTRAR_WORKER),
+        )
+    }
+
+    pub fn with_ids(
+        config: Arc<Config>,
+        sockets: Arc<[LocalSocket]>,
+        auth: Arc<Mutex<DigestAuth>>,
+        view: Arc<LocationView>,
+        metrics: Arc<Metrics>,
+        ids: IdGen,
+    ) -> Registrar {
+        Registrar {
+            tx: TransactionLayer::new(TimerValues::default(), config.sip.force_rport),
+            config,
+            sockets,
+            auth,
+            location: Location::new(view),
+            schedule: Schedule::default(),
+            pings: HashMap::new(),
+            ping_state: HashMap::new(),
+            ids,
+            metrics,
+            outputs: VecDeque::new(),
+            refusal_log: RateLimit::new(10, Duration::from_secs(10)),
+        }
+    }
+
+    pub fn set_config(&mut self, config: Arc<Config>) {
+        self.tx.set_force_rport(config.sip.force_rport);
+        self.config = config;
+    }
+
+    pub fn contacts(&self) -> usize {
+        self.location.len()
+    }
+
+    /// Loads the bindings the store kept across a restart; their keep-alives
+    /// resume at once.
+    pub fn load(&mut self, now: Instant, stored: Vec<StoredBinding>) -> usize {
+        let mut loaded = 0;
+        for s in stored {
+            let Some(user) = self.config.user(&s.aor) else {
+                self.outputs.push_back(Output::Persist(Change::Remove {
+                    aor: s.aor.as_str().into(),
+                    uri: s.uri,
+                }));
+                continue;
+            };
+            let Ok(uri) = Uri::parse(&s.uri) else {
+                continue;
+            };
+            let id = self.location.insert(Binding {
+                id: 0,
+                aor: user.name.clone(),
+                uri,
+                received: s.received,
+                local: s.local,
+                expires: now + s.expires_in,
+                call_id: s.call_id,
+                cseq: s.cseq,
+                q: s.q,
+                updated: now,
+            });
+            if user.keepalive.enabled() {
+                self.schedule.add(id, now);
+            }
+            loaded += 1;
+        }
+        loaded
+    }
+
+    pub fn poll_output(&mut self) -> Option<Output> {
+        self.drain_transmits();
+        self.outputs.pop_front()
+    }
+
+    fn drain_transmits(&mut self) {
+        while let Some(t) = self.tx.poll_transmit() {
+            self.outputs.push_back(Output::Transmit(t));
+        }
+    }
+
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        [
+            self.tx.poll_timeout(),
+            self.location.next_expiry(),
+            self.schedule.next_deadline(),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
+    }
+
+    /// A message for the registrar: a REGISTER, or an answer to a keep-alive ping.
+    pub fn handle_message(&mut self, now: Instant, message: Message, path: Path) {
+        match message {
+            Message::Request(request) => {
+                if let Inbound::New(tx, request) = self.tx.receive_request(now, request, path) {
+                    let response = self.register(now, &request, path);
+                    self.drain_transmits();
+                    self.tx.respond(now, tx, response);
+                }
+            }
+            Message::Response(response) => self.on_ping_answer(&response),
+        }
+    }
+
+    fn log_refusal(&mut self, now: Instant, path: Path, user: &str, why: &str) {
+        if let Some(suppressed) = self.refusal_log.allow(now) {
+            tracing::warn!(source = %path.remote, %user, reason = why, suppressed, "REGISTER refused");
+        }
+    }
+
+    /// RFC 3261 §10.3: authenticate, then apply the bindings.
+    fn register(&mut self, now: Instant, request: &Request, path: Path) -> Response {
+        let server = self.config.sip.user_agent.clone();
+        let tag = self.ids.tag();
+        let reply = |status: u16, reason: Option<&str>| {
+            let mut r = request.response(status);
+            if let Some(reason) = reason {
+                r.reason = reason.to_string();
+            }
+            r.to.set_tag(&tag);
+            if !server.is_empty() {
+                r.headers.push(HeaderName::Server, server.as_str());
+            }
+            r
+        };
+        if request.method != Method::Register {
+            let mut r = reply(405, None);
+            r.headers.push(HeaderName::Allow, "REGISTER");
+            return r;
+        }
+        let Some(registrar) = self.config.registrar.as_ref() else {
+            return reply(405, None);
+        };
+        let limits = Limits {
+            min_expires: registrar.min_expires,
+            max_expires: registrar.max_expires,
+            max_contacts: registrar.max_contacts,
+        };
+        let aor_user = request.to.uri.user_part().unwrap_or_default();
+        let mut auth = self.auth.lock().unwrap_or_else(|e| e.into_inner());
+        if auth.is_blocked(now, path.remote.ip()) {
+            drop(auth);
+            self.log_refusal(now, path, &aor_user, "too many failures from this address");
+            return reply(403, Some("Too Many Failures"));
+        }
+        let Some(user) = self.config.user(&aor_user).cloned() else {
+            auth.note_failure(now, path.remote.ip());
+            drop(auth);
+            self.log_refusal(now, path, &aor_user, "unknown user");
+            return reply(403, None);
+        };
+        let credentials = request
+            .headers
+            .get(&HeaderName::Authorization)
+            .and_then(|v| DigestCredentials::parse(v).ok());
+        let verdict = match &credentials {
+            None => None,
+            Some(c) if c.username != *user.name => {
+                Some(Verdict::Rejected("username is not the address-of-record"))
+            }
+            Some(c) => Some(auth.verify(now, "REGISTER", c, &user.password)),
+        };
+        match verdict {
+            Some(Verdict::Accepted) => {}
+            other => {
+                let stale = other == Some(Verdict::Stale);
+                if let Some(Verdict::Rejected(why)) = other {
+                    auth.note_failure(now, path.remote.ip());
+                    let blocked = auth.is_blocked(now, path.remote.ip());
+                    drop(auth);
+                    self.log_refusal(now, path, &aor_user, why);
+                    if blocked {
+                        return reply(403, Some("Too Many Failures"));
+                    }
+                    auth = self.auth.lock().unwrap_or_else(|e| e.into_inner());
+                }
+                let mut r = reply(401, None);
+                for challenge in auth.challenges(now, stale) {
+                    r.headers
+                        .push(HeaderName::WwwAuthenticate, challenge.to_string());
+                }
+                return r;
+            }
+        }
+        drop(auth);
+        let result =
+            self.location
+                .register(now, &user.name, request, path.remote, path.local, limits);
+        let changes = match result {
+            Ok(changes) => changes,
+            Err(refusal) => {
+                let mut r = reply(refusal.status, Some(refusal.reason));
+                if let Some(min) = refusal.min_expires {
+                    r.headers.push(HeaderName::MinExpires, min.to_string());
+                }
+                return r;
+            }
+        };
+        for change in changes {
+            match &change {
+                Change::Upsert(b) => {
+                    tracing::info!(user = %b.aor, contact = %b.uri, received = %b.received, "registered");
+                    if user.keepalive.enabled() {
+                        self.schedule.add(
+                            b.id,
+                            now + Duration::from_secs(u64::from(user.keepalive.period)),
+                        );
+                    }
+                }
+                Change::Remove { aor, uri } => {
+                    tracing::info!(user = %aor, contact = %uri, "unregistered")
+                }
+            }
+            self.outputs.push_back(Output::Persist(change));
+        }
+        let mut ok = reply(200, None);
+        for contact in location::contact_headers(self.location.of(&user.name), now) {
+            ok.headers.push(HeaderName::Contact, contact);
+        }
+        ok
+    }
+
+    pub fn handle_timeout(&mut self, now: Instant) {
+        self.tx.handle_timeout(now);
+        while self.tx.poll_event().is_some() {}
+        for gone in self.location.expire(now) {
+            tracing::info!(user = %gone.aor, contact = %gone.uri, "registration expired");
+            self.forget(gone.id);
+            self.outputs.push_back(Output::Persist(Change::Remove {
+                aor: gone.aor,
+                uri: gone.uri.to_string(),
+            }));
+        }
+        self.send_keepalives(now);
+    }
+
+    fn forget(&mut self, id: ContactId) {
+        self.schedule.remove(id);
+        if let Some(state) = self.ping_state.remove(&id)
+            && let Some(branch) = state.outstanding
+        {
+            self.pings.remove(&branch);
+        }
+    }
+
+    fn send_keepalives(&mut self, now: Instant) {
+        let global = &self.config.nat_keepalive;
+        let (batch_size, interval) = (
+            global.batch_size as usize,
+            Duration::from_millis(u64::from(global.send_interval_ms)),
+        );
+        let (location, config) = (&self.location, &self.config);
+        let (batch, overran) = self.schedule.poll_batch(now, batch_size, interval, |id| {
+            let binding = location.get(id)?;
+            let user = config.user(&binding.aor)?;
+            user.keepalive
+                .enabled()
+                .then(|| Duration::from_secs(u64::from(user.keepalive.period)))
+        });
+        if overran {
+            tracing::warn!(
+                contacts = self.schedule.len(),
+                batch_size,
+                send_interval_ms = global.send_interval_ms,
+                "NAT keep-alive batches need longer than the period: raise batch_size or lower send_interval_ms"
+            );
+        }
+        for id in batch {
+            self.send_keepalive(id);
+        }
+    }
+
+    fn send_keepalive(&mut self, id: ContactId) {
+        let Some(binding) = self.location.get(id).cloned() else {
+            return;
+        };
+        let Some(user) = self.config.user(&binding.aor).cloned() else {
+            return;
+        };
+        let keepalive = &user.keepalive;
+        let bytes = match keepalive.mode {
+            KeepaliveMode::Payload => keepalive.message.as_bytes().to_vec(),
+            KeepaliveMode::Crlf => b"\r\n\r\n".to_vec(),
+            KeepaliveMode::Options => {
+                let state = self.ping_state.entry(id).or_default();
+                if let Some(branch) = state.outstanding.take() {
+                    self.pings.remove(&branch);
+                    state.failures += 1;
+                    if state.failures >= keepalive.options_failures {
+                        tracing::warn!(
+                            user = %binding.aor, contact = %binding.uri, received = %binding.received,
+                            failures = state.failures, "contact does not answer OPTIONS keep-alives: removed"
+                        );
+                        self.location.remove(id);
+                        self.forget(id);
+                        self.outputs.push_back(Output::Persist(Change::Remove {
+                            aor: binding.aor,
+                            uri: binding.uri.to_string(),
+                        }));
+                        return;
+                    }
+                }
+                let (request, branch) = self.ping(&binding);
+                self.pings.insert(branch.clone(), id);
+                self.ping_state.entry(id).or_default().outstanding = Some(branch);
+                request.encode()
+            }
+        };
+        Metrics::count(&self.metrics.keepalives_sent);
+        self.outputs.push_back(Output::Transmit(Transmit {
+            local: binding.local,
+            remote: binding.received,
+            bytes,
+        }));
+    }
+
+    /// An OPTIONS keep-alive to a contact (answered by any SIP stack that lives).
+    fn ping(&mut self, binding: &Binding) -> (Request, String) {
+        let advertised = self
+            .sockets
+            .iter()
+            .find(|s| s.bind == binding.local)
+            .map_or(binding.local, |s| s.advertised);
+        let branch = self.ids.branch();
+        let domain = self
+            .config
+            .registrar
+            .as_ref()
+            .map_or("vigil", |r| r.domain.as_str());
+        let mut from = NameAddr::new(Uri::Sip(SipUri::new(
+            Some("keepalive".into()),
+            Host::Domain(domain.to_string()),
+            None,
+        )));
+        from.set_tag(&self.ids.tag());
+        let request = Request {
+            method: Method::Options,
+            uri: binding.uri.clone(),
+            via: vec![crate::call::build::our_via(advertised, branch.clone())],
+            max_forwards: 70,
+            from,
+            to: NameAddr::new(binding.uri.clone()),
+            call_id: self.ids.call_id(),
+            cseq: CSeq {
+                seq: 1,
+                method: Method::Options,
+            },
+            headers: Headers::new(),
+            body: Vec::new(),
+        };
+        (request, branch)
+    }
+
+    /// Any answer to an OPTIONS ping proves the contact (and its NAT binding) alive.
+    fn on_ping_answer(&mut self, response: &Response) {
+        let Some(branch) = response.top_via().branch() else {
+            return;
+        };
+        if let Some(id) = self.pings.remove(branch)
+            && let Some(state) = self.ping_state.get_mut(&id)
+        {
+            state.outstanding = None;
+            state.failures = 0;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;
