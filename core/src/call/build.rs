@@ -133,6 +133,10 @@ pub fn raw_user(uri: &Uri) -> Option<String> {
 pub struct OutboundInvite<'a> {
     pub a_invite: &'a Request,
     pub target: SocketAddr,
+    /// Overrides `sip:<callee>@<target>` (a registered contact's URI).
+    pub request_uri: Option<Uri>,
+    /// Overrides the To URI (defaults to the Request-URI).
+    pub to: Option<Uri>,
     pub advertised: SocketAddr,
     pub call_id: String,
     pub from_tag: String,
@@ -146,7 +150,14 @@ pub struct OutboundInvite<'a> {
 pub fn b_leg_invite(o: OutboundInvite<'_>) -> Request {
     let a = o.a_invite;
     let callee = raw_user(&a.uri);
-    let target_uri = SipUri::new(callee, Host::Ip(o.target.ip()), Some(o.target.port()));
+    let target_uri = o.request_uri.unwrap_or_else(|| {
+        Uri::Sip(SipUri::new(
+            callee,
+            Host::Ip(o.target.ip()),
+            Some(o.target.port()),
+        ))
+    });
+    let to_uri = o.to.unwrap_or_else(|| target_uri.clone());
     let caller_user = raw_user(&a.from.uri);
     let mut from = NameAddr::new(Uri::Sip(SipUri::for_socket(
         caller_user.clone(),
@@ -168,11 +179,11 @@ pub fn b_leg_invite(o: OutboundInvite<'_>) -> Request {
     copy_body(&a.headers, &a.body, &mut headers, &mut body);
     Request {
         method: Method::Invite,
-        uri: Uri::Sip(target_uri.clone()),
+        uri: target_uri,
         via: vec![our_via(o.advertised, o.branch)],
         max_forwards: a.max_forwards.saturating_sub(1),
         from,
-        to: NameAddr::new(Uri::Sip(target_uri)),
+        to: NameAddr::new(to_uri),
         call_id: o.call_id,
         cseq: CSeq {
             seq: 1,

@@ -28,7 +28,7 @@ use crate::metrics::Metrics;
 use crate::policy::{CallView, RefreshFailure, SessionPolicy};
 use crate::session_timer::negotiate::{retry_after_422, uac_offer_headers, uas_answer_headers};
 use crate::session_timer::{SessionLeg, UasOutcome, negotiate};
-use crate::sip::{HeaderName, Method, Request, Response, SipUri};
+use crate::sip::{HeaderName, Method, Request, Response, SipUri, Uri};
 use crate::timer::Scheduled;
 use crate::timer_table;
 use crate::transaction::{
@@ -248,6 +248,11 @@ pub struct Outbound {
     pub path: Path,
     pub advertised: SocketAddr,
     pub timer: SessionTimerConfig,
+    /// The Request-URI, when not `sip:<callee>@<trunk address>` (a registered
+    /// user's contact).
+    pub request_uri: Option<Uri>,
+    /// The To URI, when not the Request-URI (a user's address-of-record).
+    pub to: Option<Uri>,
 }
 
 /// One B2BUA call.
@@ -314,6 +319,8 @@ impl Call {
         let mut b_invite = b_leg_invite(OutboundInvite {
             a_invite: &a_invite,
             target: outbound.path.remote,
+            request_uri: outbound.request_uri,
+            to: outbound.to,
             advertised: outbound.advertised,
             call_id: env.ids.call_id(),
             from_tag: env.ids.tag(),

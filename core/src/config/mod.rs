@@ -343,12 +343,17 @@ impl Config {
     /// The outbound trunk for a call from trunk `from` to `callee`: the longest
     /// matching prefix in `routes`, else the inbound trunk's `route_to`.
     pub fn route(&self, from: usize, callee: &str) -> Option<usize> {
+        self.route_prefix(callee)
+            .or_else(|| self.trunks.get(from).and_then(|t| t.route_to))
+    }
+
+    /// The outbound trunk of the longest prefix in `routes` matching `callee`.
+    pub fn route_prefix(&self, callee: &str) -> Option<usize> {
         self.routes
             .iter()
             .filter(|r| callee.starts_with(r.prefix.as_str()))
             .max_by_key(|r| r.prefix.len())
             .map(|r| r.trunk)
-            .or_else(|| self.trunks.get(from).and_then(|t| t.route_to))
     }
 
     pub fn user(&self, name: &str) -> Option<&User> {

@@ -25,6 +25,15 @@ pub struct RegistrarConfig {
     /// Contacts one address-of-record may hold.
     #[serde(default = "default_max_contacts")]
     pub max_contacts: u32,
+    /// Digest algorithms offered, in order of preference (RFC 8760 §2.4: one
+    /// challenge each). Some clients take the first challenge whatever its
+    /// algorithm; put `MD5` first for them.
+    #[serde(default = "default_algorithms")]
+    pub digest_algorithms: Vec<String>,
+}
+
+fn default_algorithms() -> Vec<String> {
+    vec!["SHA-256".into(), "MD5".into()]
 }
 
 fn default_min_expires() -> u32 {
@@ -189,6 +198,17 @@ impl RegistrarConfig {
         }
         if self.max_contacts == 0 {
             out.push(("max_contacts", "must be at least 1".into()));
+        }
+        if self.digest_algorithms.is_empty() {
+            out.push((
+                "digest_algorithms",
+                "needs at least one of MD5, SHA-256".into(),
+            ));
+        }
+        for a in &self.digest_algorithms {
+            if !a.eq_ignore_ascii_case("MD5") && !a.eq_ignore_ascii_case("SHA-256") {
+                out.push(("digest_algorithms", format!("{a:?} is not MD5 or SHA-256")));
+            }
         }
         out
     }

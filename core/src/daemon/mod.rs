@@ -5,10 +5,11 @@
 //! (BYE on both legs, CDR `shutdown`) → flush CDRs → return.
 
 mod logging;
+mod registrar;
 mod worker;
 
-use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
 
 use tokio::net::UdpSocket;
 use tokio::signal::unix::{SignalKind, signal};
@@ -20,12 +21,17 @@ use crate::engine::LocalSocket;
 use crate::ingress::{Ingress, Verdict};
 use crate::metrics::Metrics;
 use crate::ratelimit::RateLimit;
+use crate::registrar::digest::{Algorithm, DigestAuth};
+use crate::registrar::location::LocationView;
+use crate::registrar::store::Store;
+use crate::registrar::{REGISTRAR_WORKER, Registrar};
 use crate::sip::MAX_DATAGRAM;
 use crate::transaction::{Path, Transmit};
 use crate::transport::{Transport, TransportError};
 
 pub use logging::{LoggingError, init_logging};
-use worker::{WorkerInput, run_worker};
+use registrar::{RegistrarInput, run_registrar};
+use worker::{Shared, WorkerInput, run_worker};
 
 /// How long shutdown waits for calls to end before giving up on stragglers; the
 /// whole shutdown stays within the 5 s a service manager gives.
@@ -41,6 +47,8 @@ pub enum DaemonError {
     Cdr(#[from] CdrWriterError),
     #[error("cannot install signal handler: {0}")]
     Signal(std::io::Error),
+    #[error(transparent)]
+    Store(#[from] crate::registrar::store::StoreError),
 }
 
 /// Runs the switch until SIGTERM or SIGINT, then shuts down gracefully.
@@ -52,8 +60,14 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
     let writer = tokio::spawn(cdr_writer.run(cdr_rx));
 
     let metrics = Arc::new(Metrics::default());
-    let workers = config.workers().min(usize::from(u8::MAX));
+    let workers = config.workers().min(usize::from(REGISTRAR_WORKER));
     let local_sockets = transport.local_sockets();
+    let (registrar_input, registrar_task, registrar_shared) =
+        start_registrar(&config, &local_sockets, &metrics, &transport)?;
+    let shared = Shared {
+        metrics: metrics.clone(),
+        registrar: registrar_shared,
+    };
     let mut worker_inputs = Vec::with_capacity(workers);
     let mut worker_tasks = Vec::with_capacity(workers);
     for id in 0..workers {
@@ -63,7 +77,7 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
             id as u8,
             config.clone(),
             local_sockets.clone(),
-            metrics.clone(),
+            shared.clone(),
             rx,
             transport.clone(),
             cdr_tx.clone(),
@@ -78,7 +92,10 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
             local,
             Ingress::new(workers),
             config.clone(),
-            worker_inputs.clone(),
+            Inputs {
+                workers: worker_inputs.clone(),
+                registrar: registrar_input.clone(),
+            },
             transport.clone(),
         )));
     }
@@ -102,6 +119,9 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
     }
     for r in &receivers {
         r.abort();
+    }
+    if let Some(task) = registrar_task {
+        task.abort();
     }
     drop(worker_inputs);
     match tokio::time::timeout(Duration::from_millis(500), writer).await {
@@ -133,6 +153,58 @@ async fn report_refreshes(metrics: Arc<Metrics>) {
     }
 }
 
+/// The registrar's side of what the call workers share.
+type RegistrarShared = Option<(Arc<LocationView>, Arc<Mutex<DigestAuth>>)>;
+
+/// Opens the location store, loads the registrations it kept (their keep-alives
+/// resume at once) and starts the registrar task, when users are configured.
+#[allow(clippy::type_complexity)]
+fn start_registrar(
+    config: &Arc<Config>,
+    sockets: &Arc<[crate::engine::LocalSocket]>,
+    metrics: &Arc<Metrics>,
+    transport: &Arc<Transport>,
+) -> Result<
+    (
+        Option<mpsc::Sender<RegistrarInput>>,
+        Option<tokio::task::JoinHandle<()>>,
+        RegistrarShared,
+    ),
+    DaemonError,
+> {
+    let Some(settings) = &config.registrar else {
+        return Ok((None, None, None));
+    };
+    let store = Store::open(&settings.db)?;
+    let now = Instant::now();
+    let key: [u8; 32] = rand::random();
+    let algorithms = settings
+        .digest_algorithms
+        .iter()
+        .filter_map(|a| Algorithm::parse(Some(a)))
+        .collect();
+    let auth = Arc::new(Mutex::new(DigestAuth::with_algorithms(
+        &settings.domain,
+        &key,
+        now,
+        Duration::from_secs(u64::from(settings.nonce_lifetime)),
+        algorithms,
+    )));
+    let view = Arc::new(LocationView::default());
+    let mut registrar = Registrar::new(
+        config.clone(),
+        sockets.clone(),
+        auth.clone(),
+        view.clone(),
+        metrics.clone(),
+    );
+    let loaded = registrar.load(now, store.load(SystemTime::now())?);
+    tracing::info!(db = %settings.db.display(), contacts = loaded, users = config.users.len(), "registrar ready");
+    let (tx, rx) = mpsc::channel(WORKER_QUEUE);
+    let task = tokio::spawn(run_registrar(registrar, store, rx, transport.clone()));
+    Ok((Some(tx), Some(task), Some((view, auth))))
+}
+
 async fn wait_for_signal() -> Result<(), DaemonError> {
     let mut term = signal(SignalKind::terminate()).map_err(DaemonError::Signal)?;
     let mut int = signal(SignalKind::interrupt()).map_err(DaemonError::Signal)?;
@@ -143,13 +215,19 @@ async fn wait_for_signal() -> Result<(), DaemonError> {
     Ok(())
 }
 
+/// Where the receive loops hand messages on.
+struct Inputs {
+    workers: Vec<mpsc::Sender<WorkerInput>>,
+    registrar: Option<mpsc::Sender<RegistrarInput>>,
+}
+
 /// Reads datagrams from one socket, judges them and hands them on.
 async fn receive_loop(
     socket: Arc<UdpSocket>,
     local: LocalSocket,
     mut ingress: Ingress,
     config: Arc<Config>,
-    workers: Vec<mpsc::Sender<WorkerInput>>,
+    inputs: Inputs,
     transport: Arc<Transport>,
 ) {
     // One byte more than the largest datagram, to notice an oversized one.
@@ -188,10 +266,19 @@ async fn receive_loop(
                     path,
                     admitted,
                 };
-                if workers[worker].try_send(input).is_err()
+                if inputs.workers[worker].try_send(input).is_err()
                     && let Some(suppressed) = overload_log.allow(now)
                 {
                     tracing::warn!(worker, suppressed, "worker queue full: datagram dropped");
+                }
+            }
+            Verdict::Registrar(message) => {
+                let full = inputs
+                    .registrar
+                    .as_ref()
+                    .is_some_and(|r| r.try_send(RegistrarInput { message, path }).is_err());
+                if full && let Some(suppressed) = overload_log.allow(now) {
+                    tracing::warn!(suppressed, "registrar queue full: datagram dropped");
                 }
             }
             Verdict::Reply { bytes, to } => {

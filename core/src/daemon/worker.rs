@@ -1,7 +1,7 @@
 //! One worker task: owns an [`Engine`] outright (no locks on the hot path), feeds
 //! it the messages of its shard and its timeouts, and performs what it asks.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc;
@@ -12,6 +12,8 @@ use crate::cdr::CdrRecord;
 use crate::config::Config;
 use crate::engine::{Engine, LocalSocket};
 use crate::metrics::Metrics;
+use crate::registrar::digest::DigestAuth;
+use crate::registrar::location::LocationView;
 use crate::sip::Message;
 use crate::transaction::Path;
 use crate::transport::Transport;
@@ -31,18 +33,28 @@ pub enum WorkerInput {
 /// amortising the wake-up under load.
 const BATCH: usize = 64;
 
-#[allow(clippy::too_many_arguments)]
+/// What every worker shares with the others and the daemon.
+#[derive(Clone)]
+pub struct Shared {
+    pub metrics: Arc<Metrics>,
+    /// The registrar's location view and digest checker, if users are configured.
+    pub registrar: Option<(Arc<LocationView>, Arc<Mutex<DigestAuth>>)>,
+}
+
 pub async fn run_worker(
     id: u8,
     config: Arc<Config>,
     sockets: Arc<[LocalSocket]>,
-    metrics: Arc<Metrics>,
+    shared: Shared,
     mut inputs: mpsc::Receiver<WorkerInput>,
     transport: Arc<Transport>,
     cdrs: mpsc::UnboundedSender<CdrRecord>,
 ) {
     let mut engine = Engine::new(id, config, sockets);
-    engine.set_metrics(metrics);
+    engine.set_metrics(shared.metrics);
+    if let Some((location, auth)) = shared.registrar {
+        engine.set_registrar(location, auth);
+    }
     let mut drain_until: Option<Instant> = None;
     let mut batch = Vec::with_capacity(BATCH);
     loop {

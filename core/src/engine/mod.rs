@@ -10,19 +10,18 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::call::build::local_response;
-use crate::call::{
-    Call, CallKey, CallSettings, Env, Inbound as InboundLeg, Leg, Outbound, Parties, TxOwner,
-};
-use crate::cdr::{CdrRecord, EndReason, EndedBy};
+use crate::call::{Call, CallKey, CallSettings, Env, Leg, TxOwner};
+use crate::cdr::CdrRecord;
 use crate::config::{Config, canonical_ip};
 use crate::ids::IdGen;
 use crate::metrics::Metrics;
 use crate::policy::{BuiltinPolicy, SessionPolicy};
-use crate::session_timer::{UasOutcome, negotiate};
+use crate::registrar::digest::DigestAuth;
+use crate::registrar::location::LocationView;
 use crate::sip::{ALLOWED_METHODS, HeaderName, MediaType, Message, Method, Request, Response};
 use crate::timer::TimerQueue;
 use crate::transaction::{
@@ -63,6 +62,10 @@ pub struct Engine {
     policy: Arc<dyn SessionPolicy>,
     /// Counters shared with the other workers and the daemon.
     metrics: Arc<Metrics>,
+    /// Where registered users can be reached (when a registrar is configured).
+    location: Option<Arc<LocationView>>,
+    /// Checks users' credentials on their INVITEs (shared with the registrar).
+    auth: Option<Arc<Mutex<DigestAuth>>>,
     next_key: CallKey,
     /// Set by [`Engine::begin_shutdown`]: new calls are refused.
     draining: bool,
@@ -89,6 +92,8 @@ impl Engine {
             cdrs: VecDeque::new(),
             policy: Arc::new(BuiltinPolicy),
             metrics: Arc::new(Metrics::default()),
+            location: None,
+            auth: None,
             next_key: 0,
             draining: false,
         }
@@ -97,6 +102,13 @@ impl Engine {
     /// Shares the daemon's counters with this engine.
     pub fn set_metrics(&mut self, metrics: Arc<Metrics>) {
         self.metrics = metrics;
+    }
+
+    /// Connects the engine to the registrar: where users are, and their
+    /// credentials' checker.
+    pub fn set_registrar(&mut self, location: Arc<LocationView>, auth: Arc<Mutex<DigestAuth>>) {
+        self.location = Some(location);
+        self.auth = Some(auth);
     }
 
     /// Replaces the decision-point policy (hooks of later calls and events).
@@ -369,131 +381,6 @@ impl Engine {
         None
     }
 
-    fn on_invite(&mut self, now: Instant, tx: ServerTxId, request: Request, path: Path) {
-        let refusal = if self.draining {
-            Some((
-                503,
-                Some("Shutting Down"),
-                vec![(HeaderName::RetryAfter, "30".to_string())],
-            ))
-        } else {
-            self.uas_checks(&request)
-                .or_else(|| Self::content_checks(&request))
-        };
-        if let Some((status, reason, extra)) = refusal {
-            return self.reply(now, tx, &request, status, reason, &extra);
-        }
-        if request.max_forwards == 0 {
-            return self.reply(now, tx, &request, 483, None, &[]);
-        }
-        let a_key = (
-            request.call_id.clone(),
-            request.from.tag().unwrap_or_default().to_string(),
-        );
-        if self.by_a.contains_key(&a_key) {
-            // §8.2.2.2: the same request arriving again on another path (a new
-            // branch) is a merged request, not a second call.
-            return self.reply(now, tx, &request, 482, Some("Merged Request"), &[]);
-        }
-        let Some(trunk_in) = self.config.inbound_trunk(path.remote.ip()) else {
-            return self.reply(now, tx, &request, 403, Some("Not An Inbound Trunk"), &[]);
-        };
-        let a_timer = self.config.trunks[trunk_in].session_timer;
-        let negotiated = negotiate::as_uas(&request, &a_timer);
-        if let UasOutcome::TooSmall { min_se } = negotiated {
-            // RFC 4028 §9: the caller retries with at least our Min-SE.
-            return self.reply(
-                now,
-                tx,
-                &request,
-                422,
-                None,
-                &[(HeaderName::MinSe, min_se.to_string())],
-            );
-        }
-        let callee = request.uri.user_part().unwrap_or_default();
-        let caller = request.from.uri.user_part().unwrap_or_default();
-        let trunk_in_name = self.config.trunks[trunk_in].name.clone();
-        let Some(trunk_out) = self.config.route(trunk_in, &callee) else {
-            tracing::info!(call_id = %request.call_id, %callee, trunk_in = %trunk_in_name, "no route");
-            self.reply(now, tx, &request, 404, Some("No Route"), &[]);
-            self.cdrs.push_back(CdrRecord {
-                call_id: request.call_id.clone(),
-                b_call_id: None,
-                caller,
-                callee,
-                trunk_in: trunk_in_name,
-                trunk_out: None,
-                start: now,
-                answer: None,
-                end: now,
-                end_reason: EndReason::NoRoute,
-                ended_by: EndedBy::Switch,
-                sip_code: Some(404),
-                refresh_failure: None,
-            });
-            return;
-        };
-        let trunk = &self.config.trunks[trunk_out];
-        let Some(target) = trunk.outbound else {
-            // Routes only name trunks with `outbound` (config checks it).
-            return self.reply(now, tx, &request, 500, None, &[]);
-        };
-        if self
-            .sockets
-            .iter()
-            .any(|s| s.bind == target || s.advertised == target)
-        {
-            return self.reply(now, tx, &request, 482, None, &[]);
-        }
-        let Some(b_socket) = self.socket_for(target) else {
-            tracing::warn!(%target, "no listening socket of the trunk's address family");
-            return self.reply(now, tx, &request, 503, Some("No Socket For Trunk"), &[]);
-        };
-        let a_advertised = self
-            .sockets
-            .iter()
-            .find(|s| s.bind == path.local)
-            .map_or(path.local, |s| s.advertised);
-        let key = self.next_key;
-        self.next_key += 1;
-        let parties = Parties {
-            caller,
-            callee,
-            trunk_in: trunk_in_name,
-            trunk_out: trunk.name.clone(),
-        };
-        let outbound = Outbound {
-            path: Path {
-                local: b_socket.bind,
-                remote: target,
-            },
-            advertised: b_socket.advertised,
-            timer: trunk.session_timer,
-        };
-        let mut env = Env {
-            tx: &mut self.tx,
-            ids: &mut self.ids,
-            cdrs: &mut self.cdrs,
-            settings: &self.settings,
-            policy: self.policy.as_ref(),
-            metrics: &self.metrics,
-        };
-        let inbound = InboundLeg {
-            tx,
-            invite: request,
-            path,
-            advertised: a_advertised,
-            timer: a_timer,
-            negotiated,
-        };
-        let call = Call::start(now, key, inbound, parties, outbound, &mut env);
-        self.by_b.insert(call.b_call_id().to_string(), key);
-        self.by_a.insert(a_key, key);
-        self.calls.insert(key, Box::new(call));
-        self.with_call(key, |_, _| {});
-    }
-
     /// The socket to reach `target` from: same address family, preferring one
     /// bound to the same kind of address (loopback to loopback).
     fn socket_for(&self, target: SocketAddr) -> Option<LocalSocket> {
@@ -542,3 +429,5 @@ fn settings_from(config: &Config, timers: TimerValues) -> CallSettings {
 
 #[cfg(test)]
 mod tests;
+
+mod invite;

@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 use crate::config::Config;
 use crate::ids::{IdGen, worker_of};
 use crate::ratelimit::RateLimit;
+use crate::registrar::REGISTRAR_WORKER;
 use crate::sip::{DecodeError, Message, Method, decode};
 use crate::transaction::{Path, response_target};
 
@@ -28,6 +29,8 @@ pub enum Verdict {
         message: Box<Message>,
         admitted: bool,
     },
+    /// Hand to the registrar: a REGISTER, or an answer to its keep-alive pings.
+    Registrar(Box<Message>),
     /// Answer statelessly.
     Reply { bytes: Vec<u8>, to: SocketAddr },
     /// Ignore.
@@ -100,6 +103,11 @@ impl Ingress {
         };
         match message {
             Message::Response(response) => match response.top_via().branch().and_then(worker_of) {
+                Some(worker)
+                    if worker == usize::from(REGISTRAR_WORKER) && config.registrar.is_some() =>
+                {
+                    Verdict::Registrar(Box::new(Message::Response(response)))
+                }
                 Some(worker) if worker < self.workers => Verdict::Dispatch {
                     worker,
                     message: Box::new(Message::Response(response)),
@@ -108,7 +116,11 @@ impl Ingress {
                 _ => Verdict::Drop(DropReason::Stray),
             },
             Message::Request(request) => {
-                if !admitted && !request.is_in_dialog() {
+                if request.method == Method::Register && config.registrar.is_some() {
+                    // Users register from anywhere; the registrar authenticates them.
+                    return Verdict::Registrar(Box::new(Message::Request(request)));
+                }
+                if !admitted && !request.is_in_dialog() && !is_user_call(config, &request) {
                     if let Some(suppressed) = self.forbidden_log.allow(now) {
                         tracing::warn!(
                             source = %path.remote, method = %request.method, call_id = %request.call_id,
@@ -145,6 +157,21 @@ impl Ingress {
             tracing::warn!(source = %path.remote, %reason, suppressed, "malformed datagram");
         }
     }
+}
+
+/// A call from a configured user, who may call from any address once its INVITE
+/// carries valid credentials (the worker challenges it); its ACK and CANCEL too.
+fn is_user_call(config: &Config, request: &crate::sip::Request) -> bool {
+    config.registrar.is_some()
+        && matches!(
+            request.method,
+            Method::Invite | Method::Ack | Method::Cancel
+        )
+        && request
+            .from
+            .uri
+            .user_part()
+            .is_some_and(|u| config.user(&u).is_some())
 }
 
 /// The worker for a Call-ID Vigil did not generate: a stable hash, so every

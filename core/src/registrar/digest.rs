@@ -32,7 +32,7 @@ pub enum Algorithm {
 }
 
 impl Algorithm {
-    fn parse(name: Option<&str>) -> Option<Algorithm> {
+    pub fn parse(name: Option<&str>) -> Option<Algorithm> {
         match name {
             None => Some(Algorithm::Md5),
             Some(a) if a.eq_ignore_ascii_case("MD5") => Some(Algorithm::Md5),
@@ -91,6 +91,8 @@ struct NonceUse {
 /// Issues nonces and checks credentials for one realm.
 pub struct DigestAuth {
     realm: String,
+    /// Offered (and accepted) algorithms, in order of preference.
+    algorithms: Vec<Algorithm>,
     key: Vec<u8>,
     epoch: Instant,
     lifetime: Duration,
@@ -104,8 +106,25 @@ impl DigestAuth {
     /// `key` signs nonces (random per process); `epoch` is when time starts for
     /// them.
     pub fn new(realm: &str, key: &[u8], epoch: Instant, lifetime: Duration) -> DigestAuth {
+        DigestAuth::with_algorithms(
+            realm,
+            key,
+            epoch,
+            lifetime,
+            vec![Algorithm::Sha256, Algorithm::Md5],
+        )
+    }
+
+    pub fn with_algorithms(
+        realm: &str,
+        key: &[u8],
+        epoch: Instant,
+        lifetime: Duration,
+        algorithms: Vec<Algorithm>,
+    ) -> DigestAuth {
         DigestAuth {
             realm: realm.to_string(),
+            algorithms,
             key: key.to_vec(),
             epoch,
             lifetime,
@@ -141,16 +160,19 @@ impl DigestAuth {
         format!("{stamp}-{mac}")
     }
 
-    /// Challenges for both algorithms, SHA-256 first (RFC 8760 §2.4: in order of
-    /// preference), sharing one fresh nonce.
-    pub fn challenges(&mut self, now: Instant, stale: bool) -> [DigestChallenge; 2] {
+    /// One challenge per offered algorithm, in order of preference (RFC 8760
+    /// §2.4), sharing one fresh nonce.
+    pub fn challenges(&mut self, now: Instant, stale: bool) -> Vec<DigestChallenge> {
         let nonce = self.nonce(now);
-        [Algorithm::Sha256, Algorithm::Md5].map(|a| DigestChallenge {
-            realm: self.realm.clone(),
-            nonce: nonce.clone(),
-            algorithm: a.name(),
-            stale,
-        })
+        self.algorithms
+            .iter()
+            .map(|a| DigestChallenge {
+                realm: self.realm.clone(),
+                nonce: nonce.clone(),
+                algorithm: a.name(),
+                stale,
+            })
+            .collect()
     }
 
     /// When `nonce` was issued, if Vigil issued it.
@@ -175,7 +197,9 @@ impl DigestAuth {
         if creds.realm != self.realm {
             return Verdict::Rejected("wrong realm");
         }
-        let Some(algorithm) = Algorithm::parse(creds.algorithm.as_deref()) else {
+        let Some(algorithm) =
+            Algorithm::parse(creds.algorithm.as_deref()).filter(|a| self.algorithms.contains(a))
+        else {
             return Verdict::Rejected("unsupported algorithm");
         };
         if creds

@@ -3,11 +3,13 @@
 //! the call flow it proves.
 
 mod session_timers;
+mod users;
 
 use std::path::Path as FsPath;
 use std::time::{Duration, Instant};
 
 use super::*;
+use crate::cdr::{EndReason, EndedBy};
 use crate::sip::decode;
 
 const CONFIG: &str = r#"

@@ -1,0 +1,327 @@
+//! A new INVITE: who sends it (a trunk by its address, or a user by digest
+//! credentials), where it goes (a registered user's contact, a prefix route or the
+//! source's default route), and the start of the call.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use super::{Engine, Refusal};
+use crate::call::{Call, Env, Inbound as InboundLeg, Outbound, Parties};
+use crate::cdr::{CdrRecord, EndReason, EndedBy};
+use crate::config::SessionTimerConfig;
+use crate::registrar::digest::Verdict;
+use crate::registrar::location::Target;
+use crate::session_timer::{UasOutcome, negotiate};
+use crate::sip::{DigestCredentials, HeaderName, Host, Request, SipUri, Uri};
+use crate::transaction::{Path, ServerTxId};
+
+/// Who a call comes from.
+enum Source {
+    Trunk(usize),
+    /// A user who proved its password (digest) on this INVITE.
+    User(Arc<str>),
+}
+
+/// Where a call goes.
+enum Destination {
+    Trunk(usize),
+    /// A registered user's best contact.
+    Contact {
+        user: Arc<str>,
+        target: Box<Target>,
+    },
+}
+
+/// A call that cannot be placed, and how it is recorded.
+struct Unroutable {
+    status: u16,
+    reason: &'static str,
+    end_reason: EndReason,
+}
+
+impl Engine {
+    pub(super) fn on_invite(&mut self, now: Instant, tx: ServerTxId, request: Request, path: Path) {
+        let refusal: Option<Refusal> = if self.draining {
+            Some((
+                503,
+                Some("Shutting Down"),
+                vec![(HeaderName::RetryAfter, "30".to_string())],
+            ))
+        } else {
+            self.uas_checks(&request)
+                .or_else(|| Self::content_checks(&request))
+        };
+        if let Some((status, reason, extra)) = refusal {
+            return self.reply(now, tx, &request, status, reason, &extra);
+        }
+        if request.max_forwards == 0 {
+            return self.reply(now, tx, &request, 483, None, &[]);
+        }
+        let a_key = (
+            request.call_id.clone(),
+            request.from.tag().unwrap_or_default().to_string(),
+        );
+        if self.by_a.contains_key(&a_key) {
+            // §8.2.2.2: the same request arriving again on another path (a new
+            // branch) is a merged request, not a second call.
+            return self.reply(now, tx, &request, 482, Some("Merged Request"), &[]);
+        }
+        let Some(source) = self.admit(now, tx, &request, path) else {
+            return;
+        };
+        let a_timer = self.timer_of(&source);
+        let negotiated = negotiate::as_uas(&request, &a_timer);
+        if let UasOutcome::TooSmall { min_se } = negotiated {
+            // RFC 4028 §9: the caller retries with at least our Min-SE.
+            return self.reply(
+                now,
+                tx,
+                &request,
+                422,
+                None,
+                &[(HeaderName::MinSe, min_se.to_string())],
+            );
+        }
+        let callee = request.uri.user_part().unwrap_or_default();
+        let caller = request.from.uri.user_part().unwrap_or_default();
+        let trunk_in = self.name_of(&source);
+        let destination = match self.resolve(&source, &callee) {
+            Ok(d) => d,
+            Err(u) => {
+                tracing::info!(call_id = %request.call_id, %callee, %trunk_in, status = u.status, "call not placed");
+                self.reply(now, tx, &request, u.status, Some(u.reason), &[]);
+                self.cdrs.push_back(CdrRecord {
+                    call_id: request.call_id.clone(),
+                    b_call_id: None,
+                    caller,
+                    callee,
+                    trunk_in,
+                    trunk_out: None,
+                    start: now,
+                    answer: None,
+                    end: now,
+                    end_reason: u.end_reason,
+                    ended_by: EndedBy::Switch,
+                    sip_code: Some(u.status),
+                    refresh_failure: None,
+                });
+                return;
+            }
+        };
+        let outbound = match self.outbound(&destination, &callee) {
+            Ok(o) => o,
+            Err((status, reason)) => {
+                return self.reply(now, tx, &request, status, Some(reason), &[]);
+            }
+        };
+        let a_advertised = self
+            .sockets
+            .iter()
+            .find(|s| s.bind == path.local)
+            .map_or(path.local, |s| s.advertised);
+        let key = self.next_key;
+        self.next_key += 1;
+        let parties = Parties {
+            caller,
+            callee,
+            trunk_in,
+            trunk_out: match &destination {
+                Destination::Trunk(t) => self.config.trunks[*t].name.clone(),
+                Destination::Contact { user, .. } => format!("user:{user}").into(),
+            },
+        };
+        let mut env = Env {
+            tx: &mut self.tx,
+            ids: &mut self.ids,
+            cdrs: &mut self.cdrs,
+            settings: &self.settings,
+            policy: self.policy.as_ref(),
+            metrics: &self.metrics,
+        };
+        let inbound = InboundLeg {
+            tx,
+            invite: request,
+            path,
+            advertised: a_advertised,
+            timer: a_timer,
+            negotiated,
+        };
+        let call = Call::start(now, key, inbound, parties, outbound, &mut env);
+        self.by_b.insert(call.b_call_id().to_string(), key);
+        self.by_a.insert(a_key, key);
+        self.calls.insert(key, Box::new(call));
+        self.with_call(key, |_, _| {});
+    }
+
+    /// A trunk admits the source address, or a configured user proves its
+    /// password with digest credentials (RFC 3261 §22.3: 407 and
+    /// Proxy-Authorization). Answers the request itself when it is not admitted.
+    fn admit(
+        &mut self,
+        now: Instant,
+        tx: ServerTxId,
+        request: &Request,
+        path: Path,
+    ) -> Option<Source> {
+        if let Some(trunk) = self.config.inbound_trunk(path.remote.ip()) {
+            return Some(Source::Trunk(trunk));
+        }
+        let from_user = request.from.uri.user_part().unwrap_or_default();
+        let user = match (&self.auth, self.config.user(&from_user)) {
+            (Some(_), Some(user)) => user.clone(),
+            _ => {
+                self.reply(now, tx, request, 403, Some("Not An Inbound Trunk"), &[]);
+                return None;
+            }
+        };
+        let auth = self.auth.clone()?;
+        let mut auth = auth.lock().unwrap_or_else(|e| e.into_inner());
+        if auth.is_blocked(now, path.remote.ip()) {
+            drop(auth);
+            self.reply(now, tx, request, 403, Some("Too Many Failures"), &[]);
+            return None;
+        }
+        let credentials = request
+            .headers
+            .get(&HeaderName::ProxyAuthorization)
+            .and_then(|v| DigestCredentials::parse(v).ok());
+        let verdict = match &credentials {
+            None => None,
+            Some(c) if c.username != *user.name => {
+                Some(Verdict::Rejected("username is not the caller"))
+            }
+            Some(c) => Some(auth.verify(now, "INVITE", c, &user.password)),
+        };
+        if verdict == Some(Verdict::Accepted) {
+            return Some(Source::User(user.name));
+        }
+        if let Some(Verdict::Rejected(why)) = verdict {
+            auth.note_failure(now, path.remote.ip());
+            tracing::warn!(source = %path.remote, user = %user.name, reason = why, "INVITE credentials refused");
+            if auth.is_blocked(now, path.remote.ip()) {
+                drop(auth);
+                self.reply(now, tx, request, 403, Some("Too Many Failures"), &[]);
+                return None;
+            }
+        }
+        let challenges: Vec<(HeaderName, String)> = auth
+            .challenges(now, verdict == Some(Verdict::Stale))
+            .iter()
+            .map(|c| (HeaderName::ProxyAuthenticate, c.to_string()))
+            .collect();
+        drop(auth);
+        self.reply(now, tx, request, 407, None, &challenges);
+        None
+    }
+
+    fn timer_of(&self, source: &Source) -> SessionTimerConfig {
+        match source {
+            Source::Trunk(t) => self.config.trunks[*t].session_timer,
+            Source::User(_) => self.config.session_timer,
+        }
+    }
+
+    fn name_of(&self, source: &Source) -> Arc<str> {
+        match source {
+            Source::Trunk(t) => self.config.trunks[*t].name.clone(),
+            Source::User(u) => format!("user:{u}").into(),
+        }
+    }
+
+    /// A configured user is reached at its best registered contact (480 when it
+    /// has none); any other number by the longest prefix route, else the source's
+    /// default route (404 without one).
+    fn resolve(&self, source: &Source, callee: &str) -> Result<Destination, Unroutable> {
+        if let Some(user) = self.config.user(callee)
+            && let Some(location) = &self.location
+        {
+            return match location.best(callee) {
+                Some(target) => Ok(Destination::Contact {
+                    user: user.name.clone(),
+                    target: Box::new(target),
+                }),
+                None => Err(Unroutable {
+                    status: 480,
+                    reason: "Not Registered",
+                    end_reason: EndReason::Rejected,
+                }),
+            };
+        }
+        let default = match source {
+            Source::Trunk(t) => self.config.trunks[*t].route_to,
+            Source::User(u) => self.config.user(u).and_then(|u| u.route_to),
+        };
+        self.config
+            .route_prefix(callee)
+            .or(default)
+            .map(Destination::Trunk)
+            .ok_or(Unroutable {
+                status: 404,
+                reason: "No Route",
+                end_reason: EndReason::NoRoute,
+            })
+    }
+
+    /// Where and how the B-leg INVITE goes.
+    fn outbound(
+        &self,
+        destination: &Destination,
+        callee: &str,
+    ) -> Result<Outbound, (u16, &'static str)> {
+        match destination {
+            Destination::Trunk(t) => {
+                let trunk = &self.config.trunks[*t];
+                // Routes only name trunks with `outbound` (config checks it).
+                let target = trunk.outbound.ok_or((500, "Trunk Without Outbound"))?;
+                if self
+                    .sockets
+                    .iter()
+                    .any(|s| s.bind == target || s.advertised == target)
+                {
+                    return Err((482, "Loop Detected"));
+                }
+                let socket = self
+                    .socket_for(target)
+                    .ok_or((503, "No Socket For Trunk"))?;
+                Ok(Outbound {
+                    path: Path {
+                        local: socket.bind,
+                        remote: target,
+                    },
+                    advertised: socket.advertised,
+                    timer: trunk.session_timer,
+                    request_uri: None,
+                    to: None,
+                })
+            }
+            Destination::Contact { target, .. } => {
+                let advertised = self
+                    .sockets
+                    .iter()
+                    .find(|s| s.bind == target.local)
+                    .map_or(target.local, |s| s.advertised);
+                let domain = self
+                    .config
+                    .registrar
+                    .as_ref()
+                    .map_or("", |r| r.domain.as_str());
+                // RFC 3261 §16.5: the Request-URI is the registered contact, sent
+                // to where the REGISTER came from (the NAT's public side).
+                Ok(Outbound {
+                    path: Path {
+                        local: target.local,
+                        remote: target.received,
+                    },
+                    advertised,
+                    timer: self.config.session_timer,
+                    request_uri: Some(target.uri.clone()),
+                    to: Some(Uri::Sip(SipUri::new(
+                        Some(callee.to_string()),
+                        Host::Domain(domain.to_string()),
+                        None,
+                    ))),
+                })
+            }
+        }
+    }
+}
