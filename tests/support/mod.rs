@@ -86,7 +86,26 @@ impl Vigil {
     /// answers OPTIONS.
     pub fn start(net: Net, extra: &str) -> Vigil {
         let dir = tempfile::tempdir().expect("temp dir");
-        let config = net.config(&dir.path().join("cdr.jsonl"), extra);
+        // `{dir}` in the extra YAML names the test's own directory (a database…).
+        let extra = extra.replace("{dir}", &dir.path().display().to_string());
+        let config = net.config(&dir.path().join("cdr.jsonl"), &extra);
+        Vigil::start_with(net, dir, &config)
+    }
+
+    /// Kills the daemon with SIGKILL (no shutdown at all) and returns its
+    /// directory, config and all, to start it again.
+    pub fn kill_hard(mut self) -> TempDir {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        let dir = tempfile::tempdir().expect("temp dir");
+        std::mem::replace(&mut self.dir, dir)
+    }
+
+    /// Starts the daemon again on a directory left by [`Vigil::kill_hard`].
+    pub fn restart(net: Net, dir: TempDir) -> Vigil {
+        let config = std::fs::read_to_string(dir.path().join("vigil.yaml")).expect("config");
         Vigil::start_with(net, dir, &config)
     }
 

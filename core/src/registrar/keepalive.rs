@@ -1,6 +1,7 @@
 //! NAT keep-alive scheduling (VOS3000's SS_SIP_NAT_KEEP_ALIVE_*): every contact is
-//! due once per `period`; every `send_interval` at most `batch_size` due contacts
-//! are sent, oldest first, so a large registry is spread out instead of burst.
+//! due once per `period`; at most `batch_size` keep-alives go out per
+//! `send_interval`, oldest first, so a large registry is spread out instead of
+//! burst. Below that rate each keep-alive leaves exactly when it is due.
 //!
 //! Each contact keeps its own cadence (next = previous due + period), so its
 //! interval stays `period` however many others come and go; when a period's
@@ -18,8 +19,10 @@ use super::location::ContactId;
 pub struct Schedule {
     due: BTreeSet<(Instant, ContactId)>,
     next_of: HashMap<ContactId, Instant>,
-    /// When the next batch may go: `send_interval` after the previous one.
-    next_batch: Option<Instant>,
+    /// The current `send_interval` window and how many were sent in it.
+    window: Option<(Instant, usize)>,
+    /// The window length and batch size, as last polled.
+    limit: Option<(Duration, usize)>,
     overrun_warned: bool,
 }
 
@@ -45,12 +48,15 @@ impl Schedule {
         self.next_of.is_empty()
     }
 
-    /// When `poll_batch` next has something to do.
+    /// When `poll_batch` next has something to do: the first due contact, or
+    /// the next window if this one's batch is full.
     pub fn next_deadline(&self) -> Option<Instant> {
         let first = self.due.first().map(|(at, _)| *at)?;
-        Some(match self.next_batch {
-            Some(batch) => first.max(batch),
-            None => first,
+        Some(match (self.window, self.limit) {
+            (Some((start, sent)), Some((interval, batch))) if sent >= batch => {
+                first.max(start + interval)
+            }
+            _ => first,
         })
     }
 
@@ -64,12 +70,15 @@ impl Schedule {
         send_interval: Duration,
         mut period_of: impl FnMut(ContactId) -> Option<Duration>,
     ) -> (Vec<ContactId>, bool) {
-        if self.next_batch.is_some_and(|b| b > now) {
-            return (Vec::new(), false);
-        }
+        self.limit = Some((send_interval, batch_size));
+        let (start, sent) = match self.window {
+            Some((start, sent)) if now < start + send_interval => (start, sent),
+            _ => (now, 0),
+        };
+        let room = batch_size.saturating_sub(sent);
         let mut batch = Vec::new();
         let mut overran = false;
-        while batch.len() < batch_size {
+        while batch.len() < room {
             let Some(&(at, id)) = self.due.first() else {
                 break;
             };
@@ -92,9 +101,7 @@ impl Schedule {
             self.next_of.insert(id, next);
             batch.push(id);
         }
-        if !batch.is_empty() {
-            self.next_batch = Some(now + send_interval);
-        }
+        self.window = Some((start, sent + batch.len()));
         let first_overrun = overran && !self.overrun_warned;
         self.overrun_warned |= overran;
         (batch, first_overrun)
@@ -175,6 +182,37 @@ mod tests {
         assert!(
             s.next_deadline()
                 .is_some_and(|d| d <= now + period + Duration::from_secs(1))
+        );
+    }
+
+    #[test]
+    fn below_the_rate_limit_each_contact_goes_exactly_when_due() {
+        let t0 = Instant::now();
+        let period = Duration::from_secs(30);
+        let mut s = Schedule::default();
+        for (id, ms) in [(1, 0), (2, 100), (3, 450), (4, 900)] {
+            s.add(id, t0 + Duration::from_millis(ms));
+        }
+        let mut sent = Vec::new();
+        while let Some(at) = s.next_deadline() {
+            if at > t0 + Duration::from_secs(31) {
+                break;
+            }
+            let (batch, _) = s.poll_batch(at, 3_000, Duration::from_millis(500), |_| Some(period));
+            sent.extend(batch.into_iter().map(|id| (id, (at - t0).as_millis())));
+        }
+        assert_eq!(
+            sent,
+            vec![
+                (1, 0),
+                (2, 100),
+                (3, 450),
+                (4, 900),
+                (1, 30_000),
+                (2, 30_100),
+                (3, 30_450),
+                (4, 30_900)
+            ]
         );
     }
 

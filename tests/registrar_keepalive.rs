@@ -1,0 +1,342 @@
+//! The registrar and NAT keep-alive end to end: sipp registers with digest (and
+//! fails with a wrong password); test sockets registered as phones count the
+//! keep-alives they get, check period and payload, see them stop when the
+//! binding goes; an OPTIONS contact that never answers is dropped; a call
+//! reaches a registered phone; registrations survive SIGKILL.
+
+mod support;
+
+use std::net::{IpAddr, SocketAddr, UdpSocket};
+use std::time::{Duration, Instant};
+
+use support::{Net, Sipp, Vigil, callee, caller, scenario};
+use vigil::registrar::digest::{Algorithm, expected_response};
+use vigil::sip::{DigestCredentials, HeaderName, Message, decode};
+
+/// Lab settings: keep-alive every 2 s, registrations from 1 s, MD5 first for sipp.
+fn registrar(extra: &str) -> String {
+    format!(
+        "registrar: {{ domain: vigil.local, db: \"{{dir}}/registrar.db\", min_expires: 1, digest_algorithms: [MD5, SHA-256] }}\n\
+users:\n  - {{ user: \"1001\", password: secret1001 }}\n  - {{ user: \"1002\", password: secret1002 }}\n  - {{ user: \"1003\", password: secret1003 }}\n\
+nat_keepalive: {{ period: 2, allow_short_intervals: true{extra} }}\n"
+    )
+}
+
+/// A phone: a UDP socket that registers with digest and then listens.
+struct Phone {
+    socket: UdpSocket,
+    user: &'static str,
+    password: &'static str,
+    cseq: u32,
+}
+
+impl Phone {
+    fn new(ip: IpAddr, user: &'static str, password: &'static str) -> Phone {
+        let socket = UdpSocket::bind(SocketAddr::new(ip, 0)).expect("bind");
+        socket
+            .set_read_timeout(Some(Duration::from_secs(2)))
+            .expect("timeout");
+        Phone {
+            socket,
+            user,
+            password,
+            cseq: 0,
+        }
+    }
+
+    fn request(&mut self, expires: u32, authorization: Option<String>) -> Vec<u8> {
+        self.cseq += 1;
+        let me = self.socket.local_addr().expect("addr");
+        let auth = authorization.map_or(String::new(), |a| format!("Authorization: {a}\r\n"));
+        format!(
+            "REGISTER sip:vigil.local SIP/2.0\r\nVia: SIP/2.0/UDP {me};branch=z9hG4bK-{}-{};rport\r\n\
+From: <sip:{u}@vigil.local>;tag=p{}\r\nTo: <sip:{u}@vigil.local>\r\nCall-ID: reg-{u}-{}\r\nCSeq: {} REGISTER\r\n\
+Contact: <sip:{u}@{me}>\r\nExpires: {expires}\r\n{auth}Content-Length: 0\r\n\r\n",
+            self.user, self.cseq, me.port(), me.port(), self.cseq, u = self.user
+        )
+        .into_bytes()
+    }
+
+    /// The next SIP response (keep-alives in between are skipped).
+    fn response(&self) -> vigil::sip::Response {
+        let mut buf = [0u8; 4096];
+        loop {
+            let (n, _) = self.socket.recv_from(&mut buf).expect("an answer");
+            if let Ok(Message::Response(r)) = decode(&buf[..n]) {
+                return r;
+            }
+        }
+    }
+
+    /// REGISTER, 401, REGISTER with credentials: the final status.
+    fn register(&mut self, vigil: SocketAddr, expires: u32) -> u16 {
+        let first = self.request(expires, None);
+        self.socket.send_to(&first, vigil).expect("send");
+        let challenge = self.response();
+        assert_eq!(challenge.status, 401);
+        let md5 = challenge
+            .headers
+            .get_all(&HeaderName::WwwAuthenticate)
+            .find(|c| c.contains("MD5"))
+            .expect("an MD5 challenge")
+            .to_string();
+        let nonce = md5
+            .split("nonce=\"")
+            .nth(1)
+            .and_then(|r| r.split('"').next())
+            .expect("nonce");
+        let mut creds = DigestCredentials {
+            username: self.user.into(),
+            realm: "vigil.local".into(),
+            nonce: nonce.into(),
+            uri: "sip:vigil.local".into(),
+            response: String::new(),
+            algorithm: Some("MD5".into()),
+            cnonce: Some("cn".into()),
+            qop: Some("auth".into()),
+            nc: Some("00000001".into()),
+            opaque: None,
+        };
+        creds.response = expected_response(Algorithm::Md5, &creds, self.password, "REGISTER");
+        let header = format!(
+            "Digest username=\"{}\", realm=\"vigil.local\", nonce=\"{nonce}\", uri=\"sip:vigil.local\", response=\"{}\", algorithm=MD5, cnonce=\"cn\", qop=auth, nc=00000001",
+            self.user, creds.response
+        );
+        let second = self.request(expires, Some(header));
+        self.socket.send_to(&second, vigil).expect("send");
+        self.response().status
+    }
+
+    /// Keep-alives received within `window`, with their arrival times.
+    fn keepalives(&self, window: Duration) -> Vec<(Duration, Vec<u8>)> {
+        let start = Instant::now();
+        let mut got = Vec::new();
+        let mut buf = [0u8; 4096];
+        while start.elapsed() < window {
+            self.socket
+                .set_read_timeout(Some(
+                    window
+                        .saturating_sub(start.elapsed())
+                        .max(Duration::from_millis(1)),
+                ))
+                .expect("timeout");
+            match self.socket.recv_from(&mut buf) {
+                Ok((n, _)) => got.push((start.elapsed(), buf[..n].to_vec())),
+                Err(_) => break,
+            }
+        }
+        got
+    }
+}
+
+#[test]
+fn sipp_registers_with_digest_and_a_wrong_password_is_refused() {
+    let net = Net::new(40);
+    let vigil = Vigil::start(net, &registrar(""));
+    let args = |password: &str| {
+        [
+            "-sf",
+            &scenario("register.xml").display().to_string(),
+            "-au",
+            "1001",
+            "-ap",
+            password,
+            "-set",
+            "expires",
+            "300",
+            "-s",
+            "1001",
+            "-i",
+            &net.caller.to_string(),
+            "-p",
+            "5065",
+            "-m",
+            "1",
+            "-timeout",
+            "10s",
+            "-timeout_error",
+            &net.vigil_addr().to_string(),
+        ]
+        .map(String::from)
+    };
+    Sipp::spawn("register", &args("secret1001")).expect_success(Duration::from_secs(15));
+    let wrong = Sipp::spawn("wrong password", &args("wrong")).wait(Duration::from_secs(15));
+    assert!(
+        !wrong.status.success(),
+        "a wrong password must not get a 200"
+    );
+    let stopped = vigil.stop();
+    assert!(stopped.log.contains("registered"), "{}", stopped.log);
+    assert!(stopped.log.contains("REGISTER refused"), "{}", stopped.log);
+}
+
+#[test]
+fn registered_contacts_get_hello_every_period_at_their_source_address() {
+    let net = Net::new(41);
+    let vigil = Vigil::start(net, &registrar(""));
+    let mut phones: Vec<Phone> = [
+        ("1001", "secret1001"),
+        ("1002", "secret1002"),
+        ("1003", "secret1003"),
+    ]
+    .into_iter()
+    .map(|(u, p)| Phone::new(net.caller, u, p))
+    .collect();
+    for phone in &mut phones {
+        assert_eq!(phone.register(net.vigil_addr(), 300), 200);
+    }
+    let heard: Vec<Vec<(Duration, Vec<u8>)>> = std::thread::scope(|s| {
+        let handles: Vec<_> = phones
+            .iter()
+            .map(|p| s.spawn(|| p.keepalives(Duration::from_millis(6_500))))
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("listener"))
+            .collect()
+    });
+    for got in &heard {
+        assert_eq!(got.len(), 3, "one every 2 s for 6.5 s: {got:?}");
+        assert!(got.iter().all(|(_, payload)| payload == b"HELLO"));
+        for pair in got.windows(2) {
+            let interval = pair[1].0 - pair[0].0;
+            assert!(
+                interval > Duration::from_millis(1_700) && interval < Duration::from_millis(2_300),
+                "interval {interval:?}"
+            );
+        }
+    }
+    vigil.stop();
+}
+
+#[test]
+fn an_empty_message_sends_no_keepalive() {
+    let net = Net::new(42);
+    let vigil = Vigil::start(net, &registrar(", message: \"\""));
+    let mut phone = Phone::new(net.caller, "1001", "secret1001");
+    assert_eq!(phone.register(net.vigil_addr(), 300), 200);
+    assert!(phone.keepalives(Duration::from_secs(5)).is_empty());
+    vigil.stop();
+}
+
+#[test]
+fn unregistered_and_expired_contacts_stop_getting_keepalives() {
+    let net = Net::new(43);
+    let vigil = Vigil::start(net, &registrar(""));
+    let mut leaving = Phone::new(net.caller, "1001", "secret1001");
+    let mut expiring = Phone::new(net.caller, "1002", "secret1002");
+    assert_eq!(leaving.register(net.vigil_addr(), 300), 200);
+    assert_eq!(expiring.register(net.vigil_addr(), 5), 200);
+    assert_eq!(leaving.register(net.vigil_addr(), 0), 200, "unregister");
+    let (left, expired) = std::thread::scope(|s| {
+        let a = s.spawn(|| leaving.keepalives(Duration::from_secs(9)));
+        let b = s.spawn(|| expiring.keepalives(Duration::from_secs(9)));
+        (a.join().expect("a"), b.join().expect("b"))
+    });
+    assert!(left.is_empty(), "unregistered: {left:?}");
+    assert_eq!(
+        expired.len(),
+        2,
+        "at 2 and 4 s, then the 5 s registration expires: {expired:?}"
+    );
+    assert!(expired.iter().all(|(at, _)| *at < Duration::from_secs(5)));
+    vigil.stop();
+}
+
+#[test]
+fn an_options_contact_that_never_answers_is_dropped() {
+    let net = Net::new(44);
+    let vigil = Vigil::start(net, &registrar(", mode: options, options_failures: 2"));
+    let mut phone = Phone::new(net.caller, "1001", "secret1001");
+    assert_eq!(phone.register(net.vigil_addr(), 300), 200);
+    let pings = phone.keepalives(Duration::from_secs(9));
+    let options: Vec<&(Duration, Vec<u8>)> = pings
+        .iter()
+        .filter(|(_, p)| p.starts_with(b"OPTIONS "))
+        .collect();
+    assert_eq!(
+        options.len(),
+        2,
+        "two unanswered pings, then the contact is gone: {}",
+        options.len()
+    );
+    let stopped = vigil.stop();
+    assert!(
+        stopped.log.contains("does not answer OPTIONS keep-alives"),
+        "{}",
+        stopped.log
+    );
+}
+
+#[test]
+fn a_call_reaches_a_registered_phone() {
+    let net = Net::new(45);
+    let vigil = Vigil::start(net, &registrar(""));
+    let phone_ip = IpAddr::V4(std::net::Ipv4Addr::new(127, 0, 45, 5));
+    let register = [
+        "-sf",
+        &scenario("register.xml").display().to_string(),
+        "-au",
+        "1002",
+        "-ap",
+        "secret1002",
+        "-set",
+        "expires",
+        "300",
+        "-s",
+        "1002",
+        "-i",
+        &phone_ip.to_string(),
+        "-p",
+        "5090",
+        "-m",
+        "1",
+        "-timeout",
+        "10s",
+        "-timeout_error",
+        &net.vigil_addr().to_string(),
+    ]
+    .map(String::from);
+    Sipp::spawn("register 1002", &register).expect_success(Duration::from_secs(15));
+    // The phone answers calls on the socket it registered from.
+    let phone = Sipp::spawn(
+        "phone 1002",
+        &[
+            "-sn",
+            "uas",
+            "-i",
+            &phone_ip.to_string(),
+            "-p",
+            "5090",
+            "-m",
+            "1",
+            "-aa",
+        ]
+        .map(String::from),
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    caller(net, net.caller, None, "1002", &["-m", "1", "-d", "500"])
+        .expect_success(Duration::from_secs(20));
+    phone.expect_success(Duration::from_secs(10));
+    let cdrs = vigil.stop().cdrs;
+    assert_eq!(cdrs.len(), 1);
+    assert_eq!(cdrs[0]["trunk_out"], "user:1002", "{}", cdrs[0]);
+    assert_eq!(cdrs[0]["end_reason"], "caller-bye", "{}", cdrs[0]);
+    let _ = callee; // the trunk callee is not involved
+}
+
+#[test]
+fn registrations_survive_sigkill_and_keepalives_resume_at_once() {
+    let net = Net::new(46);
+    let vigil = Vigil::start(net, &registrar(""));
+    let mut phone = Phone::new(net.caller, "1001", "secret1001");
+    assert_eq!(phone.register(net.vigil_addr(), 300), 200);
+    let dir = vigil.kill_hard();
+    let vigil = Vigil::restart(net, dir);
+    // The first keep-alive goes at load, the next one a period later: both
+    // within 3.5 s, without the phone registering again.
+    let got = phone.keepalives(Duration::from_millis(3_500));
+    assert!(got.len() >= 2, "keep-alives resumed: {got:?}");
+    assert!(got.iter().all(|(_, p)| p == b"HELLO"));
+    vigil.stop();
+}
