@@ -105,7 +105,7 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
         routes = config.routes.len(),
         "vigil running"
     );
-    let reporter = tokio::spawn(report_refreshes(metrics.clone()));
+    let reporter = tokio::spawn(report_stats(metrics.clone()));
 
     wait_for_signal().await?;
     reporter.abort();
@@ -131,24 +131,29 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
         Err(_) => tracing::error!("CDR writer did not finish in time"),
     }
     tracing::info!(summary = %metrics.refresh_summary(), "session refreshes");
+    tracing::info!(summary = %metrics.keepalive_summary(), "NAT keep-alives");
     tracing::info!("stopped");
     Ok(())
 }
 
-/// Logs the session-refresh counters once a minute while they move, until the
-/// metrics endpoint exists.
-async fn report_refreshes(metrics: Arc<Metrics>) {
-    let mut last = 0;
+/// Logs the refresh and keep-alive counters once a minute while they move,
+/// until the metrics endpoint exists.
+async fn report_stats(metrics: Arc<Metrics>) {
+    use std::sync::atomic::Ordering::Relaxed;
+    let (mut refreshes, mut keepalives) = (0, 0);
     let mut tick = tokio::time::interval(Duration::from_secs(60));
     tick.tick().await;
     loop {
         tick.tick().await;
-        let sent = metrics
-            .refreshes_sent
-            .load(std::sync::atomic::Ordering::Relaxed);
-        if sent != last {
-            last = sent;
+        let sent = metrics.refreshes_sent.load(Relaxed);
+        if sent != refreshes {
+            refreshes = sent;
             tracing::info!(summary = %metrics.refresh_summary(), "session refreshes");
+        }
+        let sent = metrics.keepalives_sent.load(Relaxed);
+        if sent != keepalives {
+            keepalives = sent;
+            tracing::info!(summary = %metrics.keepalive_summary(), "NAT keep-alives");
         }
     }
 }

@@ -74,11 +74,29 @@ pub struct Metrics {
     pub refreshes_failed: AtomicU64,
     /// NAT keep-alive datagrams sent to registered contacts.
     pub keepalives_sent: AtomicU64,
+    /// How far each contact's actual keep-alive interval was from its period.
+    pub keepalive_deviation: Histogram,
 }
 
 impl Metrics {
     pub fn count(counter: &AtomicU64) {
         counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// One log-friendly line about NAT keep-alives.
+    pub fn keepalive_summary(&self) -> String {
+        let ms = |d: Option<Duration>| {
+            d.map_or("-".to_string(), |d| {
+                format!("{:.3}", d.as_secs_f64() * 1000.0)
+            })
+        };
+        format!(
+            "keepalives_sent={} interval_deviation_p50_ms<={} p99_ms<={} max_ms={}",
+            self.keepalives_sent.load(Ordering::Relaxed),
+            ms(self.keepalive_deviation.quantile(0.5)),
+            ms(self.keepalive_deviation.quantile(0.99)),
+            ms(Some(self.keepalive_deviation.max())),
+        )
     }
 
     /// One log-friendly line about session refreshes.

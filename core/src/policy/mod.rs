@@ -90,8 +90,33 @@ pub enum FailureDecision {
     Ignore,
 }
 
+/// What a keep-alive hook sees of a registered contact.
+#[derive(Debug, Clone)]
+pub struct ContactView<'a> {
+    pub user: &'a str,
+    pub contact: &'a str,
+    pub received: std::net::SocketAddr,
+    /// Keep-alives sent to this contact so far.
+    pub sent: u64,
+}
+
+/// The keep-alive-tick decision.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KeepaliveDecision {
+    /// Send what `nat_keepalive` says.
+    Default,
+    /// Send nothing this period.
+    Skip,
+    /// Send these bytes instead.
+    Payload(Vec<u8>),
+}
+
 /// The decision points. Every method has the built-in behaviour as its default.
 pub trait SessionPolicy: Send + Sync {
+    fn keepalive_tick(&self, _view: &ContactView<'_>) -> KeepaliveDecision {
+        KeepaliveDecision::Default
+    }
+
     fn refresh_due(&self, _view: &LegView<'_>) -> RefreshDecision {
         RefreshDecision::Default
     }

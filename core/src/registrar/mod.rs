@@ -21,6 +21,7 @@ use crate::config::{Config, KeepaliveMode};
 use crate::engine::LocalSocket;
 use crate::ids::IdGen;
 use crate::metrics::Metrics;
+use crate::policy::{BuiltinPolicy, ContactView, KeepaliveDecision, SessionPolicy};
 use crate::ratelimit::RateLimit;
 use crate::sip::{
     CSeq, DigestCredentials, HeaderName, Headers, Host, Message, Method, NameAddr, Request,
@@ -77,6 +78,11 @@ pub struct Registrar {
     ping_state: HashMap<ContactId, PingState>,
     ids: IdGen,
     metrics: Arc<Metrics>,
+    /// The keep-alive-tick decision point (built in unless configured).
+    policy: Arc<dyn SessionPolicy>,
+    /// When each contact last got a keep-alive, and how many it got (for the
+    /// interval-deviation metric and the policy's view).
+    last_sent: HashMap<ContactId, (Instant, u64)>,
     outputs: VecDeque<Output>,
     refusal_log: RateLimit,
 }
@@ -118,9 +124,15 @@ impl Registrar {
             ping_state: HashMap::new(),
             ids,
             metrics,
+            policy: Arc::new(BuiltinPolicy),
+            last_sent: HashMap::new(),
             outputs: VecDeque::new(),
             refusal_log: RateLimit::new(10, Duration::from_secs(10)),
         }
+    }
+
+    pub fn set_policy(&mut self, policy: Arc<dyn SessionPolicy>) {
+        self.policy = policy;
     }
 
     pub fn set_config(&mut self, config: Arc<Config>) {
@@ -337,6 +349,7 @@ impl Registrar {
 
     fn forget(&mut self, id: ContactId) {
         self.schedule.remove(id);
+        self.last_sent.remove(&id);
         if let Some(state) = self.ping_state.remove(&id)
             && let Some(branch) = state.outstanding
         {
@@ -367,11 +380,11 @@ impl Registrar {
             );
         }
         for id in batch {
-            self.send_keepalive(id);
+            self.send_keepalive(now, id);
         }
     }
 
-    fn send_keepalive(&mut self, id: ContactId) {
+    fn send_keepalive(&mut self, now: Instant, id: ContactId) {
         let Some(binding) = self.location.get(id).cloned() else {
             return;
         };
@@ -379,33 +392,35 @@ impl Registrar {
             return;
         };
         let keepalive = &user.keepalive;
-        let bytes = match keepalive.mode {
-            KeepaliveMode::Payload => keepalive.message.as_bytes().to_vec(),
-            KeepaliveMode::Crlf => b"\r\n\r\n".to_vec(),
-            KeepaliveMode::Options => {
-                let state = self.ping_state.entry(id).or_default();
-                if let Some(branch) = state.outstanding.take() {
-                    self.pings.remove(&branch);
-                    state.failures += 1;
-                    if state.failures >= keepalive.options_failures {
-                        tracing::warn!(
-                            user = %binding.aor, contact = %binding.uri, received = %binding.received,
-                            failures = state.failures, "contact does not answer OPTIONS keep-alives: removed"
-                        );
-                        self.location.remove(id);
-                        self.forget(id);
-                        self.outputs.push_back(Output::Persist(Change::Remove {
-                            aor: binding.aor,
-                            uri: binding.uri.to_string(),
-                        }));
-                        return;
+        let (last, count) = self.last_sent.get(&id).copied().unzip();
+        if let Some(last) = last {
+            let interval = now.saturating_duration_since(last);
+            let period = Duration::from_secs(u64::from(keepalive.period));
+            self.metrics
+                .keepalive_deviation
+                .record(interval.abs_diff(period));
+        }
+        self.last_sent.insert(id, (now, count.unwrap_or(0) + 1));
+        let uri = binding.uri.to_string();
+        let decision = self.policy.keepalive_tick(&ContactView {
+            user: &binding.aor,
+            contact: &uri,
+            received: binding.received,
+            sent: count.unwrap_or(0),
+        });
+        let bytes = match decision {
+            KeepaliveDecision::Skip => return,
+            KeepaliveDecision::Payload(bytes) => bytes,
+            KeepaliveDecision::Default => match keepalive.mode {
+                KeepaliveMode::Payload => keepalive.message.as_bytes().to_vec(),
+                KeepaliveMode::Crlf => b"\r\n\r\n".to_vec(),
+                KeepaliveMode::Options => {
+                    match self.next_ping(id, &binding, keepalive.options_failures) {
+                        Some(bytes) => bytes,
+                        None => return,
                     }
                 }
-                let (request, branch) = self.ping(&binding);
-                self.pings.insert(branch.clone(), id);
-                self.ping_state.entry(id).or_default().outstanding = Some(branch);
-                request.encode()
-            }
+            },
         };
         Metrics::count(&self.metrics.keepalives_sent);
         self.outputs.push_back(Output::Transmit(Transmit {
@@ -413,6 +428,38 @@ impl Registrar {
             remote: binding.received,
             bytes,
         }));
+    }
+
+    /// The next OPTIONS ping to a contact; `None` once it left `options_failures`
+    /// pings unanswered, and it is removed.
+    fn next_ping(
+        &mut self,
+        id: ContactId,
+        binding: &Binding,
+        options_failures: u32,
+    ) -> Option<Vec<u8>> {
+        let state = self.ping_state.entry(id).or_default();
+        if let Some(branch) = state.outstanding.take() {
+            self.pings.remove(&branch);
+            state.failures += 1;
+            if state.failures >= options_failures {
+                tracing::warn!(
+                    user = %binding.aor, contact = %binding.uri, received = %binding.received,
+                    failures = state.failures, "contact does not answer OPTIONS keep-alives: removed"
+                );
+                self.location.remove(id);
+                self.forget(id);
+                self.outputs.push_back(Output::Persist(Change::Remove {
+                    aor: binding.aor.clone(),
+                    uri: binding.uri.to_string(),
+                }));
+                return None;
+            }
+        }
+        let (request, branch) = self.ping(binding);
+        self.pings.insert(branch.clone(), id);
+        self.ping_state.entry(id).or_default().outstanding = Some(branch);
+        Some(request.encode())
     }
 
     /// An OPTIONS keep-alive to a contact (answered by any SIP stack that lives).

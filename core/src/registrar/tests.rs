@@ -317,3 +317,28 @@ fn loaded_bindings_get_keepalives_at_once() {
     let times: Vec<u64> = sent.iter().map(|(at, _)| at.as_secs()).collect();
     assert_eq!(times, vec![0, 30]);
 }
+
+#[test]
+fn the_keepalive_tick_is_a_decision_point() {
+    use crate::policy::{ContactView, KeepaliveDecision, SessionPolicy};
+    struct Custom;
+    impl SessionPolicy for Custom {
+        fn keepalive_tick(&self, view: &ContactView<'_>) -> KeepaliveDecision {
+            // Skip every other one; otherwise a custom payload naming the user.
+            if view.sent % 2 == 1 {
+                KeepaliveDecision::Skip
+            } else {
+                KeepaliveDecision::Payload(format!("PING {}", view.user).into_bytes())
+            }
+        }
+    }
+    let mut p = Phone::new(config(""));
+    p.registrar.set_policy(Arc::new(Custom));
+    assert_eq!(p.register_with("secret1001", 600).status, 200);
+    let sent = p.advance(Duration::from_secs(125));
+    let got: Vec<(u64, &[u8])> = sent
+        .iter()
+        .map(|(at, t)| (at.as_secs(), t.bytes.as_slice()))
+        .collect();
+    assert_eq!(got, vec![(30, &b"PING 1001"[..]), (90, &b"PING 1001"[..])]);
+}
