@@ -111,6 +111,13 @@ impl<Id: Ord + Copy> TimerQueue<Id> {
         self.heap.len()
     }
 
+    /// Shrinks the heap's allocation when it is mostly empty after a burst.
+    pub fn compact(&mut self) {
+        if self.heap.capacity() > 1024 && self.heap.len() * 4 < self.heap.capacity() {
+            self.heap.shrink_to(self.heap.len() * 2);
+        }
+    }
+
     pub fn is_empty(&self) -> bool {
         self.heap.is_empty()
     }

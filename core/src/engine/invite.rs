@@ -28,7 +28,7 @@ enum Destination {
     /// A registered user's best contact.
     Contact {
         user: Arc<str>,
-        target: Box<Target>,
+        target: Arc<Target>,
     },
 }
 
@@ -190,7 +190,16 @@ impl Engine {
             Some(c) if c.username != *user.name => {
                 Some(Verdict::Rejected("username is not the caller"))
             }
-            Some(c) => Some(auth.verify(now, "INVITE", c, &user.password)),
+            Some(c) => {
+                let fingerprint = auth.fingerprint(request);
+                // The INVITE's server transaction absorbs its retransmissions.
+                Some(
+                    match auth.verify(now, "INVITE", c, &user.password, fingerprint) {
+                        Verdict::Retransmission => Verdict::Rejected("replayed nonce"),
+                        verdict => verdict,
+                    },
+                )
+            }
         };
         if verdict == Some(Verdict::Accepted) {
             return Some(Source::User(user.name));
@@ -238,7 +247,7 @@ impl Engine {
             return match location.best(callee) {
                 Some(target) => Ok(Destination::Contact {
                     user: user.name.clone(),
-                    target: Box::new(target),
+                    target,
                 }),
                 None => Err(Unroutable {
                     status: 480,
@@ -314,7 +323,7 @@ impl Engine {
                     },
                     advertised,
                     timer: self.config.session_timer,
-                    request_uri: Some(target.uri.clone()),
+                    request_uri: Some(target.parsed_uri().ok_or((500, "Unusable Contact"))?),
                     to: Some(Uri::Sip(SipUri::new(
                         Some(callee.to_string()),
                         Host::Domain(domain.to_string()),

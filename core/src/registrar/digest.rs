@@ -7,6 +7,7 @@
 //! highest nonce-count seen, stops replays until the nonce expires anyway.
 
 use std::collections::{HashMap, VecDeque};
+use std::hash::{BuildHasher, RandomState};
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
@@ -14,7 +15,7 @@ use hmac::{Hmac, KeyInit, Mac};
 use md5::Md5;
 use sha2::{Digest as _, Sha256};
 
-use crate::sip::{DigestChallenge, DigestCredentials};
+use crate::sip::{DigestChallenge, DigestCredentials, Request};
 
 /// Failed attempts a source may make per [`FAILURE_WINDOW`] before it is refused
 /// without a challenge.
@@ -82,10 +83,21 @@ pub enum Verdict {
     Stale,
     /// Wrong, replayed or malformed: challenge again (and count the failure).
     Rejected(&'static str),
+    /// The very request that last used this nonce, seen again within
+    /// [`RETRANSMISSION_WINDOW`]: a retransmission whose answer was lost, to be
+    /// answered again without acting on it twice.
+    Retransmission,
 }
+
+/// How long a request's retransmissions can arrive: Timer J (64·T1, 32 s with
+/// RFC 3261's T1). A registrar that answers statelessly recognises them by this.
+pub const RETRANSMISSION_WINDOW: Duration = Duration::from_secs(32);
 
 struct NonceUse {
     last_nc: u32,
+    /// [`DigestAuth::fingerprint`] of the request that used `last_nc`, and when.
+    last_request: u64,
+    last_at: Instant,
 }
 
 /// Issues nonces and checks credentials for one realm.
@@ -97,9 +109,13 @@ pub struct DigestAuth {
     epoch: Instant,
     lifetime: Duration,
     counter: u64,
-    used: HashMap<String, NonceUse>,
-    used_order: VecDeque<(Instant, String)>,
+    /// Nonces used so far, by their (process-unique) counter: a few bytes each,
+    /// where the nonce text would cost a hundred during a registration storm.
+    used: HashMap<u64, NonceUse>,
+    used_order: VecDeque<(Instant, u64)>,
     failures: HashMap<IpAddr, (Instant, u32)>,
+    /// Keyed per process, so that nobody can make two requests look alike.
+    fingerprints: RandomState,
 }
 
 impl DigestAuth {
@@ -132,7 +148,16 @@ impl DigestAuth {
             used: HashMap::new(),
             used_order: VecDeque::new(),
             failures: HashMap::new(),
+            fingerprints: RandomState::new(),
         }
+    }
+
+    /// What identifies a request among its retransmissions (RFC 3261 §17.2.3):
+    /// Call-ID, CSeq and the top Via's branch, hashed with a per-process key.
+    pub fn fingerprint(&self, request: &Request) -> u64 {
+        let branch = request.via.first().and_then(|v| v.branch());
+        self.fingerprints
+            .hash_one((&request.call_id, request.cseq.seq, branch))
     }
 
     pub fn realm(&self) -> &str {
@@ -175,23 +200,28 @@ impl DigestAuth {
             .collect()
     }
 
-    /// When `nonce` was issued, if Vigil issued it.
-    fn issued(&self, nonce: &str) -> Option<Instant> {
+    /// When `nonce` was issued and its counter, if Vigil issued it.
+    fn issued(&self, nonce: &str) -> Option<(Instant, u64)> {
         let (stamp, mac) = nonce.rsplit_once('-')?;
         if !constant_time_eq(mac.as_bytes(), self.mac(stamp).as_bytes()) {
             return None;
         }
-        let secs = u64::from_str_radix(stamp.split('-').next()?, 16).ok()?;
-        self.epoch.checked_add(Duration::from_secs(secs))
+        let (secs, counter) = stamp.split_once('-')?;
+        let secs = u64::from_str_radix(secs, 16).ok()?;
+        let counter = u64::from_str_radix(counter, 16).ok()?;
+        Some((self.epoch.checked_add(Duration::from_secs(secs))?, counter))
     }
 
     /// Checks `creds` for a request with `method` against `password`.
+    /// Checks `creds` sent with a request whose [`fingerprint`](Self::fingerprint)
+    /// is `request`.
     pub fn verify(
         &mut self,
         now: Instant,
         method: &str,
         creds: &DigestCredentials,
         password: &str,
+        request: u64,
     ) -> Verdict {
         self.forget_expired(now);
         if creds.realm != self.realm {
@@ -209,7 +239,7 @@ impl DigestAuth {
         {
             return Verdict::Rejected("unsupported qop");
         }
-        let Some(issued) = self.issued(&creds.nonce) else {
+        let Some((issued, counter)) = self.issued(&creds.nonce) else {
             return Verdict::Rejected("not a nonce Vigil issued");
         };
         let expected = expected_response(algorithm, creds, password, method);
@@ -230,17 +260,28 @@ impl DigestAuth {
             },
             None => 1,
         };
-        match self.used.get_mut(&creds.nonce) {
+        let this_use = NonceUse {
+            last_nc: nc,
+            last_request: request,
+            last_at: now,
+        };
+        match self.used.get_mut(&counter) {
+            Some(used)
+                if nc == used.last_nc
+                    && request == used.last_request
+                    && now.saturating_duration_since(used.last_at) <= RETRANSMISSION_WINDOW =>
+            {
+                Verdict::Retransmission
+            }
             Some(used) if nc <= used.last_nc => Verdict::Rejected("replayed nonce"),
             Some(used) => {
-                used.last_nc = nc;
+                *used = this_use;
                 Verdict::Accepted
             }
             None => {
                 let expires = issued + self.lifetime;
-                self.used
-                    .insert(creds.nonce.clone(), NonceUse { last_nc: nc });
-                self.used_order.push_back((expires, creds.nonce.clone()));
+                self.used.insert(counter, this_use);
+                self.used_order.push_back((expires, counter));
                 if self.used_order.len() > MAX_REMEMBERED_NONCES
                     && let Some((_, oldest)) = self.used_order.pop_front()
                 {
@@ -251,14 +292,20 @@ impl DigestAuth {
         }
     }
 
-    fn forget_expired(&mut self, now: Instant) {
+    /// Drops the replay records of nonces that have expired anyway.
+    pub fn forget_expired(&mut self, now: Instant) {
         while let Some((expires, _)) = self.used_order.front() {
             if *expires > now {
                 break;
             }
-            if let Some((_, nonce)) = self.used_order.pop_front() {
-                self.used.remove(&nonce);
+            if let Some((_, counter)) = self.used_order.pop_front() {
+                self.used.remove(&counter);
             }
+        }
+        // After a burst of registrations the tables keep their capacity.
+        if self.used.capacity() > 1024 && self.used.len() * 4 < self.used.capacity() {
+            self.used.shrink_to(self.used.len() * 2);
+            self.used_order.shrink_to(self.used_order.len() * 2);
         }
     }
 
@@ -369,7 +416,7 @@ mod tests {
         for alg in [Algorithm::Md5, Algorithm::Sha256] {
             let c = answer(&mut a, t0, alg, "secret1001", 1);
             assert_eq!(
-                a.verify(t0, "REGISTER", &c, "secret1001"),
+                a.verify(t0, "REGISTER", &c, "secret1001", 1),
                 Verdict::Accepted
             );
         }
@@ -381,7 +428,7 @@ mod tests {
         let mut a = auth(t0);
         let c = answer(&mut a, t0, Algorithm::Sha256, "wrong", 1);
         assert_eq!(
-            a.verify(t0, "REGISTER", &c, "secret1001"),
+            a.verify(t0, "REGISTER", &c, "secret1001", 1),
             Verdict::Rejected("wrong response")
         );
         let forged = sign(
@@ -391,27 +438,44 @@ mod tests {
             1,
         );
         assert_eq!(
-            a.verify(t0, "REGISTER", &forged, "secret1001"),
+            a.verify(t0, "REGISTER", &forged, "secret1001", 1),
             Verdict::Rejected("not a nonce Vigil issued")
         );
         let c = answer(&mut a, t0, Algorithm::Md5, "secret1001", 1);
         assert_eq!(
-            a.verify(t0, "REGISTER", &c, "secret1001"),
+            a.verify(t0, "REGISTER", &c, "secret1001", 1),
             Verdict::Accepted
         );
         assert_eq!(
-            a.verify(t0, "REGISTER", &c, "secret1001"),
-            Verdict::Rejected("replayed nonce")
+            a.verify(t0, "REGISTER", &c, "secret1001", 2),
+            Verdict::Rejected("replayed nonce"),
+            "another request with a used nonce count"
+        );
+        assert_eq!(
+            a.verify(t0 + Duration::from_secs(5), "REGISTER", &c, "secret1001", 1),
+            Verdict::Retransmission,
+            "the same request again, soon"
+        );
+        assert_eq!(
+            a.verify(
+                t0 + Duration::from_secs(33),
+                "REGISTER",
+                &c,
+                "secret1001",
+                1
+            ),
+            Verdict::Rejected("replayed nonce"),
+            "the same request, later than any retransmission"
         );
         let next = sign(c.nonce.clone(), Algorithm::Md5, "secret1001", 2);
         assert_eq!(
-            a.verify(t0, "REGISTER", &next, "secret1001"),
+            a.verify(t0, "REGISTER", &next, "secret1001", 1),
             Verdict::Accepted,
             "nc counts up"
         );
         let wrong_method = sign(c.nonce.clone(), Algorithm::Md5, "secret1001", 3);
         assert_eq!(
-            a.verify(t0, "INVITE", &wrong_method, "secret1001"),
+            a.verify(t0, "INVITE", &wrong_method, "secret1001", 1),
             Verdict::Rejected("wrong response")
         );
     }
@@ -422,7 +486,13 @@ mod tests {
         let mut a = auth(t0);
         let c = answer(&mut a, t0, Algorithm::Sha256, "secret1001", 1);
         assert_eq!(
-            a.verify(t0 + Duration::from_secs(301), "REGISTER", &c, "secret1001"),
+            a.verify(
+                t0 + Duration::from_secs(301),
+                "REGISTER",
+                &c,
+                "secret1001",
+                1
+            ),
             Verdict::Stale
         );
     }

@@ -14,11 +14,29 @@ use std::time::{Duration, Instant};
 
 use super::location::ContactId;
 
+/// One contact's keep-alive cadence.
+#[derive(Debug, Clone, Copy)]
+struct Cadence {
+    next: Instant,
+    last: Option<Instant>,
+    sent: u32,
+}
+
+/// A contact whose keep-alive is due now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Due {
+    pub id: ContactId,
+    /// When the previous keep-alive went (for the interval-deviation metric).
+    pub previous: Option<Instant>,
+    /// Keep-alives sent before this one.
+    pub sent: u32,
+}
+
 /// The keep-alive schedule of every contact.
 #[derive(Debug, Default)]
 pub struct Schedule {
     due: BTreeSet<(Instant, ContactId)>,
-    next_of: HashMap<ContactId, Instant>,
+    next_of: HashMap<ContactId, Cadence>,
     /// The current `send_interval` window and how many were sent in it.
     window: Option<(Instant, usize)>,
     /// The window length and batch size, as last polled.
@@ -31,12 +49,19 @@ impl Schedule {
     pub fn add(&mut self, id: ContactId, at: Instant) {
         self.remove(id);
         self.due.insert((at, id));
-        self.next_of.insert(id, at);
+        self.next_of.insert(
+            id,
+            Cadence {
+                next: at,
+                last: None,
+                sent: 0,
+            },
+        );
     }
 
     pub fn remove(&mut self, id: ContactId) {
-        if let Some(at) = self.next_of.remove(&id) {
-            self.due.remove(&(at, id));
+        if let Some(c) = self.next_of.remove(&id) {
+            self.due.remove(&(c.next, id));
         }
     }
 
@@ -69,7 +94,7 @@ impl Schedule {
         batch_size: usize,
         send_interval: Duration,
         mut period_of: impl FnMut(ContactId) -> Option<Duration>,
-    ) -> (Vec<ContactId>, bool) {
+    ) -> (Vec<Due>, bool) {
         self.limit = Some((send_interval, batch_size));
         let (start, sent) = match self.window {
             Some((start, sent)) if now < start + send_interval => (start, sent),
@@ -98,8 +123,21 @@ impl Schedule {
                 overran = true;
             }
             self.due.insert((next, id));
-            self.next_of.insert(id, next);
-            batch.push(id);
+            let cadence = self.next_of.entry(id).or_insert(Cadence {
+                next,
+                last: None,
+                sent: 0,
+            });
+            batch.push(Due {
+                id,
+                previous: cadence.last,
+                sent: cadence.sent,
+            });
+            *cadence = Cadence {
+                next,
+                last: Some(now),
+                sent: cadence.sent.saturating_add(1),
+            };
         }
         self.window = Some((start, sent + batch.len()));
         let first_overrun = overran && !self.overrun_warned;
@@ -134,8 +172,8 @@ mod tests {
             if !batch.is_empty() {
                 batches.push(((at - t0).as_millis(), batch.len()));
             }
-            for id in batch {
-                sent_at.entry(id).or_default().push(at);
+            for due in batch {
+                sent_at.entry(due.id).or_default().push(at);
             }
         }
         assert_eq!(
@@ -199,7 +237,7 @@ mod tests {
                 break;
             }
             let (batch, _) = s.poll_batch(at, 3_000, Duration::from_millis(500), |_| Some(period));
-            sent.extend(batch.into_iter().map(|id| (id, (at - t0).as_millis())));
+            sent.extend(batch.into_iter().map(|d| (d.id, (at - t0).as_millis())));
         }
         assert_eq!(
             sent,
@@ -226,7 +264,7 @@ mod tests {
         let (batch, _) = s.poll_batch(t0, 10, Duration::from_millis(500), |_| {
             Some(Duration::from_secs(30))
         });
-        assert_eq!(batch, vec![2]);
+        assert_eq!(batch.iter().map(|d| d.id).collect::<Vec<_>>(), vec![2]);
         let (batch, _) = s.poll_batch(
             t0 + Duration::from_secs(30),
             10,

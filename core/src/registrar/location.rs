@@ -12,25 +12,17 @@ use crate::sip::{HeaderName, NameAddr, Request, Uri};
 /// A contact's handle.
 pub type ContactId = u64;
 
-/// One registered contact.
+/// One registered contact. Kept small: a registrar holds 100,000 of them.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Binding {
     pub id: ContactId,
     /// The user (address-of-record's user part).
     pub aor: Arc<str>,
-    /// The Contact URI as registered.
-    pub uri: Uri,
-    /// Where the REGISTER came from: where calls and keep-alives go.
-    pub received: SocketAddr,
-    /// The local socket it came in on: the one that answers.
-    pub local: SocketAddr,
+    /// Where and how to reach it, shared with the call workers' view.
+    pub contact: Arc<Target>,
     pub expires: Instant,
-    pub call_id: String,
+    pub call_id: Box<str>,
     pub cseq: u32,
-    /// `q` preference, 0..=1000 (thousandths).
-    pub q: u16,
-    /// When the binding was last written.
-    pub updated: Instant,
 }
 
 /// A change to persist, in the order it happened.
@@ -66,26 +58,55 @@ pub struct Limits {
     pub max_contacts: u32,
 }
 
-/// Where calls for a user go: what the call workers see of the location service.
-#[derive(Debug, Clone, PartialEq)]
+/// A registered contact as calls and keep-alives need it.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Target {
-    pub uri: Uri,
+    /// The Contact URI as registered (Vigil's own printing of it, so two
+    /// registrations of the same URI compare equal).
+    pub uri: Box<str>,
+    /// Where the REGISTER came from: where calls and keep-alives go.
     pub received: SocketAddr,
+    /// The local socket it came in on: the one that answers.
     pub local: SocketAddr,
+    /// `q` preference, 0..=1000 (thousandths).
     pub q: u16,
+    /// When the binding was last written.
     pub updated: Instant,
+}
+
+impl Target {
+    pub fn new(
+        uri: &Uri,
+        received: SocketAddr,
+        local: SocketAddr,
+        q: u16,
+        updated: Instant,
+    ) -> Target {
+        Target {
+            uri: uri.to_string().into_boxed_str(),
+            received,
+            local,
+            q,
+            updated,
+        }
+    }
+
+    /// The contact URI, parsed (it was valid when it was registered).
+    pub fn parsed_uri(&self) -> Option<Uri> {
+        Uri::parse(&self.uri).ok()
+    }
 }
 
 /// A read-mostly view of every user's reachable contacts, written only by the
 /// registrar and read by the call workers when an INVITE is for a user.
 #[derive(Debug, Default)]
 pub struct LocationView {
-    targets: RwLock<HashMap<Arc<str>, Vec<Target>>>,
+    targets: RwLock<HashMap<Arc<str>, Vec<Arc<Target>>>>,
 }
 
 impl LocationView {
     /// The best contact of `user`: highest q, then most recently registered.
-    pub fn best(&self, user: &str) -> Option<Target> {
+    pub fn best(&self, user: &str) -> Option<Arc<Target>> {
         // A poisoned lock means a panic while writing; the map itself is intact.
         let map = self.targets.read().unwrap_or_else(|e| e.into_inner());
         map.get(user)?
@@ -94,7 +115,7 @@ impl LocationView {
             .cloned()
     }
 
-    fn set(&self, user: &Arc<str>, targets: Vec<Target>) {
+    fn set(&self, user: &Arc<str>, targets: Vec<Arc<Target>>) {
         let mut map = self.targets.write().unwrap_or_else(|e| e.into_inner());
         if targets.is_empty() {
             map.remove(user);
@@ -152,16 +173,7 @@ impl Location {
     }
 
     fn publish(&self, aor: &Arc<str>) {
-        let targets = self
-            .of(aor)
-            .map(|b| Target {
-                uri: b.uri.clone(),
-                received: b.received,
-                local: b.local,
-                q: b.q,
-                updated: b.updated,
-            })
-            .collect();
+        let targets = self.of(aor).map(|b| b.contact.clone()).collect();
         self.view.set(aor, targets);
     }
 
@@ -169,7 +181,7 @@ impl Location {
     pub fn insert(&mut self, mut binding: Binding) -> ContactId {
         let existing = self
             .of(&binding.aor)
-            .find(|b| b.uri == binding.uri)
+            .find(|b| b.contact.uri == binding.contact.uri)
             .map(|b| b.id);
         if let Some(id) = existing {
             self.remove(id);
@@ -240,7 +252,7 @@ impl Location {
             let mut changes = Vec::new();
             for id in ids {
                 if let Some(b) = self.bindings.get(&id)
-                    && b.call_id == request.call_id
+                    && *b.call_id == *request.call_id
                     && request.cseq.seq <= b.cseq
                 {
                     return Err(Refusal::new(500, "Out Of Order Request"));
@@ -248,7 +260,7 @@ impl Location {
                 if let Some(b) = self.remove(id) {
                     changes.push(Change::Remove {
                         aor: b.aor,
-                        uri: b.uri.to_string(),
+                        uri: b.contact.uri.to_string(),
                     });
                 }
             }
@@ -278,9 +290,10 @@ impl Location {
                 .map_or(1000, |q| (q.clamp(0.0, 1.0) * 1000.0) as u16);
             wanted.push((na.uri, expires.min(u64::from(limits.max_expires)), q));
         }
-        for (uri, _, _) in &wanted {
-            if let Some(b) = self.of(aor).find(|b| &b.uri == uri)
-                && b.call_id == request.call_id
+        let printed: Vec<String> = wanted.iter().map(|(uri, _, _)| uri.to_string()).collect();
+        for uri in &printed {
+            if let Some(b) = self.of(aor).find(|b| *b.contact.uri == **uri)
+                && *b.call_id == *request.call_id
                 && request.cseq.seq <= b.cseq
             {
                 return Err(Refusal::new(500, "Out Of Order Request"));
@@ -288,19 +301,25 @@ impl Location {
         }
         let new_ones = wanted
             .iter()
-            .filter(|(uri, exp, _)| *exp > 0 && !self.of(aor).any(|b| &b.uri == uri))
+            .zip(&printed)
+            .filter(|((_, exp, _), uri)| {
+                *exp > 0 && !self.of(aor).any(|b| *b.contact.uri == ***uri)
+            })
             .count();
         if self.of(aor).count() + new_ones > limits.max_contacts as usize {
             return Err(Refusal::new(403, "Too Many Contacts"));
         }
         let mut changes = Vec::new();
-        for (uri, expires, q) in wanted {
+        for ((uri, expires, q), printed) in wanted.into_iter().zip(printed) {
             if expires == 0 {
-                let id = self.of(aor).find(|b| b.uri == uri).map(|b| b.id);
+                let id = self
+                    .of(aor)
+                    .find(|b| *b.contact.uri == *printed)
+                    .map(|b| b.id);
                 if let Some(b) = id.and_then(|id| self.remove(id)) {
                     changes.push(Change::Remove {
                         aor: b.aor,
-                        uri: b.uri.to_string(),
+                        uri: printed,
                     });
                 }
                 continue;
@@ -308,14 +327,10 @@ impl Location {
             let binding = Binding {
                 id: 0,
                 aor: aor.clone(),
-                uri,
-                received,
-                local,
+                contact: Arc::new(Target::new(&uri, received, local, q, now)),
                 expires: now + Duration::from_secs(expires),
-                call_id: request.call_id.clone(),
+                call_id: request.call_id.as_str().into(),
                 cseq: request.cseq.seq,
-                q,
-                updated: now,
             };
             let id = self.insert(binding);
             if let Some(b) = self.bindings.get(&id) {
@@ -336,7 +351,7 @@ pub fn contact_headers<'a>(
         .map(|b| {
             format!(
                 "<{}>;expires={}",
-                b.uri,
+                b.contact.uri,
                 b.expires.saturating_duration_since(now).as_secs()
             )
         })

@@ -27,11 +27,11 @@ use crate::sip::{
     CSeq, DigestCredentials, HeaderName, Headers, Host, Message, Method, NameAddr, Request,
     Response, SipUri, Uri,
 };
-use crate::transaction::{Inbound, Path, TimerValues, TransactionLayer, Transmit};
+use crate::transaction::{Path, TimerValues, TransactionLayer, Transmit};
 
 use digest::{DigestAuth, Verdict};
-use keepalive::Schedule;
-use location::{Binding, Change, ContactId, Limits, Location, LocationView};
+use keepalive::{Due, Schedule};
+use location::{Binding, Change, ContactId, Limits, Location, LocationView, Target};
 
 /// The worker number the registrar's Via branches and Call-IDs carry, so the
 /// receive path hands answers to its keep-alive pings back to it.
@@ -80,9 +80,6 @@ pub struct Registrar {
     metrics: Arc<Metrics>,
     /// The keep-alive-tick decision point (built in unless configured).
     policy: Arc<dyn SessionPolicy>,
-    /// When each contact last got a keep-alive, and how many it got (for the
-    /// interval-deviation metric and the policy's view).
-    last_sent: HashMap<ContactId, (Instant, u64)>,
     outputs: VecDeque<Output>,
     refusal_log: RateLimit,
 }
@@ -125,7 +122,6 @@ impl Registrar {
             ids,
             metrics,
             policy: Arc::new(BuiltinPolicy),
-            last_sent: HashMap::new(),
             outputs: VecDeque::new(),
             refusal_log: RateLimit::new(10, Duration::from_secs(10)),
         }
@@ -162,14 +158,10 @@ impl Registrar {
             let id = self.location.insert(Binding {
                 id: 0,
                 aor: user.name.clone(),
-                uri,
-                received: s.received,
-                local: s.local,
+                contact: Arc::new(Target::new(&uri, s.received, s.local, s.q, now)),
                 expires: now + s.expires_in,
-                call_id: s.call_id,
+                call_id: s.call_id.into_boxed_str(),
                 cseq: s.cseq,
-                q: s.q,
-                updated: now,
             });
             if user.keepalive.enabled() {
                 self.schedule.add(id, now);
@@ -204,13 +196,19 @@ impl Registrar {
     /// A message for the registrar: a REGISTER, or an answer to a keep-alive ping.
     pub fn handle_message(&mut self, now: Instant, message: Message, path: Path) {
         match message {
-            Message::Request(request) => {
-                if let Inbound::New(tx, request) = self.tx.receive_request(now, request, path) {
-                    let response = self.register(now, &request, path);
-                    self.drain_transmits();
-                    self.tx.respond(now, tx, response);
-                }
+            // Stateless: a retransmitted REGISTER is answered again, and
+            // `register` recognises one that was already applied.
+            Message::Request(mut request) if request.method != Method::Ack => {
+                let reply_path = self.tx.receive_stateless(&mut request, path);
+                let response = self.register(now, &request, path);
+                // After the store writes `register` queued: the 200 follows them.
+                self.outputs.push_back(Output::Transmit(Transmit {
+                    local: reply_path.local,
+                    remote: reply_path.remote,
+                    bytes: response.encode(),
+                }));
             }
+            Message::Request(_) => {}
             Message::Response(response) => self.on_ping_answer(&response),
         }
     }
@@ -271,10 +269,18 @@ impl Registrar {
             Some(c) if c.username != *user.name => {
                 Some(Verdict::Rejected("username is not the address-of-record"))
             }
-            Some(c) => Some(auth.verify(now, "REGISTER", c, &user.password)),
+            Some(c) => {
+                let fingerprint = auth.fingerprint(request);
+                Some(auth.verify(now, "REGISTER", c, &user.password, fingerprint))
+            }
         };
         match verdict {
             Some(Verdict::Accepted) => {}
+            Some(Verdict::Retransmission) => {
+                // Already applied: answer with the bindings as they are now.
+                drop(auth);
+                return self.bindings_ok(now, &user.name, reply(200, None));
+            }
             other => {
                 let stale = other == Some(Verdict::Stale);
                 if let Some(Verdict::Rejected(why)) = other {
@@ -312,7 +318,7 @@ impl Registrar {
         for change in changes {
             match &change {
                 Change::Upsert(b) => {
-                    tracing::info!(user = %b.aor, contact = %b.uri, received = %b.received, "registered");
+                    tracing::info!(user = %b.aor, contact = %b.contact.uri, received = %b.contact.received, "registered");
                     if user.keepalive.enabled() {
                         self.schedule.add(
                             b.id,
@@ -326,22 +332,30 @@ impl Registrar {
             }
             self.outputs.push_back(Output::Persist(change));
         }
-        let mut ok = reply(200, None);
-        for contact in location::contact_headers(self.location.of(&user.name), now) {
+        self.bindings_ok(now, &user.name, reply(200, None))
+    }
+
+    /// A 200 to REGISTER lists every current binding of the AOR (§10.3 step 8).
+    fn bindings_ok(&self, now: Instant, aor: &str, mut ok: Response) -> Response {
+        for contact in location::contact_headers(self.location.of(aor), now) {
             ok.headers.push(HeaderName::Contact, contact);
         }
         ok
     }
 
     pub fn handle_timeout(&mut self, now: Instant) {
+        self.auth
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .forget_expired(now);
         self.tx.handle_timeout(now);
         while self.tx.poll_event().is_some() {}
         for gone in self.location.expire(now) {
-            tracing::info!(user = %gone.aor, contact = %gone.uri, "registration expired");
+            tracing::info!(user = %gone.aor, contact = %gone.contact.uri, "registration expired");
             self.forget(gone.id);
             self.outputs.push_back(Output::Persist(Change::Remove {
                 aor: gone.aor,
-                uri: gone.uri.to_string(),
+                uri: gone.contact.uri.to_string(),
             }));
         }
         self.send_keepalives(now);
@@ -349,7 +363,6 @@ impl Registrar {
 
     fn forget(&mut self, id: ContactId) {
         self.schedule.remove(id);
-        self.last_sent.remove(&id);
         if let Some(state) = self.ping_state.remove(&id)
             && let Some(branch) = state.outstanding
         {
@@ -379,12 +392,13 @@ impl Registrar {
                 "NAT keep-alive batches need longer than the period: raise batch_size or lower send_interval_ms"
             );
         }
-        for id in batch {
-            self.send_keepalive(now, id);
+        for due in batch {
+            self.send_keepalive(now, due);
         }
     }
 
-    fn send_keepalive(&mut self, now: Instant, id: ContactId) {
+    fn send_keepalive(&mut self, now: Instant, due: Due) {
+        let id = due.id;
         let Some(binding) = self.location.get(id).cloned() else {
             return;
         };
@@ -392,21 +406,18 @@ impl Registrar {
             return;
         };
         let keepalive = &user.keepalive;
-        let (last, count) = self.last_sent.get(&id).copied().unzip();
-        if let Some(last) = last {
-            let interval = now.saturating_duration_since(last);
+        if let Some(previous) = due.previous {
+            let interval = now.saturating_duration_since(previous);
             let period = Duration::from_secs(u64::from(keepalive.period));
             self.metrics
                 .keepalive_deviation
                 .record(interval.abs_diff(period));
         }
-        self.last_sent.insert(id, (now, count.unwrap_or(0) + 1));
-        let uri = binding.uri.to_string();
         let decision = self.policy.keepalive_tick(&ContactView {
             user: &binding.aor,
-            contact: &uri,
-            received: binding.received,
-            sent: count.unwrap_or(0),
+            contact: &binding.contact.uri,
+            received: binding.contact.received,
+            sent: u64::from(due.sent),
         });
         let bytes = match decision {
             KeepaliveDecision::Skip => return,
@@ -424,8 +435,8 @@ impl Registrar {
         };
         Metrics::count(&self.metrics.keepalives_sent);
         self.outputs.push_back(Output::Transmit(Transmit {
-            local: binding.local,
-            remote: binding.received,
+            local: binding.contact.local,
+            remote: binding.contact.received,
             bytes,
         }));
     }
@@ -444,31 +455,33 @@ impl Registrar {
             state.failures += 1;
             if state.failures >= options_failures {
                 tracing::warn!(
-                    user = %binding.aor, contact = %binding.uri, received = %binding.received,
+                    user = %binding.aor, contact = %binding.contact.uri, received = %binding.contact.received,
                     failures = state.failures, "contact does not answer OPTIONS keep-alives: removed"
                 );
                 self.location.remove(id);
                 self.forget(id);
                 self.outputs.push_back(Output::Persist(Change::Remove {
                     aor: binding.aor.clone(),
-                    uri: binding.uri.to_string(),
+                    uri: binding.contact.uri.to_string(),
                 }));
                 return None;
             }
         }
-        let (request, branch) = self.ping(binding);
+        let (request, branch) = self.ping(binding)?;
         self.pings.insert(branch.clone(), id);
         self.ping_state.entry(id).or_default().outstanding = Some(branch);
         Some(request.encode())
     }
 
     /// An OPTIONS keep-alive to a contact (answered by any SIP stack that lives).
-    fn ping(&mut self, binding: &Binding) -> (Request, String) {
+    fn ping(&mut self, binding: &Binding) -> Option<(Request, String)> {
+        let uri = binding.contact.parsed_uri()?;
+        let local = binding.contact.local;
         let advertised = self
             .sockets
             .iter()
-            .find(|s| s.bind == binding.local)
-            .map_or(binding.local, |s| s.advertised);
+            .find(|s| s.bind == local)
+            .map_or(local, |s| s.advertised);
         let branch = self.ids.branch();
         let domain = self
             .config
@@ -483,11 +496,11 @@ impl Registrar {
         from.set_tag(&self.ids.tag());
         let request = Request {
             method: Method::Options,
-            uri: binding.uri.clone(),
+            uri: uri.clone(),
             via: vec![crate::call::build::our_via(advertised, branch.clone())],
             max_forwards: 70,
             from,
-            to: NameAddr::new(binding.uri.clone()),
+            to: NameAddr::new(uri),
             call_id: self.ids.call_id(),
             cseq: CSeq {
                 seq: 1,
@@ -496,7 +509,7 @@ impl Registrar {
             headers: Headers::new(),
             body: Vec::new(),
         };
-        (request, branch)
+        Some((request, branch))
     }
 
     /// Any answer to an OPTIONS ping proves the contact (and its NAT binding) alive.

@@ -132,13 +132,13 @@ impl Store {
                              expires = ?5, call_id = ?6, cseq = ?7, q = ?8",
                         params![
                             &*b.aor,
-                            b.uri.to_string(),
-                            b.received.to_string(),
-                            b.local.to_string(),
+                            &*b.contact.uri,
+                            b.contact.received.to_string(),
+                            b.contact.local.to_string(),
                             expires,
-                            b.call_id,
+                            &*b.call_id,
                             i64::from(b.cseq),
-                            i64::from(b.q)
+                            i64::from(b.contact.q)
                         ],
                     )
                     .map_err(|e| self.err(e))?;
@@ -159,7 +159,7 @@ impl Store {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::registrar::location::Binding;
+    use crate::registrar::location::{Binding, Target};
     use crate::sip::Uri;
 
     #[test]
@@ -173,14 +173,16 @@ mod tests {
         let binding = |uri: &str, secs: u64| Binding {
             id: 1,
             aor: "1001".into(),
-            uri: Uri::parse(uri).expect("uri"),
-            received: "203.0.113.5:40000".parse().expect("addr"),
-            local: "192.0.2.1:5060".parse().expect("addr"),
+            contact: std::sync::Arc::new(Target::new(
+                &Uri::parse(uri).expect("uri"),
+                "203.0.113.5:40000".parse().expect("addr"),
+                "192.0.2.1:5060".parse().expect("addr"),
+                1000,
+                t0,
+            )),
             expires: t0 + Duration::from_secs(secs),
             call_id: "c1".into(),
             cseq: 7,
-            q: 1000,
-            updated: t0,
         };
         {
             let store = Store::open(&path).expect("open");

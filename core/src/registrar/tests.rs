@@ -29,6 +29,7 @@ struct Phone {
     sent: Vec<Transmit>,
     persisted: Vec<Change>,
     cseq: u32,
+    last_request: String,
 }
 
 impl Phone {
@@ -57,6 +58,7 @@ impl Phone {
             sent: Vec::new(),
             persisted: Vec::new(),
             cseq: 0,
+            last_request: String::new(),
         }
     }
 
@@ -86,6 +88,15 @@ From: <sip:1001@vigil.local>;tag=ph\r\nTo: <sip:1001@vigil.local>\r\nCall-ID: re
 Contact: <sip:1001@10.0.0.5:5060>\r\nExpires: {expires}\r\n{auth}\r\n",
             self.cseq, self.cseq
         );
+        self.send(text)
+    }
+
+    /// The last REGISTER again, as a phone retransmits it when the answer is lost.
+    fn retransmit(&mut self) -> Response {
+        self.send(self.last_request.clone())
+    }
+
+    fn send(&mut self, text: String) -> Response {
         let Ok(message) = decode(text.as_bytes()) else {
             panic!("bad test message")
         };
@@ -104,6 +115,7 @@ Contact: <sip:1001@10.0.0.5:5060>\r\nExpires: {expires}\r\n{auth}\r\n",
             _ => None,
         });
         self.sent.clear();
+        self.last_request = text;
         r.expect("an answer")
     }
 
@@ -176,7 +188,7 @@ fn digest_registration_then_keepalives_every_period_from_the_right_socket() {
         ok.headers.get(&HeaderName::Contact),
         Some("<sip:1001@10.0.0.5:5060>;expires=120")
     );
-    assert!(matches!(&p.persisted[..], [Change::Upsert(b)] if b.received == addr(PHONE)));
+    assert!(matches!(&p.persisted[..], [Change::Upsert(b)] if b.contact.received == addr(PHONE)));
     let sent = p.advance(Duration::from_secs(95));
     let times: Vec<u64> = sent.iter().map(|(at, _)| at.as_secs()).collect();
     assert_eq!(times, vec![30, 60, 90], "every period (30 s)");
@@ -190,6 +202,21 @@ fn digest_registration_then_keepalives_every_period_from_the_right_socket() {
     let sent = p.advance(Duration::from_secs(60));
     assert_eq!(sent.len(), 0, "{sent:?}");
     assert!(matches!(p.persisted.last(), Some(Change::Remove { .. })));
+}
+
+#[test]
+fn a_retransmitted_register_is_answered_again_but_applied_once() {
+    let mut phone = Phone::new(config(""));
+    assert_eq!(phone.register_with("secret1001", 600).status, 200);
+    assert_eq!(phone.persisted.len(), 1);
+    phone.now += Duration::from_secs(4);
+    let again = phone.retransmit();
+    assert_eq!(again.status, 200, "not a replay: the first 200 was lost");
+    assert_eq!(again.headers.get_all(&HeaderName::Contact).count(), 1);
+    assert_eq!(phone.persisted.len(), 1, "nothing written twice");
+    phone.now += Duration::from_secs(40);
+    let replay = phone.retransmit();
+    assert_eq!(replay.status, 401, "past any retransmission it is a replay");
 }
 
 #[test]

@@ -110,9 +110,11 @@ pub struct TransactionLayer<O: Copy> {
     /// Answer to the source address even without `rport` (config `sip.force_rport`).
     force_rport: bool,
     next_id: u64,
-    clients: HashMap<ClientTxId, ClientTx<O>>,
+    /// Boxed: a burst of transactions grows these tables, which keep their
+    /// capacity; a boxed slot costs 16 bytes, an inline one a few hundred.
+    clients: HashMap<ClientTxId, Box<ClientTx<O>>>,
     client_keys: HashMap<String, ClientTxId>,
-    servers: HashMap<ServerTxId, ServerTx<O>>,
+    servers: HashMap<ServerTxId, Box<ServerTx<O>>>,
     server_keys: HashMap<String, ServerTxId>,
     queue: TimerQueue<TxRef>,
     transmits: VecDeque<Transmit>,
@@ -203,7 +205,7 @@ impl<O: Copy> TransactionLayer<O> {
             let trying = request.response(100);
             tx.send_response(now, trying, &self.values, &mut self.transmits);
         }
-        self.servers.insert(id, tx);
+        self.servers.insert(id, Box::new(tx));
         self.server_keys.insert(key, id);
         self.reschedule(TxRef::Server(id));
         Inbound::New(id, request)
@@ -215,6 +217,20 @@ impl<O: Copy> TransactionLayer<O> {
         if let Some(t) = self.servers.get_mut(&tx) {
             t.send_response(now, response, &self.values, &mut self.transmits);
             self.reschedule(TxRef::Server(tx));
+        }
+    }
+
+    /// Takes a request to be answered with no server transaction at all
+    /// (RFC 3261 §8.2.7, a stateless UAS), as Kamailio's registrar does: a
+    /// registration storm then leaves no 32 s of state behind each REGISTER. A
+    /// retransmitted request is handled afresh, so the caller must recognise one.
+    /// Stamps the top Via as [`receive_request`](Self::receive_request) does and
+    /// returns the path its responses take.
+    pub fn receive_stateless(&self, request: &mut Request, path: Path) -> Path {
+        request.via[0].stamp_received(path.remote);
+        Path {
+            local: path.local,
+            remote: response_target(&request.via[0], path.remote, self.force_rport),
         }
     }
 
@@ -271,7 +287,7 @@ impl<O: Copy> TransactionLayer<O> {
             &self.values,
             &mut self.transmits,
         );
-        self.clients.insert(id, tx);
+        self.clients.insert(id, Box::new(tx));
         self.client_keys.insert(key, id);
         self.reschedule(TxRef::Client(id));
         id
@@ -351,8 +367,23 @@ impl<O: Copy> TransactionLayer<O> {
         self.queue.next_deadline()
     }
 
+    /// Gives memory back after a burst: tables that are mostly empty shrink.
+    fn compact(&mut self) {
+        fn shrink<K: std::hash::Hash + Eq, V>(map: &mut HashMap<K, V>) {
+            if map.capacity() > 1024 && map.len() * 4 < map.capacity() {
+                map.shrink_to(map.len() * 2);
+            }
+        }
+        shrink(&mut self.clients);
+        shrink(&mut self.client_keys);
+        shrink(&mut self.servers);
+        shrink(&mut self.server_keys);
+        self.queue.compact();
+    }
+
     /// Fires every timer due at `now`.
     pub fn handle_timeout(&mut self, now: Instant) {
+        self.compact();
         while let Some((at, target)) = self.queue.pop_due(now) {
             match target {
                 TxRef::Client(id) => {
@@ -460,7 +491,7 @@ impl<O> Lingering for ServerTx<O> {
 /// Removes a terminated transaction (and its key, unless reused), or queues its
 /// next deadline.
 fn reschedule_in<Id: Copy + Eq + std::hash::Hash, T: Lingering>(
-    txs: &mut HashMap<Id, T>,
+    txs: &mut HashMap<Id, Box<T>>,
     keys: &mut HashMap<String, Id>,
     queue: &mut TimerQueue<TxRef>,
     id: Id,

@@ -34,7 +34,7 @@ pub(super) struct ServerTx<O> {
     pub(super) local: SocketAddr,
     pub(super) reply_to: SocketAddr,
     /// The last response sent, resent when the request is retransmitted.
-    last_response: Option<Vec<u8>>,
+    last_response: Option<Box<[u8]>>,
     pub(super) timers: ServerTimers,
     interval: Duration,
     pub(super) owner: Option<O>,
@@ -96,8 +96,11 @@ impl<O: Copy> ServerTx<O> {
             self.send(bytes, out);
             self.last_response = None;
         } else {
-            self.send(bytes.clone(), out);
-            self.last_response = Some(bytes);
+            // The copy kept for retransmissions is exact-size; the encoder's
+            // buffer has room to spare, and a registration storm keeps a
+            // hundred thousand of these for Timer J's 32 s.
+            self.last_response = Some(bytes.as_slice().into());
+            self.send(bytes, out);
         }
         if status < 200 {
             if self.state == ServerState::Trying {
@@ -145,7 +148,7 @@ impl<O: Copy> ServerTx<O> {
         match self.state {
             ServerState::Proceeding | ServerState::Completed => {
                 if let Some(last) = &self.last_response {
-                    self.send(last.clone(), out);
+                    self.send(last.to_vec(), out);
                 }
             }
             _ => {}
@@ -164,7 +167,7 @@ impl<O: Copy> ServerTx<O> {
             match timer {
                 ServerTimer::G => {
                     if let Some(last) = &self.last_response {
-                        self.send(last.clone(), out);
+                        self.send(last.to_vec(), out);
                     }
                     self.interval = (self.interval * 2).min(values.t2);
                     self.timers.set(ServerTimer::G, now + self.interval);

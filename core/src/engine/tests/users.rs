@@ -6,7 +6,7 @@ use std::sync::Mutex;
 
 use super::*;
 use crate::registrar::digest::{Algorithm, DigestAuth, expected_response};
-use crate::registrar::location::{Binding, Location, LocationView};
+use crate::registrar::location::{Binding, Location, LocationView, Target};
 use crate::sip::{DigestCredentials, Uri};
 
 const USERS: &str = "registrar: { domain: vigil.local }\nusers:\n  - { user: \"1001\", password: secret1001, route_to: carrier }\n  - { user: \"1002\", password: secret1002 }\n";
@@ -110,14 +110,16 @@ fn a_call_to_a_registered_user_goes_to_its_contact_behind_the_nat() {
     location.insert(Binding {
         id: 0,
         aor: "1002".into(),
-        uri: Uri::parse("sip:1002@192.168.1.20:5060").expect("uri"),
-        received: addr(PHONE),
-        local: addr(LOCAL),
+        contact: Arc::new(Target::new(
+            &Uri::parse("sip:1002@192.168.1.20:5060").expect("uri"),
+            addr(PHONE),
+            addr(LOCAL),
+            1000,
+            h.now,
+        )),
         expires: h.now + Duration::from_secs(3600),
         call_id: "r".into(),
         cseq: 1,
-        q: 1000,
-        updated: h.now,
     });
     h.caller_sends(&invite("u-5", "1002", SDP));
     let b = h.take_one_request(PHONE, Method::Invite);
