@@ -30,7 +30,7 @@ use crate::transaction::{Path, Transmit};
 use crate::transport::{Transport, TransportError};
 
 pub use logging::{LoggingError, init_logging};
-use registrar::{RegistrarInput, run_registrar};
+use registrar::{RegistrarInput, RegistrarThread};
 use worker::{Shared, WorkerInput, run_worker};
 
 /// How long shutdown waits for calls to end before giving up on stragglers; the
@@ -49,6 +49,8 @@ pub enum DaemonError {
     Signal(std::io::Error),
     #[error(transparent)]
     Store(#[from] crate::registrar::store::StoreError),
+    #[error("cannot start the registrar thread: {0}")]
+    RegistrarThread(std::io::Error),
 }
 
 /// Runs the switch until SIGTERM or SIGINT, then shuts down gracefully.
@@ -120,8 +122,8 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
     for r in &receivers {
         r.abort();
     }
-    if let Some(task) = registrar_task {
-        task.abort();
+    if let Some(thread) = registrar_task {
+        thread.stop(Duration::from_secs(1)).await;
     }
     drop(worker_inputs);
     match tokio::time::timeout(Duration::from_millis(500), writer).await {
@@ -172,7 +174,7 @@ fn start_registrar(
 ) -> Result<
     (
         Option<mpsc::Sender<RegistrarInput>>,
-        Option<tokio::task::JoinHandle<()>>,
+        Option<RegistrarThread>,
         RegistrarShared,
     ),
     DaemonError,
@@ -206,8 +208,9 @@ fn start_registrar(
     let loaded = registrar.load(now, store.load(SystemTime::now())?);
     tracing::info!(db = %settings.db.display(), contacts = loaded, users = config.users.len(), "registrar ready");
     let (tx, rx) = mpsc::channel(WORKER_QUEUE);
-    let task = tokio::spawn(run_registrar(registrar, store, rx, transport.clone()));
-    Ok((Some(tx), Some(task), Some((view, auth))))
+    let thread = RegistrarThread::spawn(registrar, store, rx, transport.clone())
+        .map_err(DaemonError::RegistrarThread)?;
+    Ok((Some(tx), Some(thread), Some((view, auth))))
 }
 
 async fn wait_for_signal() -> Result<(), DaemonError> {

@@ -1,11 +1,17 @@
-//! The registrar task: owns the [`Registrar`] and the location store, writes each
+//! The registrar thread: owns the [`Registrar`] and the location store, writes each
 //! change to the store before sending what follows it (the 200 OK to a REGISTER),
 //! and sends the NAT keep-alives.
+//!
+//! It runs on a thread of its own (a single-threaded runtime) rather than as a task
+//! among the call workers: SQLite writes block, and on the shared runtime each one
+//! would hand a worker's core to another thread (`block_in_place`), delaying calls
+//! and scattering the registrar's long-lived allocations over many threads' heaps
+//! (100,000 contacts cost 1.2 KiB of RSS each that way, against 0.5 KiB of heap).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use tokio::time::sleep_until;
 
 use crate::ratelimit::RateLimit;
@@ -21,10 +27,49 @@ pub struct RegistrarInput {
     pub path: Path,
 }
 
-pub async fn run_registrar(
+/// The running registrar thread.
+pub struct RegistrarThread {
+    stop: oneshot::Sender<()>,
+    done: oneshot::Receiver<()>,
+}
+
+impl RegistrarThread {
+    /// Starts the thread. The transport's sockets stay registered with the main
+    /// runtime, whose reactor keeps serving them while it runs.
+    pub fn spawn(
+        registrar: Registrar,
+        store: Store,
+        inputs: mpsc::Receiver<RegistrarInput>,
+        transport: Arc<Transport>,
+    ) -> std::io::Result<RegistrarThread> {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        let (stop, stopped) = oneshot::channel();
+        let (finished, done) = oneshot::channel::<()>();
+        std::thread::Builder::new()
+            .name("vigil-registrar".into())
+            .spawn(move || {
+                runtime.block_on(run_registrar(registrar, store, inputs, stopped, transport));
+                drop(finished);
+            })?;
+        Ok(RegistrarThread { stop, done })
+    }
+
+    /// Stops it and waits (bounded) until the store is closed.
+    pub async fn stop(self, wait: Duration) {
+        let _ = self.stop.send(());
+        if tokio::time::timeout(wait, self.done).await.is_err() {
+            tracing::error!("registrar did not stop in time");
+        }
+    }
+}
+
+async fn run_registrar(
     mut registrar: Registrar,
     store: Store,
     mut inputs: mpsc::Receiver<RegistrarInput>,
+    mut stop: oneshot::Receiver<()>,
     transport: Arc<Transport>,
 ) {
     let mut store_errors = RateLimit::new(5, Duration::from_secs(60));
@@ -38,15 +83,14 @@ pub async fn run_registrar(
                 None => break,
             },
             _ = sleep_until(wake.into()) => registrar.handle_timeout(Instant::now()),
+            _ = &mut stop => break,
         }
         while let Some(output) = registrar.poll_output() {
             match output {
                 Output::Persist(change) => {
                     // SQLite in WAL mode takes tens of microseconds per write; the
                     // 200 must not go out before it is done.
-                    let result = tokio::task::block_in_place(|| {
-                        store.apply(&change, Instant::now(), SystemTime::now())
-                    });
+                    let result = store.apply(&change, Instant::now(), SystemTime::now());
                     if let Err(e) = result
                         && let Some(suppressed) = store_errors.allow(Instant::now())
                     {
