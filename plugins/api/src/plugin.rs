@@ -1,0 +1,269 @@
+//! The safe side for plugin authors: borrowed views, decisions as Rust enums,
+//! and the [`Plugin`] trait whose methods default to "no decision". The
+//! `declare_plugin!` macro turns an implementation into the C ABI of
+//! [`abi`](crate::abi).
+
+use std::borrow::Cow;
+use std::fmt;
+use std::time::Duration;
+
+use crate::abi::{self, HostSink, RawStr};
+
+/// What a call-start hook sees: a new INVITE that was admitted and routed.
+#[derive(Debug, Clone, Copy)]
+pub struct CallStartView<'a> {
+    pub call_id: &'a str,
+    /// The trunk (or `user:<name>`) the call comes from.
+    pub trunk_in: &'a str,
+    /// The trunk (or `user:<name>`) the call goes to.
+    pub trunk_out: &'a str,
+    pub caller: &'a str,
+    pub callee: &'a str,
+    /// The address the INVITE came from, `ip:port` (`[v6]:port` for IPv6).
+    pub source: &'a str,
+}
+
+/// Which leg of the call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Leg {
+    /// Towards the caller; Vigil is the UAS.
+    A,
+    /// Towards the trunk; Vigil is the UAC.
+    B,
+}
+
+/// Who refreshes a leg's session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Refresher {
+    Vigil,
+    Peer,
+}
+
+/// What a refresh hook sees of one leg.
+#[derive(Debug, Clone, Copy)]
+pub struct LegView<'a> {
+    /// The A leg's Call-ID: the call's identity in CDRs and logs.
+    pub call_id: &'a str,
+    pub b_call_id: &'a str,
+    pub trunk: &'a str,
+    pub caller: &'a str,
+    pub callee: &'a str,
+    pub leg: Leg,
+    /// The negotiated Session-Expires, seconds.
+    pub session_expires: u32,
+    pub refresher: Refresher,
+    pub refresh_count: u32,
+    pub since_answer: Duration,
+}
+
+/// What a hang-up hook sees of the call.
+#[derive(Debug, Clone, Copy)]
+pub struct CallView<'a> {
+    pub call_id: &'a str,
+    pub b_call_id: &'a str,
+    pub trunk_in: &'a str,
+    pub trunk_out: &'a str,
+    pub caller: &'a str,
+    pub callee: &'a str,
+    /// The CDR's end reason: `caller-bye`, `session-timeout`, ….
+    pub end_reason: &'a str,
+    /// `None` if the call ended before answer.
+    pub since_answer: Option<Duration>,
+}
+
+/// What a keep-alive hook sees of a registered contact.
+#[derive(Debug, Clone, Copy)]
+pub struct ContactView<'a> {
+    pub user: &'a str,
+    /// The Contact URI as registered.
+    pub contact: &'a str,
+    /// Where the REGISTER came from, `ip:port`.
+    pub received: &'a str,
+    /// Keep-alives sent to this contact so far.
+    pub sent: u64,
+}
+
+/// Why a refresh failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RefreshFailure {
+    /// No final answer within the transaction timeout.
+    Timeout,
+    /// A final error status.
+    Status(u16),
+    /// The peer was the refresher and never refreshed.
+    Expired,
+    /// A policy's `refresh_due` decided to hang up.
+    Policy,
+}
+
+/// How Vigil refreshes a session it is the refresher of.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RefreshMethod {
+    /// UPDATE if the peer's `Allow` lists it, else re-INVITE.
+    Auto,
+    Update,
+    Reinvite,
+}
+
+/// Session-timer settings a call-start hook may change for this call only.
+/// Vigil validates them like its config and ignores an invalid one.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CallOverrides {
+    pub ttl: Option<u32>,
+    pub update_segment: Option<u32>,
+    pub refresh_method: Option<RefreshMethod>,
+    pub no_timer_max_duration: Option<u32>,
+}
+
+/// The call-start decision.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CallStartDecision {
+    /// Place the call, with these changes to its session timers.
+    Accept(CallOverrides),
+    /// Answer the caller with this final status (400..=699) and reason phrase
+    /// (no control characters).
+    Reject {
+        status: u16,
+        reason: Cow<'static, str>,
+    },
+}
+
+/// The refresh-due decision.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RefreshDecision {
+    /// The configured method (`refresh_method`).
+    Default,
+    Update,
+    Reinvite,
+    /// Do not refresh now; treat the session as refreshed once.
+    Skip,
+    /// End the call.
+    Hangup,
+}
+
+/// The refresh-failed decision.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FailureDecision {
+    /// End the call (BYE both legs, CDR `session-timeout`).
+    Hangup,
+    /// Try again after this long (never past the session's expiry).
+    Retry(Duration),
+    /// Carry on as if the refresh had succeeded.
+    Ignore,
+}
+
+/// The keep-alive-tick decision.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KeepaliveDecision {
+    /// Send what `nat_keepalive` says.
+    Default,
+    /// Send nothing this period.
+    Skip,
+    /// Send these bytes instead.
+    Payload(Cow<'static, [u8]>),
+}
+
+/// A hook that could not decide because something went wrong in the plugin
+/// (its database is down, …). Vigil logs the status and asks the next source.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HookFailure(i32);
+
+impl HookFailure {
+    /// A failure without a more specific code ([`abi::STATUS_ERROR`]).
+    pub const GENERIC: HookFailure = HookFailure(abi::STATUS_ERROR);
+
+    /// A failure with the plugin's own code, which should be
+    /// `<=` [`abi::STATUS_FIRST_PLUGIN_CODE`]. A code that is not negative or
+    /// would read as a panic becomes [`HookFailure::GENERIC`].
+    pub const fn with_status(status: i32) -> HookFailure {
+        if status >= 0 || status == abi::STATUS_PANICKED {
+            HookFailure::GENERIC
+        } else {
+            HookFailure(status)
+        }
+    }
+
+    /// The status the hook returns to Vigil.
+    pub const fn status(self) -> i32 {
+        self.0
+    }
+}
+
+impl fmt::Display for HookFailure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "plugin hook failed with status {}", self.0)
+    }
+}
+
+impl std::error::Error for HookFailure {}
+
+/// What a deciding hook returns: `Ok(None)` leaves the decision to the next
+/// source (a Lua script, then Vigil's built-in behaviour).
+pub type HookResult<T> = Result<Option<T>, HookFailure>;
+
+/// Extra CDR fields a hang-up hook adds. Each field is handed to Vigil (which
+/// copies it) as soon as it is added.
+pub struct CdrFields<'a> {
+    sink: &'a HostSink,
+}
+
+impl<'a> CdrFields<'a> {
+    /// # Safety
+    /// `sink` must be the host's sink for the running hook call.
+    pub(crate) unsafe fn new(sink: &'a HostSink) -> CdrFields<'a> {
+        CdrFields { sink }
+    }
+
+    /// Adds `key: value` to the CDR's `extra` object. The key must not be empty.
+    pub fn add(&mut self, key: &str, value: &str) {
+        // SAFETY: the sink belongs to the running hook call (see `new`), and
+        // the views borrow `key` and `value`, which outlive the callback.
+        unsafe { (self.sink.add_field)(self.sink.ctx, RawStr::new(key), RawStr::new(value)) }
+    }
+}
+
+impl fmt::Debug for CdrFields<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CdrFields").finish_non_exhaustive()
+    }
+}
+
+/// A vendor's policy. One instance serves every call on every worker thread at
+/// once, hence `Send + Sync`: keep per-call state behind a lock (or in atomics)
+/// and clean it up in [`Plugin::hangup`].
+///
+/// Every method has a default that declines, so implement only what you need.
+/// A panic inside a method is caught and reported to Vigil as a failure of that
+/// hook; it does not take Vigil down (with `panic = "unwind"`, the default). A
+/// lock the panic poisoned stays poisoned: prefer `lock().unwrap_or_else(PoisonError::into_inner)`.
+pub trait Plugin: Send + Sync + 'static {
+    /// A call was admitted and routed.
+    fn call_start(&self, _call: &CallStartView<'_>) -> HookResult<CallStartDecision> {
+        Ok(None)
+    }
+
+    /// Vigil is about to refresh a leg's session (RFC 4028).
+    fn refresh_due(&self, _leg: &LegView<'_>) -> HookResult<RefreshDecision> {
+        Ok(None)
+    }
+
+    /// Vigil's refresh timed out or got an error status (except 481, and a
+    /// session that already expired: those always end the call).
+    fn refresh_failed(
+        &self,
+        _leg: &LegView<'_>,
+        _failure: RefreshFailure,
+    ) -> HookResult<FailureDecision> {
+        Ok(None)
+    }
+
+    /// A registered contact's NAT keep-alive is due.
+    fn keepalive_tick(&self, _contact: &ContactView<'_>) -> HookResult<KeepaliveDecision> {
+        Ok(None)
+    }
+
+    /// The call is ending (whoever ended it): observe it, and add CDR fields.
+    fn hangup(&self, _call: &CallView<'_>, _extra: &mut CdrFields<'_>) -> Result<(), HookFailure> {
+        Ok(())
+    }
+}

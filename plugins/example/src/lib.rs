@@ -1,0 +1,143 @@
+//! An example vendor plugin: the rules of a carrier whose gateways answer
+//! UPDATE with 501 and drop a refresh now and then under load.
+//!
+//! - A refresh is always a re-INVITE, whatever `refresh_method` says.
+//! - A failed refresh is retried after [`RETRY_AFTER`]; the
+//!   [`MAX_FAILED_REFRESHES`]th failure of the same call hangs it up. Failures
+//!   are counted per call (keyed by the A leg's Call-ID) and forgotten when the
+//!   call hangs up.
+//! - Every CDR gets `plugin = "vigil-plugin-example"`, and
+//!   `refresh_failures = N` when refreshes failed.
+//!
+//! The rules are constants on purpose: a plugin is code the vendor ships, not
+//! configuration.
+//!
+//! Build: `cargo build --release -p vigil-plugin-example`, then point a trunk's
+//! `policy.plugin` at `target/release/libvigil_plugin_example.so`.
+
+use std::collections::HashMap;
+use std::sync::{Mutex, PoisonError};
+use std::time::Duration;
+
+use vigil_plugin_api::{
+    CallView, CdrFields, FailureDecision, HookFailure, HookResult, LegView, Plugin,
+    RefreshDecision, RefreshFailure, declare_plugin,
+};
+
+/// The failed refresh that ends the call (counting from 1).
+pub const MAX_FAILED_REFRESHES: u32 = 3;
+
+/// How long to wait before trying a failed refresh again. Vigil never waits
+/// past the session's expiry, so on a short session the last retry comes first.
+pub const RETRY_AFTER: Duration = Duration::from_secs(5);
+
+/// The value of the `plugin` CDR field.
+pub const CDR_TAG: &str = "vigil-plugin-example";
+
+/// The carrier's rules; one instance serves every call.
+#[derive(Debug, Default)]
+pub struct CarrierRules {
+    /// Failed refreshes per call (A leg's Call-ID). Behind a lock because
+    /// Vigil's workers call in concurrently; the lock is held for a map lookup.
+    failures: Mutex<HashMap<String, u32>>,
+}
+
+impl CarrierRules {
+    pub fn new() -> CarrierRules {
+        CarrierRules::default()
+    }
+
+    /// A panic in another hook poisons nothing we cannot trust: the map holds
+    /// counters only, so carry on with it.
+    fn failures(&self) -> std::sync::MutexGuard<'_, HashMap<String, u32>> {
+        self.failures.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+impl Plugin for CarrierRules {
+    fn refresh_due(&self, _leg: &LegView<'_>) -> HookResult<RefreshDecision> {
+        Ok(Some(RefreshDecision::Reinvite))
+    }
+
+    fn refresh_failed(
+        &self,
+        leg: &LegView<'_>,
+        _failure: RefreshFailure,
+    ) -> HookResult<FailureDecision> {
+        let mut failures = self.failures();
+        let count = match failures.get_mut(leg.call_id) {
+            Some(count) => {
+                *count = count.saturating_add(1);
+                *count
+            }
+            None => {
+                failures.insert(leg.call_id.to_owned(), 1);
+                1
+            }
+        };
+        Ok(Some(if count >= MAX_FAILED_REFRESHES {
+            FailureDecision::Hangup
+        } else {
+            FailureDecision::Retry(RETRY_AFTER)
+        }))
+    }
+
+    fn hangup(&self, call: &CallView<'_>, extra: &mut CdrFields<'_>) -> Result<(), HookFailure> {
+        let failed = self.failures().remove(call.call_id);
+        extra.add("plugin", CDR_TAG);
+        if let Some(count) = failed {
+            extra.add("refresh_failures", &count.to_string());
+        }
+        Ok(())
+    }
+}
+
+declare_plugin!(CarrierRules, CarrierRules::new());
+
+#[cfg(test)]
+mod tests {
+    use vigil_plugin_api::{Leg, Refresher};
+
+    use super::*;
+
+    fn leg(call_id: &str) -> LegView<'_> {
+        LegView {
+            call_id,
+            b_call_id: "w0-1",
+            trunk: "carrier",
+            caller: "+3225551000",
+            callee: "+3225552000",
+            leg: Leg::B,
+            session_expires: 1800,
+            refresher: Refresher::Vigil,
+            refresh_count: 0,
+            since_answer: Duration::from_secs(900),
+        }
+    }
+
+    #[test]
+    fn the_third_failed_refresh_of_a_call_hangs_it_up() {
+        let rules = CarrierRules::new();
+        let retry = Ok(Some(FailureDecision::Retry(RETRY_AFTER)));
+        assert_eq!(
+            rules.refresh_due(&leg("a")),
+            Ok(Some(RefreshDecision::Reinvite))
+        );
+        assert_eq!(
+            rules.refresh_failed(&leg("a"), RefreshFailure::Timeout),
+            retry
+        );
+        assert_eq!(
+            rules.refresh_failed(&leg("b"), RefreshFailure::Timeout),
+            retry
+        );
+        assert_eq!(
+            rules.refresh_failed(&leg("a"), RefreshFailure::Status(500)),
+            retry
+        );
+        assert_eq!(
+            rules.refresh_failed(&leg("a"), RefreshFailure::Timeout),
+            Ok(Some(FailureDecision::Hangup))
+        );
+    }
+}
