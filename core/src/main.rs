@@ -49,6 +49,13 @@ fn main() -> ExitCode {
 fn check(path: &std::path::Path) -> ExitCode {
     match Config::load(path) {
         Ok(c) => {
+            let problems = vigil::policy::check(&c);
+            if !problems.is_empty() {
+                for problem in problems {
+                    eprintln!("{}: {problem}", path.display());
+                }
+                return ExitCode::FAILURE;
+            }
             println!(
                 "{}: OK ({} listen, {} trunks, {} routes)",
                 path.display(),

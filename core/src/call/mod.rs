@@ -25,7 +25,7 @@ use crate::config::{PreferRefresher, SessionTimerConfig};
 use crate::dialog::Dialog;
 use crate::ids::IdGen;
 use crate::metrics::Metrics;
-use crate::policy::{CallView, RefreshFailure, SessionPolicy};
+use crate::policy::{CallView, Policies, RefreshFailure};
 use crate::session_timer::negotiate::{retry_after_422, uac_offer_headers, uas_answer_headers};
 use crate::session_timer::{SessionLeg, UasOutcome, negotiate};
 use crate::sip::{HeaderName, Method, Request, Response, SipUri, Uri};
@@ -84,7 +84,8 @@ pub struct Env<'a> {
     pub ids: &'a mut IdGen,
     pub cdrs: &'a mut VecDeque<CdrRecord>,
     pub settings: &'a CallSettings,
-    pub policy: &'a dyn SessionPolicy,
+    /// The worker's policies; a call asks those of its trunks.
+    pub policies: &'a Policies,
     pub metrics: &'a Metrics,
 }
 
@@ -230,6 +231,10 @@ pub struct Parties {
     pub callee: String,
     pub trunk_in: Arc<str>,
     pub trunk_out: Arc<str>,
+    /// The trunks (indices into the config's) whose policies serve the A and B
+    /// legs; `None` for a registered user's leg, served by the default policy.
+    pub policy_in: Option<usize>,
+    pub policy_out: Option<usize>,
 }
 
 /// The A leg as it arrived: the INVITE, where it came from, and its session timer
@@ -493,7 +498,7 @@ impl Call {
             refresh_failure = ?ending.refresh_failure, answered,
             "call ended"
         );
-        env.policy.hangup(&CallView {
+        let view = CallView {
             call_id: &self.a_call_id,
             b_call_id: &self.b_call_id,
             trunk_in: &self.parties.trunk_in,
@@ -502,7 +507,12 @@ impl Call {
             callee: &self.parties.callee,
             end_reason: ending.reason,
             since_answer: self.answer.map(|a| now.saturating_duration_since(a)),
-        });
+        };
+        let (policy_in, policy_out) = (self.parties.policy_in, self.parties.policy_out);
+        let mut extra = env.policies.for_trunk(policy_in).hangup(&view);
+        if !env.policies.same(policy_in, policy_out) {
+            extra.extend(env.policies.for_trunk(policy_out).hangup(&view));
+        }
         env.cdrs.push_back(CdrRecord {
             call_id: self.a_call_id.clone(),
             b_call_id: Some(self.b_call_id.clone()),
@@ -517,6 +527,7 @@ impl Call {
             ended_by: ending.by,
             sip_code: ending.sip_code,
             refresh_failure: ending.refresh_failure.map(RefreshFailure::as_cdr_value),
+            extra,
         });
     }
 

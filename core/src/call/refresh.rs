@@ -9,7 +9,7 @@ use super::build::our_via;
 use super::{Call, CallTimer, Ending, Env, Leg, Purpose};
 use crate::cdr::{EndReason, EndedBy};
 use crate::metrics::Metrics;
-use crate::policy::{FailureDecision, LegView, RefreshDecision, RefreshFailure};
+use crate::policy::{FailureDecision, LegView, RefreshDecision, RefreshFailure, SessionPolicy};
 use crate::session_timer::negotiate::{self, Agreed, retry_after_422, uac_offer_headers};
 use crate::session_timer::{LegEvent, RefreshKind, SessionLeg, UasOutcome, Who};
 use crate::sip::{ALLOWED_METHODS, HeaderName, Method, Response};
@@ -120,7 +120,7 @@ impl Call {
         let Some(view) = self.view(leg, now) else {
             return;
         };
-        let decision = env.policy.refresh_due(&view);
+        let decision = self.policy(leg, env).refresh_due(&view);
         let allows_update = self.leg(leg).allows_update;
         let Some(session) = self.leg_mut(leg).session.as_mut() else {
             return;
@@ -228,8 +228,8 @@ impl Call {
                     self.refresh_failed(now, leg, RefreshFailure::Status(status), env);
                 }
             }
-            // The dialog is gone or the peer is dead (RFC 4028 §10, RFC 3261 §12.2.1.2).
-            408 | 481 => self.session_timeout(now, leg, RefreshFailure::Status(status), env),
+            // The dialog is gone (RFC 3261 §12.2.1.2): nothing left to refresh.
+            481 => self.session_timeout(now, leg, RefreshFailure::Status(status), env),
             _ => self.refresh_failed(now, leg, RefreshFailure::Status(status), env),
         }
     }
@@ -237,11 +237,20 @@ impl Call {
     /// Vigil's refresh got no final answer at all (Timer B or F).
     pub(super) fn on_refresh_timeout(&mut self, now: Instant, leg: Leg, env: &mut Env<'_>) {
         if self.ending.is_none() {
-            self.session_timeout(now, leg, RefreshFailure::Timeout, env);
+            self.refresh_failed(now, leg, RefreshFailure::Timeout, env);
         }
     }
 
-    /// An error answer the policy decides about (default: end the call).
+    /// The policy serving `leg`: its trunk's, or the default for a user's leg.
+    fn policy<'e>(&self, leg: Leg, env: &Env<'e>) -> &'e dyn SessionPolicy {
+        env.policies.for_trunk(match leg {
+            Leg::A => self.parties.policy_in,
+            Leg::B => self.parties.policy_out,
+        })
+    }
+
+    /// A refresh that timed out or got an error status (not 481): the policy
+    /// decides (default: end the call).
     fn refresh_failed(
         &mut self,
         now: Instant,
@@ -250,7 +259,7 @@ impl Call {
         env: &mut Env<'_>,
     ) {
         let decision = match self.view(leg, now) {
-            Some(view) => env.policy.refresh_failed(&view, failure),
+            Some(view) => self.policy(leg, env).refresh_failed(&view, failure),
             None => return,
         };
         let Some(session) = self.leg_mut(leg).session.as_mut() else {

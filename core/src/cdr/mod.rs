@@ -8,6 +8,7 @@
 
 mod writer;
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
@@ -39,6 +40,8 @@ pub enum EndReason {
     SessionTimeout,
     /// A call with a leg without session timer reached `no_timer_max_duration`.
     MaxDuration,
+    /// A policy's `call_start` refused the call: see `sip_code`.
+    PolicyRejected,
 }
 
 impl EndReason {
@@ -48,6 +51,7 @@ impl EndReason {
             EndReason::CalleeBye => "callee-bye",
             EndReason::Cancelled => "cancelled",
             EndReason::Rejected => "rejected",
+            EndReason::PolicyRejected => "policy-rejected",
             EndReason::NoRoute => "no-route",
             EndReason::Shutdown => "shutdown",
             EndReason::AckTimeout => "ack-timeout",
@@ -90,6 +94,9 @@ pub struct CdrRecord {
     pub sip_code: Option<u16>,
     /// For `session-timeout`: `timeout`, `expired` or the refresh's status code.
     pub refresh_failure: Option<String>,
+    /// Fields the policies' `hangup` hooks added (a key given twice keeps its
+    /// last value).
+    pub extra: Vec<(String, String)>,
 }
 
 impl CdrRecord {
@@ -123,6 +130,11 @@ impl CdrRecord {
             ended_by: self.ended_by,
             sip_code: self.sip_code,
             refresh_failure: self.refresh_failure.as_deref(),
+            extra: self
+                .extra
+                .iter()
+                .map(|(k, v)| (k.as_str(), v.as_str()))
+                .collect(),
         };
         // Serialising a struct of strings and numbers cannot fail.
         serde_json::to_string(&line).unwrap_or_default()
@@ -145,6 +157,7 @@ struct CdrLine<'a> {
     ended_by: EndedBy,
     sip_code: Option<u16>,
     refresh_failure: Option<&'a str>,
+    extra: BTreeMap<&'a str, &'a str>,
 }
 
 #[cfg(test)]
@@ -169,6 +182,10 @@ mod tests {
             ended_by: EndedBy::Caller,
             sip_code: None,
             refresh_failure: None,
+            extra: vec![
+                ("route".into(), "gold".into()),
+                ("route".into(), "silver".into()),
+            ],
         };
         let wall = SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000);
         let line = record.to_json_line(t0 + Duration::from_millis(61_500), wall);
@@ -182,6 +199,7 @@ mod tests {
         assert_eq!(v["start"], "2027-01-15T07:58:58.500Z");
         assert_eq!(v["answer"], "2027-01-15T07:59:00.000Z");
         assert_eq!(v["trunk_out"], "carrier");
+        assert_eq!(v["extra"], serde_json::json!({ "route": "silver" }));
         let unanswered = CdrRecord {
             answer: None,
             end_reason: EndReason::Rejected,

@@ -7,6 +7,7 @@
 //! reload swap it in atomically.
 
 mod locate;
+mod policy;
 mod registrar;
 mod session_timer;
 
@@ -20,6 +21,9 @@ use ipnet::IpNet;
 use serde::Deserialize;
 
 use locate::LineIndex;
+pub use policy::{
+    DEFAULT_LUA_INSTRUCTION_LIMIT, DEFAULT_LUA_MEMORY_LIMIT_MB, PolicyConfig, PolicySources,
+};
 pub use registrar::{KeepaliveConfig, KeepaliveFile, KeepaliveMode, RegistrarConfig, UserFile};
 pub use session_timer::{
     PreferRefresher, RFC_MIN_SE, RefreshMethod, SessionTimerConfig, SessionTimerFile,
@@ -85,6 +89,8 @@ struct FileConfig {
     users: Vec<UserFile>,
     #[serde(default)]
     nat_keepalive: KeepaliveFile,
+    #[serde(default)]
+    policy: policy::PolicyFile,
 }
 
 /// `"udp:IP:PORT"`, or `{ addr: "udp:IP:PORT", advertise: IP }` when the address
@@ -112,6 +118,8 @@ struct FileTrunk {
     route_to: Option<String>,
     #[serde(default)]
     session_timer: Option<SessionTimerFile>,
+    #[serde(default)]
+    policy: Option<PolicySources>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -239,6 +247,8 @@ pub struct Config {
     pub users: Vec<User>,
     /// User name → index into `users`.
     user_index: HashMap<Arc<str>, usize>,
+    /// The default policy sources and Lua's bounds.
+    pub policy: PolicyConfig,
 }
 
 /// A user that may register, and call with digest credentials.
@@ -274,6 +284,8 @@ pub struct Trunk {
     pub route_to: Option<usize>,
     /// Session-timer settings for this trunk's legs (global, then overrides).
     pub session_timer: SessionTimerConfig,
+    /// This trunk's own policy sources; `None` uses the global `policy:`.
+    pub policy: Option<PolicySources>,
 }
 
 /// A prefix route to an outbound trunk.
@@ -435,6 +447,10 @@ impl Checker {
             self.problem(format!("nat_keepalive.{field}"), message);
         }
         let (users, user_index) = self.check_users(&raw, &trunks, &keepalive);
+        let (policy, problems) = raw.policy.validated();
+        for (field, message) in problems {
+            self.problem(format!("policy.{field}"), message);
+        }
         Config {
             file: self.file.clone(),
             listen,
@@ -448,6 +464,7 @@ impl Checker {
             nat_keepalive: keepalive,
             users,
             user_index,
+            policy,
         }
     }
 
@@ -617,6 +634,7 @@ impl Checker {
                 outbound,
                 route_to: None,
                 session_timer: trunk_timer,
+                policy: t.policy.clone().filter(|p| !p.is_empty()),
             });
         }
         for (i, t) in raw.iter().enumerate() {

@@ -8,6 +8,7 @@ mod logging;
 mod registrar;
 mod worker;
 
+use std::path::Path as FsPath;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -20,6 +21,7 @@ use crate::config::Config;
 use crate::engine::LocalSocket;
 use crate::ingress::{Ingress, Verdict};
 use crate::metrics::Metrics;
+use crate::policy::{PolicyLoader, SessionPolicy};
 use crate::ratelimit::RateLimit;
 use crate::registrar::digest::{Algorithm, DigestAuth};
 use crate::registrar::location::LocationView;
@@ -64,28 +66,38 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
     let metrics = Arc::new(Metrics::default());
     let workers = config.workers().min(usize::from(REGISTRAR_WORKER));
     let local_sockets = transport.local_sockets();
-    let (registrar_input, registrar_task, registrar_shared) =
-        start_registrar(&config, &local_sockets, &metrics, &transport)?;
+    let policy_loader = load_policies(&config, &metrics);
+    let (registrar_input, registrar_task, registrar_shared) = start_registrar(
+        &config,
+        &local_sockets,
+        &metrics,
+        &transport,
+        policy_loader.policies(&config).0.default_policy(),
+    )?;
     let shared = Shared {
         metrics: metrics.clone(),
         registrar: registrar_shared,
+        transport: transport.clone(),
+        cdrs: cdr_tx,
     };
     let mut worker_inputs = Vec::with_capacity(workers);
     let mut worker_tasks = Vec::with_capacity(workers);
     for id in 0..workers {
         let (tx, rx) = mpsc::channel(WORKER_QUEUE);
         worker_inputs.push(tx);
+        // Each worker compiles its own Lua states (a state is not shared).
+        let (policies, _) = policy_loader.policies(&config);
         worker_tasks.push(tokio::spawn(run_worker(
             id as u8,
             config.clone(),
             local_sockets.clone(),
             shared.clone(),
+            policies,
             rx,
-            transport.clone(),
-            cdr_tx.clone(),
         )));
     }
-    drop(cdr_tx);
+    // The CDR writer stops once the workers' senders are all gone.
+    drop(shared);
 
     let mut receivers = Vec::new();
     for (local, socket) in transport.sockets() {
@@ -160,6 +172,32 @@ async fn report_stats(metrics: Arc<Metrics>) {
     }
 }
 
+/// Loads the plugins and checks the scripts the config names. A source that
+/// cannot be loaded is logged and left out: its trunk gets the default policy.
+fn load_policies(config: &Config, metrics: &Arc<Metrics>) -> PolicyLoader {
+    let (loader, mut errors) = PolicyLoader::new(config, metrics.clone());
+    errors.extend(loader.policies(config).1);
+    for error in &errors {
+        tracing::error!(%error, "policy not loaded: the default policy applies instead");
+    }
+    let default = &config.policy.default;
+    let trunks = config
+        .trunks
+        .iter()
+        .filter_map(|t| Some((&*t.name, t.policy.as_ref()?)));
+    for (trunk, sources) in std::iter::once(("(default)", default)).chain(trunks) {
+        if !sources.is_empty() {
+            tracing::info!(
+                trunk,
+                plugin = ?sources.plugin.as_deref().map(FsPath::display),
+                lua = ?sources.lua.as_deref().map(FsPath::display),
+                "policy"
+            );
+        }
+    }
+    loader
+}
+
 /// The registrar's side of what the call workers share.
 type RegistrarShared = Option<(Arc<LocationView>, Arc<Mutex<DigestAuth>>)>;
 
@@ -171,6 +209,7 @@ fn start_registrar(
     sockets: &Arc<[crate::engine::LocalSocket]>,
     metrics: &Arc<Metrics>,
     transport: &Arc<Transport>,
+    policy: Arc<dyn SessionPolicy>,
 ) -> Result<
     (
         Option<mpsc::Sender<RegistrarInput>>,
@@ -205,6 +244,7 @@ fn start_registrar(
         view.clone(),
         metrics.clone(),
     );
+    registrar.set_policy(policy);
     let loaded = registrar.load(now, store.load(SystemTime::now())?);
     tracing::info!(db = %settings.db.display(), contacts = loaded, users = config.users.len(), "registrar ready");
     let (tx, rx) = mpsc::channel(WORKER_QUEUE);

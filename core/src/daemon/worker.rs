@@ -12,6 +12,7 @@ use crate::cdr::CdrRecord;
 use crate::config::Config;
 use crate::engine::{Engine, LocalSocket};
 use crate::metrics::Metrics;
+use crate::policy::Policies;
 use crate::registrar::digest::DigestAuth;
 use crate::registrar::location::LocationView;
 use crate::sip::Message;
@@ -39,6 +40,9 @@ pub struct Shared {
     pub metrics: Arc<Metrics>,
     /// The registrar's location view and digest checker, if users are configured.
     pub registrar: Option<(Arc<LocationView>, Arc<Mutex<DigestAuth>>)>,
+    pub transport: Arc<Transport>,
+    /// Where finished calls' records go (the CDR writer).
+    pub cdrs: mpsc::UnboundedSender<CdrRecord>,
 }
 
 pub async fn run_worker(
@@ -46,13 +50,19 @@ pub async fn run_worker(
     config: Arc<Config>,
     sockets: Arc<[LocalSocket]>,
     shared: Shared,
+    policies: Policies,
     mut inputs: mpsc::Receiver<WorkerInput>,
-    transport: Arc<Transport>,
-    cdrs: mpsc::UnboundedSender<CdrRecord>,
 ) {
+    let Shared {
+        metrics,
+        registrar,
+        transport,
+        cdrs,
+    } = shared;
     let mut engine = Engine::new(id, config, sockets);
-    engine.set_metrics(shared.metrics);
-    if let Some((location, auth)) = shared.registrar {
+    engine.set_metrics(metrics);
+    engine.set_policies(policies);
+    if let Some((location, auth)) = registrar {
         engine.set_registrar(location, auth);
     }
     let mut drain_until: Option<Instant> = None;

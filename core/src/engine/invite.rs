@@ -9,6 +9,8 @@ use super::{Engine, Refusal};
 use crate::call::{Call, Env, Inbound as InboundLeg, Outbound, Parties};
 use crate::cdr::{CdrRecord, EndReason, EndedBy};
 use crate::config::SessionTimerConfig;
+use crate::metrics::Metrics;
+use crate::policy::{CallOverrides, CallStartDecision, CallStartView};
 use crate::registrar::digest::Verdict;
 use crate::registrar::location::Target;
 use crate::session_timer::{UasOutcome, negotiate};
@@ -30,6 +32,14 @@ enum Destination {
         user: Arc<str>,
         target: Arc<Target>,
     },
+}
+
+/// Who a refused call was between, for its CDR.
+struct Unplaced {
+    caller: String,
+    callee: String,
+    trunk_in: Arc<str>,
+    trunk_out: Option<Arc<str>>,
 }
 
 /// A call that cannot be placed, and how it is recorded.
@@ -90,29 +100,73 @@ impl Engine {
             Err(u) => {
                 tracing::info!(call_id = %request.call_id, %callee, %trunk_in, status = u.status, "call not placed");
                 self.reply(now, tx, &request, u.status, Some(u.reason), &[]);
-                self.cdrs.push_back(CdrRecord {
-                    call_id: request.call_id.clone(),
-                    b_call_id: None,
+                let unplaced = Unplaced {
                     caller,
                     callee,
                     trunk_in,
                     trunk_out: None,
-                    start: now,
-                    answer: None,
-                    end: now,
-                    end_reason: u.end_reason,
-                    ended_by: EndedBy::Switch,
-                    sip_code: Some(u.status),
-                    refresh_failure: None,
-                });
-                return;
+                };
+                return self.record_unplaced(now, &request, unplaced, u.end_reason, u.status);
             }
         };
-        let outbound = match self.outbound(&destination, &callee) {
+        let mut outbound = match self.outbound(&destination, &callee) {
             Ok(o) => o,
             Err((status, reason)) => {
                 return self.reply(now, tx, &request, status, Some(reason), &[]);
             }
+        };
+        let trunk_out: Arc<str> = match &destination {
+            Destination::Trunk(t) => self.config.trunks[*t].name.clone(),
+            Destination::Contact { user, .. } => format!("user:{user}").into(),
+        };
+        let policy_in = match source {
+            Source::Trunk(t) => Some(t),
+            Source::User(_) => None,
+        };
+        let policy_out = match destination {
+            Destination::Trunk(t) => Some(t),
+            Destination::Contact { .. } => None,
+        };
+        let view = CallStartView {
+            call_id: &request.call_id,
+            trunk_in: &trunk_in,
+            trunk_out: &trunk_out,
+            caller: &caller,
+            callee: &callee,
+            source: path.remote,
+        };
+        let overrides = match self.call_start(&view, policy_in, policy_out) {
+            Ok(overrides) => overrides,
+            Err((status, reason)) => {
+                tracing::info!(call_id = %request.call_id, %callee, %trunk_in, status, %reason, "call refused by policy");
+                self.reply(now, tx, &request, status, Some(&reason), &[]);
+                let unplaced = Unplaced {
+                    caller,
+                    callee,
+                    trunk_in,
+                    trunk_out: Some(trunk_out),
+                };
+                return self.record_unplaced(
+                    now,
+                    &request,
+                    unplaced,
+                    EndReason::PolicyRejected,
+                    status,
+                );
+            }
+        };
+        let mut a_timer = a_timer;
+        self.apply_overrides(
+            [&mut a_timer, &mut outbound.timer],
+            &overrides,
+            &request.call_id,
+        );
+        // The interval on the A leg follows an overridden `ttl`; Min-SE (and so
+        // the 422 above) is not something a policy changes.
+        let negotiated = if overrides.ttl.is_some() {
+            negotiate::as_uas(&request, &a_timer)
+        } else {
+            negotiated
         };
         let a_advertised = self
             .sockets
@@ -125,17 +179,16 @@ impl Engine {
             caller,
             callee,
             trunk_in,
-            trunk_out: match &destination {
-                Destination::Trunk(t) => self.config.trunks[*t].name.clone(),
-                Destination::Contact { user, .. } => format!("user:{user}").into(),
-            },
+            trunk_out,
+            policy_in,
+            policy_out,
         };
         let mut env = Env {
             tx: &mut self.tx,
             ids: &mut self.ids,
             cdrs: &mut self.cdrs,
             settings: &self.settings,
-            policy: self.policy.as_ref(),
+            policies: &self.policies,
             metrics: &self.metrics,
         };
         let inbound = InboundLeg {
@@ -151,6 +204,100 @@ impl Engine {
         self.by_a.insert(a_key, key);
         self.calls.insert(key, Box::new(call));
         self.with_call(key, |_, _| {});
+    }
+
+    /// Asks the policies of the trunk the call comes from, then of the one it
+    /// goes to: the first refusal wins; overrides of both apply, the outbound
+    /// trunk's where both set one.
+    fn call_start(
+        &self,
+        view: &CallStartView<'_>,
+        policy_in: Option<usize>,
+        policy_out: Option<usize>,
+    ) -> Result<CallOverrides, (u16, String)> {
+        let mut asked = vec![policy_in];
+        if !self.policies.same(policy_in, policy_out) {
+            asked.push(policy_out);
+        }
+        let mut merged = CallOverrides::default();
+        for trunk in asked {
+            match self.policies.for_trunk(trunk).call_start(view) {
+                CallStartDecision::Reject { status, reason } => return Err((status, reason)),
+                CallStartDecision::Accept(o) => {
+                    merged = CallOverrides {
+                        ttl: o.ttl.or(merged.ttl),
+                        update_segment: o.update_segment.or(merged.update_segment),
+                        refresh_method: o.refresh_method.or(merged.refresh_method),
+                        no_timer_max_duration: o
+                            .no_timer_max_duration
+                            .or(merged.no_timer_max_duration),
+                    };
+                }
+            }
+        }
+        Ok(merged)
+    }
+
+    /// Applies a policy's overrides to both legs' settings if they pass the
+    /// config's own checks on both; otherwise (reported once) neither changes.
+    fn apply_overrides(
+        &self,
+        timers: [&mut SessionTimerConfig; 2],
+        overrides: &CallOverrides,
+        call_id: &str,
+    ) {
+        if *overrides == CallOverrides::default() {
+            return;
+        }
+        let changed = timers.each_ref().map(|t| SessionTimerConfig {
+            ttl: overrides.ttl.unwrap_or(t.ttl),
+            update_segment: overrides.update_segment.unwrap_or(t.update_segment),
+            refresh_method: overrides.refresh_method.unwrap_or(t.refresh_method),
+            no_timer_max_duration: overrides
+                .no_timer_max_duration
+                .unwrap_or(t.no_timer_max_duration),
+            ..**t
+        });
+        let problems: Vec<String> = changed
+            .iter()
+            .flat_map(|t| t.problems())
+            .map(|(k, m)| format!("{k}: {m}"))
+            .collect();
+        if problems.is_empty() {
+            for (timer, changed) in timers.into_iter().zip(changed) {
+                *timer = changed;
+            }
+            return;
+        }
+        Metrics::count(&self.metrics.policy_errors);
+        tracing::error!(%call_id, ?overrides, problems = %problems.join("; "), "call_start overrides refused: the trunks' settings apply");
+    }
+
+    /// The CDR of a call that was refused before any leg was set up.
+    fn record_unplaced(
+        &mut self,
+        now: Instant,
+        request: &Request,
+        unplaced: Unplaced,
+        end_reason: EndReason,
+        status: u16,
+    ) {
+        self.cdrs.push_back(CdrRecord {
+            call_id: request.call_id.clone(),
+            b_call_id: None,
+            caller: unplaced.caller,
+            callee: unplaced.callee,
+            trunk_in: unplaced.trunk_in,
+            trunk_out: unplaced.trunk_out,
+            start: now,
+            answer: None,
+            end: now,
+            end_reason,
+            ended_by: EndedBy::Switch,
+            sip_code: Some(status),
+            refresh_failure: None,
+            extra: Vec::new(),
+        });
     }
 
     /// A trunk admits the source address, or a configured user proves its

@@ -19,7 +19,7 @@ use crate::cdr::CdrRecord;
 use crate::config::{Config, canonical_ip};
 use crate::ids::IdGen;
 use crate::metrics::Metrics;
-use crate::policy::{BuiltinPolicy, SessionPolicy};
+use crate::policy::Policies;
 use crate::registrar::digest::DigestAuth;
 use crate::registrar::location::LocationView;
 use crate::sip::{ALLOWED_METHODS, HeaderName, MediaType, Message, Method, Request, Response};
@@ -58,8 +58,8 @@ pub struct Engine {
     call_timers: TimerQueue<CallKey>,
     ids: IdGen,
     cdrs: VecDeque<CdrRecord>,
-    /// The decision points' policy (built-in unless configured).
-    policy: Arc<dyn SessionPolicy>,
+    /// The decision points' policies, per trunk (built-in unless configured).
+    policies: Policies,
     /// Counters shared with the other workers and the daemon.
     metrics: Arc<Metrics>,
     /// Where registered users can be reached (when a registrar is configured).
@@ -90,7 +90,7 @@ impl Engine {
             call_timers: TimerQueue::default(),
             ids,
             cdrs: VecDeque::new(),
-            policy: Arc::new(BuiltinPolicy),
+            policies: Policies::builtin(),
             metrics: Arc::new(Metrics::default()),
             location: None,
             auth: None,
@@ -111,9 +111,9 @@ impl Engine {
         self.auth = Some(auth);
     }
 
-    /// Replaces the decision-point policy (hooks of later calls and events).
-    pub fn set_policy(&mut self, policy: Arc<dyn SessionPolicy>) {
-        self.policy = policy;
+    /// Replaces the decision-point policies (hooks of later calls and events).
+    pub fn set_policies(&mut self, policies: Policies) {
+        self.policies = policies;
     }
 
     /// Applies a new config snapshot to calls that start from now on.
@@ -217,7 +217,7 @@ impl Engine {
             ids: &mut self.ids,
             cdrs: &mut self.cdrs,
             settings: &self.settings,
-            policy: self.policy.as_ref(),
+            policies: &self.policies,
             metrics: &self.metrics,
         };
         f(call, &mut env);

@@ -76,6 +76,9 @@ pub struct Metrics {
     pub keepalives_sent: AtomicU64,
     /// How far each contact's actual keep-alive interval was from its period.
     pub keepalive_deviation: Histogram,
+    /// Hook calls into scripts or plugins that failed (error, budget, memory,
+    /// panic, invalid answer): the default decision applied instead.
+    pub policy_errors: AtomicU64,
 }
 
 impl Metrics {

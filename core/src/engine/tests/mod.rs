@@ -2,6 +2,7 @@
 //! by scripts and the clock jumped from deadline to deadline. Each test reads as
 //! the call flow it proves.
 
+mod policies;
 mod session_timers;
 mod users;
 

@@ -6,17 +6,17 @@
 use super::*;
 
 /// Adds headers to a message text just before its blank line.
-fn with_headers(text: &str, headers: &str) -> String {
+pub(super) fn with_headers(text: &str, headers: &str) -> String {
     let (head, body) = text.split_once("\r\n\r\n").expect("a blank line");
     format!("{head}\r\n{headers}\r\n\r\n{body}")
 }
 
-fn timer_invite(call_id: &str, headers: &str) -> String {
+pub(super) fn timer_invite(call_id: &str, headers: &str) -> String {
     with_headers(&invite(call_id, "0049301234", SDP), headers)
 }
 
 /// The callee's answer with session-timer headers (and Allow, for UPDATE).
-fn timer_answer(req: &Request, status: u16, headers: &str) -> String {
+pub(super) fn timer_answer(req: &Request, status: u16, headers: &str) -> String {
     with_headers(
         &answer(
             req,
@@ -39,7 +39,12 @@ fn config_with(session_timer: &str) -> String {
 /// A connected call whose caller refreshes (uac) and whose callee leaves the
 /// refreshing to Vigil (refresher=uac on the B leg); returns the B INVITE and the
 /// A-leg tag.
-fn timed_call(h: &mut Harness, call_id: &str, a_se: &str, b_se: &str) -> (Request, String) {
+pub(super) fn timed_call(
+    h: &mut Harness,
+    call_id: &str,
+    a_se: &str,
+    b_se: &str,
+) -> (Request, String) {
     h.caller_sends(&timer_invite(
         call_id,
         &format!("Supported: timer\r\nSession-Expires: {a_se}"),
@@ -60,7 +65,7 @@ fn timed_call(h: &mut Harness, call_id: &str, a_se: &str, b_se: &str) -> (Reques
     (b, a_tag)
 }
 
-fn methods(messages: &[Message]) -> Vec<String> {
+pub(super) fn methods(messages: &[Message]) -> Vec<String> {
     messages
         .iter()
         .map(|m| match m {

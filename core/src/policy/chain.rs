@@ -1,0 +1,140 @@
+//! A trunk's chain of policy sources — its plugin, then its Lua script — ending
+//! in the built-in decision, and the set of chains a worker holds. A source
+//! that fails is reported (a rate-limited log line naming the hook and the
+//! source, and the `policy_errors` counter) and the next one decides: a broken
+//! script or plugin never takes a call down with it.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use super::{
+    BuiltinPolicy, CallStartDecision, CallStartView, CallView, ContactView, ExtraFields,
+    FailureDecision, HookError, KeepaliveDecision, LegView, PolicySource, RefreshDecision,
+    RefreshFailure, SessionPolicy,
+};
+use crate::metrics::Metrics;
+use crate::ratelimit::RateLimit;
+
+/// Sources asked in order; the first decision wins, else the built-in one.
+pub struct PolicyChain {
+    sources: Vec<Arc<dyn PolicySource>>,
+    metrics: Arc<Metrics>,
+    failure_log: Mutex<RateLimit>,
+}
+
+impl PolicyChain {
+    pub fn new(sources: Vec<Arc<dyn PolicySource>>, metrics: Arc<Metrics>) -> PolicyChain {
+        PolicyChain {
+            sources,
+            metrics,
+            failure_log: Mutex::new(RateLimit::new(10, Duration::from_secs(60))),
+        }
+    }
+
+    fn first<T>(
+        &self,
+        hook: &'static str,
+        ask: impl Fn(&dyn PolicySource) -> Result<Option<T>, HookError>,
+    ) -> Option<T> {
+        for source in &self.sources {
+            match ask(source.as_ref()) {
+                Ok(Some(decision)) => return Some(decision),
+                Ok(None) => {}
+                Err(e) => self.report(hook, source.name(), &e),
+            }
+        }
+        None
+    }
+
+    fn report(&self, hook: &'static str, source: &str, error: &HookError) {
+        Metrics::count(&self.metrics.policy_errors);
+        let mut log = self.failure_log.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(suppressed) = log.allow(Instant::now()) {
+            tracing::error!(hook, source, %error, suppressed, "policy hook failed: the default decision applies");
+        }
+    }
+}
+
+impl SessionPolicy for PolicyChain {
+    fn call_start(&self, view: &CallStartView<'_>) -> CallStartDecision {
+        self.first("call_start", |s| match s.call_start(view)? {
+            Some(CallStartDecision::Reject { status, .. }) if !(400..=699).contains(&status) => {
+                Err(HookError::InvalidDecision(format!(
+                    "call_start: reject status {status} is not a final error status (400..=699)"
+                )))
+            }
+            other => Ok(other),
+        })
+        .unwrap_or_else(|| BuiltinPolicy.call_start(view))
+    }
+
+    fn keepalive_tick(&self, view: &ContactView<'_>) -> KeepaliveDecision {
+        self.first("keepalive_tick", |s| s.keepalive_tick(view))
+            .unwrap_or_else(|| BuiltinPolicy.keepalive_tick(view))
+    }
+
+    fn refresh_due(&self, view: &LegView<'_>) -> RefreshDecision {
+        self.first("refresh_due", |s| s.refresh_due(view))
+            .unwrap_or_else(|| BuiltinPolicy.refresh_due(view))
+    }
+
+    fn refresh_failed(&self, view: &LegView<'_>, failure: RefreshFailure) -> FailureDecision {
+        self.first("refresh_failed", |s| s.refresh_failed(view, failure))
+            .unwrap_or_else(|| BuiltinPolicy.refresh_failed(view, failure))
+    }
+
+    /// Every source observes the hang-up; the fields of those that succeed are
+    /// kept (in chain order), a failing one's are dropped whole.
+    fn hangup(&self, view: &CallView<'_>) -> ExtraFields {
+        let mut extra = ExtraFields::new();
+        for source in &self.sources {
+            let mut fields = ExtraFields::new();
+            match source.hangup(view, &mut fields) {
+                Ok(()) => extra.append(&mut fields),
+                Err(e) => self.report("hangup", source.name(), &e),
+            }
+        }
+        extra
+    }
+}
+
+/// A worker's policies: one per trunk (its own chain, or the default), and the
+/// default for everything that is no trunk's (registered users' legs and
+/// keep-alives).
+#[derive(Clone)]
+pub struct Policies {
+    pub(super) default: Arc<dyn SessionPolicy>,
+    pub(super) trunks: Vec<Arc<dyn SessionPolicy>>,
+}
+
+impl Policies {
+    /// Built-in decisions everywhere: what runs with no `policy` configured.
+    pub fn builtin() -> Policies {
+        Policies {
+            default: Arc::new(BuiltinPolicy),
+            trunks: Vec::new(),
+        }
+    }
+
+    /// The policy for a leg or call on trunk `trunk` (an index into the
+    /// config's trunks), or the default one for `None`.
+    pub fn for_trunk(&self, trunk: Option<usize>) -> &dyn SessionPolicy {
+        trunk
+            .and_then(|t| self.trunks.get(t))
+            .unwrap_or(&self.default)
+            .as_ref()
+    }
+
+    pub fn default_policy(&self) -> Arc<dyn SessionPolicy> {
+        self.default.clone()
+    }
+
+    /// Whether `a` and `b` are served by the same policy (a call-level hook is
+    /// then asked once).
+    pub fn same(&self, a: Option<usize>, b: Option<usize>) -> bool {
+        std::ptr::addr_eq(
+            self.for_trunk(a) as *const dyn SessionPolicy,
+            self.for_trunk(b) as *const dyn SessionPolicy,
+        )
+    }
+}

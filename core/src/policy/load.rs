@@ -1,0 +1,136 @@
+//! Loading the policy sources a config names: plugins once per process, Lua
+//! scripts once per worker (a Lua state is not shared), and the check behind
+//! `vigil check`.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use super::chain::{Policies, PolicyChain};
+use super::lua::{LuaLimits, LuaLoadError, LuaPolicy};
+use super::plugin::{PluginError, PluginPolicy};
+use super::{BuiltinPolicy, PolicySource, SessionPolicy};
+use crate::config::{Config, PolicySources};
+use crate::metrics::Metrics;
+
+/// A policy source that could not be loaded: its trunk falls back to the
+/// default (at start-up), or `vigil check` fails.
+#[derive(Debug, thiserror::Error)]
+pub enum PolicyLoadError {
+    #[error("{key}.lua: {source}")]
+    Lua {
+        key: String,
+        #[source]
+        source: LuaLoadError,
+    },
+    #[error("{key}.plugin: {source}")]
+    Plugin {
+        key: String,
+        #[source]
+        source: PluginError,
+    },
+}
+
+/// Loads what the config names. Plugins are loaded once per process and shared
+/// by every worker; Lua states are made per worker (a state is not shared).
+pub struct PolicyLoader {
+    plugins: HashMap<PathBuf, Arc<PluginPolicy>>,
+    limits: LuaLimits,
+    metrics: Arc<Metrics>,
+}
+
+/// Every place the config names sources: (config key, sources).
+fn named_sources(config: &Config) -> Vec<(String, &PolicySources)> {
+    let mut out = vec![("policy".to_string(), &config.policy.default)];
+    for (i, t) in config.trunks.iter().enumerate() {
+        if let Some(sources) = &t.policy {
+            out.push((format!("trunks[{i}].policy"), sources));
+        }
+    }
+    out
+}
+
+impl PolicyLoader {
+    /// Loads every plugin the config names; the errors say which could not be.
+    pub fn new(config: &Config, metrics: Arc<Metrics>) -> (PolicyLoader, Vec<PolicyLoadError>) {
+        let mut plugins = HashMap::new();
+        let mut errors = Vec::new();
+        for (key, sources) in named_sources(config) {
+            let Some(path) = &sources.plugin else {
+                continue;
+            };
+            if plugins.contains_key(path) {
+                continue;
+            }
+            match PluginPolicy::load(path) {
+                Ok(plugin) => {
+                    plugins.insert(path.clone(), Arc::new(plugin));
+                }
+                Err(source) => errors.push(PolicyLoadError::Plugin { key, source }),
+            }
+        }
+        let limits = LuaLimits {
+            instructions: config.policy.lua_instruction_limit,
+            memory_bytes: config.policy.lua_memory_limit_mb as usize * 1024 * 1024,
+        };
+        (
+            PolicyLoader {
+                plugins,
+                limits,
+                metrics,
+            },
+            errors,
+        )
+    }
+
+    /// One worker's policies, with fresh Lua states (each script compiled once
+    /// for this worker). A source that fails to load is left out of its chain.
+    pub fn policies(&self, config: &Config) -> (Policies, Vec<PolicyLoadError>) {
+        let mut scripts: HashMap<PathBuf, Arc<LuaPolicy>> = HashMap::new();
+        let mut errors = Vec::new();
+        let mut chain = |key: String, sources: &PolicySources| -> Option<Arc<dyn SessionPolicy>> {
+            let mut list: Vec<Arc<dyn PolicySource>> = Vec::new();
+            if let Some(plugin) = sources.plugin.as_ref().and_then(|p| self.plugins.get(p)) {
+                list.push(plugin.clone());
+            }
+            if let Some(path) = &sources.lua {
+                match scripts.get(path.as_path()) {
+                    Some(script) => list.push(script.clone()),
+                    None => match LuaPolicy::load(path, self.limits) {
+                        Ok(script) => {
+                            let script = Arc::new(script);
+                            scripts.insert(path.clone(), script.clone());
+                            list.push(script);
+                        }
+                        Err(source) => errors.push(PolicyLoadError::Lua { key, source }),
+                    },
+                }
+            }
+            (!list.is_empty()).then(|| {
+                Arc::new(PolicyChain::new(list, self.metrics.clone())) as Arc<dyn SessionPolicy>
+            })
+        };
+        let default = chain("policy".into(), &config.policy.default)
+            .unwrap_or_else(|| Arc::new(BuiltinPolicy));
+        let trunks = config
+            .trunks
+            .iter()
+            .enumerate()
+            .map(|(i, t)| match &t.policy {
+                Some(sources) => {
+                    chain(format!("trunks[{i}].policy"), sources).unwrap_or_else(|| default.clone())
+                }
+                None => default.clone(),
+            })
+            .collect();
+        (Policies { default, trunks }, errors)
+    }
+}
+
+/// What `vigil check` reports: every script that does not compile and every
+/// plugin that does not load.
+pub fn check(config: &Config) -> Vec<PolicyLoadError> {
+    let (loader, mut errors) = PolicyLoader::new(config, Arc::default());
+    errors.extend(loader.policies(config).1);
+    errors
+}

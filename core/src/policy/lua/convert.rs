@@ -1,0 +1,346 @@
+//! From what a hook function returned to the decision it stands for.
+//!
+//! Lenient where Lua is loose (`1800.0` is a whole number), strict where a
+//! typo would silently change a call: an unknown key, a wrong type or a value
+//! out of range is an [`HookError::InvalidDecision`] naming the hook and what
+//! came back, and the next source decides.
+
+use std::time::Duration;
+
+use mlua::{Table, Value};
+
+use crate::config::RefreshMethod;
+use crate::policy::{
+    CallOverrides, CallStartDecision, ExtraFields, FailureDecision, HookError, KeepaliveDecision,
+    RefreshDecision,
+};
+use crate::sip::reason_phrase;
+
+/// The largest keep-alive payload: one datagram that fits any path's MTU.
+pub(super) const MAX_PAYLOAD: usize = 1400;
+
+/// The longest reason phrase a script may put on a status line.
+const MAX_REASON: usize = 128;
+
+/// `call_start`: nil | "accept" | `{ reject = status, reason = "..." }` |
+/// `{ ttl, update_segment, refresh_method, no_timer_max_duration }`.
+pub(super) fn call_start(value: Value) -> Result<Option<CallStartDecision>, HookError> {
+    const HOOK: &str = "call_start";
+    match &value {
+        Value::Nil => Ok(None),
+        Value::String(s) if &*s.as_bytes() == b"accept" => {
+            Ok(Some(CallStartDecision::Accept(CallOverrides::default())))
+        }
+        Value::Table(t) => call_start_table(t).map(Some),
+        other => Err(invalid(
+            HOOK,
+            other,
+            "nil, \"accept\", { reject = <400..699>, reason = \"...\" } or a table of overrides",
+        )),
+    }
+}
+
+fn call_start_table(t: &Table) -> Result<CallStartDecision, HookError> {
+    const HOOK: &str = "call_start";
+    let mut reject = None;
+    let mut reason = None;
+    let mut overrides = CallOverrides::default();
+    let mut any_override = false;
+    for pair in t.pairs::<Value, Value>() {
+        let (key, value) = pair.map_err(|e| HookError::InvalidDecision(format!("{HOOK}: {e}")))?;
+        let name = table_key(HOOK, &key)?;
+        match name.as_str() {
+            "reject" => reject = Some(number_in(HOOK, &name, &value, 400, 699)?),
+            "reason" => reason = Some(reason_text(&value)?),
+            "ttl" => overrides.ttl = Some(number_in(HOOK, &name, &value, 1, u32::MAX)?),
+            "update_segment" => {
+                overrides.update_segment = Some(number_in(HOOK, &name, &value, 1, u32::MAX)?)
+            }
+            "no_timer_max_duration" => {
+                overrides.no_timer_max_duration = Some(number_in(HOOK, &name, &value, 1, u32::MAX)?)
+            }
+            "refresh_method" => overrides.refresh_method = Some(refresh_method(&value)?),
+            _ => {
+                return Err(HookError::InvalidDecision(format!(
+                    "{HOOK} returned a table with unknown key {name:?} (known: reject, reason, ttl, \
+                     update_segment, refresh_method, no_timer_max_duration)"
+                )));
+            }
+        }
+        any_override |= !matches!(name.as_str(), "reject" | "reason");
+    }
+    match reject {
+        Some(status) => {
+            if any_override {
+                return Err(HookError::InvalidDecision(format!(
+                    "{HOOK} returned a table with both reject and overrides"
+                )));
+            }
+            // `number_in` bounded it to 400..=699.
+            let status = u16::try_from(status).unwrap_or(500);
+            let reason = reason.unwrap_or_else(|| reason_phrase(status).to_string());
+            Ok(CallStartDecision::Reject { status, reason })
+        }
+        None if reason.is_some() => Err(HookError::InvalidDecision(format!(
+            "{HOOK} returned a reason without reject"
+        ))),
+        None => Ok(CallStartDecision::Accept(overrides)),
+    }
+}
+
+/// A reason phrase goes on a status line: printable text only (RFC 3261
+/// §25.1 `Reason-Phrase`), so a script cannot inject a header.
+fn reason_text(value: &Value) -> Result<String, HookError> {
+    let bad = || invalid("call_start", value, "reason = a printable string");
+    let Value::String(s) = value else {
+        return Err(bad());
+    };
+    let Ok(text) = s.to_str() else {
+        return Err(bad());
+    };
+    let printable = text
+        .chars()
+        .all(|c| c == ' ' || c == '\t' || !c.is_control());
+    if text.trim().is_empty() || text.len() > MAX_REASON || !printable {
+        return Err(HookError::InvalidDecision(format!(
+            "call_start returned reason = {}: a reason must be 1..={MAX_REASON} bytes of printable text",
+            describe(value)
+        )));
+    }
+    Ok(text.to_string())
+}
+
+fn refresh_method(value: &Value) -> Result<RefreshMethod, HookError> {
+    if let Value::String(s) = value {
+        match &*s.as_bytes() {
+            b"auto" => return Ok(RefreshMethod::Auto),
+            b"update" => return Ok(RefreshMethod::Update),
+            b"reinvite" => return Ok(RefreshMethod::Reinvite),
+            _ => {}
+        }
+    }
+    Err(invalid(
+        "call_start",
+        value,
+        "refresh_method = \"auto\", \"update\" or \"reinvite\"",
+    ))
+}
+
+/// `refresh_due`: nil | "default" | "update" | "reinvite" | "skip" | "hangup".
+pub(super) fn refresh_due(value: Value) -> Result<Option<RefreshDecision>, HookError> {
+    if let Value::String(s) = &value {
+        match &*s.as_bytes() {
+            b"default" => return Ok(Some(RefreshDecision::Default)),
+            b"update" => return Ok(Some(RefreshDecision::Update)),
+            b"reinvite" => return Ok(Some(RefreshDecision::Reinvite)),
+            b"skip" => return Ok(Some(RefreshDecision::Skip)),
+            b"hangup" => return Ok(Some(RefreshDecision::Hangup)),
+            _ => {}
+        }
+    }
+    match value {
+        Value::Nil => Ok(None),
+        other => Err(invalid(
+            "refresh_due",
+            &other,
+            "nil, \"default\", \"update\", \"reinvite\", \"skip\" or \"hangup\"",
+        )),
+    }
+}
+
+/// `refresh_failed`: nil | "hangup" | "ignore" | "retry", seconds |
+/// `{ retry = seconds }`.
+pub(super) fn refresh_failed(
+    value: Value,
+    seconds: Value,
+) -> Result<Option<FailureDecision>, HookError> {
+    const HOOK: &str = "refresh_failed";
+    const EXPECTED: &str =
+        "nil, \"hangup\", \"ignore\", \"retry\", <seconds> or { retry = <seconds> }";
+    match &value {
+        Value::Nil => Ok(None),
+        Value::String(s) => match &*s.as_bytes() {
+            b"hangup" => Ok(Some(FailureDecision::Hangup)),
+            b"ignore" => Ok(Some(FailureDecision::Ignore)),
+            b"retry" => retry_delay(&seconds).map(|d| Some(FailureDecision::Retry(d))),
+            _ => Err(invalid(HOOK, &value, EXPECTED)),
+        },
+        Value::Table(t) => {
+            let mut delay = None;
+            for pair in t.pairs::<Value, Value>() {
+                let (key, v) =
+                    pair.map_err(|e| HookError::InvalidDecision(format!("{HOOK}: {e}")))?;
+                match table_key(HOOK, &key)?.as_str() {
+                    "retry" => delay = Some(retry_delay(&v)?),
+                    other => {
+                        return Err(HookError::InvalidDecision(format!(
+                            "{HOOK} returned a table with unknown key {other:?} (expected {{ retry = <seconds> }})"
+                        )));
+                    }
+                }
+            }
+            match delay {
+                Some(d) => Ok(Some(FailureDecision::Retry(d))),
+                None => Err(invalid(HOOK, &value, EXPECTED)),
+            }
+        }
+        other => Err(invalid(HOOK, other, EXPECTED)),
+    }
+}
+
+/// A retry delay: seconds > 0, fractions allowed. The core bounds it.
+fn retry_delay(value: &Value) -> Result<Duration, HookError> {
+    let secs = match value {
+        Value::Integer(i) if *i > 0 => Some(Duration::from_secs(i.unsigned_abs())),
+        Value::Number(n) if *n > 0.0 => Duration::try_from_secs_f64(*n).ok(),
+        _ => None,
+    };
+    secs.ok_or_else(|| {
+        HookError::InvalidDecision(format!(
+            "refresh_failed returned retry with {}; expected a number of seconds > 0",
+            describe(value)
+        ))
+    })
+}
+
+/// `keepalive_tick`: nil | "send" | "skip" | `{ payload = "<bytes>" }`.
+pub(super) fn keepalive_tick(value: Value) -> Result<Option<KeepaliveDecision>, HookError> {
+    const HOOK: &str = "keepalive_tick";
+    const EXPECTED: &str = "nil, \"send\", \"skip\" or { payload = \"<1..1400 bytes>\" }";
+    match &value {
+        Value::Nil => Ok(None),
+        Value::String(s) => match &*s.as_bytes() {
+            b"send" => Ok(Some(KeepaliveDecision::Default)),
+            b"skip" => Ok(Some(KeepaliveDecision::Skip)),
+            _ => Err(invalid(HOOK, &value, EXPECTED)),
+        },
+        Value::Table(t) => {
+            let mut payload = None;
+            for pair in t.pairs::<Value, Value>() {
+                let (key, v) =
+                    pair.map_err(|e| HookError::InvalidDecision(format!("{HOOK}: {e}")))?;
+                match (table_key(HOOK, &key)?.as_str(), &v) {
+                    ("payload", Value::String(bytes))
+                        if (1..=MAX_PAYLOAD).contains(&bytes.as_bytes().len()) =>
+                    {
+                        payload = Some(bytes.as_bytes().to_vec());
+                    }
+                    ("payload", other) => {
+                        return Err(HookError::InvalidDecision(format!(
+                            "{HOOK} returned payload = {}; expected a string of 1..={MAX_PAYLOAD} bytes",
+                            describe(other)
+                        )));
+                    }
+                    (other, _) => {
+                        return Err(HookError::InvalidDecision(format!(
+                            "{HOOK} returned a table with unknown key {other:?} (expected {{ payload = \"...\" }})"
+                        )));
+                    }
+                }
+            }
+            payload
+                .map(|p| Some(KeepaliveDecision::Payload(p)))
+                .ok_or_else(|| invalid(HOOK, &value, EXPECTED))
+        }
+        other => Err(invalid(HOOK, other, EXPECTED)),
+    }
+}
+
+/// `hangup`: nil | a table of string keys → string, number or boolean values,
+/// added to `extra` sorted by key (Lua's table order is arbitrary; CDRs
+/// should not be).
+pub(super) fn hangup(value: Value, extra: &mut ExtraFields) -> Result<(), HookError> {
+    const HOOK: &str = "hangup";
+    let t = match &value {
+        Value::Nil => return Ok(()),
+        Value::Table(t) => t,
+        other => return Err(invalid(HOOK, other, "nil or a table of CDR fields")),
+    };
+    let mut fields = Vec::new();
+    for pair in t.pairs::<Value, Value>() {
+        let (key, v) = pair.map_err(|e| HookError::InvalidDecision(format!("{HOOK}: {e}")))?;
+        let name = table_key(HOOK, &key)?;
+        let text = match &v {
+            Value::String(s) => s.to_string_lossy(),
+            Value::Integer(i) => i.to_string(),
+            Value::Number(n) => number_text(*n),
+            Value::Boolean(b) => b.to_string(),
+            other => {
+                return Err(HookError::InvalidDecision(format!(
+                    "{HOOK} returned {name} = {}; CDR fields must be strings, numbers or booleans",
+                    describe(other)
+                )));
+            }
+        };
+        fields.push((name, text));
+    }
+    fields.sort();
+    extra.extend(fields);
+    Ok(())
+}
+
+/// A float for a CDR: whole numbers without a fraction (`3600/2` is `1800`),
+/// others in the shortest form that reads back the same.
+fn number_text(n: f64) -> String {
+    // 2^53: beyond it not every whole number is representable anyway.
+    const EXACT: f64 = 9_007_199_254_740_992.0;
+    if n.fract() == 0.0 && n.abs() < EXACT {
+        format!("{n:.0}")
+    } else {
+        n.to_string()
+    }
+}
+
+/// A table key that must be a non-empty string.
+fn table_key(hook: &str, key: &Value) -> Result<String, HookError> {
+    match key {
+        Value::String(s) if !s.as_bytes().is_empty() => Ok(s.to_string_lossy()),
+        other => Err(HookError::InvalidDecision(format!(
+            "{hook} returned a table with key {}; keys must be non-empty strings",
+            describe(other)
+        ))),
+    }
+}
+
+/// A whole number in `min..=max` (`1800.0` counts as whole).
+fn number_in(hook: &str, field: &str, value: &Value, min: u32, max: u32) -> Result<u32, HookError> {
+    let n = match value {
+        Value::Integer(i) => u32::try_from(*i).ok(),
+        Value::Number(n) if n.fract() == 0.0 && *n >= 0.0 && *n <= f64::from(u32::MAX) => {
+            Some(*n as u32)
+        }
+        _ => None,
+    };
+    n.filter(|n| (min..=max).contains(n)).ok_or_else(|| {
+        HookError::InvalidDecision(format!(
+            "{hook} returned {field} = {}; expected a whole number in {min}..={max}",
+            describe(value)
+        ))
+    })
+}
+
+fn invalid(hook: &str, got: &Value, expected: &str) -> HookError {
+    HookError::InvalidDecision(format!(
+        "{hook} returned {}; expected {expected}",
+        describe(got)
+    ))
+}
+
+/// A returned value, short enough for a log line.
+pub(super) fn describe(value: &Value) -> String {
+    const MAX: usize = 40;
+    match value {
+        Value::Nil => "nil".into(),
+        Value::Boolean(b) => b.to_string(),
+        Value::Integer(i) => i.to_string(),
+        Value::Number(n) => n.to_string(),
+        Value::String(s) => {
+            let text = s.to_string_lossy();
+            match text.char_indices().nth(MAX) {
+                Some((cut, _)) => format!("{:?}…", &text[..cut]),
+                None => format!("{text:?}"),
+            }
+        }
+        other => format!("a {}", other.type_name()),
+    }
+}

@@ -1,0 +1,1080 @@
+//! What a script sees and what its answers mean, one hook at a time; then the
+//! sandbox and the bounds; then the example scripts in `scripts/`.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use tempfile::TempDir;
+
+use super::*;
+use crate::cdr::EndReason;
+use crate::config::RefreshMethod;
+use crate::policy::CallOverrides;
+
+/// Limits small enough that runaway tests end quickly.
+const LIMITS: LuaLimits = LuaLimits {
+    instructions: 200_000,
+    memory_bytes: 8 * 1024 * 1024,
+};
+
+/// Writes `files` (name, source) to a fresh directory.
+fn dir_with(files: &[(&str, &str)]) -> TempDir {
+    let dir = tempfile::tempdir().expect("tempdir");
+    for (name, source) in files {
+        let path = dir.path().join(name);
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent).expect("mkdir");
+        }
+        std::fs::write(path, source).expect("write script");
+    }
+    dir
+}
+
+/// Loads `source` as `policy.lua` in a fresh directory.
+fn load(source: &str) -> (TempDir, LuaPolicy) {
+    let dir = dir_with(&[("policy.lua", source)]);
+    let policy = LuaPolicy::load(&dir.path().join("policy.lua"), LIMITS).expect("script loads");
+    (dir, policy)
+}
+
+fn load_err(source: &str) -> (TempDir, LuaLoadError) {
+    let dir = dir_with(&[("policy.lua", source)]);
+    let err =
+        LuaPolicy::load(&dir.path().join("policy.lua"), LIMITS).expect_err("script must not load");
+    (dir, err)
+}
+
+fn source() -> SocketAddr {
+    "192.0.2.10:5060".parse().expect("addr")
+}
+
+fn call_start_view(callee: &str) -> CallStartView<'_> {
+    CallStartView {
+        call_id: "a84b4c76e66710",
+        trunk_in: "pbx",
+        trunk_out: "carrier",
+        caller: "4930123",
+        callee,
+        source: source(),
+    }
+}
+
+fn leg_view(call_id: &str) -> LegView<'_> {
+    LegView {
+        call_id,
+        b_call_id: "vigil-3-77",
+        trunk: "carrier",
+        caller: "4930123",
+        callee: "4940555",
+        leg: Leg::B,
+        session_expires: 1800,
+        refresher: Who::Vigil,
+        refresh_count: 2,
+        since_answer: Duration::from_millis(1_800_500),
+    }
+}
+
+fn call_view(call_id: &str) -> CallView<'_> {
+    CallView {
+        call_id,
+        b_call_id: "vigil-3-77",
+        trunk_in: "pbx",
+        trunk_out: "carrier",
+        caller: "4930123",
+        callee: "4940555",
+        end_reason: EndReason::CallerBye,
+        since_answer: Some(Duration::from_secs(95)),
+    }
+}
+
+fn contact_view(user: &str) -> ContactView<'_> {
+    ContactView {
+        user,
+        contact: "sip:alice@10.0.0.5:5062",
+        received: "198.51.100.7:40211".parse().expect("addr"),
+        sent: 41,
+    }
+}
+
+fn invalid(result: Result<impl fmt::Debug, HookError>) -> String {
+    match result {
+        Err(HookError::InvalidDecision(msg)) => msg,
+        other => panic!("expected InvalidDecision, got {other:?}"),
+    }
+}
+
+fn accept(o: CallOverrides) -> Option<CallStartDecision> {
+    Some(CallStartDecision::Accept(o))
+}
+
+#[test]
+fn lua_policy_is_send_and_sync() {
+    fn assert_send_sync<T: Send + Sync>() {}
+    assert_send_sync::<LuaPolicy>();
+}
+
+// ---- call_start ----------------------------------------------------------
+
+#[test]
+fn call_start_sees_the_call() {
+    let (_dir, policy) = load(
+        r#"
+        function call_start(call)
+          assert(call.call_id == "a84b4c76e66710", "call_id")
+          assert(call.trunk_in == "pbx" and call.trunk_out == "carrier", "trunks")
+          assert(call.caller == "4930123" and call.callee == "4940555", "parties")
+          assert(call.source == "192.0.2.10:5060", "source")
+          call.caller = "changed" -- a fresh table: no effect anywhere
+          return "accept"
+        end
+        "#,
+    );
+    let decision = policy.call_start(&call_start_view("4940555"));
+    assert_eq!(decision, Ok(accept(CallOverrides::default())));
+}
+
+#[test]
+fn call_start_answers() {
+    let (_dir, policy) = load(
+        r#"
+        local answers = {
+          none = nil,
+          accept = "accept",
+          forbid = { reject = 403 },
+          busy = { reject = 486, reason = "Busy Here Today" },
+          odd = { reject = 499 },
+          timers = { ttl = 1800, update_segment = 3, refresh_method = "reinvite",
+                     no_timer_max_duration = 7200 },
+          float = { ttl = 3600 / 2, refresh_method = "auto" },
+          empty = {},
+        }
+        function call_start(call) return answers[call.callee] end
+        "#,
+    );
+    let ask = |callee| policy.call_start(&call_start_view(callee));
+    assert_eq!(ask("none"), Ok(None));
+    assert_eq!(ask("accept"), Ok(accept(CallOverrides::default())));
+    assert_eq!(
+        ask("forbid"),
+        Ok(Some(CallStartDecision::Reject {
+            status: 403,
+            reason: "Forbidden".into()
+        }))
+    );
+    assert_eq!(
+        ask("busy"),
+        Ok(Some(CallStartDecision::Reject {
+            status: 486,
+            reason: "Busy Here Today".into()
+        }))
+    );
+    assert_eq!(
+        ask("odd"),
+        Ok(Some(CallStartDecision::Reject {
+            status: 499,
+            reason: "Request Failure".into()
+        }))
+    );
+    assert_eq!(
+        ask("timers"),
+        Ok(accept(CallOverrides {
+            ttl: Some(1800),
+            update_segment: Some(3),
+            refresh_method: Some(RefreshMethod::Reinvite),
+            no_timer_max_duration: Some(7200),
+        }))
+    );
+    assert_eq!(
+        ask("float"),
+        Ok(accept(CallOverrides {
+            ttl: Some(1800),
+            refresh_method: Some(RefreshMethod::Auto),
+            ..CallOverrides::default()
+        }))
+    );
+    assert_eq!(ask("empty"), Ok(accept(CallOverrides::default())));
+}
+
+#[test]
+fn call_start_rejects_nonsense() {
+    let (_dir, policy) = load(
+        r#"
+        local answers = {
+          word = "yes",
+          number = 42,
+          ttl_zero = { ttl = 0 },
+          ttl_fraction = { ttl = 1.5 },
+          ttl_string = { ttl = "1800" },
+          ttl_huge = { ttl = 2^40 },
+          status_2xx = { reject = 200 },
+          status_700 = { reject = 700 },
+          both = { reject = 403, ttl = 90 },
+          reason_only = { reason = "why" },
+          crlf = { reject = 403, reason = "No\r\nX-Evil: 1" },
+          method = { refresh_method = "INFO" },
+          typo = { tll = 1800 },
+          array = { 403 },
+        }
+        function call_start(call)
+          if call.callee == "func" then return print end
+          return answers[call.callee]
+        end
+        "#,
+    );
+    let ask = |callee| invalid(policy.call_start(&call_start_view(callee)));
+    assert!(
+        ask("word").contains("call_start returned \"yes\""),
+        "{}",
+        ask("word")
+    );
+    assert!(ask("number").contains("returned 42"));
+    assert!(ask("func").contains("returned a function"));
+    assert!(ask("ttl_zero").contains("ttl = 0"));
+    assert!(ask("ttl_fraction").contains("ttl = 1.5"));
+    assert!(ask("ttl_string").contains("ttl = \"1800\""));
+    assert!(ask("ttl_huge").contains("ttl"));
+    assert!(ask("status_2xx").contains("reject = 200"));
+    assert!(ask("status_700").contains("reject = 700"));
+    assert!(ask("both").contains("both reject and overrides"));
+    assert!(ask("reason_only").contains("reason without reject"));
+    assert!(ask("crlf").contains("printable"));
+    assert!(ask("method").contains("refresh_method"));
+    assert!(ask("typo").contains("unknown key \"tll\""));
+    assert!(ask("array").contains("keys must be non-empty strings"));
+}
+
+// ---- refresh_due ----------------------------------------------------------
+
+#[test]
+fn refresh_due_sees_the_leg_and_answers() {
+    let (_dir, policy) = load(
+        r#"
+        function refresh_due(leg)
+          assert(leg.b_call_id == "vigil-3-77", "b_call_id")
+          assert(leg.trunk == "carrier", "trunk")
+          assert(leg.caller == "4930123" and leg.callee == "4940555", "parties")
+          assert(leg.leg == "b", "leg")
+          assert(math.type(leg.session_expires) == "integer" and leg.session_expires == 1800, "se")
+          assert(leg.refresher == "vigil", "refresher")
+          assert(leg.refresh_count == 2, "refresh_count")
+          assert(leg.since_answer == 1800.5, "since_answer")
+          if leg.call_id == "none" then return nil end
+          return leg.call_id
+        end
+        "#,
+    );
+    let ask = |call_id| policy.refresh_due(&leg_view(call_id));
+    assert_eq!(ask("none"), Ok(None));
+    assert_eq!(ask("default"), Ok(Some(RefreshDecision::Default)));
+    assert_eq!(ask("update"), Ok(Some(RefreshDecision::Update)));
+    assert_eq!(ask("reinvite"), Ok(Some(RefreshDecision::Reinvite)));
+    assert_eq!(ask("skip"), Ok(Some(RefreshDecision::Skip)));
+    assert_eq!(ask("hangup"), Ok(Some(RefreshDecision::Hangup)));
+    let msg = invalid(ask("REINVITE"));
+    assert!(msg.contains("refresh_due returned \"REINVITE\""), "{msg}");
+}
+
+#[test]
+fn leg_and_refresher_names() {
+    let (_dir, policy) = load(
+        r#"
+        function refresh_due(leg)
+          assert(leg.leg == "a" and leg.refresher == "peer", leg.leg .. "/" .. leg.refresher)
+          return "skip"
+        end
+        "#,
+    );
+    let view = LegView {
+        leg: Leg::A,
+        refresher: Who::Peer,
+        ..leg_view("x")
+    };
+    assert_eq!(policy.refresh_due(&view), Ok(Some(RefreshDecision::Skip)));
+}
+
+// ---- refresh_failed ---------------------------------------------------------
+
+#[test]
+fn refresh_failed_sees_why() {
+    let (_dir, policy) = load(
+        r#"
+        function refresh_failed(leg, failure)
+          assert(leg.call_id == "c1" and leg.leg == "b", "leg")
+          if failure.kind == "status" then
+            assert(math.type(failure.status) == "integer", "status type")
+            return "retry", failure.status - 400
+          end
+          assert(failure.status == nil, "status must be nil")
+          if failure.kind == "timeout" then return "ignore" end
+          if failure.kind == "expired" then return "hangup" end
+          if failure.kind == "policy" then return nil end
+          error("unknown kind " .. tostring(failure.kind))
+        end
+        "#,
+    );
+    let ask = |f| policy.refresh_failed(&leg_view("c1"), f);
+    assert_eq!(
+        ask(RefreshFailure::Status(408)),
+        Ok(Some(FailureDecision::Retry(Duration::from_secs(8))))
+    );
+    assert_eq!(
+        ask(RefreshFailure::Timeout),
+        Ok(Some(FailureDecision::Ignore))
+    );
+    assert_eq!(
+        ask(RefreshFailure::Expired),
+        Ok(Some(FailureDecision::Hangup))
+    );
+    assert_eq!(ask(RefreshFailure::Policy), Ok(None));
+}
+
+#[test]
+fn refresh_failed_retry_forms() {
+    let (_dir, policy) = load(
+        r#"
+        local answers = {
+          two = { "retry", 2 },
+          half = { "retry", 0.5 },
+          table = { { retry = 3 } },
+          no_delay = { "retry" },
+          zero = { "retry", 0 },
+          negative = { "retry", -1 },
+          nan = { "retry", 0/0 },
+          huge = { "retry", math.huge },
+          string_delay = { "retry", "2" },
+          empty_table = { {} },
+          other_key = { { retry = 1, after = 2 } },
+          word = { "again" },
+        }
+        function refresh_failed(leg, failure) return table.unpack(answers[leg.call_id]) end
+        "#,
+    );
+    let ask = |call_id| policy.refresh_failed(&leg_view(call_id), RefreshFailure::Timeout);
+    assert_eq!(
+        ask("two"),
+        Ok(Some(FailureDecision::Retry(Duration::from_secs(2))))
+    );
+    assert_eq!(
+        ask("half"),
+        Ok(Some(FailureDecision::Retry(Duration::from_millis(500))))
+    );
+    assert_eq!(
+        ask("table"),
+        Ok(Some(FailureDecision::Retry(Duration::from_secs(3))))
+    );
+    for bad in [
+        "no_delay",
+        "zero",
+        "negative",
+        "nan",
+        "huge",
+        "string_delay",
+    ] {
+        let msg = invalid(ask(bad));
+        assert!(msg.contains("retry with"), "{bad}: {msg}");
+    }
+    assert!(invalid(ask("empty_table")).contains("returned a table"));
+    assert!(invalid(ask("other_key")).contains("unknown key \"after\""));
+    assert!(invalid(ask("word")).contains("returned \"again\""));
+}
+
+// ---- keepalive_tick ---------------------------------------------------------
+
+#[test]
+fn keepalive_tick_sees_the_contact_and_answers() {
+    let (_dir, policy) = load(
+        r#"
+        local answers = {
+          send = "send",
+          skip = "skip",
+          crlf = { payload = "\r\n\r\n" },
+          binary = { payload = "\0\255\1" },
+          too_big = { payload = string.rep("x", 1401) },
+          empty = { payload = "" },
+          number = { payload = 5 },
+          other = { bytes = "x" },
+          word = "ping",
+        }
+        function keepalive_tick(contact)
+          assert(contact.contact == "sip:alice@10.0.0.5:5062", "contact")
+          assert(contact.received == "198.51.100.7:40211", "received")
+          assert(math.type(contact.sent) == "integer" and contact.sent == 41, "sent")
+          return answers[contact.user]
+        end
+        "#,
+    );
+    let ask = |user| policy.keepalive_tick(&contact_view(user));
+    assert_eq!(ask("nobody"), Ok(None));
+    assert_eq!(ask("send"), Ok(Some(KeepaliveDecision::Default)));
+    assert_eq!(ask("skip"), Ok(Some(KeepaliveDecision::Skip)));
+    assert_eq!(
+        ask("crlf"),
+        Ok(Some(KeepaliveDecision::Payload(b"\r\n\r\n".to_vec())))
+    );
+    assert_eq!(
+        ask("binary"),
+        Ok(Some(KeepaliveDecision::Payload(vec![0, 255, 1])))
+    );
+    assert!(invalid(ask("too_big")).contains("1..=1400 bytes"));
+    assert!(invalid(ask("empty")).contains("payload = \"\""));
+    assert!(invalid(ask("number")).contains("payload = 5"));
+    assert!(invalid(ask("other")).contains("unknown key \"bytes\""));
+    assert!(invalid(ask("word")).contains("returned \"ping\""));
+}
+
+// ---- hangup -----------------------------------------------------------------
+
+#[test]
+fn hangup_adds_fields_sorted() {
+    let (_dir, policy) = load(
+        r#"
+        function hangup(call)
+          assert(call.b_call_id == "vigil-3-77", "b_call_id")
+          assert(call.trunk_in == "pbx" and call.trunk_out == "carrier", "trunks")
+          assert(call.caller == "4930123" and call.callee == "4940555", "parties")
+          if call.call_id == "nil" then return nil end
+          if call.call_id == "unanswered" then
+            assert(call.since_answer == nil, "since_answer must be nil")
+            assert(call.end_reason == "cancelled", call.end_reason)
+            return { answered = false }
+          end
+          assert(call.end_reason == "caller-bye", call.end_reason)
+          return {
+            route_class = "national", answered = call.since_answer ~= nil,
+            billsec = call.since_answer, half = call.since_answer / 2, ratio = 0.25,
+            hops = 3,
+          }
+        end
+        "#,
+    );
+    let mut extra = vec![("earlier".to_string(), "kept".to_string())];
+    policy.hangup(&call_view("c1"), &mut extra).expect("hangup");
+    let expected: Vec<(String, String)> = [
+        ("earlier", "kept"),
+        ("answered", "true"),
+        ("billsec", "95"),
+        ("half", "47.5"),
+        ("hops", "3"),
+        ("ratio", "0.25"),
+        ("route_class", "national"),
+    ]
+    .iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect();
+    assert_eq!(extra, expected);
+
+    let mut extra = Vec::new();
+    policy
+        .hangup(&call_view("nil"), &mut extra)
+        .expect("hangup");
+    assert!(extra.is_empty());
+
+    let view = CallView {
+        end_reason: EndReason::Cancelled,
+        since_answer: None,
+        ..call_view("unanswered")
+    };
+    let mut extra = Vec::new();
+    policy.hangup(&view, &mut extra).expect("hangup");
+    assert_eq!(extra, vec![("answered".to_string(), "false".to_string())]);
+}
+
+#[test]
+fn hangup_rejects_nonsense() {
+    let (_dir, policy) = load(
+        r#"
+        local answers = {
+          word = "done",
+          nested = { tags = { "a" } },
+          array = { "a", "b" },
+        }
+        function hangup(call) return answers[call.call_id] end
+        "#,
+    );
+    let ask = |call_id| {
+        let mut extra = Vec::new();
+        let r = policy.hangup(&call_view(call_id), &mut extra);
+        assert!(extra.is_empty(), "nothing added on error");
+        invalid(r)
+    };
+    assert!(ask("word").contains("hangup returned \"done\""));
+    assert!(ask("nested").contains("tags = a table"));
+    assert!(ask("array").contains("keys must be non-empty strings"));
+}
+
+// ---- missing functions, errors ----------------------------------------------
+
+#[test]
+fn missing_functions_decide_nothing() {
+    let (_dir, policy) = load("-- a script with no hooks at all\nlocal x = 1\n");
+    assert_eq!(policy.call_start(&call_start_view("1")), Ok(None));
+    assert_eq!(policy.refresh_due(&leg_view("c")), Ok(None));
+    assert_eq!(
+        policy.refresh_failed(&leg_view("c"), RefreshFailure::Timeout),
+        Ok(None)
+    );
+    assert_eq!(policy.keepalive_tick(&contact_view("u")), Ok(None));
+    let mut extra = vec![("a".to_string(), "b".to_string())];
+    assert_eq!(policy.hangup(&call_view("c"), &mut extra), Ok(()));
+    assert_eq!(extra.len(), 1);
+}
+
+#[test]
+fn functions_are_looked_up_once_at_load() {
+    let (_dir, policy) = load(
+        r#"
+        function refresh_due(leg)
+          refresh_due = function() return "hangup" end -- too late: bound at load
+          keepalive_tick = function() return "skip" end -- not defined at load
+          return "update"
+        end
+        "#,
+    );
+    assert_eq!(
+        policy.refresh_due(&leg_view("c")),
+        Ok(Some(RefreshDecision::Update))
+    );
+    assert_eq!(
+        policy.refresh_due(&leg_view("c")),
+        Ok(Some(RefreshDecision::Update))
+    );
+    assert_eq!(policy.keepalive_tick(&contact_view("u")), Ok(None));
+}
+
+#[test]
+fn a_hook_that_is_not_a_function_is_a_load_error() {
+    let (_dir, err) = load_err("refresh_due = \"reinvite\"\n");
+    assert!(
+        matches!(
+            err,
+            LuaLoadError::NotAFunction {
+                hook: "refresh_due",
+                found: "string",
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+}
+
+#[test]
+fn runtime_error_names_file_and_line() {
+    let (_dir, policy) = load("local n = nil\nfunction refresh_due(leg)\n  return n.field\nend\n");
+    match policy.refresh_due(&leg_view("c")) {
+        Err(HookError::Script(msg)) => {
+            assert!(msg.contains("policy.lua:3:"), "{msg}");
+            assert!(!msg.contains("stack traceback"), "{msg}");
+        }
+        other => panic!("expected Script, got {other:?}"),
+    }
+    // The state carries on.
+    let (_dir, policy) = load(
+        "calls = 0\nfunction refresh_due(leg)\n  calls = calls + 1\n  if calls == 1 then error('first') end\n  return 'skip'\nend\n",
+    );
+    assert!(
+        matches!(policy.refresh_due(&leg_view("c")), Err(HookError::Script(m)) if m.contains("policy.lua:4: first"))
+    );
+    assert_eq!(
+        policy.refresh_due(&leg_view("c")),
+        Ok(Some(RefreshDecision::Skip))
+    );
+}
+
+#[test]
+fn endless_loop_hits_the_budget_and_the_state_carries_on() {
+    let (_dir, policy) = load(
+        r#"
+        local calls = 0
+        function refresh_due(leg)
+          calls = calls + 1
+          if leg.call_id == "loop" then while true do end end
+          if leg.call_id == "pcall" then
+            -- catching the budget error must not help
+            while true do pcall(function() while true do end end) end
+          end
+          if leg.call_id == "coroutine" then
+            while true do
+              coroutine.resume(coroutine.create(function() while true do end end))
+            end
+          end
+          if leg.call_id == "rethrow" then
+            local ok, err = pcall(function() while true do end end)
+            return "skip"
+          end
+          if leg.call_id == "after_coroutine" then
+            -- the budget runs out in a coroutine first, then the main thread
+            -- loops around pcall: it must be cut off too
+            pcall(coroutine.wrap(function() while true do end end))
+            while true do pcall(function() local x = 0 for i = 1, 1e12 do x = x + i end end) end
+          end
+          if leg.call_id == "close" then
+            do
+              local guard <close> = setmetatable({}, { __close = function() while true do end end })
+            end
+          end
+          if leg.call_id == "handler" then
+            while true do
+              xpcall(function() while true do end end, function() while true do end end)
+            end
+          end
+          if leg.call_id == "recursion" then
+            local function f(n) return f(n + 1) end
+            return f(1)
+          end
+          if leg.call_id == "busy" then
+            -- a lot of work, but within budget: the count starts afresh per call
+            local x = 0
+            for i = 1, 10000 do x = x + i end
+          end
+          return "reinvite"
+        end
+        "#,
+    );
+    for how in [
+        "loop",
+        "pcall",
+        "coroutine",
+        "rethrow",
+        "after_coroutine",
+        "close",
+        "handler",
+        "recursion",
+    ] {
+        let started = Instant::now();
+        match policy.refresh_due(&leg_view(how)) {
+            Err(HookError::InstructionBudget { limit, at }) => {
+                assert_eq!(limit, LIMITS.instructions, "{how}");
+                assert!(at.contains(".lua:"), "{how}: cut off at {at:?}");
+            }
+            other => panic!("{how}: {other:?}"),
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "{how} took {:?}",
+            started.elapsed()
+        );
+        for _ in 0..50 {
+            assert_eq!(
+                policy.refresh_due(&leg_view("busy")),
+                Ok(Some(RefreshDecision::Reinvite)),
+                "after {how}"
+            );
+        }
+    }
+}
+
+#[test]
+fn memory_bomb_hits_the_limit_and_the_state_carries_on() {
+    let (_dir, policy) = load(
+        r#"
+        keep = {}
+        function refresh_due(leg)
+          if leg.call_id == "bomb" then
+            local t = {}
+            while true do t[#t + 1] = string.rep("x", 1e6) end
+          end
+          if leg.call_id == "one_string" then return string.rep("x", 1e9) end
+          keep[#keep + 1] = string.rep("y", 1000) -- some honest state
+          return "update"
+        end
+        "#,
+    );
+    for how in ["bomb", "one_string", "bomb"] {
+        assert_eq!(
+            policy.refresh_due(&leg_view(how)),
+            Err(HookError::MemoryLimit(LIMITS.memory_bytes)),
+            "{how}"
+        );
+        for _ in 0..10 {
+            assert_eq!(
+                policy.refresh_due(&leg_view("ok")),
+                Ok(Some(RefreshDecision::Update)),
+                "after {how}"
+            );
+        }
+    }
+}
+
+#[test]
+fn syntax_error_at_load_names_file_and_line() {
+    let (_dir, err) = load_err("function refresh_due(leg)\n  return 'x'\nedn\n");
+    match &err {
+        LuaLoadError::Syntax { message, .. } => {
+            assert!(message.contains("policy.lua:3:"), "{message}")
+        }
+        other => panic!("expected Syntax, got {other:?}"),
+    }
+    assert!(err.to_string().contains("policy.lua:3:"));
+}
+
+#[test]
+fn chunk_name_is_the_path_as_given() {
+    let dir = dir_with(&[("carrier.lua", "\n\nerror('boom')\n")]);
+    let err = LuaPolicy::load(&dir.path().join("carrier.lua"), LIMITS).expect_err("fails");
+    let expected = format!("{}:3: boom", dir.path().join("carrier.lua").display());
+    match err {
+        LuaLoadError::Runtime { message, .. } => assert!(message.contains(&expected), "{message}"),
+        other => panic!("expected Runtime, got {other:?}"),
+    }
+}
+
+#[test]
+fn load_errors() {
+    let missing = LuaPolicy::load(Path::new("/nonexistent/vigil/none.lua"), LIMITS)
+        .expect_err("missing file");
+    assert!(matches!(&missing, LuaLoadError::Read { path, .. } if path.ends_with("none.lua")));
+    assert!(missing.to_string().contains("/nonexistent/vigil/none.lua"));
+
+    let (_d, err) = load_err("while true do end\n");
+    assert!(
+        matches!(err, LuaLoadError::InstructionBudget { budget, .. } if budget == LIMITS.instructions),
+        "{err:?}"
+    );
+
+    let (_d, err) = load_err("local t = {}\nwhile true do t[#t + 1] = string.rep('x', 1e6) end\n");
+    assert!(
+        matches!(err, LuaLoadError::MemoryLimit { bytes, .. } if bytes == LIMITS.memory_bytes),
+        "{err:?}"
+    );
+
+    let (_d, err) = load_err("local x = nil\nx()\n");
+    assert!(
+        matches!(&err, LuaLoadError::Runtime { message, .. } if message.contains("policy.lua:2:")),
+        "{err:?}"
+    );
+
+    // A precompiled chunk is refused: only source text is loaded.
+    let dir = dir_with(&[]);
+    let path = dir.path().join("policy.lua");
+    std::fs::write(&path, b"\x1bLua\x54\x00garbage").expect("write");
+    assert!(LuaPolicy::load(&path, LIMITS).is_err());
+}
+
+// ---- the sandbox --------------------------------------------------------------
+
+#[test]
+fn sandbox_has_no_way_out() {
+    let (_dir, policy) = load(
+        r#"
+        assert(os == nil, "os")
+        assert(io == nil, "io")
+        assert(debug == nil, "debug")
+        assert(package == nil, "package")
+        assert(dofile == nil, "dofile")
+        assert(loadfile == nil, "loadfile")
+        -- what stays
+        assert(string and table and math and utf8 and coroutine, "libraries")
+        assert(type(pcall) == "function" and type(collectgarbage) == "function")
+        -- load takes text only, with the same globals
+        assert(load("return 1 + 1")() == 2, "load text")
+        local f, err = load(string.dump(function() return 1 end))
+        assert(f == nil and err:find("binary"), "load binary: " .. tostring(err))
+        local g = load("return x", "chunk", "t", { x = 7 })
+        assert(g() == 7, "load env")
+        -- finalizers would run outside the budget
+        local ok, err2 = pcall(setmetatable, {}, { __gc = function() end })
+        assert(not ok and err2:find("__gc"), "__gc: " .. tostring(err2))
+        assert(getmetatable(setmetatable({}, { __index = {} })) ~= nil, "setmetatable")
+        -- the collector can run but not be stopped
+        assert(collectgarbage("count") > 0)
+        collectgarbage()
+        assert(not pcall(collectgarbage, "stop"), "stop")
+        assert(not pcall(collectgarbage, "generational"), "generational")
+        function refresh_due() return "skip" end
+        "#,
+    );
+    assert_eq!(
+        policy.refresh_due(&leg_view("c")),
+        Ok(Some(RefreshDecision::Skip))
+    );
+}
+
+#[test]
+fn vigil_helpers_and_print() {
+    let (_dir, policy) = load(
+        r#"
+        print("loading", 1, true, nil, {})
+        for _, level in ipairs({ "error", "warn", "info", "debug", "trace" }) do
+          vigil.log(level, "hello from " .. level)
+        end
+        vigil.log("info", 42)
+        function refresh_due(leg)
+          local now = vigil.now()
+          assert(math.type(now) == "float" and now > 1.7e9, "now " .. tostring(now))
+          if leg.call_id == "bad_level" then vigil.log("loud", "x") end
+          return "default"
+        end
+        "#,
+    );
+    assert_eq!(
+        policy.refresh_due(&leg_view("c")),
+        Ok(Some(RefreshDecision::Default))
+    );
+    match policy.refresh_due(&leg_view("bad_level")) {
+        Err(HookError::Script(msg)) => {
+            assert!(msg.contains("policy.lua:10:"), "{msg}");
+            assert!(msg.contains("\"loud\""), "{msg}");
+        }
+        other => panic!("expected Script, got {other:?}"),
+    }
+}
+
+#[test]
+fn require_loads_siblings_once() {
+    let dir = dir_with(&[
+        (
+            "policy.lua",
+            r#"
+            local common = require("common")
+            local again = require("common")
+            assert(common == again, "cached")
+            assert(loads == 1, "loaded once, not " .. tostring(loads))
+            local nested = require("lib.numbers")
+            assert(nested.is_emergency("112"))
+            assert(require("empty") == true, "a module returning nothing gives true")
+            function call_start(call)
+              if common.has_prefix(call.callee, "0900") then return { reject = 403 } end
+              return nil
+            end
+            "#,
+        ),
+        (
+            "common.lua",
+            "loads = (loads or 0) + 1\nlocal M = {}\nfunction M.has_prefix(s, p) return s:sub(1, #p) == p end\nreturn M\n",
+        ),
+        (
+            "lib/numbers.lua",
+            "return { is_emergency = function(n) return n == '112' end }\n",
+        ),
+        ("empty.lua", "-- nothing\n"),
+    ]);
+    let policy = LuaPolicy::load(&dir.path().join("policy.lua"), LIMITS).expect("loads");
+    assert!(matches!(
+        policy.call_start(&call_start_view("09001234")),
+        Ok(Some(CallStartDecision::Reject { status: 403, .. }))
+    ));
+    assert_eq!(policy.call_start(&call_start_view("4940")), Ok(None));
+}
+
+#[test]
+fn require_stays_in_the_script_directory() {
+    let outer = dir_with(&[
+        ("secret.lua", "return 'leaked'\n"),
+        ("scripts/x.lua", "return 1\n"),
+    ]);
+    let script = outer.path().join("scripts/policy.lua");
+    std::fs::write(
+        &script,
+        r#"
+        local function try(name)
+          local ok, err = pcall(require, name)
+          assert(not ok, name .. " must fail")
+          return tostring(err)
+        end
+        local function invalid(name) return try(name):find("invalid module name", 1, true) ~= nil end
+        assert(invalid("../secret"), "../secret")
+        assert(invalid("/etc/passwd"), "/etc/passwd")
+        assert(invalid("a..b"), "a..b")
+        assert(invalid(".x"), ".x")
+        assert(invalid(""), "empty")
+        assert(try("os"):find("not found", 1, true), "os")
+        assert(try("secret"):find("not found", 1, true), "secret")
+        assert(try(42):find("must be a string", 1, true), "number")
+        assert(require("x") == 1, "sibling")
+        function refresh_due(leg) return require(leg.call_id) end
+        "#,
+    )
+    .expect("write");
+    let policy = LuaPolicy::load(&script, LIMITS).expect("loads");
+    // An error from require names the caller's line.
+    match policy.refresh_due(&leg_view("..")) {
+        Err(HookError::Script(msg)) => {
+            assert!(msg.contains("policy.lua:17:"), "{msg}");
+            assert!(msg.contains("invalid module name"), "{msg}");
+        }
+        other => panic!("expected Script, got {other:?}"),
+    }
+}
+
+#[test]
+fn require_errors_and_cycles() {
+    let dir = dir_with(&[
+        (
+            "policy.lua",
+            "function refresh_due(leg) return require(leg.call_id) end\n",
+        ),
+        ("broken.lua", "return {\n"),
+        ("raises.lua", "\nerror('module failed')\n"),
+        ("cycle_a.lua", "return require('cycle_b')\n"),
+        ("cycle_b.lua", "return require('cycle_a')\n"),
+        ("word.lua", "return 'skip'\n"),
+    ]);
+    let policy = LuaPolicy::load(&dir.path().join("policy.lua"), LIMITS).expect("loads");
+    let script_error = |name| match policy.refresh_due(&leg_view(name)) {
+        Err(HookError::Script(msg)) => msg,
+        other => panic!("expected Script for {name}, got {other:?}"),
+    };
+    let broken = script_error("broken");
+    assert!(
+        broken.contains("broken.lua:2:") && broken.contains("expected"),
+        "{broken}"
+    );
+    assert!(script_error("raises").contains("raises.lua:2: module failed"));
+    assert!(script_error("cycle_a").contains("cycle"));
+    // A failed require is retried (and fails the same way), not cached.
+    assert!(script_error("raises").contains("raises.lua:2: module failed"));
+    assert_eq!(
+        policy.refresh_due(&leg_view("word")),
+        Ok(Some(RefreshDecision::Skip))
+    );
+}
+
+#[test]
+fn a_required_module_with_a_syntax_error_fails_the_load() {
+    let dir = dir_with(&[
+        ("policy.lua", "local m = require('m')\n"),
+        ("m.lua", "local = 1\n"),
+    ]);
+    let err = LuaPolicy::load(&dir.path().join("policy.lua"), LIMITS).expect_err("fails");
+    assert!(
+        matches!(&err, LuaLoadError::Syntax { message, .. } if message.contains("m.lua:1:")),
+        "{err:?}"
+    );
+}
+
+// ---- the example scripts ----------------------------------------------------------
+
+fn example(name: &str) -> LuaPolicy {
+    let path: PathBuf = [env!("CARGO_MANIFEST_DIR"), "..", "scripts", name]
+        .iter()
+        .collect();
+    LuaPolicy::load(&path, LuaLimits::default()).unwrap_or_else(|e| panic!("{name}: {e}"))
+}
+
+#[test]
+fn example_scripts_load_and_answer_as_documented() {
+    let scripts: PathBuf = [env!("CARGO_MANIFEST_DIR"), "..", "scripts"]
+        .iter()
+        .collect();
+    let mut names: Vec<String> = std::fs::read_dir(&scripts)
+        .expect("scripts/")
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.ends_with(".lua"))
+        .collect();
+    names.sort();
+    for name in &names {
+        example(name);
+    }
+    for expected in [
+        "cdr_tags.lua",
+        "common.lua",
+        "reinvite_only.lua",
+        "retry_408.lua",
+    ] {
+        assert!(
+            names.iter().any(|n| n == expected),
+            "{expected} missing from {names:?}"
+        );
+    }
+
+    // reinvite_only: every refresh is a re-INVITE, nothing else is decided.
+    let p = example("reinvite_only.lua");
+    assert_eq!(
+        p.refresh_due(&leg_view("c1")),
+        Ok(Some(RefreshDecision::Reinvite))
+    );
+    assert_eq!(p.call_start(&call_start_view("4940")), Ok(None));
+    assert_eq!(
+        p.refresh_failed(&leg_view("c1"), RefreshFailure::Timeout),
+        Ok(None)
+    );
+
+    // retry_408: one retry per call after a 408 or a timeout, 2 s later.
+    let p = example("retry_408.lua");
+    let retry = Ok(Some(FailureDecision::Retry(Duration::from_secs(2))));
+    let hangup = Ok(Some(FailureDecision::Hangup));
+    assert_eq!(
+        p.refresh_failed(&leg_view("c1"), RefreshFailure::Status(408)),
+        retry
+    );
+    assert_eq!(
+        p.refresh_failed(&leg_view("c1"), RefreshFailure::Status(408)),
+        hangup
+    );
+    assert_eq!(
+        p.refresh_failed(&leg_view("c2"), RefreshFailure::Timeout),
+        retry
+    );
+    assert_eq!(
+        p.refresh_failed(&leg_view("c3"), RefreshFailure::Status(503)),
+        hangup
+    );
+    assert_eq!(
+        p.refresh_failed(&leg_view("c4"), RefreshFailure::Expired),
+        hangup
+    );
+    // The hang-up forgets the call (a reused Call-ID starts afresh).
+    p.hangup(&call_view("c1"), &mut Vec::new()).expect("hangup");
+    assert_eq!(
+        p.refresh_failed(&leg_view("c1"), RefreshFailure::Timeout),
+        retry
+    );
+
+    // cdr_tags: a premium-rate caller ID is refused, calls to the carrier get
+    // a shorter session timer, CDRs get tags.
+    let p = example("cdr_tags.lua");
+    let spoofed = CallStartView {
+        caller: "09005551234",
+        ..call_start_view("4940555")
+    };
+    assert_eq!(
+        p.call_start(&spoofed),
+        Ok(Some(CallStartDecision::Reject {
+            status: 403,
+            reason: "Caller ID Not Allowed".into()
+        }))
+    );
+    let to_carrier = p.call_start(&call_start_view("4940555"));
+    assert_eq!(
+        to_carrier,
+        Ok(accept(CallOverrides {
+            ttl: Some(900),
+            ..CallOverrides::default()
+        }))
+    );
+    let other_trunk = CallStartView {
+        trunk_out: "user:alice",
+        ..call_start_view("4940555")
+    };
+    assert_eq!(p.call_start(&other_trunk), Ok(None));
+    let mut extra = Vec::new();
+    p.hangup(&call_view("c1"), &mut extra).expect("hangup");
+    let get = |k: &str| {
+        extra
+            .iter()
+            .find(|(key, _)| key == k)
+            .map(|(_, v)| v.as_str())
+    };
+    assert_eq!(get("answered"), Some("true"));
+    assert_eq!(get("route_class"), Some("national"));
+    assert_eq!(get("billsec"), Some("95"));
+    let view = CallView {
+        callee: "004420799999",
+        since_answer: None,
+        end_reason: EndReason::Rejected,
+        ..call_view("c2")
+    };
+    let mut extra = Vec::new();
+    p.hangup(&view, &mut extra).expect("hangup");
+    let get = |k: &str| {
+        extra
+            .iter()
+            .find(|(key, _)| key == k)
+            .map(|(_, v)| v.as_str())
+    };
+    assert_eq!(get("answered"), Some("false"));
+    assert_eq!(get("route_class"), Some("international"));
+    assert_eq!(get("billsec"), Some("0"));
+}

@@ -1,0 +1,343 @@
+//! Loading the example plugin and the fixtures under plugins/fixtures, each
+//! hook's answer, and every way a plugin can fail to load or to decide.
+
+use std::fmt;
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV6};
+use std::time::Duration;
+
+use super::convert::AddrText;
+use super::*;
+use crate::call::Leg;
+use crate::cdr::EndReason;
+use crate::session_timer::Who;
+
+fn load(crate_name: &str) -> PluginPolicy {
+    let path = build_fixture(crate_name);
+    PluginPolicy::load(&path).unwrap_or_else(|e| panic!("{e}"))
+}
+
+fn load_err(crate_name: &str) -> (PathBuf, PluginError) {
+    let path = build_fixture(crate_name);
+    match PluginPolicy::load(&path) {
+        Ok(p) => panic!("{} loaded: {p:?}", path.display()),
+        Err(e) => (path, e),
+    }
+}
+
+fn call_start_view(callee: &str) -> CallStartView<'_> {
+    CallStartView {
+        call_id: "a84b4c76e66710@pc33.example.com",
+        trunk_in: "pbx",
+        trunk_out: "carrier",
+        caller: "+3225551000",
+        callee,
+        source: SocketAddr::from((Ipv4Addr::new(192, 0, 2, 10), 5060)),
+    }
+}
+
+fn leg_view(call_id: &str) -> LegView<'_> {
+    LegView {
+        call_id,
+        b_call_id: "w1-7f3a",
+        trunk: "carrier",
+        caller: "+3225551000",
+        callee: "+3225552000",
+        leg: Leg::B,
+        session_expires: 90,
+        refresher: Who::Vigil,
+        refresh_count: 1,
+        since_answer: Duration::from_secs(45),
+    }
+}
+
+fn call_view(call_id: &str) -> CallView<'_> {
+    CallView {
+        call_id,
+        b_call_id: "w1-7f3a",
+        trunk_in: "pbx",
+        trunk_out: "carrier",
+        caller: "+3225551000",
+        callee: "+3225552000",
+        end_reason: EndReason::SessionTimeout,
+        since_answer: Some(Duration::from_secs(135)),
+    }
+}
+
+fn contact_view() -> ContactView<'static> {
+    ContactView {
+        user: "alice",
+        contact: "sip:alice@192.168.1.20:5060",
+        received: SocketAddr::from((Ipv4Addr::new(198, 51, 100, 7), 40112)),
+        sent: 3,
+    }
+}
+
+#[test]
+fn plugin_policy_is_shared_by_workers() {
+    fn shareable<T: Send + Sync>() {}
+    shareable::<PluginPolicy>();
+}
+
+#[test]
+fn example_plugin_refreshes_with_reinvite_and_hangs_up_after_three_failures() {
+    let plugin = load("vigil-plugin-example");
+    assert_eq!(plugin.plugin_name(), "vigil-plugin-example");
+    assert_eq!(plugin.name(), plugin.path().display().to_string());
+
+    // It has no opinion on new calls or keep-alives.
+    assert_eq!(plugin.call_start(&call_start_view("+3225552000")), Ok(None));
+    assert_eq!(plugin.keepalive_tick(&contact_view()), Ok(None));
+
+    // 45 s into a 90 s session: refresh, always with re-INVITE.
+    let leg = leg_view("call-1");
+    assert_eq!(
+        plugin.refresh_due(&leg),
+        Ok(Some(RefreshDecision::Reinvite))
+    );
+
+    // The first two failures are retried, the third hangs up; another
+    // call's count is its own.
+    let retry = Ok(Some(FailureDecision::Retry(Duration::from_secs(5))));
+    assert_eq!(plugin.refresh_failed(&leg, RefreshFailure::Timeout), retry);
+    assert_eq!(
+        plugin.refresh_failed(&leg, RefreshFailure::Status(503)),
+        retry
+    );
+    assert_eq!(
+        plugin.refresh_failed(&leg_view("call-2"), RefreshFailure::Timeout),
+        retry
+    );
+    assert_eq!(
+        plugin.refresh_failed(&leg, RefreshFailure::Timeout),
+        Ok(Some(FailureDecision::Hangup))
+    );
+
+    // The CDR is tagged, with the failures; the count is forgotten.
+    let mut extra = vec![("route".to_owned(), "primary".to_owned())];
+    assert_eq!(plugin.hangup(&call_view("call-1"), &mut extra), Ok(()));
+    assert_eq!(
+        extra,
+        [
+            ("route".to_owned(), "primary".to_owned()),
+            ("plugin".to_owned(), "vigil-plugin-example".to_owned()),
+            ("refresh_failures".to_owned(), "3".to_owned()),
+        ]
+    );
+    assert_eq!(plugin.refresh_failed(&leg, RefreshFailure::Timeout), retry);
+
+    let mut extra = Vec::new();
+    let clean = CallView {
+        end_reason: EndReason::CallerBye,
+        since_answer: None,
+        ..call_view("call-3")
+    };
+    assert_eq!(plugin.hangup(&clean, &mut extra), Ok(()));
+    assert_eq!(
+        extra,
+        [("plugin".to_owned(), "vigil-plugin-example".to_owned())]
+    );
+}
+
+#[test]
+fn example_plugin_serves_workers_concurrently() {
+    let plugin = load("vigil-plugin-example");
+    std::thread::scope(|s| {
+        for worker in 0..4 {
+            let plugin = &plugin;
+            s.spawn(move || {
+                for n in 0..200 {
+                    let call_id = format!("w{worker}-{n}");
+                    let leg = leg_view(&call_id);
+                    assert_eq!(
+                        plugin.refresh_due(&leg),
+                        Ok(Some(RefreshDecision::Reinvite))
+                    );
+                    assert!(plugin.refresh_failed(&leg, RefreshFailure::Timeout).is_ok());
+                    let mut extra = Vec::new();
+                    assert_eq!(plugin.hangup(&call_view(&call_id), &mut extra), Ok(()));
+                    assert_eq!(extra.len(), 2);
+                }
+            });
+        }
+    });
+}
+
+#[test]
+fn an_old_abi_is_refused_naming_both_versions_and_the_file() {
+    let (path, err) = load_err("vigil-plugin-fixture-old-abi");
+    assert!(
+        matches!(
+            err,
+            PluginError::AbiVersion {
+                found: 0,
+                expected: 1,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    let message = err.to_string();
+    assert!(
+        message.starts_with(&format!(
+            "{}: plugin ABI version 0, this Vigil speaks {VIGIL_PLUGIN_ABI_VERSION}",
+            path.display()
+        )),
+        "{message}"
+    );
+}
+
+#[test]
+fn a_library_without_a_vtable_is_not_a_plugin() {
+    let (path, err) = load_err("vigil-plugin-fixture-no-vtable");
+    assert!(
+        matches!(
+            err,
+            PluginError::MissingSymbol {
+                symbol: "vigil_plugin_vtable",
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    let message = err.to_string();
+    assert!(
+        message.starts_with(&path.display().to_string()),
+        "{message}"
+    );
+    assert!(
+        message.contains("not a Vigil plugin: no `vigil_plugin_vtable`"),
+        "{message}"
+    );
+}
+
+#[test]
+fn a_missing_file_is_named() {
+    let path = Path::new("/nonexistent/plugins/libcarrier.so");
+    let err = PluginPolicy::load(path).expect_err("nothing to load");
+    assert!(matches!(err, PluginError::Missing { .. }), "{err:?}");
+    let message = err.to_string();
+    assert!(
+        message.starts_with("/nonexistent/plugins/libcarrier.so: cannot open plugin: "),
+        "{message}"
+    );
+}
+
+#[test]
+fn a_file_that_is_not_a_library_gets_the_loaders_message() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("libnotes.so");
+    std::fs::write(&path, "policy: carrier\n").expect("write");
+    let err = PluginPolicy::load(&path).expect_err("not a library");
+    let PluginError::Open { file, message } = &err else {
+        panic!("{err:?}");
+    };
+    assert_eq!(file, &path);
+    assert!(!message.is_empty());
+    assert!(
+        err.to_string()
+            .starts_with(&format!("{}: cannot load plugin: ", path.display()))
+    );
+}
+
+#[test]
+fn a_panicking_plugin_fails_each_hook_and_vigil_carries_on() {
+    let plugin = load("vigil-plugin-fixture-panicking");
+    for round in 0..2 {
+        assert_eq!(
+            plugin.call_start(&call_start_view("+3225552000")),
+            Err(HookError::Panic(
+                "call_start panicked for a84b4c76e66710@pc33.example.com".into()
+            )),
+            "round {round}"
+        );
+        let leg = leg_view("call-1");
+        assert_eq!(
+            plugin.refresh_due(&leg),
+            Err(HookError::Panic("refresh_due panicked".into()))
+        );
+        assert_eq!(
+            plugin.refresh_failed(&leg, RefreshFailure::Expired),
+            Err(HookError::Panic("refresh_failed panicked".into()))
+        );
+        assert_eq!(
+            plugin.keepalive_tick(&contact_view()),
+            Err(HookError::Panic("keepalive_tick panicked".into()))
+        );
+        let mut extra = vec![("route".to_owned(), "primary".to_owned())];
+        assert_eq!(
+            plugin.hangup(&call_view("call-1"), &mut extra),
+            Err(HookError::Panic("hangup panicked".into()))
+        );
+        // The field added before the panic was dropped.
+        assert_eq!(extra, [("route".to_owned(), "primary".to_owned())]);
+    }
+}
+
+fn assert_invalid<T: fmt::Debug>(result: Result<T, HookError>, expected: &str) {
+    match result {
+        Err(HookError::InvalidDecision(message)) => {
+            assert!(message.contains(expected), "{message:?} lacks {expected:?}")
+        }
+        other => panic!("expected an invalid decision ({expected}), got {other:?}"),
+    }
+}
+
+#[test]
+fn decisions_vigil_cannot_carry_out_are_invalid() {
+    let plugin = load("vigil-plugin-fixture-bad-decisions");
+    let call_start = |callee| plugin.call_start(&call_start_view(callee));
+
+    assert_invalid(
+        call_start("+3225552000"),
+        "call_start: unknown decision kind 7",
+    );
+    assert_invalid(
+        call_start("status-200"),
+        "reject status 200 is not in 400..=699",
+    );
+    assert_invalid(call_start("crlf"), "control characters");
+    assert_invalid(call_start("not-utf8"), "not UTF-8");
+    assert_invalid(call_start("no-reason"), "without a reason phrase");
+    assert_invalid(call_start("bad-method"), "unknown refresh method 9");
+    // A well-formed reject from the same plugin goes through.
+    assert_eq!(
+        call_start("ok-reject"),
+        Ok(Some(CallStartDecision::Reject {
+            status: 603,
+            reason: "Declined".into()
+        }))
+    );
+
+    let leg = leg_view("call-1");
+    assert_invalid(
+        plugin.refresh_due(&leg),
+        "refresh_due: unknown decision kind 99",
+    );
+    assert_eq!(
+        plugin.refresh_failed(&leg, RefreshFailure::Timeout),
+        Err(HookError::PluginStatus(-20))
+    );
+    assert_invalid(plugin.keepalive_tick(&contact_view()), "without a payload");
+
+    let mut extra = vec![("route".to_owned(), "primary".to_owned())];
+    assert_invalid(
+        plugin.hangup(&call_view("call-1"), &mut extra),
+        "hangup: a CDR field that is not UTF-8",
+    );
+    assert_eq!(extra, [("route".to_owned(), "primary".to_owned())]);
+}
+
+#[test]
+fn addresses_are_written_without_allocating() {
+    let v4 = SocketAddr::from((Ipv4Addr::new(203, 0, 113, 9), 5061));
+    assert_eq!(AddrText::new(v4).as_str(), "203.0.113.9:5061");
+    let longest = SocketAddr::V6(SocketAddrV6::new(
+        Ipv6Addr::new(
+            0xffff, 0xffff, 0xffff, 0xffff, 0xffff, 0xffff, 0xffff, 0xffff,
+        ),
+        65535,
+        0,
+        u32::MAX,
+    ));
+    assert_eq!(AddrText::new(longest).as_str(), longest.to_string());
+}
