@@ -340,3 +340,66 @@ fn registrations_survive_sigkill_and_keepalives_resume_at_once() {
     assert!(got.iter().all(|(_, p)| p == b"HELLO"));
     vigil.stop();
 }
+
+#[test]
+fn a_keepalive_tick_script_skips_one_contact_and_sends_its_own_payload_to_another() {
+    let net = Net::new(55);
+    let scripts = tempfile::tempdir().expect("dir");
+    let script = scripts.path().join("keepalive.lua");
+    std::fs::write(
+        &script,
+        r#"
+        function keepalive_tick(contact)
+          if contact.user == "1002" then return "skip" end
+          if contact.user == "1003" then return { payload = "PING " .. contact.sent } end
+        end
+        "#,
+    )
+    .expect("write script");
+    let vigil = Vigil::start(
+        net,
+        &format!(
+            "{}policy: {{ lua: \"{}\" }}\n",
+            registrar(""),
+            script.display()
+        ),
+    );
+    let mut phones: Vec<Phone> = [
+        ("1001", "secret1001"),
+        ("1002", "secret1002"),
+        ("1003", "secret1003"),
+    ]
+    .into_iter()
+    .map(|(u, p)| Phone::new(net.caller, u, p))
+    .collect();
+    for phone in &mut phones {
+        assert_eq!(phone.register(net.vigil_addr(), 300), 200);
+    }
+    let heard: Vec<Vec<Vec<u8>>> = std::thread::scope(|s| {
+        let handles: Vec<_> = phones
+            .iter()
+            .map(|p| s.spawn(|| p.keepalives(Duration::from_millis(4_500))))
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| {
+                h.join()
+                    .expect("listener")
+                    .into_iter()
+                    .map(|(_, payload)| payload)
+                    .collect()
+            })
+            .collect()
+    });
+    assert_eq!(heard[0], vec![b"HELLO".to_vec(); 2], "the default for 1001");
+    assert!(heard[1].is_empty(), "1002 is skipped: {:?}", heard[1]);
+    assert_eq!(heard[2].len(), 2, "{:?}", heard[2]);
+    assert!(
+        heard[2]
+            .iter()
+            .all(|p| p.starts_with(b"PING ") && p.len() > 5),
+        "1003 gets the script's payload: {:?}",
+        heard[2]
+    );
+    vigil.stop();
+}
