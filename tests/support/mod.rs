@@ -473,43 +473,13 @@ pub fn status_of(response: &str) -> Option<u16> {
 // ---------------------------------------------------------------------------
 // Policy plugins
 
-/// Builds the workspace's plugin crate `crate_name` and returns its shared
-/// library. It builds in `target/plugin-fixtures`, a target directory of its
-/// own, so it never waits on the lock of the cargo running the tests.
+#[path = "plugin_build.rs"]
+mod plugin_build;
+
+/// Builds the workspace's plugin crate `crate_name` (see [`plugin_build`]) and
+/// returns its shared library.
 pub fn plugin_library(crate_name: &str) -> PathBuf {
-    let workspace = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("core/ is inside the workspace")
-        .to_path_buf();
-    let target = workspace.join("target").join("plugin-fixtures");
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
-    let profile = if cfg!(debug_assertions) {
-        "debug"
-    } else {
-        "release"
-    };
-    let mut build = Command::new(&cargo);
-    build
-        .current_dir(&workspace)
-        .env("CARGO_TARGET_DIR", &target)
-        .args(["build", "-q", "-p", crate_name]);
-    if profile == "release" {
-        build.arg("--release");
-    }
-    let output = build
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {cargo}: {e}"));
-    assert!(
-        output.status.success(),
-        "building {crate_name} failed:\n{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    target.join(profile).join(format!(
-        "{}{}{}",
-        std::env::consts::DLL_PREFIX,
-        crate_name.replace('-', "_"),
-        std::env::consts::DLL_SUFFIX
-    ))
+    plugin_build::build_plugin_libraries(&[crate_name]).remove(0)
 }
 
 /// A script from the repository's `scripts/` folder.

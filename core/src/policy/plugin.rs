@@ -417,20 +417,20 @@ impl PolicySource for PluginPolicy {
 
 // ---------------------------------------------------------------------------
 
+#[cfg(test)]
+#[path = "../../../tests/support/plugin_build.rs"]
+mod plugin_build;
+
 /// Builds a plugin crate of this workspace (an example or a fixture under
-/// plugins/) and returns the path of its shared library.
-///
-/// The build runs `$CARGO build -q -p …` (with `--release` when the tests are
-/// optimised) in its own target directory, `target/plugin-fixtures`, so it
-/// never waits on the lock of the cargo that runs the tests. The first call builds every plugin crate this module's tests
-/// use in one go; a crate built once is not built again by the same process.
+/// plugins/) and returns the path of its shared library. The first call builds
+/// every plugin crate the tests use in one cargo run; a crate built once is
+/// not built again by the same process.
 #[cfg(test)]
 pub(crate) fn build_fixture(crate_name: &str) -> PathBuf {
-    use std::collections::BTreeSet;
-    use std::process::Command;
+    use std::collections::BTreeMap;
     use std::sync::{Mutex, PoisonError};
 
-    /// The crates this module's tests load, built together on first use.
+    /// The crates the tests load, built together on first use.
     const KNOWN: [&str; 5] = [
         "vigil-plugin-example",
         "vigil-plugin-fixture-old-abi",
@@ -438,56 +438,22 @@ pub(crate) fn build_fixture(crate_name: &str) -> PathBuf {
         "vigil-plugin-fixture-panicking",
         "vigil-plugin-fixture-bad-decisions",
     ];
-    /// Crates already built by this test process.
-    static BUILT: Mutex<BTreeSet<String>> = Mutex::new(BTreeSet::new());
+    /// Libraries already built by this test process.
+    static BUILT: Mutex<BTreeMap<String, PathBuf>> = Mutex::new(BTreeMap::new());
 
-    let workspace = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("core/ is inside the workspace")
-        .to_path_buf();
-    let target = workspace.join("target").join("plugin-fixtures");
     let mut built = BUILT.lock().unwrap_or_else(PoisonError::into_inner);
-    if !built.contains(crate_name) {
-        let mut crates: Vec<&str> = vec![crate_name];
-        if built.is_empty() {
-            crates.extend(KNOWN.iter().filter(|k| **k != crate_name));
-        }
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
-        let mut command = Command::new(&cargo);
-        command
-            .current_dir(&workspace)
-            .env("CARGO_TARGET_DIR", &target)
-            .args(["build", "-q"]);
-        if !cfg!(debug_assertions) {
-            command.arg("--release");
-        }
-        for name in &crates {
-            command.args(["-p", name]);
-        }
-        let output = command
-            .output()
-            .unwrap_or_else(|e| panic!("cannot run {cargo}: {e}"));
-        assert!(
-            output.status.success(),
-            "building {crates:?} failed:\n{}",
-            String::from_utf8_lossy(&output.stderr)
-        );
-        built.extend(crates.iter().map(|c| (*c).to_owned()));
+    if let Some(path) = built.get(crate_name) {
+        return path.clone();
     }
-    let file = format!(
-        "{}{}{}",
-        std::env::consts::DLL_PREFIX,
-        crate_name.replace('-', "_"),
-        std::env::consts::DLL_SUFFIX
-    );
-    let profile = if cfg!(debug_assertions) {
-        "debug"
-    } else {
-        "release"
-    };
-    let path = target.join(profile).join(file);
-    assert!(path.is_file(), "{} was not built", path.display());
-    path
+    let mut crates: Vec<&str> = vec![crate_name];
+    if built.is_empty() {
+        crates.extend(KNOWN.iter().filter(|k| **k != crate_name));
+    }
+    let paths = plugin_build::build_plugin_libraries(&crates);
+    for (name, path) in crates.iter().zip(&paths) {
+        built.insert((*name).to_owned(), path.clone());
+    }
+    paths[0].clone()
 }
 
 #[cfg(test)]
