@@ -4,6 +4,8 @@
 #
 #   sipp UAC (127.0.0.1:5090) --> SUT --> sipp UAS (127.0.0.1:5080)
 #     SUT "vigil":    ${VIGIL_BIN:-target/release/vigil} on udp:127.0.0.1:5060 (B2BUA)
+#     SUT "vigil-lua": the same with tests/load/every_hook.lua as its policy
+#                     (a Lua function on every hook: what scripting costs)
 #     SUT "kamailio": kamailio -f tests/load/kamailio.cfg on udp:127.0.0.1:5070
 #                     (stateful proxy: tm + dialog + sst + record_route)
 #
@@ -47,7 +49,9 @@
 #   -H, --hold MS            call hold time (ACK -> BYE), ms [HOLD_MS, default 1000]
 #                            keep it < 45000: the UAS scenario does not answer
 #                            session-timer refreshes (Min-SE 90 s)
-#   -s, --sut LIST           vigil | kamailio | both         [SUTS, default both]
+#   -s, --sut LIST           vigil | vigil-lua | kamailio | both (vigil and
+#                            kamailio) | all, or a space-separated list
+#                                                            [SUTS, default both]
 #   -p, --pass-ratio X       pass threshold ok/attempted     [PASS_RATIO, default 0.999]
 #   -k, --keep-going         do not stop a SUT at its first failing rate [KEEP_GOING=1]
 #       --keep               keep the work dir (logs, sipp traces, CDRs) [KEEP=1]
@@ -140,9 +144,16 @@ parse_args() {
 
 	case "$SUTS" in
 	both) SUT_LIST=(vigil kamailio) ;;
-	vigil | kamailio) SUT_LIST=("$SUTS") ;;
-	*) die "--sut must be vigil, kamailio or both (got '$SUTS')" ;;
+	all) SUT_LIST=(vigil vigil-lua kamailio) ;;
+	*) read -r -a SUT_LIST <<<"$SUTS" ;;
 	esac
+	local sut
+	for sut in "${SUT_LIST[@]}"; do
+		case "$sut" in
+		vigil | vigil-lua | kamailio) ;;
+		*) die "--sut takes vigil, vigil-lua, kamailio, both or all (got '$sut')" ;;
+		esac
+	done
 	[[ "$DURATION" =~ ^[1-9][0-9]*$ ]] || die "--duration must be a positive integer (s)"
 	[[ "$HOLD_MS" =~ ^[0-9]+$ ]] || die "--hold must be an integer (ms)"
 	((HOLD_MS < 45000)) || die "--hold must be < 45000 ms (the UAS does not answer session-timer refreshes)"
@@ -350,16 +361,23 @@ write_vigil_config() {
 		cdr: { path: "$VIGIL_CDR" }
 		log: { level: warn, format: text }
 	EOF
+	VIGIL_LUA_CFG="$WORK/vigil-lua.yaml"
+	{
+		cat "$VIGIL_CFG"
+		echo "policy: { lua: \"$LOAD_DIR/every_hook.lua\" }"
+	} >"$VIGIL_LUA_CFG"
 }
 
 # Sets SUT_PID / SUT_PORT. $1 = sut, $2 = step dir.
 start_sut() {
 	local sut="$1" dir="$2"
 	case "$sut" in
-	vigil)
+	vigil | vigil-lua)
 		SUT_PORT=$VIGIL_PORT
 		require_port_free "$SUT_PORT" vigil
-		"$VIGIL_BIN" run --config "$VIGIL_CFG" >"$dir/vigil.log" 2>&1 &
+		local cfg="$VIGIL_CFG"
+		[[ "$sut" == vigil ]] || cfg="$VIGIL_LUA_CFG"
+		"$VIGIL_BIN" run --config "$cfg" >"$dir/vigil.log" 2>&1 &
 		SUT_PID=$!
 		PIDS+=("$SUT_PID")
 		wait_for_port "$SUT_PORT" "$SUT_PID" vigil "$dir/vigil.log"
@@ -502,7 +520,7 @@ run_step() {
 	mkdir -p "$dir"
 	calls=$((rate * DURATION))
 
-	if [[ "$sut" == vigil ]]; then
+	if [[ "$sut" == vigil* ]]; then
 		cdr_before=$( [[ -f "$VIGIL_CDR" ]] && wc -l <"$VIGIL_CDR" || echo 0)
 	fi
 
@@ -525,7 +543,7 @@ run_step() {
 	stop_pid "$SUT_PID" 10
 	stop_uas
 
-	if [[ "$sut" == vigil && -f "$VIGIL_CDR" ]]; then
+	if [[ "$sut" == vigil* && -f "$VIGIL_CDR" ]]; then
 		# Counted after Vigil stopped, so buffered CDRs have been flushed.
 		cdr=$(($(wc -l <"$VIGIL_CDR") - cdr_before))
 	fi
@@ -583,7 +601,7 @@ run_step() {
 		"$sut" "$rate" "$attempted" "$ok" "$failed" "$ratio" "$rss" "$us_per_call" "$cpu_pct" \
 		"$pss" "$retrans" "$uas_fail" "$achieved" "$cdr" "$result"
 
-	if [[ "$sut" == vigil && "$cdr" != "-" ]] && ((cdr < ok)); then
+	if [[ "$sut" == vigil* && "$cdr" != "-" ]] && ((cdr < ok)); then
 		log "vigil wrote $cdr CDRs for $ok completed calls at $rate calls/s"
 	fi
 	if [[ "$result" != PASS ]]; then
@@ -658,6 +676,12 @@ print_summary() {
 			echo "Vigil/Kamailio best-rate ratio: n/a (Kamailio passed no rate)"
 		fi
 	fi
+	if [[ -n "${BEST_RATE[vigil]:-}" && -n "${BEST_RATE[vigil-lua]:-}" ]]; then
+		v="${BEST_RATE[vigil]}" k="${BEST_RATE[vigil-lua]}"
+		if ((v > 0)); then
+			echo "Vigil with Lua on every hook / without: best-rate ratio $(awk -v v="$v" -v k="$k" 'BEGIN { printf "%.2f", k / v }') ($k / $v calls/s)"
+		fi
+	fi
 }
 
 main() {
@@ -678,7 +702,7 @@ main() {
 	local sut
 	for sut in "${SUT_LIST[@]}"; do
 		case "$sut" in
-		vigil) check_vigil_bin ;;
+		vigil | vigil-lua) check_vigil_bin ;;
 		kamailio)
 			command -v "$KAMAILIO" >/dev/null || die "kamailio not found (apt-get install kamailio)"
 			"$KAMAILIO" -c -f "$LOAD_DIR/kamailio.cfg" >/dev/null 2>&1 ||
