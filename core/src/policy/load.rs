@@ -34,7 +34,7 @@ pub enum PolicyLoadError {
 /// Loads what the config names. Plugins are loaded once per process and shared
 /// by every worker; Lua states are made per worker (a state is not shared).
 pub struct PolicyLoader {
-    plugins: HashMap<PathBuf, Arc<PluginPolicy>>,
+    plugins: HashMap<PathBuf, LoadedPlugin>,
     limits: LuaLimits,
     metrics: Arc<Metrics>,
 }
@@ -50,9 +50,60 @@ fn named_sources(config: &Config) -> Vec<(String, &PolicySources)> {
     out
 }
 
+/// A loaded plugin and the file it was loaded from, as it was then.
+struct LoadedPlugin {
+    policy: Arc<PluginPolicy>,
+    file: Option<FileIdentity>,
+}
+
+/// What tells a replaced file from the same one: a rename-over changes the
+/// inode, an in-place write the size or the modification time.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct FileIdentity {
+    device: u64,
+    inode: u64,
+    len: u64,
+    modified: Option<std::time::SystemTime>,
+}
+
+impl FileIdentity {
+    fn of(path: &std::path::Path) -> Option<FileIdentity> {
+        let meta = std::fs::metadata(path).ok()?;
+        #[cfg(unix)]
+        let (device, inode) = {
+            use std::os::unix::fs::MetadataExt;
+            (meta.dev(), meta.ino())
+        };
+        #[cfg(not(unix))]
+        let (device, inode) = (0, 0);
+        Some(FileIdentity {
+            device,
+            inode,
+            len: meta.len(),
+            modified: meta.modified().ok(),
+        })
+    }
+}
+
 impl PolicyLoader {
     /// Loads every plugin the config names; the errors say which could not be.
     pub fn new(config: &Config, metrics: Arc<Metrics>) -> (PolicyLoader, Vec<PolicyLoadError>) {
+        PolicyLoader::with_previous(config, metrics, &HashMap::new())
+    }
+
+    /// The loader for a reloaded config: a plugin whose file is unchanged is
+    /// the one already loaded (its state carries on); a new or replaced file
+    /// is loaded as a new copy. A plugin that is no longer used stays loaded
+    /// (see the plugin module: libraries are never unloaded).
+    pub fn reload(&self, config: &Config) -> (PolicyLoader, Vec<PolicyLoadError>) {
+        PolicyLoader::with_previous(config, self.metrics.clone(), &self.plugins)
+    }
+
+    fn with_previous(
+        config: &Config,
+        metrics: Arc<Metrics>,
+        previous: &HashMap<PathBuf, LoadedPlugin>,
+    ) -> (PolicyLoader, Vec<PolicyLoadError>) {
         let mut plugins = HashMap::new();
         let mut errors = Vec::new();
         for (key, sources) in named_sources(config) {
@@ -62,9 +113,19 @@ impl PolicyLoader {
             if plugins.contains_key(path) {
                 continue;
             }
+            let file = FileIdentity::of(path);
+            if let Some(old) = previous.get(path)
+                && old.file.is_some()
+                && old.file == file
+            {
+                let policy = old.policy.clone();
+                plugins.insert(path.clone(), LoadedPlugin { policy, file });
+                continue;
+            }
             match PluginPolicy::load(path) {
                 Ok(plugin) => {
-                    plugins.insert(path.clone(), Arc::new(plugin));
+                    let policy = Arc::new(plugin);
+                    plugins.insert(path.clone(), LoadedPlugin { policy, file });
                 }
                 Err(source) => errors.push(PolicyLoadError::Plugin { key, source }),
             }
@@ -91,7 +152,7 @@ impl PolicyLoader {
         let mut chain = |key: String, sources: &PolicySources| -> Option<Arc<dyn SessionPolicy>> {
             let mut list: Vec<Arc<dyn PolicySource>> = Vec::new();
             if let Some(plugin) = sources.plugin.as_ref().and_then(|p| self.plugins.get(p)) {
-                list.push(plugin.clone());
+                list.push(plugin.policy.clone());
             }
             if let Some(path) = &sources.lua {
                 match scripts.get(path.as_path()) {
@@ -116,11 +177,13 @@ impl PolicyLoader {
             .trunks
             .iter()
             .enumerate()
-            .map(|(i, t)| match &t.policy {
-                Some(sources) => {
-                    chain(format!("trunks[{i}].policy"), sources).unwrap_or_else(|| default.clone())
-                }
-                None => default.clone(),
+            .map(|(i, t)| {
+                let policy = match &t.policy {
+                    Some(sources) => chain(format!("trunks[{i}].policy"), sources)
+                        .unwrap_or_else(|| default.clone()),
+                    None => default.clone(),
+                };
+                (t.name.clone(), policy)
             })
             .collect();
         (Policies { default, trunks }, errors)

@@ -13,6 +13,13 @@
 //! [`HookError::InvalidDecision`]; a caught panic is [`HookError::Panic`]; any
 //! other non-zero status is [`HookError::PluginStatus`]. A call that declines or
 //! answers with a plain decision allocates nothing.
+//!
+//! A library is opened from a private copy (see [`PrivateImage`]) and never
+//! unloaded: an operator who overwrites the configured file in place cannot
+//! crash the running code, a replaced file is loaded as a new copy on reload
+//! (dlopen would return the old one for the same path), and code a plugin left
+//! behind (thread-local destructors, threads, callbacks) stays mapped. Each
+//! version loaded costs its mapped size for the life of the process.
 
 // This module is the host side of the plugin FFI: loading a library, calling
 // through its function pointers and taking strings back through callbacks
@@ -25,6 +32,7 @@ mod sink;
 
 use std::ffi::c_void;
 use std::fmt;
+use std::mem::ManuallyDrop;
 use std::path::{Path, PathBuf};
 
 use vigil_plugin_api::VIGIL_PLUGIN_ABI_VERSION;
@@ -109,9 +117,9 @@ pub struct PluginPolicy {
     /// The plugin's opaque instance; the plugin's hooks take it back.
     instance: *mut c_void,
     /// Held only to keep the code loaded: the hooks and `destroy` are in it.
-    /// Fields drop after `Drop::drop`, so the instance is destroyed before
-    /// this unloads the library.
-    _library: libloading::Library,
+    /// Never dropped: the library stays mapped for the life of the process
+    /// (see the module docs).
+    _library: ManuallyDrop<libloading::Library>,
 }
 
 // SAFETY: the instance is reached only through the plugin's hooks, which the
@@ -144,10 +152,16 @@ impl PluginPolicy {
             file: file.clone(),
             error,
         })?;
-        let library = open(&resolved).map_err(|e| PluginError::Open {
+        let image = PrivateImage::copy(&resolved).map_err(|error| PluginError::Missing {
+            file: file.clone(),
+            error,
+        })?;
+        let library = open(image.path()).map_err(|e| PluginError::Open {
             file: file.clone(),
             message: e.to_string(),
         })?;
+        // The mapping outlives the file: the copy can go now.
+        drop(image);
 
         let abi_version: AbiVersionFn = symbol(&library, abi::ABI_VERSION_SYMBOL, &file)?;
         // SAFETY: the ABI (every version) defines this symbol as
@@ -221,7 +235,7 @@ impl PluginPolicy {
             },
             destroy,
             instance,
-            _library: library,
+            _library: ManuallyDrop::new(library),
         })
     }
 
@@ -248,10 +262,62 @@ impl PluginPolicy {
 impl Drop for PluginPolicy {
     fn drop(&mut self) {
         // SAFETY: the instance came from this plugin's `create` and is
-        // destroyed once; `&mut self` means no hook is running. The library is
-        // still loaded: the `_library` field drops after this.
+        // destroyed once; `&mut self` means no hook is running. The library
+        // stays loaded (it is never unloaded).
         unsafe { (self.destroy)(self.instance) };
     }
+}
+
+/// A private copy of a plugin file, removed when dropped (once opened, the
+/// mapping no longer needs the file). It lives in a fresh directory that only
+/// this process's user can enter, created here (never one that already
+/// existed), so nobody can swap the file between the copy and the open.
+struct PrivateImage {
+    path: PathBuf,
+}
+
+impl PrivateImage {
+    fn copy(source: &Path) -> std::io::Result<PrivateImage> {
+        let dir = std::env::temp_dir().join(format!(
+            "vigil-plugin-{}-{:016x}",
+            std::process::id(),
+            rand::random::<u64>()
+        ));
+        create_private_dir(&dir)?;
+        let name = source
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "plugin.so".into());
+        let image = PrivateImage {
+            path: dir.join(name),
+        };
+        std::fs::copy(source, &image.path)?;
+        Ok(image)
+    }
+
+    fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl Drop for PrivateImage {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+        if let Some(dir) = self.path.parent() {
+            let _ = std::fs::remove_dir(dir);
+        }
+    }
+}
+
+#[cfg(unix)]
+fn create_private_dir(dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new().mode(0o700).create(dir)
+}
+
+#[cfg(not(unix))]
+fn create_private_dir(dir: &Path) -> std::io::Result<()> {
+    std::fs::create_dir(dir)
 }
 
 /// Opens with every symbol resolved now, so a plugin missing a dependency fails
