@@ -1,4 +1,4 @@
-//! `vigil`: run the softswitch, or check a config.
+//! `vigil`: run the softswitch, check a config, or ask a running one to reload.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -31,11 +31,19 @@ enum Command {
         #[arg(long, short)]
         config: PathBuf,
     },
+    /// Ask the daemon running on this config to reload it (as SIGHUP does) and
+    /// print the result: exit 0 if it was applied, 1 if it was refused (the
+    /// daemon keeps its running config) or no daemon answered.
+    Reload {
+        #[arg(long, short)]
+        config: PathBuf,
+    },
 }
 
 fn main() -> ExitCode {
     match Cli::parse().command {
         Command::Check { config } => check(&config),
+        Command::Reload { config } => reload(&config),
         Command::Run { config } => match run(&config) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
@@ -67,6 +75,29 @@ fn check(path: &std::path::Path) -> ExitCode {
         }
         Err(e) => {
             eprintln!("{e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn reload(path: &std::path::Path) -> ExitCode {
+    use vigil::daemon::control::{self, Command};
+    let socket = vigil::config::control_socket_for(path);
+    match control::request(&socket, Command::Reload, std::time::Duration::from_secs(30)) {
+        Ok(reply) if reply.ok => {
+            println!("{}: reloaded: {}", path.display(), reply.text);
+            ExitCode::SUCCESS
+        }
+        Ok(reply) => {
+            eprintln!(
+                "{}: reload refused, the running config stays:\n{}",
+                path.display(),
+                reply.text
+            );
+            ExitCode::FAILURE
+        }
+        Err(e) => {
+            eprintln!("vigil: {e}");
             ExitCode::FAILURE
         }
     }

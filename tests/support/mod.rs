@@ -157,6 +157,15 @@ impl Vigil {
         std::fs::read_to_string(self.dir.path().join("vigil.log")).unwrap_or_default()
     }
 
+    pub fn config_path(&self) -> PathBuf {
+        self.dir.path().join("vigil.yaml")
+    }
+
+    /// The daemon's process id (to send it signals).
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
+    }
+
     pub fn cdr_path(&self) -> PathBuf {
         self.dir.path().join("cdr.jsonl")
     }

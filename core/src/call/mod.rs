@@ -231,10 +231,10 @@ pub struct Parties {
     pub callee: String,
     pub trunk_in: Arc<str>,
     pub trunk_out: Arc<str>,
-    /// The trunks (indices into the config's) whose policies serve the A and B
-    /// legs; `None` for a registered user's leg, served by the default policy.
-    pub policy_in: Option<usize>,
-    pub policy_out: Option<usize>,
+    /// The trunks whose policies serve the A and B legs; `None` for a
+    /// registered user's leg, served by the default policy.
+    pub policy_in: Option<Arc<str>>,
+    pub policy_out: Option<Arc<str>>,
 }
 
 /// The A leg as it arrived: the INVITE, where it came from, and its session timer
@@ -508,7 +508,10 @@ impl Call {
             end_reason: ending.reason,
             since_answer: self.answer.map(|a| now.saturating_duration_since(a)),
         };
-        let (policy_in, policy_out) = (self.parties.policy_in, self.parties.policy_out);
+        let (policy_in, policy_out) = (
+            self.parties.policy_in.as_deref(),
+            self.parties.policy_out.as_deref(),
+        );
         let mut extra = env.policies.for_trunk(policy_in).hangup(&view);
         if !env.policies.same(policy_in, policy_out) {
             extra.extend(env.policies.for_trunk(policy_out).hangup(&view));

@@ -244,8 +244,8 @@ impl Call {
     /// The policy serving `leg`: its trunk's, or the default for a user's leg.
     fn policy<'e>(&self, leg: Leg, env: &Env<'e>) -> &'e dyn SessionPolicy {
         env.policies.for_trunk(match leg {
-            Leg::A => self.parties.policy_in,
-            Leg::B => self.parties.policy_out,
+            Leg::A => self.parties.policy_in.as_deref(),
+            Leg::B => self.parties.policy_out.as_deref(),
         })
     }
 

@@ -91,6 +91,16 @@ struct FileConfig {
     nat_keepalive: KeepaliveFile,
     #[serde(default)]
     policy: policy::PolicyFile,
+    #[serde(default)]
+    control: ControlFile,
+}
+
+/// `control:` — the local socket `vigil reload` talks to.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ControlFile {
+    #[serde(default)]
+    socket: Option<PathBuf>,
 }
 
 /// `"udp:IP:PORT"`, or `{ addr: "udp:IP:PORT", advertise: IP }` when the address
@@ -249,6 +259,33 @@ pub struct Config {
     user_index: HashMap<Arc<str>, usize>,
     /// The default policy sources and Lua's bounds.
     pub policy: PolicyConfig,
+    /// The control socket (`vigil reload`), see [`control_socket_for`].
+    pub control_socket: PathBuf,
+}
+
+/// The control socket a config names: `control.socket`, else the config file's
+/// path with the extension `.sock` (`/etc/vigil/vigil.yaml` →
+/// `/etc/vigil/vigil.sock`), so two daemons on two configs never collide.
+///
+/// Read leniently, so that `vigil reload` still finds a running daemon when the
+/// file it is asked to reload is broken.
+pub fn control_socket_for(config_file: &Path) -> PathBuf {
+    #[derive(Deserialize)]
+    struct Lenient {
+        #[serde(default)]
+        control: Option<LenientControl>,
+    }
+    #[derive(Deserialize)]
+    struct LenientControl {
+        #[serde(default)]
+        socket: Option<PathBuf>,
+    }
+    std::fs::read_to_string(config_file)
+        .ok()
+        .and_then(|text| serde_yaml::from_str::<Lenient>(&text).ok())
+        .and_then(|l| l.control)
+        .and_then(|c| c.socket)
+        .unwrap_or_else(|| config_file.with_extension("sock"))
 }
 
 /// A user that may register, and call with digest credentials.
@@ -465,6 +502,10 @@ impl Checker {
             users,
             user_index,
             policy,
+            control_socket: raw
+                .control
+                .socket
+                .unwrap_or_else(|| self.file.with_extension("sock")),
         }
     }
 

@@ -4,8 +4,11 @@
 //! shard and one receive loop per socket → wait for SIGTERM/SIGINT → drain calls
 //! (BYE on both legs, CDR `shutdown`) → flush CDRs → return.
 
+pub mod control;
 mod logging;
 mod registrar;
+mod reload;
+pub mod watch;
 mod worker;
 
 use std::path::Path as FsPath;
@@ -15,6 +18,7 @@ use std::time::{Duration, Instant, SystemTime};
 use tokio::net::UdpSocket;
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::mpsc;
+use tokio::sync::watch as latest;
 
 use crate::cdr::{CdrWriter, CdrWriterError};
 use crate::config::Config;
@@ -31,8 +35,13 @@ use crate::sip::MAX_DATAGRAM;
 use crate::transaction::{Path, Transmit};
 use crate::transport::{Transport, TransportError};
 
+use control::ControlServer;
 pub use logging::{LoggingError, init_logging};
 use registrar::{RegistrarInput, RegistrarThread};
+use reload::{
+    Listening, ReloadRequest, Reloader, SpawnReceiver, Targets, serve_control, serve_reloads,
+    watch_files,
+};
 use worker::{Shared, WorkerInput, run_worker};
 
 /// How long shutdown waits for calls to end before giving up on stragglers; the
@@ -99,19 +108,37 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
     // The CDR writer stops once the workers' senders are all gone.
     drop(shared);
 
-    let mut receivers = Vec::new();
-    for (local, socket) in transport.sockets() {
-        receivers.push(tokio::spawn(receive_loop(
-            socket,
-            local,
-            Ingress::new(workers),
-            config.clone(),
-            Inputs {
-                workers: worker_inputs.clone(),
-                registrar: registrar_input.clone(),
-            },
-            transport.clone(),
-        )));
+    let (ingress_config, ingress_configs) = latest::channel(config.clone());
+    let spawn: SpawnReceiver = {
+        let (transport, configs) = (transport.clone(), ingress_configs.clone());
+        let inputs = Inputs {
+            workers: worker_inputs.clone(),
+            registrar: registrar_input.clone(),
+        };
+        Arc::new(move |(local, socket)| {
+            tokio::spawn(receive_loop(
+                socket,
+                local,
+                Ingress::new(workers),
+                configs.clone(),
+                inputs.clone(),
+                transport.clone(),
+            ))
+        })
+    };
+    let listening = Listening {
+        transport: transport.clone(),
+        spawn: spawn.clone(),
+        receivers: Arc::default(),
+    };
+    for bound in transport.sockets() {
+        let bind = bound.0.bind;
+        let task = spawn(bound);
+        listening
+            .receivers
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(bind, task);
     }
     tracing::info!(
         workers,
@@ -120,9 +147,29 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
         "vigil running"
     );
     let reporter = tokio::spawn(report_stats(metrics.clone()));
+    let reloader = Reloader::new(
+        config.clone(),
+        policy_loader,
+        Targets {
+            ingress: ingress_config,
+            workers: worker_inputs.clone(),
+            registrar: registrar_input.clone(),
+            listening: listening.clone(),
+        },
+        metrics.clone(),
+    );
+    let (reload_requests, reload_queue) = mpsc::channel(16);
+    let reloads = tokio::spawn(serve_reloads(reloader, reload_queue));
+    let watcher = tokio::spawn(watch_files(ingress_configs, reload_requests.clone()));
+    let control = start_control(&config.control_socket, reload_requests.clone());
 
-    wait_for_signal().await?;
+    wait_for_signal(&reload_requests).await?;
     reporter.abort();
+    reloads.abort();
+    watcher.abort();
+    if let Some(control) = control {
+        control.abort();
+    }
 
     tracing::info!("shutting down: ending active calls");
     for input in &worker_inputs {
@@ -131,9 +178,7 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
     for task in worker_tasks {
         let _ = tokio::time::timeout(DRAIN_TIME + Duration::from_millis(500), task).await;
     }
-    for r in &receivers {
-        r.abort();
-    }
+    listening.stop_all();
     if let Some(thread) = registrar_task {
         thread.stop(Duration::from_secs(1)).await;
     }
@@ -253,17 +298,53 @@ fn start_registrar(
     Ok((Some(tx), Some(thread), Some((view, auth))))
 }
 
-async fn wait_for_signal() -> Result<(), DaemonError> {
+/// Serves `vigil reload` on the control socket. Without it (the path cannot be
+/// bound) the switch still runs; SIGHUP and file changes still reload.
+fn start_control(
+    path: &FsPath,
+    reloads: mpsc::Sender<ReloadRequest>,
+) -> Option<tokio::task::JoinHandle<()>> {
+    let (commands_tx, commands) = mpsc::channel(8);
+    match ControlServer::bind(path, commands_tx) {
+        Ok(server) => {
+            tracing::info!(socket = %server.path().display(), "control socket ready");
+            Some(tokio::spawn(async move {
+                tokio::join!(server.run(), serve_control(commands, reloads));
+            }))
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "no control socket: `vigil reload` will not reach this daemon");
+            None
+        }
+    }
+}
+
+/// Waits for SIGTERM or SIGINT; a SIGHUP meanwhile asks for a reload.
+async fn wait_for_signal(reloads: &mpsc::Sender<ReloadRequest>) -> Result<(), DaemonError> {
     let mut term = signal(SignalKind::terminate()).map_err(DaemonError::Signal)?;
     let mut int = signal(SignalKind::interrupt()).map_err(DaemonError::Signal)?;
-    tokio::select! {
-        _ = term.recv() => tracing::info!("SIGTERM"),
-        _ = int.recv() => tracing::info!("SIGINT"),
+    let mut hup = signal(SignalKind::hangup()).map_err(DaemonError::Signal)?;
+    loop {
+        tokio::select! {
+            _ = term.recv() => {
+                tracing::info!("SIGTERM");
+                return Ok(());
+            }
+            _ = int.recv() => {
+                tracing::info!("SIGINT");
+                return Ok(());
+            }
+            _ = hup.recv() => {
+                let request = ReloadRequest { cause: "SIGHUP", reply: None };
+                // A full queue already holds a reload that will read the file.
+                let _ = reloads.try_send(request);
+            }
+        }
     }
-    Ok(())
 }
 
 /// Where the receive loops hand messages on.
+#[derive(Clone)]
 struct Inputs {
     workers: Vec<mpsc::Sender<WorkerInput>>,
     registrar: Option<mpsc::Sender<RegistrarInput>>,
@@ -274,10 +355,11 @@ async fn receive_loop(
     socket: Arc<UdpSocket>,
     local: LocalSocket,
     mut ingress: Ingress,
-    config: Arc<Config>,
+    mut configs: latest::Receiver<Arc<Config>>,
     inputs: Inputs,
     transport: Arc<Transport>,
 ) {
+    let mut config = configs.borrow_and_update().clone();
     // One byte more than the largest datagram, to notice an oversized one.
     let mut buf = vec![0u8; MAX_DATAGRAM + 1];
     let mut errors_log = RateLimit::new(5, Duration::from_secs(10));
@@ -303,6 +385,10 @@ async fn receive_loop(
             local: local.bind,
             remote,
         };
+        // An atomic load per datagram; a reload swaps the snapshot.
+        if configs.has_changed().unwrap_or(false) {
+            config = configs.borrow_and_update().clone();
+        }
         match ingress.classify(now, &config, &buf[..len], path) {
             Verdict::Dispatch {
                 worker,
@@ -321,10 +407,10 @@ async fn receive_loop(
                 }
             }
             Verdict::Registrar(message) => {
-                let full = inputs
-                    .registrar
-                    .as_ref()
-                    .is_some_and(|r| r.try_send(RegistrarInput { message, path }).is_err());
+                let full = inputs.registrar.as_ref().is_some_and(|r| {
+                    r.try_send(RegistrarInput::Message { message, path })
+                        .is_err()
+                });
                 if full && let Some(suppressed) = overload_log.allow(now) {
                     tracing::warn!(suppressed, "registrar queue full: datagram dropped");
                 }

@@ -14,6 +14,9 @@ use std::time::{Duration, Instant, SystemTime};
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::sleep_until;
 
+use crate::config::Config;
+use crate::engine::LocalSocket;
+use crate::policy::SessionPolicy;
 use crate::ratelimit::RateLimit;
 use crate::registrar::store::Store;
 use crate::registrar::{Output, Registrar};
@@ -21,10 +24,19 @@ use crate::sip::Message;
 use crate::transaction::Path;
 use crate::transport::Transport;
 
-/// What the receive loops send the registrar.
-pub struct RegistrarInput {
-    pub message: Box<Message>,
-    pub path: Path,
+/// What the receive loops (and a reload) send the registrar.
+pub enum RegistrarInput {
+    Message {
+        message: Box<Message>,
+        path: Path,
+    },
+    /// A reloaded config and keep-alive policy: bindings stay; users,
+    /// keep-alive settings and the policy apply from the next request or tick.
+    Reload {
+        config: Arc<Config>,
+        policy: Arc<dyn SessionPolicy>,
+        sockets: Arc<[LocalSocket]>,
+    },
 }
 
 /// The running registrar thread.
@@ -79,7 +91,12 @@ async fn run_registrar(
             .unwrap_or_else(|| Instant::now() + Duration::from_secs(86_400));
         tokio::select! {
             input = inputs.recv() => match input {
-                Some(RegistrarInput { message, path }) => registrar.handle_message(Instant::now(), *message, path),
+                Some(RegistrarInput::Message { message, path }) => registrar.handle_message(Instant::now(), *message, path),
+                Some(RegistrarInput::Reload { config, policy, sockets }) => {
+                    registrar.set_config(config);
+                    registrar.set_policy(policy);
+                    registrar.set_sockets(sockets);
+                }
                 None => break,
             },
             _ = sleep_until(wake.into()) => registrar.handle_timeout(Instant::now()),

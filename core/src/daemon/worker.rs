@@ -26,8 +26,21 @@ pub enum WorkerInput {
         path: Path,
         admitted: bool,
     },
+    /// A reloaded config and this worker's policies: new calls use them at
+    /// once; calls in progress keep their negotiated timers, and their next
+    /// hook call goes to the new policies.
+    Reload(Box<Reload>),
     /// End every call and stop once they are gone (or after [`DRAIN_TIME`]).
     Shutdown,
+}
+
+/// A reload's new state for one worker.
+pub struct Reload {
+    pub config: Arc<Config>,
+    pub policies: Policies,
+    /// The sockets new calls may use (a removed `listen` address is gone from
+    /// here at once, though it still receives for a while).
+    pub sockets: Arc<[LocalSocket]>,
 }
 
 /// Inputs handled per wake-up before outputs are flushed; bounds latency while
@@ -84,6 +97,12 @@ pub async fn run_worker(
                     match input {
                         WorkerInput::Message { message, path, admitted } => {
                             engine.handle_message(now, *message, path, admitted)
+                        }
+                        WorkerInput::Reload(reload) => {
+                            let Reload { config, policies, sockets } = *reload;
+                            engine.set_config(config);
+                            engine.set_policies(policies);
+                            engine.set_sockets(sockets);
                         }
                         WorkerInput::Shutdown => {
                             engine.begin_shutdown(now);

@@ -120,11 +120,11 @@ impl Engine {
             Destination::Contact { user, .. } => format!("user:{user}").into(),
         };
         let policy_in = match source {
-            Source::Trunk(t) => Some(t),
+            Source::Trunk(_) => Some(trunk_in.clone()),
             Source::User(_) => None,
         };
         let policy_out = match destination {
-            Destination::Trunk(t) => Some(t),
+            Destination::Trunk(_) => Some(trunk_out.clone()),
             Destination::Contact { .. } => None,
         };
         let view = CallStartView {
@@ -135,7 +135,7 @@ impl Engine {
             callee: &callee,
             source: path.remote,
         };
-        let overrides = match self.call_start(&view, policy_in, policy_out) {
+        let overrides = match self.call_start(&view, policy_in.as_deref(), policy_out.as_deref()) {
             Ok(overrides) => overrides,
             Err((status, reason)) => {
                 tracing::info!(call_id = %request.call_id, %callee, %trunk_in, status, %reason, "call refused by policy");
@@ -212,8 +212,8 @@ impl Engine {
     fn call_start(
         &self,
         view: &CallStartView<'_>,
-        policy_in: Option<usize>,
-        policy_out: Option<usize>,
+        policy_in: Option<&str>,
+        policy_out: Option<&str>,
     ) -> Result<CallOverrides, (u16, String)> {
         let mut asked = vec![policy_in];
         if !self.policies.same(policy_in, policy_out) {

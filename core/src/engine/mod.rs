@@ -116,6 +116,11 @@ impl Engine {
         self.policies = policies;
     }
 
+    /// The sockets calls that start from now on may use (after a reload).
+    pub fn set_sockets(&mut self, sockets: Arc<[LocalSocket]>) {
+        self.sockets = sockets;
+    }
+
     /// Applies a new config snapshot to calls that start from now on.
     pub fn set_config(&mut self, config: Arc<Config>) {
         self.settings = settings_from(&config, self.tx.timer_values());

@@ -79,6 +79,9 @@ pub struct Metrics {
     /// Hook calls into scripts or plugins that failed (error, budget, memory,
     /// panic, invalid answer): the default decision applied instead.
     pub policy_errors: AtomicU64,
+    /// Config reloads applied, and refused (the running config stayed).
+    pub config_reloads: AtomicU64,
+    pub config_reload_failures: AtomicU64,
 }
 
 impl Metrics {

@@ -4,6 +4,7 @@
 //! source, and the `policy_errors` counter) and the next one decides: a broken
 //! script or plugin never takes a call down with it.
 
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -100,11 +101,13 @@ impl SessionPolicy for PolicyChain {
 
 /// A worker's policies: one per trunk (its own chain, or the default), and the
 /// default for everything that is no trunk's (registered users' legs and
-/// keep-alives).
+/// keep-alives). Trunks are looked up by name, so a call keeps finding its
+/// trunk's policy across a reload that reorders the config, and a call on a
+/// trunk that was removed gets the default.
 #[derive(Clone)]
 pub struct Policies {
     pub(super) default: Arc<dyn SessionPolicy>,
-    pub(super) trunks: Vec<Arc<dyn SessionPolicy>>,
+    pub(super) trunks: HashMap<Arc<str>, Arc<dyn SessionPolicy>>,
 }
 
 impl Policies {
@@ -112,13 +115,13 @@ impl Policies {
     pub fn builtin() -> Policies {
         Policies {
             default: Arc::new(BuiltinPolicy),
-            trunks: Vec::new(),
+            trunks: HashMap::new(),
         }
     }
 
-    /// The policy for a leg or call on trunk `trunk` (an index into the
-    /// config's trunks), or the default one for `None`.
-    pub fn for_trunk(&self, trunk: Option<usize>) -> &dyn SessionPolicy {
+    /// The policy for a leg or call on the trunk named `trunk`, or the
+    /// default one for `None` (a registered user) or a trunk not configured.
+    pub fn for_trunk(&self, trunk: Option<&str>) -> &dyn SessionPolicy {
         trunk
             .and_then(|t| self.trunks.get(t))
             .unwrap_or(&self.default)
@@ -131,7 +134,7 @@ impl Policies {
 
     /// Whether `a` and `b` are served by the same policy (a call-level hook is
     /// then asked once).
-    pub fn same(&self, a: Option<usize>, b: Option<usize>) -> bool {
+    pub fn same(&self, a: Option<&str>, b: Option<&str>) -> bool {
         std::ptr::addr_eq(
             self.for_trunk(a) as *const dyn SessionPolicy,
             self.for_trunk(b) as *const dyn SessionPolicy,

@@ -131,6 +131,12 @@ impl Registrar {
         self.policy = policy;
     }
 
+    /// The sockets known after a reload (a contact keeps the socket it
+    /// registered on; a removed one only changes what is advertised).
+    pub fn set_sockets(&mut self, sockets: Arc<[LocalSocket]>) {
+        self.sockets = sockets;
+    }
+
     pub fn set_config(&mut self, config: Arc<Config>) {
         self.tx.set_force_rport(config.sip.force_rport);
         self.config = config;

@@ -1,16 +1,20 @@
 //! UDP transport (RFC 3261 §18): binds the `listen` sockets, works out the address
 //! each one advertises in Via and Contact, receives datagrams into the ingress and
 //! sends the engine's transmits. This is the only module that touches sockets.
+//! A reload may bind more sockets and close some: the set is behind a lock that
+//! sends only read.
 
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, UdpSocket as StdUdpSocket};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
+use std::time::{Duration, Instant};
 
 use socket2::{Domain, Protocol, Socket, Type};
 use tokio::net::UdpSocket;
 
 use crate::config::Listener;
 use crate::engine::LocalSocket;
+use crate::ratelimit::RateLimit;
 use crate::transaction::Transmit;
 
 /// Socket buffers big enough to ride out a burst of a few thousand calls per second
@@ -23,9 +27,15 @@ pub enum TransportError {
     Bind { addr: SocketAddr, source: io::Error },
 }
 
+/// A bound socket and what it advertises.
+pub type BoundSocket = (LocalSocket, Arc<UdpSocket>);
+
 /// The bound sockets.
 pub struct Transport {
-    sockets: Vec<(LocalSocket, Arc<UdpSocket>)>,
+    sockets: RwLock<Vec<BoundSocket>>,
+    /// Sends from a socket that was closed (a dialog set up on a removed
+    /// `listen` address), logged at a bounded rate.
+    orphan_log: Mutex<RateLimit>,
 }
 
 impl Transport {
@@ -33,38 +43,62 @@ impl Transport {
     pub fn bind(listeners: &[Listener]) -> Result<Transport, TransportError> {
         let mut sockets = Vec::with_capacity(listeners.len());
         for l in listeners {
-            let socket = bind_udp(l.bind).map_err(|source| TransportError::Bind {
-                addr: l.bind,
-                source,
-            })?;
-            let bound = socket.local_addr().map_err(|source| TransportError::Bind {
-                addr: l.bind,
-                source,
-            })?;
-            let advertised_ip = l.advertise.unwrap_or_else(|| advertised_ip(bound.ip()));
-            let local = LocalSocket {
-                bind: bound,
-                advertised: SocketAddr::new(advertised_ip, bound.port()),
-            };
-            tracing::info!(bind = %local.bind, advertised = %local.advertised, "listening on udp");
-            sockets.push((local, Arc::new(socket)));
+            sockets.push(bind_listener(l)?);
         }
-        Ok(Transport { sockets })
+        Ok(Transport {
+            sockets: RwLock::new(sockets),
+            orphan_log: Mutex::new(RateLimit::new(5, Duration::from_secs(60))),
+        })
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, Vec<BoundSocket>> {
+        self.sockets.read().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Binds one more listener (a reload added it) and returns it.
+    pub fn add(&self, listener: &Listener) -> Result<BoundSocket, TransportError> {
+        let bound = bind_listener(listener)?;
+        self.sockets
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(bound.clone());
+        Ok(bound)
+    }
+
+    /// Closes the socket bound to `bind` (a reload removed it, and its grace
+    /// time for in-flight transactions is over).
+    pub fn remove(&self, bind: SocketAddr) {
+        self.sockets
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .retain(|(l, _)| l.bind != bind);
+        tracing::info!(bind = %bind, "stopped listening on udp");
     }
 
     pub fn local_sockets(&self) -> Arc<[LocalSocket]> {
-        self.sockets.iter().map(|(l, _)| *l).collect()
+        self.read().iter().map(|(l, _)| *l).collect()
     }
 
-    pub fn sockets(&self) -> impl Iterator<Item = (LocalSocket, Arc<UdpSocket>)> + '_ {
-        self.sockets.iter().map(|(l, s)| (*l, s.clone()))
+    pub fn sockets(&self) -> Vec<BoundSocket> {
+        self.read().clone()
     }
 
     /// Sends a datagram from the socket bound to `local`. Errors are logged, not
     /// returned: a lost datagram is what UDP and the transaction timers are for.
     pub async fn send(&self, transmit: &Transmit) {
-        let Some((_, socket)) = self.sockets.iter().find(|(l, _)| l.bind == transmit.local) else {
-            tracing::error!(local = %transmit.local, "no socket for transmit");
+        let socket = self
+            .read()
+            .iter()
+            .find(|(l, _)| l.bind == transmit.local)
+            .map(|(_, s)| s.clone());
+        let Some(socket) = socket else {
+            let mut log = self
+                .orphan_log
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            if let Some(suppressed) = log.allow(Instant::now()) {
+                tracing::warn!(local = %transmit.local, suppressed, "no socket for transmit (its listen address was removed)");
+            }
             return;
         };
         let result = match socket.try_send_to(&transmit.bytes, transmit.remote) {
@@ -77,6 +111,24 @@ impl Transport {
             tracing::debug!(to = %transmit.remote, error = %e, "send failed");
         }
     }
+}
+
+fn bind_listener(l: &Listener) -> Result<BoundSocket, TransportError> {
+    let socket = bind_udp(l.bind).map_err(|source| TransportError::Bind {
+        addr: l.bind,
+        source,
+    })?;
+    let bound = socket.local_addr().map_err(|source| TransportError::Bind {
+        addr: l.bind,
+        source,
+    })?;
+    let advertised_ip = l.advertise.unwrap_or_else(|| advertised_ip(bound.ip()));
+    let local = LocalSocket {
+        bind: bound,
+        advertised: SocketAddr::new(advertised_ip, bound.port()),
+    };
+    tracing::info!(bind = %local.bind, advertised = %local.advertised, "listening on udp");
+    Ok((local, Arc::new(socket)))
 }
 
 fn bind_udp(addr: SocketAddr) -> io::Result<UdpSocket> {
