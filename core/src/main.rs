@@ -38,12 +38,23 @@ enum Command {
         #[arg(long, short)]
         config: PathBuf,
     },
+    /// Ask the daemon running on this config: `status`, `calls`, `call ID`,
+    /// `hangup ID` (BYE both legs, CDR `admin`), `registrations`, `reload`.
+    /// Prints the answer (JSON for queries); exits 1 on an error.
+    Ctl {
+        #[arg(long, short)]
+        config: PathBuf,
+        /// The command and its Call-ID, if it takes one.
+        #[arg(required = true, num_args = 1..=2)]
+        command: Vec<String>,
+    },
 }
 
 fn main() -> ExitCode {
     match Cli::parse().command {
         Command::Check { config } => check(&config),
         Command::Reload { config } => reload(&config),
+        Command::Ctl { config, command } => ctl(&config, &command.join(" ")),
         Command::Run { config } => match run(&config) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
@@ -94,6 +105,29 @@ fn reload(path: &std::path::Path) -> ExitCode {
                 path.display(),
                 reply.text
             );
+            ExitCode::FAILURE
+        }
+        Err(e) => {
+            eprintln!("vigil: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn ctl(path: &std::path::Path, line: &str) -> ExitCode {
+    use vigil::daemon::control::{self, COMMANDS, Command};
+    let Some(command) = Command::parse(line) else {
+        eprintln!("vigil: unknown command {line:?}; known: {COMMANDS}");
+        return ExitCode::FAILURE;
+    };
+    let socket = vigil::config::control_socket_for(path);
+    match control::request(&socket, command, std::time::Duration::from_secs(30)) {
+        Ok(reply) if reply.ok => {
+            println!("{}", reply.text);
+            ExitCode::SUCCESS
+        }
+        Ok(reply) => {
+            eprintln!("vigil: {}", reply.text);
             ExitCode::FAILURE
         }
         Err(e) => {

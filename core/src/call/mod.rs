@@ -224,6 +224,38 @@ struct Setup {
     b_invite: Request,
 }
 
+/// A call as an operator sees it: who, how long, each leg's session timer.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct CallSnapshot {
+    pub call_id: String,
+    pub b_call_id: String,
+    pub caller: String,
+    pub callee: String,
+    pub trunk_in: String,
+    pub trunk_out: String,
+    /// Seconds since the INVITE arrived.
+    pub age: f64,
+    /// Seconds since the answer; `None` while ringing.
+    pub answered_for: Option<f64>,
+    /// The A leg's (towards the caller) session timer; `None` without one.
+    pub a_leg: Option<LegTimerSnapshot>,
+    pub b_leg: Option<LegTimerSnapshot>,
+}
+
+/// One leg's session timer, for an operator.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct LegTimerSnapshot {
+    pub session_expires: u32,
+    /// `vigil` or `peer`.
+    pub refresher: &'static str,
+    /// Refreshes Vigil completed on this leg.
+    pub refreshes: u32,
+    /// Seconds until Vigil refreshes; `None` where the peer refreshes.
+    pub next_refresh_in: Option<f64>,
+    /// Seconds until the session ends without a refresh.
+    pub expires_in: Option<f64>,
+}
+
 /// Who the call is between, for the CDR and logs.
 #[derive(Debug, Clone)]
 pub struct Parties {
@@ -1067,16 +1099,68 @@ impl Call {
 
     /// Graceful shutdown: fail an unanswered call, BYE an answered one.
     pub fn shutdown(&mut self, now: Instant, env: &mut Env<'_>) {
+        self.end_by_switch(now, EndReason::Shutdown, (503, "Shutting Down"), env);
+    }
+
+    /// An operator's hang-up: as a shutdown, with its own end reason.
+    pub fn hang_up_by_operator(&mut self, now: Instant, env: &mut Env<'_>) {
+        self.end_by_switch(now, EndReason::Admin, (480, "Ended By Operator"), env);
+    }
+
+    /// Ends the call from the switch's side: an unanswered call's caller gets
+    /// `unanswered` (status, reason), an answered call BYE on both legs.
+    fn end_by_switch(
+        &mut self,
+        now: Instant,
+        reason: EndReason,
+        unanswered: (u16, &'static str),
+        env: &mut Env<'_>,
+    ) {
         if self.ending.is_some() {
             return;
         }
         if self.a_state == AState::Proceeding {
-            self.fail_a(now, 503, Some("Shutting Down"), env);
-            self.end(now, EndReason::Shutdown, EndedBy::Switch, Some(503), env);
+            let (status, phrase) = unanswered;
+            self.fail_a(now, status, Some(phrase), env);
+            self.end(now, reason, EndedBy::Switch, Some(status), env);
         } else {
-            self.end(now, EndReason::Shutdown, EndedBy::Switch, None, env);
+            self.end(now, reason, EndedBy::Switch, None, env);
         }
         self.hang_up_both(now, env);
+    }
+
+    /// What an operator sees of the call (`vigil ctl calls`).
+    pub fn snapshot(&self, now: Instant) -> CallSnapshot {
+        let leg = |info: &LegInfo| {
+            info.session.as_ref().map(|s| {
+                let agreed = s.agreed();
+                let secs_until = |at: Instant| at.saturating_duration_since(now).as_secs_f64();
+                LegTimerSnapshot {
+                    session_expires: agreed.interval,
+                    refresher: match agreed.refresher {
+                        crate::session_timer::Who::Vigil => "vigil",
+                        crate::session_timer::Who::Peer => "peer",
+                    },
+                    refreshes: s.refreshes(),
+                    next_refresh_in: s.refresh_due_at().map(secs_until),
+                    expires_in: s.expires_at().map(secs_until),
+                }
+            })
+        };
+        CallSnapshot {
+            call_id: self.a_call_id.clone(),
+            b_call_id: self.b_call_id.clone(),
+            caller: self.parties.caller.clone(),
+            callee: self.parties.callee.clone(),
+            trunk_in: self.parties.trunk_in.to_string(),
+            trunk_out: self.parties.trunk_out.to_string(),
+            age: now.saturating_duration_since(self.start).as_secs_f64(),
+            answered_for: self
+                .answer
+                .map(|a| now.saturating_duration_since(a).as_secs_f64()),
+            a_leg: leg(&self.a),
+            b_leg: leg(&self.b),
+        }
     }
 }
 

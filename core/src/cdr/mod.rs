@@ -42,6 +42,8 @@ pub enum EndReason {
     MaxDuration,
     /// A policy's `call_start` refused the call: see `sip_code`.
     PolicyRejected,
+    /// An operator hung the call up (`vigil ctl hangup`); both legs got BYE.
+    Admin,
 }
 
 impl EndReason {
@@ -52,6 +54,7 @@ impl EndReason {
             EndReason::Cancelled => "cancelled",
             EndReason::Rejected => "rejected",
             EndReason::PolicyRejected => "policy-rejected",
+            EndReason::Admin => "admin",
             EndReason::NoRoute => "no-route",
             EndReason::Shutdown => "shutdown",
             EndReason::AckTimeout => "ack-timeout",

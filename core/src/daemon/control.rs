@@ -51,25 +51,55 @@ const MAX_CONNECTIONS: usize = 8;
 /// loop does not spin while the condition lasts.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 
-/// A request from an operator's command.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// A request from an operator's command. Replies to the queries are JSON.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Command {
     /// Re-read the config file, scripts and plugins; keep the running state if any
     /// of it fails.
     Reload,
+    /// The config's version (reload generation) and the last reload error.
+    Status,
+    /// Every call in progress with its legs' timers.
+    Calls,
+    /// One call, by its A- or B-leg Call-ID.
+    Call(String),
+    /// End one call (BYE both legs, CDR `end_reason: admin`).
+    Hangup(String),
+    /// Every registered contact.
+    Registrations,
 }
 
+/// Every command word, for error messages and help.
+pub const COMMANDS: &str = "reload, status, calls, call CALL-ID, hangup CALL-ID, registrations";
+
 impl Command {
-    /// The word on the wire.
-    pub fn as_str(self) -> &'static str {
+    /// The command word on the wire.
+    pub fn word(&self) -> &'static str {
         match self {
             Command::Reload => "reload",
+            Command::Status => "status",
+            Command::Calls => "calls",
+            Command::Call(_) => "call",
+            Command::Hangup(_) => "hangup",
+            Command::Registrations => "registrations",
         }
     }
 
-    fn parse(word: &str) -> Option<Command> {
-        match word {
-            "reload" => Some(Command::Reload),
+    /// A request line: a word, and a Call-ID for `call` and `hangup`.
+    pub fn parse(line: &str) -> Option<Command> {
+        let mut parts = line.split_whitespace();
+        let word = parts.next()?;
+        let argument = parts.next();
+        if parts.next().is_some() {
+            return None;
+        }
+        match (word, argument) {
+            ("reload", None) => Some(Command::Reload),
+            ("status", None) => Some(Command::Status),
+            ("calls", None) => Some(Command::Calls),
+            ("registrations", None) => Some(Command::Registrations),
+            ("call", Some(id)) => Some(Command::Call(id.to_string())),
+            ("hangup", Some(id)) => Some(Command::Hangup(id.to_string())),
             _ => None,
         }
     }
@@ -77,7 +107,10 @@ impl Command {
 
 impl fmt::Display for Command {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
+        match self {
+            Command::Call(id) | Command::Hangup(id) => write!(f, "{} {id}", self.word()),
+            _ => f.write_str(self.word()),
+        }
     }
 }
 
@@ -394,7 +427,7 @@ fn may_control(peer_uid: u32, daemon_uid: u32) -> bool {
 async fn answer(line: &str, requests: &Requests) -> Reply {
     let word = line.trim();
     let Some(command) = Command::parse(word) else {
-        return Reply::error(format!("unknown command {word:?}; known: reload"));
+        return Reply::error(format!("unknown command {word:?}; known: {COMMANDS}"));
     };
     let (reply, answered) = oneshot::channel();
     if requests.send((command, reply)).await.is_err() {

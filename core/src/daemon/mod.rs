@@ -4,6 +4,7 @@
 //! shard and one receive loop per socket → wait for SIGTERM/SIGINT → drain calls
 //! (BYE on both legs, CDR `shutdown`) → flush CDRs → return.
 
+mod commands;
 pub mod control;
 mod logging;
 mod registrar;
@@ -35,12 +36,12 @@ use crate::sip::MAX_DATAGRAM;
 use crate::transaction::{Path, Transmit};
 use crate::transport::{Transport, TransportError};
 
+use commands::{Operator, serve_commands};
 use control::ControlServer;
 pub use logging::{LoggingError, init_logging};
 use registrar::{RegistrarInput, RegistrarThread};
 use reload::{
-    Listening, ReloadRequest, Reloader, SpawnReceiver, Targets, serve_control, serve_reloads,
-    watch_files,
+    Listening, ReloadRequest, Reloader, SpawnReceiver, Targets, serve_reloads, watch_files,
 };
 use worker::{Shared, WorkerInput, run_worker};
 
@@ -83,6 +84,7 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
         &transport,
         policy_loader.policies(&config).0.default_policy(),
     )?;
+    let location_view = registrar_shared.as_ref().map(|(view, _)| view.clone());
     let shared = Shared {
         metrics: metrics.clone(),
         registrar: registrar_shared,
@@ -159,9 +161,16 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
         metrics.clone(),
     );
     let (reload_requests, reload_queue) = mpsc::channel(16);
+    let reload_status = reloader.status();
     let reloads = tokio::spawn(serve_reloads(reloader, reload_queue));
     let watcher = tokio::spawn(watch_files(ingress_configs, reload_requests.clone()));
-    let control = start_control(&config.control_socket, reload_requests.clone());
+    let operator = Operator {
+        workers: worker_inputs.clone(),
+        location: location_view,
+        reloads: reload_requests.clone(),
+        status: reload_status,
+    };
+    let control = start_control(&config.control_socket, operator);
 
     wait_for_signal(&reload_requests).await?;
     reporter.abort();
@@ -298,18 +307,16 @@ fn start_registrar(
     Ok((Some(tx), Some(thread), Some((view, auth))))
 }
 
-/// Serves `vigil reload` on the control socket. Without it (the path cannot be
-/// bound) the switch still runs; SIGHUP and file changes still reload.
-fn start_control(
-    path: &FsPath,
-    reloads: mpsc::Sender<ReloadRequest>,
-) -> Option<tokio::task::JoinHandle<()>> {
+/// Serves `vigil ctl` and `vigil reload` on the control socket. Without it (the
+/// path cannot be bound) the switch still runs; SIGHUP and file changes still
+/// reload.
+fn start_control(path: &FsPath, operator: Operator) -> Option<tokio::task::JoinHandle<()>> {
     let (commands_tx, commands) = mpsc::channel(8);
     match ControlServer::bind(path, commands_tx) {
         Ok(server) => {
             tracing::info!(socket = %server.path().display(), "control socket ready");
             Some(tokio::spawn(async move {
-                tokio::join!(server.run(), serve_control(commands, reloads));
+                tokio::join!(server.run(), serve_commands(operator, commands));
             }))
         }
         Err(e) => {

@@ -26,7 +26,6 @@ use std::time::Duration;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 
-use super::control::{Command, Reply};
 use super::registrar::RegistrarInput;
 use super::watch::FileWatcher;
 use super::worker::{Reload, WorkerInput};
@@ -117,6 +116,25 @@ pub struct Reloader {
     loader: PolicyLoader,
     targets: Targets,
     metrics: Arc<Metrics>,
+    status: watch::Sender<ReloadStatus>,
+}
+
+/// The running config's version, for `vigil ctl status`.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ReloadStatus {
+    pub config: PathBuf,
+    /// 1 for the config the daemon started with, one more per applied reload.
+    pub generation: u64,
+    /// When the running config was loaded (RFC 3339).
+    pub loaded_at: String,
+    /// The last refused reload's error and when it happened, if the last
+    /// reload was refused.
+    pub last_error: Option<String>,
+    pub last_error_at: Option<String>,
+}
+
+fn timestamp() -> String {
+    humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string()
 }
 
 impl Reloader {
@@ -126,13 +144,26 @@ impl Reloader {
         targets: Targets,
         metrics: Arc<Metrics>,
     ) -> Reloader {
+        let status = ReloadStatus {
+            config: current.file.clone(),
+            generation: 1,
+            loaded_at: timestamp(),
+            last_error: None,
+            last_error_at: None,
+        };
         Reloader {
             path: current.file.clone(),
             current,
             loader,
             targets,
             metrics,
+            status: watch::Sender::new(status),
         }
+    }
+
+    /// Follows the running config's version.
+    pub fn status(&self) -> watch::Receiver<ReloadStatus> {
+        self.status.subscribe()
     }
 
     /// Reloads the config file; the text says what changed or why nothing did.
@@ -141,10 +172,20 @@ impl Reloader {
         let result = self.try_reload().await;
         match &result {
             Ok(summary) => {
+                self.status.send_modify(|s| {
+                    s.generation += 1;
+                    s.loaded_at = timestamp();
+                    s.last_error = None;
+                    s.last_error_at = None;
+                });
                 Metrics::count(&self.metrics.config_reloads);
                 tracing::info!(file = %self.path.display(), %summary, "config reloaded");
             }
             Err(e) => {
+                self.status.send_modify(|s| {
+                    s.last_error = Some(e.to_string());
+                    s.last_error_at = Some(timestamp());
+                });
                 Metrics::count(&self.metrics.config_reload_failures);
                 tracing::error!(file = %self.path.display(), error = %e, "config reload refused, the running config stays");
             }
@@ -430,38 +471,6 @@ pub async fn watch_files(
                     }
                     break;
                 }
-            }
-        }
-    }
-}
-
-/// Serves the control socket's commands: `reload` asks for a reload and
-/// answers with its outcome. Ends when the control server is gone.
-pub async fn serve_control(
-    mut commands: mpsc::Receiver<(Command, oneshot::Sender<Reply>)>,
-    reloads: mpsc::Sender<ReloadRequest>,
-) {
-    while let Some((command, reply)) = commands.recv().await {
-        match command {
-            Command::Reload => {
-                let (outcome_tx, outcome) = oneshot::channel();
-                let request = ReloadRequest {
-                    cause: "vigil reload",
-                    reply: Some(outcome_tx),
-                };
-                if reloads.send(request).await.is_err() {
-                    let _ = reply.send(Reply::error("the daemon is shutting down"));
-                    continue;
-                }
-                // Wait for the outcome elsewhere: another command need not.
-                tokio::spawn(async move {
-                    let answer = match outcome.await {
-                        Ok(Ok(summary)) => Reply::ok(summary),
-                        Ok(Err(error)) => Reply::error(error),
-                        Err(_) => Reply::error("the daemon is shutting down"),
-                    };
-                    let _ = reply.send(answer);
-                });
             }
         }
     }

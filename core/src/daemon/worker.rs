@@ -4,10 +4,11 @@
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use tokio::time::sleep_until;
 
 use super::DRAIN_TIME;
+use crate::call::CallSnapshot;
 use crate::cdr::CdrRecord;
 use crate::config::Config;
 use crate::engine::{Engine, LocalSocket};
@@ -30,6 +31,10 @@ pub enum WorkerInput {
     /// once; calls in progress keep their negotiated timers, and their next
     /// hook call goes to the new policies.
     Reload(Box<Reload>),
+    /// The operator asks for this worker's calls.
+    Calls(oneshot::Sender<Vec<CallSnapshot>>),
+    /// The operator hangs up the call with this Call-ID, if it is here.
+    HangUp(String, oneshot::Sender<Option<CallSnapshot>>),
     /// End every call and stop once they are gone (or after [`DRAIN_TIME`]).
     Shutdown,
 }
@@ -103,6 +108,12 @@ pub async fn run_worker(
                             engine.set_config(config);
                             engine.set_policies(policies);
                             engine.set_sockets(sockets);
+                        }
+                        WorkerInput::Calls(reply) => {
+                            let _ = reply.send(engine.calls(now));
+                        }
+                        WorkerInput::HangUp(call_id, reply) => {
+                            let _ = reply.send(engine.hang_up(now, &call_id));
                         }
                         WorkerInput::Shutdown => {
                             engine.begin_shutdown(now);

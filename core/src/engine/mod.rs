@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::call::build::local_response;
-use crate::call::{Call, CallKey, CallSettings, Env, Leg, TxOwner};
+use crate::call::{Call, CallKey, CallSettings, CallSnapshot, Env, Leg, TxOwner};
 use crate::cdr::CdrRecord;
 use crate::config::{Config, canonical_ip};
 use crate::ids::IdGen;
@@ -155,6 +155,29 @@ impl Engine {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         }
+    }
+
+    /// Every call in progress, as an operator sees it.
+    pub fn calls(&self, now: Instant) -> Vec<CallSnapshot> {
+        self.calls
+            .values()
+            .filter(|c| c.ending().is_none())
+            .map(|c| c.snapshot(now))
+            .collect()
+    }
+
+    /// Hangs up the call whose A- or B-leg Call-ID is `call_id` (BYE both legs,
+    /// CDR `admin`); what it was, or `None` if no such call is here.
+    pub fn hang_up(&mut self, now: Instant, call_id: &str) -> Option<CallSnapshot> {
+        let key = self.by_b.get(call_id).copied().or_else(|| {
+            self.by_a
+                .iter()
+                .find(|((a_call_id, _), _)| a_call_id == call_id)
+                .map(|(_, key)| *key)
+        })?;
+        let snapshot = self.calls.get(&key)?.snapshot(now);
+        self.with_call(key, |call, env| call.hang_up_by_operator(now, env));
+        Some(snapshot)
     }
 
     /// Stops taking calls and ends every active one (BYE both legs, CDR

@@ -128,6 +128,40 @@ impl LocationView {
         let map = self.targets.read().unwrap_or_else(|e| e.into_inner());
         map.values().map(Vec::len).sum()
     }
+
+    /// Every registered contact, by user, as an operator sees it.
+    pub fn snapshot(&self, now: Instant) -> Vec<RegistrationSnapshot> {
+        let map = self.targets.read().unwrap_or_else(|e| e.into_inner());
+        let mut out: Vec<RegistrationSnapshot> = map
+            .iter()
+            .flat_map(|(user, targets)| {
+                targets.iter().map(move |t| RegistrationSnapshot {
+                    user: user.to_string(),
+                    contact: t.uri.to_string(),
+                    received: t.received.to_string(),
+                    socket: t.local.to_string(),
+                    q: f64::from(t.q) / 1000.0,
+                    registered_ago: now.saturating_duration_since(t.updated).as_secs_f64(),
+                })
+            })
+            .collect();
+        out.sort_by(|a, b| a.user.cmp(&b.user).then(a.contact.cmp(&b.contact)));
+        out
+    }
+}
+
+/// A registered contact, for `vigil ctl registrations`.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct RegistrationSnapshot {
+    pub user: String,
+    pub contact: String,
+    /// Where the REGISTER came from (where calls and keep-alives go).
+    pub received: String,
+    /// Vigil's socket it came in on.
+    pub socket: String,
+    pub q: f64,
+    /// Seconds since the contact last registered.
+    pub registered_ago: f64,
 }
 
 /// Every binding, by AoR, with their expiries.

@@ -127,6 +127,23 @@ impl SessionLeg {
         None
     }
 
+    /// When Vigil's next refresh (or retry) of this leg is due; `None` where the
+    /// peer refreshes.
+    pub fn refresh_due_at(&self) -> Option<Instant> {
+        match (
+            self.timers.get(LegTimer::Refresh),
+            self.timers.get(LegTimer::Retry),
+        ) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// When the session ends without a refresh (early hang-up included).
+    pub fn expires_at(&self) -> Option<Instant> {
+        self.timers.get(LegTimer::Expiry)
+    }
+
     pub fn next_deadline(&self) -> Option<Instant> {
         self.timers.next().map(|(at, _)| at)
     }

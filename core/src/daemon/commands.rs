@@ -1,0 +1,148 @@
+//! What the control socket's commands do: it asks the workers about their
+//! calls (each worker owns its calls, so the question goes to every worker and
+//! the answers are merged), hangs a call up where it lives, reads the location
+//! view for registrations, and hands reloads to the reloader. Query answers
+//! are JSON, for people (`vigil ctl`) and scripts alike.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+use tokio::sync::{mpsc, oneshot, watch};
+
+use super::control::{Command, Reply};
+use super::reload::{ReloadRequest, ReloadStatus};
+use super::worker::WorkerInput;
+use crate::call::CallSnapshot;
+use crate::registrar::location::LocationView;
+
+/// How long a worker may take to answer a query before it is left out.
+const WORKER_ANSWER: Duration = Duration::from_secs(5);
+
+/// What the commands reach.
+#[derive(Clone)]
+pub struct Operator {
+    pub workers: Vec<mpsc::Sender<WorkerInput>>,
+    pub location: Option<Arc<LocationView>>,
+    pub reloads: mpsc::Sender<ReloadRequest>,
+    pub status: watch::Receiver<ReloadStatus>,
+}
+
+/// Serves commands until the control server is gone; each runs on its own
+/// task, so a slow reload does not hold up a `calls`.
+pub async fn serve_commands(
+    operator: Operator,
+    mut commands: mpsc::Receiver<(Command, oneshot::Sender<Reply>)>,
+) {
+    while let Some((command, reply)) = commands.recv().await {
+        let operator = operator.clone();
+        tokio::spawn(async move {
+            let answer = operator.answer(command).await;
+            let _ = reply.send(answer);
+        });
+    }
+}
+
+impl Operator {
+    async fn answer(&self, command: Command) -> Reply {
+        match command {
+            Command::Reload => self.reload().await,
+            Command::Status => {
+                #[derive(Serialize)]
+                struct Status {
+                    #[serde(flatten)]
+                    reload: ReloadStatus,
+                    calls: usize,
+                }
+                let reload = self.status.borrow().clone();
+                let calls = self.calls().await.len();
+                json(&Status { reload, calls })
+            }
+            Command::Calls => json(&self.calls().await),
+            Command::Call(id) => match self
+                .calls()
+                .await
+                .into_iter()
+                .find(|c| c.call_id == id || c.b_call_id == id)
+            {
+                Some(call) => json(&call),
+                None => Reply::error(format!("no call with Call-ID {id:?}")),
+            },
+            Command::Hangup(id) => self.hang_up(&id).await,
+            Command::Registrations => match &self.location {
+                Some(view) => json(&view.snapshot(Instant::now())),
+                None => Reply::error("no registrar is configured"),
+            },
+        }
+    }
+
+    async fn reload(&self) -> Reply {
+        let (outcome_tx, outcome) = oneshot::channel();
+        let request = ReloadRequest {
+            cause: "vigil reload",
+            reply: Some(outcome_tx),
+        };
+        if self.reloads.send(request).await.is_err() {
+            return Reply::error("the daemon is shutting down");
+        }
+        match outcome.await {
+            Ok(Ok(summary)) => Reply::ok(summary),
+            Ok(Err(error)) => Reply::error(error),
+            Err(_) => Reply::error("the daemon is shutting down"),
+        }
+    }
+
+    /// Every worker's calls, oldest first.
+    async fn calls(&self) -> Vec<CallSnapshot> {
+        let mut calls: Vec<CallSnapshot> = self
+            .ask_workers(WorkerInput::Calls)
+            .await
+            .into_iter()
+            .flatten()
+            .collect();
+        calls.sort_by(|a, b| b.age.total_cmp(&a.age));
+        calls
+    }
+
+    async fn hang_up(&self, id: &str) -> Reply {
+        let ended = self
+            .ask_workers(|reply| WorkerInput::HangUp(id.to_string(), reply))
+            .await
+            .into_iter()
+            .flatten()
+            .next();
+        match ended {
+            Some(call) => {
+                tracing::info!(call_id = %call.call_id, "call hung up by the operator");
+                json(&call)
+            }
+            None => Reply::error(format!("no call with Call-ID {id:?}")),
+        }
+    }
+
+    /// Sends every worker a question and collects the answers that come in
+    /// time (a worker that is gone or stuck is left out).
+    async fn ask_workers<T>(&self, question: impl Fn(oneshot::Sender<T>) -> WorkerInput) -> Vec<T> {
+        let mut pending = Vec::with_capacity(self.workers.len());
+        for worker in &self.workers {
+            let (tx, rx) = oneshot::channel();
+            if worker.send(question(tx)).await.is_ok() {
+                pending.push(rx);
+            }
+        }
+        let mut answers = Vec::with_capacity(pending.len());
+        for rx in pending {
+            if let Ok(Ok(answer)) = tokio::time::timeout(WORKER_ANSWER, rx).await {
+                answers.push(answer);
+            }
+        }
+        answers
+    }
+}
+
+fn json<T: Serialize + ?Sized>(value: &T) -> Reply {
+    match serde_json::to_string_pretty(value) {
+        Ok(text) => Reply::ok(text),
+        Err(e) => Reply::error(format!("cannot encode the answer: {e}")),
+    }
+}
