@@ -690,6 +690,7 @@ impl Call {
         }
         self.b_state = BState::Answered;
         self.answer = Some(now);
+        Metrics::count(&env.metrics.calls_answered);
         self.timers.clear(CallTimer::Ring);
         self.b.allows_update = response.headers.has_tag(&HeaderName::Allow, "UPDATE");
         let mut ok = relay_response(

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use super::build::our_via;
 use super::{Call, CallTimer, Ending, Env, Leg, Purpose};
 use crate::cdr::{EndReason, EndedBy};
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, RefreshFailureCause};
 use crate::policy::{FailureDecision, LegView, RefreshDecision, RefreshFailure, SessionPolicy};
 use crate::session_timer::negotiate::{self, Agreed, retry_after_422, uac_offer_headers};
 use crate::session_timer::{LegEvent, RefreshKind, SessionLeg, UasOutcome, Who};
@@ -229,7 +229,10 @@ impl Call {
                 }
             }
             // The dialog is gone (RFC 3261 §12.2.1.2): nothing left to refresh.
-            481 => self.session_timeout(now, leg, RefreshFailure::Status(status), env),
+            481 => {
+                env.metrics.refresh_failed(RefreshFailureCause::Status);
+                self.session_timeout(now, leg, RefreshFailure::Status(status), env)
+            }
             _ => self.refresh_failed(now, leg, RefreshFailure::Status(status), env),
         }
     }
@@ -258,6 +261,10 @@ impl Call {
         failure: RefreshFailure,
         env: &mut Env<'_>,
     ) {
+        env.metrics.refresh_failed(match failure {
+            RefreshFailure::Timeout => RefreshFailureCause::Timeout,
+            _ => RefreshFailureCause::Status,
+        });
         let decision = match self.view(leg, now) {
             Some(view) => self.policy(leg, env).refresh_failed(&view, failure),
             None => return,
@@ -285,7 +292,6 @@ impl Call {
             return;
         }
         tracing::info!(call_id = %self.a_call_id, ?leg, ?failure, "session timer expired");
-        Metrics::count(&env.metrics.refreshes_failed);
         self.finish(
             now,
             Ending {

@@ -200,6 +200,7 @@ impl Engine {
             negotiated,
         };
         let call = Call::start(now, key, inbound, parties, outbound, &mut env);
+        self.metrics.call_placed();
         self.by_b.insert(call.b_call_id().to_string(), key);
         self.by_a.insert(a_key, key);
         self.calls.insert(key, Box::new(call));
@@ -282,6 +283,7 @@ impl Engine {
         end_reason: EndReason,
         status: u16,
     ) {
+        Metrics::count(&self.metrics.calls_started);
         self.cdrs.push_back(CdrRecord {
             call_id: request.call_id.clone(),
             b_call_id: None,

@@ -147,7 +147,9 @@ impl Engine {
     }
 
     pub fn poll_cdr(&mut self) -> Option<CdrRecord> {
-        self.cdrs.pop_front()
+        let record = self.cdrs.pop_front()?;
+        self.metrics.call_ended(&record);
+        Some(record)
     }
 
     pub fn poll_timeout(&self) -> Option<Instant> {
@@ -255,6 +257,7 @@ impl Engine {
             self.by_a.remove(&a_key);
             self.by_b.remove(&b_key);
             self.calls.remove(&key);
+            self.metrics.call_released();
         } else if let Some(at) = call.scheduled.update(call.next_deadline()) {
             self.call_timers.schedule(at, key);
         }

@@ -6,14 +6,18 @@
 //! - a request from an address no trunk admits is answered 403 and forgotten,
 //!   unless it claims to be inside a dialog (a worker then checks the claim);
 //! - everything else goes to the worker that owns its Call-ID or branch.
+//!
+//! What goes to no worker is counted by reason (`vigil_datagrams_dropped_total`).
 
 use std::collections::hash_map::DefaultHasher;
 use std::hash::{Hash, Hasher};
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::config::Config;
 use crate::ids::{IdGen, worker_of};
+use crate::metrics::{DatagramDrop, Metrics};
 use crate::ratelimit::RateLimit;
 use crate::registrar::REGISTRAR_WORKER;
 use crate::sip::{DecodeError, Message, Method, decode};
@@ -53,16 +57,30 @@ pub struct Ingress {
     ids: IdGen,
     malformed_log: RateLimit,
     forbidden_log: RateLimit,
+    /// Counts what goes to no worker (shared with the daemon).
+    metrics: Arc<Metrics>,
 }
 
 impl Ingress {
     pub fn new(workers: usize) -> Ingress {
+        Ingress::with_metrics(workers, Arc::new(Metrics::default()))
+    }
+
+    /// An ingress counting its drops into the daemon's `metrics`.
+    pub fn with_metrics(workers: usize, metrics: Arc<Metrics>) -> Ingress {
         Ingress {
             workers: workers.max(1),
             ids: IdGen::new(u8::MAX),
             malformed_log: RateLimit::new(10, Duration::from_secs(10)),
             forbidden_log: RateLimit::new(10, Duration::from_secs(10)),
+            metrics,
         }
+    }
+
+    /// Counts a datagram the receive path dropped before judging it (too
+    /// large) or after (its worker's queue was full).
+    pub fn dropped(&self, reason: DatagramDrop) {
+        self.metrics.datagram_dropped(reason);
     }
 
     pub fn classify(
@@ -82,6 +100,7 @@ impl Ingress {
                 reply: Some(reply),
             }) => {
                 self.log_malformed(now, path, &reason);
+                self.metrics.datagram_dropped(DatagramDrop::Malformed);
                 let (status, reason) = if admitted {
                     (status, reason)
                 } else {
@@ -98,6 +117,7 @@ impl Ingress {
             }
             Err(e) => {
                 self.log_malformed(now, path, &e.to_string());
+                self.metrics.datagram_dropped(DatagramDrop::Malformed);
                 return Verdict::Drop(DropReason::Malformed);
             }
         };
@@ -113,7 +133,10 @@ impl Ingress {
                     message: Box::new(Message::Response(response)),
                     admitted,
                 },
-                _ => Verdict::Drop(DropReason::Stray),
+                _ => {
+                    self.metrics.datagram_dropped(DatagramDrop::Stray);
+                    Verdict::Drop(DropReason::Stray)
+                }
             },
             Message::Request(request) => {
                 if request.method == Method::Register && config.registrar.is_some() {
@@ -127,6 +150,7 @@ impl Ingress {
                             suppressed, "request from an address no trunk admits: 403"
                         );
                     }
+                    self.metrics.datagram_dropped(DatagramDrop::Forbidden);
                     if request.method == Method::Ack {
                         return Verdict::Drop(DropReason::Forbidden);
                     }
@@ -258,7 +282,8 @@ From: <sip:a@b>;tag=1\r\nTo: <sip:x@127.0.0.1>\r\nCall-ID: q1\r\nCSeq: 1 OPTIONS
 
     #[test]
     fn junk_is_dropped_and_bad_requests_answered() {
-        let mut ingress = Ingress::new(1);
+        let metrics = Arc::new(Metrics::default());
+        let mut ingress = Ingress::with_metrics(1, metrics.clone());
         let now = Instant::now();
         assert!(matches!(
             ingress.classify(now, &config(), b"\r\n\r\n", path("127.0.0.2:5061")),
@@ -281,5 +306,11 @@ From: <sip:a@b>;tag=1\r\nTo: <sip:c@d>;tag=2\r\nCall-ID: x\r\nCSeq: 1 INVITE\r\n
             ingress.classify(now, &config(), stray.as_bytes(), path("127.0.0.2:5061")),
             Verdict::Drop(DropReason::Stray)
         ));
+        let counted = |r| metrics.datagrams_dropped(r);
+        assert_eq!(counted(DatagramDrop::Malformed), 2, "junk and the bad CSeq");
+        assert_eq!(counted(DatagramDrop::Stray), 1);
+        assert_eq!(counted(DatagramDrop::Forbidden), 0);
+        ingress.classify(now, &config(), OPTIONS.as_bytes(), path("203.0.113.7:4000"));
+        assert_eq!(counted(DatagramDrop::Forbidden), 1);
     }
 }

@@ -1,8 +1,16 @@
 //! Counters and histograms the workers update on the hot path without locks
-//! (relaxed atomics), and the daemon reads to log and, later, to export.
+//! (relaxed atomics), and the daemon reads to log and to export ([`export`]:
+//! Prometheus' text format, served on `metrics.listen`).
+//!
+//! Labelled families are arrays indexed by a small fixed enum (end reason, hook,
+//! status code), never a map behind a lock: an increment is one atomic add.
+
+pub mod export;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
+
+use crate::cdr::{CdrRecord, EndReason};
 
 /// Upper bounds of the refresh-lateness buckets, in microseconds: fine below
 /// 1 ms, where a healthy switch lives, coarse above 50 ms, where it is in trouble.
@@ -42,6 +50,22 @@ impl Histogram {
         Duration::from_micros(self.max_us.load(Ordering::Relaxed))
     }
 
+    /// Each bucket's own count with its upper bound in seconds (the last one
+    /// is `+Inf`), and the sum of all samples in seconds. The count is the
+    /// buckets' total, so a scrape racing a `record` stays self-consistent.
+    pub fn buckets(&self) -> (Vec<(f64, u64)>, f64) {
+        let bounds = LATENESS_BOUNDS_US
+            .iter()
+            .map(|&us| us as f64 / 1e6)
+            .chain(std::iter::once(f64::INFINITY));
+        let buckets = bounds
+            .zip(&self.buckets)
+            .map(|(le, n)| (le, n.load(Ordering::Relaxed)))
+            .collect();
+        let sum = self.sum_us.load(Ordering::Relaxed) as f64 / 1e6;
+        (buckets, sum)
+    }
+
     /// The upper bound of the bucket holding quantile `q` (0..=1): an upper
     /// estimate, never an underestimate. `None` without samples.
     pub fn quantile(&self, q: f64) -> Option<Duration> {
@@ -64,6 +88,186 @@ impl Histogram {
     }
 }
 
+/// Every end reason, in the order of [`end_reason_index`].
+pub const END_REASONS: [EndReason; 11] = [
+    EndReason::CallerBye,
+    EndReason::CalleeBye,
+    EndReason::Cancelled,
+    EndReason::Rejected,
+    EndReason::NoRoute,
+    EndReason::Shutdown,
+    EndReason::AckTimeout,
+    EndReason::SessionTimeout,
+    EndReason::MaxDuration,
+    EndReason::PolicyRejected,
+    EndReason::Admin,
+];
+
+/// A reason's slot in [`END_REASONS`]; exhaustive, so a new reason cannot be
+/// forgotten here.
+fn end_reason_index(reason: EndReason) -> usize {
+    match reason {
+        EndReason::CallerBye => 0,
+        EndReason::CalleeBye => 1,
+        EndReason::Cancelled => 2,
+        EndReason::Rejected => 3,
+        EndReason::NoRoute => 4,
+        EndReason::Shutdown => 5,
+        EndReason::AckTimeout => 6,
+        EndReason::SessionTimeout => 7,
+        EndReason::MaxDuration => 8,
+        EndReason::PolicyRejected => 9,
+        EndReason::Admin => 10,
+    }
+}
+
+/// A counter per SIP status code, 100..=699.
+#[derive(Debug)]
+pub struct StatusCounts([AtomicU64; 600]);
+
+impl Default for StatusCounts {
+    fn default() -> Self {
+        StatusCounts(std::array::from_fn(|_| AtomicU64::new(0)))
+    }
+}
+
+impl StatusCounts {
+    /// Counts `code`; one outside 100..=699 is not a SIP status and is ignored.
+    pub fn count(&self, code: u16) {
+        if let Some(c) = code
+            .checked_sub(100)
+            .and_then(|i| self.0.get(usize::from(i)))
+        {
+            c.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// The codes counted at least once, with their counts.
+    pub fn nonzero(&self) -> impl Iterator<Item = (u16, u64)> + '_ {
+        (100u16..)
+            .zip(&self.0)
+            .map(|(code, n)| (code, n.load(Ordering::Relaxed)))
+            .filter(|&(_, n)| n > 0)
+    }
+}
+
+/// A decision point of the policies (the `hook` label).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PolicyHook {
+    CallStart,
+    RefreshDue,
+    RefreshFailed,
+    KeepaliveTick,
+    Hangup,
+}
+
+impl PolicyHook {
+    pub const ALL: [PolicyHook; 5] = [
+        PolicyHook::CallStart,
+        PolicyHook::RefreshDue,
+        PolicyHook::RefreshFailed,
+        PolicyHook::KeepaliveTick,
+        PolicyHook::Hangup,
+    ];
+
+    /// The hook's name, as scripts and plugins know it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PolicyHook::CallStart => "call_start",
+            PolicyHook::RefreshDue => "refresh_due",
+            PolicyHook::RefreshFailed => "refresh_failed",
+            PolicyHook::KeepaliveTick => "keepalive_tick",
+            PolicyHook::Hangup => "hangup",
+        }
+    }
+}
+
+/// What kind of operator code a policy source is (the `backend` label).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PolicyBackend {
+    Lua,
+    Plugin,
+}
+
+impl PolicyBackend {
+    pub const ALL: [PolicyBackend; 2] = [PolicyBackend::Lua, PolicyBackend::Plugin];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PolicyBackend::Lua => "lua",
+            PolicyBackend::Plugin => "plugin",
+        }
+    }
+}
+
+/// One hook of one backend: how often it ran, failed, and for how long.
+#[derive(Debug, Default)]
+pub struct HookCounts {
+    pub calls: AtomicU64,
+    pub errors: AtomicU64,
+    pub nanos: AtomicU64,
+}
+
+/// Why a datagram went to no worker (the `reason` label).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DatagramDrop {
+    /// Did not decode as SIP (answered 400 when it could be addressed).
+    Malformed,
+    /// A request from an address no trunk admits (answered 403).
+    Forbidden,
+    /// A response to nothing Vigil sent.
+    Stray,
+    /// Larger than a UDP datagram may be.
+    Oversized,
+    /// The worker's or registrar's queue was full.
+    Overload,
+}
+
+impl DatagramDrop {
+    pub const ALL: [DatagramDrop; 5] = [
+        DatagramDrop::Malformed,
+        DatagramDrop::Forbidden,
+        DatagramDrop::Stray,
+        DatagramDrop::Oversized,
+        DatagramDrop::Overload,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DatagramDrop::Malformed => "malformed",
+            DatagramDrop::Forbidden => "forbidden",
+            DatagramDrop::Stray => "stray",
+            DatagramDrop::Oversized => "oversized",
+            DatagramDrop::Overload => "overload",
+        }
+    }
+}
+
+/// Why one of Vigil's refreshes failed (the `cause` label).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RefreshFailureCause {
+    /// No final answer within the transaction timeout.
+    Timeout,
+    /// A final error status.
+    Status,
+}
+
+impl RefreshFailureCause {
+    pub const ALL: [RefreshFailureCause; 2] =
+        [RefreshFailureCause::Timeout, RefreshFailureCause::Status];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RefreshFailureCause::Timeout => "timeout",
+            RefreshFailureCause::Status => "status",
+        }
+    }
+}
+
+/// Why a session timer ended a call, from the CDR's `refresh_failure`: the
+/// `cause` label of `vigil_session_timeouts_total`.
+pub const SESSION_TIMEOUT_CAUSES: [&str; 4] = ["timeout", "status", "expired", "policy"];
+
 /// The switch's counters.
 #[derive(Debug, Default)]
 pub struct Metrics {
@@ -71,7 +275,28 @@ pub struct Metrics {
     pub refresh_lateness: Histogram,
     pub refreshes_sent: AtomicU64,
     pub refreshes_answered: AtomicU64,
-    pub refreshes_failed: AtomicU64,
+    /// Refreshes that got no final answer or an error status, by
+    /// [`RefreshFailureCause`] (a 491 or 422 that is retried is no failure).
+    refreshes_failed: [AtomicU64; 2],
+    /// Calls that ended on their session timer, by [`SESSION_TIMEOUT_CAUSES`].
+    session_timeouts: [AtomicU64; 4],
+    /// Call attempts: INVITEs admitted and routed (or refused for want of a
+    /// route or by a policy), each of which ends in exactly one CDR.
+    pub calls_started: AtomicU64,
+    /// Calls the callee answered (2xx), counted at the answer.
+    pub calls_answered: AtomicU64,
+    /// Calls ended, by end reason ([`END_REASONS`]), counted at their CDR.
+    calls_ended: [AtomicU64; END_REASONS.len()],
+    /// Calls that ended unanswered, by the final status the caller got.
+    pub calls_failed: StatusCounts,
+    /// Legs of the calls the workers hold (two per call, until both are torn
+    /// down): opened minus closed is the gauge.
+    legs_opened: AtomicU64,
+    legs_closed: AtomicU64,
+    /// Hook calls into operators' code, by hook and backend.
+    hooks: [[HookCounts; 2]; 5],
+    /// Datagrams handed to no worker, by [`DatagramDrop`].
+    datagrams_dropped: [AtomicU64; 5],
     /// NAT keep-alive datagrams sent to registered contacts.
     pub keepalives_sent: AtomicU64,
     /// How far each contact's actual keep-alive interval was from its period.
@@ -87,6 +312,109 @@ pub struct Metrics {
 impl Metrics {
     pub fn count(counter: &AtomicU64) {
         counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A call was placed: it starts, with its two legs.
+    pub fn call_placed(&self) {
+        Metrics::count(&self.calls_started);
+        self.legs_opened.fetch_add(2, Ordering::Relaxed);
+    }
+
+    /// A placed call let go of its two legs (its worker forgot it).
+    pub fn call_released(&self) {
+        self.legs_closed.fetch_add(2, Ordering::Relaxed);
+    }
+
+    /// Counts a finished call from its CDR: a CDR is written exactly once per
+    /// call, so this is where calls end (and fail, and time out).
+    pub fn call_ended(&self, record: &CdrRecord) {
+        Metrics::count(&self.calls_ended[end_reason_index(record.end_reason)]);
+        if record.answer.is_none()
+            && let Some(code) = record.sip_code
+        {
+            self.calls_failed.count(code);
+        }
+        if record.end_reason == EndReason::SessionTimeout {
+            let cause = match record.refresh_failure.as_deref() {
+                Some("timeout") => 0,
+                Some("expired") => 2,
+                Some("policy") => 3,
+                _ => 1,
+            };
+            Metrics::count(&self.session_timeouts[cause]);
+        }
+    }
+
+    /// Calls ended with `reason` so far.
+    pub fn calls_ended(&self, reason: EndReason) -> u64 {
+        self.calls_ended[end_reason_index(reason)].load(Ordering::Relaxed)
+    }
+
+    /// Calls started and not yet ended (a call that ended may still be tearing
+    /// its legs down: see [`Metrics::active_legs`]).
+    pub fn active_calls(&self) -> u64 {
+        // Ended first: a call counted as ended was counted as started before.
+        let ended: u64 = self
+            .calls_ended
+            .iter()
+            .map(|c| c.load(Ordering::Relaxed))
+            .sum();
+        self.calls_started
+            .load(Ordering::Relaxed)
+            .saturating_sub(ended)
+    }
+
+    /// Call legs the workers hold.
+    pub fn active_legs(&self) -> u64 {
+        let closed = self.legs_closed.load(Ordering::Relaxed);
+        self.legs_opened
+            .load(Ordering::Relaxed)
+            .saturating_sub(closed)
+    }
+
+    pub fn refresh_failed(&self, cause: RefreshFailureCause) {
+        Metrics::count(&self.refreshes_failed[cause as usize]);
+    }
+
+    pub fn refreshes_failed(&self, cause: RefreshFailureCause) -> u64 {
+        self.refreshes_failed[cause as usize].load(Ordering::Relaxed)
+    }
+
+    /// Calls ended by their session timer with `cause` (one of
+    /// [`SESSION_TIMEOUT_CAUSES`]).
+    pub fn session_timeouts(&self, cause: usize) -> u64 {
+        self.session_timeouts
+            .get(cause)
+            .map_or(0, |c| c.load(Ordering::Relaxed))
+    }
+
+    /// One call of `hook` into a `backend` source that took `took`.
+    pub fn hook_called(
+        &self,
+        hook: PolicyHook,
+        backend: PolicyBackend,
+        took: Duration,
+        failed: bool,
+    ) {
+        let counts = self.hook(hook, backend);
+        Metrics::count(&counts.calls);
+        if failed {
+            Metrics::count(&counts.errors);
+        }
+        let nanos = u64::try_from(took.as_nanos()).unwrap_or(u64::MAX);
+        counts.nanos.fetch_add(nanos, Ordering::Relaxed);
+    }
+
+    pub fn hook(&self, hook: PolicyHook, backend: PolicyBackend) -> &HookCounts {
+        &self.hooks[hook as usize][backend as usize]
+    }
+
+    pub fn datagram_dropped(&self, reason: DatagramDrop) {
+        Metrics::count(&self.datagrams_dropped[reason as usize]);
+    }
+
+    pub fn datagrams_dropped(&self, reason: DatagramDrop) -> u64 {
+        self.datagrams_dropped[reason as usize].load(Ordering::Relaxed)
     }
 
     /// One log-friendly line about NAT keep-alives.
@@ -116,7 +444,10 @@ impl Metrics {
             "refreshes_sent={} answered={} failed={} lateness_p50_ms<={} p99_ms<={} max_ms={}",
             self.refreshes_sent.load(Ordering::Relaxed),
             self.refreshes_answered.load(Ordering::Relaxed),
-            self.refreshes_failed.load(Ordering::Relaxed),
+            RefreshFailureCause::ALL
+                .iter()
+                .map(|&c| self.refreshes_failed(c))
+                .sum::<u64>(),
             ms(self.refresh_lateness.quantile(0.5)),
             ms(self.refresh_lateness.quantile(0.99)),
             ms(Some(self.refresh_lateness.max())),
@@ -141,5 +472,28 @@ mod tests {
         assert_eq!(h.quantile(0.99), Some(Duration::from_millis(50)));
         assert_eq!(h.quantile(1.0), Some(Duration::from_secs(20)));
         assert_eq!(h.max(), Duration::from_secs(20));
+        let (buckets, sum) = h.buckets();
+        assert_eq!(buckets.len(), LATENESS_BOUNDS_US.len() + 1);
+        assert_eq!(buckets[0], (0.0001, 98));
+        assert_eq!(buckets[8], (0.05, 1));
+        assert_eq!(buckets[LATENESS_BOUNDS_US.len()], (f64::INFINITY, 1));
+        assert!((sum - 20.03784).abs() < 1e-9, "{sum}");
+    }
+
+    #[test]
+    fn every_end_reason_has_its_own_slot() {
+        for (i, &reason) in END_REASONS.iter().enumerate() {
+            assert_eq!(end_reason_index(reason), i, "{reason}");
+        }
+    }
+
+    #[test]
+    fn status_counts_keep_sip_codes_only() {
+        let s = StatusCounts::default();
+        for code in [486, 486, 100, 699, 99, 700, 0] {
+            s.count(code);
+        }
+        let counted: Vec<(u16, u64)> = s.nonzero().collect();
+        assert_eq!(counted, vec![(100, 1), (486, 2), (699, 1)]);
     }
 }

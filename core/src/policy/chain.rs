@@ -2,7 +2,8 @@
 //! in the built-in decision, and the set of chains a worker holds. A source
 //! that fails is reported (a rate-limited log line naming the hook and the
 //! source, and the `policy_errors` counter) and the next one decides: a broken
-//! script or plugin never takes a call down with it.
+//! script or plugin never takes a call down with it. Every call into a source
+//! is counted and timed per hook and backend (`vigil_policy_hook_*`).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -13,7 +14,7 @@ use super::{
     FailureDecision, HookError, KeepaliveDecision, LegView, PolicySource, RefreshDecision,
     RefreshFailure, SessionPolicy,
 };
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, PolicyHook};
 use crate::ratelimit::RateLimit;
 
 /// Sources asked in order; the first decision wins, else the built-in one.
@@ -34,23 +35,40 @@ impl PolicyChain {
 
     fn first<T>(
         &self,
-        hook: &'static str,
+        hook: PolicyHook,
         ask: impl Fn(&dyn PolicySource) -> Result<Option<T>, HookError>,
     ) -> Option<T> {
         for source in &self.sources {
-            match ask(source.as_ref()) {
-                Ok(Some(decision)) => return Some(decision),
-                Ok(None) => {}
-                Err(e) => self.report(hook, source.name(), &e),
+            if let Some(decision) = self.call(hook, source.as_ref(), &ask).flatten() {
+                return Some(decision);
             }
         }
         None
     }
 
-    fn report(&self, hook: &'static str, source: &str, error: &HookError) {
+    /// Asks one source, counting and timing the call; a failure is reported
+    /// and comes back as `None`.
+    fn call<T>(
+        &self,
+        hook: PolicyHook,
+        source: &dyn PolicySource,
+        ask: impl FnOnce(&dyn PolicySource) -> Result<T, HookError>,
+    ) -> Option<T> {
+        let started = Instant::now();
+        let answer = ask(source);
+        let took = started.elapsed();
+        self.metrics
+            .hook_called(hook, source.backend(), took, answer.is_err());
+        answer
+            .inspect_err(|e| self.report(hook, source.name(), e))
+            .ok()
+    }
+
+    fn report(&self, hook: PolicyHook, source: &str, error: &HookError) {
         Metrics::count(&self.metrics.policy_errors);
         let mut log = self.failure_log.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(suppressed) = log.allow(Instant::now()) {
+            let hook = hook.as_str();
             tracing::error!(hook, source, %error, suppressed, "policy hook failed: the default decision applies");
         }
     }
@@ -58,7 +76,7 @@ impl PolicyChain {
 
 impl SessionPolicy for PolicyChain {
     fn call_start(&self, view: &CallStartView<'_>) -> CallStartDecision {
-        self.first("call_start", |s| match s.call_start(view)? {
+        self.first(PolicyHook::CallStart, |s| match s.call_start(view)? {
             Some(CallStartDecision::Reject { status, .. }) if !(400..=699).contains(&status) => {
                 Err(HookError::InvalidDecision(format!(
                     "call_start: reject status {status} is not a final error status (400..=699)"
@@ -70,18 +88,20 @@ impl SessionPolicy for PolicyChain {
     }
 
     fn keepalive_tick(&self, view: &ContactView<'_>) -> KeepaliveDecision {
-        self.first("keepalive_tick", |s| s.keepalive_tick(view))
+        self.first(PolicyHook::KeepaliveTick, |s| s.keepalive_tick(view))
             .unwrap_or_else(|| BuiltinPolicy.keepalive_tick(view))
     }
 
     fn refresh_due(&self, view: &LegView<'_>) -> RefreshDecision {
-        self.first("refresh_due", |s| s.refresh_due(view))
+        self.first(PolicyHook::RefreshDue, |s| s.refresh_due(view))
             .unwrap_or_else(|| BuiltinPolicy.refresh_due(view))
     }
 
     fn refresh_failed(&self, view: &LegView<'_>, failure: RefreshFailure) -> FailureDecision {
-        self.first("refresh_failed", |s| s.refresh_failed(view, failure))
-            .unwrap_or_else(|| BuiltinPolicy.refresh_failed(view, failure))
+        self.first(PolicyHook::RefreshFailed, |s| {
+            s.refresh_failed(view, failure)
+        })
+        .unwrap_or_else(|| BuiltinPolicy.refresh_failed(view, failure))
     }
 
     /// Every source observes the hang-up; the fields of those that succeed are
@@ -90,9 +110,12 @@ impl SessionPolicy for PolicyChain {
         let mut extra = ExtraFields::new();
         for source in &self.sources {
             let mut fields = ExtraFields::new();
-            match source.hangup(view, &mut fields) {
-                Ok(()) => extra.append(&mut fields),
-                Err(e) => self.report("hangup", source.name(), &e),
+            let hangup = |s: &dyn PolicySource| s.hangup(view, &mut fields);
+            if self
+                .call(PolicyHook::Hangup, source.as_ref(), hangup)
+                .is_some()
+            {
+                extra.append(&mut fields);
             }
         }
         extra

@@ -16,6 +16,7 @@ use std::time::Duration;
 use crate::call::Leg;
 use crate::cdr::EndReason;
 use crate::config::RefreshMethod;
+pub use crate::metrics::{PolicyBackend, PolicyHook};
 use crate::session_timer::Who;
 
 mod chain;
@@ -220,6 +221,9 @@ pub enum HookError {
 pub trait PolicySource: Send + Sync {
     /// What to call it in logs: the script's or the library's path.
     fn name(&self) -> &str;
+
+    /// The kind of code it is (the metrics' `backend` label).
+    fn backend(&self) -> PolicyBackend;
 
     fn call_start(&self, view: &CallStartView<'_>) -> Result<Option<CallStartDecision>, HookError>;
 

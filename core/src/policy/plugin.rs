@@ -369,6 +369,10 @@ impl PolicySource for PluginPolicy {
         &self.name
     }
 
+    fn backend(&self) -> super::PolicyBackend {
+        super::PolicyBackend::Plugin
+    }
+
     fn call_start(&self, view: &CallStartView<'_>) -> Result<Option<CallStartDecision>, HookError> {
         let Some(hook) = self.hooks.call_start else {
             return Ok(None);

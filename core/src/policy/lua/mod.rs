@@ -296,6 +296,10 @@ impl PolicySource for LuaPolicy {
         &self.name
     }
 
+    fn backend(&self) -> super::PolicyBackend {
+        super::PolicyBackend::Lua
+    }
+
     fn call_start(&self, view: &CallStartView<'_>) -> Result<Option<CallStartDecision>, HookError> {
         let Some(hook) = &self.hooks.call_start else {
             return Ok(None);

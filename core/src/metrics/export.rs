@@ -1,0 +1,483 @@
+//! The switch's counters in Prometheus' text exposition format (version 0.0.4),
+//! encoded by `prometheus-client`, the official Rust client.
+//!
+//! The hot path keeps its plain atomics ([`Metrics`]); a scrape reads them once
+//! through a [`Collector`] and hands the values to the library's encoder, which
+//! writes the names (counters get their `_total`), `HELP`/`TYPE` lines, label
+//! escaping and cumulative histogram buckets. Families whose labels come from a
+//! fixed set (end reasons, hooks) list every value, zeros included, so a rate
+//! is defined from the first scrape; status codes are listed once seen.
+
+use std::fmt;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{
+    DescriptorEncoder, EncodeLabelSet, EncodeMetric, NoLabelSet, prometheus_text,
+};
+use prometheus_client::metrics::MetricType;
+use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::registry::Registry;
+
+use super::{
+    DatagramDrop, END_REASONS, Histogram, Metrics, PolicyBackend, PolicyHook, RefreshFailureCause,
+    SESSION_TIMEOUT_CAUSES,
+};
+
+/// The `Content-Type` of [`encode`]'s output: what Prometheus scrapes.
+pub const CONTENT_TYPE: &str = prometheus_text::CONTENT_TYPE;
+
+/// Values a scrape reads from outside [`Metrics`] (owned by other parts).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Gauges {
+    /// Contacts in the location service; `None` without a registrar.
+    pub registered_contacts: Option<u64>,
+}
+
+/// Every `vigil_*` family, as the text a `GET /metrics` answers.
+pub fn encode(metrics: &Arc<Metrics>, gauges: Gauges) -> Result<String, fmt::Error> {
+    let mut registry = Registry::default();
+    registry.register_collector(Box::new(Scrape {
+        metrics: metrics.clone(),
+        gauges,
+    }));
+    let mut text = String::with_capacity(16 * 1024);
+    prometheus_text::encode(&mut text, &registry)?;
+    Ok(text)
+}
+
+/// One scrape's view of the counters.
+#[derive(Debug)]
+struct Scrape {
+    metrics: Arc<Metrics>,
+    gauges: Gauges,
+}
+
+impl Collector for Scrape {
+    fn encode(&self, mut out: DescriptorEncoder) -> Result<(), fmt::Error> {
+        let m = &*self.metrics;
+        let load = |c: &AtomicU64| c.load(Ordering::Relaxed);
+
+        gauge(
+            &mut out,
+            "vigil_calls_active",
+            "Calls started and not yet ended",
+            m.active_calls(),
+        )?;
+        gauge(
+            &mut out,
+            "vigil_legs_active",
+            "Call legs held: two per call, until both are torn down (an ended call's BYE may still await its answer)",
+            m.active_legs(),
+        )?;
+        counter(
+            &mut out,
+            "vigil_calls_started",
+            "Call attempts: INVITEs admitted and routed, or refused for want of a route or by a policy; each ends in one CDR",
+            load(&m.calls_started),
+        )?;
+        counter(
+            &mut out,
+            "vigil_calls_answered",
+            "Calls the callee answered (2xx)",
+            load(&m.calls_answered),
+        )?;
+        let failed: Vec<([(&str, u16); 1], u64)> = m
+            .calls_failed
+            .nonzero()
+            .map(|(code, n)| ([("code", code)], n))
+            .collect();
+        counter_family(
+            &mut out,
+            "vigil_calls_failed",
+            "Calls that ended unanswered, by the final status the caller got",
+            failed,
+        )?;
+        counter_family(
+            &mut out,
+            "vigil_calls_ended",
+            "Calls ended, by the CDR's end_reason",
+            END_REASONS
+                .iter()
+                .map(|&r| ([("end_reason", r.as_str())], m.calls_ended(r))),
+        )?;
+        counter_family(
+            &mut out,
+            "vigil_session_timeouts",
+            "Calls ended by a session timer (RFC 4028), by cause: refresh timeout, refresh error status, peer never refreshed, policy",
+            SESSION_TIMEOUT_CAUSES
+                .iter()
+                .enumerate()
+                .map(|(i, &cause)| ([("cause", cause)], m.session_timeouts(i))),
+        )?;
+        counter(
+            &mut out,
+            "vigil_refreshes_sent",
+            "Session refreshes (UPDATE or re-INVITE) Vigil sent",
+            load(&m.refreshes_sent),
+        )?;
+        counter(
+            &mut out,
+            "vigil_refreshes_answered",
+            "Session refreshes answered 2xx",
+            load(&m.refreshes_answered),
+        )?;
+        counter_family(
+            &mut out,
+            "vigil_refreshes_failed",
+            "Session refreshes that failed, by cause: no final answer (timeout) or an error status",
+            RefreshFailureCause::ALL
+                .iter()
+                .map(|&c| ([("cause", c.as_str())], m.refreshes_failed(c))),
+        )?;
+        histogram(
+            &mut out,
+            "vigil_refresh_lateness_seconds",
+            "How late session refreshes left, behind the moment they were due",
+            &m.refresh_lateness,
+        )?;
+        counter(
+            &mut out,
+            "vigil_keepalives_sent",
+            "NAT keep-alives sent to registered contacts",
+            load(&m.keepalives_sent),
+        )?;
+        histogram(
+            &mut out,
+            "vigil_keepalive_interval_deviation_seconds",
+            "How far each contact's keep-alive interval was from its period",
+            &m.keepalive_deviation,
+        )?;
+        if let Some(contacts) = self.gauges.registered_contacts {
+            gauge(
+                &mut out,
+                "vigil_registered_contacts",
+                "Contacts registered with the registrar",
+                contacts,
+            )?;
+        }
+        let hooks = || {
+            PolicyHook::ALL.iter().flat_map(|&hook| {
+                PolicyBackend::ALL.iter().map(move |&backend| {
+                    let labels = [("hook", hook.as_str()), ("backend", backend.as_str())];
+                    (labels, m.hook(hook, backend))
+                })
+            })
+        };
+        counter_family(
+            &mut out,
+            "vigil_policy_hook_calls",
+            "Hook calls into Lua scripts and plugins, by hook and backend",
+            hooks().map(|(l, h)| (l, load(&h.calls))),
+        )?;
+        counter_family(
+            &mut out,
+            "vigil_policy_hook_errors",
+            "Hook calls that failed (error, budget, memory, panic, invalid decision): the next source or the default decided",
+            hooks().map(|(l, h)| (l, load(&h.errors))),
+        )?;
+        counter_family(
+            &mut out,
+            "vigil_policy_hook_seconds",
+            "Time spent in hook calls, by hook and backend",
+            hooks().map(|(l, h)| (l, load(&h.nanos) as f64 / 1e9)),
+        )?;
+        counter(
+            &mut out,
+            "vigil_policy_errors",
+            "Policy failures of any kind (failed hook calls, refused call_start overrides): a default applied instead",
+            load(&m.policy_errors),
+        )?;
+        counter_family(
+            &mut out,
+            "vigil_config_reloads",
+            "Config reloads, by result: ok (applied) or failed (the running config stayed)",
+            [
+                ([("result", "ok")], load(&m.config_reloads)),
+                ([("result", "failed")], load(&m.config_reload_failures)),
+            ],
+        )?;
+        counter_family(
+            &mut out,
+            "vigil_datagrams_dropped",
+            "Datagrams handed to no worker, by reason (malformed ones answered 400 and forbidden ones 403 where possible)",
+            DatagramDrop::ALL
+                .iter()
+                .map(|&r| ([("reason", r.as_str())], m.datagrams_dropped(r))),
+        )?;
+        Ok(())
+    }
+}
+
+fn counter(out: &mut DescriptorEncoder, name: &str, help: &str, value: u64) -> fmt::Result {
+    let metric = ConstCounter::new(value);
+    metric.encode(out.encode_descriptor(name, help, None, MetricType::Counter)?)
+}
+
+fn gauge(out: &mut DescriptorEncoder, name: &str, help: &str, value: u64) -> fmt::Result {
+    let metric = ConstGauge::new(value);
+    metric.encode(out.encode_descriptor(name, help, None, MetricType::Gauge)?)
+}
+
+/// A counter family: one series per label set.
+fn counter_family<L, V>(
+    out: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    series: impl IntoIterator<Item = (L, V)>,
+) -> fmt::Result
+where
+    L: EncodeLabelSet,
+    V: prometheus_client::encoding::EncodeCounterValue,
+{
+    let mut family = out.encode_descriptor(name, help, None, MetricType::Counter)?;
+    for (labels, value) in series {
+        ConstCounter::new(value).encode(family.encode_family(&labels)?)?;
+    }
+    Ok(())
+}
+
+/// A [`Histogram`] of durations, in seconds (the encoder makes the buckets
+/// cumulative, as Prometheus requires).
+fn histogram(
+    out: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    histogram: &Histogram,
+) -> fmt::Result {
+    let (buckets, sum) = histogram.buckets();
+    let count = buckets.iter().map(|&(_, n)| n).sum();
+    out.encode_descriptor(name, help, None, MetricType::Histogram)?
+        .encode_histogram::<NoLabelSet>(sum, count, &buckets, None)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, Instant};
+
+    use super::*;
+    use crate::cdr::{CdrRecord, EndReason, EndedBy};
+
+    fn cdr(end_reason: EndReason, answered: bool, sip_code: Option<u16>) -> CdrRecord {
+        let t0 = Instant::now();
+        CdrRecord {
+            call_id: "a@b".into(),
+            b_call_id: Some("vgl00-1".into()),
+            caller: "1001".into(),
+            callee: "0049301234".into(),
+            trunk_in: "pbx".into(),
+            trunk_out: Some("carrier".into()),
+            start: t0,
+            answer: answered.then_some(t0),
+            end: t0,
+            end_reason,
+            ended_by: EndedBy::Switch,
+            sip_code,
+            refresh_failure: None,
+            extra: Vec::new(),
+        }
+    }
+
+    /// The value of the series `line_start` (name and labels, as printed).
+    fn value(text: &str, series: &str) -> f64 {
+        text.lines()
+            .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+            .unwrap_or_else(|| panic!("no series {series} in:\n{text}"))
+            .parse()
+            .expect("a number")
+    }
+
+    #[test]
+    fn a_scrape_shows_every_family_with_help_and_type() {
+        let m = Arc::new(Metrics::default());
+        let text = encode(&m, Gauges::default()).expect("encode");
+        for family in [
+            "vigil_calls_active gauge",
+            "vigil_legs_active gauge",
+            "vigil_calls_started_total counter",
+            "vigil_calls_answered_total counter",
+            "vigil_calls_failed_total counter",
+            "vigil_calls_ended_total counter",
+            "vigil_session_timeouts_total counter",
+            "vigil_refreshes_sent_total counter",
+            "vigil_refreshes_answered_total counter",
+            "vigil_refreshes_failed_total counter",
+            "vigil_refresh_lateness_seconds histogram",
+            "vigil_keepalives_sent_total counter",
+            "vigil_keepalive_interval_deviation_seconds histogram",
+            "vigil_policy_hook_calls_total counter",
+            "vigil_policy_hook_errors_total counter",
+            "vigil_policy_hook_seconds_total counter",
+            "vigil_policy_errors_total counter",
+            "vigil_config_reloads_total counter",
+            "vigil_datagrams_dropped_total counter",
+        ] {
+            assert!(
+                text.contains(&format!("# TYPE {family}\n")),
+                "{family}:\n{text}"
+            );
+            let name = family.split(' ').next().unwrap_or_default();
+            assert!(text.contains(&format!("# HELP {name} ")), "{name}:\n{text}");
+        }
+        assert!(
+            !text.contains("vigil_registered_contacts"),
+            "no registrar, no gauge"
+        );
+        assert_eq!(
+            value(&text, "vigil_calls_ended_total{end_reason=\"caller-bye\"}"),
+            0.0
+        );
+        assert!(
+            !text.contains("vigil_calls_failed_total{"),
+            "codes appear once seen"
+        );
+        let with_registrar = Gauges {
+            registered_contacts: Some(3),
+        };
+        let text = encode(&m, with_registrar).expect("encode");
+        assert_eq!(value(&text, "vigil_registered_contacts"), 3.0);
+    }
+
+    #[test]
+    fn calls_are_counted_from_start_to_their_cdr() {
+        let m = Arc::new(Metrics::default());
+        for _ in 0..4 {
+            m.call_placed();
+        }
+        for _ in 0..2 {
+            Metrics::count(&m.calls_answered);
+        }
+        m.call_ended(&cdr(EndReason::CallerBye, true, None));
+        m.call_ended(&cdr(EndReason::Rejected, false, Some(486)));
+        m.call_released();
+        m.call_released();
+        let mut timeout = cdr(EndReason::SessionTimeout, true, None);
+        timeout.refresh_failure = Some("408".into());
+        m.call_ended(&timeout);
+
+        let text = encode(&m, Gauges::default()).expect("encode");
+        assert_eq!(value(&text, "vigil_calls_started_total"), 4.0);
+        assert_eq!(value(&text, "vigil_calls_answered_total"), 2.0);
+        assert_eq!(value(&text, "vigil_calls_active"), 1.0);
+        assert_eq!(value(&text, "vigil_legs_active"), 4.0);
+        assert_eq!(value(&text, "vigil_calls_failed_total{code=\"486\"}"), 1.0);
+        assert_eq!(
+            value(&text, "vigil_calls_ended_total{end_reason=\"caller-bye\"}"),
+            1.0
+        );
+        assert_eq!(
+            value(&text, "vigil_calls_ended_total{end_reason=\"rejected\"}"),
+            1.0
+        );
+        assert_eq!(
+            value(
+                &text,
+                "vigil_calls_ended_total{end_reason=\"session-timeout\"}"
+            ),
+            1.0
+        );
+        assert_eq!(
+            value(&text, "vigil_session_timeouts_total{cause=\"status\"}"),
+            1.0
+        );
+        assert_eq!(
+            value(&text, "vigil_session_timeouts_total{cause=\"timeout\"}"),
+            0.0
+        );
+    }
+
+    #[test]
+    fn refreshes_hooks_reloads_and_drops_carry_their_labels() {
+        let m = Arc::new(Metrics::default());
+        Metrics::count(&m.refreshes_sent);
+        m.refresh_failed(RefreshFailureCause::Timeout);
+        m.hook_called(
+            PolicyHook::CallStart,
+            PolicyBackend::Lua,
+            Duration::from_millis(250),
+            false,
+        );
+        m.hook_called(
+            PolicyHook::CallStart,
+            PolicyBackend::Lua,
+            Duration::from_millis(250),
+            true,
+        );
+        Metrics::count(&m.config_reloads);
+        Metrics::count(&m.config_reload_failures);
+        Metrics::count(&m.config_reload_failures);
+        m.datagram_dropped(DatagramDrop::Forbidden);
+
+        let text = encode(&m, Gauges::default()).expect("encode");
+        assert_eq!(value(&text, "vigil_refreshes_sent_total"), 1.0);
+        assert_eq!(
+            value(&text, "vigil_refreshes_failed_total{cause=\"timeout\"}"),
+            1.0
+        );
+        assert_eq!(
+            value(&text, "vigil_refreshes_failed_total{cause=\"status\"}"),
+            0.0
+        );
+        let series = "{hook=\"call_start\",backend=\"lua\"}";
+        assert_eq!(
+            value(&text, &format!("vigil_policy_hook_calls_total{series}")),
+            2.0
+        );
+        assert_eq!(
+            value(&text, &format!("vigil_policy_hook_errors_total{series}")),
+            1.0
+        );
+        assert_eq!(
+            value(&text, &format!("vigil_policy_hook_seconds_total{series}")),
+            0.5
+        );
+        assert_eq!(
+            value(
+                &text,
+                "vigil_policy_hook_calls_total{hook=\"hangup\",backend=\"plugin\"}"
+            ),
+            0.0
+        );
+        assert_eq!(
+            value(&text, "vigil_config_reloads_total{result=\"ok\"}"),
+            1.0
+        );
+        assert_eq!(
+            value(&text, "vigil_config_reloads_total{result=\"failed\"}"),
+            2.0
+        );
+        assert_eq!(
+            value(&text, "vigil_datagrams_dropped_total{reason=\"forbidden\"}"),
+            1.0
+        );
+        assert_eq!(
+            value(&text, "vigil_datagrams_dropped_total{reason=\"malformed\"}"),
+            0.0
+        );
+    }
+
+    #[test]
+    fn histograms_are_cumulative_and_in_seconds() {
+        let m = Arc::new(Metrics::default());
+        m.refresh_lateness.record(Duration::from_micros(80));
+        m.refresh_lateness.record(Duration::from_micros(80));
+        m.refresh_lateness.record(Duration::from_millis(3));
+        m.refresh_lateness.record(Duration::from_secs(20));
+        let text = encode(&m, Gauges::default()).expect("encode");
+        let h = "vigil_refresh_lateness_seconds";
+        assert_eq!(value(&text, &format!("{h}_bucket{{le=\"0.0001\"}}")), 2.0);
+        assert_eq!(value(&text, &format!("{h}_bucket{{le=\"0.0025\"}}")), 2.0);
+        assert_eq!(value(&text, &format!("{h}_bucket{{le=\"0.005\"}}")), 3.0);
+        assert_eq!(value(&text, &format!("{h}_bucket{{le=\"10\"}}")), 3.0);
+        assert_eq!(value(&text, &format!("{h}_bucket{{le=\"+Inf\"}}")), 4.0);
+        assert_eq!(value(&text, &format!("{h}_count")), 4.0);
+        assert!((value(&text, &format!("{h}_sum")) - 20.00316).abs() < 1e-9);
+        let bounds = text
+            .lines()
+            .filter(|l| l.starts_with(&format!("{h}_bucket")))
+            .count();
+        assert_eq!(bounds, 17, "16 bounds and +Inf:\n{text}");
+    }
+}
