@@ -335,3 +335,33 @@ fn a_new_listen_address_is_bound_and_a_removed_one_closes_after_its_grace() {
     assert!(options_answered(extra));
     vigil.stop();
 }
+
+#[test]
+fn a_reload_reopens_the_cdr_file_so_rotation_loses_nothing() {
+    let net = Net::new(65);
+    let vigil = Vigil::start(net, "");
+    let call = || {
+        let uas = callee(net, None, &["-m", "1"]);
+        caller(net, net.caller, None, "0049301234", &["-m", "1"])
+            .expect_success(Duration::from_secs(20));
+        uas.expect_success(Duration::from_secs(10));
+    };
+    call();
+    // logrotate without copytruncate: move the file, then reload.
+    let rotated = vigil.dir.path().join("cdr.jsonl.1");
+    std::fs::rename(vigil.cdr_path(), &rotated).expect("rotate");
+    let (ok, stdout, stderr) = vigil_reload(&vigil.config_path());
+    assert!(ok, "{stdout}{stderr}");
+    call();
+    // Read before stopping: the daemon's directory goes with it.
+    let old = support::read_cdrs(&rotated);
+    let stopped = vigil.stop();
+    assert_eq!(
+        stopped.cdrs.len(),
+        1,
+        "the second call in the new file: {}",
+        stopped.log
+    );
+    assert_eq!(old.len(), 1, "the first call stays in the rotated file");
+    assert_ne!(old[0]["call_id"], stopped.cdrs[0]["call_id"]);
+}

@@ -121,3 +121,46 @@ fn ctl_without_a_daemon_says_so() {
     assert!(!out.status.success());
     assert!(stderr.contains("vigil.sock"), "names the socket: {stderr}");
 }
+
+#[test]
+fn trace_switched_on_and_off_at_run_time_logs_the_trunks_messages() {
+    let net = Net::new(64);
+    let vigil = Vigil::start(net, "trace: { file: \"{dir}/sip-trace.log\" }");
+    let trace_file = vigil.dir.path().join("sip-trace.log");
+    let call = || {
+        let uas = callee(net, None, &["-m", "1"]);
+        caller(net, net.caller, None, "0049301234", &["-m", "1"])
+            .expect_success(Duration::from_secs(20));
+        uas.expect_success(Duration::from_secs(10));
+    };
+    let (ok, stdout, stderr) = ctl(&vigil, &["trace", "on", "carrier"]);
+    assert!(ok, "{stderr}");
+    assert_eq!(json(&stdout), serde_json::json!(["carrier"]));
+    call();
+    let traced = std::fs::read_to_string(&trace_file).expect("trace file");
+    let carrier = format!("{}:5080", net.callee);
+    assert!(
+        traced.contains(&format!("-> {carrier} [carrier]"))
+            && traced.contains("INVITE sip:0049301234"),
+        "the INVITE to the carrier is traced:\n{traced}"
+    );
+    assert!(
+        traced.contains(&format!("received {carrier} ->")) && traced.contains("SIP/2.0 200 OK"),
+        "the carrier's answer is traced:\n{traced}"
+    );
+    assert!(
+        !traced.contains(&format!("{}:5061", net.caller)),
+        "the pbx trunk is not traced:\n{traced}"
+    );
+
+    let (ok, stdout, _) = ctl(&vigil, &["trace", "off", "carrier"]);
+    assert!(ok);
+    assert_eq!(json(&stdout), serde_json::json!([]));
+    let before = traced.len();
+    call();
+    let after = std::fs::read_to_string(&trace_file).expect("trace file");
+    assert_eq!(after.len(), before, "nothing traced once switched off");
+    let (ok, _, stderr) = ctl(&vigil, &["trace", "on", "nowhere"]);
+    assert!(!ok && stderr.contains("no trunk named"), "{stderr}");
+    vigil.stop();
+}

@@ -39,13 +39,14 @@ enum Command {
         config: PathBuf,
     },
     /// Ask the daemon running on this config: `status`, `calls`, `call ID`,
-    /// `hangup ID` (BYE both legs, CDR `admin`), `registrations`, `reload`.
+    /// `hangup ID` (BYE both legs, CDR `admin`), `registrations`, `reload`,
+    /// `trace`, `trace on NAME`, `trace off NAME` (a trunk, or `user:NAME`).
     /// Prints the answer (JSON for queries); exits 1 on an error.
     Ctl {
         #[arg(long, short)]
         config: PathBuf,
-        /// The command and its Call-ID, if it takes one.
-        #[arg(required = true, num_args = 1..=2)]
+        /// The command and its arguments (a Call-ID; `on`/`off` and a name).
+        #[arg(required = true, num_args = 1..=3)]
         command: Vec<String>,
     },
 }

@@ -93,6 +93,32 @@ struct FileConfig {
     policy: policy::PolicyFile,
     #[serde(default)]
     control: ControlFile,
+    #[serde(default)]
+    metrics: Option<MetricsFile>,
+    #[serde(default)]
+    trace: TraceConfig,
+}
+
+/// `trace:` — SIP messages to and from these trunks and users are logged
+/// (target `vigil::sip_trace`, debug level) and, with `file`, appended there.
+/// `vigil ctl trace on|off NAME` switches them at run time.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct TraceConfig {
+    #[serde(default)]
+    pub trunks: Vec<String>,
+    #[serde(default)]
+    pub users: Vec<String>,
+    #[serde(default)]
+    pub file: Option<PathBuf>,
+}
+
+/// `metrics:` — where Prometheus scrapes `/metrics` (HTTP); absent, no endpoint.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MetricsFile {
+    /// `ip:port`, e.g. `127.0.0.1:9060`.
+    listen: String,
 }
 
 /// `control:` — the local socket `vigil reload` talks to.
@@ -261,6 +287,10 @@ pub struct Config {
     pub policy: PolicyConfig,
     /// The control socket (`vigil reload`), see [`control_socket_for`].
     pub control_socket: PathBuf,
+    /// Where `/metrics` is served over HTTP (`metrics.listen`); `None`: nowhere.
+    pub metrics_listen: Option<SocketAddr>,
+    /// Trunks and users whose SIP messages are traced at start.
+    pub trace: TraceConfig,
 }
 
 /// The control socket a config names: `control.socket`, else the config file's
@@ -484,6 +514,23 @@ impl Checker {
             self.problem(format!("nat_keepalive.{field}"), message);
         }
         let (users, user_index) = self.check_users(&raw, &trunks, &keepalive);
+        for (i, name) in raw.trace.trunks.iter().enumerate() {
+            if !trunks.iter().any(|t| &*t.name == name) {
+                self.problem(
+                    format!("trace.trunks[{i}]"),
+                    format!("no trunk named {name:?}"),
+                );
+            }
+        }
+        for (i, name) in raw.trace.users.iter().enumerate() {
+            if !users.iter().any(|u| &*u.name == name) {
+                self.problem(
+                    format!("trace.users[{i}]"),
+                    format!("no user named {name:?}"),
+                );
+            }
+        }
+        let metrics_listen = raw.metrics.as_ref().and_then(|m| self.check_metrics(m));
         let (policy, problems) = raw.policy.validated();
         for (field, message) in problems {
             self.problem(format!("policy.{field}"), message);
@@ -506,6 +553,8 @@ impl Checker {
                 .control
                 .socket
                 .unwrap_or_else(|| self.file.with_extension("sock")),
+            metrics_listen,
+            trace: raw.trace,
         }
     }
 
@@ -578,6 +627,27 @@ impl Checker {
             });
         }
         (users, index)
+    }
+
+    /// `metrics.listen`: a literal `ip:port` (no name: it is bound at start).
+    fn check_metrics(&mut self, metrics: &MetricsFile) -> Option<SocketAddr> {
+        match metrics.listen.parse::<SocketAddr>() {
+            Ok(addr) if addr.port() == 0 => {
+                self.problem("metrics.listen", format!("{addr} needs a port, e.g. 9060"));
+                None
+            }
+            Ok(addr) => Some(addr),
+            Err(_) => {
+                self.problem(
+                    "metrics.listen",
+                    format!(
+                        "{:?} is not ip:port (IPv6 as [addr]:port), e.g. \"127.0.0.1:9060\"",
+                        metrics.listen
+                    ),
+                );
+                None
+            }
+        }
     }
 
     fn check_session_timer(&mut self, key: &str, config: &SessionTimerConfig) {
@@ -920,6 +990,33 @@ log: { level: info, format: json }
                 .any(|r| r.contains("users[1].user: user \"1001\" is defined twice")),
             "{rendered:#?}"
         );
+    }
+
+    #[test]
+    fn metrics_listen_is_an_optional_socket_address() {
+        let c = Config::parse(GOOD, Path::new("vigil.yaml")).expect("valid");
+        assert_eq!(c.metrics_listen, None, "absent: no endpoint");
+        let text = format!("{GOOD}metrics: {{ listen: \"127.0.0.1:9060\" }}\n");
+        let c = Config::parse(&text, Path::new("vigil.yaml")).expect("valid");
+        assert_eq!(c.metrics_listen, "127.0.0.1:9060".parse().ok());
+        let bad = format!("{GOOD}metrics:\n  listen: \"localhost:9060\"\n");
+        let p = problems(&bad);
+        assert_eq!(p.len(), 1, "{p:?}");
+        assert!(
+            p[0].to_string()
+                .starts_with("vigil.yaml:16: metrics.listen: \"localhost:9060\" is not ip:port"),
+            "{}",
+            p[0]
+        );
+        let p = problems(&format!("{GOOD}metrics: {{ listen: \"127.0.0.1:0\" }}\n"));
+        assert!(
+            p[0].to_string()
+                .contains("metrics.listen: 127.0.0.1:0 needs a port"),
+            "{}",
+            p[0]
+        );
+        let p = problems(&format!("{GOOD}metrics: {{ port: 9060 }}\n"));
+        assert!(p[0].message.contains("unknown field `port`"), "{}", p[0]);
     }
 
     #[test]

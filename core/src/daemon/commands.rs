@@ -15,6 +15,7 @@ use super::reload::{ReloadRequest, ReloadStatus};
 use super::worker::WorkerInput;
 use crate::call::CallSnapshot;
 use crate::registrar::location::LocationView;
+use crate::transport::Transport;
 
 /// How long a worker may take to answer a query before it is left out.
 const WORKER_ANSWER: Duration = Duration::from_secs(5);
@@ -26,6 +27,7 @@ pub struct Operator {
     pub location: Option<Arc<LocationView>>,
     pub reloads: mpsc::Sender<ReloadRequest>,
     pub status: watch::Receiver<ReloadStatus>,
+    pub transport: Arc<Transport>,
 }
 
 /// Serves commands until the control server is gone; each runs on its own
@@ -72,6 +74,15 @@ impl Operator {
             Command::Registrations => match &self.location {
                 Some(view) => json(&view.snapshot(Instant::now())),
                 None => Reply::error("no registrar is configured"),
+            },
+            Command::Trace => json(&self.transport.trace().traced()),
+            Command::TraceOn(name) => match self.transport.trace().switch_on(&name) {
+                Ok(()) => json(&self.transport.trace().traced()),
+                Err(e) => Reply::error(e),
+            },
+            Command::TraceOff(name) => match self.transport.trace().switch_off(&name) {
+                Ok(()) => json(&self.transport.trace().traced()),
+                Err(e) => Reply::error(e),
             },
         }
     }

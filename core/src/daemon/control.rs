@@ -67,10 +67,17 @@ pub enum Command {
     Hangup(String),
     /// Every registered contact.
     Registrations,
+    /// What is traced.
+    Trace,
+    /// Start tracing a trunk (`NAME`) or a user (`user:NAME`).
+    TraceOn(String),
+    /// Stop tracing one.
+    TraceOff(String),
 }
 
 /// Every command word, for error messages and help.
-pub const COMMANDS: &str = "reload, status, calls, call CALL-ID, hangup CALL-ID, registrations";
+pub const COMMANDS: &str = "reload, status, calls, call CALL-ID, hangup CALL-ID, registrations, \
+                            trace, trace on NAME, trace off NAME (NAME: a trunk, or user:NAME)";
 
 impl Command {
     /// The command word on the wire.
@@ -82,24 +89,23 @@ impl Command {
             Command::Call(_) => "call",
             Command::Hangup(_) => "hangup",
             Command::Registrations => "registrations",
+            Command::Trace | Command::TraceOn(_) | Command::TraceOff(_) => "trace",
         }
     }
 
     /// A request line: a word, and a Call-ID for `call` and `hangup`.
     pub fn parse(line: &str) -> Option<Command> {
-        let mut parts = line.split_whitespace();
-        let word = parts.next()?;
-        let argument = parts.next();
-        if parts.next().is_some() {
-            return None;
-        }
-        match (word, argument) {
-            ("reload", None) => Some(Command::Reload),
-            ("status", None) => Some(Command::Status),
-            ("calls", None) => Some(Command::Calls),
-            ("registrations", None) => Some(Command::Registrations),
-            ("call", Some(id)) => Some(Command::Call(id.to_string())),
-            ("hangup", Some(id)) => Some(Command::Hangup(id.to_string())),
+        let parts: Vec<&str> = line.split_whitespace().collect();
+        match parts.as_slice() {
+            ["reload"] => Some(Command::Reload),
+            ["status"] => Some(Command::Status),
+            ["calls"] => Some(Command::Calls),
+            ["registrations"] => Some(Command::Registrations),
+            ["call", id] => Some(Command::Call((*id).to_string())),
+            ["hangup", id] => Some(Command::Hangup((*id).to_string())),
+            ["trace"] => Some(Command::Trace),
+            ["trace", "on", name] => Some(Command::TraceOn((*name).to_string())),
+            ["trace", "off", name] => Some(Command::TraceOff((*name).to_string())),
             _ => None,
         }
     }
@@ -109,6 +115,8 @@ impl fmt::Display for Command {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Command::Call(id) | Command::Hangup(id) => write!(f, "{} {id}", self.word()),
+            Command::TraceOn(name) => write!(f, "trace on {name}"),
+            Command::TraceOff(name) => write!(f, "trace off {name}"),
             _ => f.write_str(self.word()),
         }
     }

@@ -7,6 +7,7 @@
 mod commands;
 pub mod control;
 mod logging;
+mod metrics_http;
 mod registrar;
 mod reload;
 pub mod watch;
@@ -25,7 +26,7 @@ use crate::cdr::{CdrWriter, CdrWriterError};
 use crate::config::Config;
 use crate::engine::LocalSocket;
 use crate::ingress::{Ingress, Verdict};
-use crate::metrics::Metrics;
+use crate::metrics::{DatagramDrop, Metrics};
 use crate::policy::{PolicyLoader, SessionPolicy};
 use crate::ratelimit::RateLimit;
 use crate::registrar::digest::{Algorithm, DigestAuth};
@@ -34,11 +35,13 @@ use crate::registrar::store::Store;
 use crate::registrar::{REGISTRAR_WORKER, Registrar};
 use crate::sip::MAX_DATAGRAM;
 use crate::transaction::{Path, Transmit};
+use crate::transport::trace::Direction;
 use crate::transport::{Transport, TransportError};
 
 use commands::{Operator, serve_commands};
 use control::ControlServer;
 pub use logging::{LoggingError, init_logging};
+use metrics_http::MetricsEndpoint;
 use registrar::{RegistrarInput, RegistrarThread};
 use reload::{
     Listening, ReloadRequest, Reloader, SpawnReceiver, Targets, serve_reloads, watch_files,
@@ -63,15 +66,30 @@ pub enum DaemonError {
     Store(#[from] crate::registrar::store::StoreError),
     #[error("cannot start the registrar thread: {0}")]
     RegistrarThread(std::io::Error),
+    #[error("cannot serve metrics on {addr} (metrics.listen): {source}")]
+    Metrics {
+        addr: std::net::SocketAddr,
+        source: std::io::Error,
+    },
 }
 
 /// Runs the switch until SIGTERM or SIGINT, then shuts down gracefully.
 pub async fn run(config: Config) -> Result<(), DaemonError> {
     let config = Arc::new(config);
     let transport = Arc::new(Transport::bind(&config.listen)?);
+    let metrics_endpoint = match config.metrics_listen {
+        Some(addr) => Some(
+            MetricsEndpoint::bind(addr)
+                .await
+                .map_err(|source| DaemonError::Metrics { addr, source })?,
+        ),
+        None => None,
+    };
+    transport.trace().configure(&config);
     let cdr_writer = CdrWriter::open(&config.cdr_path).await?;
     let (cdr_tx, cdr_rx) = mpsc::unbounded_channel();
-    let writer = tokio::spawn(cdr_writer.run(cdr_rx));
+    let (cdr_reopen, cdr_reopens) = latest::channel(0u64);
+    let writer = tokio::spawn(cdr_writer.run(cdr_rx, cdr_reopens));
 
     let metrics = Arc::new(Metrics::default());
     let workers = config.workers().min(usize::from(REGISTRAR_WORKER));
@@ -113,6 +131,7 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
     let (ingress_config, ingress_configs) = latest::channel(config.clone());
     let spawn: SpawnReceiver = {
         let (transport, configs) = (transport.clone(), ingress_configs.clone());
+        let metrics = metrics.clone();
         let inputs = Inputs {
             workers: worker_inputs.clone(),
             registrar: registrar_input.clone(),
@@ -121,7 +140,7 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
             tokio::spawn(receive_loop(
                 socket,
                 local,
-                Ingress::new(workers),
+                Ingress::with_metrics(workers, metrics.clone()),
                 configs.clone(),
                 inputs.clone(),
                 transport.clone(),
@@ -157,6 +176,7 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
             workers: worker_inputs.clone(),
             registrar: registrar_input.clone(),
             listening: listening.clone(),
+            cdr_reopen,
         },
         metrics.clone(),
     );
@@ -164,11 +184,13 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
     let reload_status = reloader.status();
     let reloads = tokio::spawn(serve_reloads(reloader, reload_queue));
     let watcher = tokio::spawn(watch_files(ingress_configs, reload_requests.clone()));
+    let metrics_server = metrics_endpoint.map(|e| start_metrics(e, &metrics, &location_view));
     let operator = Operator {
         workers: worker_inputs.clone(),
         location: location_view,
         reloads: reload_requests.clone(),
         status: reload_status,
+        transport: transport.clone(),
     };
     let control = start_control(&config.control_socket, operator);
 
@@ -178,6 +200,9 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
     watcher.abort();
     if let Some(control) = control {
         control.abort();
+    }
+    if let Some(server) = metrics_server {
+        server.abort();
     }
 
     tracing::info!("shutting down: ending active calls");
@@ -204,8 +229,8 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
     Ok(())
 }
 
-/// Logs the refresh and keep-alive counters once a minute while they move,
-/// until the metrics endpoint exists.
+/// Logs the refresh and keep-alive counters once a minute while they move (for
+/// hosts nothing scrapes `/metrics` on).
 async fn report_stats(metrics: Arc<Metrics>) {
     use std::sync::atomic::Ordering::Relaxed;
     let (mut refreshes, mut keepalives) = (0, 0);
@@ -326,6 +351,18 @@ fn start_control(path: &FsPath, operator: Operator) -> Option<tokio::task::JoinH
     }
 }
 
+/// Serves `/metrics` for Prometheus on the endpoint bound at start.
+fn start_metrics(
+    endpoint: MetricsEndpoint,
+    metrics: &Arc<Metrics>,
+    location: &Option<Arc<LocationView>>,
+) -> tokio::task::JoinHandle<()> {
+    if let Ok(addr) = endpoint.local_addr() {
+        tracing::info!(%addr, "metrics endpoint ready: GET /metrics");
+    }
+    tokio::spawn(endpoint.serve(metrics.clone(), location.clone()))
+}
+
 /// Waits for SIGTERM or SIGINT; a SIGHUP meanwhile asks for a reload.
 async fn wait_for_signal(reloads: &mpsc::Sender<ReloadRequest>) -> Result<(), DaemonError> {
     let mut term = signal(SignalKind::terminate()).map_err(DaemonError::Signal)?;
@@ -383,6 +420,7 @@ async fn receive_loop(
         };
         let now = Instant::now();
         if len > MAX_DATAGRAM {
+            ingress.dropped(DatagramDrop::Oversized);
             if let Some(suppressed) = errors_log.allow(now) {
                 tracing::warn!(source = %remote, suppressed, "datagram over 64 KiB dropped");
             }
@@ -392,6 +430,9 @@ async fn receive_loop(
             local: local.bind,
             remote,
         };
+        transport
+            .trace()
+            .datagram(Direction::Received, local.bind, remote, &buf[..len]);
         // An atomic load per datagram; a reload swaps the snapshot.
         if configs.has_changed().unwrap_or(false) {
             config = configs.borrow_and_update().clone();
@@ -407,10 +448,11 @@ async fn receive_loop(
                     path,
                     admitted,
                 };
-                if inputs.workers[worker].try_send(input).is_err()
-                    && let Some(suppressed) = overload_log.allow(now)
-                {
-                    tracing::warn!(worker, suppressed, "worker queue full: datagram dropped");
+                if inputs.workers[worker].try_send(input).is_err() {
+                    ingress.dropped(DatagramDrop::Overload);
+                    if let Some(suppressed) = overload_log.allow(now) {
+                        tracing::warn!(worker, suppressed, "worker queue full: datagram dropped");
+                    }
                 }
             }
             Verdict::Registrar(message) => {
@@ -418,8 +460,11 @@ async fn receive_loop(
                     r.try_send(RegistrarInput::Message { message, path })
                         .is_err()
                 });
-                if full && let Some(suppressed) = overload_log.allow(now) {
-                    tracing::warn!(suppressed, "registrar queue full: datagram dropped");
+                if full {
+                    ingress.dropped(DatagramDrop::Overload);
+                    if let Some(suppressed) = overload_log.allow(now) {
+                        tracing::warn!(suppressed, "registrar queue full: datagram dropped");
+                    }
                 }
             }
             Verdict::Reply { bytes, to } => {

@@ -63,6 +63,9 @@ pub struct Targets {
     pub workers: Vec<mpsc::Sender<WorkerInput>>,
     pub registrar: Option<mpsc::Sender<RegistrarInput>>,
     pub listening: Listening,
+    /// Bumped on every reload, applied or refused: the CDR writer reopens its
+    /// file (log rotation: move the file, then reload).
+    pub cdr_reopen: watch::Sender<u64>,
 }
 
 /// Starts the receive loop of a socket.
@@ -170,6 +173,7 @@ impl Reloader {
     /// Every outcome is logged and counted.
     pub async fn reload(&mut self) -> Result<String, ReloadError> {
         let result = self.try_reload().await;
+        self.targets.cdr_reopen.send_modify(|n| *n += 1);
         match &result {
             Ok(summary) => {
                 self.status.send_modify(|s| {
@@ -255,6 +259,7 @@ impl Reloader {
         let config = Arc::new(config);
         let summary = summarise(&self.current, &config);
         self.targets.ingress.send_replace(config.clone());
+        listening.transport.trace().configure(&config);
         for (worker, policies) in self.targets.workers.iter().zip(worker_policies) {
             let reload = Reload {
                 config: config.clone(),
@@ -347,6 +352,9 @@ fn needs_restart(old: &Config, new: &Config) -> Vec<&'static str> {
     }
     if old.cdr_path != new.cdr_path {
         keys.push("cdr.path");
+    }
+    if old.metrics_listen != new.metrics_listen {
+        keys.push("metrics.listen");
     }
     if old.log != new.log {
         keys.push("log");

@@ -12,6 +12,8 @@ use std::time::{Duration, Instant};
 use socket2::{Domain, Protocol, Socket, Type};
 use tokio::net::UdpSocket;
 
+pub mod trace;
+
 use crate::config::Listener;
 use crate::engine::LocalSocket;
 use crate::ratelimit::RateLimit;
@@ -36,6 +38,9 @@ pub struct Transport {
     /// Sends from a socket that was closed (a dialog set up on a removed
     /// `listen` address), logged at a bounded rate.
     orphan_log: Mutex<RateLimit>,
+    /// Traced trunks and users (received datagrams are traced by the receive
+    /// loops through [`Transport::trace`]).
+    trace: trace::SipTrace,
 }
 
 impl Transport {
@@ -48,7 +53,13 @@ impl Transport {
         Ok(Transport {
             sockets: RwLock::new(sockets),
             orphan_log: Mutex::new(RateLimit::new(5, Duration::from_secs(60))),
+            trace: trace::SipTrace::default(),
         })
+    }
+
+    /// The SIP trace: what is traced, switched by config and `vigil ctl`.
+    pub fn trace(&self) -> &trace::SipTrace {
+        &self.trace
     }
 
     fn read(&self) -> std::sync::RwLockReadGuard<'_, Vec<BoundSocket>> {
@@ -101,6 +112,12 @@ impl Transport {
             }
             return;
         };
+        self.trace.datagram(
+            trace::Direction::Sent,
+            transmit.local,
+            transmit.remote,
+            &transmit.bytes,
+        );
         let result = match socket.try_send_to(&transmit.bytes, transmit.remote) {
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                 socket.send_to(&transmit.bytes, transmit.remote).await
