@@ -97,6 +97,41 @@ struct FileConfig {
     metrics: Option<MetricsFile>,
     #[serde(default)]
     trace: TraceConfig,
+    #[serde(default)]
+    limits: LimitsConfig,
+}
+
+/// `limits:` — overload and flood control (absent keys: no limit).
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsConfig {
+    /// Active calls; past it new INVITEs get `503` with `Retry-After`.
+    #[serde(default)]
+    pub max_calls: Option<u32>,
+    /// New INVITEs per second (a token bucket as deep as one second).
+    #[serde(default)]
+    pub max_cps: Option<u32>,
+    /// Requests per second from one source address; past it the source is
+    /// dropped silently for `per_source_cooldown` seconds.
+    #[serde(default)]
+    pub per_source_rps: Option<u32>,
+    #[serde(default = "default_cooldown")]
+    pub per_source_cooldown: u32,
+}
+
+fn default_cooldown() -> u32 {
+    10
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        LimitsConfig {
+            max_calls: None,
+            max_cps: None,
+            per_source_rps: None,
+            per_source_cooldown: default_cooldown(),
+        }
+    }
 }
 
 /// `trace:` — SIP messages to and from these trunks and users are logged
@@ -291,6 +326,7 @@ pub struct Config {
     pub metrics_listen: Option<SocketAddr>,
     /// Trunks and users whose SIP messages are traced at start.
     pub trace: TraceConfig,
+    pub limits: LimitsConfig,
 }
 
 /// The control socket a config names: `control.socket`, else the config file's
@@ -531,6 +567,21 @@ impl Checker {
             }
         }
         let metrics_listen = raw.metrics.as_ref().and_then(|m| self.check_metrics(m));
+        for (key, value) in [
+            ("max_calls", raw.limits.max_calls),
+            ("max_cps", raw.limits.max_cps),
+            ("per_source_rps", raw.limits.per_source_rps),
+        ] {
+            if value == Some(0) {
+                self.problem(
+                    format!("limits.{key}"),
+                    "must be at least 1 (leave it out for no limit)",
+                );
+            }
+        }
+        if !(1..=3600).contains(&raw.limits.per_source_cooldown) {
+            self.problem("limits.per_source_cooldown", "must be 1..=3600 seconds");
+        }
         let (policy, problems) = raw.policy.validated();
         for (field, message) in problems {
             self.problem(format!("policy.{field}"), message);
@@ -555,6 +606,7 @@ impl Checker {
                 .unwrap_or_else(|| self.file.with_extension("sock")),
             metrics_listen,
             trace: raw.trace,
+            limits: raw.limits,
         }
     }
 

@@ -25,15 +25,16 @@ use tokio::sync::watch as latest;
 use crate::cdr::{CdrWriter, CdrWriterError};
 use crate::config::Config;
 use crate::engine::LocalSocket;
-use crate::ingress::{Ingress, Verdict};
-use crate::metrics::{DatagramDrop, Metrics};
+use crate::ingress::overload::{Overload, Refusal};
+use crate::ingress::{Ingress, Verdict, is_new_call};
+use crate::metrics::{CallShed, DatagramDrop, Metrics};
 use crate::policy::{PolicyLoader, SessionPolicy};
 use crate::ratelimit::RateLimit;
 use crate::registrar::digest::{Algorithm, DigestAuth};
 use crate::registrar::location::LocationView;
 use crate::registrar::store::Store;
 use crate::registrar::{REGISTRAR_WORKER, Registrar};
-use crate::sip::MAX_DATAGRAM;
+use crate::sip::{MAX_DATAGRAM, Message};
 use crate::transaction::{Path, Transmit};
 use crate::transport::trace::Direction;
 use crate::transport::{Transport, TransportError};
@@ -129,12 +130,15 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
     drop(shared);
 
     let (ingress_config, ingress_configs) = latest::channel(config.clone());
+    let (ingress_overload, ingress_overloads) =
+        latest::channel(Arc::new(Overload::new(&config.limits, metrics.clone())));
     let spawn: SpawnReceiver = {
         let (transport, configs) = (transport.clone(), ingress_configs.clone());
         let metrics = metrics.clone();
         let inputs = Inputs {
             workers: worker_inputs.clone(),
             registrar: registrar_input.clone(),
+            overloads: ingress_overloads,
         };
         Arc::new(move |(local, socket)| {
             tokio::spawn(receive_loop(
@@ -177,6 +181,7 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
             registrar: registrar_input.clone(),
             listening: listening.clone(),
             cdr_reopen,
+            overload: ingress_overload,
         },
         metrics.clone(),
     );
@@ -392,6 +397,8 @@ async fn wait_for_signal(reloads: &mpsc::Sender<ReloadRequest>) -> Result<(), Da
 struct Inputs {
     workers: Vec<mpsc::Sender<WorkerInput>>,
     registrar: Option<mpsc::Sender<RegistrarInput>>,
+    /// The overload limits in force (a reload may replace them).
+    overloads: latest::Receiver<Arc<Overload>>,
 }
 
 /// Reads datagrams from one socket, judges them and hands them on.
@@ -400,10 +407,11 @@ async fn receive_loop(
     local: LocalSocket,
     mut ingress: Ingress,
     mut configs: latest::Receiver<Arc<Config>>,
-    inputs: Inputs,
+    mut inputs: Inputs,
     transport: Arc<Transport>,
 ) {
     let mut config = configs.borrow_and_update().clone();
+    ingress.set_overload(inputs.overloads.borrow_and_update().clone());
     // One byte more than the largest datagram, to notice an oversized one.
     let mut buf = vec![0u8; MAX_DATAGRAM + 1];
     let mut errors_log = RateLimit::new(5, Duration::from_secs(10));
@@ -437,12 +445,37 @@ async fn receive_loop(
         if configs.has_changed().unwrap_or(false) {
             config = configs.borrow_and_update().clone();
         }
+        if inputs.overloads.has_changed().unwrap_or(false) {
+            ingress.set_overload(inputs.overloads.borrow_and_update().clone());
+        }
         match ingress.classify(now, &config, &buf[..len], path) {
             Verdict::Dispatch {
                 worker,
                 message,
                 admitted,
             } => {
+                // A worker falling behind sheds new calls first, long before
+                // its queue is full of what calls in progress need.
+                if let Message::Request(request) = message.as_ref()
+                    && is_new_call(request)
+                    && inputs.workers[worker].capacity() < WORKER_QUEUE / 2
+                {
+                    let why = Refusal {
+                        reason: CallShed::Overload,
+                        retry_after: 2,
+                    };
+                    if let Verdict::Reply { bytes, to } = ingress.shed(request, path, &config, why)
+                    {
+                        transport
+                            .send(&Transmit {
+                                local: local.bind,
+                                remote: to,
+                                bytes,
+                            })
+                            .await;
+                    }
+                    continue;
+                }
                 let input = WorkerInput::Message {
                     message,
                     path,

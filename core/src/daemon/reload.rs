@@ -31,6 +31,7 @@ use super::watch::FileWatcher;
 use super::worker::{Reload, WorkerInput};
 use crate::config::{Config, ConfigError, Listener};
 use crate::engine::LocalSocket;
+use crate::ingress::overload::Overload;
 use crate::metrics::Metrics;
 use crate::policy::{PolicyLoadError, PolicyLoader};
 use crate::transport::{BoundSocket, Transport, TransportError};
@@ -66,6 +67,9 @@ pub struct Targets {
     /// Bumped on every reload, applied or refused: the CDR writer reopens its
     /// file (log rotation: move the file, then reload).
     pub cdr_reopen: watch::Sender<u64>,
+    /// The overload limits the receive loops apply (replaced when `limits`
+    /// changes; unchanged limits keep their rate state).
+    pub overload: watch::Sender<Arc<Overload>>,
 }
 
 /// Starts the receive loop of a socket.
@@ -258,6 +262,10 @@ impl Reloader {
 
         let config = Arc::new(config);
         let summary = summarise(&self.current, &config);
+        if config.limits != self.current.limits {
+            let overload = Overload::new(&config.limits, self.metrics.clone());
+            self.targets.overload.send_replace(Arc::new(overload));
+        }
         self.targets.ingress.send_replace(config.clone());
         listening.transport.trace().configure(&config);
         for (worker, policies) in self.targets.workers.iter().zip(worker_policies) {

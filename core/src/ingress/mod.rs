@@ -5,9 +5,13 @@
 //! - a malformed request is answered 400 (or 505) when it can be addressed;
 //! - a request from an address no trunk admits is answered 403 and forgotten,
 //!   unless it claims to be inside a dialog (a worker then checks the claim);
+//! - a request from a source over `limits.per_source_rps` is dropped, and a new
+//!   INVITE over `limits.max_calls`/`max_cps` answered 503 ([`overload`]);
 //! - everything else goes to the worker that owns its Call-ID or branch.
 //!
 //! What goes to no worker is counted by reason (`vigil_datagrams_dropped_total`).
+
+pub mod overload;
 
 use std::collections::hash_map::DefaultHasher;
 use std::hash::{Hash, Hasher};
@@ -20,8 +24,9 @@ use crate::ids::{IdGen, worker_of};
 use crate::metrics::{DatagramDrop, Metrics};
 use crate::ratelimit::RateLimit;
 use crate::registrar::REGISTRAR_WORKER;
-use crate::sip::{DecodeError, Message, Method, decode};
+use crate::sip::{DecodeError, HeaderName, Message, Method, Request, decode};
 use crate::transaction::{Path, response_target};
+use overload::{Overload, Refusal};
 
 /// What to do with a datagram.
 #[derive(Debug)]
@@ -49,6 +54,13 @@ pub enum DropReason {
     Forbidden,
     /// A response to nothing Vigil sent.
     Stray,
+    /// The source is over `limits.per_source_rps`.
+    Flood,
+}
+
+/// An INVITE that would start a call (not a re-INVITE inside one).
+pub fn is_new_call(request: &Request) -> bool {
+    request.method == Method::Invite && !request.is_in_dialog()
 }
 
 /// One receive path's judge. Each receive task owns one (`&mut self`, no locks).
@@ -59,6 +71,8 @@ pub struct Ingress {
     forbidden_log: RateLimit,
     /// Counts what goes to no worker (shared with the daemon).
     metrics: Arc<Metrics>,
+    /// The overload limits (shared by every receive loop).
+    overload: Arc<Overload>,
 }
 
 impl Ingress {
@@ -74,6 +88,34 @@ impl Ingress {
             malformed_log: RateLimit::new(10, Duration::from_secs(10)),
             forbidden_log: RateLimit::new(10, Duration::from_secs(10)),
             metrics,
+            overload: Arc::new(Overload::unlimited()),
+        }
+    }
+
+    /// Applies the limits in force (at start and after a reload).
+    pub fn set_overload(&mut self, overload: Arc<Overload>) {
+        self.overload = overload;
+    }
+
+    /// Answers a new INVITE `503` with `Retry-After` (it is shed) and counts it.
+    pub fn shed(
+        &mut self,
+        request: &Request,
+        path: Path,
+        config: &Config,
+        why: Refusal,
+    ) -> Verdict {
+        self.metrics.call_shed(why.reason);
+        let mut r = request.response(503);
+        let tag = self.ids.tag();
+        r.to.set_tag(&tag);
+        r.via[0].stamp_received(path.remote);
+        r.headers
+            .push(HeaderName::RetryAfter, why.retry_after.to_string());
+        let to = response_target(&r.via[0], path.remote, config.sip.force_rport);
+        Verdict::Reply {
+            bytes: r.encode(),
+            to,
         }
     }
 
@@ -139,6 +181,10 @@ impl Ingress {
                 }
             },
             Message::Request(request) => {
+                if !self.overload.source_allowed(now, path.remote.ip()) {
+                    self.metrics.datagram_dropped(DatagramDrop::Flood);
+                    return Verdict::Drop(DropReason::Flood);
+                }
                 if request.method == Method::Register && config.registrar.is_some() {
                     // Users register from anywhere; the registrar authenticates them.
                     return Verdict::Registrar(Box::new(Message::Request(request)));
@@ -163,6 +209,11 @@ impl Ingress {
                         bytes: r.encode(),
                         to,
                     };
+                }
+                if is_new_call(&request)
+                    && let Err(why) = self.overload.admit_call()
+                {
+                    return self.shed(&request, path, config, why);
                 }
                 let worker = worker_of(&request.call_id)
                     .filter(|&w| w < self.workers)

@@ -22,8 +22,8 @@ use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::registry::Registry;
 
 use super::{
-    DatagramDrop, END_REASONS, Histogram, Metrics, PolicyBackend, PolicyHook, RefreshFailureCause,
-    SESSION_TIMEOUT_CAUSES,
+    CallShed, DatagramDrop, END_REASONS, Histogram, Metrics, PolicyBackend, PolicyHook,
+    RefreshFailureCause, SESSION_TIMEOUT_CAUSES,
 };
 
 /// The `Content-Type` of [`encode`]'s output: what Prometheus scrapes.
@@ -206,6 +206,14 @@ impl Collector for Scrape {
             DatagramDrop::ALL
                 .iter()
                 .map(|&r| ([("reason", r.as_str())], m.datagrams_dropped(r))),
+        )?;
+        counter_family(
+            &mut out,
+            "vigil_calls_shed",
+            "New calls answered 503 by the overload limits, by reason (max_calls, max_cps, overload: the worker was falling behind)",
+            CallShed::ALL
+                .iter()
+                .map(|&r| ([("reason", r.as_str())], m.calls_shed(r))),
         )?;
         Ok(())
     }

@@ -221,15 +221,18 @@ pub enum DatagramDrop {
     Oversized,
     /// The worker's or registrar's queue was full.
     Overload,
+    /// The source is over `limits.per_source_rps` (or cooling down).
+    Flood,
 }
 
 impl DatagramDrop {
-    pub const ALL: [DatagramDrop; 5] = [
+    pub const ALL: [DatagramDrop; 6] = [
         DatagramDrop::Malformed,
         DatagramDrop::Forbidden,
         DatagramDrop::Stray,
         DatagramDrop::Oversized,
         DatagramDrop::Overload,
+        DatagramDrop::Flood,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -239,6 +242,30 @@ impl DatagramDrop {
             DatagramDrop::Stray => "stray",
             DatagramDrop::Oversized => "oversized",
             DatagramDrop::Overload => "overload",
+            DatagramDrop::Flood => "flood",
+        }
+    }
+}
+
+/// Why a new call was refused with `503` (the `reason` label).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CallShed {
+    /// `limits.max_calls` calls were up.
+    MaxCalls,
+    /// Over `limits.max_cps`.
+    MaxCps,
+    /// The worker that would own it is falling behind.
+    Overload,
+}
+
+impl CallShed {
+    pub const ALL: [CallShed; 3] = [CallShed::MaxCalls, CallShed::MaxCps, CallShed::Overload];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CallShed::MaxCalls => "max_calls",
+            CallShed::MaxCps => "max_cps",
+            CallShed::Overload => "overload",
         }
     }
 }
@@ -296,7 +323,9 @@ pub struct Metrics {
     /// Hook calls into operators' code, by hook and backend.
     hooks: [[HookCounts; 2]; 5],
     /// Datagrams handed to no worker, by [`DatagramDrop`].
-    datagrams_dropped: [AtomicU64; 5],
+    datagrams_dropped: [AtomicU64; DatagramDrop::ALL.len()],
+    /// New calls refused with 503, by [`CallShed`].
+    calls_shed: [AtomicU64; CallShed::ALL.len()],
     /// NAT keep-alive datagrams sent to registered contacts.
     pub keepalives_sent: AtomicU64,
     /// How far each contact's actual keep-alive interval was from its period.
@@ -415,6 +444,14 @@ impl Metrics {
 
     pub fn datagrams_dropped(&self, reason: DatagramDrop) -> u64 {
         self.datagrams_dropped[reason as usize].load(Ordering::Relaxed)
+    }
+
+    pub fn call_shed(&self, reason: CallShed) {
+        Metrics::count(&self.calls_shed[reason as usize]);
+    }
+
+    pub fn calls_shed(&self, reason: CallShed) -> u64 {
+        self.calls_shed[reason as usize].load(Ordering::Relaxed)
     }
 
     /// One log-friendly line about NAT keep-alives.
