@@ -148,7 +148,11 @@ impl Dialog {
         let mut from = self.local_uri.clone();
         from.set_tag(&self.local_tag);
         let mut to = self.remote_uri.clone();
-        to.set_tag(&self.remote_tag);
+        // §12.1.1: a peer that sent no tag (RFC 2543) has a null remote tag, and
+        // the To of our requests then carries none (`tag=` would be malformed).
+        if !self.remote_tag.is_empty() {
+            to.set_tag(&self.remote_tag);
+        }
         let mut headers = Headers::new();
         // §12.2.1.1: with a loose-routing first hop (lr), the Request-URI is the
         // remote target and the route set goes in Route; with a strict router, the
@@ -267,6 +271,24 @@ Call-ID: d1\r\nCSeq: 314 INVITE\r\nContact: <sip:alice@192.0.2.10:5062>\r\n\r\n"
         req.cseq.seq = 315;
         assert!(d.accept_remote_cseq(&req));
         assert!(d.matches_incoming(&req));
+    }
+
+    /// Regression (found by the `fuzz/` engine target on RFC 4475's `inv2543`): a
+    /// caller without a From tag got a session-timeout BYE with `To: …;tag=`,
+    /// which is malformed (Vigil itself rejects it).
+    #[test]
+    fn a_null_remote_tag_puts_no_tag_in_our_requests() {
+        let contact = SipUri::for_socket(None, "192.0.2.20:5060".parse().expect("addr"));
+        let datagram = include_bytes!("../../../tests/data/rfc4475/inv2543.dat");
+        let Ok(Message::Request(rfc2543)) = decode(datagram) else {
+            panic!("inv2543 is a valid request");
+        };
+        assert_eq!(rfc2543.from.tag(), None);
+        let mut d = Dialog::as_uas(&rfc2543, "tb".into(), contact);
+        let bye = d.new_request(Method::Bye, via());
+        assert_eq!(bye.to.tag(), None);
+        assert!(!bye.to.to_string().contains("tag"), "{}", bye.to);
+        assert!(matches!(decode(&bye.encode()), Ok(Message::Request(_))));
     }
 
     #[test]

@@ -221,7 +221,13 @@ impl Via {
         for p in &params {
             match (p.name.to_ascii_lowercase().as_str(), p.value.as_deref()) {
                 ("branch", None) => return Err(ValueError::new("Via branch without a value")),
-                ("received", Some(v)) if Host::parse(v).ok().and_then(|h| h.ip()).is_none() => {
+                // `via-received = "received" EQUAL (IPv4address / IPv6address)`: a
+                // bare IPv6 address, as `stamp_received` writes it; the bracketed
+                // form is common in the wild too (RFC 5118 §4.5).
+                ("received", Some(v))
+                    if v.parse::<std::net::IpAddr>().is_err()
+                        && Host::parse(v).ok().and_then(|h| h.ip()).is_none() =>
+                {
                     return Err(ValueError::new(format!("Via received={v:?} is not an IP")));
                 }
                 ("rport", Some(v)) if v.parse::<u16>().is_err() => {
@@ -608,6 +614,33 @@ mod tests {
             same.to_string(),
             "SIP/2.0/UDP 10.0.0.1:5060;branch=z9hG4bKa"
         );
+    }
+
+    /// Regression (found by the `fuzz/` sip_decode target): a Via stamped with
+    /// an IPv6 source got `received=2001:db8::7`, which Vigil's own parser then
+    /// refused, so its answers to IPv6 peers, and their answers to it, were
+    /// malformed to Vigil.
+    #[test]
+    fn via_received_takes_ipv6_bare_and_bracketed() {
+        let mut v =
+            Via::parse("SIP/2.0/UDP [2001:db8::1]:5060;branch=z9hG4bKa;rport").expect("valid");
+        v.stamp_received("[2001:db8::7]:40000".parse().expect("addr"));
+        let text = v.to_string();
+        assert!(
+            text.ends_with(";rport=40000;received=2001:db8::7"),
+            "{text}"
+        );
+        assert_eq!(Via::parse(&text), Ok(v));
+        assert!(Via::parse("SIP/2.0/UDP h;received=[2001:db8::9:255]").is_ok());
+        assert!(Via::parse("SIP/2.0/UDP h;received=[2001:db8::9:255").is_err());
+        // The fuzzer's input: RFC 4475's mpart01 from an IPv6 source, answered.
+        let datagram = include_bytes!("../../../tests/data/rfc4475/mpart01.dat");
+        let Ok(crate::sip::Message::Request(request)) = crate::sip::decode(datagram) else {
+            panic!("mpart01 is a valid request");
+        };
+        let mut response = request.response(200);
+        response.via[0].stamp_received("[2001:db8::7]:40000".parse().expect("addr"));
+        assert!(crate::sip::decode(&response.encode()).is_ok());
     }
 
     #[test]
