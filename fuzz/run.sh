@@ -81,13 +81,13 @@ for target in "${TARGETS[@]}"; do
         >"$log" 2>&1
     status=$?
     set -e
-    EXECS[$target]="$(grep -o 'stat::number_of_executed_units: *[0-9]*' "$log" | grep -o '[0-9]*$' | tail -1)"
+    EXECS[$target]="$(grep -o 'stat::number_of_executed_units: *[0-9]*' "$log" | grep -o '[0-9]*$' | tail -1 || true)"
     EXECS[$target]="${EXECS[$target]:-?}"
     if [[ $status -eq 0 ]]; then
         RESULT[$target]="no crash"
     else
         failed=1
-        artifact="$(grep -o 'Test unit written to [^ ]*' "$log" | tail -1 | sed 's/Test unit written to //')"
+        artifact="$(grep -o 'Test unit written to [^ ]*' "$log" | tail -1 | sed 's/Test unit written to //' || true)"
         RESULT[$target]="CRASHED (exit $status) ${artifact:-see $log}"
         grep -m1 -E "panicked at|ERROR: (libFuzzer|AddressSanitizer)" "$log" >&2 || true
     fi
