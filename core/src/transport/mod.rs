@@ -97,35 +97,46 @@ impl Transport {
     /// Sends a datagram from the socket bound to `local`. Errors are logged, not
     /// returned: a lost datagram is what UDP and the transaction timers are for.
     pub async fn send(&self, transmit: &Transmit) {
-        let socket = self
-            .read()
-            .iter()
-            .find(|(l, _)| l.bind == transmit.local)
-            .map(|(_, s)| s.clone());
-        let Some(socket) = socket else {
-            let mut log = self
-                .orphan_log
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner);
-            if let Some(suppressed) = log.allow(Instant::now()) {
-                tracing::warn!(local = %transmit.local, suppressed, "no socket for transmit (its listen address was removed)");
-            }
-            return;
-        };
         self.trace.datagram(
             trace::Direction::Sent,
             transmit.local,
             transmit.remote,
             &transmit.bytes,
         );
-        let result = match socket.try_send_to(&transmit.bytes, transmit.remote) {
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                socket.send_to(&transmit.bytes, transmit.remote).await
+        // The usual send completes under the read lock; only a full socket
+        // buffer takes the socket out of it (a shared count, touched by every
+        // worker, would otherwise move on each datagram) to wait for room.
+        let attempt = {
+            let sockets = self.read();
+            let Some((_, socket)) = sockets.iter().find(|(l, _)| l.bind == transmit.local) else {
+                drop(sockets);
+                self.orphan(transmit);
+                return;
+            };
+            match socket.try_send_to(&transmit.bytes, transmit.remote) {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => Err(socket.clone()),
+                other => Ok(other),
             }
-            other => other,
+        };
+        let result = match attempt {
+            Ok(result) => result,
+            Err(socket) => socket.send_to(&transmit.bytes, transmit.remote).await,
         };
         if let Err(e) = result {
             tracing::debug!(to = %transmit.remote, error = %e, "send failed");
+        }
+    }
+}
+
+impl Transport {
+    /// A transmit from a socket that was closed, logged at a bounded rate.
+    fn orphan(&self, transmit: &Transmit) {
+        let mut log = self
+            .orphan_log
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if let Some(suppressed) = log.allow(Instant::now()) {
+            tracing::warn!(local = %transmit.local, suppressed, "no socket for transmit (its listen address was removed)");
         }
     }
 }

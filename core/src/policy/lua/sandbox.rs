@@ -166,9 +166,8 @@ impl Budget {
     /// Starts counting for one hook call (or the script's top-level chunk).
     pub(super) fn start(self: &Arc<Self>, lua: &Lua) -> mlua::Result<()> {
         self.used.store(0, Ordering::Relaxed);
-        if let Ok(mut at) = self.cut_at.lock() {
-            at.clear();
-        }
+        // `cut_at` needs no clearing: it is read only after a call that ran
+        // over, and the hook writes it when that call first does.
         self.exceeded.store(false, Ordering::Relaxed);
         if self.escalated.swap(false, Ordering::Relaxed) {
             install_budget(lua, self.clone(), HOOK_STEP)?;
