@@ -12,18 +12,7 @@ use support::{Net, Vigil, callee, caller, scenario};
 
 /// `vigil ctl --config FILE ARGS...`: (exit ok, stdout, stderr).
 fn ctl(vigil: &Vigil, args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_vigil"))
-        .arg("ctl")
-        .arg("--config")
-        .arg(vigil.config_path())
-        .args(args)
-        .output()
-        .expect("run vigil ctl");
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    vigil.ctl(args)
 }
 
 fn json(text: &str) -> serde_json::Value {

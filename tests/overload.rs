@@ -7,7 +7,9 @@ mod support;
 use std::net::{SocketAddr, UdpSocket};
 use std::time::Duration;
 
-use support::{Net, Vigil, callee, caller, options_request, scenario_expecting};
+use support::{
+    Net, Vigil, callee, caller, collect, options_request, scenario_expecting, status_of,
+};
 
 #[test]
 fn past_max_calls_a_new_call_gets_503_and_the_calls_up_carry_on() {
@@ -103,5 +105,59 @@ fn a_flooding_source_is_cut_off_while_a_trunk_keeps_calling() {
     assert!(
         stopped.log.contains("over limits.per_source_rps"),
         "logged once"
+    );
+}
+
+#[test]
+fn a_source_holding_too_many_transactions_gets_503_but_its_calls_go_on() {
+    let net = Net::new(71);
+    let vigil = Vigil::start(net, "limits: { max_transactions_per_source: 20 }");
+    // A call from the trunk's address is up for 4 s...
+    let uas = callee(net, None, &["-m", "1"]);
+    let call = caller(
+        net,
+        net.caller,
+        None,
+        "0049301234",
+        &["-m", "1", "-d", "4000"],
+    );
+    std::thread::sleep(Duration::from_millis(1000));
+    // ...while the same address opens transactions that linger 32 s (Timer J).
+    let probe = UdpSocket::bind(SocketAddr::new(net.caller, 0)).expect("bind");
+    for i in 0..40 {
+        let request = options_request(net.caller, &format!("many{i}"));
+        probe.send_to(&request, net.vigil_addr()).expect("send");
+    }
+    let replies = collect(&probe, Duration::from_millis(1500));
+    let status = |code: u16| {
+        replies
+            .iter()
+            .filter(|r| status_of(r) == Some(code))
+            .count()
+    };
+    // The ready-check and the call's INVITE took slots too: at most 20 in all.
+    assert!(
+        (15..=20).contains(&status(200)),
+        "{} OPTIONS answered 200",
+        status(200)
+    );
+    assert_eq!(status(200) + status(503), 40, "every OPTIONS answered");
+    assert!(
+        replies
+            .iter()
+            .filter(|r| status_of(r) == Some(503))
+            .all(|r| r.contains("Retry-After: ")),
+        "the 503s say when to come back"
+    );
+    // The call's BYE is inside a dialog: never refused.
+    call.expect_success(Duration::from_secs(20));
+    uas.expect_success(Duration::from_secs(10));
+    let stopped = vigil.stop();
+    assert_eq!(stopped.cdrs.len(), 1, "{}", stopped.log);
+    assert_eq!(stopped.cdrs[0]["end_reason"], "caller-bye");
+    assert!(
+        stopped.log.contains("over the transaction limits"),
+        "logged: {}",
+        stopped.log
     );
 }

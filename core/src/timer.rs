@@ -121,7 +121,27 @@ impl<Id: Ord + Copy> TimerQueue<Id> {
     pub fn is_empty(&self) -> bool {
         self.heap.is_empty()
     }
+
+    /// Drops the stale entries (those `live` says no machine waits for) once
+    /// they outnumber the `machines` alive: a machine that ends leaves its
+    /// entry behind until that deadline, which for a call can be hours away,
+    /// so under a steady call rate lazy deletion alone would hold millions.
+    /// Rebuilding only past twice the live count keeps the cost amortised.
+    pub fn purge_stale(&mut self, machines: usize, mut live: impl FnMut(Instant, Id) -> bool) {
+        if self.heap.len() > 2 * machines + PURGE_SLACK {
+            self.purge(&mut live);
+        }
+    }
+
+    /// Drops every stale entry now (for an exact count).
+    pub fn purge(&mut self, mut live: impl FnMut(Instant, Id) -> bool) {
+        self.heap.retain(|Reverse((at, id))| live(*at, *id));
+        self.compact();
+    }
 }
+
+/// Stale entries tolerated beyond twice the live machines before a purge.
+const PURGE_SLACK: usize = 1024;
 
 /// Tracks the deadline a machine last put in the queue, so the owner only pushes
 /// a new entry when the deadline moved earlier or was not queued, and ignores
@@ -147,6 +167,11 @@ impl Scheduled {
                 Some(n)
             }
         }
+    }
+
+    /// Whether the entry at `at` is the one this machine waits for.
+    pub fn is(&self, at: Instant) -> bool {
+        self.0 == Some(at)
     }
 
     /// Call when an entry for this machine pops: true if it is the live one.
@@ -212,5 +237,25 @@ mod tests {
         assert!(s.take_if(at));
         let (stale, _) = q.pop_due(t0 + Duration::from_secs(60)).expect("due");
         assert!(!s.take_if(stale), "the old entry is stale");
+    }
+
+    #[test]
+    fn stale_entries_of_ended_machines_are_purged_past_twice_the_live_ones() {
+        let t0 = Instant::now();
+        let mut q = TimerQueue::default();
+        let hour = t0 + Duration::from_secs(3600);
+        // 10,000 machines each queued an hour-away deadline; all but 10 ended.
+        for id in 0..10_000u32 {
+            q.schedule(hour, id);
+        }
+        let alive = |_: Instant, id: u32| id < 10;
+        q.purge_stale(10, alive);
+        assert_eq!(q.len(), 10, "only the live machines' entries stay");
+        // Below the threshold nothing is rebuilt.
+        for id in 10..100u32 {
+            q.schedule(hour, id);
+        }
+        q.purge_stale(10, alive);
+        assert_eq!(q.len(), 100);
     }
 }

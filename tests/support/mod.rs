@@ -175,6 +175,22 @@ impl Vigil {
         read_cdrs(&self.cdr_path())
     }
 
+    /// `vigil ctl --config FILE ARGS...` on this daemon: (exit ok, stdout, stderr).
+    pub fn ctl(&self, args: &[&str]) -> (bool, String, String) {
+        let out = Command::new(env!("CARGO_BIN_EXE_vigil"))
+            .arg("ctl")
+            .arg("--config")
+            .arg(self.config_path())
+            .args(args)
+            .output()
+            .expect("run vigil ctl");
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+
     pub fn is_running(&mut self) -> bool {
         self.child
             .as_mut()

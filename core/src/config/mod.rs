@@ -117,6 +117,18 @@ pub struct LimitsConfig {
     pub per_source_rps: Option<u32>,
     #[serde(default = "default_cooldown")]
     pub per_source_cooldown: u32,
+    /// Live SIP transactions in all; past it a request that would open a new
+    /// one (not a request inside a dialog, not a CANCEL) gets `503`.
+    #[serde(default)]
+    pub max_transactions: Option<u32>,
+    /// Live server transactions opened by one source address; past it that
+    /// source's new requests get `503`.
+    #[serde(default)]
+    pub max_transactions_per_source: Option<u32>,
+    /// Registered contacts in all; past it a REGISTER adding a contact gets
+    /// `503` (refreshes and removals always pass).
+    #[serde(default)]
+    pub max_registrations: Option<u32>,
 }
 
 fn default_cooldown() -> u32 {
@@ -130,6 +142,9 @@ impl Default for LimitsConfig {
             max_cps: None,
             per_source_rps: None,
             per_source_cooldown: default_cooldown(),
+            max_transactions: None,
+            max_transactions_per_source: None,
+            max_registrations: None,
         }
     }
 }
@@ -571,6 +586,12 @@ impl Checker {
             ("max_calls", raw.limits.max_calls),
             ("max_cps", raw.limits.max_cps),
             ("per_source_rps", raw.limits.per_source_rps),
+            ("max_transactions", raw.limits.max_transactions),
+            (
+                "max_transactions_per_source",
+                raw.limits.max_transactions_per_source,
+            ),
+            ("max_registrations", raw.limits.max_registrations),
         ] {
             if value == Some(0) {
                 self.problem(

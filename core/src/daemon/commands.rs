@@ -14,7 +14,9 @@ use super::control::{Command, Reply};
 use super::reload::{ReloadRequest, ReloadStatus};
 use super::worker::WorkerInput;
 use crate::call::CallSnapshot;
+use crate::engine::EngineResources;
 use crate::registrar::location::LocationView;
+use crate::transaction::TxBudget;
 use crate::transport::Transport;
 
 /// How long a worker may take to answer a query before it is left out.
@@ -28,6 +30,7 @@ pub struct Operator {
     pub reloads: mpsc::Sender<ReloadRequest>,
     pub status: watch::Receiver<ReloadStatus>,
     pub transport: Arc<Transport>,
+    pub budget: Arc<TxBudget>,
 }
 
 /// Serves commands until the control server is gone; each runs on its own
@@ -55,10 +58,16 @@ impl Operator {
                     #[serde(flatten)]
                     reload: ReloadStatus,
                     calls: usize,
+                    resources: Resources,
                 }
                 let reload = self.status.borrow().clone();
                 let calls = self.calls().await.len();
-                json(&Status { reload, calls })
+                let resources = self.resources().await;
+                json(&Status {
+                    reload,
+                    calls,
+                    resources,
+                })
             }
             Command::Calls => json(&self.calls().await),
             Command::Call(id) => match self
@@ -100,6 +109,25 @@ impl Operator {
             Ok(Ok(summary)) => Reply::ok(summary),
             Ok(Err(error)) => Reply::error(error),
             Err(_) => Reply::error("the daemon is shutting down"),
+        }
+    }
+
+    /// What the switch holds: the workers' state, and the process's tasks and
+    /// file descriptors (what a leak would grow).
+    async fn resources(&self) -> Resources {
+        let workers = self
+            .ask_workers(WorkerInput::Resources)
+            .await
+            .into_iter()
+            .fold(EngineResources::default(), |sum, r| sum + r);
+        Resources {
+            workers,
+            transactions_counted: self.budget.live(),
+            transaction_sources: self.budget.sources(),
+            tasks: tokio::runtime::Handle::current()
+                .metrics()
+                .num_alive_tasks(),
+            open_fds: open_fds(),
         }
     }
 
@@ -156,4 +184,24 @@ fn json<T: Serialize + ?Sized>(value: &T) -> Reply {
         Ok(text) => Reply::ok(text),
         Err(e) => Reply::error(format!("cannot encode the answer: {e}")),
     }
+}
+
+/// `vigil ctl status`'s `resources`.
+#[derive(Debug, Serialize)]
+struct Resources {
+    #[serde(flatten)]
+    workers: EngineResources,
+    /// Live transactions as the shared budget counts them (equal to
+    /// `transactions` when the books balance).
+    transactions_counted: usize,
+    /// Source addresses with a server transaction alive.
+    transaction_sources: usize,
+    /// Tokio tasks alive.
+    tasks: usize,
+    /// Open file descriptors (`None` where `/proc/self/fd` is not readable).
+    open_fds: Option<usize>,
+}
+
+fn open_fds() -> Option<usize> {
+    std::fs::read_dir("/proc/self/fd").ok().map(|d| d.count())
 }

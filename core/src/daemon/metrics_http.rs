@@ -28,6 +28,7 @@ use crate::metrics::Metrics;
 use crate::metrics::export::{self, Gauges};
 use crate::ratelimit::RateLimit;
 use crate::registrar::location::LocationView;
+use crate::transaction::TxBudget;
 
 /// How much a client may take of the endpoint.
 #[derive(Debug, Clone, Copy)]
@@ -65,6 +66,7 @@ struct Sources {
     metrics: Arc<Metrics>,
     /// The registrar's contacts, when users may register.
     location: Option<Arc<LocationView>>,
+    budget: Arc<TxBudget>,
 }
 
 impl MetricsEndpoint {
@@ -83,8 +85,17 @@ impl MetricsEndpoint {
 
     /// Serves scrapes until the task is aborted, which closes the connections
     /// in progress too.
-    pub async fn serve(self, metrics: Arc<Metrics>, location: Option<Arc<LocationView>>) {
-        let sources = Sources { metrics, location };
+    pub async fn serve(
+        self,
+        metrics: Arc<Metrics>,
+        location: Option<Arc<LocationView>>,
+        budget: Arc<TxBudget>,
+    ) {
+        let sources = Sources {
+            metrics,
+            location,
+            budget,
+        };
         let mut connections = JoinSet::new();
         let mut errors_log = RateLimit::new(5, Duration::from_secs(10));
         loop {
@@ -139,6 +150,7 @@ fn respond(request: &Request<Incoming>, sources: &Sources) -> Response<Full<Byte
     }
     let gauges = Gauges {
         registered_contacts: sources.location.as_ref().map(|l| l.contacts() as u64),
+        transactions: sources.budget.live() as u64,
     };
     match export::encode(&sources.metrics, gauges) {
         Ok(text) => {
@@ -181,7 +193,7 @@ mod tests {
             connections: 2,
         };
         let addr = endpoint.local_addr().expect("addr");
-        let task = tokio::spawn(endpoint.serve(metrics.clone(), None));
+        let task = tokio::spawn(endpoint.serve(metrics.clone(), None, Arc::default()));
         (addr, metrics, task)
     }
 

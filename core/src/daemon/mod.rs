@@ -35,7 +35,7 @@ use crate::registrar::location::LocationView;
 use crate::registrar::store::Store;
 use crate::registrar::{REGISTRAR_WORKER, Registrar};
 use crate::sip::{MAX_DATAGRAM, Message};
-use crate::transaction::{Path, Transmit};
+use crate::transaction::{Path, Transmit, TxBudget};
 use crate::transport::trace::Direction;
 use crate::transport::{Transport, TransportError};
 
@@ -104,11 +104,13 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
         policy_loader.policies(&config).0.default_policy(),
     )?;
     let location_view = registrar_shared.as_ref().map(|(view, _)| view.clone());
+    let budget = Arc::new(TxBudget::new(&config.limits));
     let shared = Shared {
         metrics: metrics.clone(),
         registrar: registrar_shared,
         transport: transport.clone(),
         cdrs: cdr_tx,
+        budget: budget.clone(),
     };
     let mut worker_inputs = Vec::with_capacity(workers);
     let mut worker_tasks = Vec::with_capacity(workers);
@@ -182,6 +184,7 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
             listening: listening.clone(),
             cdr_reopen,
             overload: ingress_overload,
+            budget: budget.clone(),
         },
         metrics.clone(),
     );
@@ -189,13 +192,19 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
     let reload_status = reloader.status();
     let reloads = tokio::spawn(serve_reloads(reloader, reload_queue));
     let watcher = tokio::spawn(watch_files(ingress_configs, reload_requests.clone()));
-    let metrics_server = metrics_endpoint.map(|e| start_metrics(e, &metrics, &location_view));
+    let metrics_server = metrics_endpoint.map(|e| {
+        if let Ok(addr) = e.local_addr() {
+            tracing::info!(%addr, "metrics endpoint ready: GET /metrics");
+        }
+        tokio::spawn(e.serve(metrics.clone(), location_view.clone(), budget.clone()))
+    });
     let operator = Operator {
         workers: worker_inputs.clone(),
         location: location_view,
         reloads: reload_requests.clone(),
         status: reload_status,
         transport: transport.clone(),
+        budget,
     };
     let control = start_control(&config.control_socket, operator);
 
@@ -354,18 +363,6 @@ fn start_control(path: &FsPath, operator: Operator) -> Option<tokio::task::JoinH
             None
         }
     }
-}
-
-/// Serves `/metrics` for Prometheus on the endpoint bound at start.
-fn start_metrics(
-    endpoint: MetricsEndpoint,
-    metrics: &Arc<Metrics>,
-    location: &Option<Arc<LocationView>>,
-) -> tokio::task::JoinHandle<()> {
-    if let Ok(addr) = endpoint.local_addr() {
-        tracing::info!(%addr, "metrics endpoint ready: GET /metrics");
-    }
-    tokio::spawn(endpoint.serve(metrics.clone(), location.clone()))
 }
 
 /// Waits for SIGTERM or SIGINT; a SIGHUP meanwhile asks for a reload.

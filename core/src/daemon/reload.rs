@@ -34,6 +34,7 @@ use crate::engine::LocalSocket;
 use crate::ingress::overload::Overload;
 use crate::metrics::Metrics;
 use crate::policy::{PolicyLoadError, PolicyLoader};
+use crate::transaction::TxBudget;
 use crate::transport::{BoundSocket, Transport, TransportError};
 
 /// How long a removed `listen` address keeps receiving: a transaction's
@@ -70,6 +71,8 @@ pub struct Targets {
     /// The overload limits the receive loops apply (replaced when `limits`
     /// changes; unchanged limits keep their rate state).
     pub overload: watch::Sender<Arc<Overload>>,
+    /// The workers' live-transaction budget (its limits change in place).
+    pub budget: Arc<TxBudget>,
 }
 
 /// Starts the receive loop of a socket.
@@ -265,6 +268,7 @@ impl Reloader {
         if config.limits != self.current.limits {
             let overload = Overload::new(&config.limits, self.metrics.clone());
             self.targets.overload.send_replace(Arc::new(overload));
+            self.targets.budget.set_limits(&config.limits);
         }
         self.targets.ingress.send_replace(config.clone());
         listening.transport.trace().configure(&config);

@@ -11,13 +11,13 @@ use super::DRAIN_TIME;
 use crate::call::CallSnapshot;
 use crate::cdr::CdrRecord;
 use crate::config::Config;
-use crate::engine::{Engine, LocalSocket};
+use crate::engine::{Engine, EngineResources, LocalSocket};
 use crate::metrics::Metrics;
 use crate::policy::Policies;
 use crate::registrar::digest::DigestAuth;
 use crate::registrar::location::LocationView;
 use crate::sip::Message;
-use crate::transaction::Path;
+use crate::transaction::{Path, TxBudget};
 use crate::transport::Transport;
 
 /// What the receive loops and the daemon send a worker.
@@ -33,6 +33,8 @@ pub enum WorkerInput {
     Reload(Box<Reload>),
     /// The operator asks for this worker's calls.
     Calls(oneshot::Sender<Vec<CallSnapshot>>),
+    /// The operator (or a leak check) asks what this worker holds.
+    Resources(oneshot::Sender<EngineResources>),
     /// The operator hangs up the call with this Call-ID, if it is here.
     HangUp(String, oneshot::Sender<Option<CallSnapshot>>),
     /// End every call and stop once they are gone (or after [`DRAIN_TIME`]).
@@ -61,6 +63,8 @@ pub struct Shared {
     pub transport: Arc<Transport>,
     /// Where finished calls' records go (the CDR writer).
     pub cdrs: mpsc::UnboundedSender<CdrRecord>,
+    /// Live transactions against `limits.max_transactions*`.
+    pub budget: Arc<TxBudget>,
 }
 
 pub async fn run_worker(
@@ -76,9 +80,11 @@ pub async fn run_worker(
         registrar,
         transport,
         cdrs,
+        budget,
     } = shared;
     let mut engine = Engine::new(id, config, sockets);
     engine.set_metrics(metrics);
+    engine.set_budget(budget);
     engine.set_policies(policies);
     if let Some((location, auth)) = registrar {
         engine.set_registrar(location, auth);
@@ -111,6 +117,9 @@ pub async fn run_worker(
                         }
                         WorkerInput::Calls(reply) => {
                             let _ = reply.send(engine.calls(now));
+                        }
+                        WorkerInput::Resources(reply) => {
+                            let _ = reply.send(engine.resources());
                         }
                         WorkerInput::HangUp(call_id, reply) => {
                             let _ = reply.send(engine.hang_up(now, &call_id));

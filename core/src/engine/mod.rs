@@ -20,12 +20,13 @@ use crate::config::{Config, canonical_ip};
 use crate::ids::IdGen;
 use crate::metrics::Metrics;
 use crate::policy::Policies;
+use crate::ratelimit::RateLimit;
 use crate::registrar::digest::DigestAuth;
 use crate::registrar::location::LocationView;
 use crate::sip::{ALLOWED_METHODS, HeaderName, MediaType, Message, Method, Request, Response};
 use crate::timer::TimerQueue;
 use crate::transaction::{
-    Inbound, Path, ServerTxId, TimerValues, TransactionLayer, Transmit, TxEvent,
+    Inbound, Path, ServerTxId, TimerValues, TransactionLayer, Transmit, TxBudget, TxEvent, TxShed,
 };
 
 /// A socket Vigil listens on and the address it advertises for it.
@@ -69,7 +70,41 @@ pub struct Engine {
     next_key: CallKey,
     /// Set by [`Engine::begin_shutdown`]: new calls are refused.
     draining: bool,
+    /// Requests shed by the transaction limits are logged at this rate.
+    shed_log: RateLimit,
 }
+
+/// What one engine holds, for leak checks and `vigil ctl status`: after the
+/// calls end and their transactions linger out, every count is back to zero.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct EngineResources {
+    /// Calls, ending ones included.
+    pub calls: usize,
+    /// Entries in the dialog indexes (two per call).
+    pub dialogs: usize,
+    pub transactions: usize,
+    /// Timer-queue entries of calls and transactions (stale ones dropped).
+    pub timers: usize,
+    /// CDRs written but not yet handed to the writer.
+    pub cdrs_pending: usize,
+}
+
+impl std::ops::Add for EngineResources {
+    type Output = EngineResources;
+    fn add(self, o: EngineResources) -> EngineResources {
+        EngineResources {
+            calls: self.calls + o.calls,
+            dialogs: self.dialogs + o.dialogs,
+            transactions: self.transactions + o.transactions,
+            timers: self.timers + o.timers,
+            cdrs_pending: self.cdrs_pending + o.cdrs_pending,
+        }
+    }
+}
+
+/// `Retry-After` of a 503 for the transaction limits: transactions end
+/// within seconds, so the sender may try again soon.
+const TX_SHED_RETRY_AFTER: u32 = 2;
 
 impl Engine {
     pub fn new(worker: u8, config: Arc<Config>, sockets: Arc<[LocalSocket]>) -> Engine {
@@ -96,6 +131,27 @@ impl Engine {
             auth: None,
             next_key: 0,
             draining: false,
+            shed_log: RateLimit::new(5, Duration::from_secs(10)),
+        }
+    }
+
+    /// Counts this engine's transactions in the daemon's shared budget (the
+    /// `limits.max_transactions*` limits).
+    pub fn set_budget(&mut self, budget: Arc<TxBudget>) {
+        self.tx.set_budget(budget);
+    }
+
+    /// What this engine holds now (drops stale timer entries to count).
+    pub fn resources(&mut self) -> EngineResources {
+        let calls = &self.calls;
+        self.call_timers
+            .purge(|at, key| calls.get(&key).is_some_and(|c| c.scheduled.is(at)));
+        EngineResources {
+            calls: self.calls.len(),
+            dialogs: self.by_a.len() + self.by_b.len(),
+            transactions: self.tx.len(),
+            timers: self.tx.timer_entries() + self.call_timers.len(),
+            cdrs_pending: self.cdrs.len(),
         }
     }
 
@@ -201,6 +257,7 @@ impl Engine {
                 Inbound::Absorbed => {}
                 Inbound::Ack(ack) => self.on_ack(now, ack),
                 Inbound::New(tx, request) => self.on_request(now, tx, request, path, admitted),
+                Inbound::Refused(request, why, reply) => self.shed(now, &request, why, reply),
             },
             Message::Response(response) => {
                 if let Some((_, owner, response)) = self.tx.receive_response(now, response) {
@@ -216,6 +273,10 @@ impl Engine {
     pub fn handle_timeout(&mut self, now: Instant) {
         self.tx.handle_timeout(now);
         self.drain_tx_events(now);
+        let calls = &self.calls;
+        self.call_timers.purge_stale(calls.len(), |at, key| {
+            calls.get(&key).is_some_and(|c| c.scheduled.is(at))
+        });
         while let Some((at, key)) = self.call_timers.pop_due(now) {
             let live = self
                 .calls
@@ -423,6 +484,24 @@ impl Engine {
             .find(|s| s.bind.ip().is_loopback() == target_ip.is_loopback())
             .or_else(|| self.sockets.iter().find(same_family))
             .copied()
+    }
+
+    /// Answers `503` with `Retry-After`, statelessly, a request the
+    /// transaction limits refused, and counts it.
+    fn shed(&mut self, now: Instant, request: &Request, why: TxShed, reply: Path) {
+        if crate::ingress::is_new_call(request) {
+            self.metrics.call_shed(why.into());
+        } else {
+            self.metrics.request_shed(why.into());
+        }
+        if let Some(suppressed) = self.shed_log.allow(now) {
+            tracing::warn!(source = %reply.remote, method = %request.method, reason = ?why, suppressed, "new request over the transaction limits: 503");
+        }
+        let tag = self.ids.tag();
+        let mut r = local_response(request, 503, None, Some(&tag), &self.settings.user_agent);
+        r.headers
+            .push(HeaderName::RetryAfter, TX_SHED_RETRY_AFTER.to_string());
+        self.tx.send_stateless(r.encode(), reply);
     }
 
     /// Answers a request Vigil handles itself, with a fresh To tag.

@@ -143,6 +143,7 @@ mod tests {
             max_cps,
             per_source_rps: rps,
             per_source_cooldown: 10,
+            ..LimitsConfig::default()
         }
     }
 

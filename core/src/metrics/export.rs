@@ -23,7 +23,7 @@ use prometheus_client::registry::Registry;
 
 use super::{
     CallShed, DatagramDrop, END_REASONS, Histogram, Metrics, PolicyBackend, PolicyHook,
-    RefreshFailureCause, SESSION_TIMEOUT_CAUSES,
+    RefreshFailureCause, RequestShed, SESSION_TIMEOUT_CAUSES,
 };
 
 /// The `Content-Type` of [`encode`]'s output: what Prometheus scrapes.
@@ -34,6 +34,8 @@ pub const CONTENT_TYPE: &str = prometheus_text::CONTENT_TYPE;
 pub struct Gauges {
     /// Contacts in the location service; `None` without a registrar.
     pub registered_contacts: Option<u64>,
+    /// Live SIP transactions of every worker.
+    pub transactions: u64,
 }
 
 /// Every `vigil_*` family, as the text a `GET /metrics` answers.
@@ -210,10 +212,24 @@ impl Collector for Scrape {
         counter_family(
             &mut out,
             "vigil_calls_shed",
-            "New calls answered 503 by the overload limits, by reason (max_calls, max_cps, overload: the worker was falling behind)",
+            "New calls answered 503 by the overload limits, by reason (max_calls, max_cps, overload: the worker was falling behind, max_transactions, source_transactions)",
             CallShed::ALL
                 .iter()
                 .map(|&r| ([("reason", r.as_str())], m.calls_shed(r))),
+        )?;
+        counter_family(
+            &mut out,
+            "vigil_requests_shed",
+            "Other new requests (REGISTER, OPTIONS, ...) answered 503 by the limits, by reason",
+            RequestShed::ALL
+                .iter()
+                .map(|&r| ([("reason", r.as_str())], m.requests_shed(r))),
+        )?;
+        gauge(
+            &mut out,
+            "vigil_transactions",
+            "Live SIP transactions (client and server) of every worker",
+            self.gauges.transactions,
         )?;
         Ok(())
     }
@@ -343,9 +359,11 @@ mod tests {
         );
         let with_registrar = Gauges {
             registered_contacts: Some(3),
+            transactions: 7,
         };
         let text = encode(&m, with_registrar).expect("encode");
         assert_eq!(value(&text, "vigil_registered_contacts"), 3.0);
+        assert_eq!(value(&text, "vigil_transactions"), 7.0);
     }
 
     #[test]

@@ -11,6 +11,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use crate::cdr::{CdrRecord, EndReason};
+use crate::transaction::TxShed;
 
 /// Upper bounds of the refresh-lateness buckets, in microseconds: fine below
 /// 1 ms, where a healthy switch lives, coarse above 50 ms, where it is in trouble.
@@ -256,16 +257,74 @@ pub enum CallShed {
     MaxCps,
     /// The worker that would own it is falling behind.
     Overload,
+    /// `limits.max_transactions` were alive.
+    MaxTransactions,
+    /// Its source had `limits.max_transactions_per_source` alive.
+    SourceTransactions,
 }
 
 impl CallShed {
-    pub const ALL: [CallShed; 3] = [CallShed::MaxCalls, CallShed::MaxCps, CallShed::Overload];
+    pub const ALL: [CallShed; 5] = [
+        CallShed::MaxCalls,
+        CallShed::MaxCps,
+        CallShed::Overload,
+        CallShed::MaxTransactions,
+        CallShed::SourceTransactions,
+    ];
 
     pub fn as_str(self) -> &'static str {
         match self {
             CallShed::MaxCalls => "max_calls",
             CallShed::MaxCps => "max_cps",
             CallShed::Overload => "overload",
+            CallShed::MaxTransactions => "max_transactions",
+            CallShed::SourceTransactions => "source_transactions",
+        }
+    }
+}
+
+impl From<TxShed> for CallShed {
+    fn from(why: TxShed) -> CallShed {
+        match why {
+            TxShed::MaxTransactions => CallShed::MaxTransactions,
+            TxShed::SourceTransactions => CallShed::SourceTransactions,
+        }
+    }
+}
+
+/// Why a request other than a new call was refused with `503` (the `reason`
+/// label of `vigil_requests_shed_total`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RequestShed {
+    /// `limits.max_transactions` were alive.
+    MaxTransactions,
+    /// Its source had `limits.max_transactions_per_source` alive.
+    SourceTransactions,
+    /// A REGISTER would have added a contact past `limits.max_registrations`.
+    MaxRegistrations,
+}
+
+impl RequestShed {
+    pub const ALL: [RequestShed; 3] = [
+        RequestShed::MaxTransactions,
+        RequestShed::SourceTransactions,
+        RequestShed::MaxRegistrations,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RequestShed::MaxTransactions => "max_transactions",
+            RequestShed::SourceTransactions => "source_transactions",
+            RequestShed::MaxRegistrations => "max_registrations",
+        }
+    }
+}
+
+impl From<TxShed> for RequestShed {
+    fn from(why: TxShed) -> RequestShed {
+        match why {
+            TxShed::MaxTransactions => RequestShed::MaxTransactions,
+            TxShed::SourceTransactions => RequestShed::SourceTransactions,
         }
     }
 }
@@ -326,6 +385,8 @@ pub struct Metrics {
     datagrams_dropped: [AtomicU64; DatagramDrop::ALL.len()],
     /// New calls refused with 503, by [`CallShed`].
     calls_shed: [AtomicU64; CallShed::ALL.len()],
+    /// Other new requests refused with 503, by [`RequestShed`].
+    requests_shed: [AtomicU64; RequestShed::ALL.len()],
     /// NAT keep-alive datagrams sent to registered contacts.
     pub keepalives_sent: AtomicU64,
     /// How far each contact's actual keep-alive interval was from its period.
@@ -452,6 +513,14 @@ impl Metrics {
 
     pub fn calls_shed(&self, reason: CallShed) -> u64 {
         self.calls_shed[reason as usize].load(Ordering::Relaxed)
+    }
+
+    pub fn request_shed(&self, reason: RequestShed) {
+        Metrics::count(&self.requests_shed[reason as usize]);
+    }
+
+    pub fn requests_shed(&self, reason: RequestShed) -> u64 {
+        self.requests_shed[reason as usize].load(Ordering::Relaxed)
     }
 
     /// One log-friendly line about NAT keep-alives.

@@ -38,6 +38,8 @@ pub struct Refusal {
     pub status: u16,
     pub reason: &'static str,
     pub min_expires: Option<u32>,
+    /// `Retry-After` seconds (a full registrar).
+    pub retry_after: Option<u32>,
 }
 
 impl Refusal {
@@ -46,9 +48,14 @@ impl Refusal {
             status,
             reason,
             min_expires: None,
+            retry_after: None,
         }
     }
 }
+
+/// `Retry-After` of a `503` from a full registrar: contacts expire and
+/// unregister over minutes, so a client should not come back at once.
+pub const FULL_RETRY_AFTER: u32 = 60;
 
 /// Registration limits from `registrar:`.
 #[derive(Debug, Clone, Copy)]
@@ -56,6 +63,8 @@ pub struct Limits {
     pub min_expires: u32,
     pub max_expires: u32,
     pub max_contacts: u32,
+    /// Contacts of every user together (`limits.max_registrations`).
+    pub max_total: Option<u32>,
 }
 
 /// A registered contact as calls and keep-alives need it.
@@ -315,6 +324,7 @@ impl Location {
                     status: 423,
                     reason: "Interval Too Brief",
                     min_expires: Some(limits.min_expires),
+                    retry_after: None,
                 });
             }
             let q = na
@@ -342,6 +352,16 @@ impl Location {
             .count();
         if self.of(aor).count() + new_ones > limits.max_contacts as usize {
             return Err(Refusal::new(403, "Too Many Contacts"));
+        }
+        // Refreshes and removals add nothing, so they pass a full registrar.
+        if let Some(max) = limits.max_total
+            && new_ones > 0
+            && self.len() + new_ones > max as usize
+        {
+            return Err(Refusal {
+                retry_after: Some(FULL_RETRY_AFTER),
+                ..Refusal::new(503, "Registrar Full")
+            });
         }
         let mut changes = Vec::new();
         for ((uri, expires, q), printed) in wanted.into_iter().zip(printed) {
@@ -401,6 +421,7 @@ mod tests {
         min_expires: 60,
         max_expires: 3600,
         max_contacts: 2,
+        max_total: None,
     };
 
     fn register(call_id: &str, cseq: u32, contact_and_expires: &str) -> Request {
@@ -576,5 +597,52 @@ From: <sip:1001@vigil.local>;tag=r\r\nTo: <sip:1001@vigil.local>\r\nCall-ID: {ca
             view.best("1001").map(|t| t.uri.to_string()).as_deref(),
             Some("sip:high@10.0.0.6")
         );
+    }
+
+    #[test]
+    fn a_full_registrar_refuses_new_contacts_but_not_refreshes_or_removals() {
+        let t0 = Instant::now();
+        let mut loc = Location::new(Arc::new(LocationView::default()));
+        let limits = Limits {
+            max_total: Some(1),
+            ..LIMITS
+        };
+        let (source, local) = (addr("203.0.113.5:40000"), addr("192.0.2.1:5060"));
+        let aor: Arc<str> = "1001".into();
+        let first = register(
+            "c1",
+            1,
+            "Contact: <sip:1001@10.0.0.5:5060>\r\nExpires: 120\r\n",
+        );
+        loc.register(t0, &aor, &first, source, local, limits)
+            .expect("room for one");
+        let other: Arc<str> = "1002".into();
+        let second = register(
+            "c2",
+            1,
+            "Contact: <sip:1002@10.0.0.6:5060>\r\nExpires: 120\r\n",
+        );
+        let full = loc
+            .register(t0, &other, &second, source, local, limits)
+            .expect_err("full");
+        assert_eq!((full.status, full.reason), (503, "Registrar Full"));
+        assert_eq!(full.retry_after, Some(FULL_RETRY_AFTER));
+        let refresh = register(
+            "c1",
+            2,
+            "Contact: <sip:1001@10.0.0.5:5060>\r\nExpires: 300\r\n",
+        );
+        loc.register(t0, &aor, &refresh, source, local, limits)
+            .expect("a refresh adds nothing");
+        let removal = register(
+            "c1",
+            3,
+            "Contact: <sip:1001@10.0.0.5:5060>\r\nExpires: 0\r\n",
+        );
+        loc.register(t0, &aor, &removal, source, local, limits)
+            .expect("a removal passes");
+        assert!(loc.is_empty());
+        loc.register(t0, &other, &second, source, local, limits)
+            .expect("room again");
     }
 }

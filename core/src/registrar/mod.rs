@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 use crate::config::{Config, KeepaliveMode};
 use crate::engine::LocalSocket;
 use crate::ids::IdGen;
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, RequestShed};
 use crate::policy::{BuiltinPolicy, ContactView, KeepaliveDecision, SessionPolicy};
 use crate::ratelimit::RateLimit;
 use crate::sip::{
@@ -252,6 +252,7 @@ impl Registrar {
             min_expires: registrar.min_expires,
             max_expires: registrar.max_expires,
             max_contacts: registrar.max_contacts,
+            max_total: self.config.limits.max_registrations,
         };
         let aor_user = request.to.uri.user_part().unwrap_or_default();
         let mut auth = self.auth.lock().unwrap_or_else(|e| e.into_inner());
@@ -317,6 +318,11 @@ impl Registrar {
                 let mut r = reply(refusal.status, Some(refusal.reason));
                 if let Some(min) = refusal.min_expires {
                     r.headers.push(HeaderName::MinExpires, min.to_string());
+                }
+                if let Some(seconds) = refusal.retry_after {
+                    r.headers.push(HeaderName::RetryAfter, seconds.to_string());
+                    self.metrics.request_shed(RequestShed::MaxRegistrations);
+                    self.log_refusal(now, path, &aor_user, "limits.max_registrations reached");
                 }
                 return r;
             }

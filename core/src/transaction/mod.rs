@@ -11,15 +11,18 @@
 //! and [`TransactionLayer::poll_event`]; call [`TransactionLayer::handle_timeout`] at
 //! [`TransactionLayer::poll_timeout`]. `now` never goes backwards.
 
+pub mod budget;
 mod client;
 mod server;
 
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::sip::{HeaderName, Method, Request, Response, Via};
 use crate::timer::{Scheduled, TimerQueue};
+pub use budget::{TxBudget, TxShed};
 
 pub use client::ClientState;
 use client::ClientTx;
@@ -94,6 +97,10 @@ pub enum Inbound {
     Ack(Request),
     /// A retransmission or the ACK of a non-2xx final: handled here.
     Absorbed,
+    /// A request that would open a transaction past the [`TxBudget`]: no
+    /// transaction exists for it; the user answers it statelessly (503) on
+    /// the path given.
+    Refused(Request, TxShed, Path),
 }
 
 /// Where a message arrived: the socket it came in on and the peer's address.
@@ -119,6 +126,8 @@ pub struct TransactionLayer<O: Copy> {
     queue: TimerQueue<TxRef>,
     transmits: VecDeque<Transmit>,
     events: VecDeque<TxEvent<O>>,
+    /// Live transactions counted against the limits (shared by every worker).
+    budget: Arc<TxBudget>,
 }
 
 /// A timer-queue entry's target.
@@ -141,7 +150,22 @@ impl<O: Copy> TransactionLayer<O> {
             queue: TimerQueue::default(),
             transmits: VecDeque::new(),
             events: VecDeque::new(),
+            budget: Arc::new(TxBudget::default()),
         }
+    }
+
+    /// Counts this layer's transactions in `budget` (the daemon's, shared by
+    /// every worker) from now on; those alive move over to it.
+    pub fn set_budget(&mut self, budget: Arc<TxBudget>) {
+        for tx in self.servers.values() {
+            self.budget.release_server(tx.source);
+            let _ = budget.acquire_server(tx.source, true);
+        }
+        for _ in self.clients.values() {
+            self.budget.release_client();
+            budget.acquire_client();
+        }
+        self.budget = budget;
     }
 
     pub fn set_force_rport(&mut self, force_rport: bool) {
@@ -197,9 +221,18 @@ impl<O: Copy> TransactionLayer<O> {
         if request.method == Method::Ack {
             return Inbound::Ack(request);
         }
-        let id = ServerTxId(self.allocate_id());
         let reply_to = response_target(&request.via[0], path.remote, self.force_rport);
-        let mut tx = ServerTx::new(&request, key.clone(), path.local, reply_to);
+        // In-dialog requests and CANCELs serve what already exists: never shed.
+        let essential = request.is_in_dialog() || request.method == Method::Cancel;
+        if let Err(why) = self.budget.acquire_server(path.remote.ip(), essential) {
+            let reply = Path {
+                local: path.local,
+                remote: reply_to,
+            };
+            return Inbound::Refused(request, why, reply);
+        }
+        let id = ServerTxId(self.allocate_id());
+        let mut tx = ServerTx::new(&request, key.clone(), path, reply_to);
         if request.method == Method::Invite {
             // §17.2.1: a 100 stops the caller's retransmissions at once.
             let trying = request.response(100);
@@ -277,6 +310,7 @@ impl<O: Copy> TransactionLayer<O> {
         owner: O,
     ) -> ClientTxId {
         let id = ClientTxId(self.allocate_id());
+        self.budget.acquire_client();
         let key = client_key_for(request.top_via(), &request.cseq.method);
         let tx = ClientTx::start(
             now,
@@ -378,7 +412,19 @@ impl<O: Copy> TransactionLayer<O> {
         shrink(&mut self.client_keys);
         shrink(&mut self.servers);
         shrink(&mut self.server_keys);
+        let (clients, servers) = (&self.clients, &self.servers);
+        let live = clients.len() + servers.len();
+        self.queue
+            .purge_stale(live, |at, target| is_awaited(clients, servers, at, target));
         self.queue.compact();
+    }
+
+    /// Timer-queue entries, after dropping the stale ones (for leak checks).
+    pub fn timer_entries(&mut self) -> usize {
+        let (clients, servers) = (&self.clients, &self.servers);
+        self.queue
+            .purge(|at, target| is_awaited(clients, servers, at, target));
+        self.queue.len()
     }
 
     /// Fires every timer due at `now`.
@@ -432,21 +478,56 @@ impl<O: Copy> TransactionLayer<O> {
     /// Re-queues a transaction's next deadline, or removes it once terminated.
     fn reschedule(&mut self, target: TxRef) {
         match target {
-            TxRef::Client(id) => reschedule_in(
-                &mut self.clients,
-                &mut self.client_keys,
-                &mut self.queue,
-                id,
-                target,
-            ),
-            TxRef::Server(id) => reschedule_in(
-                &mut self.servers,
-                &mut self.server_keys,
-                &mut self.queue,
-                id,
-                target,
-            ),
+            TxRef::Client(id) => {
+                let removed = reschedule_in(
+                    &mut self.clients,
+                    &mut self.client_keys,
+                    &mut self.queue,
+                    id,
+                    target,
+                );
+                if removed.is_some() {
+                    self.budget.release_client();
+                }
+            }
+            TxRef::Server(id) => {
+                let removed = reschedule_in(
+                    &mut self.servers,
+                    &mut self.server_keys,
+                    &mut self.queue,
+                    id,
+                    target,
+                );
+                if let Some(tx) = removed {
+                    self.budget.release_server(tx.source);
+                }
+            }
         }
+    }
+}
+
+impl<O: Copy> Drop for TransactionLayer<O> {
+    /// A layer that goes away gives its slots back (the budget outlives it).
+    fn drop(&mut self) {
+        for tx in self.servers.values() {
+            self.budget.release_server(tx.source);
+        }
+        for _ in self.clients.values() {
+            self.budget.release_client();
+        }
+    }
+}
+
+/// Whether a timer-queue entry is the one its transaction waits for.
+fn is_awaited<O>(
+    clients: &HashMap<ClientTxId, Box<ClientTx<O>>>,
+    servers: &HashMap<ServerTxId, Box<ServerTx<O>>>,
+    at: Instant,
+    target: TxRef,
+) -> bool {
+    match target {
+        TxRef::Client(id) => clients.get(&id).is_some_and(|t| t.scheduled.is(at)),
+        TxRef::Server(id) => servers.get(&id).is_some_and(|t| t.scheduled.is(at)),
     }
 }
 
@@ -488,27 +569,27 @@ impl<O> Lingering for ServerTx<O> {
     }
 }
 
-/// Removes a terminated transaction (and its key, unless reused), or queues its
-/// next deadline.
+/// Removes a terminated transaction (and its key, unless reused) and returns
+/// it, or queues its next deadline.
 fn reschedule_in<Id: Copy + Eq + std::hash::Hash, T: Lingering>(
     txs: &mut HashMap<Id, Box<T>>,
     keys: &mut HashMap<String, Id>,
     queue: &mut TimerQueue<TxRef>,
     id: Id,
     target: TxRef,
-) {
-    let Some(tx) = txs.get_mut(&id) else { return };
+) -> Option<Box<T>> {
+    let tx = txs.get_mut(&id)?;
     if tx.is_terminated() {
         if keys.get(tx.key()) == Some(&id) {
             keys.remove(tx.key());
         }
-        txs.remove(&id);
-        return;
+        return txs.remove(&id);
     }
     let next = tx.next_deadline();
     if let Some(at) = tx.scheduled().update(next) {
         queue.schedule(at, target);
     }
+    None
 }
 
 /// Server transaction key (RFC 3261 §17.2.3). With a magic-cookie branch: branch,

@@ -2,10 +2,10 @@
 //! Accepted state) and non-INVITE (figure 8).
 
 use std::collections::VecDeque;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
-use super::{TimerValues, Transmit};
+use super::{Path, TimerValues, Transmit};
 use crate::sip::{Method, Request, Response};
 use crate::timer::Scheduled;
 use crate::timer_table;
@@ -32,6 +32,8 @@ pub(super) struct ServerTx<O> {
     invite: bool,
     pub(super) key: String,
     pub(super) local: SocketAddr,
+    /// The address the request came from (its slot in the [`super::TxBudget`]).
+    pub(super) source: IpAddr,
     pub(super) reply_to: SocketAddr,
     /// The last response sent, resent when the request is retransmitted.
     last_response: Option<Box<[u8]>>,
@@ -42,12 +44,7 @@ pub(super) struct ServerTx<O> {
 }
 
 impl<O: Copy> ServerTx<O> {
-    pub(super) fn new(
-        request: &Request,
-        key: String,
-        local: SocketAddr,
-        reply_to: SocketAddr,
-    ) -> Self {
+    pub(super) fn new(request: &Request, key: String, path: Path, reply_to: SocketAddr) -> Self {
         let invite = request.method == Method::Invite;
         ServerTx {
             state: if invite {
@@ -57,7 +54,8 @@ impl<O: Copy> ServerTx<O> {
             },
             invite,
             key,
-            local,
+            local: path.local,
+            source: path.remote.ip(),
             reply_to,
             last_response: None,
             timers: ServerTimers::default(),

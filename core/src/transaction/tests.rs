@@ -318,3 +318,65 @@ fn responses_go_where_rfc3261_and_3581_say() {
     let named = Via::parse("SIP/2.0/UDP host.example.com;branch=z9hG4bKx").expect("via");
     assert_eq!(response_target(&named, source, false).ip(), source.ip());
 }
+
+#[test]
+fn past_the_budget_new_requests_are_refused_while_dialogs_and_cancels_go_on() {
+    let t0 = Instant::now();
+    let limits = crate::config::LimitsConfig {
+        max_transactions: Some(2),
+        ..Default::default()
+    };
+    let budget = Arc::new(TxBudget::new(&limits));
+    let mut l = layer();
+    l.set_budget(budget.clone());
+    let Inbound::New(invite_tx, invite) =
+        l.receive_request(t0, request("INVITE", "z9hG4bKb1", ""), path())
+    else {
+        panic!("new");
+    };
+    l.send_request(t0, request("OPTIONS", "z9hG4bKmine", ""), path(), 1);
+    assert_eq!(budget.live(), 2, "server and client transactions count");
+    drain(&mut l);
+    // A new INVITE or OPTIONS would open a third: refused, with no state.
+    let Inbound::Refused(refused, why, reply) =
+        l.receive_request(t0, request("OPTIONS", "z9hG4bKb2", ";rport"), path())
+    else {
+        panic!("refused");
+    };
+    assert_eq!(why, TxShed::MaxTransactions);
+    assert_eq!(refused.method, Method::Options);
+    assert_eq!(reply.remote, path().remote);
+    assert_eq!(l.len(), 2);
+    // A request inside a dialog and a CANCEL are never refused.
+    let mut bye = request("BYE", "z9hG4bKb3", "");
+    bye.to.set_tag("t9");
+    let Inbound::New(bye_tx, bye) = l.receive_request(t0, bye, path()) else {
+        panic!("a BYE inside a dialog passes");
+    };
+    let cancel = request("CANCEL", "z9hG4bKb1", "");
+    let Inbound::New(cancel_tx, cancel) = l.receive_request(t0, cancel, path()) else {
+        panic!("a CANCEL passes");
+    };
+    assert_eq!(budget.live(), 4);
+    // Once they end, their slots come back, to the last one.
+    l.respond(t0, bye_tx, response_to(&bye, 200));
+    l.respond(t0, cancel_tx, response_to(&cancel, 200));
+    l.respond(t0, invite_tx, response_to(&invite, 486));
+    run_until(&mut l, t0, Duration::from_secs(64));
+    assert!(l.is_empty());
+    assert_eq!((budget.live(), budget.sources()), (0, 0));
+    assert_eq!(l.timer_entries(), 0);
+}
+
+#[test]
+fn a_dropped_layer_gives_its_slots_back() {
+    let t0 = Instant::now();
+    let budget = Arc::new(TxBudget::default());
+    let mut l = layer();
+    l.set_budget(budget.clone());
+    let _ = l.receive_request(t0, request("OPTIONS", "z9hG4bKd1", ""), path());
+    l.send_request(t0, request("OPTIONS", "z9hG4bKd2", ""), path(), 1);
+    assert_eq!(budget.live(), 2);
+    drop(l);
+    assert_eq!((budget.live(), budget.sources()), (0, 0));
+}

@@ -3,6 +3,7 @@
 //! the call flow it proves.
 
 mod policies;
+mod resources;
 mod session_timers;
 mod users;
 

@@ -1,0 +1,258 @@
+//! 100,000 calls through the real daemon, of every ending a carrier sees —
+//! answered and hung up, busy, cancelled while ringing, never answered — and
+//! afterwards the switch holds what it held idle: no call, dialog, transaction
+//! or timer, the same tokio tasks and the same open file descriptors
+//! (`vigil ctl status`'s `resources`).
+
+mod support;
+
+use std::net::{SocketAddr, UdpSocket};
+use std::time::{Duration, Instant};
+
+use support::{CALLER_PORT, Net, Vigil, caller, scenario, scenario_expecting};
+
+/// Calls of each failing kind; the rest of the 100,000 are answered.
+const EACH_FAILING: usize = 2_000;
+const TOTAL: usize = 100_000;
+const ANSWERED: usize = TOTAL - 3 * EACH_FAILING;
+
+/// Answered calls per second: what a debug build on a 2-core CI machine
+/// carries with sipp beside it, so the run stays under two minutes. Every
+/// caller sets `-l` (open calls): sipp's default derives it from the call's
+/// length and would throttle the 32 s unanswered calls to a crawl.
+const ANSWERED_RATE: usize = 1_000;
+const FAILING_RATE: usize = 25;
+
+/// Every outbound trunk on the callee address, one per way a call can end.
+fn config(net: Net, dir: &std::path::Path) -> String {
+    format!(
+        r#"listen: ["udp:{vigil}:5060"]
+trunks:
+  - name: pbx
+    inbound: {{ from: ["{caller}/32"] }}
+    route_to: carrier
+  - name: carrier
+    outbound: {{ to: "{callee}:5080" }}
+  - name: busy
+    outbound: {{ to: "{callee}:5081" }}
+  - name: ringing
+    outbound: {{ to: "{callee}:5082" }}
+  - name: silent
+    outbound: {{ to: "{callee}:5083" }}
+routes:
+  - {{ prefix: "2", trunk: busy }}
+  - {{ prefix: "3", trunk: ringing }}
+  - {{ prefix: "4", trunk: silent }}
+cdr: {{ path: "{cdr}" }}
+log: {{ level: "warn", format: json }}
+"#,
+        vigil = net.vigil,
+        caller = net.caller,
+        callee = net.callee,
+        cdr = dir.join("cdr.jsonl").display(),
+    )
+}
+
+/// A sipp UAS on the callee address at `port`.
+fn callee_on(
+    net: Net,
+    port: u16,
+    scenario_file: Option<&std::path::Path>,
+    calls: usize,
+) -> support::Sipp {
+    let mut args: Vec<String> = match scenario_file {
+        Some(f) => vec!["-sf".into(), f.display().to_string()],
+        None => vec!["-sn".into(), "uas".into()],
+    };
+    args.extend([
+        "-i".to_string(),
+        net.callee.to_string(),
+        "-p".into(),
+        port.to_string(),
+        "-m".into(),
+        calls.to_string(),
+    ]);
+    support::Sipp::spawn(&format!("callee-{port}"), &args)
+}
+
+fn resources(vigil: &Vigil) -> serde_json::Value {
+    let (ok, out, err) = vigil.ctl(&["status"]);
+    assert!(ok, "vigil ctl status failed: {err}");
+    let status: serde_json::Value =
+        serde_json::from_str(&out).unwrap_or_else(|e| panic!("not JSON ({e}): {out}"));
+    status["resources"].clone()
+}
+
+#[test]
+fn after_100000_calls_of_every_ending_the_switch_is_back_to_idle() {
+    let net = Net::new(70);
+    let dir = tempfile::tempdir().expect("dir");
+    let text = config(net, dir.path());
+    let vigil = Vigil::start_with(net, dir, &text);
+    // Tasks and descriptors idle; the readiness probe's OPTIONS transaction
+    // may still linger (Timer J), so state counts are checked at the end only.
+    let idle = resources(&vigil);
+    assert_eq!(idle["calls"], 0, "idle: {idle}");
+
+    // The callee that never answers: a socket that takes INVITEs and says nothing.
+    let _silent = UdpSocket::bind(SocketAddr::new(net.callee, 5083)).expect("bind silent callee");
+    let answering = callee_on(net, 5080, None, ANSWERED);
+    let busy = callee_on(net, 5081, Some(&scenario("uas_busy.xml")), EACH_FAILING);
+    let ringing = callee_on(
+        net,
+        5082,
+        Some(&scenario("uas_ring_cancel.xml")),
+        EACH_FAILING,
+    );
+    std::thread::sleep(Duration::from_millis(300));
+
+    let scenarios = tempfile::tempdir().expect("dir");
+    let rate = |r: usize| r.to_string();
+    let count = |n: usize| n.to_string();
+    let (answered_rate, failing_rate) = (rate(ANSWERED_RATE), rate(FAILING_RATE));
+    let (answered_n, failing_n) = (count(ANSWERED), count(EACH_FAILING));
+    let started = Instant::now();
+    let callers = [
+        caller(
+            net,
+            net.caller,
+            None,
+            "0049301234",
+            &[
+                "-r",
+                &answered_rate,
+                "-m",
+                &answered_n,
+                "-d",
+                "100",
+                "-timeout",
+                "200s",
+                "-l",
+                "5000",
+            ],
+        ),
+        caller(
+            net,
+            net.caller,
+            Some(&scenario_expecting(
+                scenarios.path(),
+                "uac_rejected.xml",
+                486,
+            )),
+            "2000",
+            &[
+                "-r",
+                &failing_rate,
+                "-m",
+                &failing_n,
+                "-p",
+                &(CALLER_PORT + 1).to_string(),
+                "-timeout",
+                "200s",
+                "-l",
+                "5000",
+            ],
+        ),
+        caller(
+            net,
+            net.caller,
+            Some(&scenario("uac_cancel.xml")),
+            "3000",
+            &[
+                "-r",
+                &failing_rate,
+                "-m",
+                &failing_n,
+                "-p",
+                &(CALLER_PORT + 2).to_string(),
+                "-timeout",
+                "200s",
+                "-l",
+                "5000",
+            ],
+        ),
+        caller(
+            net,
+            net.caller,
+            Some(&scenario_expecting(
+                scenarios.path(),
+                "uac_rejected.xml",
+                408,
+            )),
+            "4000",
+            &[
+                "-r",
+                &failing_rate,
+                "-m",
+                &failing_n,
+                "-p",
+                &(CALLER_PORT + 3).to_string(),
+                "-timeout",
+                "200s",
+                "-l",
+                "5000",
+            ],
+        ),
+    ];
+    for sipp in callers {
+        sipp.expect_success(Duration::from_secs(240));
+    }
+    for sipp in [answering, busy, ringing] {
+        sipp.expect_success(Duration::from_secs(30));
+    }
+    let traffic = started.elapsed();
+
+    // Every call has its CDR, each with the ending it had.
+    let cdrs = vigil.cdrs();
+    assert_eq!(cdrs.len(), TOTAL, "one CDR per call");
+    let ended = |reason: &str, code: Option<u64>| {
+        cdrs.iter()
+            .filter(|c| c["end_reason"] == reason && code.is_none_or(|code| c["sip_code"] == code))
+            .count()
+    };
+    assert_eq!(ended("caller-bye", None), ANSWERED);
+    assert_eq!(ended("rejected", Some(486)), EACH_FAILING);
+    assert_eq!(ended("cancelled", None), EACH_FAILING);
+    assert_eq!(ended("rejected", Some(408)), EACH_FAILING);
+
+    // Transactions linger at most 32 s (Timer D); then nothing is left.
+    let deadline = Instant::now() + Duration::from_secs(45);
+    let after = loop {
+        let now = resources(&vigil);
+        let drained = [
+            "calls",
+            "dialogs",
+            "transactions",
+            "timers",
+            "transactions_counted",
+        ]
+        .iter()
+        .all(|k| now[*k] == 0);
+        if drained || Instant::now() > deadline {
+            break now;
+        }
+        std::thread::sleep(Duration::from_secs(1));
+    };
+    for key in [
+        "calls",
+        "dialogs",
+        "transactions",
+        "timers",
+        "cdrs_pending",
+        "transactions_counted",
+        "transaction_sources",
+    ] {
+        assert_eq!(after[key], 0, "{key} after {TOTAL} calls: {after}");
+    }
+    assert_eq!(
+        after["tasks"], idle["tasks"],
+        "tokio tasks: idle {idle}, after {after}"
+    );
+    assert_eq!(
+        after["open_fds"], idle["open_fds"],
+        "file descriptors: idle {idle}, after {after}"
+    );
+    let stopped = vigil.stop();
+    assert!(stopped.status.success(), "{}", stopped.log);
+    eprintln!("{TOTAL} calls in {traffic:?}; idle {idle}; after {after}");
+}
