@@ -660,6 +660,38 @@ fn shutdown_ends_every_call_with_bye_on_both_legs() {
 }
 
 #[test]
+fn a_shutdown_paces_its_byes_in_batches() {
+    let mut h = Harness::new();
+    for i in 0..250 {
+        let call_id = format!("paced-{i}");
+        connected_call(&mut h, &call_id);
+    }
+    h.sent.clear();
+    let byes_to_caller = |h: &mut Harness| {
+        h.take(CALLER)
+            .iter()
+            .filter(|m| matches!(m, Message::Request(r) if r.method == Method::Bye))
+            .count()
+    };
+    h.engine.begin_shutdown(h.now);
+    h.collect();
+    assert_eq!(byes_to_caller(&mut h), 100, "the first batch at once");
+    assert_eq!(h.cdrs.len(), 100);
+    h.advance(Duration::from_millis(10));
+    assert_eq!(byes_to_caller(&mut h), 100, "the next one tick later");
+    h.advance(Duration::from_millis(10));
+    assert_eq!(byes_to_caller(&mut h), 50);
+    assert_eq!(h.cdrs.len(), 250);
+    assert!(
+        h.cdrs.iter().all(|c| c.end_reason == EndReason::Shutdown),
+        "every call ended by the shutdown"
+    );
+    // Calls arriving meanwhile are refused at once.
+    h.caller_sends(&invite("late", "0049301234", SDP));
+    assert_eq!(h.statuses(CALLER), vec![100, 503]);
+}
+
+#[test]
 fn requests_vigil_answers_itself() {
     let mut h = Harness::new();
     let options = "OPTIONS sip:127.0.0.1:5060 SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.2:5061;branch=z9hG4bK-o\r\n\
