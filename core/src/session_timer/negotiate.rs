@@ -4,6 +4,11 @@
 use crate::config::{PreferRefresher, SessionTimerConfig};
 use crate::sip::{HeaderName, Headers, Refresher, Request, Response, SessionExpires};
 
+/// The longest session interval Vigil keeps for a peer: a day. A longer one
+/// (an absurd Min-SE, a 2xx stretching the offer) would leave a dead peer's
+/// call up for longer than any billing period should.
+const MAX_INTERVAL: u32 = 86_400;
+
 /// Who refreshes a leg's session.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Who {
@@ -58,6 +63,11 @@ pub fn as_uas(request: &Request, config: &SessionTimerConfig) -> UasOutcome {
         };
     }
     if !peer_supports && !config.refresh_non_timer_peers {
+        return UasOutcome::NoTimer;
+    }
+    if their_min > MAX_INTERVAL {
+        // No interval both honours their Min-SE and keeps the call honest:
+        // the leg goes without a timer, under `no_timer_max_duration`.
         return UasOutcome::NoTimer;
     }
     let wanted = offered
@@ -132,17 +142,27 @@ pub fn uac_offer_headers(
 pub fn as_uac(response: &Response, offered: u32, config: &SessionTimerConfig) -> Option<Agreed> {
     let peer_supports = supports_timer(&response.headers);
     match response.session_expires() {
-        Some(se) => Some(Agreed {
-            interval: se.delta.max(1),
+        Some(se) => {
             // §7.2: refresher=uas hands the refreshing to the peer; uac (or, from
             // a sloppy UAS, nothing) leaves it with Vigil.
-            refresher: if se.refresher == Some(Refresher::Uas) {
+            let refresher = if se.refresher == Some(Refresher::Uas) {
                 Who::Peer
             } else {
                 Who::Vigil
-            },
-            peer_supports,
-        }),
+            };
+            // §9 lets a UAS reduce the interval, never raise it. Vigil keeps
+            // to its offer when it refreshes (refreshing early is always
+            // allowed); a peer that refreshes is held to at most a day.
+            let cap = match refresher {
+                Who::Vigil => offered.max(1),
+                Who::Peer => MAX_INTERVAL,
+            };
+            Some(Agreed {
+                interval: se.delta.clamp(1, cap),
+                refresher,
+                peer_supports,
+            })
+        }
         None if config.refresh_non_timer_peers => Some(Agreed {
             interval: offered,
             refresher: Who::Vigil,
@@ -155,7 +175,6 @@ pub fn as_uac(response: &Response, offered: u32, config: &SessionTimerConfig) ->
 /// The interval to retry with after a 422 (§7.4): the peer's Min-SE, if it is
 /// within what Vigil accepts (at least our Min-SE, at most a day).
 pub fn retry_after_422(response: &Response, config: &SessionTimerConfig) -> Option<u32> {
-    const MAX_INTERVAL: u32 = 86_400;
     let theirs = response.min_se()?.0;
     (theirs <= MAX_INTERVAL).then(|| theirs.max(config.min_se))
 }
@@ -244,6 +263,9 @@ To: <sip:b@h>\r\nCall-ID: c\r\nCSeq: 1 INVITE\r\n{extra}\r\n"
         // Their Min-SE above our ttl wins over the reduction to ttl.
         let r = invite("Supported: timer\r\nSession-Expires: 1800\r\nMin-SE: 900\r\n");
         assert_eq!(as_uas(&r, &c), timer(900, Who::Peer, true));
+        // A Min-SE beyond a day cannot be honoured: no timer on that leg.
+        let r = invite("Supported: timer\r\nSession-Expires: 999999\r\nMin-SE: 999999\r\n");
+        assert_eq!(as_uas(&r, &c), UasOutcome::NoTimer);
         let local = SessionTimerConfig {
             prefer_refresher: PreferRefresher::Local,
             ..c
@@ -320,9 +342,32 @@ To: <sip:b@h>\r\nCall-ID: c\r\nCSeq: 1 INVITE\r\n{extra}\r\n"
             })
         );
         assert_eq!(
+            as_uac(&ok("Session-Expires: 300;refresher=uac\r\n"), 600, &c)
+                .map(|a| (a.interval, a.refresher)),
+            Some((300, Who::Vigil)),
+            "a UAS may reduce the interval"
+        );
+        assert_eq!(
             as_uac(&ok("Session-Expires: 900;refresher=uac\r\n"), 600, &c)
                 .map(|a| (a.interval, a.refresher)),
-            Some((900, Who::Vigil))
+            Some((600, Who::Vigil)),
+            "not raise it: Vigil refreshes at its offer"
+        );
+        assert_eq!(
+            as_uac(&ok("Session-Expires: 7200;refresher=uas\r\n"), 600, &c)
+                .map(|a| (a.interval, a.refresher)),
+            Some((7200, Who::Peer)),
+            "a peer that refreshes keeps its (sloppy) interval..."
+        );
+        assert_eq!(
+            as_uac(
+                &ok("Session-Expires: 4000000000;refresher=uas\r\n"),
+                600,
+                &c
+            )
+            .map(|a| a.interval),
+            Some(86_400),
+            "...up to a day"
         );
         assert_eq!(
             as_uac(&ok(""), 600, &c).map(|a| a.refresher),
