@@ -253,6 +253,10 @@ fn reject_with(lossy: &str, status: u16, reason: &str) -> DecodeError {
     }
 }
 
+fn is_forbidden_control(c: char) -> bool {
+    c.is_ascii_control() && c != '\t'
+}
+
 fn truncate(s: &str) -> String {
     s.chars().take(40).collect()
 }
@@ -307,8 +311,9 @@ fn decode_core(raw: &RawHead<'_>, body: &[u8]) -> Result<Core, (u16, String)> {
     let to =
         NameAddr::parse(required(HeaderName::To)?).map_err(|e| bad(format!("Invalid To: {e}")))?;
     let call_id = required(HeaderName::CallId)?;
-    // callid = word [ "@" word ]: no whitespace, not empty.
-    if call_id.is_empty() || call_id.contains(|c: char| c.is_whitespace()) {
+    // callid = word [ "@" word ]: printable ASCII, not empty. A NUL or a
+    // terminal escape would otherwise ride into CDRs, logs and `vigil ctl`.
+    if call_id.is_empty() || !call_id.chars().all(|c| c.is_ascii_graphic()) {
         return Err(bad("Invalid Call-ID".into()));
     }
     let cseq =
@@ -411,6 +416,10 @@ fn decode_request(raw: RawHead<'_>, body: &[u8]) -> Result<Request, DecodeError>
     // Request-Line = Method SP Request-URI SP SIP-Version: exactly one SP each
     // (RFC 4475 `lwsstart`, `trws`, `lwsruri`).
     let parts: Vec<&str> = raw.start_line.split(' ').collect();
+    // Control characters are nowhere in a Request-Line's grammar.
+    if raw.start_line.contains(is_forbidden_control) {
+        return Err(raw.reject(400, "Malformed Request-Line"));
+    }
     let [method, uri, version] = parts[..] else {
         return Err(raw.reject(400, "Malformed Request-Line"));
     };
@@ -586,6 +595,21 @@ v=0\r\nEXTRA";
         assert_eq!(status, 505);
         let (_, reason) = rejected(&INVITE.replace("CSeq: 1 INVITE", "CSeq: 1 BYE"));
         assert!(reason.contains("CSeq Method"), "{reason}");
+    }
+
+    #[test]
+    fn control_characters_are_refused_in_call_ids_and_request_lines() {
+        // Found by the mutation flood: a bit flip turned `Call-ID: ` into
+        // `Call-ID:\0`, and the call went through with a NUL in its CDR.
+        for ctl in ['\0', '\x1b', '\x15', '\x7f'] {
+            let text = INVITE.replace("i: call-1@10.0.0.1", &format!("i: call{ctl}-1@10.0.0.1"));
+            assert_eq!(rejected(&text), (400, "Invalid Call-ID".into()), "{ctl:?}");
+        }
+        let text = INVITE.replacen("INVITE sip:", "INVITE sip:\x1b[2J", 1);
+        assert_eq!(rejected(&text).1, "Malformed Request-Line");
+        // In a quoted string they may be escaped (RFC 4475 `intmeth`).
+        let quoted = INVITE.replace("\"Alice\"", "\"NUL:\\\0 ESC:\\\x1b\"");
+        assert!(decode(quoted.as_bytes()).is_ok(), "{quoted:?}");
     }
 
     #[test]
