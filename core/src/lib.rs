@@ -17,6 +17,7 @@ pub mod policy;
 pub mod ratelimit;
 pub mod registrar;
 pub mod session_timer;
+pub mod shrink;
 pub mod sip;
 pub mod timer;
 pub mod transaction;

@@ -23,6 +23,7 @@ use crate::policy::Policies;
 use crate::ratelimit::RateLimit;
 use crate::registrar::digest::DigestAuth;
 use crate::registrar::location::LocationView;
+use crate::shrink;
 use crate::sip::{ALLOWED_METHODS, HeaderName, MediaType, Message, Method, Request, Response};
 use crate::timer::TimerQueue;
 use crate::transaction::{
@@ -308,6 +309,9 @@ impl Engine {
         self.call_timers.purge_stale(calls.len(), |at, key| {
             calls.get(&key).is_some_and(|c| c.scheduled.is(at))
         });
+        shrink::after_burst(&mut self.calls);
+        shrink::after_burst(&mut self.by_a);
+        shrink::after_burst(&mut self.by_b);
         while let Some((at, key)) = self.call_timers.pop_due(now) {
             let live = self
                 .calls

@@ -303,8 +303,9 @@ impl DigestAuth {
             }
         }
         // After a burst of registrations the tables keep their capacity.
-        if self.used.capacity() > 1024 && self.used.len() * 4 < self.used.capacity() {
-            self.used.shrink_to(self.used.len() * 2);
+        let peak = self.used.capacity();
+        crate::shrink::after_burst(&mut self.used);
+        if self.used.capacity() < peak {
             self.used_order.shrink_to(self.used_order.len() * 2);
         }
     }

@@ -20,6 +20,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::shrink;
 use crate::sip::{HeaderName, Method, Request, Response, Via};
 use crate::timer::{Scheduled, TimerQueue};
 pub use budget::{TxBudget, TxShed};
@@ -403,15 +404,10 @@ impl<O: Copy> TransactionLayer<O> {
 
     /// Gives memory back after a burst: tables that are mostly empty shrink.
     fn compact(&mut self) {
-        fn shrink<K: std::hash::Hash + Eq, V>(map: &mut HashMap<K, V>) {
-            if map.capacity() > 1024 && map.len() * 4 < map.capacity() {
-                map.shrink_to(map.len() * 2);
-            }
-        }
-        shrink(&mut self.clients);
-        shrink(&mut self.client_keys);
-        shrink(&mut self.servers);
-        shrink(&mut self.server_keys);
+        shrink::after_burst(&mut self.clients);
+        shrink::after_burst(&mut self.client_keys);
+        shrink::after_burst(&mut self.servers);
+        shrink::after_burst(&mut self.server_keys);
         let (clients, servers) = (&self.clients, &self.servers);
         let live = clients.len() + servers.len();
         self.queue
