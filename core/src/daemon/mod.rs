@@ -26,7 +26,7 @@ use crate::cdr::{CdrWriter, CdrWriterError};
 use crate::config::Config;
 use crate::engine::LocalSocket;
 use crate::ingress::overload::{Overload, Refusal};
-use crate::ingress::{Ingress, Verdict, is_new_call};
+use crate::ingress::{Ingress, Verdict};
 use crate::metrics::{CallShed, DatagramDrop, Metrics};
 use crate::policy::{PolicyLoader, SessionPolicy};
 use crate::ratelimit::RateLimit;
@@ -398,6 +398,33 @@ struct Inputs {
     overloads: latest::Receiver<Arc<Overload>>,
 }
 
+/// Whether a receive loop keeps up with its socket. A loop that finds the
+/// socket empty now and then is keeping up; one that has read without ever
+/// finding it empty for [`Backlog::BEHIND_AFTER`] is working through a backlog
+/// in the kernel's buffer that it cannot see (no datagram in it can have
+/// waited longer than that) — datagrams waiting longer and longer until
+/// callers retransmit, which only adds load. New calls are then
+/// shed (a 503 costs a tenth of a call) until it catches up.
+#[derive(Debug, Default)]
+struct Backlog {
+    caught_up: Option<Instant>,
+}
+
+impl Backlog {
+    /// A datagram waits in the kernel at most this long before shedding
+    /// starts: well inside T1 (500 ms), when callers start retransmitting.
+    const BEHIND_AFTER: Duration = Duration::from_millis(200);
+
+    fn caught_up(&mut self, now: Instant) {
+        self.caught_up = Some(now);
+    }
+
+    fn is_behind(&self, now: Instant) -> bool {
+        self.caught_up
+            .is_some_and(|at| now.duration_since(at) >= Self::BEHIND_AFTER)
+    }
+}
+
 /// Reads datagrams from one socket, judges them and hands them on.
 async fn receive_loop(
     socket: Arc<UdpSocket>,
@@ -413,8 +440,20 @@ async fn receive_loop(
     let mut buf = vec![0u8; MAX_DATAGRAM + 1];
     let mut errors_log = RateLimit::new(5, Duration::from_secs(10));
     let mut overload_log = RateLimit::new(5, Duration::from_secs(10));
+    let mut backlog = Backlog::default();
     loop {
-        let (len, remote) = match socket.recv_from(&mut buf).await {
+        // Try first without waiting: finding the socket empty is how this loop
+        // knows it keeps up (see [`Backlog`]).
+        let received = match socket.try_recv_from(&mut buf) {
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                let received = socket.recv_from(&mut buf).await;
+                // It came while this loop waited: nothing older is queued.
+                backlog.caught_up(Instant::now());
+                received
+            }
+            other => other,
+        };
+        let (len, remote) = match received {
             Ok(r) => r,
             Err(e) => {
                 if let Some(suppressed) = errors_log.allow(Instant::now()) {
@@ -450,18 +489,22 @@ async fn receive_loop(
                 worker,
                 message,
                 admitted,
+                fresh_call,
             } => {
-                // A worker falling behind sheds new calls first, long before
-                // its queue is full of what calls in progress need.
-                if let Message::Request(request) = message.as_ref()
-                    && is_new_call(request)
-                    && inputs.workers[worker].capacity() < WORKER_QUEUE / 2
+                // Falling behind — a worker's queue half full, or this loop
+                // reading a backlog for a while — sheds new calls first, long
+                // before the queues are full of what calls in progress need.
+                if fresh_call
+                    && let Message::Request(request) = message.as_ref()
+                    && (inputs.workers[worker].capacity() < WORKER_QUEUE / 2
+                        || backlog.is_behind(now))
                 {
                     let why = Refusal {
                         reason: CallShed::Overload,
                         retry_after: 2,
                     };
-                    if let Verdict::Reply { bytes, to } = ingress.shed(request, path, &config, why)
+                    if let Verdict::Reply { bytes, to } =
+                        ingress.shed(now, request, path, &config, why)
                     {
                         transport
                             .send(&Transmit {
@@ -508,5 +551,24 @@ async fn receive_loop(
             }
             Verdict::Drop(_) => {}
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_loop_is_behind_only_after_reading_a_backlog_for_200_ms() {
+        let t0 = Instant::now();
+        let mut backlog = Backlog::default();
+        assert!(!backlog.is_behind(t0), "nothing read yet");
+        backlog.caught_up(t0);
+        assert!(!backlog.is_behind(t0 + Duration::from_millis(150)));
+        assert!(backlog.is_behind(t0 + Duration::from_millis(250)));
+        // Finding the socket empty again (or a datagram arriving while it
+        // waited) resets it.
+        backlog.caught_up(t0 + Duration::from_millis(300));
+        assert!(!backlog.is_behind(t0 + Duration::from_millis(400)));
     }
 }

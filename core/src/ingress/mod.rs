@@ -12,6 +12,7 @@
 //! What goes to no worker is counted by reason (`vigil_datagrams_dropped_total`).
 
 pub mod overload;
+pub mod recent;
 
 use std::collections::hash_map::DefaultHasher;
 use std::hash::{Hash, Hasher};
@@ -27,16 +28,20 @@ use crate::registrar::REGISTRAR_WORKER;
 use crate::sip::{DecodeError, HeaderName, Message, Method, Request, decode};
 use crate::transaction::{Path, response_target};
 use overload::{Overload, Refusal};
+use recent::{RecentInvites, Seen};
 
 /// What to do with a datagram.
 #[derive(Debug)]
 pub enum Verdict {
     /// Hand to worker `worker`. `admitted` is false for an in-dialog request from
-    /// an unknown address.
+    /// an unknown address. `fresh_call` is true for the first copy of a new
+    /// INVITE: only such a one may still be shed (not a retransmission of a
+    /// call already let in, whose caller must not get a 503 for it).
     Dispatch {
         worker: usize,
         message: Box<Message>,
         admitted: bool,
+        fresh_call: bool,
     },
     /// Hand to the registrar: a REGISTER, or an answer to its keep-alive pings.
     Registrar(Box<Message>),
@@ -73,6 +78,8 @@ pub struct Ingress {
     metrics: Arc<Metrics>,
     /// The overload limits (shared by every receive loop).
     overload: Arc<Overload>,
+    /// The verdicts new INVITEs got, for their retransmissions.
+    recent: RecentInvites,
 }
 
 impl Ingress {
@@ -89,6 +96,7 @@ impl Ingress {
             forbidden_log: RateLimit::new(10, Duration::from_secs(10)),
             metrics,
             overload: Arc::new(Overload::unlimited()),
+            recent: RecentInvites::default(),
         }
     }
 
@@ -97,15 +105,24 @@ impl Ingress {
         self.overload = overload;
     }
 
-    /// Answers a new INVITE `503` with `Retry-After` (it is shed) and counts it.
+    /// Answers a new INVITE `503` with `Retry-After` (it is shed), counts it
+    /// and remembers it, so that its retransmissions get the same answer.
     pub fn shed(
         &mut self,
+        now: Instant,
         request: &Request,
         path: Path,
         config: &Config,
         why: Refusal,
     ) -> Verdict {
         self.metrics.call_shed(why.reason);
+        self.recent
+            .record(now, request, path.remote, Seen::Refused(why));
+        self.refusal(request, path, config, why)
+    }
+
+    /// The stateless `503` with `Retry-After` for a shed INVITE.
+    fn refusal(&mut self, request: &Request, path: Path, config: &Config, why: Refusal) -> Verdict {
         let mut r = request.response(503);
         let tag = self.ids.tag();
         r.to.set_tag(&tag);
@@ -174,6 +191,7 @@ impl Ingress {
                     worker,
                     message: Box::new(Message::Response(response)),
                     admitted,
+                    fresh_call: false,
                 },
                 _ => {
                     self.metrics.datagram_dropped(DatagramDrop::Stray);
@@ -210,10 +228,23 @@ impl Ingress {
                         to,
                     };
                 }
-                if is_new_call(&request)
-                    && let Err(why) = self.overload.admit_call()
-                {
-                    return self.shed(&request, path, config, why);
+                let mut fresh_call = false;
+                if is_new_call(&request) {
+                    match self.recent.seen(now, &request, path.remote) {
+                        // A retransmission: the first copy's answer stands.
+                        Some(Seen::Admitted) => {}
+                        Some(Seen::Refused(why)) => {
+                            return self.refusal(&request, path, config, why);
+                        }
+                        None => {
+                            if let Err(why) = self.overload.admit_call() {
+                                return self.shed(now, &request, path, config, why);
+                            }
+                            self.recent
+                                .record(now, &request, path.remote, Seen::Admitted);
+                            fresh_call = true;
+                        }
+                    }
                 }
                 let worker = worker_of(&request.call_id)
                     .filter(|&w| w < self.workers)
@@ -222,6 +253,7 @@ impl Ingress {
                     worker,
                     message: Box::new(Message::Request(request)),
                     admitted,
+                    fresh_call,
                 }
             }
         }
@@ -363,5 +395,54 @@ From: <sip:a@b>;tag=1\r\nTo: <sip:c@d>;tag=2\r\nCall-ID: x\r\nCSeq: 1 INVITE\r\n
         assert_eq!(counted(DatagramDrop::Forbidden), 0);
         ingress.classify(now, &config(), OPTIONS.as_bytes(), path("203.0.113.7:4000"));
         assert_eq!(counted(DatagramDrop::Forbidden), 1);
+    }
+
+    fn invite(call_id: &str) -> Vec<u8> {
+        format!(
+            "INVITE sip:1@127.0.0.1 SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.2:5061;branch=z9hG4bK{call_id}\r\n\
+From: <sip:a@b>;tag=1\r\nTo: <sip:1@127.0.0.1>\r\nCall-ID: {call_id}\r\nCSeq: 1 INVITE\r\n\r\n"
+        )
+        .into_bytes()
+    }
+
+    /// Found by the 3x spike benchmark: a retransmitted INVITE of an admitted
+    /// call looked new and got a 503 once the bucket was empty; its caller
+    /// gave up while the call went on, to be billed 32 s at its ACK timeout.
+    #[test]
+    fn retransmissions_get_the_verdict_of_their_first_copy() {
+        let metrics = Arc::new(Metrics::default());
+        let mut ingress = Ingress::with_metrics(2, metrics.clone());
+        let limits = crate::config::LimitsConfig {
+            max_cps: Some(1),
+            ..Default::default()
+        };
+        ingress.set_overload(Arc::new(Overload::new(&limits, metrics.clone())));
+        let (config, now, from) = (config(), Instant::now(), path("127.0.0.2:5061"));
+        let fresh = |v: &Verdict| match v {
+            Verdict::Dispatch { fresh_call, .. } => Some(*fresh_call),
+            _ => None,
+        };
+        let is_503 = |v: &Verdict| matches!(v, Verdict::Reply { bytes, .. } if bytes.starts_with(b"SIP/2.0 503"));
+        let first = ingress.classify(now, &config, &invite("a"), from);
+        assert_eq!(fresh(&first), Some(true), "admitted: {first:?}");
+        let again = ingress.classify(now, &config, &invite("a"), from);
+        assert_eq!(fresh(&again), Some(false), "its retransmission: {again:?}");
+        let other = ingress.classify(now, &config, &invite("b"), from);
+        assert!(is_503(&other), "over max_cps: {other:?}");
+        // The bucket refills on the real clock.
+        std::thread::sleep(Duration::from_millis(1100));
+        let later = now + Duration::from_secs(2);
+        let other_again = ingress.classify(later, &config, &invite("b"), from);
+        assert!(
+            is_503(&other_again),
+            "refused again, though a token is free: {other_again:?}"
+        );
+        assert_eq!(
+            metrics.calls_shed(crate::metrics::CallShed::MaxCps),
+            1,
+            "a call is counted once"
+        );
+        let c = ingress.classify(later, &config, &invite("c"), from);
+        assert_eq!(fresh(&c), Some(true), "the token went to a new call");
     }
 }
