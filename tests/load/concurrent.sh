@@ -111,8 +111,10 @@ else
     RPS="-"
 fi
 
+STOP0=$(date +%s.%N)
 kill -TERM "$VIGIL"
 wait "$VIGIL" || true
+STOP_S=$(awk -v a="$STOP0" -v b="$(date +%s.%N)" 'BEGIN { printf "%.2f", b - a }')
 # Vigil's shutdown BYEs every call; give the caller's sipp time to count them.
 for _ in $(seq 30); do kill -0 "$UAC" 2>/dev/null || break; sleep 1; done
 kill -TERM "$UAC" 2>/dev/null || true
@@ -134,3 +136,4 @@ echo "rss per call:       ${PER_CALL} kB"
 echo "cpu holding:        ${CPU_PCT} % of one core"
 echo "refreshes per s:    ${RPS}"
 echo "refresh summary:    ${SUMMARY}"
+echo "shutdown:           ${STOP_S} s from SIGTERM to exit, every call BYEd (caller side ok=${UAC_OK} of ${CALLS})"
