@@ -125,7 +125,10 @@ pub fn our_via(advertised: SocketAddr, branch: String) -> Via {
 pub fn raw_user(uri: &Uri) -> Option<String> {
     match uri {
         Uri::Sip(u) => u.user.clone(),
-        Uri::Other { rest, .. } => Some(rest.clone()),
+        // A tel: number, or whatever another scheme holds: escaped, since it
+        // may carry what a SIP user part cannot (`foo:11@host:5061`, found by
+        // the engine fuzzer, made a B-leg From Vigil itself rejects).
+        Uri::Other { rest, .. } => Some(crate::sip::escape_user(rest)),
     }
 }
 

@@ -28,4 +28,4 @@ pub use typed::{
     CSeq, MAGIC_COOKIE, MediaType, Method, MinSe, NameAddr, Refresher, SessionExpires, ValueError,
     Via,
 };
-pub use uri::{Host, SipUri, Uri, UriError};
+pub use uri::{Host, SipUri, Uri, UriError, escape_user};

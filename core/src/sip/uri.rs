@@ -152,6 +152,21 @@ fn escaped_chars_ok(s: &str, extra: &[char]) -> bool {
     true
 }
 
+/// `s` as a SIP URI's user part: what the grammar does not allow there is
+/// `%HH`-escaped (an `@`, a `:`, a `%`), so any text can become a user.
+pub fn escape_user(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        let c = b as char;
+        if b.is_ascii() && (is_unreserved(c) || USER_EXTRA.contains(&c)) {
+            out.push(c);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
 /// `user-unreserved = "&" / "=" / "+" / "$" / "," / ";" / "?" / "/"`
 const USER_EXTRA: &[char] = &['&', '=', '+', '$', ',', ';', '?', '/'];
 /// Characters a password may carry besides unreserved and escaped.

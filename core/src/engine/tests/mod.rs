@@ -692,6 +692,35 @@ fn a_shutdown_paces_its_byes_in_batches() {
 }
 
 #[test]
+fn a_caller_uri_of_another_scheme_makes_a_valid_b_leg_from() {
+    // Found by the engine fuzzer: `sip00:11@127.0.0.2:5061` (any scheme but
+    // sip) went into the B leg's From as a user part with `@` and `:` in it.
+    let mut h = Harness::new();
+    let text = invite("odd-from", "0049301234", SDP).replace(
+        "<sip:1001@127.0.0.2:5061>;tag=caller-tag",
+        "<sip00:11@127.0.0.2:5061>;tag=caller-tag",
+    );
+    h.caller_sends(&text);
+    let b = h.take_one_request(CALLEE, Method::Invite);
+    assert_eq!(b.from.uri.user_part().as_deref(), Some("11@127.0.0.2:5061"));
+    assert!(
+        b.from
+            .uri
+            .to_string()
+            .starts_with("sip:11%40127.0.0.2%3A5061@"),
+        "{}",
+        b.from.uri
+    );
+    let tel = invite("tel-from", "0049301234", SDP).replace(
+        "<sip:1001@127.0.0.2:5061>;tag=caller-tag",
+        "<tel:+4930111>;tag=caller-tag",
+    );
+    h.caller_sends(&tel);
+    let b = h.take_one_request(CALLEE, Method::Invite);
+    assert_eq!(b.from.uri.user_part().as_deref(), Some("+4930111"));
+}
+
+#[test]
 fn requests_vigil_answers_itself() {
     let mut h = Harness::new();
     let options = "OPTIONS sip:127.0.0.1:5060 SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.2:5061;branch=z9hG4bK-o\r\n\
