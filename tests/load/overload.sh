@@ -135,6 +135,9 @@
 # Run it on an otherwise idle machine: the header prints the load average.
 
 set -euo pipefail
+# Process bookkeeping shared by the load scripts (descendants, stop_tree, ...).
+# shellcheck source=tests/load/lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 # ---------------------------------------------------------------------------
 # Settings
@@ -260,56 +263,6 @@ PIDS=()
 WORK=""
 CGROUP_DIR=""
 
-descendants() {
-	ps -e -o pid= -o ppid= | awk -v root="$1" '
-		{ parent[$1] = $2 }
-		END {
-			found[root] = 1
-			do {
-				added = 0
-				for (p in parent)
-					if (!(p in found) && (parent[p] in found)) { found[p] = 1; added = 1 }
-			} while (added)
-			for (p in found) if (p != root) print p
-		}'
-}
-
-tree_pids() {
-	echo "$1"
-	descendants "$1"
-}
-
-alive() {
-	kill -0 "$1" 2>/dev/null
-}
-
-# SIGTERM to $1 and its descendants, up to $2 s (default 10), then SIGKILL.
-stop_tree() {
-	local pid="$1" grace="${2:-10}" pids i
-	alive "$pid" || { wait "$pid" 2>/dev/null || true; return 0; }
-	pids="$(tree_pids "$pid" | tr '\n' ' ')"
-	# shellcheck disable=SC2086
-	kill -TERM $pids 2>/dev/null || true
-	for ((i = 0; i < grace * 10; i++)); do
-		alive "$pid" || break
-		sleep 0.1
-	done
-	# shellcheck disable=SC2086
-	kill -KILL $pids 2>/dev/null || true
-	wait "$pid" 2>/dev/null || true
-}
-
-forget_pid() {
-	local keep=() p
-	for p in "${PIDS[@]}"; do [[ "$p" == "$1" ]] || keep+=("$p"); done
-	PIDS=("${keep[@]+"${keep[@]}"}")
-}
-
-stop_pid() {
-	stop_tree "$1" "${2:-10}"
-	forget_pid "$1"
-}
-
 remove_cgroup() {
 	local i
 	[[ -n "$CGROUP_DIR" && -d "$CGROUP_DIR" ]] || return 0
@@ -322,21 +275,9 @@ remove_cgroup() {
 	CGROUP_DIR=""
 }
 
-cleanup() {
-	local rc=$? p
-	trap - EXIT INT TERM
-	for p in "${PIDS[@]+"${PIDS[@]}"}"; do
-		stop_tree "$p" 3
-	done
+# What cleanup (lib.sh) does besides stopping processes and the work dir.
+cleanup_more() {
 	remove_cgroup
-	if [[ -n "$WORK" && -d "$WORK" ]]; then
-		if [[ "$KEEP" == 1 ]]; then
-			log "work dir kept: $WORK"
-		else
-			rm -rf "$WORK"
-		fi
-	fi
-	exit "$rc"
 }
 
 # ---------------------------------------------------------------------------
@@ -582,17 +523,6 @@ start_uas() {
 	UAS_PID=$!
 	PIDS+=("$UAS_PID")
 	wait_for_port "$HOST" "$UAS_PORT" "$UAS_PID" "sipp UAS" "$dir/uas.out"
-}
-
-# Lets the UAS finish its calls (4 s timewait) and write its last stats.
-stop_uas() {
-	local i
-	kill -USR1 "$UAS_PID" 2>/dev/null || true
-	for ((i = 0; i < 60; i++)); do
-		alive "$UAS_PID" || break
-		sleep 0.1
-	done
-	stop_pid "$UAS_PID" 3
 }
 
 # Starts a UAC in the background; sets UAC_PID.
