@@ -10,11 +10,6 @@ use std::time::{Duration, Instant};
 
 use support::{Net, Vigil, callee, caller, scenario};
 
-/// `vigil ctl --config FILE ARGS...`: (exit ok, stdout, stderr).
-fn ctl(vigil: &Vigil, args: &[&str]) -> (bool, String, String) {
-    vigil.ctl(args)
-}
-
 fn json(text: &str) -> serde_json::Value {
     serde_json::from_str(text).unwrap_or_else(|e| panic!("not JSON ({e}): {text}"))
 }
@@ -34,7 +29,7 @@ fn ctl_lists_a_live_call_with_its_timers_and_hangs_it_up() {
     // Wait for the call to be answered.
     let deadline = Instant::now() + Duration::from_secs(10);
     let call = loop {
-        let (ok, stdout, stderr) = ctl(&vigil, &["calls"]);
+        let (ok, stdout, stderr) = vigil.ctl(&["calls"]);
         assert!(ok, "{stderr}");
         let calls = json(&stdout);
         if let Some(call) = calls
@@ -63,28 +58,28 @@ fn ctl_lists_a_live_call_with_its_timers_and_hangs_it_up() {
         assert!(next > 290.0 && next <= 300.0, "{call}");
     }
     let call_id = call["call_id"].as_str().expect("call_id").to_string();
-    let (ok, stdout, _) = ctl(&vigil, &["call", &call_id]);
+    let (ok, stdout, _) = vigil.ctl(&["call", &call_id]);
     assert!(ok);
     assert_eq!(json(&stdout)["call_id"], call_id.as_str());
 
-    let (ok, stdout, stderr) = ctl(&vigil, &["hangup", &call_id]);
+    let (ok, stdout, stderr) = vigil.ctl(&["hangup", &call_id]);
     assert!(ok, "{stderr}");
     assert_eq!(json(&stdout)["call_id"], call_id.as_str());
     // Both sipps got their BYE and answered it.
     uac.expect_success(Duration::from_secs(10));
     uas.expect_success(Duration::from_secs(10));
 
-    let (ok, _, stderr) = ctl(&vigil, &["hangup", &call_id]);
+    let (ok, _, stderr) = vigil.ctl(&["hangup", &call_id]);
     assert!(!ok && stderr.contains("no call with Call-ID"), "{stderr}");
-    let (ok, stdout, _) = ctl(&vigil, &["status"]);
+    let (ok, stdout, _) = vigil.ctl(&["status"]);
     assert!(ok);
     let status = json(&stdout);
     assert_eq!(status["generation"], 1, "{status}");
     assert_eq!(status["calls"], 0, "{status}");
     assert!(status["last_error"].is_null(), "{status}");
-    let (ok, _, stderr) = ctl(&vigil, &["registrations"]);
+    let (ok, _, stderr) = vigil.ctl(&["registrations"]);
     assert!(!ok && stderr.contains("no registrar"), "{stderr}");
-    let (ok, _, stderr) = ctl(&vigil, &["dance"]);
+    let (ok, _, stderr) = vigil.ctl(&["dance"]);
     assert!(!ok && stderr.contains("unknown command"), "{stderr}");
 
     let stopped = vigil.stop();
@@ -122,7 +117,7 @@ fn trace_switched_on_and_off_at_run_time_logs_the_trunks_messages() {
             .expect_success(Duration::from_secs(20));
         uas.expect_success(Duration::from_secs(10));
     };
-    let (ok, stdout, stderr) = ctl(&vigil, &["trace", "on", "carrier"]);
+    let (ok, stdout, stderr) = vigil.ctl(&["trace", "on", "carrier"]);
     assert!(ok, "{stderr}");
     assert_eq!(json(&stdout), serde_json::json!(["carrier"]));
     call();
@@ -142,14 +137,14 @@ fn trace_switched_on_and_off_at_run_time_logs_the_trunks_messages() {
         "the pbx trunk is not traced:\n{traced}"
     );
 
-    let (ok, stdout, _) = ctl(&vigil, &["trace", "off", "carrier"]);
+    let (ok, stdout, _) = vigil.ctl(&["trace", "off", "carrier"]);
     assert!(ok);
     assert_eq!(json(&stdout), serde_json::json!([]));
     let before = traced.len();
     call();
     let after = std::fs::read_to_string(&trace_file).expect("trace file");
     assert_eq!(after.len(), before, "nothing traced once switched off");
-    let (ok, _, stderr) = ctl(&vigil, &["trace", "on", "nowhere"]);
+    let (ok, _, stderr) = vigil.ctl(&["trace", "on", "nowhere"]);
     assert!(!ok && stderr.contains("no trunk named"), "{stderr}");
     vigil.stop();
 }

@@ -107,93 +107,34 @@ fn after_100000_calls_of_every_ending_the_switch_is_back_to_idle() {
     std::thread::sleep(Duration::from_millis(300));
 
     let scenarios = tempfile::tempdir().expect("dir");
-    let rate = |r: usize| r.to_string();
-    let count = |n: usize| n.to_string();
-    let (answered_rate, failing_rate) = (rate(ANSWERED_RATE), rate(FAILING_RATE));
-    let (answered_n, failing_n) = (count(ANSWERED), count(EACH_FAILING));
+    let rejected = |code| scenario_expecting(scenarios.path(), "uac_rejected.xml", code);
     let started = Instant::now();
-    let callers = [
-        caller(
-            net,
-            net.caller,
-            None,
-            "0049301234",
-            &[
-                "-r",
-                &answered_rate,
-                "-m",
-                &answered_n,
-                "-d",
-                "100",
-                "-timeout",
-                "200s",
-                "-l",
-                "5000",
-            ],
-        ),
-        caller(
-            net,
-            net.caller,
-            Some(&scenario_expecting(
-                scenarios.path(),
-                "uac_rejected.xml",
-                486,
-            )),
-            "2000",
-            &[
-                "-r",
-                &failing_rate,
-                "-m",
-                &failing_n,
-                "-p",
-                &(CALLER_PORT + 1).to_string(),
-                "-timeout",
-                "200s",
-                "-l",
-                "5000",
-            ],
-        ),
-        caller(
-            net,
-            net.caller,
-            Some(&scenario("uac_cancel.xml")),
+    // (scenario, number dialled, calls, rate): the answered calls on sipp's
+    // built-in UAC, each failing kind on its own port.
+    let kinds = [
+        (None, "0049301234", ANSWERED, ANSWERED_RATE),
+        (Some(rejected(486)), "2000", EACH_FAILING, FAILING_RATE),
+        (
+            Some(scenario("uac_cancel.xml")),
             "3000",
-            &[
-                "-r",
-                &failing_rate,
-                "-m",
-                &failing_n,
-                "-p",
-                &(CALLER_PORT + 2).to_string(),
-                "-timeout",
-                "200s",
-                "-l",
-                "5000",
-            ],
+            EACH_FAILING,
+            FAILING_RATE,
         ),
-        caller(
-            net,
-            net.caller,
-            Some(&scenario_expecting(
-                scenarios.path(),
-                "uac_rejected.xml",
-                408,
-            )),
-            "4000",
-            &[
-                "-r",
-                &failing_rate,
-                "-m",
-                &failing_n,
-                "-p",
-                &(CALLER_PORT + 3).to_string(),
-                "-timeout",
-                "200s",
-                "-l",
-                "5000",
-            ],
-        ),
+        (Some(rejected(408)), "4000", EACH_FAILING, FAILING_RATE),
     ];
+    let callers: Vec<_> = kinds
+        .iter()
+        .enumerate()
+        .map(|(i, (file, number, calls, rate))| {
+            let (calls, rate) = (calls.to_string(), rate.to_string());
+            let port = (CALLER_PORT + i as u16).to_string();
+            let args = [
+                "-r", &rate, "-m", &calls, "-d", "100", "-p", &port, "-timeout", "200s", "-l",
+                "5000",
+            ];
+            caller(net, net.caller, file.as_deref(), number, &args)
+        })
+        .collect();
     for sipp in callers {
         sipp.expect_success(Duration::from_secs(240));
     }

@@ -201,6 +201,14 @@ X-Secret-Internal: do-not-leak\r\n\
     )
 }
 
+/// The caller's CANCEL or non-2xx ACK for `invite(call_id, …)`: same branch
+/// and CSeq number (RFC 3261 §9.1, §17.1.1.3), no body.
+fn invite_as(method: &str, call_id: &str) -> String {
+    invite(call_id, "0049301234", "")
+        .replace("INVITE sip:", &format!("{method} sip:"))
+        .replace("CSeq: 1 INVITE", &format!("CSeq: 1 {method}"))
+}
+
 /// A response from the callee to the request Vigil sent it.
 fn answer(req: &Request, status: u16, to_tag: &str, body: &str) -> String {
     let mut r = req.response(status);
@@ -394,9 +402,7 @@ fn a_cancel_before_answer_is_487_to_the_caller_and_cancel_to_the_callee() {
     let b = h.take_one_request(CALLEE, Method::Invite);
     h.callee_sends(&answer(&b, 180, "callee-tag", ""));
     h.take(CALLER);
-    let cancel = invite("call-3", "0049301234", "")
-        .replace("INVITE sip:", "CANCEL sip:")
-        .replace("CSeq: 1 INVITE", "CSeq: 1 CANCEL");
+    let cancel = invite_as("CANCEL", "call-3");
     h.caller_sends(&cancel);
     let mut statuses = h.statuses(CALLER);
     statuses.sort();
@@ -418,9 +424,7 @@ fn a_cancel_waits_for_the_callees_first_provisional() {
     let mut h = Harness::new();
     h.caller_sends(&invite("call-4", "0049301234", SDP));
     let b = h.take_one_request(CALLEE, Method::Invite);
-    let cancel = invite("call-4", "0049301234", "")
-        .replace("INVITE sip:", "CANCEL sip:")
-        .replace("CSeq: 1 INVITE", "CSeq: 1 CANCEL");
+    let cancel = invite_as("CANCEL", "call-4");
     h.caller_sends(&cancel);
     assert!(
         h.take(CALLEE).is_empty(),
@@ -436,9 +440,7 @@ fn an_answer_crossing_the_cancel_is_acked_and_hung_up() {
     h.caller_sends(&invite("call-5", "0049301234", SDP));
     let b = h.take_one_request(CALLEE, Method::Invite);
     h.callee_sends(&answer(&b, 180, "callee-tag", ""));
-    let cancel = invite("call-5", "0049301234", "")
-        .replace("INVITE sip:", "CANCEL sip:")
-        .replace("CSeq: 1 INVITE", "CSeq: 1 CANCEL");
+    let cancel = invite_as("CANCEL", "call-5");
     h.caller_sends(&cancel);
     h.take(CALLEE);
     h.take(CALLER);

@@ -40,9 +40,7 @@ fn one_call(h: &mut Harness, kind: usize, call_id: &str) {
             h.caller_sends(&invite(call_id, "0049301234", SDP));
             let b = h.take_one_request(CALLEE, Method::Invite);
             h.callee_sends(&answer(&b, 486, "callee-tag", ""));
-            let ack = invite(call_id, "0049301234", "")
-                .replace("INVITE sip:", "ACK sip:")
-                .replace("CSeq: 1 INVITE", "CSeq: 1 ACK");
+            let ack = invite_as("ACK", call_id);
             h.caller_sends(&ack);
         }
         // Cancelled while ringing.
@@ -50,16 +48,12 @@ fn one_call(h: &mut Harness, kind: usize, call_id: &str) {
             h.caller_sends(&invite(call_id, "0049301234", SDP));
             let b = h.take_one_request(CALLEE, Method::Invite);
             h.callee_sends(&answer(&b, 180, "callee-tag", ""));
-            let cancel = invite(call_id, "0049301234", "")
-                .replace("INVITE sip:", "CANCEL sip:")
-                .replace("CSeq: 1 INVITE", "CSeq: 1 CANCEL");
+            let cancel = invite_as("CANCEL", call_id);
             h.caller_sends(&cancel);
             let b_cancel = h.take_one_request(CALLEE, Method::Cancel);
             h.callee_sends(&answer(&b_cancel, 200, "callee-tag", ""));
             h.callee_sends(&answer(&b, 487, "callee-tag", ""));
-            let ack = invite(call_id, "0049301234", "")
-                .replace("INVITE sip:", "ACK sip:")
-                .replace("CSeq: 1 INVITE", "CSeq: 1 ACK");
+            let ack = invite_as("ACK", call_id);
             h.caller_sends(&ack);
         }
         // The callee never answers (Timer B, then 408 to the caller).
