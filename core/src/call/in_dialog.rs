@@ -42,6 +42,12 @@ impl Call {
             self.on_cancel(now, env);
             return;
         }
+        if self.leg_closed(leg) && request.method != Method::Bye {
+            // This dialog is over (Vigil's BYE is out, or the peer's came): only
+            // a crossing BYE is still answered on it (§15.1.2).
+            reply(env, 481, None, None);
+            return;
+        }
         let Some(dialog) = self.leg_mut(leg).dialog.as_mut() else {
             reply(env, 481, None, None);
             return;
@@ -121,6 +127,14 @@ impl Call {
             Method::Prack => reply(env, 481, None, None),
             Method::Extension(_) => reply(env, 501, None, None),
             _ => reply(env, 405, None, Some((HeaderName::Allow, ALLOWED_METHODS))),
+        }
+    }
+
+    /// Whether `leg`'s dialog has ended: Vigil sent BYE on it or got one.
+    fn leg_closed(&self, leg: Leg) -> bool {
+        match leg {
+            Leg::A => self.a_state == AState::Done,
+            Leg::B => self.b_state == super::BState::Done,
         }
     }
 

@@ -442,6 +442,21 @@ impl Call {
         &self.a_local_tag
     }
 
+    /// Whether `request` names this call's dialog on `leg` by its full
+    /// identifier (RFC 3261 §12.2.2): its To tag is Vigil's tag on that leg and
+    /// its From tag the peer's. The Call-ID was matched by the caller. The B
+    /// leg has no dialog until the callee answers, so nothing matches it then.
+    pub fn owns_dialog(&self, leg: Leg, request: &Request) -> bool {
+        let (local, remote) = match leg {
+            Leg::A => (self.a_local_tag.as_str(), self.a_from_tag.as_str()),
+            Leg::B => match &self.b.dialog {
+                Some(d) => (d.local_tag.as_str(), d.remote_tag.as_str()),
+                None => return false,
+            },
+        };
+        request.to.tag() == Some(local) && request.from.tag().unwrap_or_default() == remote
+    }
+
     pub fn ending(&self) -> Option<Ending> {
         self.ending
     }

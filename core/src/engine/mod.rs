@@ -359,15 +359,24 @@ impl Engine {
         }
     }
 
-    /// The call and leg an in-dialog message belongs to.
+    /// The call and leg an in-dialog request belongs to: by its dialog's full
+    /// identifier, Call-ID **and** local tag **and** remote tag (RFC 3261
+    /// §12.2.2). The indexes find the candidate by Call-ID (and the caller's
+    /// From tag); the call then checks the tags, so a request that only copied
+    /// what the initial INVITE showed (it has no To tag) matches nothing.
     fn find_call(&self, request: &Request) -> Option<(CallKey, Leg)> {
-        if let Some(&key) = self.by_b.get(&request.call_id) {
-            return Some((key, Leg::B));
-        }
-        let tag = request.from.tag().unwrap_or_default();
-        self.by_a
-            .get(&(request.call_id.clone(), tag.to_string()))
-            .map(|&key| (key, Leg::A))
+        let (key, leg) = match self.by_b.get(&request.call_id) {
+            Some(&key) => (key, Leg::B),
+            None => {
+                let tag = request.from.tag().unwrap_or_default();
+                let key = *self.by_a.get(&(request.call_id.clone(), tag.to_string()))?;
+                (key, Leg::A)
+            }
+        };
+        self.calls
+            .get(&key)
+            .filter(|call| call.owns_dialog(leg, request))
+            .map(|_| (key, leg))
     }
 
     fn on_ack(&mut self, now: Instant, ack: Request) {
@@ -432,7 +441,18 @@ impl Engine {
             .tx
             .invite_for_cancel(&cancel, path.remote)
             .and_then(|invite_tx| self.tx.server_owner(invite_tx));
-        match target.and_then(|owner| self.calls.get(&owner.call).map(|c| (owner.call, c))) {
+        // §9.2: the CANCEL matches the INVITE's transaction (branch, sent-by
+        // and source, above) and names the same call: Call-ID and From tag.
+        let call = target.and_then(|owner| {
+            self.calls
+                .get(&owner.call)
+                .filter(|c| {
+                    c.a_call_id() == cancel.call_id
+                        && c.a_from_tag() == cancel.from.tag().unwrap_or_default()
+                })
+                .map(|c| (owner.call, c))
+        });
+        match call {
             Some((key, call)) => {
                 let tag = call.a_local_tag().to_string();
                 let mut ok =

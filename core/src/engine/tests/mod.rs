@@ -2,6 +2,7 @@
 //! by scripts and the clock jumped from deadline to deadline. Each test reads as
 //! the call flow it proves.
 
+mod dialog_matching;
 mod policies;
 mod resources;
 mod session_timers;
