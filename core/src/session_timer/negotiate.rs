@@ -54,7 +54,14 @@ fn supports_timer(headers: &Headers) -> bool {
 pub fn as_uas(request: &Request, config: &SessionTimerConfig) -> UasOutcome {
     let peer_supports = supports_timer(&request.headers);
     let offered = request.session_expires();
+    // A Min-SE above the request's own Session-Expires contradicts it (§7.1:
+    // a UAC offers at least its Min-SE). §9 forbids the UAS to raise the
+    // interval, so the offer bounds their minimum: the answer never exceeds
+    // what the caller offered.
     let their_min = request.min_se().map_or(0, |m| m.0);
+    let their_min = offered
+        .as_ref()
+        .map_or(their_min, |se| their_min.min(se.delta));
     if let Some(se) = &offered
         && se.delta < config.min_se
     {
@@ -263,6 +270,19 @@ To: <sip:b@h>\r\nCall-ID: c\r\nCSeq: 1 INVITE\r\n{extra}\r\n"
         // Their Min-SE above our ttl wins over the reduction to ttl.
         let r = invite("Supported: timer\r\nSession-Expires: 1800\r\nMin-SE: 900\r\n");
         assert_eq!(as_uas(&r, &c), timer(900, Who::Peer, true));
+        // Issue 15: Min-SE 3600 with Session-Expires 1800 was answered 3600,
+        // above the offer and ttl. §9: a UAS MUST NOT increase the interval;
+        // the Min-SE that exceeds its own request's offer is the inconsistent
+        // part (§7.1), so the offer bounds it. What is left of it still says
+        // "no less than 1800", which wins over ttl as any Min-SE does: 1800.
+        let r = invite("Supported: timer\r\nSession-Expires: 1800\r\nMin-SE: 3600\r\n");
+        assert_eq!(as_uas(&r, &c), timer(1800, Who::Peer, true));
+        // Below ttl it is the offer itself, never more.
+        let r = invite("Supported: timer\r\nSession-Expires: 300\r\nMin-SE: 3600\r\n");
+        assert_eq!(as_uas(&r, &c), timer(300, Who::Peer, true));
+        // Without a Session-Expires, a Min-SE is a floor Vigil's choice obeys.
+        let r = invite("Supported: timer\r\nMin-SE: 1200\r\n");
+        assert_eq!(as_uas(&r, &c), timer(1200, Who::Peer, true));
         // A Min-SE beyond a day cannot be honoured: no timer on that leg.
         let r = invite("Supported: timer\r\nSession-Expires: 999999\r\nMin-SE: 999999\r\n");
         assert_eq!(as_uas(&r, &c), UasOutcome::NoTimer);
