@@ -331,8 +331,15 @@ fn registrations_survive_sigkill_and_keepalives_resume_at_once() {
     let vigil = Vigil::start(net, &registrar(""));
     let mut phone = Phone::new(net.caller, "1001", "secret1001");
     assert_eq!(phone.register(net.vigil_addr(), 300), 200);
+    std::thread::sleep(Duration::from_secs(2));
     let dir = vigil.kill_hard();
     let vigil = Vigil::restart(net, dir);
+    // `registered_ago` counts from the REGISTER, not from the restart.
+    let (ok, listed, stderr) = vigil.ctl(&["registrations"]);
+    assert!(ok, "{stderr}");
+    let listed: serde_json::Value = serde_json::from_str(&listed).expect("json");
+    let ago = listed[0]["registered_ago"].as_f64().unwrap_or(0.0);
+    assert!(ago >= 2.0, "registered 2 s before the restart: {listed}");
     // The first keep-alive goes at load, the next one a period later: both
     // within 3.5 s, without the phone registering again.
     let got = phone.keepalives(Duration::from_millis(3_500));

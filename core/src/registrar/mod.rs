@@ -57,6 +57,9 @@ pub struct StoredBinding {
     pub call_id: String,
     pub cseq: u32,
     pub q: u16,
+    /// How long ago it last registered (`None`: a row from before the store
+    /// kept it).
+    pub registered_ago: Option<Duration>,
 }
 
 /// An OPTIONS keep-alive in flight, and the unanswered ones before it.
@@ -164,7 +167,15 @@ impl Registrar {
             let id = self.location.insert(Binding {
                 id: 0,
                 aor: user.name.clone(),
-                contact: Arc::new(Target::new(&uri, s.received, s.local, s.q, now)),
+                contact: Arc::new(Target::new(
+                    &uri,
+                    s.received,
+                    s.local,
+                    s.q,
+                    s.registered_ago
+                        .and_then(|ago| now.checked_sub(ago))
+                        .unwrap_or(now),
+                )),
                 expires: now + s.expires_in,
                 call_id: s.call_id.into_boxed_str(),
                 cseq: s.cseq,

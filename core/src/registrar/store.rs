@@ -3,8 +3,9 @@
 //! SIGKILL — and an operator can read them with the `sqlite3` tool.
 //!
 //! Each binding is written, in WAL mode, before the 200 OK to its REGISTER is
-//! sent. Expiry times are stored as wall-clock Unix seconds (monotonic instants do
-//! not survive a restart).
+//! sent. Expiry and registration times are stored as wall-clock Unix seconds
+//! (monotonic instants do not survive a restart), so `vigil ctl registrations`
+//! counts `registered_ago` from the REGISTER, not from the last start.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -53,10 +54,25 @@ impl Store {
                  call_id  TEXT NOT NULL,
                  cseq     INTEGER NOT NULL,
                  q        INTEGER NOT NULL,
+                 registered INTEGER,
                  PRIMARY KEY (aor, uri)
              );",
         )
         .map_err(err)?;
+        // A store written before `registered` existed gains the column; its
+        // rows' registration time is unknown (NULL) until they re-register.
+        let has_registered: bool = conn
+            .query_row(
+                "SELECT COUNT(*) FROM pragma_table_info('contacts') WHERE name = 'registered'",
+                [],
+                |row| row.get::<_, i64>(0),
+            )
+            .map_err(err)?
+            > 0;
+        if !has_registered {
+            conn.execute_batch("ALTER TABLE contacts ADD COLUMN registered INTEGER;")
+                .map_err(err)?;
+        }
         Ok(Store {
             path: path.to_path_buf(),
             conn,
@@ -78,7 +94,10 @@ impl Store {
             .map_err(|e| self.err(e))?;
         let mut stmt = self
             .conn
-            .prepare("SELECT aor, uri, received, local, expires, call_id, cseq, q FROM contacts")
+            .prepare(
+                "SELECT aor, uri, received, local, expires, call_id, cseq, q, registered
+                 FROM contacts",
+            )
             .map_err(|e| self.err(e))?;
         let rows = stmt
             .query_map([], |row| {
@@ -91,12 +110,13 @@ impl Store {
                     row.get::<_, String>(5)?,
                     row.get::<_, i64>(6)?,
                     row.get::<_, i64>(7)?,
+                    row.get::<_, Option<i64>>(8)?,
                 ))
             })
             .map_err(|e| self.err(e))?;
         let mut out = Vec::new();
         for row in rows {
-            let (aor, uri, received, local, expires, call_id, cseq, q) =
+            let (aor, uri, received, local, expires, call_id, cseq, q, registered) =
                 row.map_err(|e| self.err(e))?;
             // A row a human edited into nonsense is skipped, not fatal.
             let (Ok(received), Ok(local)) =
@@ -113,6 +133,8 @@ impl Store {
                 call_id,
                 cseq: u32::try_from(cseq).unwrap_or(0),
                 q: u16::try_from(q).unwrap_or(1000),
+                registered_ago: registered
+                    .map(|at| Duration::from_secs(u64::try_from(now - at).unwrap_or(0))),
             });
         }
         Ok(out)
@@ -124,12 +146,15 @@ impl Store {
             Change::Upsert(b) => {
                 let expires =
                     unix(wall) + b.expires.saturating_duration_since(now).as_secs() as i64;
+                let registered =
+                    unix(wall) - now.saturating_duration_since(b.contact.updated).as_secs() as i64;
                 self.conn
                     .execute(
-                        "INSERT INTO contacts (aor, uri, received, local, expires, call_id, cseq, q)
-                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
+                        "INSERT INTO contacts
+                             (aor, uri, received, local, expires, call_id, cseq, q, registered)
+                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)
                          ON CONFLICT (aor, uri) DO UPDATE SET received = ?3, local = ?4,
-                             expires = ?5, call_id = ?6, cseq = ?7, q = ?8",
+                             expires = ?5, call_id = ?6, cseq = ?7, q = ?8, registered = ?9",
                         params![
                             &*b.aor,
                             &*b.contact.uri,
@@ -138,7 +163,8 @@ impl Store {
                             expires,
                             &*b.call_id,
                             i64::from(b.cseq),
-                            i64::from(b.contact.q)
+                            i64::from(b.contact.q),
+                            registered
                         ],
                     )
                     .map_err(|e| self.err(e))?;
@@ -224,6 +250,8 @@ mod tests {
         assert_eq!(loaded[0].uri, "sip:a@10.0.0.5");
         assert_eq!(loaded[0].expires_in, Duration::from_secs(590));
         assert_eq!(loaded[0].cseq, 7);
+        // Registered at t0 (wall), loaded 10 s later: 10 s ago, not "just now".
+        assert_eq!(loaded[0].registered_ago, Some(Duration::from_secs(10)));
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

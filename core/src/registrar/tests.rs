@@ -30,6 +30,8 @@ struct Phone {
     persisted: Vec<Change>,
     cseq: u32,
     last_request: String,
+    /// What the call workers and `vigil ctl registrations` see.
+    view: Arc<LocationView>,
 }
 
 impl Phone {
@@ -45,12 +47,14 @@ impl Phone {
             bind: addr(LOCAL),
             advertised: addr(LOCAL),
         }]);
+        let view = Arc::new(LocationView::default());
         Phone {
+            view: view.clone(),
             registrar: Registrar::with_ids(
                 config,
                 sockets,
                 auth,
-                Arc::default(),
+                view,
                 Arc::default(),
                 IdGen::seeded(REGISTRAR_WORKER, 3),
             ),
@@ -337,9 +341,13 @@ fn loaded_bindings_get_keepalives_at_once() {
             call_id: "reg-1".into(),
             cseq: 4,
             q: 1000,
+            registered_ago: Some(Duration::from_secs(300)),
         }],
     );
     assert_eq!(loaded, 1);
+    // Issue 15: the registration time survives a restart.
+    let listed = p.view.snapshot(p.now);
+    assert_eq!(listed[0].registered_ago, 300.0);
     let sent = p.advance(Duration::from_secs(31));
     let times: Vec<u64> = sent.iter().map(|(at, _)| at.as_secs()).collect();
     assert_eq!(times, vec![0, 30]);
