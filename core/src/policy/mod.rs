@@ -13,7 +13,6 @@
 
 use std::time::Duration;
 
-use crate::call::Leg;
 use crate::cdr::EndReason;
 use crate::config::RefreshMethod;
 pub use crate::metrics::{PolicyBackend, PolicyHook};
@@ -26,6 +25,25 @@ pub mod plugin;
 
 pub use chain::{Policies, PolicyChain};
 pub use load::{PolicyLoadError, PolicyLoader, check};
+
+/// Which side of a call: what a policy is told about a leg, and how a call
+/// names its two legs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Leg {
+    /// Towards the caller; Vigil is the UAS.
+    A,
+    /// Towards the trunk; Vigil is the UAC.
+    B,
+}
+
+impl Leg {
+    pub fn other(self) -> Leg {
+        match self {
+            Leg::A => Leg::B,
+            Leg::B => Leg::A,
+        }
+    }
+}
 
 /// What a call-start hook sees: a new INVITE that was admitted and routed.
 #[derive(Debug, Clone)]

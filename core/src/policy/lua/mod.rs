@@ -25,7 +25,7 @@ use super::{
     CallStartDecision, CallStartView, CallView, ContactView, ExtraFields, FailureDecision,
     HookError, KeepaliveDecision, LegView, PolicySource, RefreshDecision, RefreshFailure,
 };
-use crate::call::Leg;
+use crate::policy::Leg;
 use crate::session_timer::Who;
 
 /// The bounds one script runs within.

@@ -12,8 +12,8 @@ use vigil_plugin_api::abi::{
 };
 
 use super::sink::{Hook, invalid};
-use crate::call::Leg;
 use crate::config::RefreshMethod;
+use crate::policy::Leg;
 use crate::policy::{
     CallOverrides, CallStartDecision, FailureDecision, HookError, KeepaliveDecision, LegView,
     RefreshDecision, RefreshFailure,

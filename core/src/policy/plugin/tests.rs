@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use super::convert::AddrText;
 use super::*;
-use crate::call::Leg;
 use crate::cdr::EndReason;
+use crate::policy::Leg;
 use crate::session_timer::Who;
 
 fn load(crate_name: &str) -> PluginPolicy {

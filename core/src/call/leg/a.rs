@@ -1,0 +1,232 @@
+//! The A leg: towards the caller, where Vigil is the UAS of the INVITE
+//! (RFC 3261 §13.3). It keeps the caller's INVITE until the call is set up
+//! (every answer to the caller is built from it), Vigil's To tag, the caller's
+//! session-timer offer as negotiated on arrival, and the INVITE's progress.
+
+use std::time::Instant;
+
+use super::CallLeg;
+use crate::call::build::{Body, local_response, relay_response};
+use crate::call::{CallKey, Env, Inbound, Purpose, TxOwner};
+use crate::dialog::Dialog;
+use crate::policy::Leg;
+use crate::session_timer::UasOutcome;
+use crate::session_timer::negotiate::uas_answer_headers;
+use crate::sip::{HeaderName, Request, Response};
+use crate::transaction::ServerTxId;
+
+/// The A leg's progress.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AState {
+    /// INVITE received, no final response yet.
+    Proceeding,
+    /// 2xx sent, waiting for its ACK.
+    Answered,
+    Confirmed,
+    /// Final failure sent, or BYE exchanged: nothing more to do.
+    Done,
+}
+
+/// The caller's side of a call.
+pub struct ALeg {
+    pub leg: CallLeg,
+    state: AState,
+    /// The caller's INVITE, kept until both legs are confirmed.
+    invite: Option<Box<Request>>,
+    invite_tx: ServerTxId,
+    /// The caller's Call-ID and From tag (with `local_tag`, the dialog's
+    /// identifier) for the call's whole life.
+    call_id: String,
+    from_tag: String,
+    /// The To tag Vigil uses on this leg (also for the 200 to a CANCEL, §9.2).
+    local_tag: String,
+    /// The session timer as negotiated on the INVITE.
+    negotiated: UasOutcome,
+    /// The callee hung up before the caller ACKed Vigil's 2xx: BYE the caller
+    /// once it does (§15).
+    bye_after_ack: bool,
+}
+
+impl ALeg {
+    /// The caller's INVITE became a call: its server transaction now belongs
+    /// to call `key`.
+    pub fn new(key: CallKey, inbound: Inbound, local_tag: String, env: &mut Env<'_>) -> ALeg {
+        env.tx.set_server_owner(
+            inbound.tx,
+            TxOwner {
+                call: key,
+                purpose: Purpose::Teardown,
+            },
+        );
+        let invite = inbound.invite;
+        let mut leg = CallLeg::new(key, Leg::A, inbound.path, inbound.advertised, inbound.timer);
+        leg.learn_allow(&invite.headers);
+        if let Some(body) = Body::of(&invite.headers, &invite.body) {
+            leg.set_remote_body(body);
+        }
+        ALeg {
+            leg,
+            state: AState::Proceeding,
+            invite_tx: inbound.tx,
+            call_id: invite.call_id.clone(),
+            from_tag: invite.from.tag().unwrap_or_default().to_string(),
+            local_tag,
+            negotiated: inbound.negotiated,
+            bye_after_ack: false,
+            invite: Some(Box::new(invite)),
+        }
+    }
+
+    pub fn call_id(&self) -> &str {
+        &self.call_id
+    }
+
+    pub fn caller_tag(&self) -> &str {
+        &self.from_tag
+    }
+
+    pub fn local_tag(&self) -> &str {
+        &self.local_tag
+    }
+
+    pub fn state(&self) -> AState {
+        self.state
+    }
+
+    pub fn negotiated(&self) -> UasOutcome {
+        self.negotiated
+    }
+
+    pub fn invite(&self) -> Option<&Request> {
+        self.invite.as_deref()
+    }
+
+    /// Both legs are confirmed: the INVITE (most of a call's memory) goes.
+    pub fn forget_invite(&mut self) {
+        self.invite = None;
+    }
+
+    /// Whether `request` names this leg's dialog (RFC 3261 §12.2.2): To tag
+    /// Vigil's, From tag the caller's.
+    pub fn owns(&self, request: &Request) -> bool {
+        request.to.tag() == Some(self.local_tag.as_str())
+            && request.from.tag().unwrap_or_default() == self.from_tag
+    }
+
+    /// The callee's response to the B-leg INVITE as the caller gets it, while
+    /// the caller's INVITE is still unanswered (so still held).
+    pub fn relayed(&self, response: &Response, env: &Env<'_>) -> Option<Response> {
+        Some(relay_response(
+            self.invite.as_deref()?,
+            response,
+            Some(&self.local_tag),
+            &self.leg.contact(),
+            &env.settings.user_agent,
+        ))
+    }
+
+    /// Sends the caller `response` (a provisional, or a final one the callee
+    /// or Vigil chose) on its INVITE. A final response ends the leg.
+    pub fn respond(&mut self, now: Instant, response: Response, env: &mut Env<'_>) {
+        if response.status >= 200 {
+            self.state = AState::Done;
+        }
+        env.tx.respond(now, self.invite_tx, response);
+    }
+
+    /// Answers the caller with the callee's 2xx: Vigil's tag and Contact, its
+    /// own session-timer answer (RFC 4028 §9), retransmitted until ACKed; the
+    /// A dialog exists from now on. `b_invite_seq`: the B-leg INVITE to ACK
+    /// when the caller ACKs.
+    pub fn answer(
+        &mut self,
+        now: Instant,
+        callee_ok: &Response,
+        b_invite_seq: u32,
+        env: &mut Env<'_>,
+    ) {
+        let Some(mut ok) = self.relayed(callee_ok, env) else {
+            return;
+        };
+        ok.headers.push(HeaderName::Supported, "timer");
+        if let UasOutcome::Timer(agreed) = self.negotiated {
+            uas_answer_headers(&agreed, &mut ok.headers);
+        }
+        if let Some(invite) = self.invite.as_deref() {
+            self.leg.establish(Dialog::as_uas(
+                invite,
+                self.local_tag.clone(),
+                self.leg.contact(),
+            ));
+        }
+        self.state = AState::Answered;
+        self.leg
+            .send_2xx(now, self.invite_tx, ok, Some(b_invite_seq), env);
+    }
+
+    /// Answers the caller's INVITE with a failure (before answer).
+    pub fn fail(&mut self, now: Instant, status: u16, reason: Option<&str>, env: &mut Env<'_>) {
+        if self.state != AState::Proceeding {
+            return;
+        }
+        if let Some(invite) = self.invite.as_deref() {
+            let r = local_response(
+                invite,
+                status,
+                reason,
+                Some(&self.local_tag),
+                &env.settings.user_agent,
+            );
+            env.tx.respond(now, self.invite_tx, r);
+        }
+        self.state = AState::Done;
+    }
+
+    /// The caller's ACK for Vigil's 2xx to its INVITE arrived: the dialog is
+    /// confirmed. True if Vigil owes the caller a BYE now (the callee hung up
+    /// while the ACK was on its way).
+    pub fn confirm(&mut self) -> bool {
+        if self.state == AState::Answered {
+            self.state = AState::Confirmed;
+        }
+        std::mem::take(&mut self.bye_after_ack)
+    }
+
+    /// Nothing more is sent on this leg: the caller hung up (its BYE is
+    /// answered), or its INVITE got its final answer.
+    pub fn close(&mut self) {
+        self.state = AState::Done;
+        self.leg.stop_2xx();
+    }
+
+    /// Ends the leg: BYE once confirmed. Before the caller's ACK, §15 says wait
+    /// for it, unless `now_anyway` (shutdown, ACK timeout).
+    pub fn hang_up(
+        &mut self,
+        now: Instant,
+        now_anyway: bool,
+        bye_reason: Option<&str>,
+        env: &mut Env<'_>,
+    ) {
+        match self.state {
+            AState::Proceeding => {}
+            AState::Answered if !now_anyway => {
+                self.bye_after_ack = true;
+                return;
+            }
+            AState::Answered | AState::Confirmed => {
+                self.leg.stop_2xx();
+                self.leg.send_bye(now, bye_reason, env);
+            }
+            AState::Done => {}
+        }
+        self.state = AState::Done;
+    }
+
+    /// Sends the BYE a callee's early hang-up left owed, now that the caller
+    /// has ACKed.
+    pub fn send_owed_bye(&mut self, now: Instant, env: &mut Env<'_>) {
+        self.leg.send_bye(now, None, env);
+        self.state = AState::Done;
+    }
+}

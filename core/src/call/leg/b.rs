@@ -1,0 +1,339 @@
+//! The B leg: towards the callee, where Vigil is the UAC of the INVITE
+//! (RFC 3261 §13.2). It sends the INVITE offering session timers, retries it
+//! once after a 422 (RFC 4028 §7.4), CANCELs it — waiting for a provisional
+//! first (§9.1) — and ACKs and BYEs the callee's answers, including those of
+//! forks that answered too (§13.2.2.4).
+
+use std::time::Instant;
+
+use super::CallLeg;
+use crate::call::build::{Body, OutboundInvite, b_leg_invite, our_via};
+use crate::call::{CallKey, Env, Outbound, Purpose, TxOwner};
+use crate::config::PreferRefresher;
+use crate::dialog::Dialog;
+use crate::policy::Leg;
+use crate::session_timer::negotiate::{self, Agreed, retry_after_422, uac_offer_headers};
+use crate::sip::{HeaderName, Method, Request, Response};
+use crate::timer_table;
+use crate::transaction::{ClientState, ClientTxId};
+
+timer_table!(
+    /// CancelWait: a CANCELled INVITE that never got its final answer (§9.1).
+    BTimers: BTimer { CancelWait }
+);
+
+/// The B leg's progress.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BState {
+    /// INVITE sent, nothing back yet (a CANCEL must wait, §9.1).
+    Calling,
+    /// A provisional arrived.
+    Proceeding,
+    /// 2xx received; Vigil sends its ACK once the caller ACKs ours.
+    Answered,
+    Confirmed,
+    /// CANCEL sent: waiting for the INVITE's final answer.
+    Cancelling,
+    Done,
+}
+
+/// The callee's side of a call.
+pub struct BLeg {
+    pub leg: CallLeg,
+    state: BState,
+    /// The INVITE Vigil sent, kept until both legs are confirmed (it builds
+    /// the dialog, a 422 retry and the ACK/BYE of a late fork).
+    invite: Option<Box<Request>>,
+    /// Vigil's Call-ID on this leg, for the call's whole life.
+    call_id: String,
+    invite_tx: ClientTxId,
+    /// CSeq of the INVITE (1, or 2 after a 422 retry).
+    invite_seq: u32,
+    /// The Session-Expires offered (changes after a 422).
+    offered: u32,
+    /// The INVITE was retried after a 422 (RFC 4028 §7.4: only once).
+    retried_422: bool,
+    /// CANCEL wanted before the callee sent any provisional (§9.1 says wait).
+    cancel_pending: bool,
+    timers: BTimers,
+}
+
+/// What the identifiers of a new B leg are (Vigil's own, from its id generator).
+pub struct BIdentity {
+    pub call_id: String,
+    pub from_tag: String,
+    pub branch: String,
+}
+
+impl BLeg {
+    /// Sends the INVITE towards the callee, offering session timers, built from
+    /// the caller's `a_invite`.
+    pub fn start(
+        now: Instant,
+        key: CallKey,
+        a_invite: &Request,
+        outbound: Outbound,
+        ids: BIdentity,
+        env: &mut Env<'_>,
+    ) -> BLeg {
+        let mut invite = b_leg_invite(OutboundInvite {
+            a_invite,
+            target: outbound.path.remote,
+            request_uri: outbound.request_uri,
+            to: outbound.to,
+            advertised: outbound.advertised,
+            call_id: ids.call_id,
+            from_tag: ids.from_tag,
+            branch: ids.branch,
+            user_agent: &env.settings.user_agent,
+        });
+        let offered = outbound.timer.ttl;
+        uac_offer_headers(
+            offered,
+            &outbound.timer,
+            outbound.timer.prefer_refresher == PreferRefresher::Local,
+            &mut invite.headers,
+        );
+        let mut leg = CallLeg::new(
+            key,
+            Leg::B,
+            outbound.path,
+            outbound.advertised,
+            outbound.timer,
+        );
+        let invite_tx = env.tx.send_request(
+            now,
+            invite.clone(),
+            outbound.path,
+            TxOwner {
+                call: key,
+                purpose: Purpose::BInvite,
+            },
+        );
+        if let Some(body) = Body::of(&invite.headers, &invite.body) {
+            leg.set_local_body(body);
+        }
+        BLeg {
+            leg,
+            state: BState::Calling,
+            call_id: invite.call_id.clone(),
+            invite_seq: invite.cseq.seq,
+            invite: Some(Box::new(invite)),
+            invite_tx,
+            offered,
+            retried_422: false,
+            cancel_pending: false,
+            timers: BTimers::default(),
+        }
+    }
+
+    pub fn call_id(&self) -> &str {
+        &self.call_id
+    }
+
+    pub fn state(&self) -> BState {
+        self.state
+    }
+
+    pub fn invite_seq(&self) -> u32 {
+        self.invite_seq
+    }
+
+    pub fn has_invite(&self) -> bool {
+        self.invite.is_some()
+    }
+
+    /// Both legs are confirmed: the INVITE goes.
+    pub fn forget_invite(&mut self) {
+        self.invite = None;
+    }
+
+    /// Whether `request` names this leg's dialog (RFC 3261 §12.2.2): To tag
+    /// Vigil's, From tag the callee's. Nothing matches before the answer.
+    pub fn owns(&self, request: &Request) -> bool {
+        self.leg.dialog().is_some_and(|d| {
+            request.to.tag() == Some(d.local_tag.as_str())
+                && request.from.tag().unwrap_or_default() == d.remote_tag
+        })
+    }
+
+    /// A provisional response arrived: a CANCEL that waited for it goes now.
+    /// True if the provisional is for the caller to see.
+    pub fn on_provisional(&mut self, now: Instant, env: &mut Env<'_>) -> bool {
+        self.state = BState::Proceeding;
+        if self.cancel_pending {
+            self.send_cancel(now, env);
+            return false;
+        }
+        true
+    }
+
+    /// The callee answered 2xx: the B dialog exists. Returns the session timer
+    /// agreed with the callee (RFC 4028 §7.2).
+    pub fn on_answered(&mut self, response: &Response) -> Option<Agreed> {
+        if let Some(invite) = self.invite.as_deref() {
+            self.leg
+                .establish(Dialog::as_uac(invite, response, self.leg.contact()));
+        }
+        self.state = BState::Answered;
+        self.leg.learn_allow(&response.headers);
+        negotiate::as_uac(response, self.offered, self.leg.timer_config())
+    }
+
+    /// The callee's answer was ACKed (the caller's ACK crossed).
+    pub fn confirm(&mut self) {
+        if self.state == BState::Answered {
+            self.state = BState::Confirmed;
+        }
+    }
+
+    /// The INVITE failed or was given up: nothing more happens on this leg.
+    pub fn close(&mut self) {
+        self.state = BState::Done;
+        self.timers.clear(BTimer::CancelWait);
+    }
+
+    /// RFC 4028 §7.4: after a 422, the INVITE goes again (once) with the
+    /// callee's Min-SE as the interval, same dialog identifiers, next CSeq.
+    /// False if it may not (already retried, or an unacceptable Min-SE).
+    pub fn retry_after_422(
+        &mut self,
+        now: Instant,
+        response: &Response,
+        env: &mut Env<'_>,
+    ) -> bool {
+        if self.retried_422 {
+            return false;
+        }
+        let Some(interval) = retry_after_422(response, self.leg.timer_config()) else {
+            return false;
+        };
+        let Some(invite) = self.invite.as_deref_mut() else {
+            return false;
+        };
+        invite.cseq.seq += 1;
+        invite.via = vec![our_via(self.leg.advertised, env.ids.branch())];
+        invite.headers.remove(&HeaderName::SessionExpires);
+        invite.headers.remove(&HeaderName::MinSe);
+        invite.headers.remove(&HeaderName::Supported);
+        uac_offer_headers(
+            interval,
+            self.leg.timer_config(),
+            false,
+            &mut invite.headers,
+        );
+        invite.headers.set(HeaderName::MinSe, interval.to_string());
+        self.invite_tx = env.tx.send_request(
+            now,
+            invite.clone(),
+            self.leg.path(),
+            self.leg.owner(Purpose::BInvite),
+        );
+        self.invite_seq = invite.cseq.seq;
+        self.offered = interval;
+        self.retried_422 = true;
+        self.state = BState::Calling;
+        true
+    }
+
+    /// A 2xx to the INVITE retransmitted by the callee: the same dialog gets
+    /// its ACK again; another fork's is ACKed and hung up (§13.2.2.4).
+    pub fn on_2xx_again(&mut self, now: Instant, response: &Response, env: &mut Env<'_>) {
+        let same_dialog = self
+            .leg
+            .dialog()
+            .is_some_and(|d| Some(d.remote_tag.as_str()) == response.to.tag());
+        if same_dialog {
+            self.leg.resend_ack(response.cseq.seq, env);
+        } else {
+            self.hang_up_fork(now, response, env);
+        }
+    }
+
+    /// ACKs and BYEs a 2xx that does not belong to the call's B dialog (a
+    /// second fork, or an answer after the call ended) so the callee does not
+    /// ring on.
+    pub fn hang_up_fork(&mut self, now: Instant, response: &Response, env: &mut Env<'_>) {
+        let mut fork = match (self.invite.as_deref(), self.leg.dialog()) {
+            (Some(invite), _) => Dialog::as_uac(invite, response, self.leg.contact()),
+            (None, Some(dialog)) => dialog.fork(response),
+            (None, None) => return,
+        };
+        let hop = crate::transaction::Path {
+            local: self.leg.path().local,
+            remote: fork.next_hop(self.leg.path().remote),
+        };
+        let ack = fork.ack(
+            response.cseq.seq,
+            our_via(self.leg.advertised, env.ids.branch()),
+        );
+        env.tx.send_stateless(ack.encode(), hop);
+        let bye = fork.new_request(Method::Bye, our_via(self.leg.advertised, env.ids.branch()));
+        env.tx
+            .send_request(now, bye, hop, self.leg.owner(Purpose::Teardown));
+    }
+
+    /// Ends the leg in whatever state it is: CANCEL before answer, ACK + BYE
+    /// after.
+    pub fn hang_up(&mut self, now: Instant, bye_reason: Option<&str>, env: &mut Env<'_>) {
+        match self.state {
+            BState::Calling | BState::Proceeding => self.cancel(now, bye_reason, env),
+            BState::Answered => {
+                self.leg.send_ack(now, self.invite_seq, None, env);
+                self.leg.send_bye(now, bye_reason, env);
+                self.state = BState::Done;
+            }
+            BState::Confirmed => {
+                self.leg.send_bye(now, bye_reason, env);
+                self.state = BState::Done;
+            }
+            BState::Cancelling | BState::Done => {}
+        }
+    }
+
+    /// CANCELs the INVITE, or remembers to once a provisional arrives.
+    pub fn cancel(&mut self, now: Instant, bye_reason: Option<&str>, env: &mut Env<'_>) {
+        match self.state {
+            BState::Calling => self.cancel_pending = true,
+            BState::Proceeding => self.send_cancel(now, env),
+            BState::Answered | BState::Confirmed => self.hang_up(now, bye_reason, env),
+            BState::Cancelling | BState::Done => {}
+        }
+    }
+
+    fn send_cancel(&mut self, now: Instant, env: &mut Env<'_>) {
+        self.cancel_pending = false;
+        if env.tx.client_state(self.invite_tx) != Some(ClientState::Proceeding) {
+            return;
+        }
+        if let Some((cancel, path)) = env.tx.build_cancel(self.invite_tx) {
+            env.tx
+                .send_request(now, cancel, path, self.leg.owner(Purpose::Teardown));
+            self.state = BState::Cancelling;
+            self.timers.set(
+                BTimer::CancelWait,
+                now + env.settings.timers.transaction_timeout(),
+            );
+        }
+    }
+
+    pub fn next_deadline(&self) -> Option<Instant> {
+        let own = self.timers.next().map(|(at, _)| at);
+        own.into_iter().chain(self.leg.next_deadline()).min()
+    }
+
+    /// Fires this leg's own timers (not the shared [`CallLeg`] ones).
+    pub fn handle_timeout(&mut self, now: Instant, env: &mut Env<'_>) {
+        while let Some(timer) = self.timers.pop_due(now) {
+            match timer {
+                BTimer::CancelWait => {
+                    // §9.1: no final answer 64*T1 after CANCEL: consider it cancelled.
+                    if self.state == BState::Cancelling {
+                        env.tx.abandon_client(self.invite_tx);
+                        self.state = BState::Done;
+                    }
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,170 @@
+//! A request crossing from one leg to the other (a re-INVITE or UPDATE with a new
+//! SDP, INFO, MESSAGE, NOTIFY, OPTIONS) and its answer coming back: the copy is
+//! a new request in the other leg's dialog; its final answer answers the
+//! original, and a 2xx to a re-INVITE or UPDATE proves both peers alive.
+
+use std::time::Instant;
+
+use super::build::{local_response, relay_request_payload, relay_response};
+use super::{Call, Env, Leg};
+use crate::session_timer::negotiate::uac_offer_headers;
+use crate::session_timer::{UasOutcome, Who};
+use crate::sip::{HeaderName, Method, Request, Response};
+use crate::transaction::ServerTxId;
+
+/// A request relayed from one leg to the other, waiting for its answer.
+struct Relay {
+    id: u32,
+    /// The leg the request came from (where the answer goes).
+    from: Leg,
+    server_tx: ServerTxId,
+    request: Request,
+    /// CSeq of the copy sent on the other leg.
+    sent_seq: u32,
+    /// For a re-INVITE or UPDATE: the session timer negotiated with its sender.
+    negotiated: Option<UasOutcome>,
+}
+
+/// The call's relayed requests still waiting for their answers.
+#[derive(Default)]
+pub(super) struct Relays {
+    waiting: Vec<Relay>,
+    next_id: u32,
+}
+
+impl Relays {
+    pub fn is_empty(&self) -> bool {
+        self.waiting.is_empty()
+    }
+
+    /// The leg an offer (re-INVITE or UPDATE) waiting for its answer came from.
+    pub fn offer_from(&self) -> Option<Leg> {
+        self.waiting
+            .iter()
+            .find(|r| matches!(r.request.method, Method::Invite | Method::Update))
+            .map(|r| r.from)
+    }
+
+    fn take(&mut self, id: u32) -> Option<Relay> {
+        let pos = self.waiting.iter().position(|r| r.id == id)?;
+        Some(self.waiting.remove(pos))
+    }
+}
+
+impl Call {
+    /// Sends a copy of `request` on the other leg. A re-INVITE or UPDATE copy
+    /// carries the other leg's own session-timer headers: it refreshes that leg
+    /// too.
+    pub(super) fn relay(
+        &mut self,
+        now: Instant,
+        from: Leg,
+        tx: ServerTxId,
+        request: Request,
+        negotiated: Option<UasOutcome>,
+        env: &mut Env<'_>,
+    ) {
+        let id = self.relays.next_id;
+        self.relays.next_id += 1;
+        if negotiated.is_some() {
+            self.note_body(from, &request.headers, &request.body);
+        }
+        let sent = self.leg_mut(from.other()).send_relayed(
+            now,
+            request.method.clone(),
+            id,
+            env,
+            |copy, session, timer| {
+                relay_request_payload(&request, copy);
+                if negotiated.is_some()
+                    && let Some(agreed) = session.map(|s| s.agreed())
+                {
+                    uac_offer_headers(
+                        agreed.interval,
+                        timer,
+                        agreed.refresher == Who::Vigil,
+                        &mut copy.headers,
+                    );
+                }
+            },
+        );
+        if let Some(sent_seq) = sent {
+            self.relays.waiting.push(Relay {
+                id,
+                from,
+                server_tx: tx,
+                request,
+                sent_seq,
+                negotiated,
+            });
+        }
+    }
+
+    pub(super) fn on_relay_response(
+        &mut self,
+        now: Instant,
+        id: u32,
+        response: Response,
+        env: &mut Env<'_>,
+    ) {
+        if response.status < 200 {
+            return; // the transaction layer already sent 100 on the other side
+        }
+        let Some(relay) = self.relays.take(id) else {
+            // Late: the relay was abandoned. A 2xx to a re-INVITE still needs its ACK.
+            if response.is_success() && response.cseq.method == Method::Invite {
+                let leg = if response.call_id == self.b.call_id() {
+                    Leg::B
+                } else {
+                    Leg::A
+                };
+                self.leg_mut(leg)
+                    .send_ack(now, response.cseq.seq, None, env);
+            }
+            return;
+        };
+        let to = relay.from.other();
+        let offer = matches!(relay.request.method, Method::Invite | Method::Update);
+        let contact = self.leg(relay.from).contact();
+        let mut r = relay_response(
+            &relay.request,
+            &response,
+            None,
+            &contact,
+            &env.settings.user_agent,
+        );
+        if response.is_success() && offer {
+            // Any 2xx to a re-INVITE or UPDATE proves the answering peer alive.
+            self.leg_mut(to).prove_alive_as_uac(now, &response);
+            self.note_body(to, &response.headers, &response.body);
+            if let Some(negotiated) = relay.negotiated {
+                r.headers.push(HeaderName::Supported, "timer");
+                self.leg_mut(relay.from)
+                    .prove_alive_as_uas(now, negotiated, &mut r);
+            }
+        }
+        if response.is_success() && relay.request.method == Method::Invite {
+            self.leg_mut(relay.from)
+                .send_2xx(now, relay.server_tx, r, Some(relay.sent_seq), env);
+        } else {
+            env.tx.respond(now, relay.server_tx, r);
+        }
+    }
+
+    /// A relayed request got no answer on the other leg: its sender gets 408.
+    pub(super) fn on_relay_timeout(&mut self, now: Instant, id: u32, env: &mut Env<'_>) {
+        if let Some(relay) = self.relays.take(id) {
+            let r = local_response(&relay.request, 408, None, None, &env.settings.user_agent);
+            env.tx.respond(now, relay.server_tx, r);
+        }
+    }
+
+    /// Answers every relayed request still waiting: the call is going away.
+    pub(super) fn abandon_relays(&mut self, now: Instant, env: &mut Env<'_>) {
+        for relay in self.relays.waiting.drain(..) {
+            let tag = (relay.from == Leg::A).then_some(self.a.local_tag());
+            let r = local_response(&relay.request, 487, None, tag, &env.settings.user_agent);
+            env.tx.respond(now, relay.server_tx, r);
+        }
+    }
+}

@@ -1,0 +1,167 @@
+//! Setting the call up: the callee's responses to the B-leg INVITE crossing to
+//! the caller (provisionals with early media, the answer, failures with their
+//! code and reason), a 422 retried once, the caller's CANCEL, the ACKs that
+//! confirm both legs, and the ring timer.
+
+use std::time::Instant;
+
+use super::build::local_response;
+use super::{AState, BState, Call, CallTimer, Env, Leg};
+use crate::cdr::{EndReason, EndedBy};
+use crate::metrics::Metrics;
+use crate::sip::{Request, Response};
+
+impl Call {
+    pub(super) fn on_b_invite_response(
+        &mut self,
+        now: Instant,
+        response: Response,
+        env: &mut Env<'_>,
+    ) {
+        let status = response.status;
+        match self.b.state() {
+            BState::Calling | BState::Proceeding => {
+                if status < 200 {
+                    let relay = self.b.on_provisional(now, env);
+                    if relay && status > 100 && self.a.state() == AState::Proceeding {
+                        self.note_early_media(&response);
+                        if let Some(r) = self.a.relayed(&response, env) {
+                            self.a.respond(now, r, env);
+                        }
+                    }
+                } else if status < 300 {
+                    self.on_b_answered(now, response, env);
+                } else if status == 422
+                    && self.ending.is_none()
+                    && self.b.retry_after_422(now, &response, env)
+                {
+                    // RFC 4028 §7.4: the callee wants a longer interval; asked again.
+                    tracing::info!(call_id = %self.a.call_id(), "callee wants a longer session interval (422): retried");
+                } else {
+                    self.b.close();
+                    if self.ending.is_none() {
+                        let r = if status == 422 {
+                            // The caller's interval was fine; the callee refused ours.
+                            self.a.invite().map(|invite| {
+                                local_response(
+                                    invite,
+                                    500,
+                                    Some("Session Interval Refused By Callee"),
+                                    Some(self.a.local_tag()),
+                                    &env.settings.user_agent,
+                                )
+                            })
+                        } else {
+                            self.a.relayed(&response, env)
+                        };
+                        match r {
+                            Some(r) => self.a.respond(now, r, env),
+                            None => self.a.close(),
+                        }
+                        self.end(now, EndReason::Rejected, EndedBy::Callee, Some(status), env);
+                    }
+                }
+            }
+            BState::Cancelling => {
+                if (200..300).contains(&status) {
+                    // The callee answered as the CANCEL crossed: ACK and BYE it.
+                    self.b.hang_up_fork(now, &response, env);
+                }
+                if status >= 200 {
+                    self.b.close();
+                }
+            }
+            BState::Answered | BState::Confirmed => {
+                if (200..300).contains(&status) {
+                    self.b.on_2xx_again(now, &response, env);
+                }
+            }
+            BState::Done => {
+                if (200..300).contains(&status) {
+                    self.b.hang_up_fork(now, &response, env);
+                }
+            }
+        }
+    }
+
+    fn on_b_answered(&mut self, now: Instant, response: Response, env: &mut Env<'_>) {
+        if !self.b.has_invite() || self.a.invite().is_none() {
+            return;
+        }
+        let b_agreed = self.b.on_answered(&response);
+        if self.ending.is_some() {
+            // Answered after the call was already given up (CANCEL race, shutdown).
+            let reason = self.bye_reason();
+            self.b.hang_up(now, reason, env);
+            return;
+        }
+        self.answer = Some(now);
+        Metrics::count(&env.metrics.calls_answered);
+        self.timers.clear(CallTimer::Ring);
+        self.note_body(Leg::B, &response.headers, &response.body);
+        self.a.answer(now, &response, self.b.invite_seq(), env);
+        self.start_sessions(now, b_agreed);
+        tracing::debug!(call_id = %self.a.call_id(), "answered");
+    }
+
+    /// Both legs are confirmed: the INVITEs (most of a call's memory) go; the
+    /// dialogs and the legs' SDPs hold all that is still needed.
+    fn forget_invites(&mut self) {
+        self.a.forget_invite();
+        self.b.forget_invite();
+    }
+
+    /// Early media: the callee's SDP in a provisional travels to the caller.
+    fn note_early_media(&mut self, response: &Response) {
+        if !response.body.is_empty() {
+            self.note_body(Leg::B, &response.headers, &response.body);
+        }
+    }
+
+    /// The caller cancelled (its CANCEL is already answered 200).
+    pub fn on_cancel(&mut self, now: Instant, env: &mut Env<'_>) {
+        if self.a.state() != AState::Proceeding {
+            return; // §9.2: a final response was sent already; CANCEL changes nothing.
+        }
+        self.a.fail(now, 487, None, env);
+        self.end(now, EndReason::Cancelled, EndedBy::Caller, Some(487), env);
+        let reason = self.bye_reason();
+        self.b.cancel(now, reason, env);
+    }
+
+    /// An ACK from a leg (for a 2xx Vigil sent on it).
+    pub fn on_ack(&mut self, now: Instant, leg: Leg, ack: Request, env: &mut Env<'_>) {
+        let Some(ack_other) = self.leg_mut(leg).take_ack(ack.cseq.seq) else {
+            return; // a retransmitted ACK, or one for nothing Vigil sent
+        };
+        let owed_bye = match leg {
+            Leg::A => self.a.confirm(),
+            Leg::B => false,
+        };
+        self.note_body(leg, &ack.headers, &ack.body);
+        if let Some(seq) = ack_other {
+            let other = leg.other();
+            self.leg_mut(other).send_ack(now, seq, Some(&ack), env);
+            if other == Leg::B {
+                self.b.confirm();
+            }
+        }
+        if self.a.state() == AState::Confirmed && self.b.state() == BState::Confirmed {
+            self.forget_invites();
+        }
+        if owed_bye {
+            self.a.send_owed_bye(now, env);
+        }
+    }
+
+    /// No answer within `max_ring_time`: the caller gets 408, the callee a CANCEL.
+    pub(super) fn on_ring_timeout(&mut self, now: Instant, env: &mut Env<'_>) {
+        if self.a.state() == AState::Proceeding && self.ending.is_none() {
+            tracing::info!(call_id = %self.a.call_id(), "no answer within max_ring_time");
+            self.a.fail(now, 408, Some("No Answer"), env);
+            self.end(now, EndReason::Rejected, EndedBy::Switch, Some(408), env);
+            let reason = self.bye_reason();
+            self.b.cancel(now, reason, env);
+        }
+    }
+}

@@ -1,0 +1,78 @@
+//! What an operator sees of a call (`vigil ctl calls`): who, how long, and each
+//! leg's session timer.
+
+use std::time::Instant;
+
+use super::Call;
+use super::leg::CallLeg;
+use crate::session_timer::Who;
+
+/// A call as an operator sees it: who, how long, each leg's session timer.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct CallSnapshot {
+    pub call_id: String,
+    pub b_call_id: String,
+    pub caller: String,
+    pub callee: String,
+    pub trunk_in: String,
+    pub trunk_out: String,
+    /// Seconds since the INVITE arrived.
+    pub age: f64,
+    /// Seconds since the answer; `None` while ringing.
+    pub answered_for: Option<f64>,
+    /// The A leg's (towards the caller) session timer; `None` without one.
+    pub a_leg: Option<LegTimerSnapshot>,
+    pub b_leg: Option<LegTimerSnapshot>,
+}
+
+/// One leg's session timer, for an operator.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct LegTimerSnapshot {
+    pub session_expires: u32,
+    /// `vigil` or `peer`.
+    pub refresher: &'static str,
+    /// Refreshes Vigil completed on this leg.
+    pub refreshes: u32,
+    /// Seconds until Vigil refreshes; `None` where the peer refreshes.
+    pub next_refresh_in: Option<f64>,
+    /// Seconds until the session ends without a refresh.
+    pub expires_in: Option<f64>,
+}
+
+impl LegTimerSnapshot {
+    fn of(leg: &CallLeg, now: Instant) -> Option<LegTimerSnapshot> {
+        let s = leg.session()?;
+        let agreed = s.agreed();
+        let secs_until = |at: Instant| at.saturating_duration_since(now).as_secs_f64();
+        Some(LegTimerSnapshot {
+            session_expires: agreed.interval,
+            refresher: match agreed.refresher {
+                Who::Vigil => "vigil",
+                Who::Peer => "peer",
+            },
+            refreshes: s.refreshes(),
+            next_refresh_in: s.refresh_due_at().map(secs_until),
+            expires_in: s.expires_at().map(secs_until),
+        })
+    }
+}
+
+impl Call {
+    /// What an operator sees of the call (`vigil ctl calls`).
+    pub fn snapshot(&self, now: Instant) -> CallSnapshot {
+        CallSnapshot {
+            call_id: self.a.call_id().to_string(),
+            b_call_id: self.b.call_id().to_string(),
+            caller: self.parties.caller.clone(),
+            callee: self.parties.callee.clone(),
+            trunk_in: self.parties.trunk_in.to_string(),
+            trunk_out: self.parties.trunk_out.to_string(),
+            age: now.saturating_duration_since(self.start).as_secs_f64(),
+            answered_for: self
+                .answer
+                .map(|a| now.saturating_duration_since(a).as_secs_f64()),
+            a_leg: LegTimerSnapshot::of(&self.a.leg, now),
+            b_leg: LegTimerSnapshot::of(&self.b.leg, now),
+        }
+    }
+}
