@@ -11,6 +11,11 @@ use rand::{RngExt, SeedableRng};
 
 use crate::sip::MAGIC_COOKIE;
 
+/// The worker number the registrar's Via branches and Call-IDs carry, so the
+/// receive path hands answers to its keep-alive pings back to it. Call workers
+/// are numbered below it.
+pub const REGISTRAR_WORKER: u8 = 0xfe;
+
 /// Marks identifiers Vigil made: `vgl` + two hex digits of worker number + `-`.
 const PREFIX: &str = "vgl";
 

@@ -11,10 +11,11 @@ use std::sync::atomic::{AtomicIsize, Ordering};
 use std::time::{Duration, Instant};
 
 use vigil::config::Config;
-use vigil::engine::{Engine, LocalSocket};
+use vigil::engine::Engine;
 use vigil::ids::IdGen;
 use vigil::sip::{Message, Method, Request, decode};
 use vigil::transaction::Path;
+use vigil::transport::LocalSocket;
 
 /// Counts live heap bytes.
 struct Counting;

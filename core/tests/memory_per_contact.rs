@@ -11,12 +11,13 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use vigil::config::Config;
-use vigil::engine::LocalSocket;
 use vigil::ids::IdGen;
+use vigil::ids::REGISTRAR_WORKER;
 use vigil::registrar::digest::{Algorithm, DigestAuth, expected_response};
-use vigil::registrar::{Output, REGISTRAR_WORKER, Registrar};
+use vigil::registrar::{Output, Registrar};
 use vigil::sip::{DigestCredentials, HeaderName, Message, decode};
 use vigil::transaction::Path;
+use vigil::transport::LocalSocket;
 
 struct Counting;
 

@@ -108,19 +108,6 @@ impl Body {
     }
 }
 
-/// A Via for a request Vigil originates from `advertised`.
-pub fn our_via(advertised: SocketAddr, branch: String) -> Via {
-    Via {
-        transport: "UDP".into(),
-        host: Host::Ip(advertised.ip()),
-        port: Some(advertised.port()),
-        params: vec![
-            crate::sip::Param::new("branch", Some(branch)),
-            crate::sip::Param::new("rport", None),
-        ],
-    }
-}
-
 /// The raw user part of a URI, as written (keeps `;npdi;rn=` and escapes).
 pub fn raw_user(uri: &Uri) -> Option<String> {
     match uri {
@@ -183,7 +170,7 @@ pub fn b_leg_invite(o: OutboundInvite<'_>) -> Request {
     Request {
         method: Method::Invite,
         uri: target_uri,
-        via: vec![our_via(o.advertised, o.branch)],
+        via: vec![Via::ours(o.advertised, o.branch)],
         max_forwards: a.max_forwards.saturating_sub(1),
         from,
         to: NameAddr::new(to_uri),

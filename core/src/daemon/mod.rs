@@ -24,18 +24,19 @@ use tokio::sync::watch as latest;
 
 use crate::cdr::{CdrWriter, CdrWriterError};
 use crate::config::Config;
-use crate::engine::LocalSocket;
+use crate::ids::REGISTRAR_WORKER;
 use crate::ingress::overload::{Overload, Refusal};
 use crate::ingress::{Ingress, Verdict};
 use crate::metrics::{CallShed, DatagramDrop, Metrics};
 use crate::policy::{PolicyLoader, SessionPolicy};
 use crate::ratelimit::RateLimit;
+use crate::registrar::Registrar;
 use crate::registrar::digest::{Algorithm, DigestAuth};
 use crate::registrar::location::LocationView;
 use crate::registrar::store::Store;
-use crate::registrar::{REGISTRAR_WORKER, Registrar};
 use crate::sip::{MAX_DATAGRAM, Message};
 use crate::transaction::{Path, Transmit, TxBudget};
+use crate::transport::LocalSocket;
 use crate::transport::trace::Direction;
 use crate::transport::{Transport, TransportError};
 
@@ -299,7 +300,7 @@ type RegistrarShared = Option<(Arc<LocationView>, Arc<Mutex<DigestAuth>>)>;
 #[allow(clippy::type_complexity)]
 fn start_registrar(
     config: &Arc<Config>,
-    sockets: &Arc<[crate::engine::LocalSocket]>,
+    sockets: &Arc<[LocalSocket]>,
     metrics: &Arc<Metrics>,
     transport: &Arc<Transport>,
     policy: Arc<dyn SessionPolicy>,

@@ -15,13 +15,13 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::time::sleep_until;
 
 use crate::config::Config;
-use crate::engine::LocalSocket;
 use crate::policy::SessionPolicy;
 use crate::ratelimit::RateLimit;
 use crate::registrar::store::Store;
 use crate::registrar::{Output, Registrar};
 use crate::sip::Message;
 use crate::transaction::Path;
+use crate::transport::LocalSocket;
 use crate::transport::Transport;
 
 /// What the receive loops (and a reload) send the registrar.

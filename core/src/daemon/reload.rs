@@ -30,11 +30,11 @@ use super::registrar::RegistrarInput;
 use super::watch::FileWatcher;
 use super::worker::{Reload, WorkerInput};
 use crate::config::{Config, ConfigError, Listener};
-use crate::engine::LocalSocket;
 use crate::ingress::overload::Overload;
 use crate::metrics::Metrics;
 use crate::policy::{PolicyLoadError, PolicyLoader};
 use crate::transaction::TxBudget;
+use crate::transport::LocalSocket;
 use crate::transport::{BoundSocket, Transport, TransportError};
 
 /// How long a removed `listen` address keeps receiving: a transaction's

@@ -11,13 +11,14 @@ use super::DRAIN_TIME;
 use crate::call::CallSnapshot;
 use crate::cdr::CdrRecord;
 use crate::config::Config;
-use crate::engine::{Engine, EngineResources, LocalSocket};
+use crate::engine::{Engine, EngineResources};
 use crate::metrics::Metrics;
 use crate::policy::Policies;
 use crate::registrar::digest::DigestAuth;
 use crate::registrar::location::LocationView;
 use crate::sip::Message;
 use crate::transaction::{Path, TxBudget};
+use crate::transport::LocalSocket;
 use crate::transport::Transport;
 
 /// What the receive loops and the daemon send a worker.

@@ -29,14 +29,7 @@ use crate::timer::TimerQueue;
 use crate::transaction::{
     Inbound, Path, ServerTxId, TimerValues, TransactionLayer, Transmit, TxBudget, TxEvent, TxShed,
 };
-
-/// A socket Vigil listens on and the address it advertises for it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct LocalSocket {
-    pub bind: SocketAddr,
-    /// What Via and Contact say (the bind address unless it is a wildcard or NAT).
-    pub advertised: SocketAddr,
-}
+use crate::transport::LocalSocket;
 
 /// A request refused before any call exists: status, reason phrase (default if
 /// `None`) and headers that explain it (Unsupported, Accept, Retry-After, …).
@@ -544,7 +537,7 @@ impl Engine {
     /// Answers `503` with `Retry-After`, statelessly, a request the
     /// transaction limits refused, and counts it.
     fn shed(&mut self, now: Instant, request: &Request, why: TxShed, reply: Path) {
-        if crate::ingress::is_new_call(request) {
+        if request.is_initial_invite() {
             self.metrics.call_shed(why.into());
         } else {
             self.metrics.request_shed(why.into());

@@ -21,10 +21,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::config::Config;
+use crate::ids::REGISTRAR_WORKER;
 use crate::ids::{IdGen, worker_of};
 use crate::metrics::{DatagramDrop, Metrics};
 use crate::ratelimit::RateLimit;
-use crate::registrar::REGISTRAR_WORKER;
 use crate::sip::{DecodeError, HeaderName, Message, Method, Request, decode};
 use crate::transaction::{Path, response_target};
 use overload::{Overload, Refusal};
@@ -61,11 +61,6 @@ pub enum DropReason {
     Stray,
     /// The source is over `limits.per_source_rps`.
     Flood,
-}
-
-/// An INVITE that would start a call (not a re-INVITE inside one).
-pub fn is_new_call(request: &Request) -> bool {
-    request.method == Method::Invite && !request.is_in_dialog()
 }
 
 /// One receive path's judge. Each receive task owns one (`&mut self`, no locks).
@@ -229,7 +224,7 @@ impl Ingress {
                     };
                 }
                 let mut fresh_call = false;
-                if is_new_call(&request) {
+                if request.is_initial_invite() {
                     match self.recent.seen(now, &request, path.remote) {
                         // A retransmission: the first copy's answer stands.
                         Some(Seen::Admitted) => {}

@@ -18,24 +18,21 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::config::{Config, KeepaliveMode};
-use crate::engine::LocalSocket;
 use crate::ids::IdGen;
+use crate::ids::REGISTRAR_WORKER;
 use crate::metrics::{Metrics, RequestShed};
 use crate::policy::{BuiltinPolicy, ContactView, KeepaliveDecision, SessionPolicy};
 use crate::ratelimit::RateLimit;
 use crate::sip::{
     CSeq, DigestCredentials, HeaderName, Headers, Host, Message, Method, NameAddr, Request,
-    Response, SipUri, Uri,
+    Response, SipUri, Uri, Via,
 };
 use crate::transaction::{Path, TimerValues, TransactionLayer, Transmit};
+use crate::transport::LocalSocket;
 
 use digest::{DigestAuth, Verdict};
 use keepalive::{Due, Schedule};
 use location::{Binding, Change, ContactId, Limits, Location, LocationView, Target};
-
-/// The worker number the registrar's Via branches and Call-IDs carry, so the
-/// receive path hands answers to its keep-alive pings back to it.
-pub const REGISTRAR_WORKER: u8 = 0xfe;
 
 /// What the registrar asks its shell to do, in order.
 #[derive(Debug, Clone, PartialEq)]
@@ -520,7 +517,7 @@ impl Registrar {
         let request = Request {
             method: Method::Options,
             uri: uri.clone(),
-            via: vec![crate::call::build::our_via(advertised, branch.clone())],
+            via: vec![Via::ours(advertised, branch.clone())],
             max_forwards: 70,
             from,
             to: NameAddr::new(uri),

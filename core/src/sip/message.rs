@@ -160,6 +160,11 @@ impl Request {
         self.to.tag().is_some()
     }
 
+    /// An INVITE that would start a call (not a re-INVITE inside one).
+    pub fn is_initial_invite(&self) -> bool {
+        self.method == Method::Invite && !self.is_in_dialog()
+    }
+
     /// Starts a response per RFC 3261 §8.2.6.2: Via, From, To, Call-ID and CSeq are
     /// copied; the caller adds a To tag where the response needs one.
     pub fn response(&self, status: u16) -> Response {

@@ -193,6 +193,21 @@ pub struct Via {
 pub const MAGIC_COOKIE: &str = "z9hG4bK";
 
 impl Via {
+    /// The Via of a request Vigil originates from the address it advertises
+    /// (`sent-by`), with a branch of its own and `rport` (RFC 3581) so the
+    /// answer comes back through any NAT.
+    pub fn ours(sent_by: std::net::SocketAddr, branch: String) -> Via {
+        Via {
+            transport: "UDP".into(),
+            host: Host::Ip(sent_by.ip()),
+            port: Some(sent_by.port()),
+            params: vec![
+                Param::new("branch", Some(branch)),
+                Param::new("rport", None),
+            ],
+        }
+    }
+
     pub fn parse(s: &str) -> Result<Via, ValueError> {
         let mut parts = s.splitn(3, '/');
         let (Some(name), Some(version), Some(rest)) = (parts.next(), parts.next(), parts.next())

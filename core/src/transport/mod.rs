@@ -15,13 +15,20 @@ use tokio::net::UdpSocket;
 pub mod trace;
 
 use crate::config::Listener;
-use crate::engine::LocalSocket;
 use crate::ratelimit::RateLimit;
 use crate::transaction::Transmit;
 
 /// Socket buffers big enough to ride out a burst of a few thousand calls per second
 /// without the kernel dropping datagrams; the kernel may cap them (net.core.rmem_max).
 const SOCKET_BUFFER: usize = 4 * 1024 * 1024;
+
+/// A socket Vigil listens on and the address it advertises for it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LocalSocket {
+    pub bind: SocketAddr,
+    /// What Via and Contact say (the bind address unless it is a wildcard or NAT).
+    pub advertised: SocketAddr,
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum TransportError {

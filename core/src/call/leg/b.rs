@@ -7,13 +7,13 @@
 use std::time::Instant;
 
 use super::CallLeg;
-use crate::call::build::{Body, OutboundInvite, b_leg_invite, our_via};
+use crate::call::build::{Body, OutboundInvite, b_leg_invite};
 use crate::call::{CallKey, Env, Outbound, Purpose, TxOwner};
 use crate::config::PreferRefresher;
 use crate::dialog::Dialog;
 use crate::policy::Leg;
 use crate::session_timer::negotiate::{self, Agreed, retry_after_422, uac_offer_headers};
-use crate::sip::{HeaderName, Method, Request, Response};
+use crate::sip::{HeaderName, Method, Request, Response, Via};
 use crate::timer_table;
 use crate::transaction::{ClientState, ClientTxId};
 
@@ -212,7 +212,7 @@ impl BLeg {
             return false;
         };
         invite.cseq.seq += 1;
-        invite.via = vec![our_via(self.leg.advertised, env.ids.branch())];
+        invite.via = vec![Via::ours(self.leg.advertised, env.ids.branch())];
         invite.headers.remove(&HeaderName::SessionExpires);
         invite.headers.remove(&HeaderName::MinSe);
         invite.headers.remove(&HeaderName::Supported);
@@ -265,10 +265,13 @@ impl BLeg {
         };
         let ack = fork.ack(
             response.cseq.seq,
-            our_via(self.leg.advertised, env.ids.branch()),
+            Via::ours(self.leg.advertised, env.ids.branch()),
         );
         env.tx.send_stateless(ack.encode(), hop);
-        let bye = fork.new_request(Method::Bye, our_via(self.leg.advertised, env.ids.branch()));
+        let bye = fork.new_request(
+            Method::Bye,
+            Via::ours(self.leg.advertised, env.ids.branch()),
+        );
         env.tx
             .send_request(now, bye, hop, self.leg.owner(Purpose::Teardown));
     }

@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 pub use a::{ALeg, AState};
 pub use b::{BIdentity, BLeg, BState};
 
-use super::build::{Body, our_via};
+use super::build::Body;
 use super::{CallKey, Env, Purpose, TxOwner};
 use crate::config::SessionTimerConfig;
 use crate::dialog::Dialog;
@@ -29,7 +29,7 @@ use crate::session_timer::negotiate::{
     self, retry_after_422, uac_offer_headers, uas_answer_headers,
 };
 use crate::session_timer::{LegEvent, RefreshKind, SessionLeg, UasOutcome};
-use crate::sip::{ALLOWED_METHODS, HeaderName, Headers, Method, Request, Response, SipUri};
+use crate::sip::{ALLOWED_METHODS, HeaderName, Headers, Method, Request, Response, SipUri, Via};
 use crate::timer_table;
 use crate::transaction::{Path, ServerTxId};
 
@@ -293,7 +293,7 @@ impl CallLeg {
             RefreshKind::Update => Method::Update,
             RefreshKind::Reinvite => Method::Invite,
         };
-        let mut request = dialog.new_request(method, our_via(self.advertised, env.ids.branch()));
+        let mut request = dialog.new_request(method, Via::ours(self.advertised, env.ids.branch()));
         uac_offer_headers(
             session.agreed().interval,
             session.config(),
@@ -384,7 +384,7 @@ impl CallLeg {
         let Some(dialog) = self.dialog.as_ref() else {
             return;
         };
-        let mut ack = dialog.ack(seq, our_via(self.advertised, env.ids.branch()));
+        let mut ack = dialog.ack(seq, Via::ours(self.advertised, env.ids.branch()));
         if let Some(from) = body_from {
             super::build::copy_body(&from.headers, &from.body, &mut ack.headers, &mut ack.body);
         }
@@ -420,7 +420,7 @@ impl CallLeg {
         let Some(dialog) = self.dialog.as_mut() else {
             return;
         };
-        let mut bye = dialog.new_request(Method::Bye, our_via(self.advertised, env.ids.branch()));
+        let mut bye = dialog.new_request(Method::Bye, Via::ours(self.advertised, env.ids.branch()));
         if let Some(reason) = reason {
             bye.headers.push(HeaderName::Reason, reason);
         }
@@ -441,7 +441,7 @@ impl CallLeg {
     ) -> Option<u32> {
         let owner = self.owner(Purpose::Relay(relay_id));
         let dialog = self.dialog.as_mut()?;
-        let mut copy = dialog.new_request(method, our_via(self.advertised, env.ids.branch()));
+        let mut copy = dialog.new_request(method, Via::ours(self.advertised, env.ids.branch()));
         prepare(&mut copy, self.session.as_ref(), &self.timer);
         let sent_seq = copy.cseq.seq;
         let path = self.next_hop();
