@@ -236,29 +236,6 @@ pub fn relay_response(
     r
 }
 
-/// A response Vigil itself originates (`487`, `408`, `503`, …) on a leg.
-pub fn local_response(
-    original: &Request,
-    status: u16,
-    reason: Option<&str>,
-    local_tag: Option<&str>,
-    server_header: &str,
-) -> Response {
-    let mut r = original.response(status);
-    if let Some(reason) = reason {
-        r.reason = reason.to_string();
-    }
-    if let Some(tag) = local_tag
-        && r.to.tag().is_none()
-    {
-        r.to.set_tag(tag);
-    }
-    if !server_header.is_empty() {
-        r.headers.push(HeaderName::Server, server_header);
-    }
-    r
-}
-
 /// Copies the payload of a mid-dialog request onto its relayed copy.
 pub fn relay_request_payload(from: &Request, to: &mut Request) {
     copy(&from.headers, &mut to.headers, &IN_DIALOG_PASSTHROUGH);

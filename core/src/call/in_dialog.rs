@@ -4,10 +4,10 @@
 
 use std::time::Instant;
 
-use super::build::local_response;
 use super::{AState, BState, Call, Env, Leg, Purpose};
 use crate::session_timer::{UasOutcome, negotiate};
-use crate::sip::{ALLOWED_METHODS, HeaderName, Method, Request, Response};
+use crate::sip::local_response;
+use crate::sip::{ALLOWED_METHODS, HeaderName, Method, Reply, Request, Response};
 use crate::transaction::ServerTxId;
 
 impl Call {
@@ -23,39 +23,32 @@ impl Call {
     ) {
         env.tx.set_server_owner(tx, self.owner(Purpose::Teardown));
         let ua = env.settings.user_agent.clone();
-        let reply = |env: &mut Env<'_>,
-                     status: u16,
-                     reason: Option<&str>,
-                     extra: Option<(HeaderName, &str)>| {
-            let mut r = local_response(&request, status, reason, None, &ua);
-            if let Some((name, value)) = extra {
-                r.headers.push(name, value);
-            }
-            env.tx.respond(now, tx, r);
+        let reply = |env: &mut Env<'_>, answer: Reply| {
+            env.tx.respond(now, tx, answer.to(&request, None, &ua));
         };
         if leg == Leg::A && self.a.state() == AState::Proceeding && request.method == Method::Bye {
             // §15: a caller may BYE an early dialog; it means what CANCEL means.
-            reply(env, 200, None, None);
+            reply(env, Reply::new(200));
             self.on_cancel(now, env);
             return;
         }
         if self.leg_closed(leg) && request.method != Method::Bye {
             // This dialog is over (Vigil's BYE is out, or the peer's came): only
             // a crossing BYE is still answered on it (§15.1.2).
-            reply(env, 481, None, None);
+            reply(env, Reply::new(481));
             return;
         }
         let Some(dialog) = self.leg_mut(leg).dialog_mut() else {
-            reply(env, 481, None, None);
+            reply(env, Reply::new(481));
             return;
         };
         if !dialog.accept_remote_cseq(&request) {
-            reply(env, 500, Some("CSeq Out Of Order"), None);
+            reply(env, Reply::new(500).reason("CSeq Out Of Order"));
             return;
         }
         match request.method {
             Method::Bye => {
-                reply(env, 200, None, None);
+                reply(env, Reply::new(200));
                 self.on_bye(now, leg, env);
             }
             Method::Invite | Method::Update => {
@@ -74,22 +67,23 @@ impl Call {
                     // final response gets 500 with Retry-After.
                     Some(from) if from == leg => reply(
                         env,
-                        500,
-                        Some("Previous Request Pending"),
-                        Some((HeaderName::RetryAfter, "1")),
+                        Reply::new(500)
+                            .reason("Previous Request Pending")
+                            .retry_after(1),
                     ),
                     // Glare with the other side's offer or Vigil's own refresh: 491
                     // (§14.2, RFC 3311 §5.2).
-                    Some(_) => reply(env, 491, None, None),
-                    None if glare => reply(env, 491, None, None),
+                    Some(_) => reply(env, Reply::new(491)),
+                    None if glare => reply(env, Reply::new(491)),
                     None if !self.leg(leg.other()).is_established() || self.ending.is_some() => {
-                        reply(env, 491, None, Some((HeaderName::RetryAfter, "1")))
+                        reply(env, Reply::new(491).retry_after(1))
                     }
                     None => {
                         let negotiated = negotiate::as_uas(&request, self.leg(leg).timer_config());
                         if let UasOutcome::TooSmall { min_se } = negotiated {
-                            let min_se = min_se.to_string();
-                            return reply(env, 422, None, Some((HeaderName::MinSe, &min_se)));
+                            let too_small =
+                                Reply::new(422).header(HeaderName::MinSe, min_se.to_string());
+                            return reply(env, too_small);
                         }
                         self.leg_mut(leg).refresh_target(request.contact());
                         if changed {
@@ -104,18 +98,21 @@ impl Call {
                 if !self.leg(leg.other()).is_established() || self.ending.is_some() {
                     reply(
                         env,
-                        500,
-                        Some("Other Leg Not Connected"),
-                        Some((HeaderName::RetryAfter, "1")),
+                        Reply::new(500)
+                            .reason("Other Leg Not Connected")
+                            .retry_after(1),
                     );
                 } else {
                     self.relay(now, leg, tx, request, None, env);
                 }
             }
             // No reliable provisional is ever pending: Vigil does not offer 100rel.
-            Method::Prack => reply(env, 481, None, None),
-            Method::Extension(_) => reply(env, 501, None, None),
-            _ => reply(env, 405, None, Some((HeaderName::Allow, ALLOWED_METHODS))),
+            Method::Prack => reply(env, Reply::new(481)),
+            Method::Extension(_) => reply(env, Reply::new(501)),
+            _ => reply(
+                env,
+                Reply::new(405).header(HeaderName::Allow, ALLOWED_METHODS),
+            ),
         }
     }
 

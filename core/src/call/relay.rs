@@ -5,10 +5,11 @@
 
 use std::time::Instant;
 
-use super::build::{local_response, relay_request_payload, relay_response};
+use super::build::{relay_request_payload, relay_response};
 use super::{Call, Env, Leg};
 use crate::session_timer::negotiate::uac_offer_headers;
 use crate::session_timer::{UasOutcome, Who};
+use crate::sip::local_response;
 use crate::sip::{HeaderName, Method, Request, Response};
 use crate::transaction::ServerTxId;
 

@@ -5,10 +5,10 @@
 
 use std::time::Instant;
 
-use super::build::local_response;
 use super::{AState, BState, Call, CallTimer, Env, Leg};
 use crate::cdr::{EndReason, EndedBy};
 use crate::metrics::Metrics;
+use crate::sip::local_response;
 use crate::sip::{Request, Response};
 
 impl Call {

@@ -5,7 +5,7 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use super::{Engine, Refusal};
+use super::Engine;
 use crate::call::{Call, Env, Inbound as InboundLeg, Outbound, Parties};
 use crate::cdr::{CdrRecord, EndReason, EndedBy};
 use crate::config::SessionTimerConfig;
@@ -14,7 +14,7 @@ use crate::policy::{CallOverrides, CallStartDecision, CallStartView};
 use crate::registrar::digest::Verdict;
 use crate::registrar::location::Target;
 use crate::session_timer::{UasOutcome, negotiate};
-use crate::sip::{DigestCredentials, HeaderName, Host, Request, SipUri, Uri};
+use crate::sip::{DigestCredentials, HeaderName, Host, Reply, Request, SipUri, Uri};
 use crate::transaction::{Path, ServerTxId};
 
 /// Who a call comes from.
@@ -42,30 +42,23 @@ struct Unplaced {
     trunk_out: Option<Arc<str>>,
 }
 
-/// A call that cannot be placed, and how it is recorded.
-struct Unroutable {
-    status: u16,
-    reason: &'static str,
-    end_reason: EndReason,
-}
+/// A call that cannot be placed: what the caller is answered, and the CDR's
+/// end reason.
+type Unroutable = (Reply, EndReason);
 
 impl Engine {
     pub(super) fn on_invite(&mut self, now: Instant, tx: ServerTxId, request: Request, path: Path) {
-        let refusal: Option<Refusal> = if self.draining {
-            Some((
-                503,
-                Some("Shutting Down"),
-                vec![(HeaderName::RetryAfter, "30".to_string())],
-            ))
+        let refusal = if self.draining {
+            Some(Reply::new(503).reason("Shutting Down").retry_after(30))
         } else {
             self.uas_checks(&request)
                 .or_else(|| Self::content_checks(&request))
         };
-        if let Some((status, reason, extra)) = refusal {
-            return self.reply(now, tx, &request, status, reason, &extra);
+        if let Some(refusal) = refusal {
+            return self.reply(now, tx, &request, refusal);
         }
         if request.max_forwards == 0 {
-            return self.reply(now, tx, &request, 483, None, &[]);
+            return self.reply(now, tx, &request, Reply::new(483));
         }
         let a_key = (
             request.call_id.clone(),
@@ -74,7 +67,7 @@ impl Engine {
         if self.by_a.contains_key(&a_key) {
             // §8.2.2.2: the same request arriving again on another path (a new
             // branch) is a merged request, not a second call.
-            return self.reply(now, tx, &request, 482, Some("Merged Request"), &[]);
+            return self.reply(now, tx, &request, Reply::new(482).reason("Merged Request"));
         }
         let Some(source) = self.admit(now, tx, &request, path) else {
             return;
@@ -83,37 +76,30 @@ impl Engine {
         let negotiated = negotiate::as_uas(&request, &a_timer);
         if let UasOutcome::TooSmall { min_se } = negotiated {
             // RFC 4028 §9: the caller retries with at least our Min-SE.
-            return self.reply(
-                now,
-                tx,
-                &request,
-                422,
-                None,
-                &[(HeaderName::MinSe, min_se.to_string())],
-            );
+            let too_small = Reply::new(422).header(HeaderName::MinSe, min_se.to_string());
+            return self.reply(now, tx, &request, too_small);
         }
         let callee = request.uri.user_part().unwrap_or_default();
         let caller = request.from.uri.user_part().unwrap_or_default();
         let trunk_in = self.name_of(&source);
         let destination = match self.resolve(&source, &callee) {
             Ok(d) => d,
-            Err(u) => {
-                tracing::info!(call_id = %request.call_id, %callee, %trunk_in, status = u.status, "call not placed");
-                self.reply(now, tx, &request, u.status, Some(u.reason), &[]);
+            Err((reply, end_reason)) => {
+                let status = reply.status;
+                tracing::info!(call_id = %request.call_id, %callee, %trunk_in, status, "call not placed");
+                self.reply(now, tx, &request, reply);
                 let unplaced = Unplaced {
                     caller,
                     callee,
                     trunk_in,
                     trunk_out: None,
                 };
-                return self.record_unplaced(now, &request, unplaced, u.end_reason, u.status);
+                return self.record_unplaced(now, &request, unplaced, end_reason, status);
             }
         };
         let mut outbound = match self.outbound(&destination, &callee) {
             Ok(o) => o,
-            Err((status, reason)) => {
-                return self.reply(now, tx, &request, status, Some(reason), &[]);
-            }
+            Err(refusal) => return self.reply(now, tx, &request, refusal),
         };
         let trunk_out: Arc<str> = match &destination {
             Destination::Trunk(t) => self.config.trunks[*t].name.clone(),
@@ -137,9 +123,10 @@ impl Engine {
         };
         let overrides = match self.call_start(&view, policy_in.as_deref(), policy_out.as_deref()) {
             Ok(overrides) => overrides,
-            Err((status, reason)) => {
-                tracing::info!(call_id = %request.call_id, %callee, %trunk_in, status, %reason, "call refused by policy");
-                self.reply(now, tx, &request, status, Some(&reason), &[]);
+            Err(refusal) => {
+                let status = refusal.status;
+                tracing::info!(call_id = %request.call_id, %callee, %trunk_in, status, reason = ?refusal.reason, "call refused by policy");
+                self.reply(now, tx, &request, refusal);
                 let unplaced = Unplaced {
                     caller,
                     callee,
@@ -215,7 +202,7 @@ impl Engine {
         view: &CallStartView<'_>,
         policy_in: Option<&str>,
         policy_out: Option<&str>,
-    ) -> Result<CallOverrides, (u16, String)> {
+    ) -> Result<CallOverrides, Reply> {
         let mut asked = vec![policy_in];
         if !self.policies.same(policy_in, policy_out) {
             asked.push(policy_out);
@@ -223,7 +210,9 @@ impl Engine {
         let mut merged = CallOverrides::default();
         for trunk in asked {
             match self.policies.for_trunk(trunk).call_start(view) {
-                CallStartDecision::Reject { status, reason } => return Err((status, reason)),
+                CallStartDecision::Reject { status, reason } => {
+                    return Err(Reply::new(status).reason(reason));
+                }
                 CallStartDecision::Accept(o) => {
                     merged = CallOverrides {
                         ttl: o.ttl.or(merged.ttl),
@@ -319,7 +308,12 @@ impl Engine {
         let user = match (&self.auth, self.config.user(&from_user)) {
             (Some(_), Some(user)) => user.clone(),
             _ => {
-                self.reply(now, tx, request, 403, Some("Not An Inbound Trunk"), &[]);
+                self.reply(
+                    now,
+                    tx,
+                    request,
+                    Reply::new(403).reason("Not An Inbound Trunk"),
+                );
                 return None;
             }
         };
@@ -327,7 +321,12 @@ impl Engine {
         let mut auth = auth.lock().unwrap_or_else(|e| e.into_inner());
         if auth.is_blocked(now, path.remote.ip()) {
             drop(auth);
-            self.reply(now, tx, request, 403, Some("Too Many Failures"), &[]);
+            self.reply(
+                now,
+                tx,
+                request,
+                Reply::new(403).reason("Too Many Failures"),
+            );
             return None;
         }
         let credentials = request
@@ -358,17 +357,23 @@ impl Engine {
             tracing::warn!(source = %path.remote, user = %user.name, reason = why, "INVITE credentials refused");
             if auth.is_blocked(now, path.remote.ip()) {
                 drop(auth);
-                self.reply(now, tx, request, 403, Some("Too Many Failures"), &[]);
+                self.reply(
+                    now,
+                    tx,
+                    request,
+                    Reply::new(403).reason("Too Many Failures"),
+                );
                 return None;
             }
         }
-        let challenges: Vec<(HeaderName, String)> = auth
+        let challenge = auth
             .challenges(now, verdict == Some(Verdict::Stale))
             .iter()
-            .map(|c| (HeaderName::ProxyAuthenticate, c.to_string()))
-            .collect();
+            .fold(Reply::new(407), |r, c| {
+                r.header(HeaderName::ProxyAuthenticate, c.to_string())
+            });
         drop(auth);
-        self.reply(now, tx, request, 407, None, &challenges);
+        self.reply(now, tx, request, challenge);
         None
     }
 
@@ -398,11 +403,10 @@ impl Engine {
                     user: user.name.clone(),
                     target,
                 }),
-                None => Err(Unroutable {
-                    status: 480,
-                    reason: "Not Registered",
-                    end_reason: EndReason::Rejected,
-                }),
+                None => Err((
+                    Reply::new(480).reason("Not Registered"),
+                    EndReason::Rejected,
+                )),
             };
         }
         let default = match source {
@@ -413,34 +417,28 @@ impl Engine {
             .route_prefix(callee)
             .or(default)
             .map(Destination::Trunk)
-            .ok_or(Unroutable {
-                status: 404,
-                reason: "No Route",
-                end_reason: EndReason::NoRoute,
-            })
+            .ok_or_else(|| (Reply::new(404).reason("No Route"), EndReason::NoRoute))
     }
 
     /// Where and how the B-leg INVITE goes.
-    fn outbound(
-        &self,
-        destination: &Destination,
-        callee: &str,
-    ) -> Result<Outbound, (u16, &'static str)> {
+    fn outbound(&self, destination: &Destination, callee: &str) -> Result<Outbound, Reply> {
         match destination {
             Destination::Trunk(t) => {
                 let trunk = &self.config.trunks[*t];
                 // Routes only name trunks with `outbound` (config checks it).
-                let target = trunk.outbound.ok_or((500, "Trunk Without Outbound"))?;
+                let target = trunk
+                    .outbound
+                    .ok_or_else(|| Reply::new(500).reason("Trunk Without Outbound"))?;
                 if self
                     .sockets
                     .iter()
                     .any(|s| s.bind == target || s.advertised == target)
                 {
-                    return Err((482, "Loop Detected"));
+                    return Err(Reply::new(482).reason("Loop Detected"));
                 }
                 let socket = self
                     .socket_for(target)
-                    .ok_or((503, "No Socket For Trunk"))?;
+                    .ok_or_else(|| Reply::new(503).reason("No Socket For Trunk"))?;
                 Ok(Outbound {
                     path: Path {
                         local: socket.bind,
@@ -472,7 +470,11 @@ impl Engine {
                     },
                     advertised,
                     timer: self.config.session_timer,
-                    request_uri: Some(target.parsed_uri().ok_or((500, "Unusable Contact"))?),
+                    request_uri: Some(
+                        target
+                            .parsed_uri()
+                            .ok_or_else(|| Reply::new(500).reason("Unusable Contact"))?,
+                    ),
                     to: Some(Uri::Sip(SipUri::new(
                         Some(callee.to_string()),
                         Host::Domain(domain.to_string()),

@@ -13,7 +13,6 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use crate::call::build::local_response;
 use crate::call::{Call, CallKey, CallSettings, CallSnapshot, Env, Leg, TxOwner};
 use crate::cdr::CdrRecord;
 use crate::config::{Config, canonical_ip};
@@ -24,16 +23,14 @@ use crate::ratelimit::RateLimit;
 use crate::registrar::digest::DigestAuth;
 use crate::registrar::location::LocationView;
 use crate::shrink;
-use crate::sip::{ALLOWED_METHODS, HeaderName, MediaType, Message, Method, Request, Response};
+use crate::sip::{
+    ALLOWED_METHODS, HeaderName, MediaType, Message, Method, Reply, Request, local_response,
+};
 use crate::timer::TimerQueue;
 use crate::transaction::{
     Inbound, Path, ServerTxId, TimerValues, TransactionLayer, Transmit, TxBudget, TxEvent, TxShed,
 };
 use crate::transport::LocalSocket;
-
-/// A request refused before any call exists: status, reason phrase (default if
-/// `None`) and headers that explain it (Unsupported, Accept, Retry-After, …).
-type Refusal = (u16, Option<&'static str>, Vec<(HeaderName, String)>);
 
 /// Option tags Vigil implements (for `Supported` and checking `Require`).
 pub const SUPPORTED: &[&str] = &["timer"];
@@ -394,37 +391,34 @@ impl Engine {
                 Some((key, leg)) => {
                     self.with_call(key, |call, env| call.on_request(now, leg, tx, request, env))
                 }
-                None if !admitted => self.reply(now, tx, &request, 403, None, &[]),
-                None => self.reply(now, tx, &request, 481, None, &[]),
+                None if !admitted => self.reply(now, tx, &request, Reply::new(403)),
+                None => self.reply(now, tx, &request, Reply::new(481)),
             };
         }
         match &request.method {
             Method::Invite => self.on_invite(now, tx, request, path),
             Method::Options => {
-                if let Some((status, reason, extra)) = self.uas_checks(&request) {
-                    return self.reply(now, tx, &request, status, reason, &extra);
+                if let Some(refusal) = self.uas_checks(&request) {
+                    return self.reply(now, tx, &request, refusal);
                 }
-                let mut extra = vec![
-                    (HeaderName::Allow, ALLOWED_METHODS.to_string()),
-                    (HeaderName::Accept, "application/sdp".to_string()),
-                ];
+                let mut ok = Reply::new(200)
+                    .header(HeaderName::Allow, ALLOWED_METHODS)
+                    .header(HeaderName::Accept, "application/sdp");
                 if !SUPPORTED.is_empty() {
-                    extra.push((HeaderName::Supported, SUPPORTED.join(", ")));
+                    ok = ok.header(HeaderName::Supported, SUPPORTED.join(", "));
                 }
-                self.reply(now, tx, &request, 200, None, &extra);
+                self.reply(now, tx, &request, ok);
             }
             // These only make sense inside a dialog (RFC 3261 §15, RFC 3311, 3262, 6086).
             Method::Bye | Method::Update | Method::Prack | Method::Info => {
-                self.reply(now, tx, &request, 481, None, &[])
+                self.reply(now, tx, &request, Reply::new(481))
             }
-            Method::Extension(_) => self.reply(now, tx, &request, 501, None, &[]),
+            Method::Extension(_) => self.reply(now, tx, &request, Reply::new(501)),
             _ => self.reply(
                 now,
                 tx,
                 &request,
-                405,
-                None,
-                &[(HeaderName::Allow, ALLOWED_METHODS.to_string())],
+                Reply::new(405).header(HeaderName::Allow, ALLOWED_METHODS),
             ),
         }
     }
@@ -454,15 +448,15 @@ impl Engine {
                 self.tx.respond(now, tx, ok);
                 self.with_call(key, |call, env| call.on_cancel(now, env));
             }
-            None => self.reply(now, tx, &cancel, 481, None, &[]),
+            None => self.reply(now, tx, &cancel, Reply::new(481)),
         }
     }
 
     /// RFC 3261 §8.2.1-8.2.3 checks a UAS makes before acting on a request.
-    fn uas_checks(&self, request: &Request) -> Option<Refusal> {
+    fn uas_checks(&self, request: &Request) -> Option<Reply> {
         let scheme = request.uri.scheme();
         if !matches!(scheme.as_str(), "sip" | "sips" | "tel") {
-            return Some((416, None, Vec::new()));
+            return Some(Reply::new(416));
         }
         let unsupported: Vec<&str> = request
             .headers
@@ -471,37 +465,25 @@ impl Engine {
             .filter(|tag| !SUPPORTED.iter().any(|s| s.eq_ignore_ascii_case(tag)))
             .collect();
         if !unsupported.is_empty() {
-            return Some((
-                420,
-                None,
-                vec![(HeaderName::Unsupported, unsupported.join(", "))],
-            ));
+            return Some(Reply::new(420).header(HeaderName::Unsupported, unsupported.join(", ")));
         }
         None
     }
 
     /// Session description checks for an INVITE (§8.2.3, RFC 4475 `invut`, `sdp01`).
-    fn content_checks(request: &Request) -> Option<Refusal> {
+    fn content_checks(request: &Request) -> Option<Reply> {
         if !request.body.is_empty() {
             let acceptable = request.content_type().is_some_and(|m| {
                 (m.kind == "application" && m.subtype == "sdp")
                     || (m.kind == "multipart" && m.subtype == "mixed")
             });
             if !acceptable {
-                return Some((
-                    415,
-                    None,
-                    vec![(HeaderName::Accept, "application/sdp".into())],
-                ));
+                return Some(Reply::new(415).header(HeaderName::Accept, "application/sdp"));
             }
             if let Some(enc) = request.headers.get(&HeaderName::ContentEncoding)
                 && !enc.trim().eq_ignore_ascii_case("identity")
             {
-                return Some((
-                    415,
-                    None,
-                    vec![(HeaderName::AcceptEncoding, "identity".into())],
-                ));
+                return Some(Reply::new(415).header(HeaderName::AcceptEncoding, "identity"));
             }
         }
         let accepts: Vec<MediaType> = request
@@ -512,11 +494,7 @@ impl Engine {
         if request.headers.count(&HeaderName::Accept) > 0
             && !accepts.iter().any(|m| m.admits("application", "sdp"))
         {
-            return Some((
-                406,
-                None,
-                vec![(HeaderName::Accept, "application/sdp".into())],
-            ));
+            return Some(Reply::new(406).header(HeaderName::Accept, "application/sdp"));
         }
         None
     }
@@ -546,33 +524,18 @@ impl Engine {
             tracing::warn!(source = %reply.remote, method = %request.method, reason = ?why, suppressed, "new request over the transaction limits: 503");
         }
         let tag = self.ids.tag();
-        let mut r = local_response(request, 503, None, Some(&tag), &self.settings.user_agent);
-        r.headers
-            .push(HeaderName::RetryAfter, TX_SHED_RETRY_AFTER.to_string());
+        let r = Reply::new(503).retry_after(TX_SHED_RETRY_AFTER).to(
+            request,
+            Some(&tag),
+            &self.settings.user_agent,
+        );
         self.tx.send_stateless(r.encode(), reply);
     }
 
     /// Answers a request Vigil handles itself, with a fresh To tag.
-    fn reply(
-        &mut self,
-        now: Instant,
-        tx: ServerTxId,
-        request: &Request,
-        status: u16,
-        reason: Option<&str>,
-        extra: &[(HeaderName, String)],
-    ) {
+    fn reply(&mut self, now: Instant, tx: ServerTxId, request: &Request, reply: Reply) {
         let tag = self.ids.tag();
-        let mut r: Response = local_response(
-            request,
-            status,
-            reason,
-            Some(&tag),
-            &self.settings.user_agent,
-        );
-        for (name, value) in extra {
-            r.headers.push(name.clone(), value.as_str());
-        }
+        let r = reply.to(request, Some(&tag), &self.settings.user_agent);
         self.tx.respond(now, tx, r);
     }
 }

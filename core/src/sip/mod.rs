@@ -15,6 +15,7 @@ mod auth;
 mod decode;
 mod header;
 mod message;
+mod reply;
 mod text;
 mod typed;
 mod uri;
@@ -23,6 +24,7 @@ pub use auth::{DigestChallenge, DigestCredentials};
 pub use decode::{DecodeError, MAX_DATAGRAM, MAX_HEADERS, ReplyContext, decode};
 pub use header::{Header, HeaderName, Headers};
 pub use message::{ALLOWED_METHODS, Message, Request, Response, reason_phrase};
+pub use reply::{Reply, local_response};
 pub use text::{Param, split_list};
 pub use typed::{
     CSeq, MAGIC_COOKIE, MediaType, Method, MinSe, NameAddr, Refresher, SessionExpires, ValueError,

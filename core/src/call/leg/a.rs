@@ -6,12 +6,13 @@
 use std::time::Instant;
 
 use super::CallLeg;
-use crate::call::build::{Body, local_response, relay_response};
+use crate::call::build::{Body, relay_response};
 use crate::call::{CallKey, Env, Inbound, Purpose, TxOwner};
 use crate::dialog::Dialog;
 use crate::policy::Leg;
 use crate::session_timer::UasOutcome;
 use crate::session_timer::negotiate::uas_answer_headers;
+use crate::sip::local_response;
 use crate::sip::{HeaderName, Request, Response};
 use crate::transaction::ServerTxId;
 

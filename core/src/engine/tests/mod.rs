@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use super::*;
 use crate::cdr::{EndReason, EndedBy};
-use crate::sip::decode;
+use crate::sip::{Response, decode};
 
 const CONFIG: &str = r#"
 listen: ["udp:127.0.0.1:5060"]
