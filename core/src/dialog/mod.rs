@@ -3,6 +3,11 @@
 //!
 //! A dialog is plain data with the rules of §12 as methods; it does no I/O and
 //! keeps no timers (those belong to the call and the session timer).
+//!
+//! A worker holds two dialogs per call for hours, so a dialog keeps its URIs as
+//! the text it writes into requests (a parsed `NameAddr` is a few hundred bytes
+//! of structure for forty bytes of text) and parses them again only when it
+//! builds a request, a handful of times in a call's life.
 
 use std::net::SocketAddr;
 
@@ -13,21 +18,35 @@ use crate::sip::{
 /// One side of a call as a dialog.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Dialog {
-    pub call_id: String,
-    pub local_tag: String,
-    pub remote_tag: String,
-    /// Our From (without tag) in requests we send.
-    pub local_uri: NameAddr,
-    /// Our To (without tag) in requests we send.
-    pub remote_uri: NameAddr,
-    pub local_seq: u32,
-    pub remote_seq: Option<u32>,
+    pub call_id: Box<str>,
+    pub local_tag: Box<str>,
+    pub remote_tag: Box<str>,
+    /// Our From (without tag) in requests we send, as written.
+    local_uri: Box<str>,
+    /// Our To (without tag) in requests we send, as written.
+    remote_uri: Box<str>,
+    local_seq: u32,
+    remote_seq: Option<u32>,
     /// Where requests go (the peer's Contact), updated by target refreshes.
-    pub remote_target: Uri,
+    remote_target: Box<str>,
     /// Route set in the order requests carry it (§12.1.1, §12.1.2).
-    pub route_set: Vec<String>,
+    route_set: Box<[Box<str>]>,
     /// Our Contact, sent in target-refresh requests.
-    pub local_contact: SipUri,
+    local_contact: Box<str>,
+    /// The address requests go to when the route set or remote target names
+    /// one (an IP literal), worked out once.
+    hop: Option<SocketAddr>,
+}
+
+/// `addr` without its tag, as written in a header.
+fn without_tag(addr: &NameAddr) -> Box<str> {
+    let mut addr = addr.clone();
+    addr.params.retain(|p| !p.name.eq_ignore_ascii_case("tag"));
+    addr.to_string().into_boxed_str()
+}
+
+fn boxed_routes(routes: Vec<String>) -> Box<[Box<str>]> {
+    routes.into_iter().map(String::into_boxed_str).collect()
 }
 
 impl Dialog {
@@ -35,60 +54,52 @@ impl Dialog {
     /// (§12.1.1): route set is the Record-Route in order, remote target is the
     /// request's Contact.
     pub fn as_uas(invite: &Request, local_tag: String, local_contact: SipUri) -> Dialog {
-        let mut local_uri = invite.to.clone();
-        local_uri
-            .params
-            .retain(|p| !p.name.eq_ignore_ascii_case("tag"));
-        let mut remote_uri = invite.from.clone();
-        remote_uri
-            .params
-            .retain(|p| !p.name.eq_ignore_ascii_case("tag"));
-        Dialog {
-            call_id: invite.call_id.clone(),
-            local_tag,
-            remote_tag: invite.from.tag().unwrap_or_default().to_string(),
-            local_uri,
-            remote_uri,
+        let remote_target = invite
+            .contact()
+            .map(|c| c.uri)
+            .unwrap_or_else(|| invite.from.uri.clone());
+        let mut dialog = Dialog {
+            call_id: invite.call_id.as_str().into(),
+            local_tag: local_tag.into_boxed_str(),
+            remote_tag: invite.from.tag().unwrap_or_default().into(),
+            local_uri: without_tag(&invite.to),
+            remote_uri: without_tag(&invite.from),
             // §12.1.1: our sequence space starts fresh; 1 is as good as random.
             local_seq: 0,
             remote_seq: Some(invite.cseq.seq),
-            remote_target: invite
-                .contact()
-                .map(|c| c.uri)
-                .unwrap_or_else(|| invite.from.uri.clone()),
-            route_set: invite.record_route(),
-            local_contact,
-        }
+            remote_target: remote_target.to_string().into_boxed_str(),
+            route_set: boxed_routes(invite.record_route()),
+            local_contact: local_contact.to_string().into_boxed_str(),
+            hop: None,
+        };
+        dialog.find_hop();
+        dialog
     }
 
     /// The dialog Vigil holds as UAC, from its INVITE and the peer's 2xx (§12.1.2):
     /// route set is the response's Record-Route reversed.
     pub fn as_uac(invite: &Request, response: &Response, local_contact: SipUri) -> Dialog {
-        let mut local_uri = invite.from.clone();
-        local_uri
-            .params
-            .retain(|p| !p.name.eq_ignore_ascii_case("tag"));
-        let mut remote_uri = invite.to.clone();
-        remote_uri
-            .params
-            .retain(|p| !p.name.eq_ignore_ascii_case("tag"));
         let mut route_set = response.record_route();
         route_set.reverse();
-        Dialog {
-            call_id: invite.call_id.clone(),
-            local_tag: invite.from.tag().unwrap_or_default().to_string(),
-            remote_tag: response.to.tag().unwrap_or_default().to_string(),
-            local_uri,
-            remote_uri,
+        let remote_target = response
+            .contact()
+            .map(|c| c.uri)
+            .unwrap_or_else(|| invite.uri.clone());
+        let mut dialog = Dialog {
+            call_id: invite.call_id.as_str().into(),
+            local_tag: invite.from.tag().unwrap_or_default().into(),
+            remote_tag: response.to.tag().unwrap_or_default().into(),
+            local_uri: without_tag(&invite.from),
+            remote_uri: without_tag(&invite.to),
             local_seq: invite.cseq.seq,
             remote_seq: None,
-            remote_target: response
-                .contact()
-                .map(|c| c.uri)
-                .unwrap_or_else(|| invite.uri.clone()),
-            route_set,
-            local_contact,
-        }
+            remote_target: remote_target.to_string().into_boxed_str(),
+            route_set: boxed_routes(route_set),
+            local_contact: local_contact.to_string().into_boxed_str(),
+            hop: None,
+        };
+        dialog.find_hop();
+        dialog
     }
 
     /// The dialog another fork's 2xx to the same INVITE creates (§13.2.2.4): same
@@ -96,16 +107,30 @@ impl Dialog {
     pub fn fork(&self, response: &Response) -> Dialog {
         let mut route_set = response.record_route();
         route_set.reverse();
-        Dialog {
-            remote_tag: response.to.tag().unwrap_or_default().to_string(),
+        let mut fork = Dialog {
+            remote_tag: response.to.tag().unwrap_or_default().into(),
             remote_target: response
                 .contact()
-                .map_or_else(|| self.remote_target.clone(), |c| c.uri),
-            route_set,
+                .map_or_else(|| self.remote_target.clone(), |c| c.uri.to_string().into()),
+            route_set: boxed_routes(route_set),
             remote_seq: None,
             local_seq: response.cseq.seq,
             ..self.clone()
-        }
+        };
+        fork.find_hop();
+        fork
+    }
+
+    /// Works out the next hop's address once (see [`Dialog::next_hop`]).
+    fn find_hop(&mut self) {
+        let hop = match self.route_set.first() {
+            Some(route) => NameAddr::parse(route).ok().map(|r| r.uri),
+            None => Uri::parse(&self.remote_target).ok(),
+        };
+        self.hop = hop
+            .as_ref()
+            .and_then(Uri::as_sip)
+            .and_then(SipUri::socket_addr);
     }
 
     /// Checks an incoming in-dialog request's CSeq (§12.2.2): one lower than the
@@ -128,26 +153,34 @@ impl Dialog {
     /// becomes the new remote target (§12.2).
     pub fn refresh_target(&mut self, contact: Option<NameAddr>) {
         if let Some(c) = contact {
-            self.remote_target = c.uri;
+            self.remote_target = c.uri.to_string().into_boxed_str();
+            self.find_hop();
         }
     }
 
-    /// A new request in this dialog (§12.2.1.1) with the next CSeq.
-    pub fn new_request(&mut self, method: Method, via: Via) -> Request {
+    /// A new request in this dialog (§12.2.1.1) with the next CSeq; `None` if
+    /// the dialog's own URIs no longer parse (a codec bug: nothing is sent).
+    pub fn new_request(&mut self, method: Method, via: Via) -> Option<Request> {
         self.local_seq += 1;
         let seq = self.local_seq;
         self.request_with_seq(method, via, seq)
     }
 
     /// The ACK for a 2xx to the INVITE with CSeq `invite_seq` (§13.2.2.4).
-    pub fn ack(&self, invite_seq: u32, via: Via) -> Request {
+    pub fn ack(&self, invite_seq: u32, via: Via) -> Option<Request> {
         self.request_with_seq(Method::Ack, via, invite_seq)
     }
 
-    fn request_with_seq(&self, method: Method, via: Via, seq: u32) -> Request {
-        let mut from = self.local_uri.clone();
+    fn request_with_seq(&self, method: Method, via: Via, seq: u32) -> Option<Request> {
+        let parsed = NameAddr::parse(&self.local_uri)
+            .ok()
+            .zip(NameAddr::parse(&self.remote_uri).ok())
+            .zip(Uri::parse(&self.remote_target).ok());
+        let Some(((mut from, mut to), remote_target)) = parsed else {
+            tracing::error!(call_id = %self.call_id, "a dialog's own URIs do not parse: request not sent");
+            return None;
+        };
         from.set_tag(&self.local_tag);
-        let mut to = self.remote_uri.clone();
         // §12.1.1: a peer that sent no tag (RFC 2543) has a null remote tag, and
         // the To of our requests then carries none (`tag=` would be malformed).
         if !self.remote_tag.is_empty() {
@@ -162,57 +195,50 @@ impl Dialog {
             .first()
             .and_then(|r| NameAddr::parse(r).ok())
             .filter(|r| r.uri.as_sip().is_some_and(|u| u.param("lr").is_none()));
-        let uri = match &strict_first {
+        let uri = match strict_first {
             Some(first) => {
                 for route in &self.route_set[1..] {
-                    headers.push(HeaderName::Route, route.as_str());
+                    headers.push(HeaderName::Route, &**route);
                 }
                 headers.push(HeaderName::Route, format!("<{}>", self.remote_target));
-                first.uri.clone()
+                first.uri
             }
             None => {
                 for route in &self.route_set {
-                    headers.push(HeaderName::Route, route.as_str());
+                    headers.push(HeaderName::Route, &**route);
                 }
-                self.remote_target.clone()
+                remote_target
             }
         };
         if matches!(method, Method::Invite | Method::Update) {
             headers.push(HeaderName::Contact, format!("<{}>", self.local_contact));
         }
-        Request {
+        Some(Request {
             method: method.clone(),
             uri,
             via: vec![via],
             max_forwards: 70,
             from,
             to,
-            call_id: self.call_id.clone(),
+            call_id: self.call_id.to_string(),
             cseq: CSeq { seq, method },
             headers,
             body: Vec::new(),
-        }
+        })
     }
 
     /// The address the next request goes to: the first route's, else the remote
     /// target's, when it is an IP literal; else `fallback` (the address this leg's
     /// peer talks from), since the sans-IO core does not resolve names.
     pub fn next_hop(&self, fallback: SocketAddr) -> SocketAddr {
-        let hop = match self.route_set.first() {
-            Some(route) => NameAddr::parse(route).ok().map(|r| r.uri),
-            None => Some(self.remote_target.clone()),
-        };
-        hop.as_ref()
-            .and_then(Uri::as_sip)
-            .and_then(SipUri::socket_addr)
-            .unwrap_or(fallback)
+        self.hop.unwrap_or(fallback)
     }
 
     /// True if `request` (from the peer) belongs to this dialog (§12.2.2).
     pub fn matches_incoming(&self, request: &Request) -> bool {
-        request.call_id == self.call_id
-            && request.from.tag() == Some(self.remote_tag.as_str())
-            && request.to.tag() == Some(self.local_tag.as_str())
+        *request.call_id == *self.call_id
+            && request.from.tag() == Some(&*self.remote_tag)
+            && request.to.tag() == Some(&*self.local_tag)
     }
 }
 
@@ -241,7 +267,7 @@ Call-ID: d1\r\nCSeq: 314 INVITE\r\nContact: <sip:alice@192.0.2.10:5062>\r\n\r\n"
     fn uas_dialog_sends_requests_per_rfc3261_12_2_1_1() {
         let contact = SipUri::for_socket(None, "192.0.2.20:5060".parse().expect("addr"));
         let mut d = Dialog::as_uas(&invite(), "tb".into(), contact);
-        let bye = d.new_request(Method::Bye, via());
+        let bye = d.new_request(Method::Bye, via()).expect("request");
         assert_eq!(bye.uri.to_string(), "sip:alice@192.0.2.10:5062");
         assert_eq!(bye.from.tag(), Some("tb"));
         assert_eq!(bye.to.tag(), Some("ta"));
@@ -254,7 +280,8 @@ Call-ID: d1\r\nCSeq: 314 INVITE\r\nContact: <sip:alice@192.0.2.10:5062>\r\n\r\n"
         // The first route is a hostname: fall back to the peer's address.
         let fallback = "192.0.2.99:5060".parse().expect("addr");
         assert_eq!(d.next_hop(fallback), fallback);
-        d.route_set.remove(0);
+        d.route_set = d.route_set[1..].into();
+        d.find_hop();
         assert_eq!(
             d.next_hop(fallback),
             "192.0.2.30:5070".parse().expect("addr")
@@ -285,7 +312,7 @@ Call-ID: d1\r\nCSeq: 314 INVITE\r\nContact: <sip:alice@192.0.2.10:5062>\r\n\r\n"
         };
         assert_eq!(rfc2543.from.tag(), None);
         let mut d = Dialog::as_uas(&rfc2543, "tb".into(), contact);
-        let bye = d.new_request(Method::Bye, via());
+        let bye = d.new_request(Method::Bye, via()).expect("request");
         assert_eq!(bye.to.tag(), None);
         assert!(!bye.to.to_string().contains("tag"), "{}", bye.to);
         assert!(matches!(decode(&bye.encode()), Ok(Message::Request(_))));
@@ -295,8 +322,9 @@ Call-ID: d1\r\nCSeq: 314 INVITE\r\nContact: <sip:alice@192.0.2.10:5062>\r\n\r\n"
     fn strict_router_becomes_the_request_uri() {
         let contact = SipUri::for_socket(None, "192.0.2.20:5060".parse().expect("addr"));
         let mut d = Dialog::as_uas(&invite(), "tb".into(), contact);
-        d.route_set = vec!["<sip:192.0.2.40>".into()];
-        let req = d.new_request(Method::Info, via());
+        d.route_set = vec!["<sip:192.0.2.40>".into()].into();
+        d.find_hop();
+        let req = d.new_request(Method::Info, via()).expect("request");
         assert_eq!(req.uri.to_string(), "sip:192.0.2.40");
         assert_eq!(
             req.headers.get(&HeaderName::Route),

@@ -152,8 +152,8 @@ impl BLeg {
     /// Vigil's, From tag the callee's. Nothing matches before the answer.
     pub fn owns(&self, request: &Request) -> bool {
         self.leg.dialog().is_some_and(|d| {
-            request.to.tag() == Some(d.local_tag.as_str())
-                && request.from.tag().unwrap_or_default() == d.remote_tag
+            request.to.tag() == Some(&*d.local_tag)
+                && request.from.tag().unwrap_or_default() == &*d.remote_tag
         })
     }
 
@@ -242,7 +242,7 @@ impl BLeg {
         let same_dialog = self
             .leg
             .dialog()
-            .is_some_and(|d| Some(d.remote_tag.as_str()) == response.to.tag());
+            .is_some_and(|d| Some(&*d.remote_tag) == response.to.tag());
         if same_dialog {
             self.leg.resend_ack(response.cseq.seq, env);
         } else {
@@ -267,13 +267,17 @@ impl BLeg {
             response.cseq.seq,
             Via::ours(self.leg.advertised, env.ids.branch()),
         );
-        env.tx.send_stateless(ack.encode(), hop);
+        if let Some(ack) = ack {
+            env.tx.send_stateless(ack.encode(), hop);
+        }
         let bye = fork.new_request(
             Method::Bye,
             Via::ours(self.leg.advertised, env.ids.branch()),
         );
-        env.tx
-            .send_request(now, bye, hop, self.leg.owner(Purpose::Teardown));
+        if let Some(bye) = bye {
+            env.tx
+                .send_request(now, bye, hop, self.leg.owner(Purpose::Teardown));
+        }
     }
 
     /// Ends the leg in whatever state it is: CANCEL before answer, ACK + BYE

@@ -293,7 +293,11 @@ impl CallLeg {
             RefreshKind::Update => Method::Update,
             RefreshKind::Reinvite => Method::Invite,
         };
-        let mut request = dialog.new_request(method, Via::ours(self.advertised, env.ids.branch()));
+        let Some(mut request) =
+            dialog.new_request(method, Via::ours(self.advertised, env.ids.branch()))
+        else {
+            return;
+        };
         uac_offer_headers(
             session.agreed().interval,
             session.config(),
@@ -384,7 +388,9 @@ impl CallLeg {
         let Some(dialog) = self.dialog.as_ref() else {
             return;
         };
-        let mut ack = dialog.ack(seq, Via::ours(self.advertised, env.ids.branch()));
+        let Some(mut ack) = dialog.ack(seq, Via::ours(self.advertised, env.ids.branch())) else {
+            return;
+        };
         if let Some(from) = body_from {
             super::build::copy_body(&from.headers, &from.body, &mut ack.headers, &mut ack.body);
         }
@@ -420,7 +426,11 @@ impl CallLeg {
         let Some(dialog) = self.dialog.as_mut() else {
             return;
         };
-        let mut bye = dialog.new_request(Method::Bye, Via::ours(self.advertised, env.ids.branch()));
+        let Some(mut bye) =
+            dialog.new_request(Method::Bye, Via::ours(self.advertised, env.ids.branch()))
+        else {
+            return;
+        };
         if let Some(reason) = reason {
             bye.headers.push(HeaderName::Reason, reason);
         }
@@ -441,7 +451,7 @@ impl CallLeg {
     ) -> Option<u32> {
         let owner = self.owner(Purpose::Relay(relay_id));
         let dialog = self.dialog.as_mut()?;
-        let mut copy = dialog.new_request(method, Via::ours(self.advertised, env.ids.branch()));
+        let mut copy = dialog.new_request(method, Via::ours(self.advertised, env.ids.branch()))?;
         prepare(&mut copy, self.session.as_ref(), &self.timer);
         let sent_seq = copy.cseq.seq;
         let path = self.next_hop();
