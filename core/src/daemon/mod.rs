@@ -87,7 +87,7 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
         None => None,
     };
     transport.trace().configure(&config);
-    let cdr_writer = CdrWriter::open(&config.cdr_path).await?;
+    let cdr_writer = CdrWriter::open(&config.cdr.path).await?;
     let (cdr_tx, cdr_rx) = mpsc::unbounded_channel();
     let (cdr_reopen, cdr_reopens) = latest::channel(0u64);
     let writer = tokio::spawn(cdr_writer.run(cdr_rx, cdr_reopens));
