@@ -6,6 +6,7 @@
 //! (an NTP step mid-call cannot bill a caller for an hour they did not talk),
 //! while `start`/`answer`/`end` are as accurate as the host's clock.
 
+pub mod append;
 mod writer;
 
 use std::collections::BTreeMap;
