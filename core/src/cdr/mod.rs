@@ -7,6 +7,7 @@
 //! while `start`/`answer`/`end` are as accurate as the host's clock.
 
 pub mod append;
+pub mod delivery;
 mod writer;
 
 use std::collections::BTreeMap;
