@@ -20,7 +20,10 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Run the switch in the foreground until SIGTERM or SIGINT.
+    /// Run the switch in the foreground until SIGTERM or SIGINT. Exits 0 when
+    /// every CDR is in the CDR file, 3 when some could not be written (printed
+    /// on stderr, or left in the spill file for the next start), 1 when it
+    /// could not start.
     Run {
         /// The YAML config file.
         #[arg(long, short)]
@@ -60,7 +63,10 @@ fn main() -> ExitCode {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("vigil: {e:#}");
-                ExitCode::FAILURE
+                let code = e
+                    .downcast_ref::<vigil::daemon::DaemonError>()
+                    .map_or(1, vigil::daemon::DaemonError::exit_code);
+                ExitCode::from(code)
             }
         },
     }
