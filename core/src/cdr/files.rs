@@ -1,6 +1,6 @@
 //! The CDR file and its spill file on disk: the I/O that [`Delivery`] asks
 //! for, done with plain blocking calls (the writer runs them on tokio's
-//! blocking pool).
+//! blocking pool), and the check `vigil check` makes of `cdr.path`.
 //!
 //! Both files are opened `O_APPEND` and written whole lines at a time
 //! ([`LineAppender`]). The spill is read back with positioned reads from the
@@ -381,6 +381,89 @@ fn scan_spill(file: &File) -> io::Result<FoundSpill> {
     }
 }
 
+/// Why `cdr.path` (or the spill in `cdr.spool`) cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum CdrPathError {
+    #[error("{} is not a directory", .0.display())]
+    NotADirectory(PathBuf),
+    #[error("cannot create the directory {}: {source}", dir.display())]
+    CreateDir { dir: PathBuf, source: io::Error },
+    #[error("{} is a directory, not a file", .0.display())]
+    IsADirectory(PathBuf),
+    #[error("cannot open {} for appending: {source}", path.display())]
+    Open { path: PathBuf, source: io::Error },
+}
+
+/// Finds out whether `path` can be opened for appending the way the writer
+/// will (its directory created if missing), and leaves nothing behind that
+/// was not there before: directories and a file it had to create for the
+/// test are removed again.
+pub fn check_path(path: &Path) -> Result<(), CdrPathError> {
+    let dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let created = create_missing_dirs(dir)?;
+    let result = probe_file(path);
+    for dir in created.iter().rev() {
+        let _ = fs::remove_dir(dir);
+    }
+    result
+}
+
+fn probe_file(path: &Path) -> Result<(), CdrPathError> {
+    let open_error = |source| CdrPathError::Open {
+        path: path.to_path_buf(),
+        source,
+    };
+    match fs::metadata(path) {
+        Ok(m) if m.is_dir() => Err(CdrPathError::IsADirectory(path.to_path_buf())),
+        Ok(_) => OpenOptions::new()
+            .append(true)
+            .open(path)
+            .map(drop)
+            .map_err(open_error),
+        Err(_) => {
+            OpenOptions::new()
+                .append(true)
+                .create_new(true)
+                .open(path)
+                .map_err(open_error)?;
+            let _ = fs::remove_file(path);
+            Ok(())
+        }
+    }
+}
+
+/// Creates the missing directories of `dir`, outermost first, and returns
+/// them (to remove again).
+fn create_missing_dirs(dir: &Path) -> Result<Vec<PathBuf>, CdrPathError> {
+    let mut missing = Vec::new();
+    let mut at = dir;
+    loop {
+        match fs::metadata(at) {
+            Ok(m) if m.is_dir() => break,
+            Ok(_) => return Err(CdrPathError::NotADirectory(at.to_path_buf())),
+            Err(_) => missing.push(at.to_path_buf()),
+        }
+        match at.parent().filter(|p| !p.as_os_str().is_empty()) {
+            Some(parent) => at = parent,
+            None => break,
+        }
+    }
+    let mut created = Vec::new();
+    for dir in missing.into_iter().rev() {
+        if let Err(source) = fs::create_dir(&dir) {
+            for made in created.iter().rev() {
+                let _ = fs::remove_dir(made);
+            }
+            return Err(CdrPathError::CreateDir { dir, source });
+        }
+        created.push(dir);
+    }
+    Ok(created)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -490,5 +573,22 @@ mod tests {
         };
         files.perform(Action::Write(batch(&["{\"n\":1}"])));
         assert_eq!(std::fs::read_to_string(&path).expect("cdr"), "{\"n\":1}\n");
+    }
+
+    #[test]
+    fn check_path_creates_nothing_that_stays_and_names_what_is_wrong() {
+        let dir = tempfile::tempdir().expect("dir");
+        let fresh = dir.path().join("a/b/cdr.jsonl");
+        check_path(&fresh).expect("writable");
+        assert!(!dir.path().join("a").exists(), "no directory left behind");
+        let existing = dir.path().join("cdr.jsonl");
+        std::fs::write(&existing, "{}\n").expect("write");
+        check_path(&existing).expect("writable");
+        assert_eq!(std::fs::read_to_string(&existing).expect("read"), "{}\n");
+        let under_a_file = existing.join("cdr.jsonl");
+        let e = check_path(&under_a_file).expect_err("under a file");
+        assert!(matches!(e, CdrPathError::NotADirectory(_)), "{e}");
+        let e = check_path(dir.path()).expect_err("a directory");
+        assert!(matches!(e, CdrPathError::IsADirectory(_)), "{e}");
     }
 }

@@ -24,6 +24,7 @@ use std::time::{Instant, SystemTime};
 
 use serde::Serialize;
 
+pub use files::{CdrPathError, check_path};
 pub use writer::{CdrShutdown, CdrStatus, CdrWriter, CdrWriterError, FINAL_FLUSH};
 
 /// Why a call ended.

@@ -543,6 +543,20 @@ impl Config {
         self.user_index.get(name).map(|&i| &self.users[i])
     }
 
+    /// A problem with `key` found after loading (`vigil check` trying the
+    /// CDR paths), placed at the key's line like the parser's own.
+    pub fn problem(&self, key: &str, message: impl Into<String>) -> ConfigProblem {
+        let line = std::fs::read_to_string(&self.file)
+            .ok()
+            .and_then(|text| LineIndex::build(&text).line_of(key));
+        ConfigProblem {
+            file: self.file.clone(),
+            line,
+            key: key.to_string(),
+            message: message.into(),
+        }
+    }
+
     /// Worker count: configured, else one per CPU.
     pub fn workers(&self) -> usize {
         self.sip.workers.unwrap_or_else(|| {
