@@ -423,7 +423,7 @@ impl Delivery {
             (InFlight::Write(asked), Outcome::Written { lines, error }) => {
                 for held in self.head.drain(..lines.min(asked)) {
                     if let Some(end) = held.spill_end {
-                        self.head_from_spill -= 1;
+                        self.head_from_spill = self.head_from_spill.saturating_sub(1);
                         self.spill.lines = self.spill.lines.saturating_sub(1);
                         self.spill.replayed_to = end;
                         self.spill.replayed += 1;
@@ -559,7 +559,7 @@ impl Delivery {
 
     /// Records held in memory that are in no file.
     pub fn pending(&self) -> usize {
-        self.head.len() - self.head_from_spill + self.tail.len()
+        self.head.len().saturating_sub(self.head_from_spill) + self.tail.len()
     }
 
     /// Records in the spill file that are not in the CDR file yet.

@@ -11,7 +11,7 @@
 //! [`Delivery`]: super::delivery::Delivery
 
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, BufRead, BufReader, Seek, SeekFrom};
+use std::io::{self, BufRead, BufReader, Read, Seek, SeekFrom};
 use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
 
@@ -20,6 +20,12 @@ use super::delivery::{Action, AtPath, CdrIoError, FileId, Loaded, Outcome};
 
 /// Bytes read from the spill at a time (grown for a longer record).
 const READ_CHUNK: usize = 256 * 1024;
+/// A spill "line" longer than this is no record Vigil wrote (a CDR line is a
+/// few hundred bytes, a few KiB with policy fields): damage, skipped, so
+/// that a corrupted spill cannot make the writer read it all into memory.
+const MAX_LINE: usize = 16 << 20;
+/// Bytes of a damaged line quoted in the log.
+const QUOTED: usize = 1000;
 
 /// The open CDR file and, while there is one, the spill file.
 #[derive(Debug)]
@@ -247,6 +253,12 @@ impl CdrFiles {
                     loaded.eof = true;
                     break;
                 }
+                if buf.len() >= MAX_LINE {
+                    damaged(&self.spill_path, chunk);
+                    loaded.offset = skip_line(file, loaded.offset + n as u64)
+                        .map_err(|source| self.error("read", &self.spill_path, source))?;
+                    continue;
+                }
                 // A record longer than the buffer.
                 buf.resize(buf.len() * 2, 0);
                 continue;
@@ -351,10 +363,26 @@ fn record(line: &[u8]) -> Option<String> {
     Some(text.to_string())
 }
 
+/// The offset just past the next newline at or after `from` (or the end).
+fn skip_line(file: &File, mut from: u64) -> io::Result<u64> {
+    let mut buf = vec![0u8; READ_CHUNK];
+    loop {
+        let n = read_at_most(file, &mut buf, from)?;
+        if let Some(i) = buf[..n].iter().position(|&b| b == b'\n') {
+            return Ok(from + i as u64 + 1);
+        }
+        from += n as u64;
+        if n < buf.len() {
+            return Ok(from);
+        }
+    }
+}
+
 fn damaged(path: &Path, line: &[u8]) {
     tracing::error!(
         file = %path.display(),
-        line = %String::from_utf8_lossy(line),
+        bytes = line.len(),
+        line = %String::from_utf8_lossy(&line[..line.len().min(QUOTED)]),
         "a line of the CDR spill file is not a whole record (cut off by a crash?): skipped, quoted here"
     );
 }
@@ -366,8 +394,16 @@ fn scan_spill(file: &File) -> io::Result<FoundSpill> {
     let mut line = Vec::new();
     loop {
         line.clear();
-        if reader.read_until(b'\n', &mut line)? == 0 {
+        let n = (&mut reader)
+            .take(MAX_LINE as u64)
+            .read_until(b'\n', &mut line)?;
+        if n == 0 {
             return Ok(found);
+        }
+        if n == MAX_LINE && !line.ends_with(b"\n") {
+            reader.skip_until(b'\n')?;
+            found.damaged += 1;
+            continue;
         }
         let text = line.strip_suffix(b"\n").unwrap_or(&line);
         if text.is_empty() {
@@ -530,6 +566,33 @@ mod tests {
             panic!("removed")
         };
         assert!(!spill.exists());
+    }
+
+    #[test]
+    fn a_cdr_spill_with_a_huge_damaged_line_is_skipped_not_read_into_memory() {
+        let dir = tempfile::tempdir().expect("dir");
+        let (path, spill) = (dir.path().join("cdr.jsonl"), dir.path().join("cdr.spill"));
+        let mut text = b"{\"n\":1}\n".to_vec();
+        text.resize(text.len() + MAX_LINE + 10, b'x');
+        text.extend_from_slice(b"\n{\"n\":2}\n");
+        std::fs::write(&spill, &text).expect("spill");
+        let (mut files, found) = CdrFiles::open(&path, &spill).expect("open");
+        assert_eq!(
+            found,
+            Some(FoundSpill {
+                lines: 2,
+                damaged: 1
+            })
+        );
+        let Outcome::Loaded(Ok(loaded)) = files.perform(Action::LoadSpill {
+            offset: 0,
+            max_lines: 10,
+        }) else {
+            panic!("loaded")
+        };
+        let texts: Vec<&str> = loaded.lines.iter().map(|(l, _)| l.as_str()).collect();
+        assert_eq!(texts, ["{\"n\":1}", "{\"n\":2}"]);
+        assert!(loaded.eof);
     }
 
     #[test]
