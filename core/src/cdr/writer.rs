@@ -46,6 +46,10 @@ pub const ERROR_LOG_WINDOW: Duration = Duration::from_secs(10);
 pub const FINAL_FLUSH: Duration = Duration::from_millis(1500);
 /// Records taken off the channel at a time.
 const RECEIVE_BATCH: usize = 1024;
+/// Actions per round on the blocking pool (up to ~64k records written): a
+/// long backlog, such as a big spill being replayed, goes in rounds, so the
+/// status, the metrics and reloads are served in between.
+const ROUND_ACTIONS: usize = 64;
 
 #[derive(Debug, thiserror::Error)]
 pub enum CdrWriterError {
@@ -109,6 +113,8 @@ struct Core {
     errors_log: RateLimit,
     status: CdrStatus,
     published: watch::Sender<CdrStatus>,
+    /// The last round stopped at [`ROUND_ACTIONS`] with work left.
+    more: bool,
 }
 
 impl CdrWriter {
@@ -147,6 +153,7 @@ impl CdrWriter {
             errors_log: RateLimit::new(1, ERROR_LOG_WINDOW),
             status,
             published,
+            more: false,
         });
         core.publish();
         Ok(CdrWriter { core })
@@ -169,10 +176,13 @@ impl CdrWriter {
         let mut batch = Vec::with_capacity(RECEIVE_BATCH);
         let mut reopen_open = true;
         loop {
-            let wake = core
-                .delivery
-                .poll_timeout()
-                .unwrap_or_else(|| Instant::now() + Duration::from_secs(86_400));
+            let wake = if core.more {
+                Instant::now()
+            } else {
+                core.delivery
+                    .poll_timeout()
+                    .unwrap_or_else(|| Instant::now() + Duration::from_secs(86_400))
+            };
             tokio::select! {
                 received = records.recv_many(&mut batch, RECEIVE_BATCH) => {
                     let now = Instant::now();
@@ -192,7 +202,12 @@ impl CdrWriter {
             }
             core = round(core).await;
         }
-        let core = round(core).await;
+        loop {
+            core = round(core).await;
+            if !core.more {
+                break;
+            }
+        }
         blocking(core, |core| core.finish()).await
     }
 }
@@ -223,9 +238,16 @@ async fn blocking<T: Send + 'static>(
 
 impl Core {
     fn round(&mut self) {
+        self.more = false;
+        let mut done = 0;
         while let Some(action) = self.delivery.poll_action(Instant::now()) {
             let outcome = self.files.perform(action);
             self.delivery.handle_outcome(Instant::now(), outcome);
+            done += 1;
+            if done == ROUND_ACTIONS {
+                self.more = true;
+                break;
+            }
         }
         while let Some(event) = self.delivery.poll_event() {
             self.report(event);
@@ -347,5 +369,75 @@ fn which(target: Target) -> &'static str {
     match target {
         Target::Cdr => "cdr file",
         Target::Spill => "spill file",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cdr::{EndReason, EndedBy};
+
+    fn record(call_id: &str) -> CdrRecord {
+        let now = Instant::now();
+        CdrRecord {
+            call_id: call_id.into(),
+            b_call_id: None,
+            caller: "1001".into(),
+            callee: "0049301234".into(),
+            trunk_in: "pbx".into(),
+            trunk_out: None,
+            start: now,
+            answer: None,
+            end: now,
+            end_reason: EndReason::NoRoute,
+            ended_by: EndedBy::Switch,
+            sip_code: Some(404),
+            refresh_failure: None,
+            extra: Vec::new(),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_big_cdr_spill_is_replayed_in_rounds_before_new_records() {
+        const OLD: usize = 100_000;
+        let dir = tempfile::tempdir().expect("dir");
+        let config = CdrConfig::at(dir.path().join("cdr.jsonl"));
+        let spill: String = (0..OLD)
+            .map(|i| format!("{{\"call_id\":\"old-{i}\"}}\n"))
+            .collect();
+        std::fs::write(config.spill_path(), spill).expect("spill");
+        let writer = CdrWriter::open(&config, Arc::default()).expect("open");
+        let mut status = writer.status();
+        assert_eq!(status.borrow().spilled, OLD as u64);
+        let (records, queue) = mpsc::unbounded_channel();
+        let (_reload, reloads) = watch::channel(0);
+        let task = tokio::spawn(writer.run(queue, reloads));
+        records.send(record("new")).expect("send");
+        let replayed = status.wait_for(|s| s.spilled == 0 && s.pending == 0 && s.written > 0);
+        tokio::time::timeout(Duration::from_secs(60), replayed)
+            .await
+            .expect("replayed in time")
+            .expect("status");
+        drop(records);
+        let shutdown = task.await.expect("writer");
+        assert!(shutdown.is_complete(), "{shutdown:?}");
+        assert_eq!(shutdown.written, OLD as u64 + 1);
+        let text = std::fs::read_to_string(&config.path).expect("cdr");
+        let ids: Vec<String> = text
+            .lines()
+            .map(|l| {
+                let v: serde_json::Value = serde_json::from_str(l).expect("json");
+                v["call_id"].as_str().expect("call_id").to_string()
+            })
+            .collect();
+        assert_eq!(ids.len(), OLD + 1);
+        assert!(
+            ids[..OLD]
+                .iter()
+                .enumerate()
+                .all(|(i, id)| *id == format!("old-{i}"))
+        );
+        assert_eq!(ids[OLD], "new", "new records after the spill");
+        assert!(!config.spill_path().exists());
     }
 }

@@ -294,8 +294,9 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
 }
 
 /// Says where every CDR the writer could not write went: those held in
-/// memory are printed on stderr now, one JSON line each (the last copy
-/// there is), those in the spill file stay there for the next start.
+/// memory are printed on stderr now, one JSON line each (stderr is the only
+/// place left for them), those in the spill file stay there for the next
+/// start.
 fn account_for_cdrs(shutdown: CdrShutdown) -> Result<(), DaemonError> {
     if shutdown.is_complete() {
         tracing::info!(cdrs_written = shutdown.written, "CDRs flushed");
