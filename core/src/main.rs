@@ -20,13 +20,17 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Run the switch in the foreground until SIGTERM or SIGINT.
+    /// Run the switch in the foreground until SIGTERM or SIGINT. Exits 0 when
+    /// every CDR is in the CDR file, 3 when some could not be written (printed
+    /// on stderr, or left in the spill file for the next start), 1 when it
+    /// could not start.
     Run {
         /// The YAML config file.
         #[arg(long, short)]
         config: PathBuf,
     },
-    /// Validate a config file: exit 0 if it is good, 1 with every problem if not.
+    /// Validate a config file: exit 0 if it is good, 1 with every problem if
+    /// not (including a CDR path that cannot be created or written).
     Check {
         #[arg(long, short)]
         config: PathBuf,
@@ -60,7 +64,10 @@ fn main() -> ExitCode {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("vigil: {e:#}");
-                ExitCode::FAILURE
+                let code = e
+                    .downcast_ref::<vigil::daemon::DaemonError>()
+                    .map_or(1, vigil::daemon::DaemonError::exit_code);
+                ExitCode::from(code)
             }
         },
     }
@@ -69,10 +76,14 @@ fn main() -> ExitCode {
 fn check(path: &std::path::Path) -> ExitCode {
     match Config::load(path) {
         Ok(c) => {
-            let problems = vigil::policy::check(&c);
+            let mut problems: Vec<String> = vigil::policy::check(&c)
+                .iter()
+                .map(|problem| format!("{}: {problem}", path.display()))
+                .collect();
+            problems.extend(cdr_problems(&c));
             if !problems.is_empty() {
                 for problem in problems {
-                    eprintln!("{}: {problem}", path.display());
+                    eprintln!("{problem}");
                 }
                 return ExitCode::FAILURE;
             }
@@ -90,6 +101,22 @@ fn check(path: &std::path::Path) -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// Whether `vigil run` could write its CDRs: the file (and the spill, in
+/// `cdr.spool`) can be created and appended to. Tried for real, leaving
+/// nothing behind that was not there.
+fn cdr_problems(c: &Config) -> Vec<String> {
+    let mut problems = Vec::new();
+    if let Err(e) = vigil::cdr::check_path(&c.cdr.path) {
+        problems.push(c.problem("cdr.path", e.to_string()).to_string());
+    }
+    if c.cdr.spool.is_some()
+        && let Err(e) = vigil::cdr::check_path(&c.cdr.spill_path())
+    {
+        problems.push(c.problem("cdr.spool", e.to_string()).to_string());
+    }
+    problems
 }
 
 fn reload(path: &std::path::Path) -> ExitCode {

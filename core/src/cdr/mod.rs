@@ -5,7 +5,16 @@
 //! the line, microseconds later. Durations therefore come from the monotonic clock
 //! (an NTP step mid-call cannot bill a caller for an hour they did not talk),
 //! while `start`/`answer`/`end` are as accurate as the host's clock.
+//!
+//! Getting every record into the CDR file, whatever the disk does, is split
+//! by concern: [`delivery`] decides (what waits where, what to write, spill or
+//! retry next, when to check the file is still at its path) without I/O;
+//! [`append`] writes whole lines only; `files` does the file I/O; `writer` is
+//! the tokio task around them.
 
+pub mod append;
+pub mod delivery;
+mod files;
 mod writer;
 
 use std::collections::BTreeMap;
@@ -15,7 +24,8 @@ use std::time::{Instant, SystemTime};
 
 use serde::Serialize;
 
-pub use writer::{CdrWriter, CdrWriterError};
+pub use files::{CdrPathError, check_path};
+pub use writer::{CdrShutdown, CdrStatus, CdrWriter, CdrWriterError, FINAL_FLUSH};
 
 /// Why a call ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]

@@ -231,6 +231,59 @@ struct FileRoute {
 #[serde(deny_unknown_fields)]
 struct FileCdr {
     path: PathBuf,
+    #[serde(default = "default_max_pending")]
+    max_pending: usize,
+    #[serde(default)]
+    spool: Option<PathBuf>,
+}
+
+fn default_max_pending() -> usize {
+    CdrConfig::DEFAULT_MAX_PENDING
+}
+
+/// `cdr:` — where call detail records go, and where they wait while that
+/// file cannot be written (a full disk, a deleted directory).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CdrConfig {
+    /// The CDR file, appended to.
+    pub path: PathBuf,
+    /// Records held in memory while the file cannot be written; later ones go
+    /// to the spill file (in order), so a long outage cannot eat the heap.
+    pub max_pending: usize,
+    /// A directory for the spill file, ideally on another disk than `path`
+    /// (a disk that is full for the CDR file is full for a spill beside it).
+    pub spool: Option<PathBuf>,
+}
+
+impl CdrConfig {
+    /// About 5 MB of CDR lines: minutes of a busy switch's calls.
+    pub const DEFAULT_MAX_PENDING: usize = 10_000;
+    /// The most `max_pending` may be (about 5 GB of lines).
+    pub const MAX_MAX_PENDING: usize = 10_000_000;
+
+    /// A config writing to `path` with the default limits and no spool.
+    pub fn at(path: impl Into<PathBuf>) -> CdrConfig {
+        CdrConfig {
+            path: path.into(),
+            max_pending: CdrConfig::DEFAULT_MAX_PENDING,
+            spool: None,
+        }
+    }
+
+    /// Where records that overflow memory wait: `<spool>/<file name>.spill`,
+    /// or `<path>.spill` beside the CDR file without a spool.
+    pub fn spill_path(&self) -> PathBuf {
+        let mut name = self
+            .path
+            .file_name()
+            .map(std::ffi::OsStr::to_os_string)
+            .unwrap_or_else(|| "cdr".into());
+        name.push(".spill");
+        match &self.spool {
+            Some(dir) => dir.join(name),
+            None => self.path.with_file_name(name),
+        }
+    }
 }
 
 /// `log:` — level is a tracing filter directive (`info`, `vigil=debug,warn`).
@@ -320,7 +373,7 @@ pub struct Config {
     pub listen: Vec<Listener>,
     pub trunks: Vec<Trunk>,
     pub routes: Vec<Route>,
-    pub cdr_path: PathBuf,
+    pub cdr: CdrConfig,
     pub log: LogConfig,
     pub sip: SipConfig,
     /// The global `session_timer:` section (each trunk has its merged copy).
@@ -490,6 +543,20 @@ impl Config {
         self.user_index.get(name).map(|&i| &self.users[i])
     }
 
+    /// A problem with `key` found after loading (`vigil check` trying the
+    /// CDR paths), placed at the key's line like the parser's own.
+    pub fn problem(&self, key: &str, message: impl Into<String>) -> ConfigProblem {
+        let line = std::fs::read_to_string(&self.file)
+            .ok()
+            .and_then(|text| LineIndex::build(&text).line_of(key));
+        ConfigProblem {
+            file: self.file.clone(),
+            line,
+            key: key.to_string(),
+            message: message.into(),
+        }
+    }
+
     /// Worker count: configured, else one per CPU.
     pub fn workers(&self) -> usize {
         self.sip.workers.unwrap_or_else(|| {
@@ -552,9 +619,7 @@ impl Checker {
         if raw.sip.max_ring_time == 0 {
             self.problem("sip.max_ring_time", "must be at least 1 second");
         }
-        if raw.cdr.path.as_os_str().is_empty() {
-            self.problem("cdr.path", "must not be empty");
-        }
+        self.check_cdr(&raw.cdr);
         if let Some(registrar) = &raw.registrar {
             for (field, message) in registrar.problems() {
                 self.problem(format!("registrar.{field}"), message);
@@ -612,7 +677,11 @@ impl Checker {
             listen,
             trunks,
             routes,
-            cdr_path: raw.cdr.path,
+            cdr: CdrConfig {
+                path: raw.cdr.path,
+                max_pending: raw.cdr.max_pending,
+                spool: raw.cdr.spool,
+            },
             log: raw.log,
             sip: raw.sip,
             session_timer,
@@ -700,6 +769,33 @@ impl Checker {
             });
         }
         (users, index)
+    }
+
+    /// `cdr:` as written. Whether its paths can be written is for `vigil check`
+    /// to find out: the parser touches no file (a reload parses too).
+    fn check_cdr(&mut self, cdr: &FileCdr) {
+        if cdr.path.as_os_str().is_empty() {
+            self.problem("cdr.path", "must not be empty");
+        } else if cdr.path.file_name().is_none() {
+            self.problem("cdr.path", format!("{} names no file", cdr.path.display()));
+        }
+        if !(1..=CdrConfig::MAX_MAX_PENDING).contains(&cdr.max_pending) {
+            self.problem(
+                "cdr.max_pending",
+                format!(
+                    "{} is not in 1..={} (records held in memory)",
+                    cdr.max_pending,
+                    CdrConfig::MAX_MAX_PENDING
+                ),
+            );
+        }
+        if cdr
+            .spool
+            .as_ref()
+            .is_some_and(|dir| dir.as_os_str().is_empty())
+        {
+            self.problem("cdr.spool", "must not be empty (leave it out for none)");
+        }
     }
 
     /// `metrics.listen`: a literal `ip:port` (no name: it is bound at start).
@@ -1090,6 +1186,51 @@ log: { level: info, format: json }
         );
         let p = problems(&format!("{GOOD}metrics: {{ port: 9060 }}\n"));
         assert!(p[0].message.contains("unknown field `port`"), "{}", p[0]);
+    }
+
+    #[test]
+    fn cdr_limits_and_spool_have_defaults_and_bounds() {
+        let c = Config::parse(GOOD, Path::new("vigil.yaml")).expect("valid");
+        assert_eq!(c.cdr.max_pending, CdrConfig::DEFAULT_MAX_PENDING);
+        assert_eq!(c.cdr.spool, None);
+        assert_eq!(c.cdr.spill_path(), PathBuf::from("cdr.jsonl.spill"));
+        let text = GOOD.replace(
+            "cdr: { path: \"cdr.jsonl\" }",
+            "cdr: { path: /var/lib/vigil/cdr.jsonl, max_pending: 50, spool: /srv/spool }",
+        );
+        let c = Config::parse(&text, Path::new("vigil.yaml")).expect("valid");
+        assert_eq!(c.cdr.max_pending, 50);
+        assert_eq!(
+            c.cdr.spill_path(),
+            PathBuf::from("/srv/spool/cdr.jsonl.spill")
+        );
+        let c = Config::parse(
+            &GOOD.replace("\"cdr.jsonl\"", "/var/lib/vigil/cdr.jsonl"),
+            Path::new("vigil.yaml"),
+        )
+        .expect("valid");
+        assert_eq!(
+            c.cdr.spill_path(),
+            PathBuf::from("/var/lib/vigil/cdr.jsonl.spill")
+        );
+        let p = problems(&GOOD.replace(
+            "cdr: { path: \"cdr.jsonl\" }",
+            "cdr: { path: \"/var/lib/vigil/..\", max_pending: 0, spool: \"\" }",
+        ));
+        let rendered: Vec<String> = p.iter().map(ToString::to_string).collect();
+        assert_eq!(p.len(), 3, "{rendered:#?}");
+        assert!(
+            rendered[0].starts_with("vigil.yaml:13: cdr.path: /var/lib/vigil/.. names no file"),
+            "{rendered:#?}"
+        );
+        assert!(
+            rendered[1].contains("cdr.max_pending: 0 is not in 1..=10000000"),
+            "{rendered:#?}"
+        );
+        assert!(
+            rendered[2].contains("cdr.spool: must not be empty"),
+            "{rendered:#?}"
+        );
     }
 
     #[test]

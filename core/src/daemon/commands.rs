@@ -14,6 +14,7 @@ use super::control::{Command, Reply};
 use super::reload::{ReloadRequest, ReloadStatus};
 use super::worker::WorkerInput;
 use crate::call::CallSnapshot;
+use crate::cdr::CdrStatus;
 use crate::engine::EngineResources;
 use crate::registrar::location::LocationView;
 use crate::transaction::TxBudget;
@@ -31,6 +32,8 @@ pub struct Operator {
     pub status: watch::Receiver<ReloadStatus>,
     pub transport: Arc<Transport>,
     pub budget: Arc<TxBudget>,
+    /// The CDR writer's state: pending and spilled records, errors.
+    pub cdr: watch::Receiver<CdrStatus>,
 }
 
 /// Serves commands until the control server is gone; each runs on its own
@@ -59,14 +62,17 @@ impl Operator {
                     reload: ReloadStatus,
                     calls: usize,
                     resources: Resources,
+                    cdr: CdrStatus,
                 }
                 let reload = self.status.borrow().clone();
                 let calls = self.calls().await.len();
                 let resources = self.resources().await;
+                let cdr = self.cdr.borrow().clone();
                 json(&Status {
                     reload,
                     calls,
                     resources,
+                    cdr,
                 })
             }
             Command::Calls => json(&self.calls().await),

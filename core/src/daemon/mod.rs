@@ -2,7 +2,10 @@
 //!
 //! It reads top to bottom: bind sockets → open the CDR file → start one worker per
 //! shard and one receive loop per socket → wait for SIGTERM/SIGINT → drain calls
-//! (BYE on both legs, CDR `shutdown`) → flush CDRs → return.
+//! (BYE on both legs, CDR `shutdown`) → flush CDRs → return. CDRs that could
+//! not be written by then are printed on stderr or left in the spill file, and
+//! `run` returns [`DaemonError::CdrsNotWritten`] so the process exits
+//! [`EXIT_CDRS_NOT_WRITTEN`] and a supervisor sees it.
 
 mod commands;
 pub mod control;
@@ -22,7 +25,7 @@ use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::mpsc;
 use tokio::sync::watch as latest;
 
-use crate::cdr::{CdrWriter, CdrWriterError};
+use crate::cdr::{CdrShutdown, CdrWriter, CdrWriterError, FINAL_FLUSH};
 use crate::config::Config;
 use crate::ids::REGISTRAR_WORKER;
 use crate::ingress::overload::{Overload, Refusal};
@@ -55,6 +58,12 @@ use worker::{Shared, WorkerInput, run_worker};
 const DRAIN_TIME: Duration = Duration::from_secs(4);
 /// Datagrams queued per worker before the receive path sheds load.
 const WORKER_QUEUE: usize = 16_384;
+/// How long shutdown waits for the CDR writer: its last attempt, then the
+/// fsync (a slow disk's).
+const CDR_FLUSH_TIME: Duration = FINAL_FLUSH.saturating_add(Duration::from_millis(1500));
+/// `vigil run`'s exit code when it stopped with CDRs not in the CDR file:
+/// they were printed on stderr or left in the spill file (see the log).
+pub const EXIT_CDRS_NOT_WRITTEN: u8 = 3;
 
 #[derive(Debug, thiserror::Error)]
 pub enum DaemonError {
@@ -73,6 +82,35 @@ pub enum DaemonError {
         addr: std::net::SocketAddr,
         source: std::io::Error,
     },
+    /// Stopped, but not every CDR reached the CDR file on disk.
+    #[error(
+        "stopped with CDRs not written to {}: {held} printed on stderr, {spilled} left in {} for the next start{}",
+        path.display(),
+        spill.display(),
+        sync_error.as_deref().map(|e| format!(", and the final sync failed: {e}")).unwrap_or_default()
+    )]
+    CdrsNotWritten {
+        path: std::path::PathBuf,
+        spill: std::path::PathBuf,
+        held: usize,
+        spilled: u64,
+        sync_error: Option<String>,
+    },
+    /// The CDR writer failed or hung: what it held is lost with it.
+    #[error("the CDR writer {0}: the CDRs it held are lost")]
+    CdrWriterLost(&'static str),
+}
+
+impl DaemonError {
+    /// The process's exit code for this error.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            DaemonError::CdrsNotWritten { .. } | DaemonError::CdrWriterLost(_) => {
+                EXIT_CDRS_NOT_WRITTEN
+            }
+            _ => 1,
+        }
+    }
 }
 
 /// Runs the switch until SIGTERM or SIGINT, then shuts down gracefully.
@@ -88,12 +126,13 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
         None => None,
     };
     transport.trace().configure(&config);
-    let cdr_writer = CdrWriter::open(&config.cdr_path).await?;
+    let metrics = Arc::new(Metrics::default());
+    let cdr_writer = CdrWriter::open(&config.cdr, metrics.clone())?;
+    let cdr_status = cdr_writer.status();
     let (cdr_tx, cdr_rx) = mpsc::unbounded_channel();
     let (cdr_reopen, cdr_reopens) = latest::channel(0u64);
     let writer = tokio::spawn(cdr_writer.run(cdr_rx, cdr_reopens));
 
-    let metrics = Arc::new(Metrics::default());
     let workers = config.workers().min(usize::from(REGISTRAR_WORKER));
     let local_sockets = transport.local_sockets();
     let policy_loader = load_policies(&config, &metrics);
@@ -206,6 +245,7 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
         status: reload_status,
         transport: transport.clone(),
         budget,
+        cdr: cdr_status,
     };
     let control = start_control(&config.control_socket, operator);
 
@@ -224,24 +264,72 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
     for input in &worker_inputs {
         let _ = input.send(WorkerInput::Shutdown).await;
     }
-    for task in worker_tasks {
-        let _ = tokio::time::timeout(DRAIN_TIME + Duration::from_millis(500), task).await;
+    for mut task in worker_tasks {
+        let drained = tokio::time::timeout(DRAIN_TIME + Duration::from_millis(500), &mut task);
+        if drained.await.is_err() {
+            // A stuck worker would hold its CDR sender, and the CDR writer
+            // would wait for it instead of flushing: stop it.
+            task.abort();
+        }
     }
     listening.stop_all();
     if let Some(thread) = registrar_task {
         thread.stop(Duration::from_secs(1)).await;
     }
     drop(worker_inputs);
-    match tokio::time::timeout(Duration::from_millis(500), writer).await {
-        Ok(Ok(Ok(written))) => tracing::info!(cdrs_written = written, "CDRs flushed"),
-        Ok(Ok(Err(e))) => return Err(e.into()),
-        Ok(Err(e)) => tracing::error!(error = %e, "CDR writer task failed"),
-        Err(_) => tracing::error!("CDR writer did not finish in time"),
-    }
+    let cdrs = match tokio::time::timeout(CDR_FLUSH_TIME, writer).await {
+        Ok(Ok(shutdown)) => account_for_cdrs(shutdown),
+        Ok(Err(e)) => {
+            tracing::error!(error = %e, "CDR writer task failed");
+            Err(DaemonError::CdrWriterLost("failed"))
+        }
+        Err(_) => {
+            tracing::error!("CDR writer did not finish in time");
+            Err(DaemonError::CdrWriterLost("did not finish in time"))
+        }
+    };
     tracing::info!(summary = %metrics.refresh_summary(), "session refreshes");
     tracing::info!(summary = %metrics.keepalive_summary(), "NAT keep-alives");
     tracing::info!("stopped");
-    Ok(())
+    cdrs
+}
+
+/// Says where every CDR the writer could not write went: those held in
+/// memory are printed on stderr now, one JSON line each (stderr is the only
+/// place left for them), those in the spill file stay there for the next
+/// start.
+fn account_for_cdrs(shutdown: CdrShutdown) -> Result<(), DaemonError> {
+    if shutdown.is_complete() {
+        tracing::info!(cdrs_written = shutdown.written, "CDRs flushed");
+        return Ok(());
+    }
+    if !shutdown.held.is_empty() {
+        tracing::error!(
+            file = %shutdown.path.display(),
+            cdrs = shutdown.held.len(),
+            "CDRs could not be written to the CDR file: they follow on stderr, one JSON line each"
+        );
+        use std::io::Write;
+        let mut stderr = std::io::stderr().lock();
+        for line in &shutdown.held {
+            let _ = writeln!(stderr, "{line}");
+        }
+        let _ = stderr.flush();
+    }
+    if shutdown.spilled > 0 {
+        tracing::error!(
+            spill = %shutdown.spill_path.display(),
+            cdrs = shutdown.spilled,
+            "CDRs stay in the spill file: the next start writes them to the CDR file first"
+        );
+    }
+    Err(DaemonError::CdrsNotWritten {
+        path: shutdown.path,
+        spill: shutdown.spill_path,
+        held: shutdown.held.len(),
+        spilled: shutdown.spilled,
+        sync_error: shutdown.sync_error,
+    })
 }
 
 /// Logs the refresh and keep-alive counters once a minute while they move (for

@@ -362,8 +362,14 @@ fn needs_restart(old: &Config, new: &Config) -> Vec<&'static str> {
     if old.workers() != new.workers() {
         keys.push("sip.workers");
     }
-    if old.cdr_path != new.cdr_path {
+    if old.cdr.path != new.cdr.path {
         keys.push("cdr.path");
+    }
+    if old.cdr.max_pending != new.cdr.max_pending {
+        keys.push("cdr.max_pending");
+    }
+    if old.cdr.spool != new.cdr.spool {
+        keys.push("cdr.spool");
     }
     if old.metrics_listen != new.metrics_listen {
         keys.push("metrics.listen");
@@ -536,7 +542,8 @@ mod tests {
         let old = config("");
         let mut new = config("sip: { workers: 7 }\n");
         new.trunks.pop();
-        new.cdr_path = "other.jsonl".into();
+        new.cdr.path = "other.jsonl".into();
+        new.cdr.spool = Some("/var/spool/vigil".into());
         let summary = summarise(&old, &new);
         assert!(
             summary.starts_with("1 trunks, 0 routes, 0 users"),
@@ -547,7 +554,7 @@ mod tests {
             "{summary}"
         );
         assert!(
-            summary.contains("not applied until a restart: sip.workers, cdr.path"),
+            summary.contains("not applied until a restart: sip.workers, cdr.path, cdr.spool"),
             "{summary}"
         );
         assert_eq!(summarise(&old, &old), "2 trunks, 0 routes, 0 users");

@@ -231,6 +231,18 @@ impl Collector for Scrape {
             "Live SIP transactions (client and server) of every worker",
             self.gauges.transactions,
         )?;
+        counter(
+            &mut out,
+            "vigil_cdr_write_errors",
+            "Failed attempts to write CDRs (to the CDR file or its spill, or to reopen or replay them); each is retried and no CDR is dropped",
+            load(&m.cdr_write_errors),
+        )?;
+        gauge(
+            &mut out,
+            "vigil_cdrs_pending",
+            "CDRs not yet in the CDR file: held in memory or in the spill file",
+            load(&m.cdrs_pending),
+        )?;
         Ok(())
     }
 }
@@ -337,6 +349,8 @@ mod tests {
             "vigil_policy_errors_total counter",
             "vigil_config_reloads_total counter",
             "vigil_datagrams_dropped_total counter",
+            "vigil_cdr_write_errors_total counter",
+            "vigil_cdrs_pending gauge",
         ] {
             assert!(
                 text.contains(&format!("# TYPE {family}\n")),
@@ -435,8 +449,12 @@ mod tests {
         Metrics::count(&m.config_reload_failures);
         Metrics::count(&m.config_reload_failures);
         m.datagram_dropped(DatagramDrop::Forbidden);
+        Metrics::count(&m.cdr_write_errors);
+        m.cdrs_pending.store(42, Ordering::Relaxed);
 
         let text = encode(&m, Gauges::default()).expect("encode");
+        assert_eq!(value(&text, "vigil_cdr_write_errors_total"), 1.0);
+        assert_eq!(value(&text, "vigil_cdrs_pending"), 42.0);
         assert_eq!(value(&text, "vigil_refreshes_sent_total"), 1.0);
         assert_eq!(
             value(&text, "vigil_refreshes_failed_total{cause=\"timeout\"}"),

@@ -397,6 +397,12 @@ pub struct Metrics {
     /// Config reloads applied, and refused (the running config stayed).
     pub config_reloads: AtomicU64,
     pub config_reload_failures: AtomicU64,
+    /// Failed attempts to write CDRs (to the file or the spill, or to
+    /// reopen or replay them); each is retried, no record is dropped.
+    pub cdr_write_errors: AtomicU64,
+    /// A gauge the CDR writer sets: records not yet in the CDR file (held in
+    /// memory or in the spill file).
+    pub cdrs_pending: AtomicU64,
 }
 
 impl Metrics {
