@@ -81,8 +81,10 @@ pub struct Body(std::sync::Arc<BodyParts>);
 
 #[derive(Debug, PartialEq, Eq)]
 struct BodyParts {
-    headers: Headers,
-    bytes: Vec<u8>,
+    /// The headers that describe it (`Content-Type`, …), as exact-size slices:
+    /// a call keeps two bodies for its whole life.
+    headers: Box<[(HeaderName, Box<str>)]>,
+    bytes: Box<[u8]>,
 }
 
 impl Body {
@@ -91,20 +93,22 @@ impl Body {
         if bytes.is_empty() {
             return None;
         }
-        let mut own = Headers::new();
-        copy(headers, &mut own, &BODY_HEADERS);
+        let own = BODY_HEADERS
+            .iter()
+            .flat_map(|name| headers.get_all(name).map(|v| (name.clone(), v.into())))
+            .collect();
         Some(Body(std::sync::Arc::new(BodyParts {
             headers: own,
-            bytes: bytes.to_vec(),
+            bytes: bytes.into(),
         })))
     }
 
     /// Puts this body (and its headers) on a message.
     pub fn apply(&self, headers: &mut Headers, body: &mut Vec<u8>) {
-        for h in self.0.headers.iter() {
-            headers.push(h.name.clone(), h.value.as_str());
+        for (name, value) in self.0.headers.iter() {
+            headers.push(name.clone(), &**value);
         }
-        *body = self.0.bytes.clone();
+        *body = self.0.bytes.to_vec();
     }
 }
 

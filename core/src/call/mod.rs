@@ -373,6 +373,6 @@ mod tests {
     #[test]
     fn a_call_stays_within_its_size_budget() {
         let size = std::mem::size_of::<Call>();
-        assert!(size <= 1_600, "size_of::<Call>() = {size} bytes");
+        assert!(size <= 1_300, "size_of::<Call>() = {size} bytes");
     }
 }

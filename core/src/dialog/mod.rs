@@ -18,38 +18,134 @@ use crate::sip::{
 /// One side of a call as a dialog.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Dialog {
-    pub call_id: Box<str>,
-    pub local_tag: Box<str>,
-    pub remote_tag: Box<str>,
-    /// Our From (without tag) in requests we send, as written.
-    local_uri: Box<str>,
-    /// Our To (without tag) in requests we send, as written.
-    remote_uri: Box<str>,
+    /// Its texts, one after the other in one allocation ([`Part`]).
+    text: Box<str>,
+    /// Where each [`Part`] ends in `text`.
+    ends: [u32; Part::COUNT],
     local_seq: u32,
     remote_seq: Option<u32>,
-    /// Where requests go (the peer's Contact), updated by target refreshes.
-    remote_target: Box<str>,
     /// Route set in the order requests carry it (§12.1.1, §12.1.2).
     route_set: Box<[Box<str>]>,
-    /// Our Contact, sent in target-refresh requests.
-    local_contact: Box<str>,
     /// The address requests go to when the route set or remote target names
     /// one (an IP literal), worked out once.
     hop: Option<SocketAddr>,
 }
 
-/// `addr` without its tag, as written in a header.
-fn without_tag(addr: &NameAddr) -> Box<str> {
-    let mut addr = addr.clone();
-    addr.params.retain(|p| !p.name.eq_ignore_ascii_case("tag"));
-    addr.to_string().into_boxed_str()
+/// The texts a dialog keeps.
+#[derive(Debug, Clone, Copy)]
+enum Part {
+    CallId,
+    LocalTag,
+    RemoteTag,
+    /// Our From (without tag) in requests we send, as written.
+    LocalUri,
+    /// Our To (without tag) in requests we send, as written.
+    RemoteUri,
+    /// Where requests go (the peer's Contact), updated by target refreshes.
+    RemoteTarget,
+    /// Our Contact, sent in target-refresh requests.
+    LocalContact,
 }
 
-fn boxed_routes(routes: Vec<String>) -> Box<[Box<str>]> {
-    routes.into_iter().map(String::into_boxed_str).collect()
+impl Part {
+    const COUNT: usize = 7;
+}
+
+/// A dialog's texts before they are packed.
+struct Texts<'a> {
+    call_id: &'a str,
+    local_tag: &'a str,
+    remote_tag: &'a str,
+    local_uri: &'a str,
+    remote_uri: &'a str,
+    remote_target: &'a str,
+    local_contact: &'a str,
+}
+
+impl Texts<'_> {
+    /// Packs the texts into one string, in [`Part`] order.
+    fn pack(&self) -> (Box<str>, [u32; Part::COUNT]) {
+        let parts = [
+            self.call_id,
+            self.local_tag,
+            self.remote_tag,
+            self.local_uri,
+            self.remote_uri,
+            self.remote_target,
+            self.local_contact,
+        ];
+        let mut text = String::with_capacity(parts.iter().map(|p| p.len()).sum());
+        let mut ends = [0u32; Part::COUNT];
+        for (end, part) in ends.iter_mut().zip(parts) {
+            text.push_str(part);
+            // Texts from one datagram (at most 64 KiB) and Vigil's own.
+            *end = u32::try_from(text.len()).unwrap_or(u32::MAX);
+        }
+        (text.into_boxed_str(), ends)
+    }
+}
+
+/// `addr` without its tag, as written in a header.
+fn without_tag(addr: &NameAddr) -> String {
+    let mut addr = addr.clone();
+    addr.params.retain(|p| !p.name.eq_ignore_ascii_case("tag"));
+    addr.to_string()
 }
 
 impl Dialog {
+    fn new(
+        texts: Texts<'_>,
+        local_seq: u32,
+        remote_seq: Option<u32>,
+        route_set: Vec<String>,
+    ) -> Dialog {
+        let (text, ends) = texts.pack();
+        let mut dialog = Dialog {
+            text,
+            ends,
+            local_seq,
+            remote_seq,
+            route_set: route_set.into_iter().map(String::into_boxed_str).collect(),
+            hop: None,
+        };
+        dialog.find_hop();
+        dialog
+    }
+
+    fn part(&self, part: Part) -> &str {
+        let i = part as usize;
+        let start = if i == 0 { 0 } else { self.ends[i - 1] as usize };
+        self.text
+            .get(start..self.ends[i] as usize)
+            .unwrap_or_default()
+    }
+
+    fn texts(&self) -> Texts<'_> {
+        Texts {
+            call_id: self.part(Part::CallId),
+            local_tag: self.part(Part::LocalTag),
+            remote_tag: self.part(Part::RemoteTag),
+            local_uri: self.part(Part::LocalUri),
+            remote_uri: self.part(Part::RemoteUri),
+            remote_target: self.part(Part::RemoteTarget),
+            local_contact: self.part(Part::LocalContact),
+        }
+    }
+
+    pub fn call_id(&self) -> &str {
+        self.part(Part::CallId)
+    }
+
+    /// Vigil's tag in this dialog.
+    pub fn local_tag(&self) -> &str {
+        self.part(Part::LocalTag)
+    }
+
+    /// The peer's tag (empty for an RFC 2543 peer that sent none).
+    pub fn remote_tag(&self) -> &str {
+        self.part(Part::RemoteTag)
+    }
+
     /// The dialog Vigil holds as UAS, from an INVITE and the tag of its 2xx/1xx
     /// (§12.1.1): route set is the Record-Route in order, remote target is the
     /// request's Contact.
@@ -58,22 +154,17 @@ impl Dialog {
             .contact()
             .map(|c| c.uri)
             .unwrap_or_else(|| invite.from.uri.clone());
-        let mut dialog = Dialog {
-            call_id: invite.call_id.as_str().into(),
-            local_tag: local_tag.into_boxed_str(),
-            remote_tag: invite.from.tag().unwrap_or_default().into(),
-            local_uri: without_tag(&invite.to),
-            remote_uri: without_tag(&invite.from),
-            // §12.1.1: our sequence space starts fresh; 1 is as good as random.
-            local_seq: 0,
-            remote_seq: Some(invite.cseq.seq),
-            remote_target: remote_target.to_string().into_boxed_str(),
-            route_set: boxed_routes(invite.record_route()),
-            local_contact: local_contact.to_string().into_boxed_str(),
-            hop: None,
+        let texts = Texts {
+            call_id: &invite.call_id,
+            local_tag: &local_tag,
+            remote_tag: invite.from.tag().unwrap_or_default(),
+            local_uri: &without_tag(&invite.to),
+            remote_uri: &without_tag(&invite.from),
+            remote_target: &remote_target.to_string(),
+            local_contact: &local_contact.to_string(),
         };
-        dialog.find_hop();
-        dialog
+        // §12.1.1: our sequence space starts fresh; 1 is as good as random.
+        Dialog::new(texts, 0, Some(invite.cseq.seq), invite.record_route())
     }
 
     /// The dialog Vigil holds as UAC, from its INVITE and the peer's 2xx (§12.1.2):
@@ -85,21 +176,16 @@ impl Dialog {
             .contact()
             .map(|c| c.uri)
             .unwrap_or_else(|| invite.uri.clone());
-        let mut dialog = Dialog {
-            call_id: invite.call_id.as_str().into(),
-            local_tag: invite.from.tag().unwrap_or_default().into(),
-            remote_tag: response.to.tag().unwrap_or_default().into(),
-            local_uri: without_tag(&invite.from),
-            remote_uri: without_tag(&invite.to),
-            local_seq: invite.cseq.seq,
-            remote_seq: None,
-            remote_target: remote_target.to_string().into_boxed_str(),
-            route_set: boxed_routes(route_set),
-            local_contact: local_contact.to_string().into_boxed_str(),
-            hop: None,
+        let texts = Texts {
+            call_id: &invite.call_id,
+            local_tag: invite.from.tag().unwrap_or_default(),
+            remote_tag: response.to.tag().unwrap_or_default(),
+            local_uri: &without_tag(&invite.from),
+            remote_uri: &without_tag(&invite.to),
+            remote_target: &remote_target.to_string(),
+            local_contact: &local_contact.to_string(),
         };
-        dialog.find_hop();
-        dialog
+        Dialog::new(texts, invite.cseq.seq, None, route_set)
     }
 
     /// The dialog another fork's 2xx to the same INVITE creates (§13.2.2.4): same
@@ -107,25 +193,22 @@ impl Dialog {
     pub fn fork(&self, response: &Response) -> Dialog {
         let mut route_set = response.record_route();
         route_set.reverse();
-        let mut fork = Dialog {
-            remote_tag: response.to.tag().unwrap_or_default().into(),
-            remote_target: response
-                .contact()
-                .map_or_else(|| self.remote_target.clone(), |c| c.uri.to_string().into()),
-            route_set: boxed_routes(route_set),
-            remote_seq: None,
-            local_seq: response.cseq.seq,
-            ..self.clone()
+        let contact = response.contact().map(|c| c.uri.to_string());
+        let texts = Texts {
+            remote_tag: response.to.tag().unwrap_or_default(),
+            remote_target: contact
+                .as_deref()
+                .unwrap_or_else(|| self.part(Part::RemoteTarget)),
+            ..self.texts()
         };
-        fork.find_hop();
-        fork
+        Dialog::new(texts, response.cseq.seq, None, route_set)
     }
 
     /// Works out the next hop's address once (see [`Dialog::next_hop`]).
     fn find_hop(&mut self) {
         let hop = match self.route_set.first() {
             Some(route) => NameAddr::parse(route).ok().map(|r| r.uri),
-            None => Uri::parse(&self.remote_target).ok(),
+            None => Uri::parse(self.part(Part::RemoteTarget)).ok(),
         };
         self.hop = hop
             .as_ref()
@@ -153,7 +236,13 @@ impl Dialog {
     /// becomes the new remote target (§12.2).
     pub fn refresh_target(&mut self, contact: Option<NameAddr>) {
         if let Some(c) = contact {
-            self.remote_target = c.uri.to_string().into_boxed_str();
+            let target = c.uri.to_string();
+            let (text, ends) = Texts {
+                remote_target: &target,
+                ..self.texts()
+            }
+            .pack();
+            (self.text, self.ends) = (text, ends);
             self.find_hop();
         }
     }
@@ -172,19 +261,20 @@ impl Dialog {
     }
 
     fn request_with_seq(&self, method: Method, via: Via, seq: u32) -> Option<Request> {
-        let parsed = NameAddr::parse(&self.local_uri)
+        let texts = self.texts();
+        let parsed = NameAddr::parse(texts.local_uri)
             .ok()
-            .zip(NameAddr::parse(&self.remote_uri).ok())
-            .zip(Uri::parse(&self.remote_target).ok());
+            .zip(NameAddr::parse(texts.remote_uri).ok())
+            .zip(Uri::parse(texts.remote_target).ok());
         let Some(((mut from, mut to), remote_target)) = parsed else {
-            tracing::error!(call_id = %self.call_id, "a dialog's own URIs do not parse: request not sent");
+            tracing::error!(call_id = %texts.call_id, "a dialog's own URIs do not parse: request not sent");
             return None;
         };
-        from.set_tag(&self.local_tag);
+        from.set_tag(texts.local_tag);
         // §12.1.1: a peer that sent no tag (RFC 2543) has a null remote tag, and
         // the To of our requests then carries none (`tag=` would be malformed).
-        if !self.remote_tag.is_empty() {
-            to.set_tag(&self.remote_tag);
+        if !texts.remote_tag.is_empty() {
+            to.set_tag(texts.remote_tag);
         }
         let mut headers = Headers::new();
         // §12.2.1.1: with a loose-routing first hop (lr), the Request-URI is the
@@ -200,7 +290,7 @@ impl Dialog {
                 for route in &self.route_set[1..] {
                     headers.push(HeaderName::Route, &**route);
                 }
-                headers.push(HeaderName::Route, format!("<{}>", self.remote_target));
+                headers.push(HeaderName::Route, format!("<{}>", texts.remote_target));
                 first.uri
             }
             None => {
@@ -211,7 +301,7 @@ impl Dialog {
             }
         };
         if matches!(method, Method::Invite | Method::Update) {
-            headers.push(HeaderName::Contact, format!("<{}>", self.local_contact));
+            headers.push(HeaderName::Contact, format!("<{}>", texts.local_contact));
         }
         Some(Request {
             method: method.clone(),
@@ -220,7 +310,7 @@ impl Dialog {
             max_forwards: 70,
             from,
             to,
-            call_id: self.call_id.to_string(),
+            call_id: texts.call_id.to_string(),
             cseq: CSeq { seq, method },
             headers,
             body: Vec::new(),
@@ -236,9 +326,9 @@ impl Dialog {
 
     /// True if `request` (from the peer) belongs to this dialog (§12.2.2).
     pub fn matches_incoming(&self, request: &Request) -> bool {
-        *request.call_id == *self.call_id
-            && request.from.tag() == Some(&*self.remote_tag)
-            && request.to.tag() == Some(&*self.local_tag)
+        request.call_id == self.call_id()
+            && request.from.tag() == Some(self.remote_tag())
+            && request.to.tag() == Some(self.local_tag())
     }
 }
 

@@ -37,10 +37,10 @@ pub struct ALeg {
     invite_tx: ServerTxId,
     /// The caller's Call-ID and From tag (with `local_tag`, the dialog's
     /// identifier) for the call's whole life.
-    call_id: String,
-    from_tag: String,
+    call_id: Box<str>,
+    from_tag: Box<str>,
     /// The To tag Vigil uses on this leg (also for the 200 to a CANCEL, §9.2).
-    local_tag: String,
+    local_tag: Box<str>,
     /// The session timer as negotiated on the INVITE.
     negotiated: UasOutcome,
     /// The callee hung up before the caller ACKed Vigil's 2xx: BYE the caller
@@ -69,9 +69,9 @@ impl ALeg {
             leg,
             state: AState::Proceeding,
             invite_tx: inbound.tx,
-            call_id: invite.call_id.clone(),
-            from_tag: invite.from.tag().unwrap_or_default().to_string(),
-            local_tag,
+            call_id: invite.call_id.as_str().into(),
+            from_tag: invite.from.tag().unwrap_or_default().into(),
+            local_tag: local_tag.into_boxed_str(),
             negotiated: inbound.negotiated,
             bye_after_ack: false,
             invite: Some(Box::new(invite)),
@@ -110,8 +110,8 @@ impl ALeg {
     /// Whether `request` names this leg's dialog (RFC 3261 §12.2.2): To tag
     /// Vigil's, From tag the caller's.
     pub fn owns(&self, request: &Request) -> bool {
-        request.to.tag() == Some(self.local_tag.as_str())
-            && request.from.tag().unwrap_or_default() == self.from_tag
+        request.to.tag() == Some(&*self.local_tag)
+            && request.from.tag().unwrap_or_default() == &*self.from_tag
     }
 
     /// The callee's response to the B-leg INVITE as the caller gets it, while
@@ -156,7 +156,7 @@ impl ALeg {
         if let Some(invite) = self.invite.as_deref() {
             self.leg.establish(Dialog::as_uas(
                 invite,
-                self.local_tag.clone(),
+                self.local_tag.to_string(),
                 self.leg.contact(),
             ));
         }

@@ -45,7 +45,7 @@ pub struct BLeg {
     /// the dialog, a 422 retry and the ACK/BYE of a late fork).
     invite: Option<Box<Request>>,
     /// Vigil's Call-ID on this leg, for the call's whole life.
-    call_id: String,
+    call_id: Box<str>,
     invite_tx: ClientTxId,
     /// CSeq of the INVITE (1, or 2 after a 422 retry).
     invite_seq: u32,
@@ -116,7 +116,7 @@ impl BLeg {
         BLeg {
             leg,
             state: BState::Calling,
-            call_id: invite.call_id.clone(),
+            call_id: invite.call_id.as_str().into(),
             invite_seq: invite.cseq.seq,
             invite: Some(Box::new(invite)),
             invite_tx,
@@ -152,8 +152,8 @@ impl BLeg {
     /// Vigil's, From tag the callee's. Nothing matches before the answer.
     pub fn owns(&self, request: &Request) -> bool {
         self.leg.dialog().is_some_and(|d| {
-            request.to.tag() == Some(&*d.local_tag)
-                && request.from.tag().unwrap_or_default() == &*d.remote_tag
+            request.to.tag() == Some(d.local_tag())
+                && request.from.tag().unwrap_or_default() == d.remote_tag()
         })
     }
 
@@ -242,7 +242,7 @@ impl BLeg {
         let same_dialog = self
             .leg
             .dialog()
-            .is_some_and(|d| Some(&*d.remote_tag) == response.to.tag());
+            .is_some_and(|d| Some(d.remote_tag()) == response.to.tag());
         if same_dialog {
             self.leg.resend_ack(response.cseq.seq, env);
         } else {

@@ -98,7 +98,8 @@ pub struct CallLeg {
     local_body: Option<Body>,
     /// The last body this peer sent (an unchanged one is not relayed).
     remote_body: Option<Body>,
-    pending_2xx: Option<Pending2xx>,
+    /// Boxed: rarely set, and only for a moment.
+    pending_2xx: Option<Box<Pending2xx>>,
     timers: AnswerTimers,
 }
 
@@ -472,12 +473,12 @@ impl CallLeg {
         ack_other_seq: Option<u32>,
         env: &mut Env<'_>,
     ) {
-        let pending = Pending2xx {
+        let pending = Box::new(Pending2xx {
             bytes: ok.encode(),
             interval: env.settings.timers.t1,
             invite_seq: ok.cseq.seq,
             ack_other_seq,
-        };
+        });
         env.tx.respond(now, tx, ok);
         self.timers
             .set(AnswerTimer::Retransmit2xx, now + pending.interval);
