@@ -15,6 +15,7 @@ mod auth;
 mod decode;
 mod header;
 mod message;
+mod status;
 mod text;
 mod typed;
 mod uri;
@@ -22,7 +23,8 @@ mod uri;
 pub use auth::{DigestChallenge, DigestCredentials};
 pub use decode::{DecodeError, MAX_DATAGRAM, MAX_HEADERS, ReplyContext, decode};
 pub use header::{Header, HeaderName, Headers};
-pub use message::{ALLOWED_METHODS, Message, Request, Response, reason_phrase};
+pub use message::{ALLOWED_METHODS, Message, Request, Response};
+pub use status::reason_phrase;
 pub use text::{Param, split_list};
 pub use typed::{
     CSeq, MAGIC_COOKIE, MediaType, Method, MinSe, NameAddr, Refresher, SessionExpires, ValueError,
