@@ -20,11 +20,15 @@ use std::sync::Arc;
 use ipnet::IpNet;
 use serde::Deserialize;
 
+use crate::sip::DigestAlgorithm;
 use locate::LineIndex;
 pub use policy::{
     DEFAULT_LUA_INSTRUCTION_LIMIT, DEFAULT_LUA_MEMORY_LIMIT_MB, PolicyConfig, PolicySources,
 };
-pub use registrar::{KeepaliveConfig, KeepaliveFile, KeepaliveMode, RegistrarConfig, UserFile};
+pub use registrar::{
+    KeepaliveConfig, KeepaliveFile, KeepaliveMode, RegistrarConfig, UserFile,
+    parse_digest_algorithms,
+};
 pub use session_timer::{
     PreferRefresher, RFC_MIN_SE, RefreshMethod, SessionTimerConfig, SessionTimerFile,
 };
@@ -378,6 +382,9 @@ pub struct User {
     pub route_to: Option<usize>,
     /// Keep-alive for this user's contacts (global, then overrides).
     pub keepalive: KeepaliveConfig,
+    /// The digest algorithms this user is challenged with and may answer
+    /// with, in order: its own `digest_algorithms`, else the registrar's.
+    pub digest_algorithms: Vec<DigestAlgorithm>,
 }
 
 /// A UDP socket to bind.
@@ -643,6 +650,12 @@ impl Checker {
                 "users need a `registrar` section (at least `domain`)",
             );
         }
+        // A bad global list is reported as `registrar.digest_algorithms`.
+        let default_algorithms = raw
+            .registrar
+            .as_ref()
+            .and_then(|r| parse_digest_algorithms(&r.digest_algorithms).ok())
+            .unwrap_or_else(|| vec![DigestAlgorithm::Md5]);
         let mut users = Vec::with_capacity(raw.users.len());
         let mut index: HashMap<Arc<str>, usize> = HashMap::with_capacity(raw.users.len());
         for (i, u) in raw.users.iter().enumerate() {
@@ -685,6 +698,13 @@ impl Checker {
                 }
                 None => keepalive.clone(),
             };
+            let digest_algorithms = match &u.digest_algorithms {
+                Some(names) => parse_digest_algorithms(names).unwrap_or_else(|message| {
+                    self.problem(format!("{key}.digest_algorithms"), message);
+                    Vec::new()
+                }),
+                None => default_algorithms.clone(),
+            };
             let name: Arc<str> = u.user.as_str().into();
             if index.insert(name.clone(), users.len()).is_some() {
                 self.problem(
@@ -697,6 +717,7 @@ impl Checker {
                 password: u.password.clone(),
                 route_to,
                 keepalive: user_keepalive,
+                digest_algorithms,
             });
         }
         (users, index)
@@ -1062,6 +1083,39 @@ log: { level: info, format: json }
                 .iter()
                 .any(|r| r.contains("users[1].user: user \"1001\" is defined twice")),
             "{rendered:#?}"
+        );
+    }
+
+    #[test]
+    fn digest_algorithms_default_to_md5_and_a_user_may_have_its_own() {
+        let users = "users:\n  - { user: \"1001\", password: s1 }\n  - { user: \"1002\", password: s2, digest_algorithms: [SHA-256] }\n";
+        let c = Config::parse(
+            &format!("{GOOD}registrar: {{ domain: vigil.local }}\n{users}"),
+            Path::new("vigil.yaml"),
+        )
+        .expect("valid");
+        let algorithms = |c: &Config, u| c.user(u).expect("user").digest_algorithms.clone();
+        assert_eq!(algorithms(&c, "1001"), [DigestAlgorithm::Md5]);
+        assert_eq!(algorithms(&c, "1002"), [DigestAlgorithm::Sha256]);
+        // A config written for the old default stays valid and means what it said.
+        let old = format!(
+            "{GOOD}registrar: {{ domain: vigil.local, digest_algorithms: [SHA-256, md5] }}\n{users}"
+        );
+        let c = Config::parse(&old, Path::new("vigil.yaml")).expect("valid");
+        assert_eq!(
+            algorithms(&c, "1001"),
+            [DigestAlgorithm::Sha256, DigestAlgorithm::Md5]
+        );
+        let bad = format!(
+            "{GOOD}registrar: {{ domain: vigil.local, digest_algorithms: [] }}\nusers:\n  - {{ user: \"1001\", password: s1, digest_algorithms: [SHA-512] }}\n"
+        );
+        let rendered: Vec<String> = problems(&bad).iter().map(ToString::to_string).collect();
+        assert_eq!(
+            rendered,
+            [
+                "vigil.yaml:15: registrar.digest_algorithms: needs at least one of MD5, SHA-256",
+                "vigil.yaml:17: users[0].digest_algorithms: \"SHA-512\" is not MD5 or SHA-256"
+            ]
         );
     }
 

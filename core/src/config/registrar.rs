@@ -6,6 +6,8 @@ use std::path::PathBuf;
 
 use serde::Deserialize;
 
+use crate::sip::DigestAlgorithm;
+
 /// `registrar:` as written.
 #[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
@@ -25,15 +27,32 @@ pub struct RegistrarConfig {
     /// Contacts one address-of-record may hold.
     #[serde(default = "default_max_contacts")]
     pub max_contacts: u32,
-    /// Digest algorithms offered, in order of preference (RFC 8760 §2.4: one
-    /// challenge each). Some clients take the first challenge whatever its
-    /// algorithm; put `MD5` first for them.
+    /// Digest algorithms users are challenged with, in order of preference
+    /// (RFC 8760 §2.4: one challenge each), unless a user has its own list.
+    /// `[MD5]` by default: every deployed phone answers MD5 (Kamailio and
+    /// Asterisk challenge with it alone), while some give up on a 401 that
+    /// offers SHA-256 at all rather than answer its MD5 challenge (baresip
+    /// 1.0, sipp).
     #[serde(default = "default_algorithms")]
     pub digest_algorithms: Vec<String>,
 }
 
 fn default_algorithms() -> Vec<String> {
-    vec!["SHA-256".into(), "MD5".into()]
+    vec!["MD5".into()]
+}
+
+/// `digest_algorithms` as written → the algorithms, or what is wrong with it.
+pub fn parse_digest_algorithms(names: &[String]) -> Result<Vec<DigestAlgorithm>, String> {
+    if names.is_empty() {
+        return Err("needs at least one of MD5, SHA-256".into());
+    }
+    names
+        .iter()
+        .map(|name| {
+            DigestAlgorithm::parse(Some(name))
+                .ok_or_else(|| format!("{name:?} is not MD5 or SHA-256"))
+        })
+        .collect()
 }
 
 fn default_min_expires() -> u32 {
@@ -63,6 +82,10 @@ pub struct UserFile {
     pub route_to: Option<String>,
     #[serde(default)]
     pub nat_keepalive: Option<KeepaliveFile>,
+    /// This user's own `digest_algorithms` (e.g. `[SHA-256]` for a phone that
+    /// does RFC 8760), instead of the registrar's.
+    #[serde(default)]
+    pub digest_algorithms: Option<Vec<String>>,
 }
 
 /// How a keep-alive is sent.
@@ -199,16 +222,8 @@ impl RegistrarConfig {
         if self.max_contacts == 0 {
             out.push(("max_contacts", "must be at least 1".into()));
         }
-        if self.digest_algorithms.is_empty() {
-            out.push((
-                "digest_algorithms",
-                "needs at least one of MD5, SHA-256".into(),
-            ));
-        }
-        for a in &self.digest_algorithms {
-            if !a.eq_ignore_ascii_case("MD5") && !a.eq_ignore_ascii_case("SHA-256") {
-                out.push(("digest_algorithms", format!("{a:?} is not MD5 or SHA-256")));
-            }
+        if let Err(message) = parse_digest_algorithms(&self.digest_algorithms) {
+            out.push(("digest_algorithms", message));
         }
         out
     }

@@ -343,7 +343,14 @@ impl Engine {
                 let fingerprint = auth.fingerprint(request);
                 // The INVITE's server transaction absorbs its retransmissions.
                 Some(
-                    match auth.verify(now, "INVITE", c, &user.password, fingerprint) {
+                    match auth.verify(
+                        now,
+                        "INVITE",
+                        c,
+                        &user.password,
+                        &user.digest_algorithms,
+                        fingerprint,
+                    ) {
                         Verdict::Retransmission => Verdict::Rejected("replayed nonce"),
                         verdict => verdict,
                     },
@@ -363,7 +370,11 @@ impl Engine {
             }
         }
         let challenges: Vec<(HeaderName, String)> = auth
-            .challenges(now, verdict == Some(Verdict::Stale))
+            .challenges(
+                now,
+                verdict == Some(Verdict::Stale),
+                &user.digest_algorithms,
+            )
             .iter()
             .map(|c| (HeaderName::ProxyAuthenticate, c.to_string()))
             .collect();

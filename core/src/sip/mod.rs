@@ -20,7 +20,7 @@ mod text;
 mod typed;
 mod uri;
 
-pub use auth::{DigestChallenge, DigestCredentials};
+pub use auth::{DigestAlgorithm, DigestChallenge, DigestCredentials};
 pub use decode::{DecodeError, MAX_DATAGRAM, MAX_HEADERS, ReplyContext, decode};
 pub use header::{Header, HeaderName, Headers};
 pub use message::{ALLOWED_METHODS, Message, Request, Response};
