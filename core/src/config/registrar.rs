@@ -10,7 +10,6 @@ use crate::sip::DigestAlgorithm;
 
 /// `registrar:` as written.
 #[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
-#[serde(deny_unknown_fields)]
 pub struct RegistrarConfig {
     /// The domain users register in (the realm of the digest challenge too).
     pub domain: String,
@@ -73,7 +72,6 @@ fn default_max_contacts() -> u32 {
 
 /// One user that may register and place calls.
 #[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
-#[serde(deny_unknown_fields)]
 pub struct UserFile {
     pub user: String,
     pub password: String,
@@ -103,7 +101,6 @@ pub enum KeepaliveMode {
 
 /// `nat_keepalive:` as written (global, or a user's overrides).
 #[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
-#[serde(deny_unknown_fields)]
 pub struct KeepaliveFile {
     pub message: Option<String>,
     pub period: Option<u32>,

@@ -31,7 +31,6 @@ pub enum PreferRefresher {
 
 /// The section as written: every key optional, so a trunk can override one.
 #[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
-#[serde(deny_unknown_fields)]
 pub struct SessionTimerFile {
     pub ttl: Option<u32>,
     pub update_segment: Option<u32>,
