@@ -107,3 +107,19 @@ nat_keepalive:
     }
     assert_eq!(lines.len(), 5, "one line per problem:\n{stderr}");
 }
+
+#[test]
+fn every_subcommand_says_what_its_config_option_is() {
+    for command in ["run", "check", "reload", "ctl"] {
+        let (ok, stdout, stderr) = vigil(&[command, "--help"]);
+        assert!(ok, "{command} --help: {stderr}");
+        let option = stdout
+            .lines()
+            .find(|l| l.contains("--config <CONFIG>") && !l.starts_with("Usage"))
+            .unwrap_or_else(|| panic!("{command} --help lists --config:\n{stdout}"));
+        assert!(
+            option.contains("YAML config file"),
+            "{command} --help describes --config: {option:?}"
+        );
+    }
+}

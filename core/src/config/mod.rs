@@ -598,7 +598,7 @@ impl Checker {
             }
         }
         let keepalive = KeepaliveConfig::default().merged(&raw.nat_keepalive);
-        for (field, message) in keepalive.problems() {
+        for (field, message) in keepalive.problems("nat_keepalive") {
             self.problem(format!("nat_keepalive.{field}"), message);
         }
         let (users, user_index) = self.check_users(&raw, &trunks, &keepalive);
@@ -721,8 +721,9 @@ impl Checker {
             let user_keepalive = match &u.nat_keepalive {
                 Some(over) => {
                     let merged = keepalive.merged(over);
-                    for (field, message) in merged.problems() {
-                        self.problem(format!("{key}.nat_keepalive.{field}"), message);
+                    let section = format!("{key}.nat_keepalive");
+                    for (field, message) in merged.problems(&section) {
+                        self.problem(format!("{section}.{field}"), message);
                     }
                     merged
                 }
@@ -775,7 +776,7 @@ impl Checker {
     }
 
     fn check_session_timer(&mut self, key: &str, config: &SessionTimerConfig) {
-        for (field, message) in config.problems() {
+        for (field, message) in config.problems(key) {
             self.problem(format!("{key}.{field}"), message);
         }
     }

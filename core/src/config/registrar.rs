@@ -164,16 +164,21 @@ impl KeepaliveConfig {
         self.mode != KeepaliveMode::Payload || !self.message.is_empty()
     }
 
-    pub fn problems(&self) -> Vec<(&'static str, String)> {
+    /// The problems with these values, as (key, message); `section` is where
+    /// they were written (`nat_keepalive`, `users[0].nat_keepalive`), so a
+    /// message can name the key that would lift a bound.
+    pub fn problems(&self, section: &str) -> Vec<(&'static str, String)> {
         let mut out = Vec::new();
         let floor = if self.allow_short_intervals { 1 } else { 10 };
         if !(floor..=86_400).contains(&self.period) {
+            let hint = if self.allow_short_intervals {
+                String::new()
+            } else {
+                format!(" (`{section}.allow_short_intervals: true` permits down to 1 s in a lab)")
+            };
             out.push((
                 "period",
-                format!(
-                    "{} is not in {floor}..86400 s (`allow_short_intervals: true` permits down to 1 s in a lab)",
-                    self.period
-                ),
+                format!("{} is not in {floor}..86400 s{hint}", self.period),
             ));
         }
         if self.send_interval_ms == 0 {
@@ -243,7 +248,7 @@ mod tests {
             ("HELLO", 30, 500, 3000)
         );
         assert!(k.enabled());
-        assert!(k.problems().is_empty());
+        assert!(k.problems("nat_keepalive").is_empty());
         let off = KeepaliveConfig {
             message: String::new(),
             ..k.clone()
@@ -264,13 +269,18 @@ mod tests {
             batch_size: Some(0),
             ..KeepaliveFile::default()
         });
-        let keys: Vec<&str> = k.problems().iter().map(|p| p.0).collect();
+        let problems = k.problems("nat_keepalive");
+        let keys: Vec<&str> = problems.iter().map(|p| p.0).collect();
         assert_eq!(keys, vec!["period", "batch_size"]);
+        assert_eq!(
+            problems[0].1,
+            "5 is not in 10..86400 s (`nat_keepalive.allow_short_intervals: true` permits down to 1 s in a lab)"
+        );
         let lab = KeepaliveConfig {
             allow_short_intervals: true,
             batch_size: 1,
             ..k
         };
-        assert!(lab.problems().is_empty());
+        assert!(lab.problems("users[0].nat_keepalive").is_empty());
     }
 }

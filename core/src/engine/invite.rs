@@ -261,7 +261,7 @@ impl Engine {
         });
         let problems: Vec<String> = changed
             .iter()
-            .flat_map(|t| t.problems())
+            .flat_map(|t| t.problems("session_timer"))
             .map(|(k, m)| format!("{k}: {m}"))
             .collect();
         if problems.is_empty() {
