@@ -1,5 +1,6 @@
 //! `vigil check` and `vigil run` on good and broken configs: a bad file is
-//! refused with its file, line and key, and the daemon never starts on it.
+//! refused with its file, line and key, every problem of it at once (issue 23:
+//! only the first unknown key was reported), and the daemon never starts on it.
 
 use std::process::Command;
 
@@ -33,7 +34,7 @@ fn broken_configs_are_refused_with_file_line_and_key() {
         (
             "unknown-key.yaml",
             "listen: [\"udp:127.0.0.1:5060\"]\ntrunks:\n  - name: a\n    inbound: { form: [\"10.0.0.0/8\"] }\ncdr: { path: x }\n",
-            ":4: trunks[0].inbound: unknown field `form`, expected `from`",
+            ":4: trunks[0].inbound.form: unknown key, expected `from`",
         ),
         (
             "dangling-route.yaml",
@@ -60,5 +61,65 @@ fn broken_configs_are_refused_with_file_line_and_key() {
         let (ok, _, stderr) = vigil(&["run", "--config", &path]);
         assert!(!ok, "vigil run must refuse {name}");
         assert!(stderr.contains(expected), "{name}: {stderr}");
+    }
+}
+
+#[test]
+fn check_lists_every_unknown_key_with_the_other_problems() {
+    let dir = tempfile::tempdir().expect("dir");
+    let path = dir.path().join("typos.yaml");
+    std::fs::write(
+        &path,
+        r#"listen: ["udp:127.0.0.1:5060"]
+trunks:
+  - name: pbx
+    inbound: { from: ["10.0.0.0/8"] }
+    route_too: carrier
+  - name: carrier
+    outbound: { to: "127.0.0.3:5080" }
+routes:
+  - { prefix: "00", trunk: nowhere }
+cdr: { path: x }
+session_timer: { tll: 1800 }
+nat_keepalive:
+  period: 5
+  mesage: PING
+"#,
+    )
+    .expect("write");
+    let file = path.display().to_string();
+    let (ok, stdout, stderr) = vigil(&["check", "--config", &file]);
+    assert!(!ok, "refused: {stdout}");
+    let lines: Vec<&str> = stderr.lines().collect();
+    for expected in [
+        ":5: trunks[0].route_too: unknown key, expected one of `name`, `inbound`, `outbound`, `route_to`",
+        ":11: session_timer.tll: unknown key, expected one of `ttl`,",
+        ":14: nat_keepalive.mesage: unknown key, expected one of `message`,",
+        ":9: routes[0].trunk: no trunk named \"nowhere\"",
+        ":13: nat_keepalive.period: 5 is not in 10..86400 s",
+    ] {
+        assert!(
+            lines
+                .iter()
+                .any(|l| l.starts_with(&format!("{file}{expected}"))),
+            "{expected:?} missing from:\n{stderr}"
+        );
+    }
+    assert_eq!(lines.len(), 5, "one line per problem:\n{stderr}");
+}
+
+#[test]
+fn every_subcommand_says_what_its_config_option_is() {
+    for command in ["run", "check", "reload", "ctl"] {
+        let (ok, stdout, stderr) = vigil(&[command, "--help"]);
+        assert!(ok, "{command} --help: {stderr}");
+        let option = stdout
+            .lines()
+            .find(|l| l.contains("--config <CONFIG>") && !l.starts_with("Usage"))
+            .unwrap_or_else(|| panic!("{command} --help lists --config:\n{stdout}"));
+        assert!(
+            option.contains("YAML config file"),
+            "{command} --help describes --config: {option:?}"
+        );
     }
 }

@@ -17,8 +17,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use vigil::registrar::digest::{Algorithm, expected_response};
-use vigil::sip::{DigestCredentials, HeaderName, Message, decode};
+use vigil::registrar::digest::expected_response;
+use vigil::sip::{DigestAlgorithm, DigestCredentials, HeaderName, Message, decode};
 
 struct Args {
     vigil: SocketAddr,
@@ -105,7 +105,7 @@ fn authorization(challenge: &str, contact: usize, per_user: usize) -> Option<Str
         opaque: None,
     };
     creds.response = expected_response(
-        Algorithm::Md5,
+        DigestAlgorithm::Md5,
         &creds,
         &format!("secret-u{user}"),
         "REGISTER",

@@ -32,6 +32,7 @@ enum Command {
     /// Validate a config file: exit 0 if it is good, 1 with every problem if
     /// not (including a CDR path that cannot be created or written).
     Check {
+        /// The YAML config file to check.
         #[arg(long, short)]
         config: PathBuf,
     },
@@ -39,6 +40,8 @@ enum Command {
     /// print the result: exit 0 if it was applied, 1 if it was refused (the
     /// daemon keeps its running config) or no daemon answered.
     Reload {
+        /// The YAML config file the daemon runs on (its control socket is
+        /// found from it, even if the file is broken).
         #[arg(long, short)]
         config: PathBuf,
     },
@@ -47,6 +50,8 @@ enum Command {
     /// `trace`, `trace on NAME`, `trace off NAME` (a trunk, or `user:NAME`).
     /// Prints the answer (JSON for queries); exits 1 on an error.
     Ctl {
+        /// The YAML config file the daemon runs on (its control socket is
+        /// found from it).
         #[arg(long, short)]
         config: PathBuf,
         /// The command and its arguments (a Call-ID; `on`/`off` and a name).

@@ -13,9 +13,9 @@ use std::time::{Duration, Instant};
 use vigil::config::Config;
 use vigil::ids::IdGen;
 use vigil::ids::REGISTRAR_WORKER;
-use vigil::registrar::digest::{Algorithm, DigestAuth, expected_response};
+use vigil::registrar::digest::{DigestAuth, expected_response};
 use vigil::registrar::{Output, Registrar};
-use vigil::sip::{DigestCredentials, HeaderName, Message, decode};
+use vigil::sip::{DigestAlgorithm, DigestCredentials, HeaderName, Message, decode};
 use vigil::transaction::Path;
 use vigil::transport::LocalSocket;
 
@@ -83,12 +83,11 @@ fn a_registered_contact_keeps_under_a_kibibyte() {
     }
     let config = Arc::new(Config::parse(&yaml, FsPath::new("t.yaml")).expect("config"));
     let t0 = Instant::now();
-    let auth = Arc::new(Mutex::new(DigestAuth::with_algorithms(
+    let auth = Arc::new(Mutex::new(DigestAuth::new(
         "vigil.local",
         b"k",
         t0,
         Duration::from_secs(300),
-        vec![Algorithm::Md5],
     )));
     let sockets: Arc<[LocalSocket]> = Arc::from(vec![LocalSocket {
         bind: addr("127.0.0.1:5060"),
@@ -141,7 +140,7 @@ fn a_registered_contact_keeps_under_a_kibibyte() {
             opaque: None,
         };
         creds.response = expected_response(
-            Algorithm::Md5,
+            DigestAlgorithm::Md5,
             &creds,
             &format!("secret-u{user}"),
             "REGISTER",

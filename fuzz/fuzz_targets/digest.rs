@@ -13,10 +13,11 @@
 use std::time::{Duration, Instant};
 
 use libfuzzer_sys::fuzz_target;
-use vigil::registrar::digest::{Algorithm, DigestAuth, Verdict, expected_response};
-use vigil::sip::DigestCredentials;
+use vigil::registrar::digest::{DigestAuth, Verdict, expected_response};
+use vigil::sip::{DigestAlgorithm, DigestCredentials};
 
 const LIFETIME: Duration = Duration::from_secs(300);
+const BOTH: &[DigestAlgorithm] = &[DigestAlgorithm::Sha256, DigestAlgorithm::Md5];
 
 fuzz_target!(|data: &[u8]| {
     let Ok(text) = std::str::from_utf8(data) else {
@@ -29,14 +30,14 @@ fuzz_target!(|data: &[u8]| {
     let Ok(mut creds) = DigestCredentials::parse(&value) else {
         return;
     };
-    let _ = auth.verify(now, "REGISTER", &creds, "secret", 1);
-    let Some(algorithm) = Algorithm::parse(creds.algorithm.as_deref()) else {
+    let _ = auth.verify(now, "REGISTER", &creds, "secret", BOTH, 1);
+    let Some(algorithm) = DigestAlgorithm::parse(creds.algorithm.as_deref()) else {
         return;
     };
     creds.response = expected_response(algorithm, &creds, "secret", "INVITE");
-    let first = auth.verify(now, "INVITE", &creds, "secret", 2);
-    let again = auth.verify(now, "INVITE", &creds, "secret", 2);
-    let replay = auth.verify(now, "INVITE", &creds, "secret", 3);
+    let first = auth.verify(now, "INVITE", &creds, "secret", BOTH, 2);
+    let again = auth.verify(now, "INVITE", &creds, "secret", BOTH, 2);
+    let replay = auth.verify(now, "INVITE", &creds, "secret", BOTH, 3);
     if first == Verdict::Accepted {
         assert_eq!(again, Verdict::Retransmission, "{creds:?}");
         assert!(
@@ -45,7 +46,7 @@ fuzz_target!(|data: &[u8]| {
         );
     }
     let later = now + LIFETIME + Duration::from_secs(1);
-    let stale = auth.verify(later, "INVITE", &creds, "secret", 4);
+    let stale = auth.verify(later, "INVITE", &creds, "secret", BOTH, 4);
     if first == Verdict::Accepted {
         assert_eq!(stale, Verdict::Stale, "{creds:?}");
     }

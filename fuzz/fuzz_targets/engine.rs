@@ -36,9 +36,11 @@ use vigil::engine::Engine;
 use vigil::transport::LocalSocket;
 use vigil::ids::IdGen;
 use vigil::ingress::{Ingress, Verdict};
-use vigil::registrar::digest::{Algorithm, DigestAuth, expected_response};
+use vigil::registrar::digest::{DigestAuth, expected_response};
 use vigil::registrar::location::{Binding, Location, LocationView, Target};
-use vigil::sip::{DigestCredentials, HeaderName, Message, Method, Request, Response, Uri, decode};
+use vigil::sip::{
+    DigestAlgorithm, DigestCredentials, HeaderName, Message, Method, Request, Response, Uri, decode,
+};
 use vigil::transaction::Path;
 
 const BASE: &str = r#"
@@ -500,7 +502,8 @@ impl Harness {
                 nc: Some(format!("{:08x}", self.branches)),
                 opaque: None,
             };
-            creds.response = expected_response(Algorithm::Md5, &creds, "secret1001", "INVITE");
+            creds.response =
+                expected_response(DigestAlgorithm::Md5, &creds, "secret1001", "INVITE");
             auth = format!(
                 "Proxy-Authorization: Digest username=\"1001\", realm=\"vigil.local\", nonce=\"{nonce}\", uri=\"{uri}\", response=\"{}\", algorithm=MD5, cnonce=\"cn\", qop=auth, nc={}\r\n",
                 creds.response,

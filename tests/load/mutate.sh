@@ -544,7 +544,7 @@ report() {
 	shed="calls: ${shed:-none}; other requests: $(deltas vigil_requests_shed_total 1)"
 	[[ "$shed" != *"requests: " ]] || shed+="none"
 	local refreshes
-	refreshes="sent $(delta vigil_refreshes_sent_total), answered $(delta vigil_refreshes_answered_total), failed $(($(delta 'vigil_refreshes_failed_total{cause="timeout"}') + $(delta 'vigil_refreshes_failed_total{cause="status"}')))"
+	refreshes="sent $(delta vigil_refreshes_sent_total), answered $(delta vigil_refreshes_answered_total), failed $(($(delta 'vigil_refreshes_failed_total{cause="timeout"}') + $(delta 'vigil_refreshes_failed_total{cause="status"}') + $(delta 'vigil_refreshes_failed_total{cause="session_expired"}')))"
 	local timeouts
 	timeouts="$(($(metric "$z" 'vigil_session_timeouts_total{cause="timeout"}') + $(metric "$z" 'vigil_session_timeouts_total{cause="status"}') + $(metric "$z" 'vigil_session_timeouts_total{cause="expired"}')))"
 	local kdrops=$((RCVBUF_AFTER - RCVBUF_BEFORE)) kinerr=$((INERR_AFTER - INERR_BEFORE))

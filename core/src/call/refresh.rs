@@ -65,14 +65,21 @@ impl Call {
             while let Some(event) = self.leg_mut(leg).poll_session(now) {
                 match event {
                     LegEvent::Expired => {
-                        let failure = match self.leg(leg).session() {
-                            Some(s)
-                                if s.agreed().refresher == Who::Peer && s.in_flight().is_none() =>
-                            {
+                        let session = self.leg(leg).session();
+                        let in_flight = session.is_some_and(|s| s.in_flight().is_some());
+                        let failure = match session {
+                            Some(s) if s.agreed().refresher == Who::Peer && !in_flight => {
                                 RefreshFailure::Expired
                             }
                             _ => RefreshFailure::Timeout,
                         };
+                        if in_flight && self.ending.is_none() {
+                            // Vigil's refresh never got its answer: the expiry cut
+                            // its transaction short, and it failed like one that
+                            // timed out (which `on_refresh_timeout` never sees now).
+                            env.metrics
+                                .refresh_failed(RefreshFailureCause::SessionExpired);
+                        }
                         self.session_timeout(now, leg, failure, env);
                     }
                     LegEvent::RefreshDue { due } => self.refresh_due(now, due, leg, env),

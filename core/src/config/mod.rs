@@ -1,5 +1,6 @@
-//! The YAML configuration: its file format (serde, unknown keys rejected), the
-//! checks that span keys, and the validated [`Config`] the switch runs on.
+//! The YAML configuration: its file format (serde; unknown keys are errors, all
+//! of them reported: see `unknown`), the checks that span keys, and the
+//! validated [`Config`] the switch runs on.
 //!
 //! Every error names the file, the line and the key, because an operator editing a
 //! live switch's config at 3 a.m. should not have to guess. Loading is all-or-
@@ -10,6 +11,7 @@ mod locate;
 mod policy;
 mod registrar;
 mod session_timer;
+mod unknown;
 
 use std::collections::HashMap;
 use std::fmt;
@@ -20,11 +22,15 @@ use std::sync::Arc;
 use ipnet::IpNet;
 use serde::Deserialize;
 
+use crate::sip::DigestAlgorithm;
 use locate::LineIndex;
 pub use policy::{
     DEFAULT_LUA_INSTRUCTION_LIMIT, DEFAULT_LUA_MEMORY_LIMIT_MB, PolicyConfig, PolicySources,
 };
-pub use registrar::{KeepaliveConfig, KeepaliveFile, KeepaliveMode, RegistrarConfig, UserFile};
+pub use registrar::{
+    KeepaliveConfig, KeepaliveFile, KeepaliveMode, RegistrarConfig, UserFile,
+    parse_digest_algorithms,
+};
 pub use session_timer::{
     PreferRefresher, RFC_MIN_SE, RefreshMethod, SessionTimerConfig, SessionTimerFile,
 };
@@ -66,10 +72,11 @@ impl fmt::Display for ConfigProblem {
 }
 
 // ---------------------------------------------------------------------------
-// The file format.
+// The file format. Its structs accept any key: `unknown::parse_yaml` reports
+// every key they leave unread, which `deny_unknown_fields` (first one only)
+// could not.
 
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
 struct FileConfig {
     listen: Vec<ListenEntry>,
     #[serde(default)]
@@ -103,7 +110,6 @@ struct FileConfig {
 
 /// `limits:` — overload and flood control (absent keys: no limit).
 #[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
-#[serde(deny_unknown_fields)]
 pub struct LimitsConfig {
     /// Active calls; past it new INVITEs get `503` with `Retry-After`.
     #[serde(default)]
@@ -153,7 +159,6 @@ impl Default for LimitsConfig {
 /// (target `vigil::sip_trace`, debug level) and, with `file`, appended there.
 /// `vigil ctl trace on|off NAME` switches them at run time.
 #[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
-#[serde(deny_unknown_fields)]
 pub struct TraceConfig {
     #[serde(default)]
     pub trunks: Vec<String>,
@@ -165,7 +170,6 @@ pub struct TraceConfig {
 
 /// `metrics:` — where Prometheus scrapes `/metrics` (HTTP); absent, no endpoint.
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
 struct MetricsFile {
     /// `ip:port`, e.g. `127.0.0.1:9060`.
     listen: String,
@@ -173,7 +177,6 @@ struct MetricsFile {
 
 /// `control:` — the local socket `vigil reload` talks to.
 #[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
 struct ControlFile {
     #[serde(default)]
     socket: Option<PathBuf>,
@@ -181,19 +184,48 @@ struct ControlFile {
 
 /// `"udp:IP:PORT"`, or `{ addr: "udp:IP:PORT", advertise: IP }` when the address
 /// to put in Via and Contact differs from the bound one (NAT, wildcard binds).
-#[derive(Debug, Deserialize)]
-#[serde(untagged)]
+#[derive(Debug)]
 enum ListenEntry {
     Plain(String),
-    Detailed {
-        addr: String,
-        #[serde(default)]
-        advertise: Option<IpAddr>,
-    },
+    Detailed(ListenDetailed),
 }
 
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
+struct ListenDetailed {
+    addr: String,
+    #[serde(default)]
+    advertise: Option<IpAddr>,
+}
+
+/// A string or a mapping. Written out rather than `#[serde(untagged)]`, which
+/// buffers the mapping and so hides its unknown keys from `unknown`.
+impl<'de> Deserialize<'de> for ListenEntry {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Entry;
+        impl<'de> serde::de::Visitor<'de> for Entry {
+            type Value = ListenEntry;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("\"udp:IP:PORT\" or { addr: \"udp:IP:PORT\", advertise: IP }")
+            }
+
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<ListenEntry, E> {
+                Ok(ListenEntry::Plain(v.to_string()))
+            }
+
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                map: A,
+            ) -> Result<ListenEntry, A::Error> {
+                ListenDetailed::deserialize(serde::de::value::MapAccessDeserializer::new(map))
+                    .map(ListenEntry::Detailed)
+            }
+        }
+        deserializer.deserialize_any(Entry)
+    }
+}
+
+#[derive(Debug, Deserialize)]
 struct FileTrunk {
     name: String,
     #[serde(default)]
@@ -209,26 +241,22 @@ struct FileTrunk {
 }
 
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
 struct FileInbound {
     from: Vec<String>,
 }
 
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
 struct FileOutbound {
     to: String,
 }
 
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
 struct FileRoute {
     prefix: String,
     trunk: String,
 }
 
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
 struct FileCdr {
     path: PathBuf,
     #[serde(default = "default_max_pending")]
@@ -288,7 +316,6 @@ impl CdrConfig {
 
 /// `log:` — level is a tracing filter directive (`info`, `vigil=debug,warn`).
 #[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
-#[serde(deny_unknown_fields)]
 pub struct LogConfig {
     #[serde(default = "default_log_level")]
     pub level: String,
@@ -319,7 +346,6 @@ pub enum LogFormat {
 
 /// `sip:` — protocol knobs with carrier-friendly defaults.
 #[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
-#[serde(deny_unknown_fields)]
 pub struct SipConfig {
     /// Answer every request to the address and port it came from, as if it carried
     /// `rport` (RFC 3581), like Kamailio's `force_rport()`. Devices behind NAT
@@ -431,6 +457,9 @@ pub struct User {
     pub route_to: Option<usize>,
     /// Keep-alive for this user's contacts (global, then overrides).
     pub keepalive: KeepaliveConfig,
+    /// The digest algorithms this user is challenged with and may answer
+    /// with, in order: its own `digest_algorithms`, else the registrar's.
+    pub digest_algorithms: Vec<DigestAlgorithm>,
 }
 
 /// A UDP socket to bind.
@@ -478,18 +507,26 @@ impl Config {
 
     /// Validates config text; `file` is only used in error messages.
     pub fn parse(text: &str, file: &Path) -> Result<Config, ConfigError> {
-        let raw: FileConfig = serde_yaml::from_str(text).map_err(|e| {
-            ConfigError::Invalid(vec![ConfigProblem {
-                file: file.to_path_buf(),
-                line: e.location().map(|l| l.line()),
-                key: String::new(),
-                message: strip_location(&e.to_string()),
-            }])
-        })?;
+        let (raw, unknown) = unknown::parse_yaml(text);
         let mut checker = Checker {
             file: file.to_path_buf(),
             lines: LineIndex::build(text),
             problems: Vec::new(),
+        };
+        for key in unknown {
+            checker.problem(key.path, key.message);
+        }
+        let raw = match raw {
+            Ok(raw) => raw,
+            Err(e) => {
+                checker.problems.push(ConfigProblem {
+                    file: file.to_path_buf(),
+                    line: e.location().map(|l| l.line()),
+                    key: String::new(),
+                    message: strip_location(&e.to_string()),
+                });
+                return Err(ConfigError::Invalid(checker.problems));
+            }
         };
         let config = checker.check(raw);
         if checker.problems.is_empty() {
@@ -626,7 +663,7 @@ impl Checker {
             }
         }
         let keepalive = KeepaliveConfig::default().merged(&raw.nat_keepalive);
-        for (field, message) in keepalive.problems() {
+        for (field, message) in keepalive.problems("nat_keepalive") {
             self.problem(format!("nat_keepalive.{field}"), message);
         }
         let (users, user_index) = self.check_users(&raw, &trunks, &keepalive);
@@ -712,6 +749,12 @@ impl Checker {
                 "users need a `registrar` section (at least `domain`)",
             );
         }
+        // A bad global list is reported as `registrar.digest_algorithms`.
+        let default_algorithms = raw
+            .registrar
+            .as_ref()
+            .and_then(|r| parse_digest_algorithms(&r.digest_algorithms).ok())
+            .unwrap_or_else(|| vec![DigestAlgorithm::Md5]);
         let mut users = Vec::with_capacity(raw.users.len());
         let mut index: HashMap<Arc<str>, usize> = HashMap::with_capacity(raw.users.len());
         for (i, u) in raw.users.iter().enumerate() {
@@ -747,12 +790,20 @@ impl Checker {
             let user_keepalive = match &u.nat_keepalive {
                 Some(over) => {
                     let merged = keepalive.merged(over);
-                    for (field, message) in merged.problems() {
-                        self.problem(format!("{key}.nat_keepalive.{field}"), message);
+                    let section = format!("{key}.nat_keepalive");
+                    for (field, message) in merged.problems(&section) {
+                        self.problem(format!("{section}.{field}"), message);
                     }
                     merged
                 }
                 None => keepalive.clone(),
+            };
+            let digest_algorithms = match &u.digest_algorithms {
+                Some(names) => parse_digest_algorithms(names).unwrap_or_else(|message| {
+                    self.problem(format!("{key}.digest_algorithms"), message);
+                    Vec::new()
+                }),
+                None => default_algorithms.clone(),
             };
             let name: Arc<str> = u.user.as_str().into();
             if index.insert(name.clone(), users.len()).is_some() {
@@ -766,6 +817,7 @@ impl Checker {
                 password: u.password.clone(),
                 route_to,
                 keepalive: user_keepalive,
+                digest_algorithms,
             });
         }
         (users, index)
@@ -820,7 +872,7 @@ impl Checker {
     }
 
     fn check_session_timer(&mut self, key: &str, config: &SessionTimerConfig) {
-        for (field, message) in config.problems() {
+        for (field, message) in config.problems(key) {
             self.problem(format!("{key}.{field}"), message);
         }
     }
@@ -837,7 +889,7 @@ impl Checker {
             let key = format!("listen[{i}]");
             let (addr, advertise) = match entry {
                 ListenEntry::Plain(a) => (a.as_str(), None),
-                ListenEntry::Detailed { addr, advertise } => (addr.as_str(), *advertise),
+                ListenEntry::Detailed(d) => (d.addr.as_str(), d.advertise),
             };
             let Some((transport, socket)) = addr.split_once(':') else {
                 self.problem(key, format!("{addr:?} is not transport:ip:port"));
@@ -1051,15 +1103,46 @@ log: { level: info, format: json }
             "inbound: { from: [\"192.0.2.10\"] }",
             "inbound: { frm: [\"192.0.2.10\"] }",
         ));
-        assert_eq!(p.len(), 1);
-        assert_eq!(p[0].line, Some(8));
-        assert!(
-            p[0].message
-                .contains("trunks[1].inbound: unknown field `frm`"),
-            "{}",
-            p[0]
+        let rendered: Vec<String> = p.iter().map(ToString::to_string).collect();
+        assert_eq!(
+            rendered[0],
+            "vigil.yaml:8: trunks[1].inbound.frm: unknown key, expected `from`"
         );
-        assert!(p[0].to_string().starts_with("vigil.yaml:8: "), "{}", p[0]);
+        assert!(
+            rendered[1].contains("missing field `from`"),
+            "the unread key leaves a required one missing: {rendered:#?}"
+        );
+    }
+
+    #[test]
+    fn every_unknown_key_is_reported_with_the_other_problems() {
+        let text = GOOD
+            .replace("route_to: carrier", "route_to: carrier\n    rout_to: x")
+            .replace(
+                "  - name: premium\n",
+                "  - name: premium\n    colour: blue\n",
+            )
+            .replace(
+                "{ prefix: \"00\", trunk: carrier }",
+                "{ prefix: \"00\", trunk: nowhere }",
+            )
+            .replace(
+                "\"udp:127.0.0.1:5060\", {",
+                "\"udp:127.0.0.1:5060\", { adress: x,",
+            )
+            + "sesion_timer: { ttl: 90 }\nsession_timer: { tll: 90 }\n";
+        let rendered: Vec<String> = problems(&text).iter().map(ToString::to_string).collect();
+        assert_eq!(
+            rendered,
+            [
+                "vigil.yaml:2: listen[1].adress: unknown key, expected one of `addr`, `advertise`",
+                "vigil.yaml:7: trunks[0].rout_to: unknown key, expected one of `name`, `inbound`, `outbound`, `route_to`, `session_timer`, `policy`",
+                "vigil.yaml:12: trunks[2].colour: unknown key, expected one of `name`, `inbound`, `outbound`, `route_to`, `session_timer`, `policy`",
+                "vigil.yaml:17: sesion_timer: unknown key, expected one of `listen`, `trunks`, `routes`, `cdr`, `log`, `sip`, `session_timer`, `registrar`, `users`, `nat_keepalive`, `policy`, `control`, `metrics`, `trace`, `limits`",
+                "vigil.yaml:18: session_timer.tll: unknown key, expected one of `ttl`, `update_segment`, `early_hangup`, `no_timer_max_duration`, `min_se`, `refresh_method`, `prefer_refresher`, `refresh_non_timer_peers`, `allow_short_intervals`",
+                "vigil.yaml:14: routes[0].trunk: no trunk named \"nowhere\"",
+            ]
+        );
     }
 
     #[test]
@@ -1162,6 +1245,39 @@ log: { level: info, format: json }
     }
 
     #[test]
+    fn digest_algorithms_default_to_md5_and_a_user_may_have_its_own() {
+        let users = "users:\n  - { user: \"1001\", password: s1 }\n  - { user: \"1002\", password: s2, digest_algorithms: [SHA-256] }\n";
+        let c = Config::parse(
+            &format!("{GOOD}registrar: {{ domain: vigil.local }}\n{users}"),
+            Path::new("vigil.yaml"),
+        )
+        .expect("valid");
+        let algorithms = |c: &Config, u| c.user(u).expect("user").digest_algorithms.clone();
+        assert_eq!(algorithms(&c, "1001"), [DigestAlgorithm::Md5]);
+        assert_eq!(algorithms(&c, "1002"), [DigestAlgorithm::Sha256]);
+        // A config written for the old default stays valid and means what it said.
+        let old = format!(
+            "{GOOD}registrar: {{ domain: vigil.local, digest_algorithms: [SHA-256, md5] }}\n{users}"
+        );
+        let c = Config::parse(&old, Path::new("vigil.yaml")).expect("valid");
+        assert_eq!(
+            algorithms(&c, "1001"),
+            [DigestAlgorithm::Sha256, DigestAlgorithm::Md5]
+        );
+        let bad = format!(
+            "{GOOD}registrar: {{ domain: vigil.local, digest_algorithms: [] }}\nusers:\n  - {{ user: \"1001\", password: s1, digest_algorithms: [SHA-512] }}\n"
+        );
+        let rendered: Vec<String> = problems(&bad).iter().map(ToString::to_string).collect();
+        assert_eq!(
+            rendered,
+            [
+                "vigil.yaml:15: registrar.digest_algorithms: needs at least one of MD5, SHA-256",
+                "vigil.yaml:17: users[0].digest_algorithms: \"SHA-512\" is not MD5 or SHA-256"
+            ]
+        );
+    }
+
+    #[test]
     fn metrics_listen_is_an_optional_socket_address() {
         let c = Config::parse(GOOD, Path::new("vigil.yaml")).expect("valid");
         assert_eq!(c.metrics_listen, None, "absent: no endpoint");
@@ -1185,7 +1301,10 @@ log: { level: info, format: json }
             p[0]
         );
         let p = problems(&format!("{GOOD}metrics: {{ port: 9060 }}\n"));
-        assert!(p[0].message.contains("unknown field `port`"), "{}", p[0]);
+        assert_eq!(
+            p[0].to_string(),
+            "vigil.yaml:15: metrics.port: unknown key, expected `listen`"
+        );
     }
 
     #[test]

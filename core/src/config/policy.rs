@@ -9,7 +9,6 @@ use serde::Deserialize;
 
 /// A trunk's `policy:` as written.
 #[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
-#[serde(deny_unknown_fields)]
 pub struct PolicySources {
     /// A Lua script defining hook functions.
     #[serde(default)]
@@ -28,7 +27,6 @@ impl PolicySources {
 /// The global `policy:` section as written: the default sources (for trunks
 /// without their own, registered users' legs and keep-alives) and Lua's bounds.
 #[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
-#[serde(deny_unknown_fields)]
 pub struct PolicyFile {
     #[serde(default)]
     pub lua: Option<PathBuf>,

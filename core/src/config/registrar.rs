@@ -6,9 +6,10 @@ use std::path::PathBuf;
 
 use serde::Deserialize;
 
+use crate::sip::DigestAlgorithm;
+
 /// `registrar:` as written.
 #[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
-#[serde(deny_unknown_fields)]
 pub struct RegistrarConfig {
     /// The domain users register in (the realm of the digest challenge too).
     pub domain: String,
@@ -25,15 +26,32 @@ pub struct RegistrarConfig {
     /// Contacts one address-of-record may hold.
     #[serde(default = "default_max_contacts")]
     pub max_contacts: u32,
-    /// Digest algorithms offered, in order of preference (RFC 8760 §2.4: one
-    /// challenge each). Some clients take the first challenge whatever its
-    /// algorithm; put `MD5` first for them.
+    /// Digest algorithms users are challenged with, in order of preference
+    /// (RFC 8760 §2.4: one challenge each), unless a user has its own list.
+    /// `[MD5]` by default: every deployed phone answers MD5 (Kamailio and
+    /// Asterisk challenge with it alone), while some give up on a 401 that
+    /// offers SHA-256 at all rather than answer its MD5 challenge (baresip
+    /// 1.0, sipp).
     #[serde(default = "default_algorithms")]
     pub digest_algorithms: Vec<String>,
 }
 
 fn default_algorithms() -> Vec<String> {
-    vec!["SHA-256".into(), "MD5".into()]
+    vec!["MD5".into()]
+}
+
+/// `digest_algorithms` as written → the algorithms, or what is wrong with it.
+pub fn parse_digest_algorithms(names: &[String]) -> Result<Vec<DigestAlgorithm>, String> {
+    if names.is_empty() {
+        return Err("needs at least one of MD5, SHA-256".into());
+    }
+    names
+        .iter()
+        .map(|name| {
+            DigestAlgorithm::parse(Some(name))
+                .ok_or_else(|| format!("{name:?} is not MD5 or SHA-256"))
+        })
+        .collect()
 }
 
 fn default_min_expires() -> u32 {
@@ -54,7 +72,6 @@ fn default_max_contacts() -> u32 {
 
 /// One user that may register and place calls.
 #[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
-#[serde(deny_unknown_fields)]
 pub struct UserFile {
     pub user: String,
     pub password: String,
@@ -63,6 +80,10 @@ pub struct UserFile {
     pub route_to: Option<String>,
     #[serde(default)]
     pub nat_keepalive: Option<KeepaliveFile>,
+    /// This user's own `digest_algorithms` (e.g. `[SHA-256]` for a phone that
+    /// does RFC 8760), instead of the registrar's.
+    #[serde(default)]
+    pub digest_algorithms: Option<Vec<String>>,
 }
 
 /// How a keep-alive is sent.
@@ -80,7 +101,6 @@ pub enum KeepaliveMode {
 
 /// `nat_keepalive:` as written (global, or a user's overrides).
 #[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
-#[serde(deny_unknown_fields)]
 pub struct KeepaliveFile {
     pub message: Option<String>,
     pub period: Option<u32>,
@@ -144,16 +164,21 @@ impl KeepaliveConfig {
         self.mode != KeepaliveMode::Payload || !self.message.is_empty()
     }
 
-    pub fn problems(&self) -> Vec<(&'static str, String)> {
+    /// The problems with these values, as (key, message); `section` is where
+    /// they were written (`nat_keepalive`, `users[0].nat_keepalive`), so a
+    /// message can name the key that would lift a bound.
+    pub fn problems(&self, section: &str) -> Vec<(&'static str, String)> {
         let mut out = Vec::new();
         let floor = if self.allow_short_intervals { 1 } else { 10 };
         if !(floor..=86_400).contains(&self.period) {
+            let hint = if self.allow_short_intervals {
+                String::new()
+            } else {
+                format!(" (`{section}.allow_short_intervals: true` permits down to 1 s in a lab)")
+            };
             out.push((
                 "period",
-                format!(
-                    "{} is not in {floor}..86400 s (`allow_short_intervals: true` permits down to 1 s in a lab)",
-                    self.period
-                ),
+                format!("{} is not in {floor}..86400 s{hint}", self.period),
             ));
         }
         if self.send_interval_ms == 0 {
@@ -199,16 +224,8 @@ impl RegistrarConfig {
         if self.max_contacts == 0 {
             out.push(("max_contacts", "must be at least 1".into()));
         }
-        if self.digest_algorithms.is_empty() {
-            out.push((
-                "digest_algorithms",
-                "needs at least one of MD5, SHA-256".into(),
-            ));
-        }
-        for a in &self.digest_algorithms {
-            if !a.eq_ignore_ascii_case("MD5") && !a.eq_ignore_ascii_case("SHA-256") {
-                out.push(("digest_algorithms", format!("{a:?} is not MD5 or SHA-256")));
-            }
+        if let Err(message) = parse_digest_algorithms(&self.digest_algorithms) {
+            out.push(("digest_algorithms", message));
         }
         out
     }
@@ -231,7 +248,7 @@ mod tests {
             ("HELLO", 30, 500, 3000)
         );
         assert!(k.enabled());
-        assert!(k.problems().is_empty());
+        assert!(k.problems("nat_keepalive").is_empty());
         let off = KeepaliveConfig {
             message: String::new(),
             ..k.clone()
@@ -252,13 +269,18 @@ mod tests {
             batch_size: Some(0),
             ..KeepaliveFile::default()
         });
-        let keys: Vec<&str> = k.problems().iter().map(|p| p.0).collect();
+        let problems = k.problems("nat_keepalive");
+        let keys: Vec<&str> = problems.iter().map(|p| p.0).collect();
         assert_eq!(keys, vec!["period", "batch_size"]);
+        assert_eq!(
+            problems[0].1,
+            "5 is not in 10..86400 s (`nat_keepalive.allow_short_intervals: true` permits down to 1 s in a lab)"
+        );
         let lab = KeepaliveConfig {
             allow_short_intervals: true,
             batch_size: 1,
             ..k
         };
-        assert!(lab.problems().is_empty());
+        assert!(lab.problems("users[0].nat_keepalive").is_empty());
     }
 }

@@ -31,7 +31,6 @@ pub enum PreferRefresher {
 
 /// The section as written: every key optional, so a trunk can override one.
 #[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
-#[serde(deny_unknown_fields)]
 pub struct SessionTimerFile {
     pub ttl: Option<u32>,
     pub update_segment: Option<u32>,
@@ -101,28 +100,33 @@ impl SessionTimerConfig {
         }
     }
 
-    /// The problems with these values, as (key, message).
-    pub fn problems(&self) -> Vec<(&'static str, String)> {
+    /// The problems with these values, as (key, message); `section` is where
+    /// they were written (`session_timer`, `trunks[2].session_timer`), so a
+    /// message can name the key that would lift a bound.
+    pub fn problems(&self, section: &str) -> Vec<(&'static str, String)> {
         let mut out = Vec::new();
         let floor = if self.allow_short_intervals {
             1
         } else {
             RFC_MIN_SE
         };
+        let lab = format!("`{section}.allow_short_intervals: true` permits down to 1 s in a lab");
         if self.min_se < floor {
             out.push((
                 "min_se",
-                format!(
-                    "{} is below {floor} s (RFC 4028 §5; `allow_short_intervals: true` permits down to 1 s in a lab)",
-                    self.min_se
-                ),
+                format!("{} is below {floor} s (RFC 4028 §5; {lab})", self.min_se),
             ));
         }
         if self.ttl < self.min_se.max(floor) {
+            let hint = if self.ttl < RFC_MIN_SE && !self.allow_short_intervals {
+                format!(" ({lab}, with a lower `min_se`)")
+            } else {
+                String::new()
+            };
             out.push((
                 "ttl",
                 format!(
-                    "{} is below min_se ({}): Vigil would offer an interval it refuses itself",
+                    "{} is below min_se ({}): Vigil would offer an interval it refuses itself{hint}",
                     self.ttl,
                     self.min_se.max(floor)
                 ),
@@ -163,7 +167,7 @@ mod tests {
             ),
             (600, 2, 0, 7200)
         );
-        assert!(d.problems().is_empty());
+        assert!(d.problems("session_timer").is_empty());
     }
 
     #[test]
@@ -173,13 +177,19 @@ mod tests {
             min_se: 2,
             ..SessionTimerConfig::default()
         };
-        let keys: Vec<&str> = short.problems().iter().map(|p| p.0).collect();
+        let problems = short.problems("trunks[1].session_timer");
+        let keys: Vec<&str> = problems.iter().map(|p| p.0).collect();
         assert_eq!(keys, vec!["min_se", "ttl"]);
+        assert!(
+            problems.iter().all(|(_, message)| message
+                .contains("`trunks[1].session_timer.allow_short_intervals: true` permits")),
+            "each names the key that lifts the bound: {problems:?}"
+        );
         let lab = SessionTimerConfig {
             allow_short_intervals: true,
             ..short
         };
-        assert!(lab.problems().is_empty());
+        assert!(lab.problems("session_timer").is_empty());
     }
 
     #[test]
@@ -200,7 +210,7 @@ mod tests {
             early_hangup: Some(600),
             ..SessionTimerFile::default()
         });
-        let keys: Vec<&str> = bad.problems().iter().map(|p| p.0).collect();
+        let keys: Vec<&str> = bad.problems("session_timer").iter().map(|p| p.0).collect();
         assert_eq!(keys, vec!["update_segment", "early_hangup"]);
     }
 }

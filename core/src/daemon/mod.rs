@@ -34,7 +34,7 @@ use crate::metrics::{CallShed, DatagramDrop, Metrics};
 use crate::policy::{PolicyLoader, SessionPolicy};
 use crate::ratelimit::RateLimit;
 use crate::registrar::Registrar;
-use crate::registrar::digest::{Algorithm, DigestAuth};
+use crate::registrar::digest::DigestAuth;
 use crate::registrar::location::LocationView;
 use crate::registrar::store::Store;
 use crate::sip::{MAX_DATAGRAM, Message};
@@ -406,17 +406,11 @@ fn start_registrar(
     let store = Store::open(&settings.db)?;
     let now = Instant::now();
     let key: [u8; 32] = rand::random();
-    let algorithms = settings
-        .digest_algorithms
-        .iter()
-        .filter_map(|a| Algorithm::parse(Some(a)))
-        .collect();
-    let auth = Arc::new(Mutex::new(DigestAuth::with_algorithms(
+    let auth = Arc::new(Mutex::new(DigestAuth::new(
         &settings.domain,
         &key,
         now,
         Duration::from_secs(u64::from(settings.nonce_lifetime)),
-        algorithms,
     )));
     let view = Arc::new(LocationView::default());
     let mut registrar = Registrar::new(

@@ -134,7 +134,7 @@ pub async fn run_worker(
             }
             _ = sleep_until(wake.into()) => engine.handle_timeout(Instant::now()),
             _ = sleep_until(drain_wake.into()), if drain_until.is_some() => {
-                tracing::warn!(worker = id, calls = engine.active_calls(), "calls still active at the end of the drain");
+                log_drain_leftovers(id, &engine);
                 flush(&mut engine, &transport, &cdrs).await;
                 break;
             }
@@ -143,6 +143,19 @@ pub async fn run_worker(
         if drain_until.is_some() && engine.active_calls() == 0 && engine.requests_in_flight() == 0 {
             break;
         }
+    }
+}
+
+/// Says what the drain gave up on: calls still up, or (every call having
+/// ended) only requests to peers that never answered, such as a BYE to a
+/// dead phone, which cost nothing but their retransmissions.
+fn log_drain_leftovers(id: u8, engine: &Engine) {
+    let (calls, requests) = (engine.active_calls(), engine.requests_in_flight());
+    let pending = engine.requests_in_flight_summary(5);
+    if calls > 0 {
+        tracing::warn!(worker = id, calls, requests_in_flight = requests, %pending, "calls still active at the end of the drain");
+    } else {
+        tracing::info!(worker = id, requests_in_flight = requests, %pending, "every call ended; requests still unanswered at the end of the drain");
     }
 }
 

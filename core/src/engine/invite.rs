@@ -250,7 +250,7 @@ impl Engine {
         });
         let problems: Vec<String> = changed
             .iter()
-            .flat_map(|t| t.problems())
+            .flat_map(|t| t.problems("session_timer"))
             .map(|(k, m)| format!("{k}: {m}"))
             .collect();
         if problems.is_empty() {
@@ -342,7 +342,14 @@ impl Engine {
                 let fingerprint = auth.fingerprint(request);
                 // The INVITE's server transaction absorbs its retransmissions.
                 Some(
-                    match auth.verify(now, "INVITE", c, &user.password, fingerprint) {
+                    match auth.verify(
+                        now,
+                        "INVITE",
+                        c,
+                        &user.password,
+                        &user.digest_algorithms,
+                        fingerprint,
+                    ) {
                         Verdict::Retransmission => Verdict::Rejected("replayed nonce"),
                         verdict => verdict,
                     },
@@ -367,7 +374,11 @@ impl Engine {
             }
         }
         let challenge = auth
-            .challenges(now, verdict == Some(Verdict::Stale))
+            .challenges(
+                now,
+                verdict == Some(Verdict::Stale),
+                &user.digest_algorithms,
+            )
             .iter()
             .fold(Reply::new(407), |r, c| {
                 r.header(HeaderName::ProxyAuthenticate, c.to_string())

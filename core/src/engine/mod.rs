@@ -202,6 +202,24 @@ impl Engine {
         self.tx.clients_awaiting_final()
     }
 
+    /// What [`requests_in_flight`](Self::requests_in_flight) counts, for a log
+    /// line: `BYE to 192.0.2.7:5060, …`, at most `limit` of them, sorted.
+    pub fn requests_in_flight_summary(&self, limit: usize) -> String {
+        let mut pending: Vec<String> = self
+            .tx
+            .awaiting_final()
+            .map(|(method, to)| format!("{method} to {to}"))
+            .collect();
+        pending.sort_unstable();
+        let more = pending.len().saturating_sub(limit);
+        pending.truncate(limit);
+        let mut text = pending.join(", ");
+        if more > 0 {
+            text.push_str(&format!(" and {more} more"));
+        }
+        text
+    }
+
     pub fn poll_transmit(&mut self) -> Option<Transmit> {
         self.tx.poll_transmit()
     }

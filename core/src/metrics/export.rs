@@ -129,7 +129,7 @@ impl Collector for Scrape {
         counter_family(
             &mut out,
             "vigil_refreshes_failed",
-            "Session refreshes that failed, by cause: no final answer (timeout) or an error status",
+            "Session refreshes that failed, by cause: no final answer (timeout), an error status, or the session expired while the refresh awaited its answer (session_expired)",
             RefreshFailureCause::ALL
                 .iter()
                 .map(|&c| ([("cause", c.as_str())], m.refreshes_failed(c))),

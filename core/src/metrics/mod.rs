@@ -336,16 +336,24 @@ pub enum RefreshFailureCause {
     Timeout,
     /// A final error status.
     Status,
+    /// The session expired while the refresh still waited for its final
+    /// answer: the expiry cut the transaction short (short intervals, a
+    /// late refresh after 491 back-offs, `early_hangup`).
+    SessionExpired,
 }
 
 impl RefreshFailureCause {
-    pub const ALL: [RefreshFailureCause; 2] =
-        [RefreshFailureCause::Timeout, RefreshFailureCause::Status];
+    pub const ALL: [RefreshFailureCause; 3] = [
+        RefreshFailureCause::Timeout,
+        RefreshFailureCause::Status,
+        RefreshFailureCause::SessionExpired,
+    ];
 
     pub fn as_str(self) -> &'static str {
         match self {
             RefreshFailureCause::Timeout => "timeout",
             RefreshFailureCause::Status => "status",
+            RefreshFailureCause::SessionExpired => "session_expired",
         }
     }
 }
@@ -363,7 +371,7 @@ pub struct Metrics {
     pub refreshes_answered: AtomicU64,
     /// Refreshes that got no final answer or an error status, by
     /// [`RefreshFailureCause`] (a 491 or 422 that is retried is no failure).
-    refreshes_failed: [AtomicU64; 2],
+    refreshes_failed: [AtomicU64; RefreshFailureCause::ALL.len()],
     /// Calls that ended on their session timer, by [`SESSION_TIMEOUT_CAUSES`].
     session_timeouts: [AtomicU64; 4],
     /// Call attempts: INVITEs admitted and routed (or refused for want of a
@@ -552,14 +560,18 @@ impl Metrics {
                 format!("{:.3}", d.as_secs_f64() * 1000.0)
             })
         };
+        let failed = RefreshFailureCause::ALL.map(|c| self.refreshes_failed(c));
+        let causes = RefreshFailureCause::ALL
+            .iter()
+            .zip(failed)
+            .map(|(c, n)| format!("{}={n}", c.as_str()))
+            .collect::<Vec<_>>()
+            .join(" ");
         format!(
-            "refreshes_sent={} answered={} failed={} lateness_p50_ms<={} p99_ms<={} max_ms={}",
+            "refreshes_sent={} answered={} failed={} [{causes}] lateness_p50_ms<={} p99_ms<={} max_ms={}",
             self.refreshes_sent.load(Ordering::Relaxed),
             self.refreshes_answered.load(Ordering::Relaxed),
-            RefreshFailureCause::ALL
-                .iter()
-                .map(|&c| self.refreshes_failed(c))
-                .sum::<u64>(),
+            failed.iter().sum::<u64>(),
             ms(self.refresh_lateness.quantile(0.5)),
             ms(self.refresh_lateness.quantile(0.99)),
             ms(Some(self.refresh_lateness.max())),

@@ -15,7 +15,7 @@ use hmac::{Hmac, KeyInit, Mac};
 use md5::Md5;
 use sha2::{Digest as _, Sha256};
 
-use crate::sip::{DigestChallenge, DigestCredentials, Request};
+use crate::sip::{DigestAlgorithm, DigestChallenge, DigestCredentials, Request};
 
 /// Failed attempts a source may make per [`FAILURE_WINDOW`] before it is refused
 /// without a challenge.
@@ -25,52 +25,32 @@ pub const FAILURE_WINDOW: Duration = Duration::from_secs(60);
 /// forgotten (their replays then fail as expired soon anyway).
 const MAX_REMEMBERED_NONCES: usize = 200_000;
 
-/// A Digest hash algorithm Vigil accepts.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Algorithm {
-    Md5,
-    Sha256,
-}
-
-impl Algorithm {
-    pub fn parse(name: Option<&str>) -> Option<Algorithm> {
-        match name {
-            None => Some(Algorithm::Md5),
-            Some(a) if a.eq_ignore_ascii_case("MD5") => Some(Algorithm::Md5),
-            Some(a) if a.eq_ignore_ascii_case("SHA-256") => Some(Algorithm::Sha256),
-            Some(_) => None,
-        }
-    }
-
-    pub fn name(self) -> &'static str {
-        match self {
-            Algorithm::Md5 => "MD5",
-            Algorithm::Sha256 => "SHA-256",
-        }
-    }
-
-    pub fn hash(self, data: &str) -> String {
-        match self {
-            Algorithm::Md5 => hex::encode(Md5::digest(data.as_bytes())),
-            Algorithm::Sha256 => hex::encode(Sha256::digest(data.as_bytes())),
-        }
+/// `H(data)` of RFC 7616 §3.4.1, as lowercase hex.
+fn hash(algorithm: DigestAlgorithm, data: &str) -> String {
+    match algorithm {
+        DigestAlgorithm::Md5 => hex::encode(Md5::digest(data.as_bytes())),
+        DigestAlgorithm::Sha256 => hex::encode(Sha256::digest(data.as_bytes())),
     }
 }
 
 /// The expected `response` of RFC 7616 §3.4.1 (and RFC 2069 without qop).
 pub fn expected_response(
-    algorithm: Algorithm,
+    algorithm: DigestAlgorithm,
     creds: &DigestCredentials,
     password: &str,
     method: &str,
 ) -> String {
-    let ha1 = algorithm.hash(&format!("{}:{}:{password}", creds.username, creds.realm));
-    let ha2 = algorithm.hash(&format!("{method}:{}", creds.uri));
+    let ha1 = hash(
+        algorithm,
+        &format!("{}:{}:{password}", creds.username, creds.realm),
+    );
+    let ha2 = hash(algorithm, &format!("{method}:{}", creds.uri));
     match (&creds.qop, &creds.nc, &creds.cnonce) {
-        (Some(qop), Some(nc), Some(cnonce)) => {
-            algorithm.hash(&format!("{ha1}:{}:{nc}:{cnonce}:{qop}:{ha2}", creds.nonce))
-        }
-        _ => algorithm.hash(&format!("{ha1}:{}:{ha2}", creds.nonce)),
+        (Some(qop), Some(nc), Some(cnonce)) => hash(
+            algorithm,
+            &format!("{ha1}:{}:{nc}:{cnonce}:{qop}:{ha2}", creds.nonce),
+        ),
+        _ => hash(algorithm, &format!("{ha1}:{}:{ha2}", creds.nonce)),
     }
 }
 
@@ -100,11 +80,11 @@ struct NonceUse {
     last_at: Instant,
 }
 
-/// Issues nonces and checks credentials for one realm.
+/// Issues nonces and checks credentials for one realm. Which algorithms a
+/// user is challenged with (and may answer with) is the config's, passed in on
+/// each call, so a reload changes them at the next challenge.
 pub struct DigestAuth {
     realm: String,
-    /// Offered (and accepted) algorithms, in order of preference.
-    algorithms: Vec<Algorithm>,
     key: Vec<u8>,
     epoch: Instant,
     lifetime: Duration,
@@ -122,25 +102,8 @@ impl DigestAuth {
     /// `key` signs nonces (random per process); `epoch` is when time starts for
     /// them.
     pub fn new(realm: &str, key: &[u8], epoch: Instant, lifetime: Duration) -> DigestAuth {
-        DigestAuth::with_algorithms(
-            realm,
-            key,
-            epoch,
-            lifetime,
-            vec![Algorithm::Sha256, Algorithm::Md5],
-        )
-    }
-
-    pub fn with_algorithms(
-        realm: &str,
-        key: &[u8],
-        epoch: Instant,
-        lifetime: Duration,
-        algorithms: Vec<Algorithm>,
-    ) -> DigestAuth {
         DigestAuth {
             realm: realm.to_string(),
-            algorithms,
             key: key.to_vec(),
             epoch,
             lifetime,
@@ -185,16 +148,21 @@ impl DigestAuth {
         format!("{stamp}-{mac}")
     }
 
-    /// One challenge per offered algorithm, in order of preference (RFC 8760
-    /// §2.4), sharing one fresh nonce.
-    pub fn challenges(&mut self, now: Instant, stale: bool) -> Vec<DigestChallenge> {
+    /// One challenge per algorithm in `algorithms` (the user's, in order of
+    /// preference: RFC 8760 §2.4), sharing one fresh nonce.
+    pub fn challenges(
+        &mut self,
+        now: Instant,
+        stale: bool,
+        algorithms: &[DigestAlgorithm],
+    ) -> Vec<DigestChallenge> {
         let nonce = self.nonce(now);
-        self.algorithms
+        algorithms
             .iter()
-            .map(|a| DigestChallenge {
+            .map(|&algorithm| DigestChallenge {
                 realm: self.realm.clone(),
                 nonce: nonce.clone(),
-                algorithm: a.name(),
+                algorithm,
                 stale,
             })
             .collect()
@@ -212,15 +180,16 @@ impl DigestAuth {
         Some((self.epoch.checked_add(Duration::from_secs(secs))?, counter))
     }
 
-    /// Checks `creds` for a request with `method` against `password`.
-    /// Checks `creds` sent with a request whose [`fingerprint`](Self::fingerprint)
-    /// is `request`.
+    /// Checks `creds`, sent with a request with `method` whose
+    /// [`fingerprint`](Self::fingerprint) is `request`, against `password`;
+    /// only an algorithm in `algorithms` (the user's) is accepted.
     pub fn verify(
         &mut self,
         now: Instant,
         method: &str,
         creds: &DigestCredentials,
         password: &str,
+        algorithms: &[DigestAlgorithm],
         request: u64,
     ) -> Verdict {
         self.forget_expired(now);
@@ -228,7 +197,7 @@ impl DigestAuth {
             return Verdict::Rejected("wrong realm");
         }
         let Some(algorithm) =
-            Algorithm::parse(creds.algorithm.as_deref()).filter(|a| self.algorithms.contains(a))
+            DigestAlgorithm::parse(creds.algorithm.as_deref()).filter(|a| algorithms.contains(a))
         else {
             return Verdict::Rejected("unsupported algorithm");
         };
@@ -339,6 +308,8 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 mod tests {
     use super::*;
 
+    const BOTH: &[DigestAlgorithm] = &[DigestAlgorithm::Sha256, DigestAlgorithm::Md5];
+
     /// RFC 7616 §3.9.1's example (HTTP, but the computation is the same).
     fn rfc7616_credentials(algorithm: &str) -> DigestCredentials {
         DigestCredentials {
@@ -359,7 +330,7 @@ mod tests {
     fn rfc_7616_test_vectors() {
         assert_eq!(
             expected_response(
-                Algorithm::Md5,
+                DigestAlgorithm::Md5,
                 &rfc7616_credentials("MD5"),
                 "Circle of Life",
                 "GET"
@@ -368,7 +339,7 @@ mod tests {
         );
         assert_eq!(
             expected_response(
-                Algorithm::Sha256,
+                DigestAlgorithm::Sha256,
                 &rfc7616_credentials("SHA-256"),
                 "Circle of Life",
                 "GET"
@@ -381,15 +352,20 @@ mod tests {
     fn answer(
         auth: &mut DigestAuth,
         now: Instant,
-        algorithm: Algorithm,
+        algorithm: DigestAlgorithm,
         password: &str,
         nc: u32,
     ) -> DigestCredentials {
-        let nonce = auth.challenges(now, false)[0].nonce.clone();
+        let nonce = auth.challenges(now, false, BOTH)[0].nonce.clone();
         sign(nonce, algorithm, password, nc)
     }
 
-    fn sign(nonce: String, algorithm: Algorithm, password: &str, nc: u32) -> DigestCredentials {
+    fn sign(
+        nonce: String,
+        algorithm: DigestAlgorithm,
+        password: &str,
+        nc: u32,
+    ) -> DigestCredentials {
         let mut c = DigestCredentials {
             username: "1001".into(),
             realm: "vigil.local".into(),
@@ -414,46 +390,77 @@ mod tests {
     fn good_credentials_pass_with_both_algorithms() {
         let t0 = Instant::now();
         let mut a = auth(t0);
-        for alg in [Algorithm::Md5, Algorithm::Sha256] {
+        for alg in [DigestAlgorithm::Md5, DigestAlgorithm::Sha256] {
             let c = answer(&mut a, t0, alg, "secret1001", 1);
             assert_eq!(
-                a.verify(t0, "REGISTER", &c, "secret1001", 1),
+                a.verify(t0, "REGISTER", &c, "secret1001", BOTH, 1),
                 Verdict::Accepted
             );
         }
     }
 
     #[test]
+    fn only_the_users_algorithms_are_offered_and_accepted() {
+        let t0 = Instant::now();
+        let mut a = auth(t0);
+        let sha_only = &[DigestAlgorithm::Sha256];
+        let offered: Vec<DigestAlgorithm> = a
+            .challenges(t0, false, sha_only)
+            .iter()
+            .map(|c| c.algorithm)
+            .collect();
+        assert_eq!(offered, sha_only);
+        let md5 = answer(&mut a, t0, DigestAlgorithm::Md5, "secret1001", 1);
+        assert_eq!(
+            a.verify(t0, "REGISTER", &md5, "secret1001", sha_only, 1),
+            Verdict::Rejected("unsupported algorithm"),
+            "a user held to SHA-256 cannot answer with MD5"
+        );
+        let sha = answer(&mut a, t0, DigestAlgorithm::Sha256, "secret1001", 1);
+        assert_eq!(
+            a.verify(t0, "REGISTER", &sha, "secret1001", sha_only, 2),
+            Verdict::Accepted
+        );
+    }
+
+    #[test]
     fn wrong_password_forged_nonce_and_replay_fail() {
         let t0 = Instant::now();
         let mut a = auth(t0);
-        let c = answer(&mut a, t0, Algorithm::Sha256, "wrong", 1);
+        let c = answer(&mut a, t0, DigestAlgorithm::Sha256, "wrong", 1);
         assert_eq!(
-            a.verify(t0, "REGISTER", &c, "secret1001", 1),
+            a.verify(t0, "REGISTER", &c, "secret1001", BOTH, 1),
             Verdict::Rejected("wrong response")
         );
         let forged = sign(
             "1-1-000000000000000000000000".into(),
-            Algorithm::Md5,
+            DigestAlgorithm::Md5,
             "secret1001",
             1,
         );
         assert_eq!(
-            a.verify(t0, "REGISTER", &forged, "secret1001", 1),
+            a.verify(t0, "REGISTER", &forged, "secret1001", BOTH, 1),
             Verdict::Rejected("not a nonce Vigil issued")
         );
-        let c = answer(&mut a, t0, Algorithm::Md5, "secret1001", 1);
+        let c = answer(&mut a, t0, DigestAlgorithm::Md5, "secret1001", 1);
         assert_eq!(
-            a.verify(t0, "REGISTER", &c, "secret1001", 1),
+            a.verify(t0, "REGISTER", &c, "secret1001", BOTH, 1),
             Verdict::Accepted
         );
         assert_eq!(
-            a.verify(t0, "REGISTER", &c, "secret1001", 2),
+            a.verify(t0, "REGISTER", &c, "secret1001", BOTH, 2),
             Verdict::Rejected("replayed nonce"),
             "another request with a used nonce count"
         );
         assert_eq!(
-            a.verify(t0 + Duration::from_secs(5), "REGISTER", &c, "secret1001", 1),
+            a.verify(
+                t0 + Duration::from_secs(5),
+                "REGISTER",
+                &c,
+                "secret1001",
+                BOTH,
+                1
+            ),
             Verdict::Retransmission,
             "the same request again, soon"
         );
@@ -463,20 +470,21 @@ mod tests {
                 "REGISTER",
                 &c,
                 "secret1001",
+                BOTH,
                 1
             ),
             Verdict::Rejected("replayed nonce"),
             "the same request, later than any retransmission"
         );
-        let next = sign(c.nonce.clone(), Algorithm::Md5, "secret1001", 2);
+        let next = sign(c.nonce.clone(), DigestAlgorithm::Md5, "secret1001", 2);
         assert_eq!(
-            a.verify(t0, "REGISTER", &next, "secret1001", 1),
+            a.verify(t0, "REGISTER", &next, "secret1001", BOTH, 1),
             Verdict::Accepted,
             "nc counts up"
         );
-        let wrong_method = sign(c.nonce.clone(), Algorithm::Md5, "secret1001", 3);
+        let wrong_method = sign(c.nonce.clone(), DigestAlgorithm::Md5, "secret1001", 3);
         assert_eq!(
-            a.verify(t0, "INVITE", &wrong_method, "secret1001", 1),
+            a.verify(t0, "INVITE", &wrong_method, "secret1001", BOTH, 1),
             Verdict::Rejected("wrong response")
         );
     }
@@ -485,13 +493,14 @@ mod tests {
     fn nonces_expire_as_stale() {
         let t0 = Instant::now();
         let mut a = auth(t0);
-        let c = answer(&mut a, t0, Algorithm::Sha256, "secret1001", 1);
+        let c = answer(&mut a, t0, DigestAlgorithm::Sha256, "secret1001", 1);
         assert_eq!(
             a.verify(
                 t0 + Duration::from_secs(301),
                 "REGISTER",
                 &c,
                 "secret1001",
+                BOTH,
                 1
             ),
             Verdict::Stale

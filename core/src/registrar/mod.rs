@@ -286,7 +286,14 @@ impl Registrar {
             }
             Some(c) => {
                 let fingerprint = auth.fingerprint(request);
-                Some(auth.verify(now, "REGISTER", c, &user.password, fingerprint))
+                Some(auth.verify(
+                    now,
+                    "REGISTER",
+                    c,
+                    &user.password,
+                    &user.digest_algorithms,
+                    fingerprint,
+                ))
             }
         };
         match verdict {
@@ -309,7 +316,7 @@ impl Registrar {
                     auth = self.auth.lock().unwrap_or_else(|e| e.into_inner());
                 }
                 let mut r = reply(401, None);
-                for challenge in auth.challenges(now, stale) {
+                for challenge in auth.challenges(now, stale, &user.digest_algorithms) {
                     r.headers
                         .push(HeaderName::WwwAuthenticate, challenge.to_string());
                 }

@@ -4,9 +4,9 @@
 
 use std::path::Path as FsPath;
 
-use super::digest::{Algorithm, expected_response};
+use super::digest::expected_response;
 use super::*;
-use crate::sip::decode;
+use crate::sip::{DigestAlgorithm, decode};
 
 const LOCAL: &str = "127.0.0.1:5060";
 const PHONE: &str = "203.0.113.5:40000";
@@ -123,20 +123,36 @@ Contact: <sip:1001@10.0.0.5:5060>\r\nExpires: {expires}\r\n{auth}\r\n",
         r.expect("an answer")
     }
 
-    /// Registers with digest: the 401's SHA-256 challenge, then the answer (or
-    /// whatever came instead of the challenge).
+    /// Registers with digest as a phone does: answers the 401's first
+    /// challenge with its algorithm (or returns whatever came instead).
     fn register_with(&mut self, password: &str, expires: u32) -> Response {
         let challenge = self.register(expires, None);
         if challenge.status != 401 {
             return challenge;
         }
-        let sha = challenge
+        let first = challenge
             .headers
-            .get_all(&HeaderName::WwwAuthenticate)
-            .find(|c| c.contains("SHA-256"))
-            .expect("a SHA-256 challenge")
+            .get(&HeaderName::WwwAuthenticate)
+            .expect("a challenge")
             .to_string();
-        let nonce = sha
+        let algorithm = if first.contains("algorithm=SHA-256") {
+            DigestAlgorithm::Sha256
+        } else {
+            DigestAlgorithm::Md5
+        };
+        self.answer(&first, algorithm, password, expires)
+    }
+
+    /// REGISTER with credentials for `challenge`'s nonce, computed with
+    /// `algorithm`.
+    fn answer(
+        &mut self,
+        challenge: &str,
+        algorithm: DigestAlgorithm,
+        password: &str,
+        expires: u32,
+    ) -> Response {
+        let nonce = challenge
             .split("nonce=\"")
             .nth(1)
             .and_then(|r| r.split('"').next())
@@ -148,18 +164,34 @@ Contact: <sip:1001@10.0.0.5:5060>\r\nExpires: {expires}\r\n{auth}\r\n",
             nonce,
             uri: "sip:vigil.local".into(),
             response: String::new(),
-            algorithm: Some("SHA-256".into()),
+            algorithm: Some(algorithm.name().into()),
             cnonce: Some("abc".into()),
             qop: Some("auth".into()),
             nc: Some("00000001".into()),
             opaque: None,
         };
-        creds.response = expected_response(Algorithm::Sha256, &creds, password, "REGISTER");
+        creds.response = expected_response(algorithm, &creds, password, "REGISTER");
         let header = format!(
-            "Digest username=\"1001\", realm=\"vigil.local\", nonce=\"{}\", uri=\"sip:vigil.local\", response=\"{}\", algorithm=SHA-256, cnonce=\"abc\", qop=auth, nc=00000001",
+            "Digest username=\"1001\", realm=\"vigil.local\", nonce=\"{}\", uri=\"sip:vigil.local\", response=\"{}\", algorithm={algorithm}, cnonce=\"abc\", qop=auth, nc=00000001",
             creds.nonce, creds.response
         );
         self.register(expires, Some(&header))
+    }
+
+    /// The `algorithm=` of each challenge in a 401, in order.
+    fn challenged_with(&mut self) -> Vec<String> {
+        let r = self.register(600, None);
+        assert_eq!(r.status, 401);
+        r.headers
+            .get_all(&HeaderName::WwwAuthenticate)
+            .map(|c| {
+                c.split("algorithm=")
+                    .nth(1)
+                    .and_then(|a| a.split(',').next())
+                    .unwrap_or_default()
+                    .to_string()
+            })
+            .collect()
     }
 
     /// Runs the clock to `until`, collecting what was sent.
@@ -206,6 +238,45 @@ fn digest_registration_then_keepalives_every_period_from_the_right_socket() {
     let sent = p.advance(Duration::from_secs(60));
     assert_eq!(sent.len(), 0, "{sent:?}");
     assert!(matches!(p.persisted.last(), Some(Change::Remove { .. })));
+}
+
+#[test]
+fn md5_by_default_and_sha_256_for_a_user_that_asks_for_it() {
+    let mut p = Phone::new(config(""));
+    assert_eq!(
+        p.challenged_with(),
+        ["MD5"],
+        "one MD5 challenge, which every phone answers"
+    );
+    let config = |user: &str| {
+        let text = format!(
+            "listen: [\"udp:127.0.0.1:5060\"]\ncdr: {{ path: x }}\n\
+registrar: {{ domain: vigil.local, digest_algorithms: [SHA-256, MD5] }}\n\
+users:\n  - {{ user: \"1001\", password: secret1001{user} }}\n"
+        );
+        Arc::new(Config::parse(&text, FsPath::new("t.yaml")).expect("config"))
+    };
+    let mut p = Phone::new(config(""));
+    assert_eq!(
+        p.challenged_with(),
+        ["SHA-256", "MD5"],
+        "the registrar's list"
+    );
+    let mut p = Phone::new(config(", digest_algorithms: [SHA-256]"));
+    assert_eq!(p.challenged_with(), ["SHA-256"], "the user's own list");
+    let challenge = p.register(600, None);
+    let offered = challenge
+        .headers
+        .get(&HeaderName::WwwAuthenticate)
+        .expect("challenge")
+        .to_string();
+    assert_eq!(
+        p.answer(&offered, DigestAlgorithm::Md5, "secret1001", 600)
+            .status,
+        401,
+        "MD5 credentials from a user held to SHA-256 are refused"
+    );
+    assert_eq!(p.register_with("secret1001", 600).status, 200);
 }
 
 #[test]

@@ -14,6 +14,44 @@ use std::fmt;
 use super::text::{is_token, quoted_string_len, split_list, trim_lws};
 use super::typed::ValueError;
 
+/// A Digest hash algorithm Vigil knows (RFC 7616 §3.3, RFC 8760 §2):
+///
+/// ```text
+/// algorithm = "algorithm" EQUAL ( "MD5" / "MD5-sess" / "SHA-256"
+///             / "SHA-256-sess" / "SHA-512-256" / "SHA-512-256-sess" / token )
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DigestAlgorithm {
+    Md5,
+    Sha256,
+}
+
+impl DigestAlgorithm {
+    /// The algorithm a challenge or credentials name; no `algorithm`
+    /// parameter means MD5 (RFC 7616 §3.4.1). `None` for any other.
+    pub fn parse(name: Option<&str>) -> Option<DigestAlgorithm> {
+        match name {
+            None => Some(DigestAlgorithm::Md5),
+            Some(a) if a.eq_ignore_ascii_case("MD5") => Some(DigestAlgorithm::Md5),
+            Some(a) if a.eq_ignore_ascii_case("SHA-256") => Some(DigestAlgorithm::Sha256),
+            Some(_) => None,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            DigestAlgorithm::Md5 => "MD5",
+            DigestAlgorithm::Sha256 => "SHA-256",
+        }
+    }
+}
+
+impl fmt::Display for DigestAlgorithm {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
 /// The parameters of a Digest `Authorization` or `Proxy-Authorization` value.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DigestCredentials {
@@ -122,8 +160,7 @@ fn unquote(raw: &str) -> Result<String, ValueError> {
 pub struct DigestChallenge {
     pub realm: String,
     pub nonce: String,
-    /// `MD5` or `SHA-256`.
-    pub algorithm: &'static str,
+    pub algorithm: DigestAlgorithm,
     /// The nonce was valid once but has expired: retry with the new one without
     /// asking the user again (RFC 7616 §3.3).
     pub stale: bool,
@@ -177,7 +214,7 @@ mod tests {
         let c = DigestChallenge {
             realm: "vigil.local".into(),
             nonce: "n1".into(),
-            algorithm: "SHA-256",
+            algorithm: DigestAlgorithm::Sha256,
             stale: true,
         };
         assert_eq!(

@@ -10,7 +10,8 @@
 use std::net::SocketAddr;
 
 use super::header::{Header, HeaderName, Headers};
-use super::message::{Message, Request, Response, parse_name_addr_list, reason_phrase};
+use super::message::{Message, Request, Response, parse_name_addr_list};
+use super::status::reason_phrase;
 use super::text::{is_token, is_wsp, split_list, trim_lws};
 use super::typed::{
     CSeq, MediaType, Method, MinSe, NameAddr, SessionExpires, Via, parse_bounded,

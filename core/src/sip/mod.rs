@@ -16,15 +16,17 @@ mod decode;
 mod header;
 mod message;
 mod reply;
+mod status;
 mod text;
 mod typed;
 mod uri;
 
-pub use auth::{DigestChallenge, DigestCredentials};
+pub use auth::{DigestAlgorithm, DigestChallenge, DigestCredentials};
 pub use decode::{DecodeError, MAX_DATAGRAM, MAX_HEADERS, ReplyContext, decode};
 pub use header::{Header, HeaderName, Headers};
-pub use message::{ALLOWED_METHODS, Message, Request, Response, reason_phrase};
+pub use message::{ALLOWED_METHODS, Message, Request, Response};
 pub use reply::{Reply, local_response};
+pub use status::reason_phrase;
 pub use text::{Param, split_list};
 pub use typed::{
     CSeq, MAGIC_COOKIE, MediaType, Method, MinSe, NameAddr, Refresher, SessionExpires, ValueError,

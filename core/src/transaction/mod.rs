@@ -188,6 +188,12 @@ impl<O: Copy> TransactionLayer<O> {
 
     /// Client transactions still waiting for a final response.
     pub fn clients_awaiting_final(&self) -> usize {
+        self.awaiting_final().count()
+    }
+
+    /// The requests Vigil sent that still wait for a final response: their
+    /// method and where they went.
+    pub fn awaiting_final(&self) -> impl Iterator<Item = (&str, SocketAddr)> {
         self.clients
             .values()
             .filter(|t| {
@@ -196,7 +202,7 @@ impl<O: Copy> TransactionLayer<O> {
                     ClientState::Calling | ClientState::Trying | ClientState::Proceeding
                 )
             })
-            .count()
+            .map(|t| (method_of_client_key(&t.key), t.path.remote))
     }
 
     fn allocate_id(&mut self) -> u64 {
@@ -624,6 +630,11 @@ fn server_key_for(request: &Request, method: &Method, source: SocketAddr) -> Str
 /// Client transaction key (§17.1.3): the top Via branch and the CSeq method.
 fn client_key_for(via: &Via, method: &Method) -> String {
     format!("{}|{method}", via.branch().unwrap_or_default())
+}
+
+/// The method a [`client_key_for`] key ends with (a method is a token: no `|`).
+fn method_of_client_key(key: &str) -> &str {
+    key.rsplit_once('|').map_or(key, |(_, method)| method)
 }
 
 /// Where to send responses (RFC 3261 §18.2.2, RFC 3581 §4): to the source with

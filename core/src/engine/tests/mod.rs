@@ -662,6 +662,27 @@ fn shutdown_ends_every_call_with_bye_on_both_legs() {
     assert_eq!(h.statuses(CALLER), vec![100, 503]);
 }
 
+/// Issue 23: at the end of a drain Vigil logged `calls still active … calls=0`
+/// when all that was left was a BYE to a peer that never answered.
+#[test]
+fn after_a_shutdown_the_unanswered_byes_are_what_is_pending_not_calls() {
+    let mut h = Harness::new();
+    connected_call(&mut h, "call-dead");
+    h.engine.begin_shutdown(h.now);
+    h.collect();
+    h.advance(Duration::from_secs(1));
+    assert_eq!(h.engine.active_calls(), 0, "the call itself is over");
+    assert_eq!(h.engine.requests_in_flight(), 2);
+    assert_eq!(
+        h.engine.requests_in_flight_summary(5),
+        "BYE to 127.0.0.2:5061, BYE to 127.0.0.3:5080"
+    );
+    assert_eq!(
+        h.engine.requests_in_flight_summary(1),
+        "BYE to 127.0.0.2:5061 and 1 more"
+    );
+}
+
 #[test]
 fn a_shutdown_paces_its_byes_in_batches() {
     let mut h = Harness::new();

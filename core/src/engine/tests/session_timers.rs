@@ -4,6 +4,7 @@
 //! a call without timers.
 
 use super::*;
+use crate::metrics::RefreshFailureCause;
 
 /// Adds headers to a message text just before its blank line.
 pub(super) fn with_headers(text: &str, headers: &str) -> String {
@@ -275,6 +276,40 @@ fn an_unanswered_refresh_ends_the_call_after_the_transaction_timeout() {
     assert_session_timeout(&h, &to_caller, &to_callee, "timeout");
     // 300 s to the refresh, 32 s of Timer F: billed up to then, not beyond.
     assert_eq!(h.cdrs[0].duration_ms(), 332_000);
+}
+
+/// Issue 23: a refresh still waiting for its answer when the session expired
+/// was missing from the `session refreshes` summary's failures.
+#[test]
+fn a_refresh_cut_short_by_the_session_expiry_counts_as_failed() {
+    let mut h = Harness::with_config(&config_with(
+        "{ ttl: 20, min_se: 2, allow_short_intervals: true }",
+    ));
+    let metrics = Arc::new(crate::metrics::Metrics::default());
+    h.engine.set_metrics(metrics.clone());
+    let (_, a_tag) = timed_call(&mut h, "st-cut", "20;refresher=uac", "20;refresher=uac");
+    h.a_tag = a_tag;
+    // The caller keeps its leg alive; Vigil refreshes the callee at 10 s, the
+    // callee never answers, and its session expires at 20 s, long before
+    // Timer F (10 + 32 s).
+    h.advance(Duration::from_secs(8));
+    caller_refreshes(&mut h, "st-cut", 2);
+    h.advance(Duration::from_secs(3));
+    assert!(methods(&h.take(CALLEE)).contains(&"UPDATE".to_string()));
+    h.advance(Duration::from_secs(10));
+    let (to_caller, to_callee) = (h.take(CALLER), h.take(CALLEE));
+    assert_session_timeout(&h, &to_caller, &to_callee, "timeout");
+    assert_eq!(h.cdrs[0].duration_ms(), 20_000);
+    assert_eq!(
+        metrics.refreshes_failed(RefreshFailureCause::SessionExpired),
+        1
+    );
+    h.advance(Duration::from_secs(60));
+    let summary = metrics.refresh_summary();
+    assert!(
+        summary.contains("failed=1 [timeout=0 status=0 session_expired=1]"),
+        "counted once, with its cause, even after Timer F: {summary}"
+    );
 }
 
 #[test]
