@@ -82,7 +82,7 @@ impl Call {
                         let negotiated = negotiate::as_uas(&request, self.leg(leg).timer_config());
                         if let UasOutcome::TooSmall { min_se } = negotiated {
                             let too_small =
-                                Reply::new(422).header(HeaderName::MinSe, min_se.to_string());
+                                Reply::new(422).with_header(HeaderName::MinSe, min_se.to_string());
                             return reply(env, too_small);
                         }
                         self.leg_mut(leg).refresh_target(request.contact());
@@ -111,7 +111,7 @@ impl Call {
             Method::Extension(_) => reply(env, Reply::new(501)),
             _ => reply(
                 env,
-                Reply::new(405).header(HeaderName::Allow, ALLOWED_METHODS),
+                Reply::new(405).with_header(HeaderName::Allow, ALLOWED_METHODS),
             ),
         }
     }

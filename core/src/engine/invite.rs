@@ -76,7 +76,7 @@ impl Engine {
         let negotiated = negotiate::as_uas(&request, &a_timer);
         if let UasOutcome::TooSmall { min_se } = negotiated {
             // RFC 4028 §9: the caller retries with at least our Min-SE.
-            let too_small = Reply::new(422).header(HeaderName::MinSe, min_se.to_string());
+            let too_small = Reply::new(422).with_header(HeaderName::MinSe, min_se.to_string());
             return self.reply(now, tx, &request, too_small);
         }
         let callee = request.uri.user_part().unwrap_or_default();
@@ -381,7 +381,7 @@ impl Engine {
             )
             .iter()
             .fold(Reply::new(407), |r, c| {
-                r.header(HeaderName::ProxyAuthenticate, c.to_string())
+                r.with_header(HeaderName::ProxyAuthenticate, c.to_string())
             });
         drop(auth);
         self.reply(now, tx, request, challenge);

@@ -420,10 +420,10 @@ impl Engine {
                     return self.reply(now, tx, &request, refusal);
                 }
                 let mut ok = Reply::new(200)
-                    .header(HeaderName::Allow, ALLOWED_METHODS)
-                    .header(HeaderName::Accept, "application/sdp");
+                    .with_header(HeaderName::Allow, ALLOWED_METHODS)
+                    .with_header(HeaderName::Accept, "application/sdp");
                 if !SUPPORTED.is_empty() {
-                    ok = ok.header(HeaderName::Supported, SUPPORTED.join(", "));
+                    ok = ok.with_header(HeaderName::Supported, SUPPORTED.join(", "));
                 }
                 self.reply(now, tx, &request, ok);
             }
@@ -436,7 +436,7 @@ impl Engine {
                 now,
                 tx,
                 &request,
-                Reply::new(405).header(HeaderName::Allow, ALLOWED_METHODS),
+                Reply::new(405).with_header(HeaderName::Allow, ALLOWED_METHODS),
             ),
         }
     }
@@ -483,7 +483,9 @@ impl Engine {
             .filter(|tag| !SUPPORTED.iter().any(|s| s.eq_ignore_ascii_case(tag)))
             .collect();
         if !unsupported.is_empty() {
-            return Some(Reply::new(420).header(HeaderName::Unsupported, unsupported.join(", ")));
+            return Some(
+                Reply::new(420).with_header(HeaderName::Unsupported, unsupported.join(", ")),
+            );
         }
         None
     }
@@ -496,12 +498,12 @@ impl Engine {
                     || (m.kind == "multipart" && m.subtype == "mixed")
             });
             if !acceptable {
-                return Some(Reply::new(415).header(HeaderName::Accept, "application/sdp"));
+                return Some(Reply::new(415).with_header(HeaderName::Accept, "application/sdp"));
             }
             if let Some(enc) = request.headers.get(&HeaderName::ContentEncoding)
                 && !enc.trim().eq_ignore_ascii_case("identity")
             {
-                return Some(Reply::new(415).header(HeaderName::AcceptEncoding, "identity"));
+                return Some(Reply::new(415).with_header(HeaderName::AcceptEncoding, "identity"));
             }
         }
         let accepts: Vec<MediaType> = request
@@ -512,7 +514,7 @@ impl Engine {
         if request.headers.count(&HeaderName::Accept) > 0
             && !accepts.iter().any(|m| m.admits("application", "sdp"))
         {
-            return Some(Reply::new(406).header(HeaderName::Accept, "application/sdp"));
+            return Some(Reply::new(406).with_header(HeaderName::Accept, "application/sdp"));
         }
         None
     }

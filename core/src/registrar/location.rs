@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
-use crate::sip::{HeaderName, NameAddr, Request, Uri};
+use crate::sip::{HeaderName, NameAddr, Reply, Request, Uri};
 
 /// A contact's handle.
 pub type ContactId = u64;
@@ -32,25 +32,9 @@ pub enum Change {
     Remove { aor: Arc<str>, uri: String },
 }
 
-/// Why a REGISTER cannot be applied.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Refusal {
-    pub status: u16,
-    pub reason: &'static str,
-    pub min_expires: Option<u32>,
-    /// `Retry-After` seconds (a full registrar).
-    pub retry_after: Option<u32>,
-}
-
-impl Refusal {
-    fn new(status: u16, reason: &'static str) -> Refusal {
-        Refusal {
-            status,
-            reason,
-            min_expires: None,
-            retry_after: None,
-        }
-    }
+/// Why a REGISTER cannot be applied: the answer it gets.
+fn refusal(status: u16, reason: &'static str) -> Reply {
+    Reply::new(status).reason(reason)
 }
 
 /// `Retry-After` of a `503` from a full registrar: contacts expire and
@@ -277,19 +261,19 @@ impl Location {
         received: SocketAddr,
         local: SocketAddr,
         limits: Limits,
-    ) -> Result<Vec<Change>, Refusal> {
+    ) -> Result<Vec<Change>, Reply> {
         let default_expires = match request.headers.get(&HeaderName::Expires) {
             Some(v) => v
                 .trim()
                 .parse::<u64>()
-                .map_err(|_| Refusal::new(400, "Invalid Expires"))?,
+                .map_err(|_| refusal(400, "Invalid Expires"))?,
             None => 3600,
         };
         let contacts: Vec<&str> = request.headers.list(&HeaderName::Contact).collect();
         // §10.3 step 6: "*" only alone and with Expires: 0.
         if contacts.contains(&"*") {
             if contacts.len() != 1 || default_expires != 0 {
-                return Err(Refusal::new(400, "Wildcard Contact Needs Expires 0"));
+                return Err(refusal(400, "Wildcard Contact Needs Expires 0"));
             }
             let ids: Vec<ContactId> = self.of(aor).map(|b| b.id).collect();
             let mut changes = Vec::new();
@@ -298,7 +282,7 @@ impl Location {
                     && *b.call_id == *request.call_id
                     && request.cseq.seq <= b.cseq
                 {
-                    return Err(Refusal::new(500, "Out Of Order Request"));
+                    return Err(refusal(500, "Out Of Order Request"));
                 }
                 if let Some(b) = self.remove(id) {
                     changes.push(Change::Remove {
@@ -312,20 +296,16 @@ impl Location {
         // Parse and check everything before changing anything.
         let mut wanted = Vec::with_capacity(contacts.len());
         for c in contacts {
-            let na = NameAddr::parse(c).map_err(|_| Refusal::new(400, "Invalid Contact"))?;
+            let na = NameAddr::parse(c).map_err(|_| refusal(400, "Invalid Contact"))?;
             let expires = match na.param("expires").and_then(|p| p.value.as_deref()) {
                 Some(v) => v
                     .parse::<u64>()
-                    .map_err(|_| Refusal::new(400, "Invalid Contact Expires"))?,
+                    .map_err(|_| refusal(400, "Invalid Contact Expires"))?,
                 None => default_expires,
             };
             if expires != 0 && expires < u64::from(limits.min_expires) {
-                return Err(Refusal {
-                    status: 423,
-                    reason: "Interval Too Brief",
-                    min_expires: Some(limits.min_expires),
-                    retry_after: None,
-                });
+                return Err(refusal(423, "Interval Too Brief")
+                    .with_header(HeaderName::MinExpires, limits.min_expires.to_string()));
             }
             let q = na
                 .param("q")
@@ -340,7 +320,7 @@ impl Location {
                 && *b.call_id == *request.call_id
                 && request.cseq.seq <= b.cseq
             {
-                return Err(Refusal::new(500, "Out Of Order Request"));
+                return Err(refusal(500, "Out Of Order Request"));
             }
         }
         let new_ones = wanted
@@ -351,17 +331,14 @@ impl Location {
             })
             .count();
         if self.of(aor).count() + new_ones > limits.max_contacts as usize {
-            return Err(Refusal::new(403, "Too Many Contacts"));
+            return Err(refusal(403, "Too Many Contacts"));
         }
         // Refreshes and removals add nothing, so they pass a full registrar.
         if let Some(max) = limits.max_total
             && new_ones > 0
             && self.len() + new_ones > max as usize
         {
-            return Err(Refusal {
-                retry_after: Some(FULL_RETRY_AFTER),
-                ..Refusal::new(503, "Registrar Full")
-            });
+            return Err(refusal(503, "Registrar Full").retry_after(FULL_RETRY_AFTER));
         }
         let mut changes = Vec::new();
         for ((uri, expires, q), printed) in wanted.into_iter().zip(printed) {
@@ -511,8 +488,11 @@ From: <sip:1001@vigil.local>;tag=r\r\nTo: <sip:1001@vigil.local>\r\nCall-ID: {ca
             LIMITS,
         );
         assert_eq!(
-            brief.map_err(|r| (r.status, r.min_expires)),
-            Err((423, Some(60)))
+            brief.map_err(|r| (
+                r.status,
+                r.header(&HeaderName::MinExpires).map(str::to_string)
+            )),
+            Err((423, Some("60".to_string())))
         );
         loc.register(
             t0,
@@ -625,8 +605,14 @@ From: <sip:1001@vigil.local>;tag=r\r\nTo: <sip:1001@vigil.local>\r\nCall-ID: {ca
         let full = loc
             .register(t0, &other, &second, source, local, limits)
             .expect_err("full");
-        assert_eq!((full.status, full.reason), (503, "Registrar Full"));
-        assert_eq!(full.retry_after, Some(FULL_RETRY_AFTER));
+        assert_eq!(
+            (full.status, full.reason.as_deref()),
+            (503, Some("Registrar Full"))
+        );
+        assert_eq!(
+            full.header(&HeaderName::RetryAfter),
+            Some(FULL_RETRY_AFTER.to_string().as_str())
+        );
         let refresh = register(
             "c1",
             2,

@@ -24,7 +24,7 @@ use crate::metrics::{Metrics, RequestShed};
 use crate::policy::{BuiltinPolicy, ContactView, KeepaliveDecision, SessionPolicy};
 use crate::ratelimit::RateLimit;
 use crate::sip::{
-    CSeq, DigestCredentials, HeaderName, Headers, Host, Message, Method, NameAddr, Request,
+    CSeq, DigestCredentials, HeaderName, Headers, Host, Message, Method, NameAddr, Reply, Request,
     Response, SipUri, Uri, Via,
 };
 use crate::transaction::{Path, TimerValues, TransactionLayer, Transmit};
@@ -237,24 +237,12 @@ impl Registrar {
     fn register(&mut self, now: Instant, request: &Request, path: Path) -> Response {
         let server = self.config.sip.user_agent.clone();
         let tag = self.ids.tag();
-        let reply = |status: u16, reason: Option<&str>| {
-            let mut r = request.response(status);
-            if let Some(reason) = reason {
-                r.reason = reason.to_string();
-            }
-            r.to.set_tag(&tag);
-            if !server.is_empty() {
-                r.headers.push(HeaderName::Server, server.as_str());
-            }
-            r
-        };
+        let reply = |answer: Reply| answer.to(request, Some(&tag), &server);
         if request.method != Method::Register {
-            let mut r = reply(405, None);
-            r.headers.push(HeaderName::Allow, "REGISTER");
-            return r;
+            return reply(Reply::new(405).with_header(HeaderName::Allow, "REGISTER"));
         }
         let Some(registrar) = self.config.registrar.as_ref() else {
-            return reply(405, None);
+            return reply(Reply::new(405));
         };
         let limits = Limits {
             min_expires: registrar.min_expires,
@@ -267,13 +255,13 @@ impl Registrar {
         if auth.is_blocked(now, path.remote.ip()) {
             drop(auth);
             self.log_refusal(now, path, &aor_user, "too many failures from this address");
-            return reply(403, Some("Too Many Failures"));
+            return reply(Reply::new(403).reason("Too Many Failures"));
         }
         let Some(user) = self.config.user(&aor_user).cloned() else {
             auth.note_failure(now, path.remote.ip());
             drop(auth);
             self.log_refusal(now, path, &aor_user, "unknown user");
-            return reply(403, None);
+            return reply(Reply::new(403));
         };
         let credentials = request
             .headers
@@ -301,7 +289,7 @@ impl Registrar {
             Some(Verdict::Retransmission) => {
                 // Already applied: answer with the bindings as they are now.
                 drop(auth);
-                return self.bindings_ok(now, &user.name, reply(200, None));
+                return self.bindings_ok(now, &user.name, reply(Reply::new(200)));
             }
             other => {
                 let stale = other == Some(Verdict::Stale);
@@ -311,16 +299,17 @@ impl Registrar {
                     drop(auth);
                     self.log_refusal(now, path, &aor_user, why);
                     if blocked {
-                        return reply(403, Some("Too Many Failures"));
+                        return reply(Reply::new(403).reason("Too Many Failures"));
                     }
                     auth = self.auth.lock().unwrap_or_else(|e| e.into_inner());
                 }
-                let mut r = reply(401, None);
-                for challenge in auth.challenges(now, stale, &user.digest_algorithms) {
-                    r.headers
-                        .push(HeaderName::WwwAuthenticate, challenge.to_string());
-                }
-                return r;
+                let challenge = auth
+                    .challenges(now, stale, &user.digest_algorithms)
+                    .iter()
+                    .fold(Reply::new(401), |r, c| {
+                        r.with_header(HeaderName::WwwAuthenticate, c.to_string())
+                    });
+                return reply(challenge);
             }
         }
         drop(auth);
@@ -330,16 +319,12 @@ impl Registrar {
         let changes = match result {
             Ok(changes) => changes,
             Err(refusal) => {
-                let mut r = reply(refusal.status, Some(refusal.reason));
-                if let Some(min) = refusal.min_expires {
-                    r.headers.push(HeaderName::MinExpires, min.to_string());
-                }
-                if let Some(seconds) = refusal.retry_after {
-                    r.headers.push(HeaderName::RetryAfter, seconds.to_string());
+                if refusal.status == 503 {
+                    // The only 503 of the location service: a full registrar.
                     self.metrics.request_shed(RequestShed::MaxRegistrations);
                     self.log_refusal(now, path, &aor_user, "limits.max_registrations reached");
                 }
-                return r;
+                return reply(refusal);
             }
         };
         for change in changes {
@@ -359,7 +344,7 @@ impl Registrar {
             }
             self.outputs.push_back(Output::Persist(change));
         }
-        self.bindings_ok(now, &user.name, reply(200, None))
+        self.bindings_ok(now, &user.name, reply(Reply::new(200)))
     }
 
     /// A 200 to REGISTER lists every current binding of the AOR (§10.3 step 8).

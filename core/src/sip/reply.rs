@@ -38,14 +38,22 @@ impl Reply {
         self
     }
 
-    pub fn header(mut self, name: HeaderName, value: impl Into<String>) -> Reply {
+    pub fn with_header(mut self, name: HeaderName, value: impl Into<String>) -> Reply {
         self.headers.push((name, value.into()));
         self
     }
 
+    /// The value of an explaining header, if the reply has it.
+    pub fn header(&self, name: &HeaderName) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    }
+
     /// `Retry-After: seconds` (RFC 3261 §20.33): when the sender may try again.
     pub fn retry_after(self, seconds: u32) -> Reply {
-        self.header(HeaderName::RetryAfter, seconds.to_string())
+        self.with_header(HeaderName::RetryAfter, seconds.to_string())
     }
 
     /// The response to `request`: see [`local_response`]; then the explaining
