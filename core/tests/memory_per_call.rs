@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicIsize, Ordering};
 use std::time::{Duration, Instant};
 
 use vigil::config::Config;
-use vigil::engine::Engine;
+use vigil::engine::{Engine, EngineDeps};
 use vigil::ids::IdGen;
 use vigil::sip::{Message, Method, Request, decode};
 use vigil::transaction::Path;
@@ -105,7 +105,8 @@ fn an_established_call_keeps_little_memory() {
         bind: addr("127.0.0.1:5060"),
         advertised: addr("127.0.0.1:5060"),
     }]);
-    let mut engine = Engine::with_ids(IdGen::seeded(0, 1), Arc::new(config), sockets);
+    let deps = EngineDeps::standalone(IdGen::seeded(0, 1));
+    let mut engine = Engine::new(Arc::new(config), sockets, deps);
     let t0 = Instant::now();
     let mut now = t0;
     // Warm up the tables so their growth is not charged to the calls.

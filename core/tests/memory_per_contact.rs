@@ -6,8 +6,8 @@
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::net::SocketAddr;
 use std::path::Path as FsPath;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicIsize, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use vigil::config::Config;
@@ -83,12 +83,7 @@ fn a_registered_contact_keeps_under_a_kibibyte() {
     }
     let config = Arc::new(Config::parse(&yaml, FsPath::new("t.yaml")).expect("config"));
     let t0 = Instant::now();
-    let auth = Arc::new(Mutex::new(DigestAuth::new(
-        "vigil.local",
-        b"k",
-        t0,
-        Duration::from_secs(300),
-    )));
+    let auth = DigestAuth::new("vigil.local", b"k", t0, Duration::from_secs(300));
     let sockets: Arc<[LocalSocket]> = Arc::from(vec![LocalSocket {
         bind: addr("127.0.0.1:5060"),
         advertised: addr("127.0.0.1:5060"),

@@ -26,13 +26,13 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::Path as FsPath;
-use std::sync::{Arc, LazyLock, Mutex};
+use std::sync::{Arc, LazyLock};
 use std::time::{Duration, Instant};
 
 use arbitrary::Arbitrary;
 use libfuzzer_sys::fuzz_target;
 use vigil::config::Config;
-use vigil::engine::Engine;
+use vigil::engine::{Engine, EngineDeps, Users};
 use vigil::transport::LocalSocket;
 use vigil::ids::IdGen;
 use vigil::ingress::{Ingress, Verdict};
@@ -321,17 +321,10 @@ impl Harness {
             advertised: local(),
         }]);
         let now = Instant::now();
-        let mut engine = Engine::with_ids(IdGen::seeded(0, 7), config.clone(), sockets);
+        let mut deps = EngineDeps::standalone(IdGen::seeded(0, 7));
         if config.registrar.is_some() {
             let view = Arc::new(LocationView::default());
-            let auth = Arc::new(Mutex::new(DigestAuth::new(
-                "vigil.local",
-                b"fuzz",
-                now,
-                Duration::from_secs(300),
-            )));
-            engine.set_registrar(view.clone(), auth);
-            let mut location = Location::new(view);
+            let mut location = Location::new(view.clone());
             location.insert(Binding {
                 id: 0,
                 aor: "1002".into(),
@@ -346,7 +339,13 @@ impl Harness {
                 call_id: "reg".into(),
                 cseq: 1,
             });
+            let auth = DigestAuth::new("vigil.local", b"fuzz", now, Duration::from_secs(300));
+            deps.users = Some(Users {
+                location: view,
+                auth,
+            });
         }
+        let engine = Engine::new(config.clone(), sockets, deps);
         Harness {
             engine,
             ingress: Ingress::new(1),

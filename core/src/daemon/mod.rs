@@ -17,7 +17,7 @@ pub mod watch;
 mod worker;
 
 use std::path::Path as FsPath;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use tokio::net::UdpSocket;
@@ -381,7 +381,7 @@ fn load_policies(config: &Config, metrics: &Arc<Metrics>) -> PolicyLoader {
 }
 
 /// The registrar's side of what the call workers share.
-type RegistrarShared = Option<(Arc<LocationView>, Arc<Mutex<DigestAuth>>)>;
+type RegistrarShared = Option<(Arc<LocationView>, DigestAuth)>;
 
 /// Opens the location store, loads the registrations it kept (their keep-alives
 /// resume at once) and starts the registrar task, when users are configured.
@@ -406,17 +406,17 @@ fn start_registrar(
     let store = Store::open(&settings.db)?;
     let now = Instant::now();
     let key: [u8; 32] = rand::random();
-    let auth = Arc::new(Mutex::new(DigestAuth::new(
+    let auth = DigestAuth::new(
         &settings.domain,
         &key,
         now,
         Duration::from_secs(u64::from(settings.nonce_lifetime)),
-    )));
+    );
     let view = Arc::new(LocationView::default());
     let mut registrar = Registrar::new(
         config.clone(),
         sockets.clone(),
-        auth.clone(),
+        auth.clone().issued_by(REGISTRAR_WORKER),
         view.clone(),
         metrics.clone(),
     );

@@ -1,7 +1,7 @@
 //! One worker task: owns an [`Engine`] outright (no locks on the hot path), feeds
 //! it the messages of its shard and its timeouts, and performs what it asks.
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, oneshot};
@@ -11,7 +11,8 @@ use super::DRAIN_TIME;
 use crate::call::CallSnapshot;
 use crate::cdr::CdrRecord;
 use crate::config::Config;
-use crate::engine::{Engine, EngineResources};
+use crate::engine::{Engine, EngineDeps, EngineResources, Users};
+use crate::ids::IdGen;
 use crate::metrics::Metrics;
 use crate::policy::Policies;
 use crate::registrar::digest::DigestAuth;
@@ -59,8 +60,9 @@ const BATCH: usize = 64;
 #[derive(Clone)]
 pub struct Shared {
     pub metrics: Arc<Metrics>,
-    /// The registrar's location view and digest checker, if users are configured.
-    pub registrar: Option<(Arc<LocationView>, Arc<Mutex<DigestAuth>>)>,
+    /// The registrar's location view, and the digest checker each worker
+    /// clones for itself, if users are configured.
+    pub registrar: Option<(Arc<LocationView>, DigestAuth)>,
     pub transport: Arc<Transport>,
     /// Where finished calls' records go (the CDR writer).
     pub cdrs: mpsc::UnboundedSender<CdrRecord>,
@@ -83,13 +85,18 @@ pub async fn run_worker(
         cdrs,
         budget,
     } = shared;
-    let mut engine = Engine::new(id, config, sockets);
-    engine.set_metrics(metrics);
-    engine.set_budget(budget);
-    engine.set_policies(policies);
-    if let Some((location, auth)) = registrar {
-        engine.set_registrar(location, auth);
-    }
+    let users = registrar.map(|(location, auth)| Users {
+        location,
+        auth: auth.issued_by(id),
+    });
+    let deps = EngineDeps {
+        ids: IdGen::new(id),
+        metrics,
+        budget,
+        policies,
+        users,
+    };
+    let mut engine = Engine::new(config, sockets, deps);
     let mut drain_until: Option<Instant> = None;
     let mut batch = Vec::with_capacity(BATCH);
     loop {

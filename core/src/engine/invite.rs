@@ -301,33 +301,30 @@ impl Engine {
         request: &Request,
         path: Path,
     ) -> Option<Source> {
+        match self.admission(now, request, path) {
+            Ok(source) => Some(source),
+            Err(refusal) => {
+                self.reply(now, tx, request, refusal);
+                None
+            }
+        }
+    }
+
+    /// Who `request` comes from, or how it is refused (403, or a 407
+    /// challenge).
+    fn admission(&mut self, now: Instant, request: &Request, path: Path) -> Result<Source, Reply> {
         if let Some(trunk) = self.config.inbound_trunk(path.remote.ip()) {
-            return Some(Source::Trunk(trunk));
+            return Ok(Source::Trunk(trunk));
         }
         let from_user = request.from.uri.user_part().unwrap_or_default();
-        let user = match (&self.auth, self.config.user(&from_user)) {
-            (Some(_), Some(user)) => user.clone(),
-            _ => {
-                self.reply(
-                    now,
-                    tx,
-                    request,
-                    Reply::new(403).reason("Not An Inbound Trunk"),
-                );
-                return None;
-            }
+        let (Some(users), Some(user)) = (self.users.as_mut(), self.config.user(&from_user)) else {
+            return Err(Reply::new(403).reason("Not An Inbound Trunk"));
         };
-        let auth = self.auth.clone()?;
-        let mut auth = auth.lock().unwrap_or_else(|e| e.into_inner());
-        if auth.is_blocked(now, path.remote.ip()) {
-            drop(auth);
-            self.reply(
-                now,
-                tx,
-                request,
-                Reply::new(403).reason("Too Many Failures"),
-            );
-            return None;
+        let auth = &mut users.auth;
+        let source = path.remote.ip();
+        let too_many = || Reply::new(403).reason("Too Many Failures");
+        if auth.is_blocked(now, source) {
+            return Err(too_many());
         }
         let credentials = request
             .headers
@@ -357,20 +354,13 @@ impl Engine {
             }
         };
         if verdict == Some(Verdict::Accepted) {
-            return Some(Source::User(user.name));
+            return Ok(Source::User(user.name.clone()));
         }
         if let Some(Verdict::Rejected(why)) = verdict {
-            auth.note_failure(now, path.remote.ip());
+            auth.note_failure(now, source);
             tracing::warn!(source = %path.remote, user = %user.name, reason = why, "INVITE credentials refused");
-            if auth.is_blocked(now, path.remote.ip()) {
-                drop(auth);
-                self.reply(
-                    now,
-                    tx,
-                    request,
-                    Reply::new(403).reason("Too Many Failures"),
-                );
-                return None;
+            if auth.is_blocked(now, source) {
+                return Err(too_many());
             }
         }
         let challenge = auth
@@ -383,9 +373,7 @@ impl Engine {
             .fold(Reply::new(407), |r, c| {
                 r.with_header(HeaderName::ProxyAuthenticate, c.to_string())
             });
-        drop(auth);
-        self.reply(now, tx, request, challenge);
-        None
+        Err(challenge)
     }
 
     fn timer_of(&self, source: &Source) -> SessionTimerConfig {
@@ -407,7 +395,7 @@ impl Engine {
     /// default route (404 without one).
     fn resolve(&self, source: &Source, callee: &str) -> Result<Destination, Unroutable> {
         if let Some(user) = self.config.user(callee)
-            && let Some(location) = &self.location
+            && let Some(location) = self.users.as_ref().map(|u| &u.location)
         {
             return match location.best(callee) {
                 Some(target) => Ok(Destination::Contact {

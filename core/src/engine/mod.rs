@@ -10,7 +10,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::call::{Call, CallKey, CallSettings, CallSnapshot, Env, Leg, TxOwner};
@@ -54,10 +54,9 @@ pub struct Engine {
     policies: Policies,
     /// Counters shared with the other workers and the daemon.
     metrics: Arc<Metrics>,
-    /// Where registered users can be reached (when a registrar is configured).
-    location: Option<Arc<LocationView>>,
-    /// Checks users' credentials on their INVITEs (shared with the registrar).
-    auth: Option<Arc<Mutex<DigestAuth>>>,
+    /// Registered users: where they are, and this worker's own checker of
+    /// their credentials (when a registrar is configured).
+    users: Option<Users>,
     next_key: CallKey,
     /// Set by [`Engine::begin_shutdown`]: new calls are refused.
     draining: bool,
@@ -108,41 +107,66 @@ const SHUTDOWN_TICK: Duration = Duration::from_millis(10);
 /// within seconds, so the sender may try again soon.
 const TX_SHED_RETRY_AFTER: u32 = 2;
 
-impl Engine {
-    pub fn new(worker: u8, config: Arc<Config>, sockets: Arc<[LocalSocket]>) -> Engine {
-        Engine::with_ids(IdGen::new(worker), config, sockets)
-    }
+/// What an engine works with besides its config and sockets, given when it
+/// is built: its identifiers, what it shares with the other workers (counters,
+/// transaction limits), its policies and the registered users.
+pub struct EngineDeps {
+    pub ids: IdGen,
+    pub metrics: Arc<Metrics>,
+    /// Live transactions against `limits.max_transactions*` (every worker's).
+    pub budget: Arc<TxBudget>,
+    pub policies: Policies,
+    pub users: Option<Users>,
+}
 
-    /// An engine with a given id generator (tests use a seeded one).
-    pub fn with_ids(ids: IdGen, config: Arc<Config>, sockets: Arc<[LocalSocket]>) -> Engine {
+impl EngineDeps {
+    /// An engine on its own: counters of its own, no transaction limits, the
+    /// built-in policy, no users (tests, benchmarks, the fuzzer).
+    pub fn standalone(ids: IdGen) -> EngineDeps {
+        EngineDeps {
+            ids,
+            metrics: Arc::default(),
+            budget: Arc::default(),
+            policies: Policies::builtin(),
+            users: None,
+        }
+    }
+}
+
+/// Registered users as a worker sees them.
+pub struct Users {
+    /// Where each user can be reached (written by the registrar).
+    pub location: Arc<LocationView>,
+    /// This worker's own digest checker (`registrar::digest`: one per thread,
+    /// so no worker waits on another).
+    pub auth: DigestAuth,
+}
+
+impl Engine {
+    pub fn new(config: Arc<Config>, sockets: Arc<[LocalSocket]>, deps: EngineDeps) -> Engine {
         let timers = TimerValues::default();
+        let mut tx = TransactionLayer::new(timers, config.sip.force_rport);
+        tx.set_budget(deps.budget);
         Engine {
             settings: settings_from(&config, timers),
-            tx: TransactionLayer::new(timers, config.sip.force_rport),
+            tx,
             config,
             sockets,
             calls: HashMap::new(),
             by_a: HashMap::new(),
             by_b: HashMap::new(),
             call_timers: TimerQueue::default(),
-            ids,
+            ids: deps.ids,
             cdrs: VecDeque::new(),
-            policies: Policies::builtin(),
-            metrics: Arc::new(Metrics::default()),
-            location: None,
-            auth: None,
+            policies: deps.policies,
+            metrics: deps.metrics,
+            users: deps.users,
             next_key: 0,
             draining: false,
             shutdown_queue: Vec::new(),
             shutdown_next: None,
             shed_log: RateLimit::new(5, Duration::from_secs(10)),
         }
-    }
-
-    /// Counts this engine's transactions in the daemon's shared budget (the
-    /// `limits.max_transactions*` limits).
-    pub fn set_budget(&mut self, budget: Arc<TxBudget>) {
-        self.tx.set_budget(budget);
     }
 
     /// What this engine holds now (drops stale timer entries to count).
@@ -157,18 +181,6 @@ impl Engine {
             timers: self.tx.timer_entries() + self.call_timers.len(),
             cdrs_pending: self.cdrs.len(),
         }
-    }
-
-    /// Shares the daemon's counters with this engine.
-    pub fn set_metrics(&mut self, metrics: Arc<Metrics>) {
-        self.metrics = metrics;
-    }
-
-    /// Connects the engine to the registrar: where users are, and their
-    /// credentials' checker.
-    pub fn set_registrar(&mut self, location: Arc<LocationView>, auth: Arc<Mutex<DigestAuth>>) {
-        self.location = Some(location);
-        self.auth = Some(auth);
     }
 
     /// Replaces the decision-point policies (hooks of later calls and events).

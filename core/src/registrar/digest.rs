@@ -5,6 +5,15 @@
 //! Nonces carry their own issue time and an HMAC over it (a per-process key), so
 //! checking one needs no table; a table of nonces already used, each with the
 //! highest nonce-count seen, stops replays until the nonce expires anyway.
+//!
+//! Each thread that checks credentials (the registrar, every call worker) owns
+//! its own `DigestAuth`, made from the same key, so no worker waits on another.
+//! A nonce carries the number of the one that issued it and is accepted only
+//! there — where its replay record is — elsewhere it is stale and the client
+//! is challenged again (RFC 7616 §3.3: it retries without asking its user).
+//! A retried request keeps its Call-ID and so reaches the same worker. Failed
+//! attempts are counted per owner: a source is refused after
+//! [`MAX_FAILURES`] on any of them.
 
 use std::collections::{HashMap, VecDeque};
 use std::hash::{BuildHasher, RandomState};
@@ -24,6 +33,10 @@ pub const FAILURE_WINDOW: Duration = Duration::from_secs(60);
 /// Nonces remembered for replay protection; beyond this the oldest are
 /// forgotten (their replays then fail as expired soon anyway).
 const MAX_REMEMBERED_NONCES: usize = 200_000;
+
+/// Where a nonce counter keeps its issuer.
+const ISSUER_SHIFT: u32 = 56;
+const COUNTER_MASK: u64 = (1 << ISSUER_SHIFT) - 1;
 
 /// `H(data)` of RFC 7616 §3.4.1, as lowercase hex.
 fn hash(algorithm: DigestAlgorithm, data: &str) -> String {
@@ -73,6 +86,7 @@ pub enum Verdict {
 /// RFC 3261's T1). A registrar that answers statelessly recognises them by this.
 pub const RETRANSMISSION_WINDOW: Duration = Duration::from_secs(32);
 
+#[derive(Clone)]
 struct NonceUse {
     last_nc: u32,
     /// [`DigestAuth::fingerprint`] of the request that used `last_nc`, and when.
@@ -82,12 +96,17 @@ struct NonceUse {
 
 /// Issues nonces and checks credentials for one realm. Which algorithms a
 /// user is challenged with (and may answer with) is the config's, passed in on
-/// each call, so a reload changes them at the next challenge.
+/// each call, so a reload changes them at the next challenge. One per thread
+/// (see the module's doc).
+#[derive(Clone)]
 pub struct DigestAuth {
     realm: String,
     key: Vec<u8>,
     epoch: Instant,
     lifetime: Duration,
+    /// The owner's number (a worker's, or the registrar's), in the top byte
+    /// of every nonce counter it issues.
+    issuer: u8,
     counter: u64,
     /// Nonces used so far, by their (process-unique) counter: a few bytes each,
     /// where the nonce text would cost a hundred during a registration storm.
@@ -107,12 +126,20 @@ impl DigestAuth {
             key: key.to_vec(),
             epoch,
             lifetime,
+            issuer: 0,
             counter: 0,
             used: HashMap::new(),
             used_order: VecDeque::new(),
             failures: HashMap::new(),
             fingerprints: RandomState::new(),
         }
+    }
+
+    /// The same checker for another owner (a worker, the registrar): its
+    /// nonces are its own.
+    pub fn issued_by(mut self, issuer: u8) -> DigestAuth {
+        self.issuer = issuer;
+        self
     }
 
     /// What identifies a request among its retransmissions (RFC 3261 §17.2.3):
@@ -136,13 +163,14 @@ impl DigestAuth {
         hex::encode(&mac.finalize().into_bytes()[..12])
     }
 
-    /// A fresh nonce: issue time, a counter, and their HMAC.
+    /// A fresh nonce: issue time, a counter (its top byte the issuer), and
+    /// their HMAC.
     pub fn nonce(&mut self, now: Instant) -> String {
-        self.counter += 1;
+        self.counter = (self.counter + 1) & COUNTER_MASK;
         let stamp = format!(
             "{:x}-{:x}",
             now.saturating_duration_since(self.epoch).as_secs(),
-            self.counter
+            (u64::from(self.issuer) << ISSUER_SHIFT) | self.counter
         );
         let mac = self.mac(&stamp);
         format!("{stamp}-{mac}")
@@ -218,7 +246,10 @@ impl DigestAuth {
         ) {
             return Verdict::Rejected("wrong response");
         }
-        if now.saturating_duration_since(issued) > self.lifetime {
+        if now.saturating_duration_since(issued) > self.lifetime
+            || counter >> ISSUER_SHIFT != u64::from(self.issuer)
+        {
+            // Too old, or another owner's (its replay record is there).
             return Verdict::Stale;
         }
         // qop=auth: each use must count up; without qop the nonce is single-use.
@@ -397,6 +428,35 @@ mod tests {
                 Verdict::Accepted
             );
         }
+    }
+
+    /// Each thread owns its checker (issue 16: no worker waits on another);
+    /// a nonce is good only where it was issued, where its replay record is.
+    #[test]
+    fn a_nonce_is_accepted_only_by_the_owner_that_issued_it() {
+        let t0 = Instant::now();
+        let mut registrar = auth(t0).issued_by(0xfe);
+        let mut worker = registrar.clone().issued_by(1);
+        let c = answer(&mut registrar, t0, DigestAlgorithm::Md5, "secret1001", 1);
+        assert_eq!(
+            worker.verify(t0, "REGISTER", &c, "secret1001", BOTH, 1),
+            Verdict::Stale,
+            "another owner's nonce: challenged again, without counting a failure"
+        );
+        assert_eq!(
+            registrar.verify(t0, "REGISTER", &c, "secret1001", BOTH, 2),
+            Verdict::Accepted
+        );
+        let mine = answer(&mut worker, t0, DigestAlgorithm::Md5, "secret1001", 1);
+        assert_ne!(mine.nonce, c.nonce);
+        assert_eq!(
+            worker.verify(t0, "REGISTER", &mine, "secret1001", BOTH, 3),
+            Verdict::Accepted
+        );
+        assert_eq!(
+            worker.verify(t0, "REGISTER", &mine, "secret1001", BOTH, 4),
+            Verdict::Rejected("replayed nonce")
+        );
     }
 
     #[test]

@@ -14,7 +14,7 @@ pub mod store;
 
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::config::{Config, KeepaliveMode};
@@ -69,7 +69,7 @@ struct PingState {
 pub struct Registrar {
     config: Arc<Config>,
     sockets: Arc<[LocalSocket]>,
-    auth: Arc<Mutex<DigestAuth>>,
+    auth: DigestAuth,
     tx: TransactionLayer<()>,
     location: Location,
     schedule: Schedule,
@@ -88,7 +88,7 @@ impl Registrar {
     pub fn new(
         config: Arc<Config>,
         sockets: Arc<[LocalSocket]>,
-        auth: Arc<Mutex<DigestAuth>>,
+        auth: DigestAuth,
         view: Arc<LocationView>,
         metrics: Arc<Metrics>,
     ) -> Registrar {
@@ -105,7 +105,7 @@ impl Registrar {
     pub fn with_ids(
         config: Arc<Config>,
         sockets: Arc<[LocalSocket]>,
-        auth: Arc<Mutex<DigestAuth>>,
+        auth: DigestAuth,
         view: Arc<LocationView>,
         metrics: Arc<Metrics>,
         ids: IdGen,
@@ -251,15 +251,12 @@ impl Registrar {
             max_total: self.config.limits.max_registrations,
         };
         let aor_user = request.to.uri.user_part().unwrap_or_default();
-        let mut auth = self.auth.lock().unwrap_or_else(|e| e.into_inner());
-        if auth.is_blocked(now, path.remote.ip()) {
-            drop(auth);
+        if self.auth.is_blocked(now, path.remote.ip()) {
             self.log_refusal(now, path, &aor_user, "too many failures from this address");
             return reply(Reply::new(403).reason("Too Many Failures"));
         }
         let Some(user) = self.config.user(&aor_user).cloned() else {
-            auth.note_failure(now, path.remote.ip());
-            drop(auth);
+            self.auth.note_failure(now, path.remote.ip());
             self.log_refusal(now, path, &aor_user, "unknown user");
             return reply(Reply::new(403));
         };
@@ -273,8 +270,8 @@ impl Registrar {
                 Some(Verdict::Rejected("username is not the address-of-record"))
             }
             Some(c) => {
-                let fingerprint = auth.fingerprint(request);
-                Some(auth.verify(
+                let fingerprint = self.auth.fingerprint(request);
+                Some(self.auth.verify(
                     now,
                     "REGISTER",
                     c,
@@ -288,22 +285,20 @@ impl Registrar {
             Some(Verdict::Accepted) => {}
             Some(Verdict::Retransmission) => {
                 // Already applied: answer with the bindings as they are now.
-                drop(auth);
                 return self.bindings_ok(now, &user.name, reply(Reply::new(200)));
             }
             other => {
                 let stale = other == Some(Verdict::Stale);
                 if let Some(Verdict::Rejected(why)) = other {
-                    auth.note_failure(now, path.remote.ip());
-                    let blocked = auth.is_blocked(now, path.remote.ip());
-                    drop(auth);
+                    self.auth.note_failure(now, path.remote.ip());
+                    let blocked = self.auth.is_blocked(now, path.remote.ip());
                     self.log_refusal(now, path, &aor_user, why);
                     if blocked {
                         return reply(Reply::new(403).reason("Too Many Failures"));
                     }
-                    auth = self.auth.lock().unwrap_or_else(|e| e.into_inner());
                 }
-                let challenge = auth
+                let challenge = self
+                    .auth
                     .challenges(now, stale, &user.digest_algorithms)
                     .iter()
                     .fold(Reply::new(401), |r, c| {
@@ -312,7 +307,6 @@ impl Registrar {
                 return reply(challenge);
             }
         }
-        drop(auth);
         let result =
             self.location
                 .register(now, &user.name, request, path.remote, path.local, limits);
@@ -356,10 +350,7 @@ impl Registrar {
     }
 
     pub fn handle_timeout(&mut self, now: Instant) {
-        self.auth
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .forget_expired(now);
+        self.auth.forget_expired(now);
         self.tx.handle_timeout(now);
         while self.tx.poll_event().is_some() {}
         for gone in self.location.expire(now) {

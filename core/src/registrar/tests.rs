@@ -37,12 +37,7 @@ struct Phone {
 impl Phone {
     fn new(config: Arc<Config>) -> Phone {
         let now = Instant::now();
-        let auth = Arc::new(Mutex::new(DigestAuth::new(
-            "vigil.local",
-            b"k",
-            now,
-            Duration::from_secs(300),
-        )));
+        let auth = DigestAuth::new("vigil.local", b"k", now, Duration::from_secs(300));
         let sockets: Arc<[LocalSocket]> = Arc::from(vec![LocalSocket {
             bind: addr(LOCAL),
             advertised: addr(LOCAL),

@@ -54,14 +54,22 @@ impl Harness {
     }
 
     fn with_config(text: &str) -> Harness {
+        Harness::with_deps(text, |_| {})
+    }
+
+    /// An engine on `text` whose dependencies `wire` sets (policies, shared
+    /// counters, limits, users); the rest is [`EngineDeps::standalone`].
+    fn with_deps(text: &str, wire: impl FnOnce(&mut EngineDeps)) -> Harness {
         let config = Arc::new(Config::parse(text, FsPath::new("test.yaml")).expect("config"));
+        let mut deps = EngineDeps::standalone(IdGen::seeded(0, 7));
+        wire(&mut deps);
         let sockets: Arc<[LocalSocket]> = Arc::from(vec![LocalSocket {
             bind: addr(LOCAL),
             advertised: addr(LOCAL),
         }]);
         let now = Instant::now();
         Harness {
-            engine: Engine::with_ids(IdGen::seeded(0, 7), config, sockets),
+            engine: Engine::new(config, sockets, deps),
             now,
             sent: Vec::new(),
             cdrs: Vec::new(),

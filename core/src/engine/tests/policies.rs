@@ -25,16 +25,16 @@ fn with_policies(extra: &str, carrier_policy: Option<&str>) -> Harness {
 }
 
 fn with_policies_text(text: &str) -> Harness {
-    let mut h = Harness::with_config(text);
     let config = Config::parse(text, FsPath::new("test.yaml")).expect("config");
     let metrics = Arc::new(Metrics::default());
     let (loader, errors) = PolicyLoader::new(&config, metrics.clone());
     assert!(errors.is_empty(), "{errors:?}");
     let (policies, errors) = loader.policies(&config);
     assert!(errors.is_empty(), "{errors:?}");
-    h.engine.set_policies(policies);
-    h.engine.set_metrics(metrics);
-    h
+    Harness::with_deps(text, |deps| {
+        deps.policies = policies;
+        deps.metrics = metrics;
+    })
 }
 
 /// Writes a script into a directory that lives as long as the test.

@@ -70,9 +70,8 @@ fn one_call(h: &mut Harness, kind: usize, call_id: &str) {
 
 #[test]
 fn after_calls_of_every_ending_nothing_is_left_behind() {
-    let mut h = Harness::new();
     let budget = Arc::new(TxBudget::default());
-    h.engine.set_budget(budget.clone());
+    let mut h = Harness::with_deps(CONFIG, |deps| deps.budget = budget.clone());
     let idle = h.engine.resources();
     assert_eq!(idle, EngineResources::default());
     let kinds = 6;

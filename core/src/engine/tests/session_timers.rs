@@ -282,11 +282,11 @@ fn an_unanswered_refresh_ends_the_call_after_the_transaction_timeout() {
 /// was missing from the `session refreshes` summary's failures.
 #[test]
 fn a_refresh_cut_short_by_the_session_expiry_counts_as_failed() {
-    let mut h = Harness::with_config(&config_with(
-        "{ ttl: 20, min_se: 2, allow_short_intervals: true }",
-    ));
     let metrics = Arc::new(crate::metrics::Metrics::default());
-    h.engine.set_metrics(metrics.clone());
+    let mut h = Harness::with_deps(
+        &config_with("{ ttl: 20, min_se: 2, allow_short_intervals: true }"),
+        |deps| deps.metrics = metrics.clone(),
+    );
     let (_, a_tag) = timed_call(&mut h, "st-cut", "20;refresher=uac", "20;refresher=uac");
     h.a_tag = a_tag;
     // The caller keeps its leg alive; Vigil refreshes the callee at 10 s, the

@@ -2,8 +2,6 @@
 //! routing to a user's registered contact at its NAT address, and a user who is
 //! not registered (480).
 
-use std::sync::Mutex;
-
 use super::*;
 use crate::registrar::digest::{DigestAuth, expected_response};
 use crate::registrar::location::{Binding, Location, LocationView, Target};
@@ -13,15 +11,19 @@ const USERS: &str = "registrar: { domain: vigil.local }\nusers:\n  - { user: \"1
 const PHONE: &str = "198.51.100.7:33000";
 
 fn harness() -> (Harness, Location) {
-    let mut h = Harness::with_config(&format!("{CONFIG}{USERS}"));
     let view = Arc::new(LocationView::default());
-    let auth = Arc::new(Mutex::new(DigestAuth::new(
+    let auth = DigestAuth::new(
         "vigil.local",
         b"k",
-        h.now,
+        Instant::now(),
         Duration::from_secs(300),
-    )));
-    h.engine.set_registrar(view.clone(), auth);
+    );
+    let h = Harness::with_deps(&format!("{CONFIG}{USERS}"), |deps| {
+        deps.users = Some(Users {
+            location: view.clone(),
+            auth,
+        })
+    });
     (h, Location::new(view))
 }
 
