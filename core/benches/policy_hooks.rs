@@ -22,7 +22,7 @@ use vigil::policy::{
     BuiltinPolicy, CallStartView, CallView, LegView, PolicyChain, PolicySource, RefreshFailure,
     SessionPolicy,
 };
-use vigil::session_timer::Who;
+use vigil::session_timer::Refresher;
 
 #[path = "../../tests/support/plugin_build.rs"]
 mod plugin_build;
@@ -58,7 +58,7 @@ impl CallData {
             callee: &self.callee,
             leg: Leg::B,
             session_expires: 1800,
-            refresher: Who::Vigil,
+            refresher: Refresher::Vigil,
             refresh_count: 3,
             since_answer: Duration::from_secs(2700),
         }

@@ -13,7 +13,7 @@ use crate::cdr::{EndReason, EndedBy};
 use crate::metrics::RefreshFailureCause;
 use crate::policy::{FailureDecision, LegView, RefreshDecision, RefreshFailure, SessionPolicy};
 use crate::session_timer::negotiate::Agreed;
-use crate::session_timer::{LegEvent, RefreshKind, UasOutcome, Who};
+use crate::session_timer::{LegEvent, RefreshKind, Refresher, UasOutcome};
 use crate::sip::Response;
 
 /// The longest a policy may postpone a failed refresh.
@@ -67,7 +67,8 @@ impl Call {
                     LegEvent::Expired => {
                         let failure = match self.leg(leg).session() {
                             Some(s)
-                                if s.agreed().refresher == Who::Peer && s.in_flight().is_none() =>
+                                if s.agreed().refresher == Refresher::Peer
+                                    && s.in_flight().is_none() =>
                             {
                                 RefreshFailure::Expired
                             }

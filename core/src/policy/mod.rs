@@ -16,7 +16,7 @@ use std::time::Duration;
 use crate::cdr::EndReason;
 use crate::config::RefreshMethod;
 pub use crate::metrics::{PolicyBackend, PolicyHook};
-use crate::session_timer::Who;
+use crate::session_timer::Refresher;
 
 mod chain;
 mod load;
@@ -90,7 +90,7 @@ pub struct LegView<'a> {
     pub leg: Leg,
     /// The negotiated Session-Expires, seconds.
     pub session_expires: u32,
-    pub refresher: Who,
+    pub refresher: Refresher,
     pub refresh_count: u32,
     pub since_answer: Duration,
 }

@@ -26,7 +26,7 @@ use super::{
     HookError, KeepaliveDecision, LegView, PolicySource, RefreshDecision, RefreshFailure,
 };
 use crate::policy::Leg;
-use crate::session_timer::Who;
+use crate::session_timer::Refresher;
 
 /// The bounds one script runs within.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -282,8 +282,8 @@ impl LuaPolicy {
             },
             view.session_expires,
             match view.refresher {
-                Who::Vigil => "vigil",
-                Who::Peer => "peer",
+                Refresher::Vigil => "vigil",
+                Refresher::Peer => "peer",
             },
             view.refresh_count,
             view.since_answer.as_secs_f64(),

@@ -69,7 +69,7 @@ fn leg_view(call_id: &str) -> LegView<'_> {
         callee: "4940555",
         leg: Leg::B,
         session_expires: 1800,
-        refresher: Who::Vigil,
+        refresher: Refresher::Vigil,
         refresh_count: 2,
         since_answer: Duration::from_millis(1_800_500),
     }
@@ -287,7 +287,7 @@ fn leg_and_refresher_names() {
     );
     let view = LegView {
         leg: Leg::A,
-        refresher: Who::Peer,
+        refresher: Refresher::Peer,
         ..leg_view("x")
     };
     assert_eq!(policy.refresh_due(&view), Ok(Some(RefreshDecision::Skip)));

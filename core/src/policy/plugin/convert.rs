@@ -18,7 +18,7 @@ use crate::policy::{
     CallOverrides, CallStartDecision, FailureDecision, HookError, KeepaliveDecision, LegView,
     RefreshDecision, RefreshFailure,
 };
-use crate::session_timer::Who;
+use crate::session_timer::Refresher;
 
 // Views: the core's views as borrowed ABI views.
 
@@ -45,8 +45,8 @@ pub(super) fn raw_leg(view: &LegView<'_>) -> RawLegView {
             Leg::B => abi::LEG_B,
         },
         refresher: match view.refresher {
-            Who::Vigil => abi::REFRESHER_VIGIL,
-            Who::Peer => abi::REFRESHER_PEER,
+            Refresher::Vigil => abi::REFRESHER_VIGIL,
+            Refresher::Peer => abi::REFRESHER_PEER,
         },
     }
 }

@@ -9,7 +9,7 @@ use super::convert::AddrText;
 use super::*;
 use crate::cdr::EndReason;
 use crate::policy::Leg;
-use crate::session_timer::Who;
+use crate::session_timer::Refresher;
 
 fn load(crate_name: &str) -> PluginPolicy {
     let path = build_fixture(crate_name);
@@ -44,7 +44,7 @@ fn leg_view(call_id: &str) -> LegView<'_> {
         callee: "+3225552000",
         leg: Leg::B,
         session_expires: 90,
-        refresher: Who::Vigil,
+        refresher: Refresher::Vigil,
         refresh_count: 1,
         since_answer: Duration::from_secs(45),
     }
