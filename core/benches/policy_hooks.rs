@@ -8,6 +8,7 @@
 //! Lua ≤ 5 µs, plugin ≤ 0.5 µs per hook call.
 
 use std::hint::black_box;
+use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
@@ -19,10 +20,9 @@ use vigil::metrics::Metrics;
 use vigil::policy::lua::{LuaLimits, LuaPolicy};
 use vigil::policy::plugin::PluginPolicy;
 use vigil::policy::{
-    BuiltinPolicy, CallStartView, CallView, LegView, PolicyChain, PolicySource, RefreshFailure,
-    SessionPolicy,
+    AddrText, BuiltinPolicy, CallStartView, CallView, LegView, PolicyChain, PolicySource,
+    RefreshFailure, Refresher, SessionPolicy,
 };
-use vigil::session_timer::Who;
 
 #[path = "../../tests/support/plugin_build.rs"]
 mod plugin_build;
@@ -35,6 +35,7 @@ struct CallData {
     trunk_out: String,
     caller: String,
     callee: String,
+    source: SocketAddr,
 }
 
 impl CallData {
@@ -46,6 +47,7 @@ impl CallData {
             trunk_out: "carrier".into(),
             caller: "4930123456".into(),
             callee: "0049401234567".into(),
+            source: SocketAddr::from(([192, 0, 2, 10], 5060)),
         }
     }
 
@@ -58,20 +60,22 @@ impl CallData {
             callee: &self.callee,
             leg: Leg::B,
             session_expires: 1800,
-            refresher: Who::Vigil,
+            refresher: Refresher::Vigil,
             refresh_count: 3,
             since_answer: Duration::from_secs(2700),
         }
     }
 
-    fn start(&self) -> CallStartView<'_> {
+    /// `source` is the call's address written out, as the engine does for
+    /// each call start.
+    fn start<'a>(&'a self, source: &'a AddrText) -> CallStartView<'a> {
         CallStartView {
             call_id: &self.call_id,
             trunk_in: &self.trunk_in,
             trunk_out: &self.trunk_out,
             caller: &self.caller,
             callee: &self.callee,
-            source: "192.0.2.10:5060".parse().expect("address"),
+            source: source.as_str(),
         }
     }
 
@@ -83,7 +87,7 @@ impl CallData {
             trunk_out: &self.trunk_out,
             caller: &self.caller,
             callee: &self.callee,
-            end_reason: EndReason::CallerBye,
+            end_reason: EndReason::CallerBye.as_str(),
             since_answer: Some(Duration::from_secs(2712)),
         }
     }
@@ -97,7 +101,10 @@ fn bench_backend(c: &mut Criterion, name: &str, policy: &dyn SessionPolicy) {
     let call = CallData::new();
     let mut group = c.benchmark_group(name);
     group.bench_function("call_start", |b| {
-        b.iter(|| policy.call_start(black_box(&call.start())))
+        b.iter(|| {
+            let source = AddrText::new(call.source);
+            policy.call_start(black_box(&call.start(&source)))
+        })
     });
     group.bench_function("refresh_due", |b| {
         b.iter(|| policy.refresh_due(black_box(&call.leg())))

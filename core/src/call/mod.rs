@@ -32,7 +32,7 @@ use std::time::Instant;
 
 use crate::cdr::{CdrRecord, EndReason, EndedBy};
 use crate::config::SessionTimerConfig;
-use crate::policy::{CallView, RefreshFailure};
+use crate::policy::{CallView, RefreshFailure, refresh_failure_cdr_value};
 use crate::session_timer::UasOutcome;
 use crate::sip::{Request, Response, Uri};
 use crate::timer::Scheduled;
@@ -282,7 +282,7 @@ impl Call {
             trunk_out: &self.parties.trunk_out,
             caller: &self.parties.caller,
             callee: &self.parties.callee,
-            end_reason: ending.reason,
+            end_reason: ending.reason.as_str(),
             since_answer: self.answer.map(|a| now.saturating_duration_since(a)),
         };
         let (policy_in, policy_out) = (
@@ -306,7 +306,7 @@ impl Call {
             end_reason: ending.reason,
             ended_by: ending.by,
             sip_code: ending.sip_code,
-            refresh_failure: ending.refresh_failure.map(RefreshFailure::as_cdr_value),
+            refresh_failure: ending.refresh_failure.map(refresh_failure_cdr_value),
             extra,
         });
     }

@@ -13,7 +13,7 @@ use crate::cdr::{EndReason, EndedBy};
 use crate::metrics::RefreshFailureCause;
 use crate::policy::{FailureDecision, LegView, RefreshDecision, RefreshFailure, SessionPolicy};
 use crate::session_timer::negotiate::Agreed;
-use crate::session_timer::{LegEvent, RefreshKind, UasOutcome, Who};
+use crate::session_timer::{LegEvent, RefreshKind, Refresher, UasOutcome};
 use crate::sip::Response;
 
 /// The longest a policy may postpone a failed refresh.
@@ -68,7 +68,7 @@ impl Call {
                         let session = self.leg(leg).session();
                         let in_flight = session.is_some_and(|s| s.in_flight().is_some());
                         let failure = match session {
-                            Some(s) if s.agreed().refresher == Who::Peer && !in_flight => {
+                            Some(s) if s.agreed().refresher == Refresher::Peer && !in_flight => {
                                 RefreshFailure::Expired
                             }
                             _ => RefreshFailure::Timeout,

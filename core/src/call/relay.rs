@@ -8,7 +8,7 @@ use std::time::Instant;
 use super::build::{relay_request_payload, relay_response};
 use super::{Call, Env, Leg};
 use crate::session_timer::negotiate::uac_offer_headers;
-use crate::session_timer::{UasOutcome, Who};
+use crate::session_timer::{Refresher, UasOutcome};
 use crate::sip::local_response;
 use crate::sip::{HeaderName, Method, Request, Response};
 use crate::transaction::ServerTxId;
@@ -83,7 +83,7 @@ impl Call {
                     uac_offer_headers(
                         agreed.interval,
                         timer,
-                        agreed.refresher == Who::Vigil,
+                        agreed.refresher == Refresher::Vigil,
                         &mut copy.headers,
                     );
                 }

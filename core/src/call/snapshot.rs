@@ -5,7 +5,7 @@ use std::time::Instant;
 
 use super::Call;
 use super::leg::CallLeg;
-use crate::session_timer::Who;
+use crate::session_timer::Refresher;
 
 /// A call as an operator sees it: who, how long, each leg's session timer.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -47,8 +47,8 @@ impl LegTimerSnapshot {
         Some(LegTimerSnapshot {
             session_expires: agreed.interval,
             refresher: match agreed.refresher {
-                Who::Vigil => "vigil",
-                Who::Peer => "peer",
+                Refresher::Vigil => "vigil",
+                Refresher::Peer => "peer",
             },
             refreshes: s.refreshes(),
             next_refresh_in: s.refresh_due_at().map(secs_until),

@@ -9,15 +9,9 @@ use serde::Deserialize;
 /// asks for lab values.
 pub const RFC_MIN_SE: u32 = 90;
 
-/// How Vigil refreshes a session it is the refresher of.
-#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
-#[serde(rename_all = "lowercase")]
-pub enum RefreshMethod {
-    /// UPDATE if the peer's `Allow` lists it, else re-INVITE.
-    Auto,
-    Update,
-    Reinvite,
-}
+/// `refresh_method: auto | update | reinvite`: the policy API's enum, which a
+/// call-start hook may override per call, read with its `serde` feature.
+pub use vigil_plugin_api::RefreshMethod;
 
 /// Who refreshes when the peer leaves the choice to Vigil.
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]

@@ -10,7 +10,7 @@ use crate::call::{Call, Env, Inbound as InboundLeg, Outbound, Parties};
 use crate::cdr::{CdrRecord, EndReason, EndedBy};
 use crate::config::SessionTimerConfig;
 use crate::metrics::Metrics;
-use crate::policy::{CallOverrides, CallStartDecision, CallStartView};
+use crate::policy::{AddrText, CallOverrides, CallStartDecision, CallStartView};
 use crate::registrar::digest::Verdict;
 use crate::registrar::location::Target;
 use crate::session_timer::{UasOutcome, negotiate};
@@ -113,13 +113,14 @@ impl Engine {
             Destination::Trunk(_) => Some(trunk_out.clone()),
             Destination::Contact { .. } => None,
         };
+        let source = AddrText::new(path.remote);
         let view = CallStartView {
             call_id: &request.call_id,
             trunk_in: &trunk_in,
             trunk_out: &trunk_out,
             caller: &caller,
             callee: &callee,
-            source: path.remote,
+            source: source.as_str(),
         };
         let overrides = match self.call_start(&view, policy_in.as_deref(), policy_out.as_deref()) {
             Ok(overrides) => overrides,

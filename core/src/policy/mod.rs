@@ -9,173 +9,38 @@
 //! the built-in decision; a source that fails is reported and skipped.
 //!
 //! A policy sees a read-only view, never the call's internals, and answers with
-//! a decision the call can always carry out.
+//! a decision the call can always carry out. The views and decisions are the
+//! plugin API's ([`vigil_plugin_api`]), re-exported here: the core, Lua
+//! scripts and plugins share one definition, so a hook or a field is written
+//! once. A view borrows what the call already holds; what the call keeps in
+//! another form (an address, an end reason) is written as text when the view
+//! is built, once per hook call (an address on the stack, see [`AddrText`]).
 
-use std::time::Duration;
-
-use crate::cdr::EndReason;
-use crate::config::RefreshMethod;
-pub use crate::metrics::{PolicyBackend, PolicyHook};
-use crate::session_timer::Who;
-
+mod addr;
 mod chain;
 mod load;
 pub mod lua;
 pub mod plugin;
 
+pub use addr::AddrText;
 pub use chain::{Policies, PolicyChain};
 pub use load::{PolicyLoadError, PolicyLoader, check};
+pub use vigil_plugin_api::{
+    CallOverrides, CallStartDecision, CallStartView, CallView, ContactView, FailureDecision,
+    KeepaliveDecision, Leg, LegView, RefreshDecision, RefreshFailure, RefreshMethod, Refresher,
+};
 
-/// Which side of a call: what a policy is told about a leg, and how a call
-/// names its two legs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Leg {
-    /// Towards the caller; Vigil is the UAS.
-    A,
-    /// Towards the trunk; Vigil is the UAC.
-    B,
-}
+pub use crate::metrics::{PolicyBackend, PolicyHook};
 
-impl Leg {
-    pub fn other(self) -> Leg {
-        match self {
-            Leg::A => Leg::B,
-            Leg::B => Leg::A,
-        }
+/// The CDR's `refresh_failure` value: `timeout`, `expired`, `policy` or the
+/// status code.
+pub fn refresh_failure_cdr_value(failure: RefreshFailure) -> String {
+    match failure {
+        RefreshFailure::Timeout => "timeout".into(),
+        RefreshFailure::Expired => "expired".into(),
+        RefreshFailure::Policy => "policy".into(),
+        RefreshFailure::Status(code) => code.to_string(),
     }
-}
-
-/// What a call-start hook sees: a new INVITE that was admitted and routed.
-#[derive(Debug, Clone)]
-pub struct CallStartView<'a> {
-    pub call_id: &'a str,
-    /// The trunk (or `user:<name>`) the call comes from.
-    pub trunk_in: &'a str,
-    /// The trunk (or `user:<name>`) the call goes to.
-    pub trunk_out: &'a str,
-    pub caller: &'a str,
-    pub callee: &'a str,
-    /// The address the INVITE came from.
-    pub source: std::net::SocketAddr,
-}
-
-/// Session-timer settings a call-start hook may change for this call only (both
-/// legs). The core validates them like the config (`ttl` not below `min_se`,
-/// `update_segment` in 2..=10); an invalid one is reported and ignored.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct CallOverrides {
-    pub ttl: Option<u32>,
-    pub update_segment: Option<u32>,
-    pub refresh_method: Option<RefreshMethod>,
-    pub no_timer_max_duration: Option<u32>,
-}
-
-/// The call-start decision.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum CallStartDecision {
-    /// Place the call, with these changes to its session timers (none by default).
-    Accept(CallOverrides),
-    /// Answer the caller with this final status (400..=699) and reason phrase.
-    Reject { status: u16, reason: String },
-}
-
-/// What a refresh hook sees of one leg.
-#[derive(Debug, Clone)]
-pub struct LegView<'a> {
-    pub call_id: &'a str,
-    pub b_call_id: &'a str,
-    pub trunk: &'a str,
-    pub caller: &'a str,
-    pub callee: &'a str,
-    pub leg: Leg,
-    /// The negotiated Session-Expires, seconds.
-    pub session_expires: u32,
-    pub refresher: Who,
-    pub refresh_count: u32,
-    pub since_answer: Duration,
-}
-
-/// What a hang-up hook sees of the call.
-#[derive(Debug, Clone)]
-pub struct CallView<'a> {
-    pub call_id: &'a str,
-    pub b_call_id: &'a str,
-    pub trunk_in: &'a str,
-    pub trunk_out: &'a str,
-    pub caller: &'a str,
-    pub callee: &'a str,
-    pub end_reason: EndReason,
-    pub since_answer: Option<Duration>,
-}
-
-/// Why a refresh failed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum RefreshFailure {
-    /// No final answer within the transaction timeout (32 s on UDP).
-    Timeout,
-    /// A final error status.
-    Status(u16),
-    /// The peer was the refresher and never refreshed.
-    Expired,
-    /// A policy's `refresh_due` decided to hang up.
-    Policy,
-}
-
-impl RefreshFailure {
-    /// The CDR's `refresh_failure` value: `timeout`, `expired` or the status code.
-    pub fn as_cdr_value(self) -> String {
-        match self {
-            RefreshFailure::Timeout => "timeout".into(),
-            RefreshFailure::Expired => "expired".into(),
-            RefreshFailure::Policy => "policy".into(),
-            RefreshFailure::Status(code) => code.to_string(),
-        }
-    }
-}
-
-/// The refresh-due decision.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum RefreshDecision {
-    /// The configured method (`refresh_method`).
-    Default,
-    Update,
-    Reinvite,
-    /// Do not refresh now; treat the session as refreshed once.
-    Skip,
-    /// End the call.
-    Hangup,
-}
-
-/// The refresh-failed decision.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum FailureDecision {
-    /// End the call (BYE both legs, CDR `session-timeout`).
-    Hangup,
-    /// Try again after this long (never past the session's expiry).
-    Retry(Duration),
-    /// Carry on as if the refresh had succeeded.
-    Ignore,
-}
-
-/// What a keep-alive hook sees of a registered contact.
-#[derive(Debug, Clone)]
-pub struct ContactView<'a> {
-    pub user: &'a str,
-    pub contact: &'a str,
-    pub received: std::net::SocketAddr,
-    /// Keep-alives sent to this contact so far.
-    pub sent: u64,
-}
-
-/// The keep-alive-tick decision.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum KeepaliveDecision {
-    /// Send what `nat_keepalive` says.
-    Default,
-    /// Send nothing this period.
-    Skip,
-    /// Send these bytes instead.
-    Payload(Vec<u8>),
 }
 
 /// Extra CDR fields a hang-up hook adds (the CDR's `extra` object).

@@ -6,13 +6,14 @@
 //! `vigil_plugin_abi_version` exists and equals [`VIGIL_PLUGIN_ABI_VERSION`];
 //! `vigil_plugin_vtable` exists and agrees; the plugin's `create` succeeds.
 //!
-//! Every hook call converts the core's view into the ABI's `#[repr(C)]` view by
-//! borrowing (an address is formatted on the stack), calls the plugin, and
-//! validates what comes back: an unknown discriminant, a reject status outside
-//! 400..=699, a missing reason or payload, a string that is not UTF-8 are
-//! [`HookError::InvalidDecision`]; a caught panic is [`HookError::Panic`]; any
-//! other non-zero status is [`HookError::PluginStatus`]. A call that declines or
-//! answers with a plain decision allocates nothing.
+//! Every hook call lends the policy view's strings to the ABI's `#[repr(C)]`
+//! view (the views are the API crate's own types: only the layout changes),
+//! calls the plugin, and validates what comes back: an unknown discriminant, a
+//! reject status outside 400..=699, a missing reason or payload, a string that
+//! is not UTF-8 are [`HookError::InvalidDecision`]; a caught panic is
+//! [`HookError::Panic`]; any other non-zero status is
+//! [`HookError::PluginStatus`]. A call that declines or answers with a plain
+//! decision allocates nothing.
 //!
 //! A library is opened from a private copy (see [`PrivateImage`]) and never
 //! unloaded: an operator who overwrites the configured file in place cannot
@@ -38,13 +39,13 @@ use std::path::{Path, PathBuf};
 use vigil_plugin_api::VIGIL_PLUGIN_ABI_VERSION;
 use vigil_plugin_api::abi::{
     self, AbiVersionFn, CallStartFn, DestroyFn, HangupFn, KeepaliveTickFn, PluginVTable,
-    RawCallStartDecision, RawCallStartView, RawCallView, RawContactView, RawFailureDecision,
-    RawKeepaliveDecision, RawRefreshDecision, RawStr, RefreshDueFn, RefreshFailedFn, VTableFn,
+    RawCallStartDecision, RawFailureDecision, RawKeepaliveDecision, RawRefreshDecision, RawStr,
+    RefreshDueFn, RefreshFailedFn, VTableFn,
 };
 
 use self::convert::{
-    AddrText, call_start_decision, failure_decision, keepalive_decision, millis, raw, raw_failure,
-    raw_leg, refresh_decision,
+    call_start_decision, failure_decision, keepalive_decision, raw_call, raw_call_start,
+    raw_contact, raw_failure, raw_leg, refresh_decision,
 };
 use self::sink::{Collector, Hook};
 use super::{
@@ -377,15 +378,7 @@ impl PolicySource for PluginPolicy {
         let Some(hook) = self.hooks.call_start else {
             return Ok(None);
         };
-        let source = AddrText::new(view.source);
-        let raw_view = RawCallStartView {
-            call_id: raw(view.call_id),
-            trunk_in: raw(view.trunk_in),
-            trunk_out: raw(view.trunk_out),
-            caller: raw(view.caller),
-            callee: raw(view.callee),
-            source: raw(source.as_str()),
-        };
+        let raw_view = raw_call_start(view);
         let mut collector = Collector::new(Hook::CallStart);
         let mut out = RawCallStartDecision::default();
         let sink = collector.sink();
@@ -436,13 +429,7 @@ impl PolicySource for PluginPolicy {
         let Some(hook) = self.hooks.keepalive_tick else {
             return Ok(None);
         };
-        let received = AddrText::new(view.received);
-        let raw_view = RawContactView {
-            user: raw(view.user),
-            contact: raw(view.contact),
-            received: raw(received.as_str()),
-            sent: view.sent,
-        };
+        let raw_view = raw_contact(view);
         let mut collector = Collector::new(Hook::KeepaliveTick);
         let mut out = RawKeepaliveDecision::default();
         let sink = collector.sink();
@@ -458,17 +445,7 @@ impl PolicySource for PluginPolicy {
         let Some(hook) = self.hooks.hangup else {
             return Ok(());
         };
-        let raw_view = RawCallView {
-            call_id: raw(view.call_id),
-            b_call_id: raw(view.b_call_id),
-            trunk_in: raw(view.trunk_in),
-            trunk_out: raw(view.trunk_out),
-            caller: raw(view.caller),
-            callee: raw(view.callee),
-            end_reason: raw(view.end_reason.as_str()),
-            since_answer_ms: view.since_answer.map_or(0, millis),
-            answered: view.since_answer.is_some().into(),
-        };
+        let raw_view = raw_call(view);
         let before = extra.len();
         let outcome = {
             let mut collector = Collector::new(Hook::Hangup);

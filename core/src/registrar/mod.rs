@@ -21,7 +21,7 @@ use crate::config::{Config, KeepaliveMode};
 use crate::ids::IdGen;
 use crate::ids::REGISTRAR_WORKER;
 use crate::metrics::{Metrics, RequestShed};
-use crate::policy::{BuiltinPolicy, ContactView, KeepaliveDecision, SessionPolicy};
+use crate::policy::{AddrText, BuiltinPolicy, ContactView, KeepaliveDecision, SessionPolicy};
 use crate::ratelimit::RateLimit;
 use crate::sip::{
     CSeq, DigestCredentials, HeaderName, Headers, Host, Message, Method, NameAddr, Reply, Request,
@@ -416,15 +416,16 @@ impl Registrar {
                 .keepalive_deviation
                 .record(interval.abs_diff(period));
         }
+        let received = AddrText::new(binding.contact.received);
         let decision = self.policy.keepalive_tick(&ContactView {
             user: &binding.aor,
             contact: &binding.contact.uri,
-            received: binding.contact.received,
+            received: received.as_str(),
             sent: u64::from(due.sent),
         });
         let bytes = match decision {
             KeepaliveDecision::Skip => return,
-            KeepaliveDecision::Payload(bytes) => bytes,
+            KeepaliveDecision::Payload(bytes) => bytes.into_owned(),
             KeepaliveDecision::Default => match keepalive.mode {
                 KeepaliveMode::Payload => keepalive.message.as_bytes().to_vec(),
                 KeepaliveMode::Crlf => b"\r\n\r\n".to_vec(),

@@ -429,7 +429,7 @@ fn the_keepalive_tick_is_a_decision_point() {
             if view.sent % 2 == 1 {
                 KeepaliveDecision::Skip
             } else {
-                KeepaliveDecision::Payload(format!("PING {}", view.user).into_bytes())
+                KeepaliveDecision::Payload(format!("PING {}", view.user).into_bytes().into())
             }
         }
     }

@@ -3,7 +3,7 @@
 
 use std::time::{Duration, Instant};
 
-use super::negotiate::{Agreed, Who};
+use super::{Agreed, Refresher};
 use crate::config::{RefreshMethod, SessionTimerConfig};
 use crate::timer_table;
 
@@ -69,7 +69,7 @@ impl SessionLeg {
         let interval = Duration::from_secs(u64::from(self.agreed.interval));
         let early = Duration::from_secs(u64::from(self.config.early_hangup));
         match self.agreed.refresher {
-            Who::Vigil => {
+            Refresher::Vigil => {
                 // VOS3000: refresh every ttl / SS_SIP_SESSION_UPDATE_SEGMENT.
                 let every = interval / self.config.update_segment.max(1);
                 self.timers.set(
@@ -79,7 +79,7 @@ impl SessionLeg {
                 self.timers
                     .set(LegTimer::Expiry, now + interval.saturating_sub(early));
             }
-            Who::Peer => {
+            Refresher::Peer => {
                 // RFC 4028 §10: BYE at expiry minus min(32 s, SE/3).
                 let margin = Duration::from_secs(32).min(interval / 3);
                 self.timers.set(
@@ -224,7 +224,7 @@ impl SessionLeg {
 mod tests {
     use super::*;
 
-    fn agreed(interval: u32, refresher: Who) -> Agreed {
+    fn agreed(interval: u32, refresher: Refresher) -> Agreed {
         Agreed {
             interval,
             refresher,
@@ -251,7 +251,11 @@ mod tests {
     #[test]
     fn vigil_refreshes_every_interval_over_segment_for_two_hours() {
         let t0 = Instant::now();
-        let mut leg = SessionLeg::start(t0, agreed(600, Who::Vigil), SessionTimerConfig::default());
+        let mut leg = SessionLeg::start(
+            t0,
+            agreed(600, Refresher::Vigil),
+            SessionTimerConfig::default(),
+        );
         let mut now = t0;
         for i in 1..=24 {
             let (at, event) = next(&mut leg, t0).expect("due");
@@ -267,7 +271,11 @@ mod tests {
     #[test]
     fn an_unanswered_refresh_lets_the_session_expire() {
         let t0 = Instant::now();
-        let mut leg = SessionLeg::start(t0, agreed(600, Who::Vigil), SessionTimerConfig::default());
+        let mut leg = SessionLeg::start(
+            t0,
+            agreed(600, Refresher::Vigil),
+            SessionTimerConfig::default(),
+        );
         assert_eq!(next(&mut leg, t0), Some((300, "refresh")));
         leg.sent(RefreshKind::Update);
         assert_eq!(next(&mut leg, t0), Some((600, "expired")));
@@ -276,9 +284,17 @@ mod tests {
     #[test]
     fn a_silent_peer_refresher_expires_early_per_rfc_4028_section_10() {
         let t0 = Instant::now();
-        let mut leg = SessionLeg::start(t0, agreed(1800, Who::Peer), SessionTimerConfig::default());
+        let mut leg = SessionLeg::start(
+            t0,
+            agreed(1800, Refresher::Peer),
+            SessionTimerConfig::default(),
+        );
         assert_eq!(next(&mut leg, t0), Some((1800 - 32, "expired")));
-        let mut short = SessionLeg::start(t0, agreed(90, Who::Peer), SessionTimerConfig::default());
+        let mut short = SessionLeg::start(
+            t0,
+            agreed(90, Refresher::Peer),
+            SessionTimerConfig::default(),
+        );
         assert_eq!(
             next(&mut short, t0),
             Some((60, "expired")),
@@ -289,8 +305,15 @@ mod tests {
     #[test]
     fn a_peer_refresh_restarts_the_timer() {
         let t0 = Instant::now();
-        let mut leg = SessionLeg::start(t0, agreed(600, Who::Peer), SessionTimerConfig::default());
-        leg.proof_of_life(t0 + Duration::from_secs(500), Some(agreed(900, Who::Peer)));
+        let mut leg = SessionLeg::start(
+            t0,
+            agreed(600, Refresher::Peer),
+            SessionTimerConfig::default(),
+        );
+        leg.proof_of_life(
+            t0 + Duration::from_secs(500),
+            Some(agreed(900, Refresher::Peer)),
+        );
         assert_eq!(next(&mut leg, t0), Some((500 + 900 - 32, "expired")));
     }
 
@@ -301,18 +324,22 @@ mod tests {
             early_hangup: 20,
             ..SessionTimerConfig::default()
         };
-        let mut mine = SessionLeg::start(t0, agreed(600, Who::Vigil), config);
+        let mut mine = SessionLeg::start(t0, agreed(600, Refresher::Vigil), config);
         mine.poll(t0 + Duration::from_secs(300));
         mine.sent(RefreshKind::Update);
         assert_eq!(next(&mut mine, t0), Some((580, "expired")));
-        let mut theirs = SessionLeg::start(t0, agreed(600, Who::Peer), config);
+        let mut theirs = SessionLeg::start(t0, agreed(600, Refresher::Peer), config);
         assert_eq!(next(&mut theirs, t0), Some((600 - 32 - 20, "expired")));
     }
 
     #[test]
     fn retries_stay_before_expiry_and_422_is_retried_once() {
         let t0 = Instant::now();
-        let mut leg = SessionLeg::start(t0, agreed(600, Who::Vigil), SessionTimerConfig::default());
+        let mut leg = SessionLeg::start(
+            t0,
+            agreed(600, Refresher::Vigil),
+            SessionTimerConfig::default(),
+        );
         leg.poll(t0 + Duration::from_secs(300));
         leg.sent(RefreshKind::Update);
         leg.retry_in(t0 + Duration::from_secs(300), Duration::from_secs(3));
@@ -334,7 +361,11 @@ mod tests {
     #[test]
     fn the_method_follows_config_allow_and_refusals() {
         let t0 = Instant::now();
-        let mut leg = SessionLeg::start(t0, agreed(600, Who::Vigil), SessionTimerConfig::default());
+        let mut leg = SessionLeg::start(
+            t0,
+            agreed(600, Refresher::Vigil),
+            SessionTimerConfig::default(),
+        );
         assert_eq!(leg.method(true), RefreshKind::Update);
         assert_eq!(leg.method(false), RefreshKind::Reinvite);
         leg.refuse_update();
@@ -345,7 +376,7 @@ mod tests {
         );
         let forced = SessionLeg::start(
             t0,
-            agreed(600, Who::Vigil),
+            agreed(600, Refresher::Vigil),
             SessionTimerConfig {
                 refresh_method: RefreshMethod::Reinvite,
                 ..SessionTimerConfig::default()

@@ -1,27 +1,22 @@
 //! RFC 4028 negotiation: what Vigil answers as UAS (§9), offers as UAC (§7.1) and
 //! concludes from a UAS's answer (§7.2), for one leg under one trunk's settings.
 
+use vigil_plugin_api::Refresher;
+
 use crate::config::{PreferRefresher, SessionTimerConfig};
-use crate::sip::{HeaderName, Headers, Refresher, Request, Response, SessionExpires};
+use crate::sip::{self, HeaderName, Headers, Request, Response, SessionExpires};
 
 /// The longest session interval Vigil keeps for a peer: a day. A longer one
 /// (an absurd Min-SE, a 2xx stretching the offer) would leave a dead peer's
 /// call up for longer than any billing period should.
 const MAX_INTERVAL: u32 = 86_400;
 
-/// Who refreshes a leg's session.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Who {
-    Vigil,
-    Peer,
-}
-
 /// The session timer agreed on one leg.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Agreed {
     /// The session interval (Session-Expires), seconds.
     pub interval: u32,
-    pub refresher: Who,
+    pub refresher: Refresher,
     /// The peer said `Supported: timer` (so `Require: timer` may be used).
     pub peer_supports: bool,
 }
@@ -83,14 +78,14 @@ pub fn as_uas(request: &Request, config: &SessionTimerConfig) -> UasOutcome {
     let interval = wanted.max(their_min).max(config.min_se);
     let refresher = if !peer_supports {
         // §9: a UAC without timer support cannot refresh; the UAS must.
-        Who::Vigil
+        Refresher::Vigil
     } else {
         match offered.and_then(|se| se.refresher) {
-            Some(Refresher::Uac) => Who::Peer,
-            Some(Refresher::Uas) => Who::Vigil,
+            Some(sip::Refresher::Uac) => Refresher::Peer,
+            Some(sip::Refresher::Uas) => Refresher::Vigil,
             None => match config.prefer_refresher {
-                PreferRefresher::Remote => Who::Peer,
-                PreferRefresher::Local => Who::Vigil,
+                PreferRefresher::Remote => Refresher::Peer,
+                PreferRefresher::Local => Refresher::Vigil,
             },
         }
     };
@@ -106,8 +101,8 @@ pub fn as_uas(request: &Request, config: &SessionTimerConfig) -> UasOutcome {
 /// the peer supports it (§9).
 pub fn uas_answer_headers(agreed: &Agreed, headers: &mut Headers) {
     let refresher = match agreed.refresher {
-        Who::Peer => Refresher::Uac,
-        Who::Vigil => Refresher::Uas,
+        Refresher::Peer => sip::Refresher::Uac,
+        Refresher::Vigil => sip::Refresher::Uas,
     };
     headers.push(
         HeaderName::SessionExpires,
@@ -136,7 +131,7 @@ pub fn uac_offer_headers(
         HeaderName::SessionExpires,
         SessionExpires {
             delta: interval,
-            refresher: we_refresh.then_some(Refresher::Uac),
+            refresher: we_refresh.then_some(sip::Refresher::Uac),
         }
         .to_string(),
     );
@@ -152,17 +147,17 @@ pub fn as_uac(response: &Response, offered: u32, config: &SessionTimerConfig) ->
         Some(se) => {
             // §7.2: refresher=uas hands the refreshing to the peer; uac (or, from
             // a sloppy UAS, nothing) leaves it with Vigil.
-            let refresher = if se.refresher == Some(Refresher::Uas) {
-                Who::Peer
+            let refresher = if se.refresher == Some(sip::Refresher::Uas) {
+                Refresher::Peer
             } else {
-                Who::Vigil
+                Refresher::Vigil
             };
             // §9 lets a UAS reduce the interval, never raise it. Vigil keeps
             // to its offer when it refreshes (refreshing early is always
             // allowed); a peer that refreshes is held to at most a day.
             let cap = match refresher {
-                Who::Vigil => offered.max(1),
-                Who::Peer => MAX_INTERVAL,
+                Refresher::Vigil => offered.max(1),
+                Refresher::Peer => MAX_INTERVAL,
             };
             Some(Agreed {
                 interval: se.delta.clamp(1, cap),
@@ -172,7 +167,7 @@ pub fn as_uac(response: &Response, offered: u32, config: &SessionTimerConfig) ->
         }
         None if config.refresh_non_timer_peers => Some(Agreed {
             interval: offered,
-            refresher: Who::Vigil,
+            refresher: Refresher::Vigil,
             peer_supports,
         }),
         None => None,
@@ -218,7 +213,7 @@ To: <sip:b@h>\r\nCall-ID: c\r\nCSeq: 1 INVITE\r\n{extra}\r\n"
         SessionTimerConfig::default()
     }
 
-    fn timer(interval: u32, refresher: Who, peer_supports: bool) -> UasOutcome {
+    fn timer(interval: u32, refresher: Refresher, peer_supports: bool) -> UasOutcome {
         UasOutcome::Timer(Agreed {
             interval,
             refresher,
@@ -234,26 +229,26 @@ To: <sip:b@h>\r\nCall-ID: c\r\nCSeq: 1 INVITE\r\n{extra}\r\n"
         let cases = [
             (
                 "Supported: timer\r\nSession-Expires: 1800;refresher=uac\r\n",
-                timer(600, Who::Peer, true),
+                timer(600, Refresher::Peer, true),
             ),
             (
                 "Supported: timer\r\nSession-Expires: 300;refresher=uas\r\n",
-                timer(300, Who::Vigil, true),
+                timer(300, Refresher::Vigil, true),
             ),
             (
                 "Supported: timer\r\nSession-Expires: 300\r\n",
-                timer(300, Who::Peer, true),
+                timer(300, Refresher::Peer, true),
             ),
-            ("Supported: timer\r\n", timer(600, Who::Peer, true)),
+            ("Supported: timer\r\n", timer(600, Refresher::Peer, true)),
             (
                 "k: timer\r\nx: 120;refresher=uac\r\n",
-                timer(120, Who::Peer, true),
+                timer(120, Refresher::Peer, true),
             ),
             (
                 "Session-Expires: 300;refresher=uac\r\n",
-                timer(300, Who::Vigil, false),
+                timer(300, Refresher::Vigil, false),
             ),
-            ("", timer(600, Who::Vigil, false)),
+            ("", timer(600, Refresher::Vigil, false)),
             (
                 "Supported: timer\r\nSession-Expires: 60\r\n",
                 UasOutcome::TooSmall { min_se: 90 },
@@ -269,20 +264,20 @@ To: <sip:b@h>\r\nCall-ID: c\r\nCSeq: 1 INVITE\r\n{extra}\r\n"
         let c = config();
         // Their Min-SE above our ttl wins over the reduction to ttl.
         let r = invite("Supported: timer\r\nSession-Expires: 1800\r\nMin-SE: 900\r\n");
-        assert_eq!(as_uas(&r, &c), timer(900, Who::Peer, true));
+        assert_eq!(as_uas(&r, &c), timer(900, Refresher::Peer, true));
         // Issue 15: Min-SE 3600 with Session-Expires 1800 was answered 3600,
         // above the offer and ttl. §9: a UAS MUST NOT increase the interval;
         // the Min-SE that exceeds its own request's offer is the inconsistent
         // part (§7.1), so the offer bounds it. What is left of it still says
         // "no less than 1800", which wins over ttl as any Min-SE does: 1800.
         let r = invite("Supported: timer\r\nSession-Expires: 1800\r\nMin-SE: 3600\r\n");
-        assert_eq!(as_uas(&r, &c), timer(1800, Who::Peer, true));
+        assert_eq!(as_uas(&r, &c), timer(1800, Refresher::Peer, true));
         // Below ttl it is the offer itself, never more.
         let r = invite("Supported: timer\r\nSession-Expires: 300\r\nMin-SE: 3600\r\n");
-        assert_eq!(as_uas(&r, &c), timer(300, Who::Peer, true));
+        assert_eq!(as_uas(&r, &c), timer(300, Refresher::Peer, true));
         // Without a Session-Expires, a Min-SE is a floor Vigil's choice obeys.
         let r = invite("Supported: timer\r\nMin-SE: 1200\r\n");
-        assert_eq!(as_uas(&r, &c), timer(1200, Who::Peer, true));
+        assert_eq!(as_uas(&r, &c), timer(1200, Refresher::Peer, true));
         // A Min-SE beyond a day cannot be honoured: no timer on that leg.
         let r = invite("Supported: timer\r\nSession-Expires: 999999\r\nMin-SE: 999999\r\n");
         assert_eq!(as_uas(&r, &c), UasOutcome::NoTimer);
@@ -292,7 +287,7 @@ To: <sip:b@h>\r\nCall-ID: c\r\nCSeq: 1 INVITE\r\n{extra}\r\n"
         };
         assert_eq!(
             as_uas(&invite("Supported: timer\r\n"), &local),
-            timer(600, Who::Vigil, true)
+            timer(600, Refresher::Vigil, true)
         );
         let strict = SessionTimerConfig {
             refresh_non_timer_peers: false,
@@ -301,7 +296,7 @@ To: <sip:b@h>\r\nCall-ID: c\r\nCSeq: 1 INVITE\r\n{extra}\r\n"
         assert_eq!(as_uas(&invite(""), &strict), UasOutcome::NoTimer);
         assert_eq!(
             as_uas(&invite("Supported: timer\r\n"), &strict),
-            timer(600, Who::Peer, true)
+            timer(600, Refresher::Peer, true)
         );
     }
 
@@ -311,7 +306,7 @@ To: <sip:b@h>\r\nCall-ID: c\r\nCSeq: 1 INVITE\r\n{extra}\r\n"
         uas_answer_headers(
             &Agreed {
                 interval: 600,
-                refresher: Who::Peer,
+                refresher: Refresher::Peer,
                 peer_supports: true,
             },
             &mut h,
@@ -325,7 +320,7 @@ To: <sip:b@h>\r\nCall-ID: c\r\nCSeq: 1 INVITE\r\n{extra}\r\n"
         uas_answer_headers(
             &Agreed {
                 interval: 600,
-                refresher: Who::Vigil,
+                refresher: Refresher::Vigil,
                 peer_supports: false,
             },
             &mut h,
@@ -357,26 +352,26 @@ To: <sip:b@h>\r\nCall-ID: c\r\nCSeq: 1 INVITE\r\n{extra}\r\n"
             ),
             Some(Agreed {
                 interval: 600,
-                refresher: Who::Peer,
+                refresher: Refresher::Peer,
                 peer_supports: true
             })
         );
         assert_eq!(
             as_uac(&ok("Session-Expires: 300;refresher=uac\r\n"), 600, &c)
                 .map(|a| (a.interval, a.refresher)),
-            Some((300, Who::Vigil)),
+            Some((300, Refresher::Vigil)),
             "a UAS may reduce the interval"
         );
         assert_eq!(
             as_uac(&ok("Session-Expires: 900;refresher=uac\r\n"), 600, &c)
                 .map(|a| (a.interval, a.refresher)),
-            Some((600, Who::Vigil)),
+            Some((600, Refresher::Vigil)),
             "not raise it: Vigil refreshes at its offer"
         );
         assert_eq!(
             as_uac(&ok("Session-Expires: 7200;refresher=uas\r\n"), 600, &c)
                 .map(|a| (a.interval, a.refresher)),
-            Some((7200, Who::Peer)),
+            Some((7200, Refresher::Peer)),
             "a peer that refreshes keeps its (sloppy) interval..."
         );
         assert_eq!(
@@ -391,7 +386,7 @@ To: <sip:b@h>\r\nCall-ID: c\r\nCSeq: 1 INVITE\r\n{extra}\r\n"
         );
         assert_eq!(
             as_uac(&ok(""), 600, &c).map(|a| a.refresher),
-            Some(Who::Vigil),
+            Some(Refresher::Vigil),
             "a non-timer callee is refreshed by Vigil"
         );
         let strict = SessionTimerConfig {

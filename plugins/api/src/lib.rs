@@ -10,7 +10,15 @@
 //!   [`abi::PluginVTable`]. A plugin may be written against it in any language.
 //! - The safe Rust side: implement [`Plugin`] (every method defaults to "no
 //!   decision") and call [`declare_plugin!`] once; the macro exports the two
-//!   symbols and the `extern "C"` shims.
+//!   symbols and the `extern "C"` shims. Its views and decisions
+//!   ([`LegView`], [`RefreshDecision`], …) are the ones Vigil's core decides
+//!   with for every kind of policy (built in, Lua, plugin): one definition, so
+//!   what a plugin sees is what the core means.
+//!
+//! # Features
+//!
+//! - `serde` (off): `Deserialize` for [`RefreshMethod`] (`auto`, `update`,
+//!   `reinvite`), which Vigil's config reads. A plugin does not need it.
 //!
 //! # Versioning
 //!

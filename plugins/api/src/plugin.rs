@@ -2,6 +2,10 @@
 //! and the [`Plugin`] trait whose methods default to "no decision". The
 //! `declare_plugin!` macro turns an implementation into the C ABI of
 //! [`abi`](crate::abi).
+//!
+//! The views and decisions are also Vigil's own: its core asks its built-in
+//! policy, Lua scripts and plugins with these very types, so a hook or a field
+//! is defined once, here, and every kind of policy sees the same thing.
 
 use std::borrow::Cow;
 use std::fmt;
@@ -23,7 +27,8 @@ pub struct CallStartView<'a> {
     pub source: &'a str,
 }
 
-/// Which leg of the call.
+/// Which side of a call: what a policy is told about a leg, and how Vigil's
+/// call names its two legs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Leg {
     /// Towards the caller; Vigil is the UAS.
@@ -32,7 +37,18 @@ pub enum Leg {
     B,
 }
 
-/// Who refreshes a leg's session.
+impl Leg {
+    /// The leg at the other side of the call.
+    pub const fn other(self) -> Leg {
+        match self {
+            Leg::A => Leg::B,
+            Leg::B => Leg::A,
+        }
+    }
+}
+
+/// Who refreshes a leg's session (RFC 4028): as negotiated on that leg, seen
+/// from Vigil.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Refresher {
     Vigil,
@@ -77,7 +93,7 @@ pub struct ContactView<'a> {
     pub user: &'a str,
     /// The Contact URI as registered.
     pub contact: &'a str,
-    /// Where the REGISTER came from, `ip:port`.
+    /// Where the REGISTER came from, `ip:port` (`[v6]:port` for IPv6).
     pub received: &'a str,
     /// Keep-alives sent to this contact so far.
     pub sent: u64,
@@ -86,7 +102,7 @@ pub struct ContactView<'a> {
 /// Why a refresh failed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RefreshFailure {
-    /// No final answer within the transaction timeout.
+    /// No final answer within the transaction timeout (32 s on UDP).
     Timeout,
     /// A final error status.
     Status(u16),
@@ -96,8 +112,15 @@ pub enum RefreshFailure {
     Policy,
 }
 
-/// How Vigil refreshes a session it is the refresher of.
+/// How Vigil refreshes a session it is the refresher of: a call-start
+/// override, and the `refresh_method` of Vigil's config (read with the
+/// `serde` feature, as `auto`, `update` or `reinvite`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(
+    feature = "serde",
+    derive(serde::Deserialize),
+    serde(rename_all = "lowercase")
+)]
 pub enum RefreshMethod {
     /// UPDATE if the peer's `Allow` lists it, else re-INVITE.
     Auto,
@@ -105,8 +128,10 @@ pub enum RefreshMethod {
     Reinvite,
 }
 
-/// Session-timer settings a call-start hook may change for this call only.
-/// Vigil validates them like its config and ignores an invalid one.
+/// Session-timer settings a call-start hook may change for this call only
+/// (both legs). Vigil validates them like its config (`ttl` not below
+/// `min_se`, `update_segment` in 2..=10); an invalid one is reported and
+/// ignored.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct CallOverrides {
     pub ttl: Option<u32>,
@@ -118,7 +143,8 @@ pub struct CallOverrides {
 /// The call-start decision.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum CallStartDecision {
-    /// Place the call, with these changes to its session timers.
+    /// Place the call, with these changes to its session timers (none by
+    /// default).
     Accept(CallOverrides),
     /// Answer the caller with this final status (400..=699) and reason phrase
     /// (no control characters).

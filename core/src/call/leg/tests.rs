@@ -14,7 +14,7 @@ use crate::cdr::CdrRecord;
 use crate::config::SessionTimerConfig;
 use crate::ids::IdGen;
 use crate::policy::Policies;
-use crate::session_timer::{Agreed, Who};
+use crate::session_timer::{Agreed, Refresher};
 use crate::sip::{Message, decode};
 use crate::transaction::{Inbound as TxInbound, TimerValues, TransactionLayer, Transmit};
 
@@ -230,7 +230,7 @@ fn the_ack_is_kept_for_the_peers_2xx_retransmissions_then_forgotten() {
     assert!(w.requests().is_empty(), "forgotten after 64*T1");
 }
 
-fn with_session(leg: &mut CallLeg, now: Instant, refresher: Who) {
+fn with_session(leg: &mut CallLeg, now: Instant, refresher: Refresher) {
     leg.start_session(
         now,
         Agreed {
@@ -249,7 +249,7 @@ fn vigils_refresh_is_an_update_then_a_reinvite_with_the_sdp_after_a_501() {
         crate::call::build::Body::of(&invite().headers, SDP.as_bytes()).expect("body"),
     );
     let now = w.now;
-    with_session(&mut leg, now, Who::Vigil);
+    with_session(&mut leg, now, Refresher::Vigil);
     // Due at half the interval.
     assert_eq!(leg.poll_session(now), None);
     w.now += Duration::from_secs(300);
@@ -288,7 +288,7 @@ fn refresh_answers_491_481_and_other_failures() {
     let mut w = World::new();
     let mut leg = established();
     let now = w.now;
-    with_session(&mut leg, now, Who::Vigil);
+    with_session(&mut leg, now, Refresher::Vigil);
     leg.send_refresh(now, RefreshKind::Update, &mut w.env());
     let update = w.requests().remove(0);
     // 491 on the A leg: retried 0-2 s later (§14.1).
@@ -319,7 +319,7 @@ fn a_peer_that_stops_refreshing_expires() {
     let mut w = World::new();
     let mut leg = established();
     let now = w.now;
-    with_session(&mut leg, now, Who::Peer);
+    with_session(&mut leg, now, Refresher::Peer);
     // RFC 4028 §10: the peer refreshes; the session ends min(32, SE/3) before
     // it expires without one.
     w.now += Duration::from_secs(567);
@@ -357,7 +357,7 @@ fn a_leg(w: &mut World) -> ALeg {
         timer: SessionTimerConfig::default(),
         negotiated: crate::session_timer::UasOutcome::Timer(Agreed {
             interval: 600,
-            refresher: Who::Peer,
+            refresher: Refresher::Peer,
             peer_supports: true,
         }),
     };
@@ -521,7 +521,7 @@ fn an_answered_b_leg_is_acked_and_hung_up_and_another_fork_too() {
     let agreed = b.on_answered(&ok);
     assert_eq!(
         agreed.map(|a| a.refresher),
-        Some(Who::Vigil),
+        Some(Refresher::Vigil),
         "no Session-Expires: Vigil refreshes"
     );
     assert!(b.owns(&{

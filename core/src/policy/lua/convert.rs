@@ -5,14 +5,14 @@
 //! out of range is an [`HookError::InvalidDecision`] naming the hook and what
 //! came back, and the next source decides.
 
+use std::borrow::Cow;
 use std::time::Duration;
 
 use mlua::{Table, Value};
 
-use crate::config::RefreshMethod;
 use crate::policy::{
     CallOverrides, CallStartDecision, ExtraFields, FailureDecision, HookError, KeepaliveDecision,
-    RefreshDecision,
+    RefreshDecision, RefreshMethod,
 };
 use crate::sip::reason_phrase;
 
@@ -78,7 +78,7 @@ fn call_start_table(t: &Table) -> Result<CallStartDecision, HookError> {
             }
             // `number_in` bounded it to 400..=699.
             let status = u16::try_from(status).unwrap_or(500);
-            let reason = reason.unwrap_or_else(|| reason_phrase(status).to_string());
+            let reason = reason.map_or(Cow::Borrowed(reason_phrase(status)), Cow::Owned);
             Ok(CallStartDecision::Reject { status, reason })
         }
         None if reason.is_some() => Err(HookError::InvalidDecision(format!(
@@ -223,7 +223,7 @@ pub(super) fn keepalive_tick(value: Value) -> Result<Option<KeepaliveDecision>, 
                     ("payload", Value::String(bytes))
                         if (1..=MAX_PAYLOAD).contains(&bytes.as_bytes().len()) =>
                     {
-                        payload = Some(bytes.as_bytes().to_vec());
+                        payload = Some(Cow::Owned(bytes.as_bytes().to_vec()));
                     }
                     ("payload", other) => {
                         return Err(HookError::InvalidDecision(format!(

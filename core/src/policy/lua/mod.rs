@@ -23,10 +23,9 @@ use mlua::{ChunkMode, Function, IntoLuaMulti, Lua, Value};
 use self::sandbox::{Budget, Failure};
 use super::{
     CallStartDecision, CallStartView, CallView, ContactView, ExtraFields, FailureDecision,
-    HookError, KeepaliveDecision, LegView, PolicySource, RefreshDecision, RefreshFailure,
+    HookError, KeepaliveDecision, Leg, LegView, PolicySource, RefreshDecision, RefreshFailure,
+    Refresher,
 };
-use crate::policy::Leg;
-use crate::session_timer::Who;
 
 /// The bounds one script runs within.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -282,8 +281,8 @@ impl LuaPolicy {
             },
             view.session_expires,
             match view.refresher {
-                Who::Vigil => "vigil",
-                Who::Peer => "peer",
+                Refresher::Vigil => "vigil",
+                Refresher::Peer => "peer",
             },
             view.refresh_count,
             view.since_answer.as_secs_f64(),
@@ -310,7 +309,7 @@ impl PolicySource for LuaPolicy {
             view.trunk_out,
             view.caller,
             view.callee,
-            view.source.to_string(),
+            view.source,
         );
         let (value, _) = self.invoke(hook, args)?;
         convert::call_start(value)
@@ -352,7 +351,7 @@ impl PolicySource for LuaPolicy {
         };
         // Lua integers are i64; no contact is sent 2^63 keep-alives.
         let sent = i64::try_from(view.sent).unwrap_or(i64::MAX);
-        let args = (view.user, view.contact, view.received.to_string(), sent);
+        let args = (view.user, view.contact, view.received, sent);
         let (value, _) = self.invoke(hook, args)?;
         convert::keepalive_tick(value)
     }
@@ -368,7 +367,7 @@ impl PolicySource for LuaPolicy {
             view.trunk_out,
             view.caller,
             view.callee,
-            view.end_reason.as_str(),
+            view.end_reason,
             view.since_answer.map(|d| d.as_secs_f64()),
         );
         let (value, _) = self.invoke(hook, args)?;

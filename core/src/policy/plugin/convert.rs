@@ -1,33 +1,42 @@
-//! Between the core's types and the ABI's: the core's views as borrowed
-//! `#[repr(C)]` views (nothing allocated; an address is formatted on the
-//! stack), and the plugin's raw decisions back as the core's, validated.
+//! The host's side of the ABI: the policy views lent to the plugin as
+//! borrowed `#[repr(C)]` views (nothing allocated), and its raw decisions read
+//! back as policy decisions, validated. The views and decisions are the API
+//! crate's own types; its `declare_plugin!` shims do the same conversions the
+//! other way round, on the plugin's side.
 
-use std::fmt::{self, Write as _};
-use std::net::SocketAddr;
 use std::time::Duration;
 
 use vigil_plugin_api::abi::{
-    self, RawCallStartDecision, RawFailureDecision, RawKeepaliveDecision, RawLegView,
-    RawRefreshDecision, RawRefreshFailure, RawStr,
+    self, RawCallStartDecision, RawCallStartView, RawCallView, RawContactView, RawFailureDecision,
+    RawKeepaliveDecision, RawLegView, RawRefreshDecision, RawRefreshFailure, RawStr,
 };
 
 use super::sink::{Hook, invalid};
-use crate::config::RefreshMethod;
-use crate::policy::Leg;
 use crate::policy::{
-    CallOverrides, CallStartDecision, FailureDecision, HookError, KeepaliveDecision, LegView,
-    RefreshDecision, RefreshFailure,
+    CallOverrides, CallStartDecision, CallStartView, CallView, ContactView, FailureDecision,
+    HookError, KeepaliveDecision, Leg, LegView, RefreshDecision, RefreshFailure, RefreshMethod,
+    Refresher,
 };
-use crate::session_timer::Who;
 
-// Views: the core's views as borrowed ABI views.
+// Views: lent to the plugin as borrowed ABI views.
 
-pub(super) fn raw(s: &str) -> RawStr {
+fn raw(s: &str) -> RawStr {
     RawStr::new(s)
 }
 
-pub(super) fn millis(d: Duration) -> u64 {
+fn millis(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+pub(super) fn raw_call_start(view: &CallStartView<'_>) -> RawCallStartView {
+    RawCallStartView {
+        call_id: raw(view.call_id),
+        trunk_in: raw(view.trunk_in),
+        trunk_out: raw(view.trunk_out),
+        caller: raw(view.caller),
+        callee: raw(view.callee),
+        source: raw(view.source),
+    }
 }
 
 pub(super) fn raw_leg(view: &LegView<'_>) -> RawLegView {
@@ -45,9 +54,32 @@ pub(super) fn raw_leg(view: &LegView<'_>) -> RawLegView {
             Leg::B => abi::LEG_B,
         },
         refresher: match view.refresher {
-            Who::Vigil => abi::REFRESHER_VIGIL,
-            Who::Peer => abi::REFRESHER_PEER,
+            Refresher::Vigil => abi::REFRESHER_VIGIL,
+            Refresher::Peer => abi::REFRESHER_PEER,
         },
+    }
+}
+
+pub(super) fn raw_contact(view: &ContactView<'_>) -> RawContactView {
+    RawContactView {
+        user: raw(view.user),
+        contact: raw(view.contact),
+        received: raw(view.received),
+        sent: view.sent,
+    }
+}
+
+pub(super) fn raw_call(view: &CallView<'_>) -> RawCallView {
+    RawCallView {
+        call_id: raw(view.call_id),
+        b_call_id: raw(view.b_call_id),
+        trunk_in: raw(view.trunk_in),
+        trunk_out: raw(view.trunk_out),
+        caller: raw(view.caller),
+        callee: raw(view.callee),
+        end_reason: raw(view.end_reason),
+        since_answer_ms: view.since_answer.map_or(0, millis),
+        answered: view.since_answer.is_some().into(),
     }
 }
 
@@ -61,45 +93,7 @@ pub(super) fn raw_failure(failure: RefreshFailure) -> RawRefreshFailure {
     RawRefreshFailure { kind, status }
 }
 
-/// A socket address as `ip:port`, written on the stack so that building a view
-/// allocates nothing. 80 bytes hold the longest form,
-/// `[ffff:ffff:ffff:ffff:ffff:ffff:255.255.255.255%4294967295]:65535` (64).
-pub(super) struct AddrText {
-    buf: [u8; 80],
-    len: usize,
-}
-
-impl AddrText {
-    pub(super) fn new(addr: SocketAddr) -> AddrText {
-        let mut text = AddrText {
-            buf: [0; 80],
-            len: 0,
-        };
-        // Cannot fail: the buffer holds the longest address (see above).
-        let _ = write!(text, "{addr}");
-        text
-    }
-
-    pub(super) fn as_str(&self) -> &str {
-        // Only whole `&str`s are ever copied in, so this is UTF-8.
-        self.buf
-            .get(..self.len)
-            .and_then(|b| std::str::from_utf8(b).ok())
-            .unwrap_or("")
-    }
-}
-
-impl fmt::Write for AddrText {
-    fn write_str(&mut self, s: &str) -> fmt::Result {
-        let end = self.len + s.len();
-        let dst = self.buf.get_mut(self.len..end).ok_or(fmt::Error)?;
-        dst.copy_from_slice(s.as_bytes());
-        self.len = end;
-        Ok(())
-    }
-}
-
-// Decisions: the ABI's back into the core's, validated.
+// Decisions: the plugin's raw answers back as policy decisions, validated.
 
 pub(super) fn call_start_decision(
     raw: RawCallStartDecision,
@@ -145,7 +139,10 @@ pub(super) fn call_start_decision(
             if reason.chars().any(|c| c.is_control() && c != '\t') {
                 return Err(invalid(hook, "the reason phrase has control characters"));
             }
-            Ok(Some(CallStartDecision::Reject { status, reason }))
+            Ok(Some(CallStartDecision::Reject {
+                status,
+                reason: reason.into(),
+            }))
         }
         other => Err(invalid(hook, format_args!("unknown decision kind {other}"))),
     }
@@ -199,7 +196,7 @@ pub(super) fn keepalive_decision(
         abi::KEEPALIVE_DEFAULT => KeepaliveDecision::Default,
         abi::KEEPALIVE_SKIP => KeepaliveDecision::Skip,
         abi::KEEPALIVE_PAYLOAD => match payload {
-            Some(bytes) => KeepaliveDecision::Payload(bytes),
+            Some(bytes) => KeepaliveDecision::Payload(bytes.into()),
             None => return Err(invalid(hook, "a payload decision without a payload")),
         },
         other => return Err(invalid(hook, format_args!("unknown decision kind {other}"))),
