@@ -13,6 +13,8 @@
 
 pub mod budget;
 mod client;
+mod linger;
+mod matching;
 mod server;
 
 use std::collections::{HashMap, VecDeque};
@@ -21,12 +23,15 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::shrink;
-use crate::sip::{HeaderName, Method, Request, Response, Via};
-use crate::timer::{Scheduled, TimerQueue};
+use crate::sip::{HeaderName, Method, Request, Response};
+use crate::timer::TimerQueue;
 pub use budget::{TxBudget, TxShed};
 
 pub use client::ClientState;
 use client::ClientTx;
+use linger::{is_awaited, reschedule_in};
+pub use matching::response_target;
+use matching::{client_key_for, method_of_client_key, server_key, server_key_for};
 pub use server::ServerState;
 use server::ServerTx;
 
@@ -517,145 +522,6 @@ impl<O: Copy> Drop for TransactionLayer<O> {
         for _ in self.clients.values() {
             self.budget.release_client();
         }
-    }
-}
-
-/// Whether a timer-queue entry is the one its transaction waits for.
-fn is_awaited<O>(
-    clients: &HashMap<ClientTxId, Box<ClientTx<O>>>,
-    servers: &HashMap<ServerTxId, Box<ServerTx<O>>>,
-    at: Instant,
-    target: TxRef,
-) -> bool {
-    match target {
-        TxRef::Client(id) => clients.get(&id).is_some_and(|t| t.scheduled.is(at)),
-        TxRef::Server(id) => servers.get(&id).is_some_and(|t| t.scheduled.is(at)),
-    }
-}
-
-/// What the layer's bookkeeping needs from either kind of transaction.
-trait Lingering {
-    fn is_terminated(&self) -> bool;
-    fn key(&self) -> &str;
-    fn next_deadline(&self) -> Option<Instant>;
-    fn scheduled(&mut self) -> &mut Scheduled;
-}
-
-impl<O> Lingering for ClientTx<O> {
-    fn is_terminated(&self) -> bool {
-        self.state == ClientState::Terminated
-    }
-    fn key(&self) -> &str {
-        &self.key
-    }
-    fn next_deadline(&self) -> Option<Instant> {
-        self.timers.next().map(|(at, _)| at)
-    }
-    fn scheduled(&mut self) -> &mut Scheduled {
-        &mut self.scheduled
-    }
-}
-
-impl<O> Lingering for ServerTx<O> {
-    fn is_terminated(&self) -> bool {
-        self.state == ServerState::Terminated
-    }
-    fn key(&self) -> &str {
-        &self.key
-    }
-    fn next_deadline(&self) -> Option<Instant> {
-        self.timers.next().map(|(at, _)| at)
-    }
-    fn scheduled(&mut self) -> &mut Scheduled {
-        &mut self.scheduled
-    }
-}
-
-/// Removes a terminated transaction (and its key, unless reused) and returns
-/// it, or queues its next deadline.
-fn reschedule_in<Id: Copy + Eq + std::hash::Hash, T: Lingering>(
-    txs: &mut HashMap<Id, Box<T>>,
-    keys: &mut HashMap<String, Id>,
-    queue: &mut TimerQueue<TxRef>,
-    id: Id,
-    target: TxRef,
-) -> Option<Box<T>> {
-    let tx = txs.get_mut(&id)?;
-    if tx.is_terminated() {
-        if keys.get(tx.key()) == Some(&id) {
-            keys.remove(tx.key());
-        }
-        return txs.remove(&id);
-    }
-    let next = tx.next_deadline();
-    if let Some(at) = tx.scheduled().update(next) {
-        queue.schedule(at, target);
-    }
-    None
-}
-
-/// Server transaction key (RFC 3261 §17.2.3). With a magic-cookie branch: branch,
-/// sent-by and method (ACK matches INVITE). Without (RFC 2543 peers): the
-/// Request-URI, From tag, Call-ID, CSeq number and top Via.
-///
-/// Vigil adds the source address: a retransmission always comes from where the
-/// original came from, while a copy of someone else's branch from elsewhere (RFC
-/// 4475's messages reuse branches; an attacker can too) must not be absorbed into,
-/// or answered from, another client's transaction.
-fn server_key(request: &Request, source: SocketAddr) -> String {
-    let method = match request.method {
-        Method::Ack => Method::Invite,
-        ref m => m.clone(),
-    };
-    server_key_for(request, &method, source)
-}
-
-fn server_key_for(request: &Request, method: &Method, source: SocketAddr) -> String {
-    let via = request.top_via();
-    match via.branch() {
-        Some(branch) if via.has_rfc3261_branch() => {
-            format!("{source}|{branch}|{}|{method}", via.sent_by())
-        }
-        _ => format!(
-            "{source}|2543|{}|{}|{}|{}|{}|{method}",
-            request.uri,
-            request.from.tag().unwrap_or_default(),
-            request.call_id,
-            request.cseq.seq,
-            via.sent_by(),
-        ),
-    }
-}
-
-/// Client transaction key (§17.1.3): the top Via branch and the CSeq method.
-fn client_key_for(via: &Via, method: &Method) -> String {
-    format!("{}|{method}", via.branch().unwrap_or_default())
-}
-
-/// The method a [`client_key_for`] key ends with (a method is a token: no `|`).
-fn method_of_client_key(key: &str) -> &str {
-    key.rsplit_once('|').map_or(key, |(_, method)| method)
-}
-
-/// Where to send responses (RFC 3261 §18.2.2, RFC 3581 §4): to the source with
-/// `rport` (or when forced), else to `received` or sent-by at sent-by's port.
-pub fn response_target(top: &Via, source: SocketAddr, force_rport: bool) -> SocketAddr {
-    if force_rport || top.has_rport() {
-        return source;
-    }
-    let port = top.port.unwrap_or(5060);
-    let received = top
-        .params
-        .iter()
-        .find(|p| p.name.eq_ignore_ascii_case("received"))
-        .and_then(|p| p.value.as_deref())
-        .and_then(|v| crate::sip::Host::parse(v).ok())
-        .and_then(|h| h.ip());
-    match received.or_else(|| top.host.ip()) {
-        Some(ip) => SocketAddr::new(ip, port),
-        // A hostname in sent-by would need DNS; the source address is the answer
-        // that reaches the sender.
-        None => source,
     }
 }
 

@@ -4,7 +4,7 @@
 use std::time::{Duration, Instant};
 
 use super::*;
-use crate::sip::{Message, decode};
+use crate::sip::{Message, Via, decode};
 
 const PEER: &str = "192.0.2.10:5070";
 const LOCAL: &str = "192.0.2.1:5060";
