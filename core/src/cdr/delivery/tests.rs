@@ -1,6 +1,9 @@
 //! The delivery state machine against a fake disk that fills up, frees up,
 //! loses its file or refuses a reopen on demand, with a clock that jumps.
 
+use std::io;
+use std::path::PathBuf;
+
 use super::*;
 use crate::cdr::append::{FakeFile, LineAppender};
 
