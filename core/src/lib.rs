@@ -1,8 +1,19 @@
 //! Vigil: a SIP B2BUA softswitch that keeps calls honest.
 //!
-//! Layers only look down: [`sip`] (codec) → `transaction` → `dialog`/`call` →
-//! session timers → policy. The protocol logic is sans-IO; the `daemon` module is
-//! the thin tokio shell that feeds it datagrams and timeouts.
+//! Layers only look down; from the bottom up:
+//!
+//! 1. [`sip`] (the codec, and [`sip::Reply`]: how any layer answers with a
+//!    status), [`timer`], [`ratelimit`], [`shrink`], [`ids`], [`config`];
+//! 2. [`transaction`] and [`dialog`] (RFC 3261 §17, §12), [`transport`] (the
+//!    SIP sockets), [`session_timer`] (RFC 4028), [`metrics`], [`cdr`];
+//! 3. [`policy`] (the decision points; their types are `vigil-plugin-api`'s);
+//! 4. [`call`] (two legs and the rules between them), [`registrar`];
+//! 5. [`engine`] (one worker's core) and [`ingress`] (the stateless front);
+//! 6. [`daemon`], the tokio shell.
+//!
+//! Everything below the daemon is sans-IO: it takes `now` and returns what to
+//! send and when to wake it. `core/tests/module_layers.rs` fails on an import
+//! cycle between these modules.
 
 pub mod call;
 pub mod cdr;

@@ -14,8 +14,7 @@
 
 pub mod append;
 pub mod delivery;
-mod files;
-mod writer;
+pub mod files;
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -25,7 +24,6 @@ use std::time::{Instant, SystemTime};
 use serde::Serialize;
 
 pub use files::{CdrPathError, check_path};
-pub use writer::{CdrShutdown, CdrStatus, CdrWriter, CdrWriterError, FINAL_FLUSH};
 
 /// Why a call ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]

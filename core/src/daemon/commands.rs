@@ -10,11 +10,11 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 use tokio::sync::{mpsc, oneshot, watch};
 
+use super::cdr_writer::CdrStatus;
 use super::control::{Command, Reply};
 use super::reload::{ReloadRequest, ReloadStatus};
 use super::worker::WorkerInput;
 use crate::call::CallSnapshot;
-use crate::cdr::CdrStatus;
 use crate::engine::EngineResources;
 use crate::registrar::location::LocationView;
 use crate::transaction::TxBudget;

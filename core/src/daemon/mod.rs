@@ -7,6 +7,7 @@
 //! `run` returns [`DaemonError::CdrsNotWritten`] so the process exits
 //! [`EXIT_CDRS_NOT_WRITTEN`] and a supervisor sees it.
 
+mod cdr_writer;
 mod commands;
 pub mod control;
 mod logging;
@@ -25,7 +26,6 @@ use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::mpsc;
 use tokio::sync::watch as latest;
 
-use crate::cdr::{CdrShutdown, CdrWriter, CdrWriterError, FINAL_FLUSH};
 use crate::config::Config;
 use crate::ids::REGISTRAR_WORKER;
 use crate::ingress::overload::{Overload, Refusal};
@@ -42,6 +42,7 @@ use crate::transaction::{Path, Transmit, TxBudget};
 use crate::transport::LocalSocket;
 use crate::transport::trace::Direction;
 use crate::transport::{Transport, TransportError};
+use cdr_writer::{CdrShutdown, CdrWriter, CdrWriterError, FINAL_FLUSH};
 
 use commands::{Operator, serve_commands};
 use control::ControlServer;

@@ -1,8 +1,9 @@
-//! UDP transport (RFC 3261 §18): binds the `listen` sockets, works out the address
-//! each one advertises in Via and Contact, receives datagrams into the ingress and
-//! sends the engine's transmits. This is the only module that touches sockets.
-//! A reload may bind more sockets and close some: the set is behind a lock that
-//! sends only read.
+//! UDP transport (RFC 3261 §18): binds the SIP `listen` sockets, works out the
+//! address each one advertises in Via and Contact ([`LocalSocket`]), and sends
+//! the engine's and the registrar's transmits. The daemon's receive loops read
+//! from these sockets and hand what arrives to the ingress; the control socket
+//! and the metrics endpoint are the daemon's own, not SIP's. A reload may bind
+//! more sockets and close some: the set is behind a lock that sends only read.
 
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, UdpSocket as StdUdpSocket};

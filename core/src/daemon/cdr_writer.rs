@@ -30,9 +30,9 @@ use serde::Serialize;
 use tokio::sync::{mpsc, watch};
 use tokio::time::sleep_until;
 
-use super::CdrRecord;
-use super::delivery::{CdrIoError, Delivery, Event, Reopen, Target};
-use super::files::CdrFiles;
+use crate::cdr::CdrRecord;
+use crate::cdr::delivery::{CdrIoError, Delivery, Event, Reopen, Target};
+use crate::cdr::files::CdrFiles;
 use crate::config::CdrConfig;
 use crate::metrics::Metrics;
 use crate::ratelimit::RateLimit;
