@@ -10,6 +10,7 @@
 mod locate;
 mod policy;
 mod registrar;
+mod schema;
 mod session_timer;
 mod unknown;
 
@@ -31,6 +32,8 @@ pub use registrar::{
     KeepaliveConfig, KeepaliveFile, KeepaliveMode, RegistrarConfig, UserFile,
     parse_digest_algorithms,
 };
+use schema::{FileCdr, FileConfig, FileRoute, FileTrunk, ListenEntry, MetricsFile};
+pub use schema::{LimitsConfig, LogConfig, LogFormat, SipConfig, TraceConfig};
 pub use session_timer::{
     PreferRefresher, RFC_MIN_SE, RefreshMethod, SessionTimerConfig, SessionTimerFile,
 };
@@ -67,323 +70,6 @@ impl fmt::Display for ConfigProblem {
             write!(f, "{}", self.message)
         } else {
             write!(f, "{}: {}", self.key, self.message)
-        }
-    }
-}
-
-// ---------------------------------------------------------------------------
-// The file format. Its structs accept any key: `unknown::parse_yaml` reports
-// every key they leave unread, which `deny_unknown_fields` (first one only)
-// could not.
-
-#[derive(Debug, Deserialize)]
-struct FileConfig {
-    listen: Vec<ListenEntry>,
-    #[serde(default)]
-    trunks: Vec<FileTrunk>,
-    #[serde(default)]
-    routes: Vec<FileRoute>,
-    cdr: FileCdr,
-    #[serde(default)]
-    log: LogConfig,
-    #[serde(default)]
-    sip: SipConfig,
-    #[serde(default)]
-    session_timer: SessionTimerFile,
-    #[serde(default)]
-    registrar: Option<RegistrarConfig>,
-    #[serde(default)]
-    users: Vec<UserFile>,
-    #[serde(default)]
-    nat_keepalive: KeepaliveFile,
-    #[serde(default)]
-    policy: policy::PolicyFile,
-    #[serde(default)]
-    control: ControlFile,
-    #[serde(default)]
-    metrics: Option<MetricsFile>,
-    #[serde(default)]
-    trace: TraceConfig,
-    #[serde(default)]
-    limits: LimitsConfig,
-}
-
-/// `limits:` — overload and flood control (absent keys: no limit).
-#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
-pub struct LimitsConfig {
-    /// Active calls; past it new INVITEs get `503` with `Retry-After`.
-    #[serde(default)]
-    pub max_calls: Option<u32>,
-    /// New INVITEs per second (a token bucket as deep as one second).
-    #[serde(default)]
-    pub max_cps: Option<u32>,
-    /// Requests per second from one source address; past it the source is
-    /// dropped silently for `per_source_cooldown` seconds.
-    #[serde(default)]
-    pub per_source_rps: Option<u32>,
-    #[serde(default = "default_cooldown")]
-    pub per_source_cooldown: u32,
-    /// Live SIP transactions in all; past it a request that would open a new
-    /// one (not a request inside a dialog, not a CANCEL) gets `503`.
-    #[serde(default)]
-    pub max_transactions: Option<u32>,
-    /// Live server transactions opened by one source address; past it that
-    /// source's new requests get `503`.
-    #[serde(default)]
-    pub max_transactions_per_source: Option<u32>,
-    /// Registered contacts in all; past it a REGISTER adding a contact gets
-    /// `503` (refreshes and removals always pass).
-    #[serde(default)]
-    pub max_registrations: Option<u32>,
-}
-
-fn default_cooldown() -> u32 {
-    10
-}
-
-impl Default for LimitsConfig {
-    fn default() -> Self {
-        LimitsConfig {
-            max_calls: None,
-            max_cps: None,
-            per_source_rps: None,
-            per_source_cooldown: default_cooldown(),
-            max_transactions: None,
-            max_transactions_per_source: None,
-            max_registrations: None,
-        }
-    }
-}
-
-/// `trace:` — SIP messages to and from these trunks and users are logged
-/// (target `vigil::sip_trace`, debug level) and, with `file`, appended there.
-/// `vigil ctl trace on|off NAME` switches them at run time.
-#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
-pub struct TraceConfig {
-    #[serde(default)]
-    pub trunks: Vec<String>,
-    #[serde(default)]
-    pub users: Vec<String>,
-    #[serde(default)]
-    pub file: Option<PathBuf>,
-}
-
-/// `metrics:` — where Prometheus scrapes `/metrics` (HTTP); absent, no endpoint.
-#[derive(Debug, Deserialize)]
-struct MetricsFile {
-    /// `ip:port`, e.g. `127.0.0.1:9060`.
-    listen: String,
-}
-
-/// `control:` — the local socket `vigil reload` talks to.
-#[derive(Debug, Default, Deserialize)]
-struct ControlFile {
-    #[serde(default)]
-    socket: Option<PathBuf>,
-}
-
-/// `"udp:IP:PORT"`, or `{ addr: "udp:IP:PORT", advertise: IP }` when the address
-/// to put in Via and Contact differs from the bound one (NAT, wildcard binds).
-#[derive(Debug)]
-enum ListenEntry {
-    Plain(String),
-    Detailed(ListenDetailed),
-}
-
-#[derive(Debug, Deserialize)]
-struct ListenDetailed {
-    addr: String,
-    #[serde(default)]
-    advertise: Option<IpAddr>,
-}
-
-/// A string or a mapping. Written out rather than `#[serde(untagged)]`, which
-/// buffers the mapping and so hides its unknown keys from `unknown`.
-impl<'de> Deserialize<'de> for ListenEntry {
-    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        struct Entry;
-        impl<'de> serde::de::Visitor<'de> for Entry {
-            type Value = ListenEntry;
-
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("\"udp:IP:PORT\" or { addr: \"udp:IP:PORT\", advertise: IP }")
-            }
-
-            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<ListenEntry, E> {
-                Ok(ListenEntry::Plain(v.to_string()))
-            }
-
-            fn visit_map<A: serde::de::MapAccess<'de>>(
-                self,
-                map: A,
-            ) -> Result<ListenEntry, A::Error> {
-                ListenDetailed::deserialize(serde::de::value::MapAccessDeserializer::new(map))
-                    .map(ListenEntry::Detailed)
-            }
-        }
-        deserializer.deserialize_any(Entry)
-    }
-}
-
-#[derive(Debug, Deserialize)]
-struct FileTrunk {
-    name: String,
-    #[serde(default)]
-    inbound: Option<FileInbound>,
-    #[serde(default)]
-    outbound: Option<FileOutbound>,
-    #[serde(default)]
-    route_to: Option<String>,
-    #[serde(default)]
-    session_timer: Option<SessionTimerFile>,
-    #[serde(default)]
-    policy: Option<PolicySources>,
-}
-
-#[derive(Debug, Deserialize)]
-struct FileInbound {
-    from: Vec<String>,
-}
-
-#[derive(Debug, Deserialize)]
-struct FileOutbound {
-    to: String,
-}
-
-#[derive(Debug, Deserialize)]
-struct FileRoute {
-    prefix: String,
-    trunk: String,
-}
-
-#[derive(Debug, Deserialize)]
-struct FileCdr {
-    path: PathBuf,
-    #[serde(default = "default_max_pending")]
-    max_pending: usize,
-    #[serde(default)]
-    spool: Option<PathBuf>,
-}
-
-fn default_max_pending() -> usize {
-    CdrConfig::DEFAULT_MAX_PENDING
-}
-
-/// `cdr:` — where call detail records go, and where they wait while that
-/// file cannot be written (a full disk, a deleted directory).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct CdrConfig {
-    /// The CDR file, appended to.
-    pub path: PathBuf,
-    /// Records held in memory while the file cannot be written; later ones go
-    /// to the spill file (in order), so a long outage cannot eat the heap.
-    pub max_pending: usize,
-    /// A directory for the spill file, ideally on another disk than `path`
-    /// (a disk that is full for the CDR file is full for a spill beside it).
-    pub spool: Option<PathBuf>,
-}
-
-impl CdrConfig {
-    /// About 5 MB of CDR lines: minutes of a busy switch's calls.
-    pub const DEFAULT_MAX_PENDING: usize = 10_000;
-    /// The most `max_pending` may be (about 5 GB of lines).
-    pub const MAX_MAX_PENDING: usize = 10_000_000;
-
-    /// A config writing to `path` with the default limits and no spool.
-    pub fn at(path: impl Into<PathBuf>) -> CdrConfig {
-        CdrConfig {
-            path: path.into(),
-            max_pending: CdrConfig::DEFAULT_MAX_PENDING,
-            spool: None,
-        }
-    }
-
-    /// Where records that overflow memory wait: `<spool>/<file name>.spill`,
-    /// or `<path>.spill` beside the CDR file without a spool.
-    pub fn spill_path(&self) -> PathBuf {
-        let mut name = self
-            .path
-            .file_name()
-            .map(std::ffi::OsStr::to_os_string)
-            .unwrap_or_else(|| "cdr".into());
-        name.push(".spill");
-        match &self.spool {
-            Some(dir) => dir.join(name),
-            None => self.path.with_file_name(name),
-        }
-    }
-}
-
-/// `log:` — level is a tracing filter directive (`info`, `vigil=debug,warn`).
-#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
-pub struct LogConfig {
-    #[serde(default = "default_log_level")]
-    pub level: String,
-    #[serde(default)]
-    pub format: LogFormat,
-}
-
-fn default_log_level() -> String {
-    "info".into()
-}
-
-impl Default for LogConfig {
-    fn default() -> Self {
-        LogConfig {
-            level: default_log_level(),
-            format: LogFormat::Text,
-        }
-    }
-}
-
-#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
-#[serde(rename_all = "lowercase")]
-pub enum LogFormat {
-    #[default]
-    Text,
-    Json,
-}
-
-/// `sip:` — protocol knobs with carrier-friendly defaults.
-#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
-pub struct SipConfig {
-    /// Answer every request to the address and port it came from, as if it carried
-    /// `rport` (RFC 3581), like Kamailio's `force_rport()`. Devices behind NAT
-    /// rarely ask for it but always need it. `false` follows RFC 3261 §18.2.2
-    /// strictly for requests without `rport`.
-    #[serde(default = "yes")]
-    pub force_rport: bool,
-    /// Worker shards; each owns its calls outright. Default: one per CPU.
-    #[serde(default)]
-    pub workers: Option<usize>,
-    /// Seconds an outbound INVITE may ring unanswered before Vigil cancels it and
-    /// answers the caller 408 (RFC 3261 §16.6's Timer C plays this role for proxies).
-    #[serde(default = "default_max_ring_time")]
-    pub max_ring_time: u32,
-    /// Sent as `User-Agent` in requests and `Server` in responses; empty omits it.
-    #[serde(default = "default_user_agent")]
-    pub user_agent: String,
-}
-
-fn yes() -> bool {
-    true
-}
-
-fn default_max_ring_time() -> u32 {
-    180
-}
-
-fn default_user_agent() -> String {
-    "Vigil".into()
-}
-
-impl Default for SipConfig {
-    fn default() -> Self {
-        SipConfig {
-            force_rport: true,
-            workers: None,
-            max_ring_time: default_max_ring_time(),
-            user_agent: default_user_agent(),
         }
     }
 }
@@ -493,6 +179,51 @@ pub struct Trunk {
 pub struct Route {
     pub prefix: String,
     pub trunk: usize,
+}
+
+/// `cdr:` — where call detail records go, and where they wait while that
+/// file cannot be written (a full disk, a deleted directory).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CdrConfig {
+    /// The CDR file, appended to.
+    pub path: PathBuf,
+    /// Records held in memory while the file cannot be written; later ones go
+    /// to the spill file (in order), so a long outage cannot eat the heap.
+    pub max_pending: usize,
+    /// A directory for the spill file, ideally on another disk than `path`
+    /// (a disk that is full for the CDR file is full for a spill beside it).
+    pub spool: Option<PathBuf>,
+}
+
+impl CdrConfig {
+    /// About 5 MB of CDR lines: minutes of a busy switch's calls.
+    pub const DEFAULT_MAX_PENDING: usize = 10_000;
+    /// The most `max_pending` may be (about 5 GB of lines).
+    pub const MAX_MAX_PENDING: usize = 10_000_000;
+
+    /// A config writing to `path` with the default limits and no spool.
+    pub fn at(path: impl Into<PathBuf>) -> CdrConfig {
+        CdrConfig {
+            path: path.into(),
+            max_pending: CdrConfig::DEFAULT_MAX_PENDING,
+            spool: None,
+        }
+    }
+
+    /// Where records that overflow memory wait: `<spool>/<file name>.spill`,
+    /// or `<path>.spill` beside the CDR file without a spool.
+    pub fn spill_path(&self) -> PathBuf {
+        let mut name = self
+            .path
+            .file_name()
+            .map(std::ffi::OsStr::to_os_string)
+            .unwrap_or_else(|| "cdr".into());
+        name.push(".spill");
+        match &self.spool {
+            Some(dir) => dir.join(name),
+            None => self.path.with_file_name(name),
+        }
+    }
 }
 
 impl Config {
