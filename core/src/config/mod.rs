@@ -10,6 +10,7 @@
 mod locate;
 mod policy;
 mod registrar;
+mod routing;
 mod schema;
 mod session_timer;
 mod unknown;
@@ -32,6 +33,7 @@ pub use registrar::{
     KeepaliveConfig, KeepaliveFile, KeepaliveMode, RegistrarConfig, UserFile,
     parse_digest_algorithms,
 };
+pub use routing::canonical_ip;
 use schema::{FileCdr, FileConfig, FileRoute, FileTrunk, ListenEntry, MetricsFile};
 pub use schema::{LimitsConfig, LogConfig, LogFormat, SipConfig, TraceConfig};
 pub use session_timer::{
@@ -267,50 +269,6 @@ impl Config {
         }
     }
 
-    /// The trunk admitting INVITEs from `ip`: the most specific `inbound.from`
-    /// network wins, then the first trunk listed.
-    pub fn inbound_trunk(&self, ip: IpAddr) -> Option<usize> {
-        let ip = canonical_ip(ip);
-        self.trunks
-            .iter()
-            .enumerate()
-            .flat_map(|(i, t)| t.inbound_from.iter().map(move |net| (i, net)))
-            .filter(|(_, net)| net.contains(&ip))
-            .max_by(|(ia, a), (ib, b)| a.prefix_len().cmp(&b.prefix_len()).then(ib.cmp(ia)))
-            .map(|(i, _)| i)
-    }
-
-    /// True if some trunk admits traffic from `ip`: its inbound networks, or the
-    /// address calls are sent to (a carrier sends BYEs and OPTIONS from there).
-    pub fn admits(&self, ip: IpAddr) -> bool {
-        let ip = canonical_ip(ip);
-        self.inbound_trunk(ip).is_some()
-            || self
-                .trunks
-                .iter()
-                .any(|t| t.outbound.is_some_and(|o| canonical_ip(o.ip()) == ip))
-    }
-
-    /// The outbound trunk for a call from trunk `from` to `callee`: the longest
-    /// matching prefix in `routes`, else the inbound trunk's `route_to`.
-    pub fn route(&self, from: usize, callee: &str) -> Option<usize> {
-        self.route_prefix(callee)
-            .or_else(|| self.trunks.get(from).and_then(|t| t.route_to))
-    }
-
-    /// The outbound trunk of the longest prefix in `routes` matching `callee`.
-    pub fn route_prefix(&self, callee: &str) -> Option<usize> {
-        self.routes
-            .iter()
-            .filter(|r| callee.starts_with(r.prefix.as_str()))
-            .max_by_key(|r| r.prefix.len())
-            .map(|r| r.trunk)
-    }
-
-    pub fn user(&self, name: &str) -> Option<&User> {
-        self.user_index.get(name).map(|&i| &self.users[i])
-    }
-
     /// A problem with `key` found after loading (`vigil check` trying the
     /// CDR paths), placed at the key's line like the parser's own.
     pub fn problem(&self, key: &str, message: impl Into<String>) -> ConfigProblem {
@@ -332,14 +290,6 @@ impl Config {
                 .map(|n| n.get())
                 .unwrap_or(1)
         })
-    }
-}
-
-/// IPv4-mapped IPv6 addresses (from a dual-stack socket) compare as IPv4.
-pub fn canonical_ip(ip: IpAddr) -> IpAddr {
-    match ip {
-        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
-        v4 => v4,
     }
 }
 
