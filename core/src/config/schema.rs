@@ -1,7 +1,8 @@
-//! The config file as written: one serde type per section, their defaults,
-//! and the sections whose form as written is already their form in force
-//! (`log:`, `sip:`, `trace:`, `limits:`), which [`Config`](super::Config) holds as they are.
-//! Nothing here checks a value against another; `check` does that.
+//! The config file as written: the serde types of its top level and of the
+//! sections without a module of their own (`session_timer`, `registrar` and
+//! `policy` have theirs), with their defaults. `log:`, `sip:`, `trace:` and
+//! `limits:` are read in the form they are used in, so [`Config`](super::Config)
+//! holds those types as they are. Nothing here checks a value; `check` does.
 //!
 //! The structs accept any key: `unknown::parse_yaml` reports every key they
 //! leave unread, which `deny_unknown_fields` (first one only) could not. The
