@@ -13,11 +13,11 @@ use serde::de::{self, Deserializer, Visitor};
 
 use super::policy::{PolicyFile, PolicySources};
 use super::registrar::{KeepaliveFile, RegistrarConfig, UserFile};
-use super::session_timer::SessionTimerFile;
-use super::{
+use super::schema::{
     ControlFile, FileCdr, FileConfig, FileInbound, FileOutbound, FileRoute, FileTrunk,
     LimitsConfig, ListenDetailed, LogConfig, MetricsFile, SipConfig, TraceConfig,
 };
+use super::session_timer::SessionTimerFile;
 
 /// A key nothing in the config reads.
 #[derive(Debug, Clone, PartialEq, Eq)]

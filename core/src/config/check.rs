@@ -1,0 +1,497 @@
+//! The checks that turn the file as written into a [`Config`]: each value on
+//! its own, then the keys that name each other (a route's trunk, a user's
+//! `route_to`, the traced names), with every problem collected, not just the
+//! first, and placed at its file, line and key (`file:line: key: message`, as
+//! `vigil check` prints it).
+//!
+//! serde_yaml knows the line of a syntax or type error; the cross-key checks
+//! run after deserialisation, when positions are gone, so they look the line
+//! up by key path in a `LineIndex` of the same text. The checks touch no file
+//! (a reload runs them too): whether the CDR paths can be written is for
+//! `vigil check` to find out, and [`Config::problem`] places what it finds.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use ipnet::IpNet;
+
+use super::locate::LineIndex;
+use super::schema::{FileCdr, FileConfig, FileRoute, FileTrunk, ListenEntry, MetricsFile};
+use super::{
+    CdrConfig, Config, ConfigProblem, KeepaliveConfig, Listener, Route, SessionTimerConfig, Trunk,
+    User, parse_digest_algorithms, unknown,
+};
+use crate::sip::DigestAlgorithm;
+
+/// Validates config text; `file` is only used in problems.
+pub(super) fn validate(text: &str, file: &Path) -> Result<Config, Vec<ConfigProblem>> {
+    let (raw, unknown) = unknown::parse_yaml(text);
+    let mut checker = Checker {
+        file: file.to_path_buf(),
+        lines: LineIndex::build(text),
+        problems: Vec::new(),
+    };
+    for key in unknown {
+        checker.problem(key.path, key.message);
+    }
+    let raw = match raw {
+        Ok(raw) => raw,
+        Err(e) => {
+            checker.problems.push(ConfigProblem {
+                file: file.to_path_buf(),
+                line: e.location().map(|l| l.line()),
+                key: String::new(),
+                message: strip_location(&e.to_string()),
+            });
+            return Err(checker.problems);
+        }
+    };
+    let config = checker.check(raw);
+    if checker.problems.is_empty() {
+        Ok(config)
+    } else {
+        Err(checker.problems)
+    }
+}
+
+impl Config {
+    /// A problem with `key` found after loading (`vigil check` trying the
+    /// CDR paths), placed at the key's line like the parser's own.
+    pub fn problem(&self, key: &str, message: impl Into<String>) -> ConfigProblem {
+        let line = std::fs::read_to_string(&self.file)
+            .ok()
+            .and_then(|text| LineIndex::build(&text).line_of(key));
+        ConfigProblem {
+            file: self.file.clone(),
+            line,
+            key: key.to_string(),
+            message: message.into(),
+        }
+    }
+}
+
+/// serde_yaml appends " at line L column C"; the line is reported separately.
+fn strip_location(message: &str) -> String {
+    match message.rfind(" at line ") {
+        Some(i) => message[..i].to_string(),
+        None => message.to_string(),
+    }
+}
+
+/// Collects problems while turning the file format into a [`Config`].
+struct Checker {
+    file: PathBuf,
+    lines: LineIndex,
+    problems: Vec<ConfigProblem>,
+}
+
+impl Checker {
+    fn problem(&mut self, key: impl Into<String>, message: impl Into<String>) {
+        let key = key.into();
+        self.problems.push(ConfigProblem {
+            file: self.file.clone(),
+            line: self.lines.line_of(&key),
+            key,
+            message: message.into(),
+        });
+    }
+
+    fn check(&mut self, raw: FileConfig) -> Config {
+        let listen = self.check_listen(&raw.listen);
+        let session_timer = SessionTimerConfig::default().merged(&raw.session_timer);
+        self.check_session_timer("session_timer", &session_timer);
+        let trunks = self.check_trunks(&raw.trunks, &session_timer);
+        let routes = self.check_routes(&raw.routes, &trunks);
+        if let Err(e) = tracing_subscriber::EnvFilter::try_new(&raw.log.level) {
+            self.problem(
+                "log.level",
+                format!("invalid log level {:?}: {e}", raw.log.level),
+            );
+        }
+        if raw.sip.workers == Some(0) {
+            self.problem("sip.workers", "must be at least 1");
+        }
+        if raw.sip.max_ring_time == 0 {
+            self.problem("sip.max_ring_time", "must be at least 1 second");
+        }
+        self.check_cdr(&raw.cdr);
+        if let Some(registrar) = &raw.registrar {
+            for (field, message) in registrar.problems() {
+                self.problem(format!("registrar.{field}"), message);
+            }
+        }
+        let keepalive = KeepaliveConfig::default().merged(&raw.nat_keepalive);
+        for (field, message) in keepalive.problems("nat_keepalive") {
+            self.problem(format!("nat_keepalive.{field}"), message);
+        }
+        let (users, user_index) = self.check_users(&raw, &trunks, &keepalive);
+        for (i, name) in raw.trace.trunks.iter().enumerate() {
+            if !trunks.iter().any(|t| &*t.name == name) {
+                self.problem(
+                    format!("trace.trunks[{i}]"),
+                    format!("no trunk named {name:?}"),
+                );
+            }
+        }
+        for (i, name) in raw.trace.users.iter().enumerate() {
+            if !users.iter().any(|u| &*u.name == name) {
+                self.problem(
+                    format!("trace.users[{i}]"),
+                    format!("no user named {name:?}"),
+                );
+            }
+        }
+        let metrics_listen = raw.metrics.as_ref().and_then(|m| self.check_metrics(m));
+        for (key, value) in [
+            ("max_calls", raw.limits.max_calls),
+            ("max_cps", raw.limits.max_cps),
+            ("per_source_rps", raw.limits.per_source_rps),
+            ("max_transactions", raw.limits.max_transactions),
+            (
+                "max_transactions_per_source",
+                raw.limits.max_transactions_per_source,
+            ),
+            ("max_registrations", raw.limits.max_registrations),
+        ] {
+            if value == Some(0) {
+                self.problem(
+                    format!("limits.{key}"),
+                    "must be at least 1 (leave it out for no limit)",
+                );
+            }
+        }
+        if !(1..=3600).contains(&raw.limits.per_source_cooldown) {
+            self.problem("limits.per_source_cooldown", "must be 1..=3600 seconds");
+        }
+        let (policy, problems) = raw.policy.validated();
+        for (field, message) in problems {
+            self.problem(format!("policy.{field}"), message);
+        }
+        Config {
+            file: self.file.clone(),
+            listen,
+            trunks,
+            routes,
+            cdr: CdrConfig {
+                path: raw.cdr.path,
+                max_pending: raw.cdr.max_pending,
+                spool: raw.cdr.spool,
+            },
+            log: raw.log,
+            sip: raw.sip,
+            session_timer,
+            registrar: raw.registrar,
+            nat_keepalive: keepalive,
+            users,
+            user_index,
+            policy,
+            control_socket: raw
+                .control
+                .socket
+                .unwrap_or_else(|| self.file.with_extension("sock")),
+            metrics_listen,
+            trace: raw.trace,
+            limits: raw.limits,
+        }
+    }
+
+    fn check_users(
+        &mut self,
+        raw: &FileConfig,
+        trunks: &[Trunk],
+        keepalive: &KeepaliveConfig,
+    ) -> (Vec<User>, HashMap<Arc<str>, usize>) {
+        if !raw.users.is_empty() && raw.registrar.is_none() {
+            self.problem(
+                "users",
+                "users need a `registrar` section (at least `domain`)",
+            );
+        }
+        // A bad global list is reported as `registrar.digest_algorithms`.
+        let default_algorithms = raw
+            .registrar
+            .as_ref()
+            .and_then(|r| parse_digest_algorithms(&r.digest_algorithms).ok())
+            .unwrap_or_else(|| vec![DigestAlgorithm::Md5]);
+        let mut users = Vec::with_capacity(raw.users.len());
+        let mut index: HashMap<Arc<str>, usize> = HashMap::with_capacity(raw.users.len());
+        for (i, u) in raw.users.iter().enumerate() {
+            let key = format!("users[{i}]");
+            if u.user.trim().is_empty() || u.user.contains(['@', ':', ';', ' ']) {
+                self.problem(
+                    format!("{key}.user"),
+                    format!("{:?} is not a SIP user name", u.user),
+                );
+            }
+            if u.password.is_empty() {
+                self.problem(format!("{key}.password"), "must not be empty");
+            }
+            let route_to = u.route_to.as_ref().and_then(|target| {
+                match trunks.iter().position(|t| &*t.name == target) {
+                    Some(j) if trunks[j].outbound.is_some() => Some(j),
+                    Some(_) => {
+                        self.problem(
+                            format!("{key}.route_to"),
+                            format!("trunk {target:?} has no `outbound` to route to"),
+                        );
+                        None
+                    }
+                    None => {
+                        self.problem(
+                            format!("{key}.route_to"),
+                            format!("no trunk named {target:?}"),
+                        );
+                        None
+                    }
+                }
+            });
+            let user_keepalive = match &u.nat_keepalive {
+                Some(over) => {
+                    let merged = keepalive.merged(over);
+                    let section = format!("{key}.nat_keepalive");
+                    for (field, message) in merged.problems(&section) {
+                        self.problem(format!("{section}.{field}"), message);
+                    }
+                    merged
+                }
+                None => keepalive.clone(),
+            };
+            let digest_algorithms = match &u.digest_algorithms {
+                Some(names) => parse_digest_algorithms(names).unwrap_or_else(|message| {
+                    self.problem(format!("{key}.digest_algorithms"), message);
+                    Vec::new()
+                }),
+                None => default_algorithms.clone(),
+            };
+            let name: Arc<str> = u.user.as_str().into();
+            if index.insert(name.clone(), users.len()).is_some() {
+                self.problem(
+                    format!("{key}.user"),
+                    format!("user {:?} is defined twice", u.user),
+                );
+            }
+            users.push(User {
+                name,
+                password: u.password.clone(),
+                route_to,
+                keepalive: user_keepalive,
+                digest_algorithms,
+            });
+        }
+        (users, index)
+    }
+
+    /// `cdr:` as written. Whether its paths can be written is for `vigil check`
+    /// to find out: the parser touches no file (a reload parses too).
+    fn check_cdr(&mut self, cdr: &FileCdr) {
+        if cdr.path.as_os_str().is_empty() {
+            self.problem("cdr.path", "must not be empty");
+        } else if cdr.path.file_name().is_none() {
+            self.problem("cdr.path", format!("{} names no file", cdr.path.display()));
+        }
+        if !(1..=CdrConfig::MAX_MAX_PENDING).contains(&cdr.max_pending) {
+            self.problem(
+                "cdr.max_pending",
+                format!(
+                    "{} is not in 1..={} (records held in memory)",
+                    cdr.max_pending,
+                    CdrConfig::MAX_MAX_PENDING
+                ),
+            );
+        }
+        if cdr
+            .spool
+            .as_ref()
+            .is_some_and(|dir| dir.as_os_str().is_empty())
+        {
+            self.problem("cdr.spool", "must not be empty (leave it out for none)");
+        }
+    }
+
+    /// `metrics.listen`: a literal `ip:port` (no name: it is bound at start).
+    fn check_metrics(&mut self, metrics: &MetricsFile) -> Option<SocketAddr> {
+        match metrics.listen.parse::<SocketAddr>() {
+            Ok(addr) if addr.port() == 0 => {
+                self.problem("metrics.listen", format!("{addr} needs a port, e.g. 9060"));
+                None
+            }
+            Ok(addr) => Some(addr),
+            Err(_) => {
+                self.problem(
+                    "metrics.listen",
+                    format!(
+                        "{:?} is not ip:port (IPv6 as [addr]:port), e.g. \"127.0.0.1:9060\"",
+                        metrics.listen
+                    ),
+                );
+                None
+            }
+        }
+    }
+
+    fn check_session_timer(&mut self, key: &str, config: &SessionTimerConfig) {
+        for (field, message) in config.problems(key) {
+            self.problem(format!("{key}.{field}"), message);
+        }
+    }
+
+    fn check_listen(&mut self, entries: &[ListenEntry]) -> Vec<Listener> {
+        if entries.is_empty() {
+            self.problem(
+                "listen",
+                "needs at least one address, e.g. \"udp:0.0.0.0:5060\"",
+            );
+        }
+        let mut listeners: Vec<Listener> = Vec::new();
+        for (i, entry) in entries.iter().enumerate() {
+            let key = format!("listen[{i}]");
+            let (addr, advertise) = match entry {
+                ListenEntry::Plain(a) => (a.as_str(), None),
+                ListenEntry::Detailed(d) => (d.addr.as_str(), d.advertise),
+            };
+            let Some((transport, socket)) = addr.split_once(':') else {
+                self.problem(key, format!("{addr:?} is not transport:ip:port"));
+                continue;
+            };
+            if !transport.eq_ignore_ascii_case("udp") {
+                self.problem(
+                    key,
+                    format!("transport {transport:?} is not supported (udp only)"),
+                );
+                continue;
+            }
+            match socket.parse::<SocketAddr>() {
+                Ok(bind) if listeners.iter().any(|l| l.bind == bind) => {
+                    self.problem(key, format!("{bind} is listed twice"));
+                }
+                Ok(bind) => listeners.push(Listener { bind, advertise }),
+                Err(_) => self.problem(
+                    key,
+                    format!("{socket:?} is not ip:port (IPv6 as [addr]:port)"),
+                ),
+            }
+        }
+        listeners
+    }
+
+    fn check_trunks(
+        &mut self,
+        raw: &[FileTrunk],
+        session_timer: &SessionTimerConfig,
+    ) -> Vec<Trunk> {
+        let mut trunks: Vec<Trunk> = Vec::new();
+        for (i, t) in raw.iter().enumerate() {
+            let key = format!("trunks[{i}]");
+            if t.name.trim().is_empty() {
+                self.problem(format!("{key}.name"), "must not be empty");
+            } else if raw[..i].iter().any(|o| o.name == t.name) {
+                self.problem(
+                    format!("{key}.name"),
+                    format!("trunk {:?} is defined twice", t.name),
+                );
+            }
+            if t.inbound.is_none() && t.outbound.is_none() {
+                self.problem(&key, "needs `inbound`, `outbound`, or both");
+            }
+            let mut inbound_from = Vec::new();
+            for (j, net) in t.inbound.iter().flat_map(|ib| ib.from.iter()).enumerate() {
+                match parse_net(net) {
+                    Some(n) => inbound_from.push(n),
+                    None => self.problem(
+                        format!("{key}.inbound.from[{j}]"),
+                        format!("{net:?} is not an IP address or network (CIDR)"),
+                    ),
+                }
+            }
+            let outbound = t.outbound.as_ref().and_then(|ob| match resolve(&ob.to) {
+                Ok(addr) => Some(addr),
+                Err(msg) => {
+                    self.problem(format!("{key}.outbound.to"), msg);
+                    None
+                }
+            });
+            let trunk_timer = match &t.session_timer {
+                Some(over) => {
+                    let merged = session_timer.merged(over);
+                    self.check_session_timer(&format!("{key}.session_timer"), &merged);
+                    merged
+                }
+                None => *session_timer,
+            };
+            trunks.push(Trunk {
+                name: t.name.as_str().into(),
+                inbound_from,
+                outbound,
+                route_to: None,
+                session_timer: trunk_timer,
+                policy: t.policy.clone().filter(|p| !p.is_empty()),
+            });
+        }
+        for (i, t) in raw.iter().enumerate() {
+            if let Some(target) = &t.route_to {
+                let key = format!("trunks[{i}].route_to");
+                match trunks.iter().position(|o| &*o.name == target) {
+                    Some(j) if trunks[j].outbound.is_some() => trunks[i].route_to = Some(j),
+                    Some(_) => self.problem(
+                        key,
+                        format!("trunk {target:?} has no `outbound` to route to"),
+                    ),
+                    None => self.problem(key, format!("no trunk named {target:?}")),
+                }
+            }
+        }
+        trunks
+    }
+
+    fn check_routes(&mut self, raw: &[FileRoute], trunks: &[Trunk]) -> Vec<Route> {
+        let mut routes = Vec::new();
+        for (i, r) in raw.iter().enumerate() {
+            let key = format!("routes[{i}]");
+            if raw[..i].iter().any(|o| o.prefix == r.prefix) {
+                self.problem(
+                    format!("{key}.prefix"),
+                    format!("prefix {:?} is routed twice", r.prefix),
+                );
+            }
+            match trunks.iter().position(|t| *t.name == *r.trunk) {
+                Some(j) if trunks[j].outbound.is_some() => routes.push(Route {
+                    prefix: r.prefix.clone(),
+                    trunk: j,
+                }),
+                Some(_) => self.problem(
+                    format!("{key}.trunk"),
+                    format!("trunk {:?} has no `outbound` to route to", r.trunk),
+                ),
+                None => self.problem(
+                    format!("{key}.trunk"),
+                    format!("no trunk named {:?}", r.trunk),
+                ),
+            }
+        }
+        routes
+    }
+}
+
+/// `10.0.0.0/8`, or a bare address meaning just that host.
+fn parse_net(s: &str) -> Option<IpNet> {
+    s.parse::<IpNet>()
+        .ok()
+        .or_else(|| s.parse::<IpAddr>().ok().map(IpNet::from))
+        .map(|n| n.trunc())
+}
+
+/// `ip:port`, `[v6]:port` or `host:port` (resolved once, now).
+fn resolve(s: &str) -> Result<SocketAddr, String> {
+    if let Ok(addr) = s.parse::<SocketAddr>() {
+        return Ok(addr);
+    }
+    if !s.contains(':') {
+        return Err(format!("{s:?} needs a port, e.g. \"{s}:5060\""));
+    }
+    s.to_socket_addrs()
+        .map_err(|e| format!("cannot resolve {s:?}: {e}"))?
+        .next()
+        .ok_or_else(|| format!("{s:?} resolves to no address"))
+}

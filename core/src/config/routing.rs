@@ -1,0 +1,63 @@
+//! The run-time lookups on a built [`Config`]: whether a source address is
+//! admitted and by which trunk, which trunk a dialled number is routed to, and
+//! which user a name is. The ingress asks them of every datagram, the engine of
+//! every new call and the registrar of every REGISTER, so they only read what
+//! the checks built (parsed networks, trunk indices, the user index).
+
+use std::net::IpAddr;
+
+use super::{Config, User};
+
+impl Config {
+    /// The trunk admitting INVITEs from `ip`: the most specific `inbound.from`
+    /// network wins, then the first trunk listed.
+    pub fn inbound_trunk(&self, ip: IpAddr) -> Option<usize> {
+        let ip = canonical_ip(ip);
+        self.trunks
+            .iter()
+            .enumerate()
+            .flat_map(|(i, t)| t.inbound_from.iter().map(move |net| (i, net)))
+            .filter(|(_, net)| net.contains(&ip))
+            .max_by(|(ia, a), (ib, b)| a.prefix_len().cmp(&b.prefix_len()).then(ib.cmp(ia)))
+            .map(|(i, _)| i)
+    }
+
+    /// True if some trunk admits traffic from `ip`: its inbound networks, or the
+    /// address calls are sent to (a carrier sends BYEs and OPTIONS from there).
+    pub fn admits(&self, ip: IpAddr) -> bool {
+        let ip = canonical_ip(ip);
+        self.inbound_trunk(ip).is_some()
+            || self
+                .trunks
+                .iter()
+                .any(|t| t.outbound.is_some_and(|o| canonical_ip(o.ip()) == ip))
+    }
+
+    /// The outbound trunk for a call from trunk `from` to `callee`: the longest
+    /// matching prefix in `routes`, else the inbound trunk's `route_to`.
+    pub fn route(&self, from: usize, callee: &str) -> Option<usize> {
+        self.route_prefix(callee)
+            .or_else(|| self.trunks.get(from).and_then(|t| t.route_to))
+    }
+
+    /// The outbound trunk of the longest prefix in `routes` matching `callee`.
+    pub fn route_prefix(&self, callee: &str) -> Option<usize> {
+        self.routes
+            .iter()
+            .filter(|r| callee.starts_with(r.prefix.as_str()))
+            .max_by_key(|r| r.prefix.len())
+            .map(|r| r.trunk)
+    }
+
+    pub fn user(&self, name: &str) -> Option<&User> {
+        self.user_index.get(name).map(|&i| &self.users[i])
+    }
+}
+
+/// IPv4-mapped IPv6 addresses (from a dual-stack socket) compare as IPv4.
+pub fn canonical_ip(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+        v4 => v4,
+    }
+}

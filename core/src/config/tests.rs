@@ -1,0 +1,330 @@
+//! `Config::parse` end to end: a good file's lookups, and bad files' problems,
+//! each rendered as `vigil check` prints it (file:line: key: message).
+
+use super::*;
+
+const GOOD: &str = r#"
+listen: ["udp:127.0.0.1:5060", { addr: "udp:[::1]:5060", advertise: "::1" }]
+trunks:
+  - name: pbx
+    inbound: { from: ["127.0.0.1/32", "10.0.0.0/8"] }
+    route_to: carrier
+  - name: carrier
+    inbound: { from: ["192.0.2.10"] }
+    outbound: { to: "127.0.0.1:5080" }
+  - name: premium
+    outbound: { to: "[::1]:5090" }
+routes: [ { prefix: "00", trunk: carrier }, { prefix: "0090", trunk: premium } ]
+cdr: { path: "cdr.jsonl" }
+log: { level: info, format: json }
+"#;
+
+fn problems(text: &str) -> Vec<ConfigProblem> {
+    match Config::parse(text, Path::new("vigil.yaml")) {
+        Err(ConfigError::Invalid(p)) => p,
+        other => panic!("expected problems, got {other:?}"),
+    }
+}
+
+#[test]
+fn a_good_config_routes_by_longest_prefix() {
+    let c = Config::parse(GOOD, Path::new("vigil.yaml")).expect("valid");
+    assert_eq!(c.listen.len(), 2);
+    assert_eq!(c.log.format, LogFormat::Json);
+    assert!(c.sip.force_rport);
+    let pbx = c
+        .inbound_trunk("10.1.2.3".parse().expect("ip"))
+        .expect("pbx");
+    assert_eq!(&*c.trunks[pbx].name, "pbx");
+    assert_eq!(
+        c.route(pbx, "0090123").map(|t| &*c.trunks[t].name),
+        Some("premium")
+    );
+    assert_eq!(
+        c.route(pbx, "0049123").map(|t| &*c.trunks[t].name),
+        Some("carrier")
+    );
+    assert_eq!(
+        c.route(pbx, "555").map(|t| &*c.trunks[t].name),
+        Some("carrier")
+    );
+    let carrier = c
+        .inbound_trunk("192.0.2.10".parse().expect("ip"))
+        .expect("carrier");
+    assert_eq!(c.route(carrier, "555"), None);
+    assert!(c.admits("::ffff:127.0.0.1".parse().expect("ip")));
+    assert!(
+        c.admits("::1".parse().expect("ip")),
+        "outbound peers may send in-dialog requests"
+    );
+    assert!(!c.admits("203.0.113.1".parse().expect("ip")));
+}
+
+#[test]
+fn unknown_keys_name_the_line_and_key() {
+    let p = problems(&GOOD.replace(
+        "inbound: { from: [\"192.0.2.10\"] }",
+        "inbound: { frm: [\"192.0.2.10\"] }",
+    ));
+    let rendered: Vec<String> = p.iter().map(ToString::to_string).collect();
+    assert_eq!(
+        rendered[0],
+        "vigil.yaml:8: trunks[1].inbound.frm: unknown key, expected `from`"
+    );
+    assert!(
+        rendered[1].contains("missing field `from`"),
+        "the unread key leaves a required one missing: {rendered:#?}"
+    );
+}
+
+#[test]
+fn every_unknown_key_is_reported_with_the_other_problems() {
+    let text = GOOD
+        .replace("route_to: carrier", "route_to: carrier\n    rout_to: x")
+        .replace(
+            "  - name: premium\n",
+            "  - name: premium\n    colour: blue\n",
+        )
+        .replace(
+            "{ prefix: \"00\", trunk: carrier }",
+            "{ prefix: \"00\", trunk: nowhere }",
+        )
+        .replace(
+            "\"udp:127.0.0.1:5060\", {",
+            "\"udp:127.0.0.1:5060\", { adress: x,",
+        )
+        + "sesion_timer: { ttl: 90 }\nsession_timer: { tll: 90 }\n";
+    let rendered: Vec<String> = problems(&text).iter().map(ToString::to_string).collect();
+    assert_eq!(
+        rendered,
+        [
+            "vigil.yaml:2: listen[1].adress: unknown key, expected one of `addr`, `advertise`",
+            "vigil.yaml:7: trunks[0].rout_to: unknown key, expected one of `name`, `inbound`, `outbound`, `route_to`, `session_timer`, `policy`",
+            "vigil.yaml:12: trunks[2].colour: unknown key, expected one of `name`, `inbound`, `outbound`, `route_to`, `session_timer`, `policy`",
+            "vigil.yaml:17: sesion_timer: unknown key, expected one of `listen`, `trunks`, `routes`, `cdr`, `log`, `sip`, `session_timer`, `registrar`, `users`, `nat_keepalive`, `policy`, `control`, `metrics`, `trace`, `limits`",
+            "vigil.yaml:18: session_timer.tll: unknown key, expected one of `ttl`, `update_segment`, `early_hangup`, `no_timer_max_duration`, `min_se`, `refresh_method`, `prefer_refresher`, `refresh_non_timer_peers`, `allow_short_intervals`",
+            "vigil.yaml:14: routes[0].trunk: no trunk named \"nowhere\"",
+        ]
+    );
+}
+
+#[test]
+fn cross_key_problems_are_all_reported_with_lines() {
+    let text = GOOD
+        .replace("route_to: carrier", "route_to: nowhere")
+        .replace("trunk: premium", "trunk: pbx")
+        .replace("10.0.0.0/8", "10.0.0.0/33");
+    let p = problems(&text);
+    let rendered: Vec<String> = p.iter().map(ToString::to_string).collect();
+    assert_eq!(p.len(), 3, "{rendered:#?}");
+    assert!(
+        rendered
+            .iter()
+            .any(|r| r.starts_with("vigil.yaml:5: trunks[0].inbound.from[1]")),
+        "{rendered:#?}"
+    );
+    assert!(
+        rendered
+            .iter()
+            .any(|r| r.starts_with("vigil.yaml:6: trunks[0].route_to: no trunk named \"nowhere\"")),
+        "{rendered:#?}"
+    );
+    assert!(
+        rendered
+            .iter()
+            .any(|r| r.contains("routes[1].trunk: trunk \"pbx\" has no `outbound`")),
+        "{rendered:#?}"
+    );
+}
+
+#[test]
+fn session_timer_values_out_of_range_name_their_key() {
+    let text = format!("{GOOD}session_timer: {{ ttl: 30, update_segment: 2 }}\n").replace(
+        "  - name: premium\n",
+        "  - name: premium\n    session_timer: { update_segment: 12 }\n",
+    );
+    let p = problems(&text);
+    let rendered: Vec<String> = p.iter().map(ToString::to_string).collect();
+    assert!(
+        rendered
+            .iter()
+            .any(|r| r.contains("session_timer.ttl: 30 is below min_se (90)")),
+        "{rendered:#?}"
+    );
+    assert!(
+        rendered
+            .iter()
+            .any(|r| r.contains("trunks[2].session_timer.update_segment: 12 is not in 2..10")),
+        "{rendered:#?}"
+    );
+    let lab =
+        format!("{GOOD}session_timer: {{ ttl: 4, min_se: 2, allow_short_intervals: true }}\n");
+    let c = Config::parse(&lab, Path::new("vigil.yaml")).expect("lab values allowed by the switch");
+    assert_eq!(c.trunks[0].session_timer.ttl, 4);
+    assert_eq!(c.session_timer.min_se, 2);
+}
+
+#[test]
+fn users_and_keepalive() {
+    let text = format!(
+        "{GOOD}registrar: {{ domain: vigil.local }}\nnat_keepalive: {{ period: 20 }}\nusers:\n  - {{ user: \"1001\", password: s1 }}\n  - {{ user: \"1002\", password: s2, route_to: carrier, nat_keepalive: {{ message: \"\" }} }}\n"
+    );
+    let c = Config::parse(&text, Path::new("vigil.yaml")).expect("valid");
+    let u = c.user("1002").expect("user");
+    assert_eq!(u.keepalive.period, 20, "global override inherited");
+    assert!(!u.keepalive.enabled(), "per-user override");
+    assert_eq!(u.route_to.map(|t| &*c.trunks[t].name), Some("carrier"));
+    assert_eq!(c.registrar.as_ref().map(|r| r.min_expires), Some(60));
+    let bad = format!(
+        "{GOOD}nat_keepalive: {{ period: 5 }}\nusers:\n  - {{ user: \"1001\", password: \"\" }}\n  - {{ user: \"1001\", password: x }}\n"
+    );
+    let rendered: Vec<String> = problems(&bad).iter().map(ToString::to_string).collect();
+    assert!(
+        rendered
+            .iter()
+            .any(|r| r.contains("users: users need a `registrar` section")),
+        "{rendered:#?}"
+    );
+    assert!(
+        rendered
+            .iter()
+            .any(|r| r.contains("nat_keepalive.period: 5 is not in 10..86400")),
+        "{rendered:#?}"
+    );
+    assert!(
+        rendered
+            .iter()
+            .any(|r| r.contains("users[0].password: must not be empty")),
+        "{rendered:#?}"
+    );
+    assert!(
+        rendered
+            .iter()
+            .any(|r| r.contains("users[1].user: user \"1001\" is defined twice")),
+        "{rendered:#?}"
+    );
+}
+
+#[test]
+fn digest_algorithms_default_to_md5_and_a_user_may_have_its_own() {
+    let users = "users:\n  - { user: \"1001\", password: s1 }\n  - { user: \"1002\", password: s2, digest_algorithms: [SHA-256] }\n";
+    let c = Config::parse(
+        &format!("{GOOD}registrar: {{ domain: vigil.local }}\n{users}"),
+        Path::new("vigil.yaml"),
+    )
+    .expect("valid");
+    let algorithms = |c: &Config, u| c.user(u).expect("user").digest_algorithms.clone();
+    assert_eq!(algorithms(&c, "1001"), [DigestAlgorithm::Md5]);
+    assert_eq!(algorithms(&c, "1002"), [DigestAlgorithm::Sha256]);
+    // A config written for the old default stays valid and means what it said.
+    let old = format!(
+        "{GOOD}registrar: {{ domain: vigil.local, digest_algorithms: [SHA-256, md5] }}\n{users}"
+    );
+    let c = Config::parse(&old, Path::new("vigil.yaml")).expect("valid");
+    assert_eq!(
+        algorithms(&c, "1001"),
+        [DigestAlgorithm::Sha256, DigestAlgorithm::Md5]
+    );
+    let bad = format!(
+        "{GOOD}registrar: {{ domain: vigil.local, digest_algorithms: [] }}\nusers:\n  - {{ user: \"1001\", password: s1, digest_algorithms: [SHA-512] }}\n"
+    );
+    let rendered: Vec<String> = problems(&bad).iter().map(ToString::to_string).collect();
+    assert_eq!(
+        rendered,
+        [
+            "vigil.yaml:15: registrar.digest_algorithms: needs at least one of MD5, SHA-256",
+            "vigil.yaml:17: users[0].digest_algorithms: \"SHA-512\" is not MD5 or SHA-256"
+        ]
+    );
+}
+
+#[test]
+fn metrics_listen_is_an_optional_socket_address() {
+    let c = Config::parse(GOOD, Path::new("vigil.yaml")).expect("valid");
+    assert_eq!(c.metrics_listen, None, "absent: no endpoint");
+    let text = format!("{GOOD}metrics: {{ listen: \"127.0.0.1:9060\" }}\n");
+    let c = Config::parse(&text, Path::new("vigil.yaml")).expect("valid");
+    assert_eq!(c.metrics_listen, "127.0.0.1:9060".parse().ok());
+    let bad = format!("{GOOD}metrics:\n  listen: \"localhost:9060\"\n");
+    let p = problems(&bad);
+    assert_eq!(p.len(), 1, "{p:?}");
+    assert!(
+        p[0].to_string()
+            .starts_with("vigil.yaml:16: metrics.listen: \"localhost:9060\" is not ip:port"),
+        "{}",
+        p[0]
+    );
+    let p = problems(&format!("{GOOD}metrics: {{ listen: \"127.0.0.1:0\" }}\n"));
+    assert!(
+        p[0].to_string()
+            .contains("metrics.listen: 127.0.0.1:0 needs a port"),
+        "{}",
+        p[0]
+    );
+    let p = problems(&format!("{GOOD}metrics: {{ port: 9060 }}\n"));
+    assert_eq!(
+        p[0].to_string(),
+        "vigil.yaml:15: metrics.port: unknown key, expected `listen`"
+    );
+}
+
+#[test]
+fn cdr_limits_and_spool_have_defaults_and_bounds() {
+    let c = Config::parse(GOOD, Path::new("vigil.yaml")).expect("valid");
+    assert_eq!(c.cdr.max_pending, CdrConfig::DEFAULT_MAX_PENDING);
+    assert_eq!(c.cdr.spool, None);
+    assert_eq!(c.cdr.spill_path(), PathBuf::from("cdr.jsonl.spill"));
+    let text = GOOD.replace(
+        "cdr: { path: \"cdr.jsonl\" }",
+        "cdr: { path: /var/lib/vigil/cdr.jsonl, max_pending: 50, spool: /srv/spool }",
+    );
+    let c = Config::parse(&text, Path::new("vigil.yaml")).expect("valid");
+    assert_eq!(c.cdr.max_pending, 50);
+    assert_eq!(
+        c.cdr.spill_path(),
+        PathBuf::from("/srv/spool/cdr.jsonl.spill")
+    );
+    let c = Config::parse(
+        &GOOD.replace("\"cdr.jsonl\"", "/var/lib/vigil/cdr.jsonl"),
+        Path::new("vigil.yaml"),
+    )
+    .expect("valid");
+    assert_eq!(
+        c.cdr.spill_path(),
+        PathBuf::from("/var/lib/vigil/cdr.jsonl.spill")
+    );
+    let p = problems(&GOOD.replace(
+        "cdr: { path: \"cdr.jsonl\" }",
+        "cdr: { path: \"/var/lib/vigil/..\", max_pending: 0, spool: \"\" }",
+    ));
+    let rendered: Vec<String> = p.iter().map(ToString::to_string).collect();
+    assert_eq!(p.len(), 3, "{rendered:#?}");
+    assert!(
+        rendered[0].starts_with("vigil.yaml:13: cdr.path: /var/lib/vigil/.. names no file"),
+        "{rendered:#?}"
+    );
+    assert!(
+        rendered[1].contains("cdr.max_pending: 0 is not in 1..=10000000"),
+        "{rendered:#?}"
+    );
+    assert!(
+        rendered[2].contains("cdr.spool: must not be empty"),
+        "{rendered:#?}"
+    );
+}
+
+#[test]
+fn syntax_errors_carry_a_line() {
+    let p = problems("listen: [\"udp:127.0.0.1:5060\"\ncdr: { path: x }\n");
+    assert!(p[0].line.is_some(), "{}", p[0]);
+    let p = problems("listen: [\"tcp:127.0.0.1:5060\"]\ncdr: { path: x }\n");
+    assert!(
+        p[0].to_string()
+            .contains("listen[0]: transport \"tcp\" is not supported"),
+        "{}",
+        p[0]
+    );
+    let p =
+        problems("listen: [\"udp:127.0.0.1:5060\"]\ncdr: { path: x }\nlog: { level: \"[bad\" }\n");
+    assert_eq!(p[0].key, "log.level");
+}
