@@ -18,6 +18,7 @@ use std::sync::Arc;
 use ipnet::IpNet;
 
 use super::locate::LineIndex;
+use super::media::MediaMode;
 use super::schema::{FileCdr, FileConfig, FileRoute, FileTrunk, ListenEntry, MetricsFile};
 use super::{
     CdrConfig, Config, ConfigProblem, KeepaliveConfig, Listener, Route, SessionTimerConfig, Trunk,
@@ -169,6 +170,28 @@ impl Checker {
         for (field, message) in problems {
             self.problem(format!("policy.{field}"), message);
         }
+        let (media, problems) = raw.media.check();
+        for (field, message) in problems {
+            self.problem(format!("media.{field}"), message);
+        }
+        if media.is_none() {
+            let relayed = trunks
+                .iter()
+                .enumerate()
+                .filter(|(_, t)| t.media == MediaMode::Relay)
+                .map(|(i, _)| format!("trunks[{i}].media"))
+                .chain(
+                    users
+                        .iter()
+                        .enumerate()
+                        .filter(|(_, u)| u.media == Some(MediaMode::Relay))
+                        .map(|(i, _)| format!("users[{i}].media")),
+                )
+                .collect::<Vec<_>>();
+            for key in relayed {
+                self.problem(key, "relay needs media.rtpengines");
+            }
+        }
         Config {
             file: self.file.clone(),
             listen,
@@ -194,6 +217,7 @@ impl Checker {
             metrics_listen,
             trace: raw.trace,
             limits: raw.limits,
+            media,
         }
     }
 
@@ -278,6 +302,7 @@ impl Checker {
                 route_to,
                 keepalive: user_keepalive,
                 digest_algorithms,
+                media: u.media,
             });
         }
         (users, index)
@@ -427,6 +452,7 @@ impl Checker {
                 route_to: None,
                 session_timer: trunk_timer,
                 policy: t.policy.clone().filter(|p| !p.is_empty()),
+                media: t.media.unwrap_or(MediaMode::Passthrough),
             });
         }
         for (i, t) in raw.iter().enumerate() {

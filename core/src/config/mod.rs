@@ -18,6 +18,7 @@
 
 mod check;
 mod locate;
+mod media;
 mod policy;
 mod registrar;
 mod routing;
@@ -35,6 +36,7 @@ use ipnet::IpNet;
 use serde::Deserialize;
 
 use crate::sip::DigestAlgorithm;
+pub use media::{MediaConfig, MediaMode, OnFailure, TimeoutMode};
 pub use policy::{
     DEFAULT_LUA_INSTRUCTION_LIMIT, DEFAULT_LUA_MEMORY_LIMIT_MB, PolicyConfig, PolicySources,
 };
@@ -117,6 +119,8 @@ pub struct Config {
     /// Trunks and users whose SIP messages are traced at start.
     pub trace: TraceConfig,
     pub limits: LimitsConfig,
+    /// `media:` with at least one rtpengine; `None`: no call is relayed.
+    pub media: Option<MediaConfig>,
 }
 
 /// The control socket a config names: `control.socket`, else the config file's
@@ -156,6 +160,8 @@ pub struct User {
     /// The digest algorithms this user is challenged with and may answer
     /// with, in order: its own `digest_algorithms`, else the registrar's.
     pub digest_algorithms: Vec<DigestAlgorithm>,
+    /// Its own `media:`; `None`: relayed when it is behind a NAT.
+    pub media: Option<MediaMode>,
 }
 
 /// A UDP socket to bind.
@@ -182,6 +188,8 @@ pub struct Trunk {
     pub session_timer: SessionTimerConfig,
     /// This trunk's own policy sources; `None` uses the global `policy:`.
     pub policy: Option<PolicySources>,
+    /// Whether its legs' media is anchored on rtpengine.
+    pub media: MediaMode,
 }
 
 /// A prefix route to an outbound trunk.

@@ -84,6 +84,11 @@ pub struct UserFile {
     /// does RFC 8760), instead of the registrar's.
     #[serde(default)]
     pub digest_algorithms: Option<Vec<String>>,
+    /// `relay` or `passthrough` for this user's calls; absent: relayed when
+    /// the user registers from behind a NAT (its REGISTER came from another
+    /// address than its Contact names).
+    #[serde(default)]
+    pub media: Option<super::media::MediaMode>,
 }
 
 /// How a keep-alive is sent.

@@ -16,6 +16,7 @@ use std::path::PathBuf;
 use serde::Deserialize;
 
 use super::CdrConfig;
+use super::media::{MediaFile, MediaMode};
 use super::policy::{PolicyFile, PolicySources};
 use super::registrar::{KeepaliveFile, RegistrarConfig, UserFile};
 use super::session_timer::SessionTimerFile;
@@ -50,6 +51,8 @@ pub(super) struct FileConfig {
     pub(super) trace: TraceConfig,
     #[serde(default)]
     pub(super) limits: LimitsConfig,
+    #[serde(default)]
+    pub(super) media: MediaFile,
 }
 
 /// `limits:` — overload and flood control (absent keys: no limit).
@@ -182,6 +185,9 @@ pub(super) struct FileTrunk {
     pub(super) session_timer: Option<SessionTimerFile>,
     #[serde(default)]
     pub(super) policy: Option<PolicySources>,
+    /// `relay` anchors this trunk's legs on rtpengine (`media:`).
+    #[serde(default)]
+    pub(super) media: Option<MediaMode>,
 }
 
 #[derive(Debug, Deserialize)]

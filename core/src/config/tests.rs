@@ -99,9 +99,9 @@ fn every_unknown_key_is_reported_with_the_other_problems() {
         rendered,
         [
             "vigil.yaml:2: listen[1].adress: unknown key, expected one of `addr`, `advertise`",
-            "vigil.yaml:7: trunks[0].rout_to: unknown key, expected one of `name`, `inbound`, `outbound`, `route_to`, `session_timer`, `policy`",
-            "vigil.yaml:12: trunks[2].colour: unknown key, expected one of `name`, `inbound`, `outbound`, `route_to`, `session_timer`, `policy`",
-            "vigil.yaml:17: sesion_timer: unknown key, expected one of `listen`, `trunks`, `routes`, `cdr`, `log`, `sip`, `session_timer`, `registrar`, `users`, `nat_keepalive`, `policy`, `control`, `metrics`, `trace`, `limits`",
+            "vigil.yaml:7: trunks[0].rout_to: unknown key, expected one of `name`, `inbound`, `outbound`, `route_to`, `session_timer`, `policy`, `media`",
+            "vigil.yaml:12: trunks[2].colour: unknown key, expected one of `name`, `inbound`, `outbound`, `route_to`, `session_timer`, `policy`, `media`",
+            "vigil.yaml:17: sesion_timer: unknown key, expected one of `listen`, `trunks`, `routes`, `cdr`, `log`, `sip`, `session_timer`, `registrar`, `users`, `nat_keepalive`, `policy`, `control`, `metrics`, `trace`, `limits`, `media`",
             "vigil.yaml:18: session_timer.tll: unknown key, expected one of `ttl`, `update_segment`, `early_hangup`, `no_timer_max_duration`, `min_se`, `refresh_method`, `prefer_refresher`, `refresh_non_timer_peers`, `allow_short_intervals`",
             "vigil.yaml:14: routes[0].trunk: no trunk named \"nowhere\"",
         ]
@@ -327,4 +327,46 @@ fn syntax_errors_carry_a_line() {
     let p =
         problems("listen: [\"udp:127.0.0.1:5060\"]\ncdr: { path: x }\nlog: { level: \"[bad\" }\n");
     assert_eq!(p[0].key, "log.level");
+}
+
+#[test]
+fn media_relay_needs_rtpengines_and_is_per_trunk_and_user() {
+    let with_engines = format!(
+        "{GOOD}media: {{ rtpengines: [\"udp:127.0.0.1:2223\"], timeout: 30, timeout_mode: either }}\n"
+    )
+    .replace(
+        "outbound: { to: \"127.0.0.1:5080\" }",
+        "outbound: { to: \"127.0.0.1:5080\" }\n    media: relay",
+    );
+    let config = Config::parse(&with_engines, Path::new("vigil.yaml")).expect("valid");
+    let media = config.media.as_ref().expect("media configured");
+    assert_eq!(media.timeout, std::time::Duration::from_secs(30));
+    assert_eq!(media.timeout_mode, TimeoutMode::Either);
+    let modes: Vec<MediaMode> = config.trunks.iter().map(|t| t.media).collect();
+    assert_eq!(
+        modes,
+        [
+            MediaMode::Passthrough,
+            MediaMode::Relay,
+            MediaMode::Passthrough
+        ]
+    );
+    // Relay without an rtpengine to relay through is refused where it is asked.
+    let without = with_engines.replace(
+        "media: { rtpengines: [\"udp:127.0.0.1:2223\"], timeout: 30, timeout_mode: either }\n",
+        "",
+    );
+    let p = problems(&without);
+    assert_eq!(p.len(), 1, "{p:?}");
+    assert_eq!(p[0].key, "trunks[1].media");
+    assert_eq!(p[0].line, Some(10));
+    assert!(
+        p[0].message.contains("media.rtpengines"),
+        "{}",
+        p[0].message
+    );
+    let p = problems(&format!(
+        "{GOOD}media: {{ rtpengines: [\"127.0.0.1:2223\"] }}\n"
+    ));
+    assert_eq!(p[0].key, "media.rtpengines[0]");
 }
