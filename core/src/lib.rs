@@ -3,7 +3,8 @@
 //! Layers only look down; from the bottom up:
 //!
 //! 1. [`sip`] (the codec, and [`sip::Reply`]: how any layer answers with a
-//!    status), [`timer`], [`ratelimit`], [`shrink`], [`ids`], [`config`];
+//!    status), [`sdp`] (what Vigil reads in a session description), [`timer`],
+//!    [`ratelimit`], [`shrink`], [`ids`], [`config`];
 //! 2. [`transaction`] and [`dialog`] (RFC 3261 §17, §12), [`transport`] (the
 //!    SIP sockets), [`session_timer`] (RFC 4028), [`metrics`], [`cdr`];
 //! 3. [`policy`] (the decision points; their types are `vigil-plugin-api`'s);
@@ -27,6 +28,7 @@ pub mod metrics;
 pub mod policy;
 pub mod ratelimit;
 pub mod registrar;
+pub mod sdp;
 pub mod session_timer;
 pub mod shrink;
 pub mod sip;
