@@ -11,7 +11,7 @@ use crate::sip::{
 };
 
 /// Headers describing a body; they travel with it.
-const BODY_HEADERS: [HeaderName; 5] = [
+pub const BODY_HEADERS: [HeaderName; 5] = [
     HeaderName::ContentType,
     HeaderName::ContentDisposition,
     HeaderName::ContentEncoding,

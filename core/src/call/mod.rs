@@ -128,7 +128,8 @@ impl Call {
             from_tag: env.ids.tag(),
             branch: env.ids.branch(),
         };
-        let b = BLeg::start(now, key, &inbound.invite, outbound, ids, env);
+        let mut b = BLeg::new(key, &inbound.invite, outbound, ids, env);
+        b.send_invite(now, None, env);
         let a = ALeg::new(key, inbound, env.ids.tag(), env);
         let mut timers = CallTimers::default();
         timers.set(CallTimer::Ring, now + env.settings.max_ring_time);

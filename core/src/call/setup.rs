@@ -81,6 +81,8 @@ impl Call {
                     self.b.hang_up_fork(now, &response, env);
                 }
             }
+            // Nothing was sent: no response can be for it.
+            BState::Waiting => {}
         }
     }
 

@@ -25,6 +25,9 @@ timer_table!(
 /// The B leg's progress.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum BState {
+    /// The INVITE is built but not sent: it waits for the SDP rtpengine gives
+    /// it (a relayed call).
+    Waiting,
     /// INVITE sent, nothing back yet (a CANCEL must wait, §9.1).
     Calling,
     /// A provisional arrived.
@@ -46,7 +49,8 @@ pub struct BLeg {
     invite: Option<Box<Request>>,
     /// Vigil's Call-ID on this leg, for the call's whole life.
     call_id: Box<str>,
-    invite_tx: ClientTxId,
+    /// The INVITE's transaction, once sent.
+    invite_tx: Option<ClientTxId>,
     /// CSeq of the INVITE (1, or 2 after a 422 retry).
     invite_seq: u32,
     /// The Session-Expires offered (changes after a 422).
@@ -66,15 +70,14 @@ pub struct BIdentity {
 }
 
 impl BLeg {
-    /// Sends the INVITE towards the callee, offering session timers, built from
-    /// the caller's `a_invite`.
-    pub fn start(
-        now: Instant,
+    /// Builds the INVITE towards the callee from the caller's `a_invite`,
+    /// offering session timers; [`BLeg::send_invite`] sends it.
+    pub fn new(
         key: CallKey,
         a_invite: &Request,
         outbound: Outbound,
         ids: BIdentity,
-        env: &mut Env<'_>,
+        env: &Env<'_>,
     ) -> BLeg {
         let mut invite = b_leg_invite(OutboundInvite {
             a_invite,
@@ -94,37 +97,55 @@ impl BLeg {
             outbound.timer.prefer_refresher == PreferRefresher::Local,
             &mut invite.headers,
         );
-        let mut leg = CallLeg::new(
+        let leg = CallLeg::new(
             key,
             Leg::B,
             outbound.path,
             outbound.advertised,
             outbound.timer,
         );
-        let invite_tx = env.tx.send_request(
-            now,
-            invite.clone(),
-            outbound.path,
-            TxOwner {
-                call: key,
-                purpose: Purpose::BInvite,
-            },
-        );
-        if let Some(body) = Body::of(&invite.headers, &invite.body) {
-            leg.set_local_body(body);
-        }
         BLeg {
             leg,
-            state: BState::Calling,
+            state: BState::Waiting,
             call_id: invite.call_id.as_str().into(),
             invite_seq: invite.cseq.seq,
             invite: Some(Box::new(invite)),
-            invite_tx,
+            invite_tx: None,
             offered,
             retried_422: false,
             cancel_pending: false,
             timers: BTimers::default(),
         }
+    }
+
+    /// Sends the INVITE, with `sdp` instead of the caller's if given (the
+    /// offer rtpengine rewrote for this leg).
+    pub fn send_invite(&mut self, now: Instant, sdp: Option<&Body>, env: &mut Env<'_>) {
+        let Some(invite) = self.invite.as_deref_mut() else {
+            return;
+        };
+        if self.state != BState::Waiting {
+            return;
+        }
+        if let Some(sdp) = sdp {
+            for name in crate::call::build::BODY_HEADERS {
+                invite.headers.remove(&name);
+            }
+            sdp.apply(&mut invite.headers, &mut invite.body);
+        }
+        if let Some(body) = Body::of(&invite.headers, &invite.body) {
+            self.leg.set_local_body(body);
+        }
+        self.invite_tx = Some(env.tx.send_request(
+            now,
+            invite.clone(),
+            self.leg.path(),
+            TxOwner {
+                call: self.leg.call,
+                purpose: Purpose::BInvite,
+            },
+        ));
+        self.state = BState::Calling;
     }
 
     pub fn call_id(&self) -> &str {
@@ -223,12 +244,12 @@ impl BLeg {
             &mut invite.headers,
         );
         invite.headers.set(HeaderName::MinSe, interval.to_string());
-        self.invite_tx = env.tx.send_request(
+        self.invite_tx = Some(env.tx.send_request(
             now,
             invite.clone(),
             self.leg.path(),
             self.leg.owner(Purpose::BInvite),
-        );
+        ));
         self.invite_seq = invite.cseq.seq;
         self.offered = interval;
         self.retried_422 = true;
@@ -284,6 +305,7 @@ impl BLeg {
     /// after.
     pub fn hang_up(&mut self, now: Instant, bye_reason: Option<&str>, env: &mut Env<'_>) {
         match self.state {
+            BState::Waiting => self.state = BState::Done,
             BState::Calling | BState::Proceeding => self.cancel(now, bye_reason, env),
             BState::Answered => {
                 self.leg.send_ack(now, self.invite_seq, None, env);
@@ -301,6 +323,7 @@ impl BLeg {
     /// CANCELs the INVITE, or remembers to once a provisional arrives.
     pub fn cancel(&mut self, now: Instant, bye_reason: Option<&str>, env: &mut Env<'_>) {
         match self.state {
+            BState::Waiting => self.state = BState::Done,
             BState::Calling => self.cancel_pending = true,
             BState::Proceeding => self.send_cancel(now, env),
             BState::Answered | BState::Confirmed => self.hang_up(now, bye_reason, env),
@@ -310,10 +333,13 @@ impl BLeg {
 
     fn send_cancel(&mut self, now: Instant, env: &mut Env<'_>) {
         self.cancel_pending = false;
-        if env.tx.client_state(self.invite_tx) != Some(ClientState::Proceeding) {
+        let Some(invite_tx) = self.invite_tx else {
+            return;
+        };
+        if env.tx.client_state(invite_tx) != Some(ClientState::Proceeding) {
             return;
         }
-        if let Some((cancel, path)) = env.tx.build_cancel(self.invite_tx) {
+        if let Some((cancel, path)) = env.tx.build_cancel(invite_tx) {
             env.tx
                 .send_request(now, cancel, path, self.leg.owner(Purpose::Teardown));
             self.state = BState::Cancelling;
@@ -336,7 +362,9 @@ impl BLeg {
                 BTimer::CancelWait => {
                     // §9.1: no final answer 64*T1 after CANCEL: consider it cancelled.
                     if self.state == BState::Cancelling {
-                        env.tx.abandon_client(self.invite_tx);
+                        if let Some(invite_tx) = self.invite_tx {
+                            env.tx.abandon_client(invite_tx);
+                        }
                         self.state = BState::Done;
                     }
                 }

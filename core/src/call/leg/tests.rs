@@ -437,7 +437,56 @@ fn b_leg(w: &mut World) -> BLeg {
         branch: "z9hG4bK-b-1".into(),
     };
     let now = w.now;
-    BLeg::start(now, 2, &invite(), outbound, ids, &mut w.env())
+    let mut b = BLeg::new(2, &invite(), outbound, ids, &w.env());
+    assert_eq!(b.state(), BState::Waiting);
+    assert!(w.sent().is_empty(), "built, not sent");
+    b.send_invite(now, None, &mut w.env());
+    assert_eq!(b.state(), BState::Calling);
+    b
+}
+
+#[test]
+fn a_b_leg_waiting_for_its_sdp_sends_the_one_it_is_given_and_ends_quietly() {
+    let mut w = World::new();
+    let outbound = Outbound {
+        path: path(),
+        advertised: addr(LOCAL),
+        timer: SessionTimerConfig::default(),
+        request_uri: None,
+        to: None,
+    };
+    let ids = || BIdentity {
+        call_id: "b-call".into(),
+        from_tag: "vigil-b".into(),
+        branch: "z9hG4bK-b-1".into(),
+    };
+    // Cancelled before rtpengine answered: nothing was sent, nothing is.
+    let mut b = BLeg::new(2, &invite(), outbound, ids(), &w.env());
+    let now = w.now;
+    b.cancel(now, None, &mut w.env());
+    assert_eq!(b.state(), BState::Done);
+    assert!(w.sent().is_empty());
+    // Given rtpengine's SDP, the INVITE carries it, and the leg keeps it as
+    // its own (a re-INVITE refresh re-sends it).
+    let outbound = Outbound {
+        path: path(),
+        advertised: addr(LOCAL),
+        timer: SessionTimerConfig::default(),
+        request_uri: None,
+        to: None,
+    };
+    let mut b = BLeg::new(2, &invite(), outbound, ids(), &w.env());
+    let relayed = SDP
+        .replace("127.0.0.2", "127.0.0.1")
+        .replace("4000", "30000");
+    let mut headers = crate::sip::Headers::new();
+    headers.push(HeaderName::ContentType, "application/sdp");
+    let body = crate::call::build::Body::of(&headers, relayed.as_bytes()).expect("body");
+    b.send_invite(now, Some(&body), &mut w.env());
+    let sent = w.requests().remove(0);
+    assert_eq!(sent.body, relayed.as_bytes());
+    assert_eq!(sent.headers.count(&HeaderName::ContentType), 1);
+    assert_eq!(b.leg.local_body(), Some(&body));
 }
 
 /// Feeds the callee's response through the transaction layer, as the engine does.
