@@ -309,6 +309,7 @@ impl Call {
             sip_code: ending.sip_code,
             refresh_failure: ending.refresh_failure.map(refresh_failure_cdr_value),
             extra,
+            media: None,
         });
     }
 

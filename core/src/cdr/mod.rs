@@ -108,6 +108,27 @@ pub struct CdrRecord {
     /// Fields the policies' `hangup` hooks added (a key given twice keeps its
     /// last value).
     pub extra: Vec<(String, String)>,
+    /// For a call relayed through rtpengine: what its media carried, from
+    /// rtpengine's own count. `None` for a call that was not relayed (or
+    /// whose totals rtpengine could not give).
+    pub media: Option<MediaTotals>,
+}
+
+/// What a relayed call's media carried, each way, and when its last packet
+/// was seen: billing can stop the clock where the audio stopped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct MediaTotals {
+    pub caller_to_callee: Flow,
+    pub callee_to_caller: Flow,
+    /// The last RTP packet either way (rtpengine's clock, to the second).
+    pub last_media_at: Option<SystemTime>,
+}
+
+/// Packets and bytes one way.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
+pub struct Flow {
+    pub packets: u64,
+    pub bytes: u64,
 }
 
 impl CdrRecord {
@@ -146,6 +167,13 @@ impl CdrRecord {
                 .iter()
                 .map(|(k, v)| (k.as_str(), v.as_str()))
                 .collect(),
+            media: self.media.map(|m| MediaLine {
+                caller_to_callee: m.caller_to_callee,
+                callee_to_caller: m.callee_to_caller,
+                last_media_at: m
+                    .last_media_at
+                    .map(|t| humantime::format_rfc3339_millis(t).to_string()),
+            }),
         };
         // Serialising a struct of strings and numbers cannot fail.
         serde_json::to_string(&line).unwrap_or_default()
@@ -169,6 +197,14 @@ struct CdrLine<'a> {
     sip_code: Option<u16>,
     refresh_failure: Option<&'a str>,
     extra: BTreeMap<&'a str, &'a str>,
+    media: Option<MediaLine>,
+}
+
+#[derive(Serialize)]
+struct MediaLine {
+    caller_to_callee: Flow,
+    callee_to_caller: Flow,
+    last_media_at: Option<String>,
 }
 
 #[cfg(test)]
@@ -197,6 +233,7 @@ mod tests {
                 ("route".into(), "gold".into()),
                 ("route".into(), "silver".into()),
             ],
+            media: None,
         };
         let wall = SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000);
         let line = record.to_json_line(t0 + Duration::from_millis(61_500), wall);

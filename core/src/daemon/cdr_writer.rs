@@ -394,6 +394,7 @@ mod tests {
             sip_code: Some(404),
             refresh_failure: None,
             extra: Vec::new(),
+            media: None,
         }
     }
 

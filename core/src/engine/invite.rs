@@ -289,6 +289,7 @@ impl Engine {
             sip_code: Some(status),
             refresh_failure: None,
             extra: Vec::new(),
+            media: None,
         });
     }
 

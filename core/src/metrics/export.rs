@@ -313,6 +313,7 @@ mod tests {
             sip_code,
             refresh_failure: None,
             extra: Vec::new(),
+            media: None,
         }
     }
 
