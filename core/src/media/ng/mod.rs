@@ -8,12 +8,15 @@
 //! a while and answers a retransmission from that cache, so a request may be
 //! sent again safely, and a cookie must never be reused.
 //!
-//! [`command`] builds requests and [`reply`] reads replies (liberally: a
-//! missing key is normal; strictly: one datagram at most, bounded nesting).
+//! [`command`] builds requests, [`reply`] reads replies (liberally: a missing
+//! key is normal; strictly: one datagram at most, bounded nesting), and
+//! [`client`] is the sans-IO client that sends them.
 
+mod client;
 mod command;
 mod reply;
 
+pub use client::{EngineId, NgClient, NgEvent, NgSettings, NoEngineUp, RequestId};
 pub use command::{Answer, Command, Delete, Offer, Query, SdpOptions};
 pub use reply::{CallStats, Counts, NgError, Outcome, PartyStats, Reply, StreamStats, Totals};
 
@@ -22,11 +25,25 @@ pub use reply::{CallStats, Counts, NgError, Outcome, PartyStats, Reply, StreamSt
 /// larger, so that such a datagram is seen as oversized, not cut).
 pub const MAX_DATAGRAM: usize = 65_507;
 
+/// The longest cookie accepted in a reply (Vigil's are 30 characters).
+const MAX_COOKIE: usize = 64;
+
 /// Replies nesting deeper than this are refused before they are decoded. A
 /// `query` reply nests eight deep (reply, `tags`, a tag, `medias`, a media,
 /// `streams`, a stream, `stats`); the decoder recurses once per level, so
 /// 60,000 `l`s in one datagram would otherwise overflow a worker's stack.
 const MAX_DEPTH: usize = 16;
+
+/// Splits a datagram into its cookie and the bencoded dictionary after the
+/// space; `None` without a space or with an empty or overlong cookie.
+fn split_cookie(datagram: &[u8]) -> Option<(&[u8], &[u8])> {
+    let space = datagram.iter().position(|&b| b == b' ')?;
+    let (cookie, rest) = datagram.split_at(space);
+    if cookie.is_empty() || cookie.len() > MAX_COOKIE {
+        return None;
+    }
+    Some((cookie, &rest[1..]))
+}
 
 /// Whether `bytes` lexes as bencode nesting at most [`MAX_DEPTH`] deep. A
 /// scan without recursion: it only follows the structure (strings are
@@ -81,3 +98,6 @@ fn within_depth(bytes: &[u8]) -> bool {
     }
     true
 }
+
+#[cfg(test)]
+mod tests;
