@@ -36,7 +36,10 @@ pub struct SdpOptions {
     /// session-level `c=` line too (10.5 needs it; rtpengine from 12.5 always
     /// does it and ignores the flag).
     pub replace_session_connection: bool,
-    /// `ICE: remove`: strip ICE attributes (rtpengine is the only candidate).
+    /// `ICE: remove`: strip ICE attributes (rtpengine is the only
+    /// candidate); in an offer also `flags: [reject ICE]`, or rtpengine (10.5)
+    /// still runs ICE with an offerer whose SDP had it, sending it STUN
+    /// checks though the answer it gets has no ICE.
     pub ice_remove: bool,
     /// Symmetric RTP (rtpengine's default): it sends to where a party's media
     /// comes from, which is what gets media through a phone's NAT. When
@@ -123,14 +126,14 @@ impl Command {
                 d.text("call-id", &o.call_id);
                 d.text("from-tag", &o.from_tag);
                 d.bytes("sdp", &o.sdp);
-                d.sdp_options(&o.options);
+                d.sdp_options(&o.options, true);
             }
             Command::Answer(a) => {
                 d.text("call-id", &a.call_id);
                 d.text("from-tag", &a.from_tag);
                 d.text("to-tag", &a.to_tag);
                 d.bytes("sdp", &a.sdp);
-                d.sdp_options(&a.options);
+                d.sdp_options(&a.options, false);
             }
             Command::Delete(del) => {
                 d.text("call-id", &del.call_id);
@@ -182,7 +185,7 @@ impl Dict {
         self.0.insert(key.into(), Value::List(items));
     }
 
-    fn sdp_options(&mut self, o: &SdpOptions) {
+    fn sdp_options(&mut self, o: &SdpOptions, offer: bool) {
         let mut replace = Vec::new();
         if o.replace_origin {
             replace.push("origin");
@@ -193,11 +196,18 @@ impl Dict {
         if !replace.is_empty() {
             self.list("replace", &replace);
         }
+        let mut flags = Vec::new();
         if o.ice_remove {
             self.text("ICE", "remove");
+            if offer {
+                flags.push("reject ICE");
+            }
         }
         if !o.symmetric {
-            self.list("flags", &["asymmetric"]);
+            flags.push("asymmetric");
+        }
+        if !flags.is_empty() {
+            self.list("flags", &flags);
         }
         self.text("record call", if o.record_call { "yes" } else { "no" });
         if let Some(label) = &o.label {
@@ -231,13 +241,13 @@ mod tests {
         });
         assert_eq!(
             text(&offer),
-            "5323_1 d3:ICE6:remove7:call-id2:c17:command5:offer8:from-tag2:f1\
-11:record call2:no7:replacel6:origin18:session-connectione3:sdp5:v=0\r\ne"
+            "5323_1 d3:ICE6:remove7:call-id2:c17:command5:offer5:flagsl10:reject ICEe\
+8:from-tag2:f111:record call2:no7:replacel6:origin18:session-connectione3:sdp5:v=0\r\ne"
         );
     }
 
     #[test]
-    fn an_answer_with_a_label_and_asymmetric_rtp() {
+    fn an_answer_rejects_no_ice_and_may_be_asymmetric_with_a_label() {
         let answer = Command::Answer(Answer {
             call_id: "c1".into(),
             from_tag: "f1".into(),
@@ -246,7 +256,7 @@ mod tests {
             options: SdpOptions {
                 replace_origin: false,
                 replace_session_connection: false,
-                ice_remove: false,
+                ice_remove: true,
                 symmetric: false,
                 record_call: true,
                 label: Some("callee".into()),
@@ -254,8 +264,8 @@ mod tests {
         });
         assert_eq!(
             text(&answer),
-            "5323_1 d7:call-id2:c17:command6:answer5:flagsl10:asymmetrice8:from-tag2:f1\
-5:label6:callee11:record call3:yes3:sdp5:v=0\r\n6:to-tag2:t1e"
+            "5323_1 d3:ICE6:remove7:call-id2:c17:command6:answer5:flagsl10:asymmetrice\
+8:from-tag2:f15:label6:callee11:record call3:yes3:sdp5:v=0\r\n6:to-tag2:t1e"
         );
     }
 
