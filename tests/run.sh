@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # The test command (README.md): installs the SIP peers the end-to-end tests drive
 # when they are missing (sipp, Debian's sip-tester; the baresip softphone, whose
-# metapackage without its recommends is just baresip-core), then runs every test
+# metapackage without its recommends is just baresip-core; the rtpengine media
+# proxy, Debian's rtpengine-daemon, of which the tests start their own on
+# loopback), then runs every test
 # of the workspace: unit tests, the RFC 4475 torture suite and the end-to-end
 # calls.
 set -euo pipefail
@@ -10,6 +12,7 @@ cd "$(dirname "$0")/.."
 missing=()
 command -v sipp >/dev/null 2>&1 || missing+=(sip-tester)
 command -v baresip >/dev/null 2>&1 || missing+=(baresip)
+command -v rtpengine >/dev/null 2>&1 || missing+=(rtpengine-daemon)
 if [ "${#missing[@]}" -gt 0 ]; then
     echo "tests/run.sh: installing ${missing[*]}" >&2
     sudo=""

@@ -54,6 +54,15 @@ impl IdGen {
         format!("{PREFIX}{:02x}-{random}", self.worker)
     }
 
+    /// A cookie for one rtpengine ng request, routable back to this worker
+    /// like a Call-ID. Random, not a counter: rtpengine answers a cookie it
+    /// has seen lately with its cached reply, whoever sends it, so a counter
+    /// that starts again after a restart would get another request's answer.
+    pub fn ng_cookie(&mut self) -> String {
+        let random = self.random_hex();
+        format!("{PREFIX}{:02x}-{random}", self.worker)
+    }
+
     /// A Via branch with the magic cookie, routable back to this worker.
     pub fn branch(&mut self) -> String {
         let random = self.random_hex();
@@ -96,6 +105,10 @@ mod tests {
         assert!(branch.starts_with("z9hG4bK"));
         assert_eq!(worker_of(&call_id), Some(0x2a));
         assert_eq!(worker_of(&branch), Some(0x2a));
+        let cookie = ids.ng_cookie();
+        assert_eq!(worker_of(&cookie), Some(0x2a));
+        assert!(!cookie.contains(' '), "a space ends an ng cookie");
+        assert_ne!(cookie, ids.ng_cookie());
         assert_ne!(ids.tag(), ids.tag());
         assert_eq!(worker_of("a84b4c76e66710@pc33.atlanta.com"), None);
         assert_eq!(worker_of("vglzz-1"), None);

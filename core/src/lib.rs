@@ -6,7 +6,8 @@
 //!    status), [`sdp`] (what Vigil reads in a session description), [`timer`],
 //!    [`ratelimit`], [`shrink`], [`ids`], [`config`];
 //! 2. [`transaction`] and [`dialog`] (RFC 3261 §17, §12), [`transport`] (the
-//!    SIP sockets), [`session_timer`] (RFC 4028), [`metrics`], [`cdr`];
+//!    SIP sockets), [`session_timer`] (RFC 4028), [`metrics`], [`cdr`],
+//!    [`media`] (rtpengine's ng protocol and its client: media anchoring);
 //! 3. [`policy`] (the decision points; their types are `vigil-plugin-api`'s);
 //! 4. [`call`] (two legs and the rules between them), [`registrar`];
 //! 5. [`engine`] (one worker's core) and [`ingress`] (the stateless front);
@@ -24,6 +25,7 @@ pub mod dialog;
 pub mod engine;
 pub mod ids;
 pub mod ingress;
+pub mod media;
 pub mod metrics;
 pub mod policy;
 pub mod ratelimit;

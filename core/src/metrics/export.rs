@@ -22,7 +22,7 @@ use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::registry::Registry;
 
 use super::{
-    CallShed, DatagramDrop, END_REASONS, Histogram, Metrics, PolicyBackend, PolicyHook,
+    CallShed, DatagramDrop, END_REASONS, Histogram, Metrics, NgFailure, PolicyBackend, PolicyHook,
     RefreshFailureCause, RequestShed, SESSION_TIMEOUT_CAUSES,
 };
 
@@ -243,8 +243,87 @@ impl Collector for Scrape {
             "CDRs not yet in the CDR file: held in memory or in the spill file",
             load(&m.cdrs_pending),
         )?;
-        Ok(())
+        rtpengine_families(&mut out, m)
     }
+}
+
+/// The rtpengine families (issue 17), one series per engine address.
+fn rtpengine_families(out: &mut DescriptorEncoder, m: &Metrics) -> fmt::Result {
+    let load = |c: &AtomicU64| c.load(Ordering::Relaxed);
+    let engines = m.rtpengines();
+    let label = |addr: std::net::SocketAddr| [("engine", addr.to_string())];
+    counter_family(
+        out,
+        "vigil_rtpengine_requests",
+        "ng requests sent to each rtpengine, health pings included (not their retransmissions)",
+        engines.iter().map(|e| (label(e.addr), load(&e.requests))),
+    )?;
+    counter_family(
+        out,
+        "vigil_rtpengine_retransmissions",
+        "ng requests sent again for want of a reply",
+        engines
+            .iter()
+            .map(|e| (label(e.addr), load(&e.retransmissions))),
+    )?;
+    let failures = engines.iter().flat_map(|e| {
+        NgFailure::ALL.iter().map(|&kind| {
+            let labels = [
+                ("engine", e.addr.to_string()),
+                ("kind", kind.as_str().into()),
+            ];
+            (labels, e.failures(kind))
+        })
+    });
+    counter_family(
+        out,
+        "vigil_rtpengine_failures",
+        "ng requests that failed, by kind: timeout (no reply after every retransmission), rejected (result error), malformed (a reply that did not decode)",
+        failures,
+    )?;
+    counter_family(
+        out,
+        "vigil_rtpengine_late_replies",
+        "ng replies that came after their request had timed out (dropped)",
+        engines
+            .iter()
+            .map(|e| (label(e.addr), load(&e.late_replies))),
+    )?;
+    let mut rtt = out.encode_descriptor(
+        "vigil_rtpengine_round_trip_seconds",
+        "Time from an ng request's first send to its reply, per rtpengine",
+        None,
+        MetricType::Histogram,
+    )?;
+    for e in &engines {
+        let (buckets, sum) = e.round_trip.buckets();
+        let count = buckets.iter().map(|&(_, n)| n).sum();
+        rtt.encode_family(&label(e.addr))?
+            .encode_histogram::<NoLabelSet>(sum, count, &buckets, None)?;
+    }
+    let mut up = out.encode_descriptor(
+        "vigil_rtpengine_up",
+        "1 while every worker sees the rtpengine up (it answers), 0 when any sees it down; only engines in use",
+        None,
+        MetricType::Gauge,
+    )?;
+    for e in &engines {
+        if let Some(is_up) = e.is_up() {
+            ConstGauge::new(u64::from(is_up)).encode(up.encode_family(&label(e.addr))?)?;
+        }
+    }
+    counter(
+        out,
+        "vigil_rtpengine_no_engine",
+        "ng requests refused at once because no rtpengine was up (the call gets media.on_failure)",
+        load(&m.ng_no_engine),
+    )?;
+    counter(
+        out,
+        "vigil_rtpengine_stray_replies",
+        "ng replies that matched no request (unknown cookie, or a source other than the engine asked)",
+        load(&m.ng_stray_replies),
+    )
 }
 
 fn counter(out: &mut DescriptorEncoder, name: &str, help: &str, value: u64) -> fmt::Result {
@@ -500,6 +579,78 @@ mod tests {
         assert_eq!(
             value(&text, "vigil_datagrams_dropped_total{reason=\"malformed\"}"),
             0.0
+        );
+    }
+
+    #[test]
+    fn rtpengine_families_are_labelled_by_engine_address() {
+        let m = Arc::new(Metrics::default());
+        let text = encode(&m, Gauges::default()).expect("encode");
+        for family in [
+            "vigil_rtpengine_requests_total counter",
+            "vigil_rtpengine_failures_total counter",
+            "vigil_rtpengine_round_trip_seconds histogram",
+            "vigil_rtpengine_up gauge",
+            "vigil_rtpengine_no_engine_total counter",
+        ] {
+            assert!(
+                text.contains(&format!("# TYPE {family}\n")),
+                "{family}:\n{text}"
+            );
+        }
+        let a = m.rtpengine("127.0.0.1:2223".parse().expect("addr"));
+        let b = m.rtpengine("127.0.0.2:2223".parse().expect("addr"));
+        assert!(
+            Arc::ptr_eq(&a, &m.rtpengine(a.addr)),
+            "one entry per address"
+        );
+        Metrics::count(&a.requests);
+        Metrics::count(&a.requests);
+        a.failed(NgFailure::Timeout);
+        a.round_trip.record(Duration::from_micros(300));
+        a.watch();
+        a.went_up();
+        b.watch();
+        b.watch();
+        b.went_up();
+        Metrics::count(&m.ng_no_engine);
+        let text = encode(&m, Gauges::default()).expect("encode");
+        let one = "{engine=\"127.0.0.1:2223\"}";
+        let two = "{engine=\"127.0.0.2:2223\"}";
+        assert_eq!(
+            value(&text, &format!("vigil_rtpengine_requests_total{one}")),
+            2.0
+        );
+        assert_eq!(
+            value(&text, &format!("vigil_rtpengine_requests_total{two}")),
+            0.0
+        );
+        assert_eq!(
+            value(
+                &text,
+                "vigil_rtpengine_failures_total{engine=\"127.0.0.1:2223\",kind=\"timeout\"}"
+            ),
+            1.0
+        );
+        assert_eq!(
+            value(
+                &text,
+                &format!("vigil_rtpengine_round_trip_seconds_count{one}")
+            ),
+            1.0
+        );
+        assert_eq!(value(&text, &format!("vigil_rtpengine_up{one}")), 1.0);
+        assert_eq!(
+            value(&text, &format!("vigil_rtpengine_up{two}")),
+            0.0,
+            "one of two workers sees it down"
+        );
+        assert_eq!(value(&text, "vigil_rtpengine_no_engine_total"), 1.0);
+        a.unwatch(true);
+        let text = encode(&m, Gauges::default()).expect("encode");
+        assert!(
+            !text.contains(&format!("vigil_rtpengine_up{one}")),
+            "an engine no client tracks has no up gauge"
         );
     }
 
