@@ -146,6 +146,9 @@ struct Pending {
 struct Engine {
     addr: SocketAddr,
     up: bool,
+    /// No longer configured (a reload removed it): it takes no new call and
+    /// is not pinged, but the calls it holds still reach it.
+    retired: bool,
     /// Failures in a row since its last answer.
     failures: u32,
     /// The health ping awaiting its answer, if any.
@@ -201,6 +204,7 @@ impl NgClient {
                 Engine {
                     addr,
                     up: false,
+                    retired: false,
                     failures: 0,
                     ping: None,
                     timers,
@@ -259,12 +263,51 @@ impl NgClient {
         self.engines.get(engine.0 as usize)
     }
 
-    /// The next engine that is up, in turn.
+    /// A reload's list of engines: new ones are added (and pinged at once),
+    /// ones no longer listed retire (no new calls, no pings; their calls
+    /// still reach them), and a listed one that had retired comes back. An
+    /// engine keeps its [`EngineId`] for the client's life.
+    pub fn set_engines(&mut self, now: Instant, engines: &[SocketAddr]) {
+        for e in &mut self.engines {
+            e.retired = !engines.contains(&e.addr);
+            if e.retired {
+                e.timers.clear(EngineTimer::Ping);
+            } else if e.timers.get(EngineTimer::Ping).is_none() {
+                e.timers.set(EngineTimer::Ping, now);
+            }
+        }
+        for &addr in engines {
+            if self.engine_id(addr).is_none() {
+                let counters = self.metrics.rtpengine(addr);
+                counters.watch();
+                let mut timers = EngineTimers::default();
+                timers.set(EngineTimer::Ping, now);
+                self.engines.push(Engine {
+                    addr,
+                    up: false,
+                    retired: false,
+                    failures: 0,
+                    ping: None,
+                    timers,
+                    scheduled: Scheduled::default(),
+                    counters,
+                });
+            }
+        }
+        for i in 0..self.engines.len() {
+            if let Ok(i) = u32::try_from(i) {
+                self.reschedule(Target::Engine(EngineId(i)));
+            }
+        }
+        self.handle_timeout(now);
+    }
+
+    /// The next engine that is up (and configured), in turn.
     fn pick(&mut self) -> Option<EngineId> {
         let n = self.engines.len();
         let found = (0..n)
             .map(|k| (self.next_engine + k) % n)
-            .find(|&i| self.engines[i].up)?;
+            .find(|&i| self.engines[i].up && !self.engines[i].retired)?;
         self.next_engine = (found + 1) % n;
         u32::try_from(found).ok().map(EngineId)
     }

@@ -501,3 +501,38 @@ fn the_request_timeout_is_the_sum_of_the_intervals() {
         "saturates, no overflow"
     );
 }
+
+/// A reload changes the engines: a new one is pinged and takes new calls
+/// once up; a removed one takes no new call but keeps the calls it holds.
+#[test]
+fn a_reload_adds_engines_and_retires_removed_ones() {
+    let (mut c, t0, _) = client_up(2, quiet());
+    let (_, old) = c.request(t0, None, &offer()).expect("sent");
+    assert_eq!(c.engine_addr(old), Some(addr(0)));
+    drain(&mut c);
+    c.set_engines(t0, &[addr(1), addr(2)]);
+    let pings = drain(&mut c);
+    assert_eq!(pings.len(), 1, "only the new engine is pinged: {pings:?}");
+    assert_eq!((pings[0].to, pings[0].command.as_str()), (addr(2), "ping"));
+    reply(&mut c, t0, &pings[0], PONG);
+    let engine2 = c.engine_id(addr(2)).expect("added");
+    assert_eq!(events(&mut c), vec![NgEvent::EngineUp(engine2)]);
+    let targets: Vec<SocketAddr> = (0..4)
+        .map(|_| {
+            let (_, e) = c.request(t0, None, &offer()).expect("sent");
+            c.engine_addr(e).expect("engine")
+        })
+        .collect();
+    assert!(!targets.contains(&addr(0)), "retired: {targets:?}");
+    assert!(targets.contains(&addr(1)) && targets.contains(&addr(2)));
+    // The call on the retired engine still reaches it, with the same id.
+    assert_eq!(c.engine_id(addr(0)), Some(old));
+    let (_, engine) = c.request(t0, Some(old), &offer()).expect("sticky");
+    assert_eq!(engine, old);
+    // Listed again, it takes new calls again.
+    c.set_engines(t0, &[addr(0), addr(1), addr(2)]);
+    assert!(
+        c.engines()
+            .any(|(id, a, up)| id == old && a == addr(0) && up)
+    );
+}
