@@ -103,6 +103,11 @@ impl Body {
         })))
     }
 
+    /// The body itself (an SDP, most often).
+    pub fn bytes(&self) -> &[u8] {
+        &self.0.bytes
+    }
+
     /// Puts this body (and its headers) on a message.
     pub fn apply(&self, headers: &mut Headers, body: &mut Vec<u8>) {
         for (name, value) in self.0.headers.iter() {

@@ -4,6 +4,7 @@
 use std::collections::VecDeque;
 use std::time::Duration;
 
+use super::media::MediaRelay;
 use crate::cdr::CdrRecord;
 use crate::ids::IdGen;
 use crate::metrics::Metrics;
@@ -42,6 +43,8 @@ pub struct Env<'a> {
     /// The worker's policies; a call asks those of its trunks.
     pub policies: &'a Policies,
     pub metrics: &'a Metrics,
+    /// rtpengine, when `media:` names one.
+    pub media: Option<&'a mut MediaRelay>,
 }
 
 /// Per-call knobs from the config snapshot the call started under.

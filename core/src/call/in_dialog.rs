@@ -52,11 +52,15 @@ impl Call {
                 self.on_bye(now, leg, env);
             }
             Method::Invite | Method::Update => {
-                let busy_from = self.relays.offer_from().or_else(|| {
-                    [Leg::A, Leg::B]
-                        .into_iter()
-                        .find(|&l| self.leg(l).awaits_ack())
-                });
+                let busy_from = self
+                    .relays
+                    .offer_from()
+                    .or_else(|| self.media_offer_from())
+                    .or_else(|| {
+                        [Leg::A, Leg::B]
+                            .into_iter()
+                            .find(|&l| self.leg(l).awaits_ack())
+                    });
                 // Vigil's own refresh on this dialog crosses the request; one on
                 // the other leg only matters if the request must go there.
                 let changed = self.leg(leg).sdp_changed(&request);

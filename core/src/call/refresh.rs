@@ -117,7 +117,8 @@ impl Call {
         // An offer is already crossing this leg: its 2xx will prove the peer alive.
         let busy = self.a.leg.awaits_ack()
             || self.b.leg.awaits_ack()
-            || self.relays.offer_from().is_some();
+            || self.relays.offer_from().is_some()
+            || self.media_offer_from().is_some();
         if busy {
             if let Some(s) = self.leg_mut(leg).session_mut() {
                 s.retry_in(now, Duration::from_secs(1));

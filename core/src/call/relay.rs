@@ -14,12 +14,12 @@ use crate::sip::{HeaderName, Method, Request, Response};
 use crate::transaction::ServerTxId;
 
 /// A request relayed from one leg to the other, waiting for its answer.
-struct Relay {
+pub struct Relay {
     id: u32,
     /// The leg the request came from (where the answer goes).
-    from: Leg,
+    pub(super) from: Leg,
     server_tx: ServerTxId,
-    request: Request,
+    pub(super) request: Request,
     /// CSeq of the copy sent on the other leg.
     sent_seq: u32,
     /// For a re-INVITE or UPDATE: the session timer negotiated with its sender.
@@ -55,8 +55,26 @@ impl Relays {
 impl Call {
     /// Sends a copy of `request` on the other leg. A re-INVITE or UPDATE copy
     /// carries the other leg's own session-timer headers: it refreshes that leg
-    /// too.
+    /// too. A relayed call's new offer goes through rtpengine first.
     pub(super) fn relay(
+        &mut self,
+        now: Instant,
+        from: Leg,
+        tx: ServerTxId,
+        request: Request,
+        negotiated: Option<UasOutcome>,
+        env: &mut Env<'_>,
+    ) {
+        let Some(negotiated_offer) = negotiated else {
+            return self.relay_now(now, from, tx, request, None, env);
+        };
+        if let Some((tx, request)) = self.reoffer(now, from, tx, request, negotiated_offer, env) {
+            self.relay_now(now, from, tx, request, negotiated, env);
+        }
+    }
+
+    /// Relays `request` as it is (its SDP already rtpengine's, if relayed).
+    pub(super) fn relay_now(
         &mut self,
         now: Instant,
         from: Leg,
@@ -124,6 +142,25 @@ impl Call {
             }
             return;
         };
+        let offer = matches!(relay.request.method, Method::Invite | Method::Update);
+        if response.is_success() && offer {
+            if let Some((relay, response)) = self.reanswer(now, relay, response, env) {
+                self.answer_relay(now, relay, response, env);
+            }
+            return;
+        }
+        self.answer_relay(now, relay, response, env);
+    }
+
+    /// Sends the answer to a relayed request back to where it came from (its
+    /// SDP already rtpengine's, if relayed).
+    pub(super) fn answer_relay(
+        &mut self,
+        now: Instant,
+        relay: Relay,
+        response: Response,
+        env: &mut Env<'_>,
+    ) {
         let to = relay.from.other();
         let offer = matches!(relay.request.method, Method::Invite | Method::Update);
         let contact = self.leg(relay.from).contact();

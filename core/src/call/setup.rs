@@ -12,7 +12,22 @@ use crate::sip::local_response;
 use crate::sip::{Request, Response};
 
 impl Call {
+    /// A response to the B-leg INVITE. A relayed call's SDP in it goes
+    /// through rtpengine first; responses keep their order.
     pub(super) fn on_b_invite_response(
+        &mut self,
+        now: Instant,
+        response: Response,
+        env: &mut Env<'_>,
+    ) {
+        if let Some(response) = self.callee_sdp_through_media(now, response, env) {
+            self.take_b_invite_response(now, response, env);
+        }
+    }
+
+    /// A response to the B-leg INVITE, its SDP already rtpengine's if the
+    /// call is relayed.
+    pub(super) fn take_b_invite_response(
         &mut self,
         now: Instant,
         response: Response,
@@ -103,6 +118,7 @@ impl Call {
         self.note_body(Leg::B, &response.headers, &response.body);
         self.a.answer(now, &response, self.b.invite_seq(), env);
         self.start_sessions(now, b_agreed);
+        self.start_media_checks(now, env);
         tracing::debug!(call_id = %self.a.call_id(), "answered");
     }
 
@@ -140,6 +156,22 @@ impl Call {
             Leg::A => self.a.confirm(),
             Leg::B => false,
         };
+        if let Some(ack) = self.late_answer_through_media(now, leg, ack, ack_other, owed_bye, env) {
+            self.cross_ack(now, leg, ack, ack_other, owed_bye, env);
+        }
+    }
+
+    /// The ACK crosses to the other leg (its SDP already rtpengine's, if the
+    /// call is relayed), confirming both.
+    pub(super) fn cross_ack(
+        &mut self,
+        now: Instant,
+        leg: Leg,
+        ack: Request,
+        ack_other: Option<u32>,
+        owed_bye: bool,
+        env: &mut Env<'_>,
+    ) {
         self.note_body(leg, &ack.headers, &ack.body);
         if let Some(seq) = ack_other {
             let other = leg.other();

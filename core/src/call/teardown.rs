@@ -13,9 +13,11 @@ const SESSION_EXPIRED: &str = "SIP;cause=408;text=\"Session expired\"";
 impl Call {
     /// The `Reason` header Vigil's BYEs carry, given how the call ended.
     pub(super) fn bye_reason(&self) -> Option<&'static str> {
-        self.ending
-            .is_some_and(|e| e.reason == EndReason::SessionTimeout)
-            .then_some(SESSION_EXPIRED)
+        match self.ending.map(|e| e.reason) {
+            Some(EndReason::SessionTimeout) => Some(SESSION_EXPIRED),
+            Some(EndReason::MediaTimeout) => Some(super::anchoring::MEDIA_TIMEOUT),
+            _ => None,
+        }
     }
 
     /// A peer hung up with BYE (already answered 200): the other leg follows.

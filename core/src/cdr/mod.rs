@@ -52,6 +52,9 @@ pub enum EndReason {
     PolicyRejected,
     /// An operator hung the call up (`vigil ctl hangup`); both legs got BYE.
     Admin,
+    /// A relayed call's media was dead for `media.timeout` (in its
+    /// `timeout_mode`); both legs got BYE.
+    MediaTimeout,
 }
 
 impl EndReason {
@@ -68,6 +71,7 @@ impl EndReason {
             EndReason::AckTimeout => "ack-timeout",
             EndReason::SessionTimeout => "session-timeout",
             EndReason::MaxDuration => "max-duration",
+            EndReason::MediaTimeout => "media-timeout",
         }
     }
 }

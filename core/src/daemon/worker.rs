@@ -1,20 +1,25 @@
 //! One worker task: owns an [`Engine`] outright (no locks on the hot path), feeds
 //! it the messages of its shard and its timeouts, and performs what it asks.
 
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
+use tokio::net::UdpSocket;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::sleep_until;
 
 use super::DRAIN_TIME;
 use crate::call::CallSnapshot;
+use crate::call::media::MediaRelay;
 use crate::cdr::CdrRecord;
 use crate::config::Config;
 use crate::engine::{Engine, EngineDeps, EngineResources, Users};
 use crate::ids::IdGen;
+use crate::media::{MAX_DATAGRAM, NgClient, NgSettings};
 use crate::metrics::Metrics;
 use crate::policy::Policies;
+use crate::ratelimit::RateLimit;
 use crate::registrar::digest::DigestAuth;
 use crate::registrar::location::LocationView;
 use crate::sip::Message;
@@ -89,16 +94,20 @@ pub async fn run_worker(
         location,
         auth: auth.issued_by(id),
     });
+    let media = media_relay(id, &config, &metrics);
+    let mut ng = NgSocket::open(&config).await;
     let deps = EngineDeps {
         ids: IdGen::new(id),
-        metrics,
+        metrics: metrics.clone(),
         budget,
         policies,
         users,
+        media,
     };
     let mut engine = Engine::new(config, sockets, deps);
     let mut drain_until: Option<Instant> = None;
     let mut batch = Vec::with_capacity(BATCH);
+    let mut ng_buf = vec![0u8; MAX_DATAGRAM + 1];
     loop {
         // Without a deadline, sleep "forever" (a day) until input arrives.
         let wake = engine
@@ -119,7 +128,13 @@ pub async fn run_worker(
                         }
                         WorkerInput::Reload(reload) => {
                             let Reload { config, policies, sockets } = *reload;
-                            engine.set_config(config);
+                            let relay = (!engine.has_media())
+                                .then(|| media_relay(id, &config, &metrics))
+                                .flatten();
+                            if ng.socket.is_none() {
+                                ng = NgSocket::open(&config).await;
+                            }
+                            engine.set_config(now, config, relay);
                             engine.set_policies(policies);
                             engine.set_sockets(sockets);
                         }
@@ -140,13 +155,20 @@ pub async fn run_worker(
                 }
             }
             _ = sleep_until(wake.into()) => engine.handle_timeout(Instant::now()),
+            received = ng.recv(&mut ng_buf) => {
+                if let Ok((len, from)) = received
+                    && len <= MAX_DATAGRAM
+                {
+                    engine.handle_ng_datagram(Instant::now(), SystemTime::now(), from, &ng_buf[..len]);
+                }
+            }
             _ = sleep_until(drain_wake.into()), if drain_until.is_some() => {
                 log_drain_leftovers(id, &engine);
-                flush(&mut engine, &transport, &cdrs).await;
+                flush(&mut engine, &transport, &cdrs, &mut ng).await;
                 break;
             }
         }
-        flush(&mut engine, &transport, &cdrs).await;
+        flush(&mut engine, &transport, &cdrs, &mut ng).await;
         if drain_until.is_some() && engine.active_calls() == 0 && engine.requests_in_flight() == 0 {
             break;
         }
@@ -170,12 +192,88 @@ async fn flush(
     engine: &mut Engine,
     transport: &Transport,
     cdrs: &mpsc::UnboundedSender<CdrRecord>,
+    ng: &mut NgSocket,
 ) {
     while let Some(t) = engine.poll_transmit() {
         transport.send(&t).await;
     }
+    while let Some((to, bytes)) = engine.poll_ng_transmit() {
+        ng.send(to, &bytes).await;
+    }
     while let Some(record) = engine.poll_cdr() {
         // The writer only goes away after every worker has stopped.
         let _ = cdrs.send(record);
+    }
+}
+
+/// This worker's ng client of the rtpengines `media:` names (none without).
+fn media_relay(id: u8, config: &Config, metrics: &Arc<Metrics>) -> Option<MediaRelay> {
+    let media = config.media.as_ref()?;
+    let settings = NgSettings {
+        ping_interval: media.ping_interval,
+        ..NgSettings::default()
+    };
+    let client = NgClient::new(
+        Instant::now(),
+        media.rtpengines.clone(),
+        settings,
+        IdGen::new(id),
+        metrics.clone(),
+    );
+    Some(MediaRelay::new(client, media.clone()))
+}
+
+/// The worker's socket to rtpengine's ng port: one per worker, so replies
+/// come back to the worker that sent the request, and no worker shares a
+/// socket or waits on another.
+struct NgSocket {
+    socket: Option<UdpSocket>,
+    send_errors: RateLimit,
+}
+
+impl NgSocket {
+    /// Bound on an ephemeral port of the engines' family, when `media:` names
+    /// any (IPv6 is bound dual-stack, so IPv4 engines are reached too).
+    async fn open(config: &Config) -> NgSocket {
+        let socket = match &config.media {
+            Some(media) => {
+                let v6 = media.rtpengines.iter().any(|e| e.is_ipv6());
+                let any: SocketAddr = if v6 {
+                    (Ipv6Addr::UNSPECIFIED, 0).into()
+                } else {
+                    (Ipv4Addr::UNSPECIFIED, 0).into()
+                };
+                match UdpSocket::bind(any).await {
+                    Ok(s) => Some(s),
+                    Err(e) => {
+                        tracing::error!(error = %e, "cannot open a socket to rtpengine: relayed calls will fail");
+                        None
+                    }
+                }
+            }
+            None => None,
+        };
+        NgSocket {
+            socket,
+            send_errors: RateLimit::new(5, Duration::from_secs(10)),
+        }
+    }
+
+    async fn recv(&self, buf: &mut [u8]) -> std::io::Result<(usize, SocketAddr)> {
+        match &self.socket {
+            Some(socket) => socket.recv_from(buf).await,
+            None => std::future::pending().await,
+        }
+    }
+
+    async fn send(&mut self, to: SocketAddr, bytes: &[u8]) {
+        let Some(socket) = &self.socket else {
+            return;
+        };
+        if let Err(e) = socket.send_to(bytes, to).await
+            && let Some(suppressed) = self.send_errors.allow(Instant::now())
+        {
+            tracing::warn!(rtpengine = %to, error = %e, suppressed, "cannot send to rtpengine");
+        }
     }
 }

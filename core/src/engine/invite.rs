@@ -8,7 +8,7 @@ use std::time::Instant;
 use super::Engine;
 use crate::call::{Call, Env, Inbound as InboundLeg, Outbound, Parties};
 use crate::cdr::{CdrRecord, EndReason, EndedBy};
-use crate::config::SessionTimerConfig;
+use crate::config::{MediaMode, SessionTimerConfig};
 use crate::metrics::Metrics;
 use crate::policy::{AddrText, CallOverrides, CallStartDecision, CallStartView};
 use crate::registrar::digest::Verdict;
@@ -97,6 +97,7 @@ impl Engine {
                 return self.record_unplaced(now, &request, unplaced, end_reason, status);
             }
         };
+        let relay = self.relay_wanted(&source, &destination, &request, path);
         let mut outbound = match self.outbound(&destination, &callee) {
             Ok(o) => o,
             Err(refusal) => return self.reply(now, tx, &request, refusal),
@@ -178,6 +179,7 @@ impl Engine {
             settings: &self.settings,
             policies: &self.policies,
             metrics: &self.metrics,
+            media: self.media.as_mut(),
         };
         let inbound = InboundLeg {
             tx,
@@ -187,7 +189,7 @@ impl Engine {
             timer: a_timer,
             negotiated,
         };
-        let call = Call::start(now, key, inbound, parties, outbound, &mut env);
+        let call = Call::start(now, key, inbound, parties, outbound, relay, &mut env);
         self.metrics.call_placed();
         self.by_b.insert(call.b_call_id().to_string(), key);
         self.by_a.insert(a_key, key);
@@ -376,6 +378,48 @@ impl Engine {
                 r.with_header(HeaderName::ProxyAuthenticate, c.to_string())
             });
         Err(challenge)
+    }
+
+    /// Whether the call's media goes through rtpengine: `media:` names one,
+    /// and the trunk or user on either side asks for relay. A user who says
+    /// nothing is relayed when it is behind a NAT: its Contact names another
+    /// address than the one its messages come from (its SDP then names an
+    /// address nobody can send to).
+    fn relay_wanted(
+        &self,
+        source: &Source,
+        destination: &Destination,
+        request: &Request,
+        path: Path,
+    ) -> bool {
+        if self.config.media.is_none() {
+            return false;
+        }
+        let behind_nat = |contact: Option<SipUri>, seen_from: std::net::SocketAddr| {
+            contact
+                .and_then(|c| c.socket_addr())
+                .is_none_or(|named| named != seen_from)
+        };
+        let user_relays = |name: &str, nat: bool| match self.config.user(name).and_then(|u| u.media)
+        {
+            Some(mode) => mode == MediaMode::Relay,
+            None => nat,
+        };
+        let caller_side = match source {
+            Source::Trunk(t) => self.config.trunks[*t].media == MediaMode::Relay,
+            Source::User(name) => {
+                let contact = request.contact().and_then(|c| c.uri.as_sip().cloned());
+                user_relays(name, behind_nat(contact, path.remote))
+            }
+        };
+        let callee_side = match destination {
+            Destination::Trunk(t) => self.config.trunks[*t].media == MediaMode::Relay,
+            Destination::Contact { user, target } => {
+                let contact = target.parsed_uri().and_then(|u| u.as_sip().cloned());
+                user_relays(user, behind_nat(contact, target.received))
+            }
+        };
+        caller_side || callee_side
     }
 
     fn timer_of(&self, source: &Source) -> SessionTimerConfig {

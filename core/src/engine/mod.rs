@@ -13,6 +13,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::call::media::MediaRelay;
 use crate::call::{Call, CallKey, CallSettings, CallSnapshot, Env, Leg, TxOwner};
 use crate::cdr::CdrRecord;
 use crate::config::{Config, canonical_ip};
@@ -57,6 +58,11 @@ pub struct Engine {
     /// Registered users: where they are, and this worker's own checker of
     /// their credentials (when a registrar is configured).
     users: Option<Users>,
+    /// rtpengine, when `media:` names one.
+    media: Option<MediaRelay>,
+    /// A wall-clock reading and the instant it was taken, from the latest
+    /// ng datagram: rtpengine's statistics are in wall-clock time.
+    wall_at: Option<(Instant, std::time::SystemTime)>,
     next_key: CallKey,
     /// Set by [`Engine::begin_shutdown`]: new calls are refused.
     draining: bool,
@@ -117,6 +123,8 @@ pub struct EngineDeps {
     pub budget: Arc<TxBudget>,
     pub policies: Policies,
     pub users: Option<Users>,
+    /// rtpengine for relayed calls (`media:`), with this worker's ng client.
+    pub media: Option<MediaRelay>,
 }
 
 impl EngineDeps {
@@ -129,6 +137,7 @@ impl EngineDeps {
             budget: Arc::default(),
             policies: Policies::builtin(),
             users: None,
+            media: None,
         }
     }
 }
@@ -161,6 +170,8 @@ impl Engine {
             policies: deps.policies,
             metrics: deps.metrics,
             users: deps.users,
+            media: deps.media,
+            wall_at: None,
             next_key: 0,
             draining: false,
             shutdown_queue: Vec::new(),
@@ -193,11 +204,89 @@ impl Engine {
         self.sockets = sockets;
     }
 
-    /// Applies a new config snapshot to calls that start from now on.
-    pub fn set_config(&mut self, config: Arc<Config>) {
+    /// Applies a new config snapshot to calls that start from now on. A
+    /// changed `media:` reaches rtpengine's client too (new engines are
+    /// pinged; removed ones keep the calls they hold); `relay` is `media:`'s
+    /// client for a worker that had none.
+    pub fn set_config(&mut self, now: Instant, config: Arc<Config>, relay: Option<MediaRelay>) {
         self.settings = settings_from(&config, self.tx.timer_values());
         self.tx.set_force_rport(config.sip.force_rport);
+        match (&mut self.media, &config.media) {
+            (Some(current), Some(media)) => {
+                current.client.set_engines(now, &media.rtpengines);
+                current.config = media.clone();
+            }
+            (None, Some(_)) => self.media = relay,
+            // Without `media:` no new call is relayed; the client stays for
+            // the calls it holds.
+            (_, None) => {}
+        }
         self.config = config;
+    }
+
+    /// Whether this engine has an ng client (a reload that adds `media:`
+    /// brings one).
+    pub fn has_media(&self) -> bool {
+        self.media.is_some()
+    }
+
+    /// A datagram from rtpengine (an ng reply), with the wall-clock time now.
+    pub fn handle_ng_datagram(
+        &mut self,
+        now: Instant,
+        wall: std::time::SystemTime,
+        from: SocketAddr,
+        bytes: &[u8],
+    ) {
+        self.wall_at = Some((now, wall));
+        if let Some(media) = self.media.as_mut() {
+            media.client.handle_datagram(now, from, bytes);
+        }
+        self.drain_ng_events(now);
+    }
+
+    /// What goes to rtpengine next.
+    pub fn poll_ng_transmit(&mut self) -> Option<(SocketAddr, Vec<u8>)> {
+        self.media.as_mut()?.client.poll_transmit()
+    }
+
+    /// The wall-clock time at `now`, from the latest reading.
+    fn wall(&self, now: Instant) -> std::time::SystemTime {
+        match self.wall_at {
+            Some((at, wall)) => wall + now.saturating_duration_since(at),
+            None => std::time::SystemTime::UNIX_EPOCH,
+        }
+    }
+
+    /// Hands rtpengine's replies to the calls that wait for them.
+    fn drain_ng_events(&mut self, now: Instant) {
+        let wall = self.wall(now);
+        while let Some(event) = self.media.as_mut().and_then(|m| m.client.poll_event()) {
+            match event {
+                crate::media::NgEvent::Reply { id, result } => {
+                    let Some((key, op)) = self.media.as_mut().and_then(|m| m.take(id)) else {
+                        continue;
+                    };
+                    self.with_call(key, |call, env| {
+                        call.on_media_reply(now, wall, op, result, env)
+                    });
+                }
+                crate::media::NgEvent::EngineUp(engine) => {
+                    let addr = self
+                        .media
+                        .as_ref()
+                        .and_then(|m| m.client.engine_addr(engine));
+                    tracing::info!(rtpengine = ?addr, "rtpengine up");
+                }
+                crate::media::NgEvent::EngineDown(engine) => {
+                    let addr = self
+                        .media
+                        .as_ref()
+                        .and_then(|m| m.client.engine_addr(engine));
+                    tracing::warn!(rtpengine = ?addr, "rtpengine down");
+                }
+            }
+        }
     }
 
     pub fn active_calls(&self) -> usize {
@@ -247,6 +336,7 @@ impl Engine {
             self.tx.poll_timeout(),
             self.call_timers.next_deadline(),
             self.shutdown_next,
+            self.media.as_ref().and_then(|m| m.client.poll_timeout()),
         ]
         .into_iter()
         .flatten()
@@ -325,6 +415,10 @@ impl Engine {
         }
         self.tx.handle_timeout(now);
         self.drain_tx_events(now);
+        if let Some(media) = self.media.as_mut() {
+            media.client.handle_timeout(now);
+        }
+        self.drain_ng_events(now);
         let calls = &self.calls;
         self.call_timers.purge_stale(calls.len(), |at, key| {
             calls.get(&key).is_some_and(|c| c.scheduled.is(at))
@@ -365,6 +459,7 @@ impl Engine {
             settings: &self.settings,
             policies: &self.policies,
             metrics: &self.metrics,
+            media: self.media.as_mut(),
         };
         f(call, &mut env);
         if call.is_finished() {

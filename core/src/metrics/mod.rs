@@ -95,7 +95,7 @@ impl Histogram {
 }
 
 /// Every end reason, in the order of [`end_reason_index`].
-pub const END_REASONS: [EndReason; 11] = [
+pub const END_REASONS: [EndReason; 12] = [
     EndReason::CallerBye,
     EndReason::CalleeBye,
     EndReason::Cancelled,
@@ -107,6 +107,7 @@ pub const END_REASONS: [EndReason; 11] = [
     EndReason::MaxDuration,
     EndReason::PolicyRejected,
     EndReason::Admin,
+    EndReason::MediaTimeout,
 ];
 
 /// A reason's slot in [`END_REASONS`]; exhaustive, so a new reason cannot be
@@ -124,6 +125,7 @@ fn end_reason_index(reason: EndReason) -> usize {
         EndReason::MaxDuration => 8,
         EndReason::PolicyRejected => 9,
         EndReason::Admin => 10,
+        EndReason::MediaTimeout => 11,
     }
 }
 
@@ -519,6 +521,12 @@ pub struct Metrics {
     pub cdrs_pending: AtomicU64,
     /// Every rtpengine's counters, in the order first registered.
     rtpengines: Mutex<Vec<Arc<RtpEngineCounters>>>,
+    /// Calls whose media began to be relayed through rtpengine, and those
+    /// that stopped being relayed: started minus stopped is the gauge.
+    pub relays_started: AtomicU64,
+    pub relays_stopped: AtomicU64,
+    /// Relayed calls ended because their media was dead.
+    pub media_timeouts: AtomicU64,
     /// ng requests refused at once because no rtpengine was up.
     pub ng_no_engine: AtomicU64,
     /// ng replies that matched no request: an unknown cookie, a source other
@@ -579,6 +587,14 @@ impl Metrics {
         self.calls_started
             .load(Ordering::Relaxed)
             .saturating_sub(ended)
+    }
+
+    /// Calls whose media is relayed through rtpengine now.
+    pub fn relayed_calls(&self) -> u64 {
+        let stopped = self.relays_stopped.load(Ordering::Relaxed);
+        self.relays_started
+            .load(Ordering::Relaxed)
+            .saturating_sub(stopped)
     }
 
     /// Call legs the workers hold.

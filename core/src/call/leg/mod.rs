@@ -204,6 +204,11 @@ impl CallLeg {
         self.local_body = Some(body);
     }
 
+    /// The last body this leg's peer sent.
+    pub fn remote_body(&self) -> Option<&Body> {
+        self.remote_body.as_ref()
+    }
+
     pub fn set_remote_body(&mut self, body: Body) {
         self.remote_body = Some(body);
     }

@@ -91,6 +91,7 @@ impl World {
             settings: &self.settings,
             policies: &self.policies,
             metrics: &self.metrics,
+            media: None,
         }
     }
 
