@@ -52,6 +52,10 @@ pub enum EndReason {
     PolicyRejected,
     /// An operator hung the call up (`vigil ctl hangup`); both legs got BYE.
     Admin,
+    /// A relayed call's RTP stopped for `media.timeout` (as rtpengine saw it,
+    /// in the configured `timeout_mode`) and the `media_timeout` policy let it
+    /// end; both legs got BYE.
+    MediaTimeout,
 }
 
 impl EndReason {
@@ -68,6 +72,7 @@ impl EndReason {
             EndReason::AckTimeout => "ack-timeout",
             EndReason::SessionTimeout => "session-timeout",
             EndReason::MaxDuration => "max-duration",
+            EndReason::MediaTimeout => "media-timeout",
         }
     }
 }

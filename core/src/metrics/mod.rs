@@ -90,7 +90,7 @@ impl Histogram {
 }
 
 /// Every end reason, in the order of [`end_reason_index`].
-pub const END_REASONS: [EndReason; 11] = [
+pub const END_REASONS: [EndReason; 12] = [
     EndReason::CallerBye,
     EndReason::CalleeBye,
     EndReason::Cancelled,
@@ -102,6 +102,7 @@ pub const END_REASONS: [EndReason; 11] = [
     EndReason::MaxDuration,
     EndReason::PolicyRejected,
     EndReason::Admin,
+    EndReason::MediaTimeout,
 ];
 
 /// A reason's slot in [`END_REASONS`]; exhaustive, so a new reason cannot be
@@ -119,6 +120,7 @@ fn end_reason_index(reason: EndReason) -> usize {
         EndReason::MaxDuration => 8,
         EndReason::PolicyRejected => 9,
         EndReason::Admin => 10,
+        EndReason::MediaTimeout => 11,
     }
 }
 
@@ -608,6 +610,16 @@ mod tests {
     fn every_end_reason_has_its_own_slot() {
         for (i, &reason) in END_REASONS.iter().enumerate() {
             assert_eq!(end_reason_index(reason), i, "{reason}");
+        }
+    }
+
+    /// The CDR (serde) and the metrics' label (`as_str`) name a reason
+    /// separately; they must say the same (`media-timeout`, …).
+    #[test]
+    fn every_end_reason_is_written_in_the_cdr_as_its_label() {
+        for reason in END_REASONS {
+            let json = serde_json::to_value(reason).ok();
+            assert_eq!(json, Some(reason.as_str().into()), "{reason}");
         }
     }
 
