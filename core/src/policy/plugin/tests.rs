@@ -166,8 +166,8 @@ fn an_old_abi_is_refused_naming_both_versions_and_the_file() {
         matches!(
             err,
             PluginError::AbiVersion {
-                found: 0,
-                expected: 1,
+                found: 1,
+                expected: 2,
                 ..
             }
         ),
@@ -176,7 +176,7 @@ fn an_old_abi_is_refused_naming_both_versions_and_the_file() {
     let message = err.to_string();
     assert!(
         message.starts_with(&format!(
-            "{}: plugin ABI version 0, this Vigil speaks {VIGIL_PLUGIN_ABI_VERSION}",
+            "{}: plugin ABI version 1, this Vigil speaks {VIGIL_PLUGIN_ABI_VERSION}",
             path.display()
         )),
         "{message}"
