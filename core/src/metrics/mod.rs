@@ -162,15 +162,17 @@ pub enum PolicyHook {
     RefreshFailed,
     KeepaliveTick,
     Hangup,
+    MediaTimeout,
 }
 
 impl PolicyHook {
-    pub const ALL: [PolicyHook; 5] = [
+    pub const ALL: [PolicyHook; 6] = [
         PolicyHook::CallStart,
         PolicyHook::RefreshDue,
         PolicyHook::RefreshFailed,
         PolicyHook::KeepaliveTick,
         PolicyHook::Hangup,
+        PolicyHook::MediaTimeout,
     ];
 
     /// The hook's name, as scripts and plugins know it.
@@ -181,6 +183,7 @@ impl PolicyHook {
             PolicyHook::RefreshFailed => "refresh_failed",
             PolicyHook::KeepaliveTick => "keepalive_tick",
             PolicyHook::Hangup => "hangup",
+            PolicyHook::MediaTimeout => "media_timeout",
         }
     }
 }
@@ -390,7 +393,7 @@ pub struct Metrics {
     legs_opened: AtomicU64,
     legs_closed: AtomicU64,
     /// Hook calls into operators' code, by hook and backend.
-    hooks: [[HookCounts; 2]; 5],
+    hooks: [[HookCounts; PolicyBackend::ALL.len()]; PolicyHook::ALL.len()],
     /// Datagrams handed to no worker, by [`DatagramDrop`].
     datagrams_dropped: [AtomicU64; DatagramDrop::ALL.len()],
     /// New calls refused with 503, by [`CallShed`].
