@@ -1138,6 +1138,7 @@ fn example_scripts_load_and_answer_as_documented() {
     for expected in [
         "cdr_tags.lua",
         "common.lua",
+        "one_way_audio.lua",
         "reinvite_only.lua",
         "retry_408.lua",
     ] {
@@ -1245,4 +1246,49 @@ fn example_scripts_load_and_answer_as_documented() {
     assert_eq!(get("answered"), Some("false"));
     assert_eq!(get("route_class"), Some("international"));
     assert_eq!(get("billsec"), Some("0"));
+
+    // one_way_audio: one-way silence is kept for ten minutes, a held call is
+    // kept, both ways silent hangs up (no decision: the default); the CDR of
+    // a call dead media ended says which media had died.
+    let p = example("one_way_audio.lua");
+    let ignore = Ok(Some(MediaTimeoutDecision::Ignore));
+    let silent = |call_id, direction, secs, on_hold| MediaTimeoutView {
+        direction,
+        silent_for: Duration::from_secs(secs),
+        on_hold,
+        ..media_view(call_id)
+    };
+    let one_way = MediaDirection::CallerToCallee;
+    assert_eq!(p.media_timeout(&silent("c1", one_way, 30, false)), ignore);
+    assert_eq!(p.media_timeout(&silent("c1", one_way, 599, false)), ignore);
+    assert_eq!(
+        p.media_timeout(&silent("c1", one_way, 600, false)),
+        Ok(None)
+    );
+    let both = MediaDirection::Both;
+    assert_eq!(p.media_timeout(&silent("c2", both, 30, false)), Ok(None));
+    assert_eq!(p.media_timeout(&silent("c3", both, 3600, true)), ignore);
+    let dead = |call_id| CallView {
+        end_reason: EndReason::MediaTimeout.as_str(),
+        ..call_view(call_id)
+    };
+    let mut extra = Vec::new();
+    p.hangup(&dead("c1"), &mut extra).expect("hangup");
+    let fields = |pairs: &[(&str, &str)]| -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    };
+    assert_eq!(
+        extra,
+        fields(&[("media", "dead"), ("silent", "caller-to-callee")])
+    );
+    // The hang-up forgot the call: ending it again no longer names the media.
+    let mut extra = Vec::new();
+    p.hangup(&dead("c1"), &mut extra).expect("hangup");
+    assert_eq!(extra, fields(&[("media", "dead")]));
+    let mut extra = Vec::new();
+    p.hangup(&call_view("c3"), &mut extra).expect("hangup");
+    assert!(extra.is_empty(), "{extra:?}");
 }
