@@ -129,7 +129,7 @@ pub struct MediaTimeoutView<'a> {
     /// Which media is silent.
     pub direction: MediaDirection,
     /// How long since the last packet of the silent media (it grows each
-    /// time the hook is asked again after an [`MediaTimeoutDecision::Ignore`]).
+    /// time the hook is asked again after a [`MediaTimeoutDecision::Ignore`]).
     pub silent_for: Duration,
     /// Whether the call is on hold (a side sent `sendonly` or `inactive`).
     pub on_hold: bool,
