@@ -20,8 +20,8 @@ use vigil::metrics::Metrics;
 use vigil::policy::lua::{LuaLimits, LuaPolicy};
 use vigil::policy::plugin::PluginPolicy;
 use vigil::policy::{
-    AddrText, BuiltinPolicy, CallStartView, CallView, LegView, PolicyChain, PolicySource,
-    RefreshFailure, Refresher, SessionPolicy,
+    AddrText, BuiltinPolicy, CallStartView, CallView, LegView, MediaDirection, MediaTimeoutView,
+    PolicyChain, PolicySource, RefreshFailure, Refresher, SessionPolicy,
 };
 
 #[path = "../../tests/support/plugin_build.rs"]
@@ -79,6 +79,20 @@ impl CallData {
         }
     }
 
+    fn media_timeout(&self) -> MediaTimeoutView<'_> {
+        MediaTimeoutView {
+            call_id: &self.call_id,
+            b_call_id: &self.b_call_id,
+            trunk: &self.trunk_out,
+            caller: &self.caller,
+            callee: &self.callee,
+            direction: MediaDirection::CalleeToCaller,
+            silent_for: Duration::from_secs(30),
+            on_hold: false,
+            since_answer: Duration::from_secs(2700),
+        }
+    }
+
     fn end(&self) -> CallView<'_> {
         CallView {
             call_id: &self.call_id,
@@ -111,6 +125,9 @@ fn bench_backend(c: &mut Criterion, name: &str, policy: &dyn SessionPolicy) {
     });
     group.bench_function("refresh_failed", |b| {
         b.iter(|| policy.refresh_failed(black_box(&call.leg()), RefreshFailure::Status(408)))
+    });
+    group.bench_function("media_timeout", |b| {
+        b.iter(|| policy.media_timeout(black_box(&call.media_timeout())))
     });
     group.bench_function("hangup", |b| {
         b.iter(|| policy.hangup(black_box(&call.end())))

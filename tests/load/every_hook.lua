@@ -52,3 +52,10 @@ function hangup(call)
     route = has_prefix(call.callee, "00") and "international" or "national",
   }
 end
+
+function media_timeout(call)
+  if call.on_hold or (call.direction ~= "both" and call.silent_for < 60) then
+    return "ignore"
+  end
+  return "hangup"
+end

@@ -52,8 +52,9 @@ pub enum EndReason {
     PolicyRejected,
     /// An operator hung the call up (`vigil ctl hangup`); both legs got BYE.
     Admin,
-    /// A relayed call's media was dead for `media.timeout` (in its
-    /// `timeout_mode`); both legs got BYE.
+    /// A relayed call's RTP stopped for `media.timeout` (as rtpengine saw it,
+    /// in the configured `timeout_mode`) and the `media_timeout` policy let it
+    /// end; both legs got BYE.
     MediaTimeout,
 }
 

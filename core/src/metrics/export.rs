@@ -676,4 +676,37 @@ mod tests {
             .count();
         assert_eq!(bounds, 17, "16 bounds and +Inf:\n{text}");
     }
+
+    #[test]
+    fn media_timeout_policy_hook_and_end_reason_have_their_series() {
+        let m = Arc::new(Metrics::default());
+        m.hook_called(
+            PolicyHook::MediaTimeout,
+            PolicyBackend::Plugin,
+            Duration::from_millis(1),
+            true,
+        );
+        m.call_ended(&cdr(EndReason::MediaTimeout, true, None));
+        let text = encode(&m, Gauges::default()).expect("encode");
+        let series = "{hook=\"media_timeout\",backend=\"plugin\"}";
+        for (family, expected) in [
+            ("vigil_policy_hook_calls_total", 1.0),
+            ("vigil_policy_hook_errors_total", 1.0),
+            ("vigil_policy_hook_seconds_total", 0.001),
+        ] {
+            assert_eq!(value(&text, &format!("{family}{series}")), expected);
+        }
+        let lua = "{hook=\"media_timeout\",backend=\"lua\"}";
+        assert_eq!(
+            value(&text, &format!("vigil_policy_hook_calls_total{lua}")),
+            0.0
+        );
+        assert_eq!(
+            value(
+                &text,
+                "vigil_calls_ended_total{end_reason=\"media-timeout\"}"
+            ),
+            1.0
+        );
+    }
 }

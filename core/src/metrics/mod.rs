@@ -167,15 +167,17 @@ pub enum PolicyHook {
     RefreshFailed,
     KeepaliveTick,
     Hangup,
+    MediaTimeout,
 }
 
 impl PolicyHook {
-    pub const ALL: [PolicyHook; 5] = [
+    pub const ALL: [PolicyHook; 6] = [
         PolicyHook::CallStart,
         PolicyHook::RefreshDue,
         PolicyHook::RefreshFailed,
         PolicyHook::KeepaliveTick,
         PolicyHook::Hangup,
+        PolicyHook::MediaTimeout,
     ];
 
     /// The hook's name, as scripts and plugins know it.
@@ -186,6 +188,7 @@ impl PolicyHook {
             PolicyHook::RefreshFailed => "refresh_failed",
             PolicyHook::KeepaliveTick => "keepalive_tick",
             PolicyHook::Hangup => "hangup",
+            PolicyHook::MediaTimeout => "media_timeout",
         }
     }
 }
@@ -496,7 +499,7 @@ pub struct Metrics {
     legs_opened: AtomicU64,
     legs_closed: AtomicU64,
     /// Hook calls into operators' code, by hook and backend.
-    hooks: [[HookCounts; 2]; 5],
+    hooks: [[HookCounts; PolicyBackend::ALL.len()]; PolicyHook::ALL.len()],
     /// Datagrams handed to no worker, by [`DatagramDrop`].
     datagrams_dropped: [AtomicU64; DatagramDrop::ALL.len()],
     /// New calls refused with 503, by [`CallShed`].
@@ -758,6 +761,16 @@ mod tests {
     fn every_end_reason_has_its_own_slot() {
         for (i, &reason) in END_REASONS.iter().enumerate() {
             assert_eq!(end_reason_index(reason), i, "{reason}");
+        }
+    }
+
+    /// The CDR (serde) and the metrics' label (`as_str`) name a reason
+    /// separately; they must say the same (`media-timeout`, …).
+    #[test]
+    fn every_end_reason_is_written_in_the_cdr_as_its_label() {
+        for reason in END_REASONS {
+            let json = serde_json::to_value(reason).ok();
+            assert_eq!(json, Some(reason.as_str().into()), "{reason}");
         }
     }
 

@@ -11,8 +11,8 @@ use std::time::{Duration, Instant};
 
 use super::{
     BuiltinPolicy, CallStartDecision, CallStartView, CallView, ContactView, ExtraFields,
-    FailureDecision, HookError, KeepaliveDecision, LegView, PolicySource, RefreshDecision,
-    RefreshFailure, SessionPolicy,
+    FailureDecision, HookError, KeepaliveDecision, LegView, MediaTimeoutDecision, MediaTimeoutView,
+    PolicySource, RefreshDecision, RefreshFailure, SessionPolicy,
 };
 use crate::metrics::{Metrics, PolicyHook};
 use crate::ratelimit::RateLimit;
@@ -120,6 +120,11 @@ impl SessionPolicy for PolicyChain {
         }
         extra
     }
+
+    fn media_timeout(&self, view: &MediaTimeoutView<'_>) -> MediaTimeoutDecision {
+        self.first(PolicyHook::MediaTimeout, |s| s.media_timeout(view))
+            .unwrap_or_else(|| BuiltinPolicy.media_timeout(view))
+    }
 }
 
 /// A worker's policies: one per trunk (its own chain, or the default), and the
@@ -162,5 +167,142 @@ impl Policies {
             self.for_trunk(a) as *const dyn SessionPolicy,
             self.for_trunk(b) as *const dyn SessionPolicy,
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The chain's order, its fallbacks and its counters, at the
+    //! `media_timeout` hook, with the real backends: the example plugin and
+    //! the broken fixtures under plugins/, and Lua scripts.
+
+    use std::path::Path;
+    use std::sync::atomic::Ordering;
+
+    use super::*;
+    use crate::metrics::PolicyBackend;
+    use crate::policy::MediaDirection;
+    use crate::policy::lua::{LuaLimits, LuaPolicy};
+    use crate::policy::plugin::{PluginPolicy, build_fixture};
+
+    fn plugin(crate_name: &str) -> Arc<dyn PolicySource> {
+        let path = build_fixture(crate_name);
+        Arc::new(PluginPolicy::load(&path).unwrap_or_else(|e| panic!("{e}")))
+    }
+
+    fn script(dir: &Path, text: &str) -> Arc<dyn PolicySource> {
+        let path = dir.join("media.lua");
+        std::fs::write(&path, text).expect("write script");
+        Arc::new(LuaPolicy::load(&path, LuaLimits::default()).unwrap_or_else(|e| panic!("{e}")))
+    }
+
+    fn silent(direction: MediaDirection, on_hold: bool) -> MediaTimeoutView<'static> {
+        MediaTimeoutView {
+            call_id: "a84b4c76e66710@pc33.example.com",
+            b_call_id: "w1-7f3a",
+            trunk: "carrier",
+            caller: "+3225551000",
+            callee: "+3225552000",
+            direction,
+            silent_for: Duration::from_secs(30),
+            on_hold,
+            since_answer: Duration::from_secs(600),
+        }
+    }
+
+    fn counts(metrics: &Metrics, backend: PolicyBackend) -> (u64, u64) {
+        let h = metrics.hook(PolicyHook::MediaTimeout, backend);
+        (
+            h.calls.load(Ordering::Relaxed),
+            h.errors.load(Ordering::Relaxed),
+        )
+    }
+
+    #[test]
+    fn without_a_policy_dead_media_hangs_up() {
+        let view = silent(MediaDirection::Both, false);
+        assert_eq!(
+            Policies::builtin()
+                .for_trunk(Some("carrier"))
+                .media_timeout(&view),
+            MediaTimeoutDecision::Hangup
+        );
+    }
+
+    #[test]
+    fn media_timeout_asks_the_plugin_then_the_script_then_hangs_up() {
+        let dir = tempfile::tempdir().expect("dir");
+        let metrics = Arc::new(Metrics::default());
+        let chain = PolicyChain::new(
+            vec![
+                plugin("vigil-plugin-example"),
+                script(
+                    dir.path(),
+                    "function media_timeout(call)\n  if call.on_hold then return 'ignore' end\nend\n",
+                ),
+            ],
+            metrics.clone(),
+        );
+
+        // The carrier's one-way silence: the plugin decides, the script is
+        // not asked.
+        let one_way = silent(MediaDirection::CalleeToCaller, true);
+        assert_eq!(chain.media_timeout(&one_way), MediaTimeoutDecision::Ignore);
+        assert_eq!(counts(&metrics, PolicyBackend::Plugin), (1, 0));
+        assert_eq!(counts(&metrics, PolicyBackend::Lua), (0, 0));
+
+        // A held call's dead media: the plugin declines, the script keeps it.
+        let held = silent(MediaDirection::Both, true);
+        assert_eq!(chain.media_timeout(&held), MediaTimeoutDecision::Ignore);
+        assert_eq!(counts(&metrics, PolicyBackend::Lua), (1, 0));
+
+        // Neither decides: the built-in policy hangs up.
+        let dead = silent(MediaDirection::Both, false);
+        assert_eq!(chain.media_timeout(&dead), MediaTimeoutDecision::Hangup);
+        assert_eq!(counts(&metrics, PolicyBackend::Plugin), (3, 0));
+        assert_eq!(counts(&metrics, PolicyBackend::Lua), (2, 0));
+        assert!(
+            metrics
+                .hook(PolicyHook::MediaTimeout, PolicyBackend::Plugin)
+                .nanos
+                .load(Ordering::Relaxed)
+                > 0
+        );
+        // Counted under its own label only.
+        let hangup = metrics.hook(PolicyHook::Hangup, PolicyBackend::Plugin);
+        assert_eq!(hangup.calls.load(Ordering::Relaxed), 0);
+        assert_eq!(metrics.policy_errors.load(Ordering::Relaxed), 0);
+    }
+
+    #[test]
+    fn failing_sources_are_counted_and_skipped_at_media_timeout() {
+        let dir = tempfile::tempdir().expect("dir");
+        let metrics = Arc::new(Metrics::default());
+        let chain = PolicyChain::new(
+            vec![
+                plugin("vigil-plugin-fixture-panicking"),
+                plugin("vigil-plugin-fixture-bad-decisions"),
+                script(
+                    dir.path(),
+                    "function media_timeout(call)\n  if call.direction == 'both' then return 'keep' end\n  return 'ignore'\nend\n",
+                ),
+            ],
+            metrics.clone(),
+        );
+
+        // Both plugins fail, the script answers nonsense: the built-in
+        // decision, and three faults.
+        let dead = silent(MediaDirection::Both, false);
+        assert_eq!(chain.media_timeout(&dead), MediaTimeoutDecision::Hangup);
+        assert_eq!(counts(&metrics, PolicyBackend::Plugin), (2, 2));
+        assert_eq!(counts(&metrics, PolicyBackend::Lua), (1, 1));
+        assert_eq!(metrics.policy_errors.load(Ordering::Relaxed), 3);
+
+        // Past the two broken plugins, the script decides.
+        let one_way = silent(MediaDirection::CallerToCallee, false);
+        assert_eq!(chain.media_timeout(&one_way), MediaTimeoutDecision::Ignore);
+        assert_eq!(counts(&metrics, PolicyBackend::Plugin), (4, 4));
+        assert_eq!(counts(&metrics, PolicyBackend::Lua), (2, 1));
+        assert_eq!(metrics.policy_errors.load(Ordering::Relaxed), 5);
     }
 }

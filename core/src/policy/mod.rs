@@ -1,5 +1,6 @@
 //! Decision points that operators customise: a call starts, a refresh is due,
-//! a refresh failed, a keep-alive is due, the call hangs up. The core asks a
+//! a refresh failed, a keep-alive is due, the call hangs up, a relayed call's
+//! media went silent. The core asks a
 //! [`SessionPolicy`], which always answers; the [`BuiltinPolicy`] is the
 //! behaviour documented in README when nothing is configured.
 //!
@@ -27,7 +28,8 @@ pub use chain::{Policies, PolicyChain};
 pub use load::{PolicyLoadError, PolicyLoader, check};
 pub use vigil_plugin_api::{
     CallOverrides, CallStartDecision, CallStartView, CallView, ContactView, FailureDecision,
-    KeepaliveDecision, Leg, LegView, RefreshDecision, RefreshFailure, RefreshMethod, Refresher,
+    KeepaliveDecision, Leg, LegView, MediaDirection, MediaTimeoutDecision, MediaTimeoutView,
+    RefreshDecision, RefreshFailure, RefreshMethod, Refresher,
 };
 
 pub use crate::metrics::{PolicyBackend, PolicyHook};
@@ -71,6 +73,15 @@ pub trait SessionPolicy: Send + Sync {
     /// The call is ending (whoever ended it): observe it, and add CDR fields.
     fn hangup(&self, _view: &CallView<'_>) -> ExtraFields {
         Vec::new()
+    }
+
+    /// Called when an answered call's relayed RTP has been silent for
+    /// `media.timeout` (in the configured `timeout_mode`). `Hangup` ends it
+    /// (BYE both legs, CDR `media-timeout`); `Ignore` keeps it, and the
+    /// question comes back if the media is still silent after another
+    /// `media.timeout`.
+    fn media_timeout(&self, _view: &MediaTimeoutView<'_>) -> MediaTimeoutDecision {
+        MediaTimeoutDecision::Hangup
     }
 }
 
@@ -125,6 +136,11 @@ pub trait PolicySource: Send + Sync {
 
     /// Adds CDR fields to `extra` (every source of the chain is asked).
     fn hangup(&self, view: &CallView<'_>, extra: &mut ExtraFields) -> Result<(), HookError>;
+
+    fn media_timeout(
+        &self,
+        view: &MediaTimeoutView<'_>,
+    ) -> Result<Option<MediaTimeoutDecision>, HookError>;
 }
 
 /// The behaviour with no policy configured.

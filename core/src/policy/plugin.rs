@@ -38,19 +38,20 @@ use std::path::{Path, PathBuf};
 
 use vigil_plugin_api::VIGIL_PLUGIN_ABI_VERSION;
 use vigil_plugin_api::abi::{
-    self, AbiVersionFn, CallStartFn, DestroyFn, HangupFn, KeepaliveTickFn, PluginVTable,
-    RawCallStartDecision, RawFailureDecision, RawKeepaliveDecision, RawRefreshDecision, RawStr,
-    RefreshDueFn, RefreshFailedFn, VTableFn,
+    self, AbiVersionFn, CallStartFn, DestroyFn, HangupFn, KeepaliveTickFn, MediaTimeoutFn,
+    PluginVTable, RawCallStartDecision, RawFailureDecision, RawKeepaliveDecision,
+    RawMediaTimeoutDecision, RawRefreshDecision, RawStr, RefreshDueFn, RefreshFailedFn, VTableFn,
 };
 
 use self::convert::{
-    call_start_decision, failure_decision, keepalive_decision, raw_call, raw_call_start,
-    raw_contact, raw_failure, raw_leg, refresh_decision,
+    call_start_decision, failure_decision, keepalive_decision, media_timeout_decision, raw_call,
+    raw_call_start, raw_contact, raw_failure, raw_leg, raw_media_timeout, refresh_decision,
 };
 use self::sink::{Collector, Hook};
 use super::{
     CallStartDecision, CallStartView, CallView, ContactView, ExtraFields, FailureDecision,
-    HookError, KeepaliveDecision, LegView, PolicySource, RefreshDecision, RefreshFailure,
+    HookError, KeepaliveDecision, LegView, MediaTimeoutDecision, MediaTimeoutView, PolicySource,
+    RefreshDecision, RefreshFailure,
 };
 
 /// Why a plugin could not be loaded. Every message starts with the file.
@@ -99,6 +100,7 @@ struct Hooks {
     refresh_failed: Option<RefreshFailedFn>,
     keepalive_tick: Option<KeepaliveTickFn>,
     hangup: Option<HangupFn>,
+    media_timeout: Option<MediaTimeoutFn>,
 }
 
 /// A loaded plugin and its one instance, shared by every worker.
@@ -233,6 +235,7 @@ impl PluginPolicy {
                 refresh_failed: vtable.refresh_failed,
                 keepalive_tick: vtable.keepalive_tick,
                 hangup: vtable.hangup,
+                media_timeout: vtable.media_timeout,
             },
             destroy,
             instance,
@@ -459,6 +462,23 @@ impl PolicySource for PluginPolicy {
             extra.truncate(before);
         }
         outcome
+    }
+
+    fn media_timeout(
+        &self,
+        view: &MediaTimeoutView<'_>,
+    ) -> Result<Option<MediaTimeoutDecision>, HookError> {
+        let Some(hook) = self.hooks.media_timeout else {
+            return Ok(None);
+        };
+        let raw_view = raw_media_timeout(view);
+        let mut collector = Collector::new(Hook::MediaTimeout);
+        let mut out = RawMediaTimeoutDecision::default();
+        let sink = collector.sink();
+        // SAFETY: as in `call_start`.
+        let status = unsafe { hook(self.instance(), &raw_view, &sink, &mut out) };
+        collector.outcome(status)?;
+        media_timeout_decision(out)
     }
 }
 

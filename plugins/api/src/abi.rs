@@ -56,6 +56,13 @@ pub const FAILURE_EXPIRED: u8 = 2;
 /// [`RawRefreshFailure::kind`]: a policy's `refresh_due` decided to hang up.
 pub const FAILURE_POLICY: u8 = 3;
 
+/// [`RawMediaTimeoutView::direction`]: the caller's RTP towards the callee stopped.
+pub const MEDIA_CALLER_TO_CALLEE: u8 = 0;
+/// [`RawMediaTimeoutView::direction`]: the callee's RTP towards the caller stopped.
+pub const MEDIA_CALLEE_TO_CALLER: u8 = 1;
+/// [`RawMediaTimeoutView::direction`]: no RTP either way.
+pub const MEDIA_BOTH: u8 = 2;
+
 // ---------------------------------------------------------------------------
 // Decision discriminants: 0 is always "no decision".
 
@@ -97,6 +104,13 @@ pub const KEEPALIVE_DEFAULT: u32 = 1;
 pub const KEEPALIVE_SKIP: u32 = 2;
 /// Send the bytes given to [`HostSink::set_payload`] (required).
 pub const KEEPALIVE_PAYLOAD: u32 = 3;
+
+pub const MEDIA_TIMEOUT_NONE: u32 = 0;
+/// End the call (BYE both legs, CDR `media-timeout`).
+pub const MEDIA_TIMEOUT_HANGUP: u32 = 1;
+/// Keep the call; ask again if the media is still silent after another
+/// `media.timeout`.
+pub const MEDIA_TIMEOUT_IGNORE: u32 = 2;
 
 // ---------------------------------------------------------------------------
 // Borrowed strings and bytes.
@@ -275,6 +289,28 @@ pub struct RawContactView {
     pub sent: u64,
 }
 
+/// An answered, relayed call whose RTP has been silent for `media.timeout`.
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub struct RawMediaTimeoutView {
+    /// The A leg's Call-ID (the call's identity in CDRs and logs).
+    pub call_id: RawStr,
+    pub b_call_id: RawStr,
+    /// The trunk (or `user:<name>`) of the side whose media died; the
+    /// inbound trunk when both did.
+    pub trunk: RawStr,
+    pub caller: RawStr,
+    pub callee: RawStr,
+    /// Time since the silent media's last packet, milliseconds.
+    pub silent_for_ms: u64,
+    /// Time since the call was answered, milliseconds.
+    pub since_answer_ms: u64,
+    /// [`MEDIA_CALLER_TO_CALLEE`], [`MEDIA_CALLEE_TO_CALLER`] or [`MEDIA_BOTH`].
+    pub direction: u8,
+    /// 1 if the call is on hold, else 0.
+    pub on_hold: u8,
+}
+
 // ---------------------------------------------------------------------------
 // Decisions: what a hook answers. The host zeroes them ("no decision") before
 // the call, so a hook that writes nothing declines.
@@ -326,6 +362,14 @@ pub struct RawFailureDecision {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct RawKeepaliveDecision {
     /// One of the `KEEPALIVE_*` values.
+    pub kind: u32,
+}
+
+/// The media-timeout decision.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RawMediaTimeoutDecision {
+    /// One of the `MEDIA_TIMEOUT_*` values.
     pub kind: u32,
 }
 
@@ -404,6 +448,13 @@ pub type HangupFn = unsafe extern "C" fn(
     view: *const RawCallView,
     sink: *const HostSink,
 ) -> i32;
+/// Since ABI version 2.
+pub type MediaTimeoutFn = unsafe extern "C" fn(
+    instance: *const c_void,
+    view: *const RawMediaTimeoutView,
+    sink: *const HostSink,
+    out: *mut RawMediaTimeoutDecision,
+) -> i32;
 
 /// What `vigil_plugin_vtable` returns: a table that lives as long as the library
 /// is loaded. A null hook means "never decides".
@@ -424,6 +475,8 @@ pub struct PluginVTable {
     pub refresh_failed: Option<RefreshFailedFn>,
     pub keepalive_tick: Option<KeepaliveTickFn>,
     pub hangup: Option<HangupFn>,
+    /// Since ABI version 2.
+    pub media_timeout: Option<MediaTimeoutFn>,
 }
 
 // SAFETY: a vtable is immutable once built; its pointers are to 'static strings
@@ -457,8 +510,14 @@ mod tests {
             ("RawRefreshDecision", size_of::<RawRefreshDecision>(), 4),
             ("RawFailureDecision", size_of::<RawFailureDecision>(), 16),
             ("RawKeepaliveDecision", size_of::<RawKeepaliveDecision>(), 4),
+            ("RawMediaTimeoutView", size_of::<RawMediaTimeoutView>(), 104),
+            (
+                "RawMediaTimeoutDecision",
+                size_of::<RawMediaTimeoutDecision>(),
+                4,
+            ),
             ("HostSink", size_of::<HostSink>(), 40),
-            ("PluginVTable", size_of::<PluginVTable>(), 96),
+            ("PluginVTable", size_of::<PluginVTable>(), 104),
         ];
         for (name, size, pinned) in sizes {
             assert_eq!(
@@ -482,6 +541,11 @@ mod tests {
         assert_eq!(offset_of!(PluginVTable, name), 8);
         assert_eq!(offset_of!(PluginVTable, create), 40);
         assert_eq!(offset_of!(PluginVTable, hangup), 88);
+        assert_eq!(offset_of!(PluginVTable, media_timeout), 96);
+        assert_eq!(offset_of!(RawMediaTimeoutView, silent_for_ms), 80);
+        assert_eq!(offset_of!(RawMediaTimeoutView, since_answer_ms), 88);
+        assert_eq!(offset_of!(RawMediaTimeoutView, direction), 96);
+        assert_eq!(offset_of!(RawMediaTimeoutView, on_hold), 97);
         assert_eq!(align_of::<PluginVTable>(), 8);
     }
 

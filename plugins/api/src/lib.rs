@@ -1,7 +1,7 @@
 //! The contract between Vigil and a vendor plugin: a shared library (`cdylib`)
 //! that Vigil loads at start-up and asks at its decision points — a call
 //! starts, a session refresh is due, a refresh failed, a NAT keep-alive is due,
-//! the call hangs up.
+//! the call hangs up, a relayed call's media went silent.
 //!
 //! Two layers:
 //! - [`abi`]: the stable C ABI. `#[repr(C)]` views and decisions made of fixed
@@ -109,13 +109,20 @@ mod shim;
 
 pub use plugin::{
     CallOverrides, CallStartDecision, CallStartView, CallView, CdrFields, ContactView,
-    FailureDecision, HookFailure, HookResult, KeepaliveDecision, Leg, LegView, Plugin,
-    RefreshDecision, RefreshFailure, RefreshMethod, Refresher,
+    FailureDecision, HookFailure, HookResult, KeepaliveDecision, Leg, LegView, MediaDirection,
+    MediaTimeoutDecision, MediaTimeoutView, Plugin, RefreshDecision, RefreshFailure, RefreshMethod,
+    Refresher,
 };
 
 /// The ABI version this crate speaks. Any change to a layout or a signature in
 /// [`abi`] bumps it (see the crate docs).
-pub const VIGIL_PLUGIN_ABI_VERSION: u32 = 1;
+///
+/// - 1: the first: `call_start`, `refresh_due`, `refresh_failed`,
+///   `keepalive_tick`, `hangup`.
+/// - 2: the `media_timeout` hook (a function added at the end of
+///   [`abi::PluginVTable`], [`abi::RawMediaTimeoutView`],
+///   [`abi::RawMediaTimeoutDecision`]).
+pub const VIGIL_PLUGIN_ABI_VERSION: u32 = 2;
 
 /// For `declare_plugin!` only; not part of the API.
 #[doc(hidden)]

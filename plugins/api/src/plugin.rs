@@ -81,10 +81,59 @@ pub struct CallView<'a> {
     pub trunk_out: &'a str,
     pub caller: &'a str,
     pub callee: &'a str,
-    /// The CDR's end reason: `caller-bye`, `session-timeout`, ….
+    /// The CDR's end reason: `caller-bye`, `session-timeout`, `media-timeout`, ….
     pub end_reason: &'a str,
     /// `None` if the call ended before answer.
     pub since_answer: Option<Duration>,
+}
+
+/// Which media of a relayed call is silent: the RTP that stopped reaching
+/// rtpengine, named by who sends it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum MediaDirection {
+    /// The caller's RTP towards the callee stopped (one-way audio).
+    CallerToCallee,
+    /// The callee's RTP towards the caller stopped (one-way audio).
+    CalleeToCaller,
+    /// No RTP either way.
+    Both,
+}
+
+impl MediaDirection {
+    /// The name scripts and logs use: `caller-to-callee`, `callee-to-caller`
+    /// or `both`.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            MediaDirection::CallerToCallee => "caller-to-callee",
+            MediaDirection::CalleeToCaller => "callee-to-caller",
+            MediaDirection::Both => "both",
+        }
+    }
+}
+
+/// What a media-timeout hook sees: an answered call whose RTP, relayed
+/// through rtpengine, has been silent for `media.timeout` (in the configured
+/// `timeout_mode`).
+#[derive(Debug, Clone, Copy)]
+pub struct MediaTimeoutView<'a> {
+    /// The A leg's Call-ID: the call's identity in CDRs and logs.
+    pub call_id: &'a str,
+    pub b_call_id: &'a str,
+    /// The trunk (or `user:<name>`) of the side whose media died: the
+    /// caller's for [`MediaDirection::CallerToCallee`], the callee's for
+    /// [`MediaDirection::CalleeToCaller`], the call's inbound one for
+    /// [`MediaDirection::Both`].
+    pub trunk: &'a str,
+    pub caller: &'a str,
+    pub callee: &'a str,
+    /// Which media is silent.
+    pub direction: MediaDirection,
+    /// How long since the last packet of the silent media (it grows each
+    /// time the hook is asked again after a [`MediaTimeoutDecision::Ignore`]).
+    pub silent_for: Duration,
+    /// Whether the call is on hold (a side sent `sendonly` or `inactive`).
+    pub on_hold: bool,
+    pub since_answer: Duration,
 }
 
 /// What a keep-alive hook sees of a registered contact.
@@ -189,6 +238,16 @@ pub enum KeepaliveDecision {
     Payload(Cow<'static, [u8]>),
 }
 
+/// The media-timeout decision.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MediaTimeoutDecision {
+    /// End the call: BYE on both legs, CDR `end_reason: media-timeout`.
+    Hangup,
+    /// Keep the call this time; if the media is still silent after another
+    /// `media.timeout`, the hook is asked again.
+    Ignore,
+}
+
 /// A hook that could not decide because something went wrong in the plugin
 /// (its database is down, …). Vigil logs the status and asks the next source.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -291,5 +350,11 @@ pub trait Plugin: Send + Sync + 'static {
     /// The call is ending (whoever ended it): observe it, and add CDR fields.
     fn hangup(&self, _call: &CallView<'_>, _extra: &mut CdrFields<'_>) -> Result<(), HookFailure> {
         Ok(())
+    }
+
+    /// A relayed call's media has been silent for `media.timeout`: hang up
+    /// (Vigil's default) or ignore it this time.
+    fn media_timeout(&self, _call: &MediaTimeoutView<'_>) -> HookResult<MediaTimeoutDecision> {
+        Ok(None)
     }
 }

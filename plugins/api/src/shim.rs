@@ -30,6 +30,7 @@ pub const fn vtable<P: Plugin>(
         refresh_failed: Some(refresh_failed::<P>),
         keepalive_tick: Some(keepalive_tick::<P>),
         hangup: Some(hangup::<P>),
+        media_timeout: Some(media_timeout::<P>),
     }
 }
 
@@ -378,5 +379,55 @@ unsafe extern "C" fn hangup<P: Plugin>(
         plugin
             .hangup(&call, &mut extra)
             .map_err(HookFailure::status)
+    })
+}
+
+/// # Safety
+/// The arguments follow [`MediaTimeoutFn`]'s contract (crate docs).
+unsafe extern "C" fn media_timeout<P: Plugin>(
+    instance_ptr: *const c_void,
+    view: *const RawMediaTimeoutView,
+    sink: *const HostSink,
+    out: *mut RawMediaTimeoutDecision,
+) -> i32 {
+    if out.is_null() {
+        return STATUS_INVALID_ARGUMENT;
+    }
+    guard(sink, || {
+        // SAFETY: see the function's contract.
+        let (plugin, v) = unsafe {
+            (
+                instance::<P>(instance_ptr)?,
+                view.as_ref().ok_or(STATUS_INVALID_ARGUMENT)?,
+            )
+        };
+        let direction = match v.direction {
+            MEDIA_CALLER_TO_CALLEE => MediaDirection::CallerToCallee,
+            MEDIA_CALLEE_TO_CALLER => MediaDirection::CalleeToCaller,
+            MEDIA_BOTH => MediaDirection::Both,
+            _ => return Err(STATUS_INVALID_ARGUMENT),
+        };
+        // SAFETY: the view's strings are valid for this call.
+        let call = unsafe {
+            MediaTimeoutView {
+                call_id: text(v.call_id)?,
+                b_call_id: text(v.b_call_id)?,
+                trunk: text(v.trunk)?,
+                caller: text(v.caller)?,
+                callee: text(v.callee)?,
+                direction,
+                silent_for: Duration::from_millis(v.silent_for_ms),
+                on_hold: v.on_hold != 0,
+                since_answer: Duration::from_millis(v.since_answer_ms),
+            }
+        };
+        let kind = match plugin.media_timeout(&call).map_err(HookFailure::status)? {
+            None => MEDIA_TIMEOUT_NONE,
+            Some(MediaTimeoutDecision::Hangup) => MEDIA_TIMEOUT_HANGUP,
+            Some(MediaTimeoutDecision::Ignore) => MEDIA_TIMEOUT_IGNORE,
+        };
+        // SAFETY: `out` is non-null and the host's for this call.
+        unsafe { out.write(RawMediaTimeoutDecision { kind }) };
+        Ok(())
     })
 }

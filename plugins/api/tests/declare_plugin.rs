@@ -74,6 +74,26 @@ impl Plugin for Scripted {
         extra.add("answered_ms", &answered);
         Ok(())
     }
+
+    fn media_timeout(&self, call: &MediaTimeoutView<'_>) -> HookResult<MediaTimeoutDecision> {
+        if call.callee == "panic" {
+            panic!(
+                "media of {} died {} ms into the call",
+                call.b_call_id,
+                call.since_answer.as_millis()
+            );
+        }
+        Ok(match call.direction {
+            _ if call.on_hold => Some(MediaTimeoutDecision::Ignore),
+            MediaDirection::Both => Some(MediaTimeoutDecision::Hangup),
+            // One-way silence on the carrier's side is its silence
+            // suppression, for a minute.
+            _ if call.trunk == "carrier" && call.silent_for < Duration::from_secs(60) => {
+                Some(MediaTimeoutDecision::Ignore)
+            }
+            _ => None,
+        })
+    }
 }
 
 declare_plugin!(Scripted, Scripted);
@@ -194,6 +214,18 @@ impl Loaded {
         let status = unsafe { hook(self.instance, &view, &sink(&mut c), &mut out) };
         (status, out, c)
     }
+
+    fn media_timeout(
+        &self,
+        view: &RawMediaTimeoutView,
+    ) -> (i32, RawMediaTimeoutDecision, Collected) {
+        let mut c = Collected::default();
+        let mut out = RawMediaTimeoutDecision::default();
+        let hook = self.vtable.media_timeout.expect("hook");
+        // SAFETY: live instance, valid view, sink and out.
+        let status = unsafe { hook(self.instance, view, &sink(&mut c), &mut out) };
+        (status, out, c)
+    }
 }
 
 impl Drop for Loaded {
@@ -216,6 +248,21 @@ fn leg() -> RawLegView {
         refresh_count: 0,
         leg: LEG_B,
         refresher: REFRESHER_VIGIL,
+    }
+}
+
+/// The callee's media has been silent for 30 s, 90 s into the call.
+fn media() -> RawMediaTimeoutView {
+    RawMediaTimeoutView {
+        call_id: RawStr::new("abc@10.0.0.1"),
+        b_call_id: RawStr::new("w1-xyz"),
+        trunk: RawStr::new("carrier"),
+        caller: RawStr::new("+3225551000"),
+        callee: RawStr::new("+3225552000"),
+        silent_for_ms: 30_000,
+        since_answer_ms: 90_000,
+        direction: MEDIA_CALLEE_TO_CALLER,
+        on_hold: 0,
     }
 }
 
@@ -359,6 +406,64 @@ fn hangup_fields_go_through_the_sink() {
             ("answered_ms".to_owned(), "never".to_owned())
         ]
     );
+}
+
+#[test]
+fn media_timeout_reads_the_view_and_answers() {
+    let p = Loaded::new();
+    let kind = |view: RawMediaTimeoutView| {
+        let (status, out, c) = p.media_timeout(&view);
+        assert_eq!(status, STATUS_OK);
+        assert!(c.panic.is_none() && c.fields.is_empty());
+        out.kind
+    };
+    assert_eq!(kind(media()), MEDIA_TIMEOUT_IGNORE);
+    let long = RawMediaTimeoutView {
+        silent_for_ms: 60_000,
+        ..media()
+    };
+    assert_eq!(kind(long), MEDIA_TIMEOUT_NONE);
+    let other_trunk = RawMediaTimeoutView {
+        trunk: RawStr::new("pbx"),
+        direction: MEDIA_CALLER_TO_CALLEE,
+        ..media()
+    };
+    assert_eq!(kind(other_trunk), MEDIA_TIMEOUT_NONE);
+    let dead = RawMediaTimeoutView {
+        direction: MEDIA_BOTH,
+        ..media()
+    };
+    assert_eq!(kind(dead), MEDIA_TIMEOUT_HANGUP);
+    let held = RawMediaTimeoutView { on_hold: 1, ..dead };
+    assert_eq!(kind(held), MEDIA_TIMEOUT_IGNORE);
+}
+
+#[test]
+fn media_timeout_panics_and_unknown_directions_become_statuses() {
+    let p = Loaded::new();
+    let panics = RawMediaTimeoutView {
+        callee: RawStr::new("panic"),
+        ..media()
+    };
+    let (status, out, c) = p.media_timeout(&panics);
+    assert_eq!((status, out.kind), (STATUS_PANICKED, MEDIA_TIMEOUT_NONE));
+    assert_eq!(
+        c.panic.as_deref(),
+        Some("media of w1-xyz died 90000 ms into the call")
+    );
+
+    let sideways = RawMediaTimeoutView {
+        direction: 3,
+        ..media()
+    };
+    assert_eq!(p.media_timeout(&sideways).0, STATUS_INVALID_ARGUMENT);
+    let hook = p.vtable.media_timeout.expect("hook");
+    let mut c = Collected::default();
+    // SAFETY: a null out-pointer is what is being tested; the shim checks it.
+    let status = unsafe { hook(p.instance, &media(), &sink(&mut c), ptr::null_mut()) };
+    assert_eq!(status, STATUS_INVALID_ARGUMENT);
+    // The instance is still usable.
+    assert_eq!(p.media_timeout(&media()).0, STATUS_OK);
 }
 
 #[test]

@@ -1,11 +1,16 @@
 //! An example vendor plugin: the rules of a carrier whose gateways answer
-//! UPDATE with 501 and drop a refresh now and then under load.
+//! UPDATE with 501, drop a refresh now and then under load, and suppress
+//! silence (a callee who only listens sends no RTP).
 //!
 //! - A refresh is always a re-INVITE, whatever `refresh_method` says.
 //! - A failed refresh is retried after [`RETRY_AFTER`]; the
 //!   [`MAX_FAILED_REFRESHES`]th failure of the same call hangs it up. Failures
 //!   are counted per call (keyed by the A leg's Call-ID) and forgotten when the
 //!   call hangs up.
+//! - Dead media on a relayed call: the callee's side alone silent (one-way,
+//!   `callee-to-caller`) is the gateways' silence suppression and is ignored
+//!   until it has lasted [`MAX_CARRIER_SILENCE`]; then, and for any other
+//!   dead media, Vigil's default (hang up) applies.
 //! - Every CDR gets `plugin = "vigil-plugin-example"`, and
 //!   `refresh_failures = N` when refreshes failed.
 //!
@@ -20,8 +25,9 @@ use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
 
 use vigil_plugin_api::{
-    CallView, CdrFields, FailureDecision, HookFailure, HookResult, LegView, Plugin,
-    RefreshDecision, RefreshFailure, declare_plugin,
+    CallView, CdrFields, FailureDecision, HookFailure, HookResult, LegView, MediaDirection,
+    MediaTimeoutDecision, MediaTimeoutView, Plugin, RefreshDecision, RefreshFailure,
+    declare_plugin,
 };
 
 /// The failed refresh that ends the call (counting from 1).
@@ -30,6 +36,10 @@ pub const MAX_FAILED_REFRESHES: u32 = 3;
 /// How long to wait before trying a failed refresh again. Vigil never waits
 /// past the session's expiry, so on a short session the last retry comes first.
 pub const RETRY_AFTER: Duration = Duration::from_secs(5);
+
+/// The longest one-way silence from the carrier's side that is taken for
+/// silence suppression rather than dead media.
+pub const MAX_CARRIER_SILENCE: Duration = Duration::from_secs(300);
 
 /// The value of the `plugin` CDR field.
 pub const CDR_TAG: &str = "vigil-plugin-example";
@@ -90,6 +100,12 @@ impl Plugin for CarrierRules {
         }
         Ok(())
     }
+
+    fn media_timeout(&self, call: &MediaTimeoutView<'_>) -> HookResult<MediaTimeoutDecision> {
+        let suppressed = call.direction == MediaDirection::CalleeToCaller
+            && call.silent_for < MAX_CARRIER_SILENCE;
+        Ok(suppressed.then_some(MediaTimeoutDecision::Ignore))
+    }
 }
 
 declare_plugin!(CarrierRules, CarrierRules::new());
@@ -113,6 +129,46 @@ mod tests {
             refresh_count: 0,
             since_answer: Duration::from_secs(900),
         }
+    }
+
+    fn silent(direction: MediaDirection, secs: u64) -> MediaTimeoutView<'static> {
+        MediaTimeoutView {
+            call_id: "a",
+            b_call_id: "w0-1",
+            trunk: "carrier",
+            caller: "+3225551000",
+            callee: "+3225552000",
+            direction,
+            silent_for: Duration::from_secs(secs),
+            on_hold: false,
+            since_answer: Duration::from_secs(600),
+        }
+    }
+
+    #[test]
+    fn the_carriers_silence_is_ignored_for_five_minutes_then_left_to_vigil() {
+        let rules = CarrierRules::new();
+        let ignore = Ok(Some(MediaTimeoutDecision::Ignore));
+        assert_eq!(
+            rules.media_timeout(&silent(MediaDirection::CalleeToCaller, 30)),
+            ignore
+        );
+        assert_eq!(
+            rules.media_timeout(&silent(MediaDirection::CalleeToCaller, 299)),
+            ignore
+        );
+        assert_eq!(
+            rules.media_timeout(&silent(MediaDirection::CalleeToCaller, 300)),
+            Ok(None)
+        );
+        assert_eq!(
+            rules.media_timeout(&silent(MediaDirection::CallerToCallee, 30)),
+            Ok(None)
+        );
+        assert_eq!(
+            rules.media_timeout(&silent(MediaDirection::Both, 30)),
+            Ok(None)
+        );
     }
 
     #[test]

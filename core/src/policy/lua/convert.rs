@@ -12,7 +12,7 @@ use mlua::{Table, Value};
 
 use crate::policy::{
     CallOverrides, CallStartDecision, ExtraFields, FailureDecision, HookError, KeepaliveDecision,
-    RefreshDecision, RefreshMethod,
+    MediaTimeoutDecision, RefreshDecision, RefreshMethod,
 };
 use crate::sip::reason_phrase;
 
@@ -243,6 +243,25 @@ pub(super) fn keepalive_tick(value: Value) -> Result<Option<KeepaliveDecision>, 
                 .ok_or_else(|| invalid(HOOK, &value, EXPECTED))
         }
         other => Err(invalid(HOOK, other, EXPECTED)),
+    }
+}
+
+/// `media_timeout`: nil | "hangup" | "ignore".
+pub(super) fn media_timeout(value: Value) -> Result<Option<MediaTimeoutDecision>, HookError> {
+    if let Value::String(s) = &value {
+        match &*s.as_bytes() {
+            b"hangup" => return Ok(Some(MediaTimeoutDecision::Hangup)),
+            b"ignore" => return Ok(Some(MediaTimeoutDecision::Ignore)),
+            _ => {}
+        }
+    }
+    match value {
+        Value::Nil => Ok(None),
+        other => Err(invalid(
+            "media_timeout",
+            &other,
+            "nil, \"hangup\" or \"ignore\"",
+        )),
     }
 }
 

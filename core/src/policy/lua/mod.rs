@@ -23,8 +23,8 @@ use mlua::{ChunkMode, Function, IntoLuaMulti, Lua, Value};
 use self::sandbox::{Budget, Failure};
 use super::{
     CallStartDecision, CallStartView, CallView, ContactView, ExtraFields, FailureDecision,
-    HookError, KeepaliveDecision, Leg, LegView, PolicySource, RefreshDecision, RefreshFailure,
-    Refresher,
+    HookError, KeepaliveDecision, Leg, LegView, MediaTimeoutDecision, MediaTimeoutView,
+    PolicySource, RefreshDecision, RefreshFailure, Refresher,
 };
 
 /// The bounds one script runs within.
@@ -107,6 +107,7 @@ struct Hooks {
     refresh_failed: Option<Function>,
     keepalive_tick: Option<Function>,
     hangup: Option<Function>,
+    media_timeout: Option<Function>,
 }
 
 /// One loaded script: a sandboxed Lua state and its hook functions.
@@ -133,6 +134,7 @@ impl fmt::Debug for LuaPolicy {
             ("refresh_failed", self.hooks.refresh_failed.is_some()),
             ("keepalive_tick", self.hooks.keepalive_tick.is_some()),
             ("hangup", self.hooks.hangup.is_some()),
+            ("media_timeout", self.hooks.media_timeout.is_some()),
         ];
         let hooks: Vec<&str> = defined
             .iter()
@@ -212,6 +214,7 @@ impl LuaPolicy {
             refresh_failed: lookup("refresh_failed")?,
             keepalive_tick: lookup("keepalive_tick")?,
             hangup: lookup("hangup")?,
+            media_timeout: lookup("media_timeout")?,
         };
         // The top-level chunk's garbage (source text, temporaries) need not
         // count against the first hook call's memory.
@@ -372,5 +375,27 @@ impl PolicySource for LuaPolicy {
         );
         let (value, _) = self.invoke(hook, args)?;
         convert::hangup(value, extra)
+    }
+
+    fn media_timeout(
+        &self,
+        view: &MediaTimeoutView<'_>,
+    ) -> Result<Option<MediaTimeoutDecision>, HookError> {
+        let Some(hook) = &self.hooks.media_timeout else {
+            return Ok(None);
+        };
+        let args = (
+            view.call_id,
+            view.b_call_id,
+            view.trunk,
+            view.caller,
+            view.callee,
+            view.direction.as_str(),
+            view.silent_for.as_secs_f64(),
+            view.on_hold,
+            view.since_answer.as_secs_f64(),
+        );
+        let (value, _) = self.invoke(hook, args)?;
+        convert::media_timeout(value)
     }
 }

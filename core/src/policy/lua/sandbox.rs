@@ -130,6 +130,16 @@ return {
       })
     end
   end,
+  media_timeout = function(f)
+    return function(call_id, b_call_id, trunk, caller, callee, direction,
+                    silent_for, on_hold, since_answer)
+      return f({
+        call_id = call_id, b_call_id = b_call_id, trunk = trunk,
+        caller = caller, callee = callee, direction = direction,
+        silent_for = silent_for, on_hold = on_hold, since_answer = since_answer,
+      })
+    end
+  end,
 }
 "#;
 

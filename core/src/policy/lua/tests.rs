@@ -9,7 +9,7 @@ use tempfile::TempDir;
 use super::*;
 use crate::cdr::EndReason;
 use crate::config::RefreshMethod;
-use crate::policy::CallOverrides;
+use crate::policy::{CallOverrides, MediaDirection};
 
 /// Limits small enough that runaway tests end quickly.
 const LIMITS: LuaLimits = LuaLimits {
@@ -93,6 +93,21 @@ fn contact_view(user: &str) -> ContactView<'_> {
         contact: "sip:alice@10.0.0.5:5062",
         received: "198.51.100.7:40211",
         sent: 41,
+    }
+}
+
+/// The callee's media has been silent for 30.25 s, an hour into the call.
+fn media_view(call_id: &str) -> MediaTimeoutView<'_> {
+    MediaTimeoutView {
+        call_id,
+        b_call_id: "vigil-3-77",
+        trunk: "carrier",
+        caller: "4930123",
+        callee: "4940555",
+        direction: MediaDirection::CalleeToCaller,
+        silent_for: Duration::from_millis(30_250),
+        on_hold: false,
+        since_answer: Duration::from_secs(3600),
     }
 }
 
@@ -504,6 +519,145 @@ fn hangup_rejects_nonsense() {
     assert!(ask("array").contains("keys must be non-empty strings"));
 }
 
+#[test]
+fn hangup_sees_that_dead_media_ended_the_call() {
+    let (_dir, policy) = load(
+        r#"
+        function hangup(call)
+          if call.end_reason == "media-timeout" then return { media = "dead" } end
+        end
+        "#,
+    );
+    let view = CallView {
+        end_reason: EndReason::MediaTimeout.as_str(),
+        ..call_view("c1")
+    };
+    let mut extra = Vec::new();
+    policy.hangup(&view, &mut extra).expect("hangup");
+    assert_eq!(extra, [("media".to_string(), "dead".to_string())]);
+}
+
+// ---- media_timeout ----------------------------------------------------------
+
+#[test]
+fn media_timeout_sees_the_call_and_answers() {
+    let (_dir, policy) = load(
+        r#"
+        function media_timeout(call)
+          assert(call.b_call_id == "vigil-3-77", "b_call_id")
+          assert(call.trunk == "carrier", "trunk")
+          assert(call.caller == "4930123" and call.callee == "4940555", "parties")
+          assert(math.type(call.silent_for) == "float" and call.silent_for == 30.25,
+                 "silent_for " .. tostring(call.silent_for))
+          assert(call.since_answer == 3600, "since_answer")
+          assert(call.on_hold == false, "on_hold")
+          if call.call_id == "direction" then return call.direction end
+          if call.call_id == "none" then return nil end
+          return call.call_id
+        end
+        "#,
+    );
+    let ask = |call_id| policy.media_timeout(&media_view(call_id));
+    assert_eq!(ask("none"), Ok(None));
+    assert_eq!(ask("hangup"), Ok(Some(MediaTimeoutDecision::Hangup)));
+    assert_eq!(ask("ignore"), Ok(Some(MediaTimeoutDecision::Ignore)));
+    // The direction's name comes back as an answer, which it is not.
+    let msg = invalid(ask("direction"));
+    assert!(
+        msg.contains("media_timeout returned \"callee-to-caller\""),
+        "{msg}"
+    );
+}
+
+#[test]
+fn media_timeout_directions_and_hold() {
+    let (_dir, policy) = load(
+        r#"
+        function media_timeout(call)
+          assert(type(call.on_hold) == "boolean", "on_hold is a boolean")
+          if call.on_hold then return "ignore" end
+          assert(call.direction == call.call_id, call.direction .. " ~= " .. call.call_id)
+          return "hangup"
+        end
+        "#,
+    );
+    for (direction, name) in [
+        (MediaDirection::CallerToCallee, "caller-to-callee"),
+        (MediaDirection::CalleeToCaller, "callee-to-caller"),
+        (MediaDirection::Both, "both"),
+    ] {
+        let view = MediaTimeoutView {
+            direction,
+            ..media_view(name)
+        };
+        assert_eq!(
+            policy.media_timeout(&view),
+            Ok(Some(MediaTimeoutDecision::Hangup)),
+            "{name}"
+        );
+    }
+    let held = MediaTimeoutView {
+        on_hold: true,
+        ..media_view("held")
+    };
+    assert_eq!(
+        policy.media_timeout(&held),
+        Ok(Some(MediaTimeoutDecision::Ignore))
+    );
+}
+
+#[test]
+fn media_timeout_rejects_nonsense() {
+    let (_dir, policy) = load(
+        r#"
+        local answers = {
+          upper = "HANGUP",
+          keep = "keep",
+          yes = true,
+          number = 1,
+          table = { ignore = true },
+        }
+        function media_timeout(call) return answers[call.call_id] end
+        "#,
+    );
+    let ask = |call_id| invalid(policy.media_timeout(&media_view(call_id)));
+    let expected = "expected nil, \"hangup\" or \"ignore\"";
+    for (call_id, returned) in [
+        ("upper", "returned \"HANGUP\""),
+        ("keep", "returned \"keep\""),
+        ("yes", "returned true"),
+        ("number", "returned 1"),
+        ("table", "returned a table"),
+    ] {
+        let msg = ask(call_id);
+        assert!(msg.starts_with("media_timeout "), "{call_id}: {msg}");
+        assert!(msg.contains(returned), "{call_id}: {msg}");
+        assert!(msg.contains(expected), "{call_id}: {msg}");
+    }
+}
+
+#[test]
+fn media_timeout_errors_and_budget_are_reported_and_the_state_carries_on() {
+    let (_dir, policy) = load(
+        "function media_timeout(call)\n  if call.call_id == 'loop' then while true do end end\n  return call.missing.field\nend\n",
+    );
+    match policy.media_timeout(&media_view("c1")) {
+        Err(HookError::Script(msg)) => assert!(msg.contains("policy.lua:3:"), "{msg}"),
+        other => panic!("expected Script, got {other:?}"),
+    }
+    match policy.media_timeout(&media_view("loop")) {
+        Err(HookError::InstructionBudget { limit, at }) => {
+            assert_eq!(limit, LIMITS.instructions);
+            assert!(at.contains("policy.lua:2:"), "{at}");
+        }
+        other => panic!("expected InstructionBudget, got {other:?}"),
+    }
+    match policy.media_timeout(&media_view("c1")) {
+        Err(HookError::Script(msg)) => assert!(msg.contains("policy.lua:3:"), "{msg}"),
+        other => panic!("expected Script again, got {other:?}"),
+    }
+}
+
 // ---- missing functions, errors ----------------------------------------------
 
 #[test]
@@ -519,6 +673,7 @@ fn missing_functions_decide_nothing() {
     let mut extra = vec![("a".to_string(), "b".to_string())];
     assert_eq!(policy.hangup(&call_view("c"), &mut extra), Ok(()));
     assert_eq!(extra.len(), 1);
+    assert_eq!(policy.media_timeout(&media_view("c")), Ok(None));
 }
 
 #[test]
@@ -552,6 +707,18 @@ fn a_hook_that_is_not_a_function_is_a_load_error() {
             LuaLoadError::NotAFunction {
                 hook: "refresh_due",
                 found: "string",
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    let (_dir, err) = load_err("media_timeout = { \"ignore\" }\n");
+    assert!(
+        matches!(
+            err,
+            LuaLoadError::NotAFunction {
+                hook: "media_timeout",
+                found: "table",
                 ..
             }
         ),
@@ -971,6 +1138,7 @@ fn example_scripts_load_and_answer_as_documented() {
     for expected in [
         "cdr_tags.lua",
         "common.lua",
+        "one_way_audio.lua",
         "reinvite_only.lua",
         "retry_408.lua",
     ] {
@@ -1078,4 +1246,49 @@ fn example_scripts_load_and_answer_as_documented() {
     assert_eq!(get("answered"), Some("false"));
     assert_eq!(get("route_class"), Some("international"));
     assert_eq!(get("billsec"), Some("0"));
+
+    // one_way_audio: one-way silence is kept for ten minutes, a held call is
+    // kept, both ways silent hangs up (no decision: the default); the CDR of
+    // a call dead media ended says which media had died.
+    let p = example("one_way_audio.lua");
+    let ignore = Ok(Some(MediaTimeoutDecision::Ignore));
+    let silent = |call_id, direction, secs, on_hold| MediaTimeoutView {
+        direction,
+        silent_for: Duration::from_secs(secs),
+        on_hold,
+        ..media_view(call_id)
+    };
+    let one_way = MediaDirection::CallerToCallee;
+    assert_eq!(p.media_timeout(&silent("c1", one_way, 30, false)), ignore);
+    assert_eq!(p.media_timeout(&silent("c1", one_way, 599, false)), ignore);
+    assert_eq!(
+        p.media_timeout(&silent("c1", one_way, 600, false)),
+        Ok(None)
+    );
+    let both = MediaDirection::Both;
+    assert_eq!(p.media_timeout(&silent("c2", both, 30, false)), Ok(None));
+    assert_eq!(p.media_timeout(&silent("c3", both, 3600, true)), ignore);
+    let dead = |call_id| CallView {
+        end_reason: EndReason::MediaTimeout.as_str(),
+        ..call_view(call_id)
+    };
+    let mut extra = Vec::new();
+    p.hangup(&dead("c1"), &mut extra).expect("hangup");
+    let fields = |pairs: &[(&str, &str)]| -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    };
+    assert_eq!(
+        extra,
+        fields(&[("media", "dead"), ("silent", "caller-to-callee")])
+    );
+    // The hang-up forgot the call: ending it again no longer names the media.
+    let mut extra = Vec::new();
+    p.hangup(&dead("c1"), &mut extra).expect("hangup");
+    assert_eq!(extra, fields(&[("media", "dead")]));
+    let mut extra = Vec::new();
+    p.hangup(&call_view("c3"), &mut extra).expect("hangup");
+    assert!(extra.is_empty(), "{extra:?}");
 }

@@ -8,14 +8,15 @@ use std::time::Duration;
 
 use vigil_plugin_api::abi::{
     self, RawCallStartDecision, RawCallStartView, RawCallView, RawContactView, RawFailureDecision,
-    RawKeepaliveDecision, RawLegView, RawRefreshDecision, RawRefreshFailure, RawStr,
+    RawKeepaliveDecision, RawLegView, RawMediaTimeoutDecision, RawMediaTimeoutView,
+    RawRefreshDecision, RawRefreshFailure, RawStr,
 };
 
 use super::sink::{Hook, invalid};
 use crate::policy::{
     CallOverrides, CallStartDecision, CallStartView, CallView, ContactView, FailureDecision,
-    HookError, KeepaliveDecision, Leg, LegView, RefreshDecision, RefreshFailure, RefreshMethod,
-    Refresher,
+    HookError, KeepaliveDecision, Leg, LegView, MediaDirection, MediaTimeoutDecision,
+    MediaTimeoutView, RefreshDecision, RefreshFailure, RefreshMethod, Refresher,
 };
 
 // Views: lent to the plugin as borrowed ABI views.
@@ -80,6 +81,24 @@ pub(super) fn raw_call(view: &CallView<'_>) -> RawCallView {
         end_reason: raw(view.end_reason),
         since_answer_ms: view.since_answer.map_or(0, millis),
         answered: view.since_answer.is_some().into(),
+    }
+}
+
+pub(super) fn raw_media_timeout(view: &MediaTimeoutView<'_>) -> RawMediaTimeoutView {
+    RawMediaTimeoutView {
+        call_id: raw(view.call_id),
+        b_call_id: raw(view.b_call_id),
+        trunk: raw(view.trunk),
+        caller: raw(view.caller),
+        callee: raw(view.callee),
+        silent_for_ms: millis(view.silent_for),
+        since_answer_ms: millis(view.since_answer),
+        direction: match view.direction {
+            MediaDirection::CallerToCallee => abi::MEDIA_CALLER_TO_CALLEE,
+            MediaDirection::CalleeToCaller => abi::MEDIA_CALLEE_TO_CALLER,
+            MediaDirection::Both => abi::MEDIA_BOTH,
+        },
+        on_hold: view.on_hold.into(),
     }
 }
 
@@ -200,5 +219,21 @@ pub(super) fn keepalive_decision(
             None => return Err(invalid(hook, "a payload decision without a payload")),
         },
         other => return Err(invalid(hook, format_args!("unknown decision kind {other}"))),
+    }))
+}
+
+pub(super) fn media_timeout_decision(
+    raw: RawMediaTimeoutDecision,
+) -> Result<Option<MediaTimeoutDecision>, HookError> {
+    Ok(Some(match raw.kind {
+        abi::MEDIA_TIMEOUT_NONE => return Ok(None),
+        abi::MEDIA_TIMEOUT_HANGUP => MediaTimeoutDecision::Hangup,
+        abi::MEDIA_TIMEOUT_IGNORE => MediaTimeoutDecision::Ignore,
+        other => {
+            return Err(invalid(
+                Hook::MediaTimeout,
+                format_args!("unknown decision kind {other}"),
+            ));
+        }
     }))
 }

@@ -19,6 +19,7 @@ pub(super) enum Hook {
     RefreshFailed,
     KeepaliveTick,
     Hangup,
+    MediaTimeout,
 }
 
 impl Hook {
@@ -30,6 +31,7 @@ impl Hook {
             Hook::RefreshFailed => "refresh_failed",
             Hook::KeepaliveTick => "keepalive_tick",
             Hook::Hangup => "hangup",
+            Hook::MediaTimeout => "media_timeout",
         }
     }
 }

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use super::*;
 use crate::cdr::EndReason;
-use crate::policy::{Leg, Refresher};
+use crate::policy::{Leg, MediaDirection, Refresher};
 
 fn load(crate_name: &str) -> PluginPolicy {
     let path = build_fixture(crate_name);
@@ -57,6 +57,20 @@ fn call_view(call_id: &str) -> CallView<'_> {
         callee: "+3225552000",
         end_reason: EndReason::SessionTimeout.as_str(),
         since_answer: Some(Duration::from_secs(135)),
+    }
+}
+
+fn media_view(direction: MediaDirection, silent_secs: u64) -> MediaTimeoutView<'static> {
+    MediaTimeoutView {
+        call_id: "a84b4c76e66710@pc33.example.com",
+        b_call_id: "w1-7f3a",
+        trunk: "carrier",
+        caller: "+3225551000",
+        callee: "+3225552000",
+        direction,
+        silent_for: Duration::from_secs(silent_secs),
+        on_hold: false,
+        since_answer: Duration::from_secs(600),
     }
 }
 
@@ -136,6 +150,20 @@ fn example_plugin_refreshes_with_reinvite_and_hangs_up_after_three_failures() {
 }
 
 #[test]
+fn example_plugin_ignores_the_carriers_one_way_silence_for_five_minutes() {
+    let plugin = load("vigil-plugin-example");
+    let ask = |direction, secs| plugin.media_timeout(&media_view(direction, secs));
+    let ignore = Ok(Some(MediaTimeoutDecision::Ignore));
+    assert_eq!(ask(MediaDirection::CalleeToCaller, 30), ignore);
+    // Asked again after another timeout, still silent: still the carrier's
+    // silence suppression, until it has lasted five minutes.
+    assert_eq!(ask(MediaDirection::CalleeToCaller, 60), ignore);
+    assert_eq!(ask(MediaDirection::CalleeToCaller, 300), Ok(None));
+    assert_eq!(ask(MediaDirection::CallerToCallee, 30), Ok(None));
+    assert_eq!(ask(MediaDirection::Both, 30), Ok(None));
+}
+
+#[test]
 fn example_plugin_serves_workers_concurrently() {
     let plugin = load("vigil-plugin-example");
     std::thread::scope(|s| {
@@ -166,8 +194,8 @@ fn an_old_abi_is_refused_naming_both_versions_and_the_file() {
         matches!(
             err,
             PluginError::AbiVersion {
-                found: 0,
-                expected: 1,
+                found: 1,
+                expected: 2,
                 ..
             }
         ),
@@ -176,7 +204,7 @@ fn an_old_abi_is_refused_naming_both_versions_and_the_file() {
     let message = err.to_string();
     assert!(
         message.starts_with(&format!(
-            "{}: plugin ABI version 0, this Vigil speaks {VIGIL_PLUGIN_ABI_VERSION}",
+            "{}: plugin ABI version 1, this Vigil speaks {VIGIL_PLUGIN_ABI_VERSION}",
             path.display()
         )),
         "{message}"
@@ -260,6 +288,10 @@ fn a_panicking_plugin_fails_each_hook_and_vigil_carries_on() {
             plugin.keepalive_tick(&contact_view()),
             Err(HookError::Panic("keepalive_tick panicked".into()))
         );
+        assert_eq!(
+            plugin.media_timeout(&media_view(MediaDirection::Both, 30)),
+            Err(HookError::Panic("media_timeout panicked for both".into()))
+        );
         let mut extra = vec![("route".to_owned(), "primary".to_owned())];
         assert_eq!(
             plugin.hangup(&call_view("call-1"), &mut extra),
@@ -315,6 +347,10 @@ fn decisions_vigil_cannot_carry_out_are_invalid() {
         Err(HookError::PluginStatus(-20))
     );
     assert_invalid(plugin.keepalive_tick(&contact_view()), "without a payload");
+    assert_invalid(
+        plugin.media_timeout(&media_view(MediaDirection::CallerToCallee, 30)),
+        "media_timeout: unknown decision kind 42",
+    );
 
     let mut extra = vec![("route".to_owned(), "primary".to_owned())];
     assert_invalid(
