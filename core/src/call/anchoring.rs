@@ -13,6 +13,7 @@ use crate::cdr::{EndReason, EndedBy};
 use crate::config::OnFailure;
 use crate::media::{Answer, Command, Delete, NgError, Offer, Query, Reply, SdpOptions};
 use crate::metrics::Metrics;
+use crate::policy::{MediaDirection, MediaTimeoutDecision, MediaTimeoutView};
 use crate::sdp;
 use crate::session_timer::UasOutcome;
 use crate::sip::{Request, Response};
@@ -570,7 +571,33 @@ impl Call {
             return;
         }
         let direction = silence.direction(mode);
-        tracing::info!(call_id = %self.a.call_id(), direction, silent_for = silent_for.as_secs(), "media timeout");
+        let on_hold = m.on_hold;
+        // The side whose media died decides (the caller's when both did).
+        let (trunk, policy) = match direction {
+            MediaDirection::CalleeToCaller => {
+                (&self.parties.trunk_out, self.parties.policy_out.as_deref())
+            }
+            _ => (&self.parties.trunk_in, self.parties.policy_in.as_deref()),
+        };
+        let view = MediaTimeoutView {
+            call_id: self.a.call_id(),
+            b_call_id: self.b.call_id(),
+            trunk,
+            caller: &self.parties.caller,
+            callee: &self.parties.callee,
+            direction,
+            silent_for,
+            on_hold,
+            since_answer: now.saturating_duration_since(answer),
+        };
+        if env.policies.for_trunk(policy).media_timeout(&view) == MediaTimeoutDecision::Ignore {
+            tracing::info!(call_id = %self.a.call_id(), direction = direction.as_str(), silent_for = silent_for.as_secs(), "media timeout ignored by policy");
+            if let Some(m) = self.media.as_mut() {
+                m.check_at = Some(now + timeout);
+            }
+            return;
+        }
+        tracing::info!(call_id = %self.a.call_id(), direction = direction.as_str(), silent_for = silent_for.as_secs(), "media timeout");
         Metrics::count(&env.metrics.media_timeouts);
         self.end(now, EndReason::MediaTimeout, EndedBy::Switch, None, env);
         self.hang_up_both(now, env);

@@ -22,6 +22,7 @@ use super::{CallKey, Leg};
 use crate::cdr::{CdrRecord, Flow, MediaTotals};
 use crate::config::{MediaConfig, TimeoutMode};
 use crate::media::{CallStats, Command, EngineId, NgClient, NoEngineUp, RequestId};
+use crate::policy::MediaDirection;
 use crate::session_timer::UasOutcome;
 use crate::sip::{Request, Response};
 use crate::transaction::ServerTxId;
@@ -202,13 +203,13 @@ impl Silence {
     }
 
     /// Which way is silent that long.
-    pub fn direction(&self, mode: TimeoutMode) -> &'static str {
+    pub fn direction(&self, mode: TimeoutMode) -> MediaDirection {
         match mode {
-            TimeoutMode::Both => "both",
+            TimeoutMode::Both => MediaDirection::Both,
             TimeoutMode::Either if self.caller_to_callee >= self.callee_to_caller => {
-                "caller-to-callee"
+                MediaDirection::CallerToCallee
             }
-            TimeoutMode::Either => "callee-to-caller",
+            TimeoutMode::Either => MediaDirection::CalleeToCaller,
         }
     }
 }

@@ -3,6 +3,7 @@
 //! the call flow it proves.
 
 mod dialog_matching;
+mod media;
 mod policies;
 mod resources;
 mod session_timers;
@@ -42,6 +43,8 @@ pub(super) struct Harness {
     last_b_invite: Option<Request>,
     /// The A-leg tag of the call a test set up, for requests it sends later.
     a_tag: String,
+    /// When the harness was made (tests that need a wall clock start it here).
+    epoch: Instant,
 }
 
 const LOCAL: &str = "127.0.0.1:5060";
@@ -75,6 +78,7 @@ impl Harness {
             cdrs: Vec::new(),
             last_b_invite: None,
             a_tag: String::new(),
+            epoch: now,
         }
     }
 

@@ -1,0 +1,344 @@
+//! Relayed calls (issue 17), with rtpengine played by the test over the ng
+//! protocol and the clock jumped: every SDP goes through rtpengine and each
+//! leg sees only rtpengine's address; the CDR gets delete's totals; dead
+//! media ends the call, live media does not, and a policy may let it be;
+//! an rtpengine that is down refuses a new call or lets it pass.
+
+use std::time::SystemTime;
+
+use super::*;
+use crate::call::media::MediaRelay;
+use crate::media::{NgClient, NgSettings};
+
+const RTPENGINE: &str = "127.0.0.9:2223";
+/// The caller's and callee's SDPs as rtpengine rewrites them.
+const SDP_TO_CALLEE: &str = "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=audio 30000 RTP/AVP 0\r\n";
+const SDP_TO_CALLER: &str = "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=audio 30002 RTP/AVP 0\r\n";
+const CALLEE_SDP: &str = "v=0\r\no=- 2 2 IN IP4 127.0.0.3\r\ns=-\r\nc=IN IP4 127.0.0.3\r\nt=0 0\r\nm=audio 5000 RTP/AVP 0\r\n";
+
+/// A bencoded byte string.
+fn bs(s: &str) -> String {
+    format!("{}:{s}", s.len())
+}
+
+/// A reply with an SDP.
+fn sdp_reply(sdp: &str) -> String {
+    format!("d3:sdp{}6:result2:oke", bs(sdp))
+}
+
+/// A `query` or `delete` reply: each party's RTP packets and last packet
+/// (seconds of wall-clock time).
+fn stats_reply(parties: &[(&str, u64, u64)]) -> String {
+    let tags: String = parties
+        .iter()
+        .map(|(tag, packets, last)| {
+            let stream = format!(
+                "d5:flagsl3:RTPe11:last packeti{last}e5:statsd7:packetsi{packets}e5:bytesi{}eee",
+                packets * 172
+            );
+            let media = format!("d5:indexi1e7:streamsl{stream}ee");
+            format!("{}d3:tag{}6:mediasl{media}ee", bs(tag), bs(tag))
+        })
+        .collect();
+    format!("d4:tagsd{tags}e6:result2:oke")
+}
+
+/// One ng request Vigil sent: its cookie and dictionary.
+struct Ng {
+    cookie: String,
+    dict: bt_bencode::Value,
+}
+
+impl Ng {
+    fn command(&self) -> &str {
+        self.str("command")
+    }
+
+    fn str(&self, key: &str) -> &str {
+        self.dict
+            .get(key)
+            .and_then(|v| v.as_str())
+            .unwrap_or_default()
+    }
+}
+
+/// The start of the test's wall clock (rtpengine's statistics are in it).
+const WALL0: u64 = 1_800_000_000;
+
+impl Harness {
+    /// A harness whose carrier trunk is relayed through the test's
+    /// rtpengine; `media` adds keys to the `media:` section.
+    fn relayed(media: &str) -> Harness {
+        let text = format!(
+            "{}media: {{ rtpengines: [\"udp:{RTPENGINE}\"], timeout: 20, allow_short_intervals: true{media} }}\n",
+            CONFIG.replace(
+                "outbound: { to: \"127.0.0.3:5080\" }",
+                "outbound: { to: \"127.0.0.3:5080\" }\n    media: relay"
+            )
+        );
+        let config = Config::parse(&text, FsPath::new("test.yaml")).expect("config");
+        let media = config.media.clone().expect("media");
+        let mut h = Harness::with_deps(&text, |deps| {
+            let client = NgClient::new(
+                Instant::now(),
+                media.rtpengines.clone(),
+                NgSettings::default(),
+                IdGen::seeded(0, 9),
+                deps.metrics.clone(),
+            );
+            deps.media = Some(MediaRelay::new(client, media));
+        });
+        // rtpengine answers its first ping: it is up.
+        let ping = h.ng().remove(0);
+        assert_eq!(ping.command(), "ping");
+        h.ng_reply(&ping, "d6:result4:ponge");
+        h
+    }
+
+    fn wall(&self, at: Instant) -> SystemTime {
+        SystemTime::UNIX_EPOCH
+            + Duration::from_secs(WALL0)
+            + at.saturating_duration_since(self.t0())
+    }
+
+    fn t0(&self) -> Instant {
+        self.epoch
+    }
+
+    /// What Vigil asked rtpengine since the last look.
+    fn ng(&mut self) -> Vec<Ng> {
+        std::iter::from_fn(|| self.engine.poll_ng_transmit())
+            .map(|(to, bytes)| {
+                assert_eq!(to, addr(RTPENGINE));
+                let space = bytes.iter().position(|&b| b == b' ').expect("cookie");
+                Ng {
+                    cookie: String::from_utf8(bytes[..space].to_vec()).expect("ascii"),
+                    dict: bt_bencode::from_slice(&bytes[space + 1..]).expect("bencode"),
+                }
+            })
+            .collect()
+    }
+
+    /// Takes the one ng request there is.
+    fn one_ng(&mut self, command: &str) -> Ng {
+        let mut sent = self.ng();
+        sent.retain(|n| n.command() != "ping");
+        let names: Vec<&str> = sent.iter().map(|n| n.command()).collect();
+        assert_eq!(sent.len(), 1, "one {command}: {names:?}");
+        let ng = sent.remove(0);
+        assert_eq!(ng.command(), command);
+        ng
+    }
+
+    fn ng_reply(&mut self, to: &Ng, body: &str) {
+        let wall = self.wall(self.now);
+        let datagram = format!("{} {body}", to.cookie);
+        self.engine
+            .handle_ng_datagram(self.now, wall, addr(RTPENGINE), datagram.as_bytes());
+        self.collect();
+    }
+
+    /// A relayed call, answered and confirmed: the B INVITE and the A tag.
+    fn relayed_call(&mut self, call_id: &str) -> (Request, String) {
+        self.caller_sends(&invite(call_id, "0049301234", SDP));
+        assert_eq!(self.statuses(CALLER), vec![100]);
+        assert!(
+            self.take(CALLEE).is_empty(),
+            "the INVITE waits for rtpengine"
+        );
+        let offer = self.one_ng("offer");
+        assert_eq!(offer.str("call-id"), call_id);
+        assert_eq!(offer.str("from-tag"), "caller-tag");
+        assert_eq!(offer.str("sdp"), SDP);
+        self.ng_reply(&offer, &sdp_reply(SDP_TO_CALLEE));
+        let b = self.take_one_request(CALLEE, Method::Invite);
+        assert_eq!(
+            b.body,
+            SDP_TO_CALLEE.as_bytes(),
+            "the callee sees rtpengine"
+        );
+        self.callee_sends(&answer(&b, 200, "callee-tag", CALLEE_SDP));
+        assert!(self.take(CALLER).is_empty(), "the 200 waits for rtpengine");
+        let answer_ng = self.one_ng("answer");
+        assert_eq!(answer_ng.str("from-tag"), "caller-tag");
+        assert_eq!(answer_ng.str("to-tag"), b.from.tag().unwrap_or_default());
+        assert_eq!(answer_ng.str("sdp"), CALLEE_SDP);
+        self.ng_reply(&answer_ng, &sdp_reply(SDP_TO_CALLER));
+        let ok = self.finals(CALLER);
+        assert_eq!(ok[0].status, 200);
+        assert_eq!(
+            ok[0].body,
+            SDP_TO_CALLER.as_bytes(),
+            "the caller sees rtpengine"
+        );
+        let a_tag = ok[0].to.tag().expect("tag").to_string();
+        self.caller_sends(&caller_in_dialog("ACK", 1, &a_tag, call_id, "ack", ""));
+        self.take_one_request(CALLEE, Method::Ack);
+        (b, a_tag)
+    }
+}
+
+#[test]
+fn every_sdp_goes_through_rtpengine_and_the_cdr_gets_its_totals() {
+    let mut h = Harness::relayed("");
+    let (b, a_tag) = h.relayed_call("m-1");
+    // The caller's re-INVITE with a new SDP: offered again, then relayed.
+    let moved = SDP.replace("4000", "4100");
+    h.caller_sends(&caller_in_dialog("INVITE", 2, &a_tag, "m-1", "re", &moved));
+    assert!(
+        h.take(CALLEE).is_empty(),
+        "the re-INVITE waits for rtpengine"
+    );
+    let reoffer = h.one_ng("offer");
+    assert_eq!(reoffer.str("from-tag"), "caller-tag");
+    assert_eq!(reoffer.str("sdp"), moved);
+    h.ng_reply(&reoffer, &sdp_reply(SDP_TO_CALLEE));
+    let reinvite = h.take_one_request(CALLEE, Method::Invite);
+    assert_eq!(reinvite.body, SDP_TO_CALLEE.as_bytes());
+    h.callee_sends(&answer(&reinvite, 200, "callee-tag", CALLEE_SDP));
+    let reanswer = h.one_ng("answer");
+    h.ng_reply(&reanswer, &sdp_reply(SDP_TO_CALLER));
+    let ok = h.finals(CALLER);
+    assert_eq!(
+        (ok[0].status, ok[0].body.as_slice()),
+        (200, SDP_TO_CALLER.as_bytes())
+    );
+    h.caller_sends(&caller_in_dialog("ACK", 2, &a_tag, "m-1", "ack2", ""));
+    h.take(CALLEE);
+    // The caller hangs up: delete, and the CDR waits for its totals.
+    h.now += Duration::from_secs(5);
+    h.caller_sends(&caller_in_dialog("BYE", 3, &a_tag, "m-1", "bye", ""));
+    assert_eq!(h.statuses(CALLER), vec![200]);
+    h.take_one_request(CALLEE, Method::Bye);
+    assert!(h.cdrs.is_empty(), "the CDR waits for rtpengine's totals");
+    let delete = h.one_ng("delete");
+    assert_eq!(delete.str("call-id"), "m-1");
+    let last = WALL0 + 4;
+    let callee_tag = b.from.tag().unwrap_or_default().to_string();
+    h.ng_reply(
+        &delete,
+        &stats_reply(&[("caller-tag", 250, last), (&callee_tag, 240, last - 1)]),
+    );
+    assert_eq!(h.cdrs.len(), 1);
+    let media = h.cdrs[0].media.expect("media totals");
+    assert_eq!(media.caller_to_callee.packets, 250);
+    assert_eq!(media.callee_to_caller.bytes, 240 * 172);
+    assert_eq!(
+        media.last_media_at,
+        Some(SystemTime::UNIX_EPOCH + Duration::from_secs(last))
+    );
+    assert_eq!(h.engine.active_calls(), 0);
+}
+
+#[test]
+fn dead_media_ends_the_call_with_bye_on_both_legs_and_live_media_does_not() {
+    let mut h = Harness::relayed("");
+    let (b, _) = h.relayed_call("m-2");
+    let callee_tag = b.from.tag().unwrap_or_default().to_string();
+    // 20 s after the answer Vigil looks: media flowed until 5 s ago both ways.
+    h.advance(Duration::from_secs(20));
+    let query = h.one_ng("query");
+    let recent = WALL0 + 15;
+    h.ng_reply(
+        &query,
+        &stats_reply(&[("caller-tag", 100, recent), (&callee_tag, 100, recent)]),
+    );
+    assert!(
+        h.take(CALLER).is_empty() && h.take(CALLEE).is_empty(),
+        "alive"
+    );
+    // It looks again when it could have run out: 15 + 20 = 35 s.
+    h.advance(Duration::from_secs(14));
+    assert!(h.ng().iter().all(|n| n.command() == "ping"), "not yet");
+    h.advance(Duration::from_secs(1));
+    let query = h.one_ng("query");
+    h.ng_reply(
+        &query,
+        &stats_reply(&[("caller-tag", 100, recent), (&callee_tag, 100, recent)]),
+    );
+    let bye_a = h.take_one_request(CALLER, Method::Bye);
+    let bye_b = h.take_one_request(CALLEE, Method::Bye);
+    for bye in [&bye_a, &bye_b] {
+        assert_eq!(
+            bye.headers.get(&HeaderName::Reason),
+            Some("Q.850;cause=102;text=\"Media timeout\"")
+        );
+    }
+    let delete = h.one_ng("delete");
+    h.ng_reply(
+        &delete,
+        &stats_reply(&[("caller-tag", 100, recent), (&callee_tag, 100, recent)]),
+    );
+    assert_eq!(h.cdrs[0].end_reason, EndReason::MediaTimeout);
+    assert_eq!(h.cdrs[0].ended_by, EndedBy::Switch);
+}
+
+#[test]
+fn one_way_audio_is_dead_only_in_either_mode() {
+    for (mode, dead) in [("both", false), ("either", true)] {
+        let mut h = Harness::relayed(&format!(", timeout_mode: {mode}"));
+        let (b, _) = h.relayed_call(&format!("m-3-{mode}"));
+        let callee_tag = b.from.tag().unwrap_or_default().to_string();
+        h.advance(Duration::from_secs(20));
+        // The callee never sent a packet; the caller sends on.
+        let query = h.one_ng("query");
+        h.ng_reply(
+            &query,
+            &stats_reply(&[("caller-tag", 1000, WALL0 + 19), (&callee_tag, 0, 0)]),
+        );
+        let byes = h
+            .take(CALLEE)
+            .iter()
+            .filter(|m| matches!(m, Message::Request(r) if r.method == Method::Bye))
+            .count();
+        assert_eq!(byes == 1, dead, "{mode}");
+    }
+}
+
+#[test]
+fn rtpengine_down_at_call_start_refuses_or_passes_the_call() {
+    for (mode, status) in [("reject", 503), ("passthrough", 0)] {
+        let mut h = Harness::relayed(&format!(", on_failure: {mode}"));
+        // rtpengine stops answering: its pings time out and it goes down.
+        h.advance(Duration::from_secs(25));
+        h.ng();
+        h.caller_sends(&invite(&format!("m-5-{mode}"), "0049301234", SDP));
+        if status == 503 {
+            let finals = h.finals(CALLER);
+            assert_eq!(finals[0].status, 503, "{mode}");
+            assert!(h.take(CALLEE).is_empty());
+            assert_eq!(h.cdrs[0].sip_code, Some(503));
+        } else {
+            let b = h.take_one_request(CALLEE, Method::Invite);
+            assert_eq!(b.body, SDP.as_bytes(), "the caller's own SDP");
+        }
+    }
+}
+
+#[test]
+fn a_late_offer_goes_through_rtpengine_from_the_callee_and_the_ack_answers_it() {
+    let mut h = Harness::relayed("");
+    h.caller_sends(&invite("m-6", "0049301234", ""));
+    h.take(CALLER);
+    let b = h.take_one_request(CALLEE, Method::Invite);
+    assert!(
+        b.body.is_empty(),
+        "no offer to relay: the INVITE goes at once"
+    );
+    h.callee_sends(&answer(&b, 200, "callee-tag", CALLEE_SDP));
+    let offer = h.one_ng("offer");
+    assert_eq!(offer.str("from-tag"), b.from.tag().unwrap_or_default());
+    assert_eq!(offer.str("sdp"), CALLEE_SDP);
+    h.ng_reply(&offer, &sdp_reply(SDP_TO_CALLER));
+    let ok = h.finals(CALLER);
+    assert_eq!(ok[0].body, SDP_TO_CALLER.as_bytes());
+    let a_tag = ok[0].to.tag().expect("tag").to_string();
+    h.caller_sends(&caller_in_dialog("ACK", 1, &a_tag, "m-6", "ack", SDP));
+    assert!(h.take(CALLEE).is_empty(), "the ACK waits for rtpengine");
+    let answer_ng = h.one_ng("answer");
+    assert_eq!(answer_ng.str("to-tag"), "caller-tag");
+    assert_eq!(answer_ng.str("sdp"), SDP);
+    h.ng_reply(&answer_ng, &sdp_reply(SDP_TO_CALLEE));
+    let ack = h.take_one_request(CALLEE, Method::Ack);
+    assert_eq!(ack.body, SDP_TO_CALLEE.as_bytes());
+}
