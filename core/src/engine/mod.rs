@@ -224,71 +224,6 @@ impl Engine {
         self.config = config;
     }
 
-    /// Whether this engine has an ng client (a reload that adds `media:`
-    /// brings one).
-    pub fn has_media(&self) -> bool {
-        self.media.is_some()
-    }
-
-    /// A datagram from rtpengine (an ng reply), with the wall-clock time now.
-    pub fn handle_ng_datagram(
-        &mut self,
-        now: Instant,
-        wall: std::time::SystemTime,
-        from: SocketAddr,
-        bytes: &[u8],
-    ) {
-        self.wall_at = Some((now, wall));
-        if let Some(media) = self.media.as_mut() {
-            media.client.handle_datagram(now, from, bytes);
-        }
-        self.drain_ng_events(now);
-    }
-
-    /// What goes to rtpengine next.
-    pub fn poll_ng_transmit(&mut self) -> Option<(SocketAddr, Vec<u8>)> {
-        self.media.as_mut()?.client.poll_transmit()
-    }
-
-    /// The wall-clock time at `now`, from the latest reading.
-    fn wall(&self, now: Instant) -> std::time::SystemTime {
-        match self.wall_at {
-            Some((at, wall)) => wall + now.saturating_duration_since(at),
-            None => std::time::SystemTime::UNIX_EPOCH,
-        }
-    }
-
-    /// Hands rtpengine's replies to the calls that wait for them.
-    fn drain_ng_events(&mut self, now: Instant) {
-        let wall = self.wall(now);
-        while let Some(event) = self.media.as_mut().and_then(|m| m.client.poll_event()) {
-            match event {
-                crate::media::NgEvent::Reply { id, result } => {
-                    let Some((key, op)) = self.media.as_mut().and_then(|m| m.take(id)) else {
-                        continue;
-                    };
-                    self.with_call(key, |call, env| {
-                        call.on_media_reply(now, wall, op, result, env)
-                    });
-                }
-                crate::media::NgEvent::EngineUp(engine) => {
-                    let addr = self
-                        .media
-                        .as_ref()
-                        .and_then(|m| m.client.engine_addr(engine));
-                    tracing::info!(rtpengine = ?addr, "rtpengine up");
-                }
-                crate::media::NgEvent::EngineDown(engine) => {
-                    let addr = self
-                        .media
-                        .as_ref()
-                        .and_then(|m| m.client.engine_addr(engine));
-                    tracing::warn!(rtpengine = ?addr, "rtpengine down");
-                }
-            }
-        }
-    }
-
     pub fn active_calls(&self) -> usize {
         self.calls.len()
     }
@@ -679,3 +614,4 @@ fn settings_from(config: &Config, timers: TimerValues) -> CallSettings {
 mod tests;
 
 mod invite;
+mod media;
