@@ -76,9 +76,22 @@ impl Call {
         self.b.hang_up(now, reason, env);
     }
 
-    /// Graceful shutdown: fail an unanswered call, BYE an answered one.
+    /// Graceful shutdown, first step: the call ends now (its CDR is written
+    /// at once, whenever its BYEs get out), unless it had already ended.
+    pub fn record_shutdown(&mut self, now: Instant, env: &mut Env<'_>) {
+        if self.ending.is_some() {
+            return;
+        }
+        let unanswered = (self.a.state() == AState::Proceeding).then_some(503);
+        self.end(now, EndReason::Shutdown, EndedBy::Switch, unanswered, env);
+    }
+
+    /// Graceful shutdown, second step (paced): fail an unanswered call, BYE
+    /// an answered one, whatever state its ending left it in.
     pub fn shutdown(&mut self, now: Instant, env: &mut Env<'_>) {
-        self.end_by_switch(now, EndReason::Shutdown, (503, "Shutting Down"), env);
+        self.record_shutdown(now, env);
+        self.a.fail(now, 503, Some("Shutting Down"), env);
+        self.hang_up_both(now, env);
     }
 
     /// An operator's hang-up: as a shutdown, with its own end reason.

@@ -68,6 +68,8 @@ pub struct Engine {
     draining: bool,
     /// Calls a shutdown has yet to end, and when the next batch goes.
     shutdown_queue: Vec<CallKey>,
+    /// How many of them each tick ends.
+    shutdown_batch: usize,
     shutdown_next: Option<Instant>,
     /// Requests shed by the transaction limits are logged at this rate.
     shed_log: RateLimit,
@@ -101,13 +103,16 @@ impl std::ops::Add for EngineResources {
     }
 }
 
-/// A shutdown ends this many calls at a time, every [`SHUTDOWN_TICK`]: with
-/// 20,000 calls up, 40,000 BYEs at once would overflow the peers' (and the
-/// kernel's) socket buffers and leave them to retransmissions the drain does
-/// not wait for; paced, a worker ends 10,000 calls a second in bursts a peer's
-/// default receive buffer holds.
+/// A shutdown hangs up at least this many calls at a time, every
+/// [`SHUTDOWN_TICK`]: with 20,000 calls up, 40,000 BYEs at once would overflow
+/// the peers' (and the kernel's) socket buffers and leave them to
+/// retransmissions the drain does not wait for; paced, a worker ends 10,000
+/// calls a second in bursts a peer's default receive buffer holds. A worker
+/// with more calls than that rate ends within [`SHUTDOWN_SPREAD`] ticks sends
+/// bigger batches, so every call is hung up inside the drain.
 const SHUTDOWN_BATCH: usize = 100;
 const SHUTDOWN_TICK: Duration = Duration::from_millis(10);
+const SHUTDOWN_SPREAD: usize = 300;
 
 /// `Retry-After` of a 503 for the transaction limits: transactions end
 /// within seconds, so the sender may try again soon.
@@ -175,6 +180,7 @@ impl Engine {
             next_key: 0,
             draining: false,
             shutdown_queue: Vec::new(),
+            shutdown_batch: SHUTDOWN_BATCH,
             shutdown_next: None,
             shed_log: RateLimit::new(5, Duration::from_secs(10)),
         }
@@ -301,19 +307,24 @@ impl Engine {
         Some(snapshot)
     }
 
-    /// Stops taking calls and ends every active one (BYE both legs, CDR
-    /// `shutdown`), [`SHUTDOWN_BATCH`] calls at a time.
+    /// Stops taking calls and ends every active one: each gets its CDR
+    /// (`shutdown`) at once, whatever the drain manages to send, and BYE on
+    /// both legs in batches ([`SHUTDOWN_BATCH`]).
     pub fn begin_shutdown(&mut self, now: Instant) {
         self.draining = true;
         let mut keys: Vec<CallKey> = self.calls.keys().copied().collect();
         // Oldest first, popped from the end.
         keys.sort_unstable_by(|a, b| b.cmp(a));
+        for &key in &keys {
+            self.with_call(key, |call, env| call.record_shutdown(now, env));
+        }
+        self.shutdown_batch = SHUTDOWN_BATCH.max(keys.len().div_ceil(SHUTDOWN_SPREAD));
         self.shutdown_queue = keys;
         self.end_shutdown_batch(now);
     }
 
     fn end_shutdown_batch(&mut self, now: Instant) {
-        for _ in 0..SHUTDOWN_BATCH {
+        for _ in 0..self.shutdown_batch {
             let Some(key) = self.shutdown_queue.pop() else {
                 break;
             };
