@@ -41,7 +41,7 @@ use crate::sip::{MAX_DATAGRAM, Message};
 use crate::transaction::{Path, Transmit, TxBudget};
 use crate::transport::LocalSocket;
 use crate::transport::trace::Direction;
-use crate::transport::{Transport, TransportError};
+use crate::transport::{Received, Receiver, Transport, TransportError};
 
 use commands::{Operator, serve_commands};
 use control::ControlServer;
@@ -481,30 +481,70 @@ struct Inputs {
     overloads: latest::Receiver<Arc<Overload>>,
 }
 
-/// Whether a receive loop keeps up with its socket. A loop that finds the
-/// socket empty now and then is keeping up; one that has read without ever
-/// finding it empty for [`Backlog::BEHIND_AFTER`] is working through a backlog
-/// in the kernel's buffer that it cannot see (no datagram in it can have
-/// waited longer than that) — datagrams waiting longer and longer until
-/// callers retransmit, which only adds load. New calls are then
-/// shed (a 503 costs a tenth of a call) until it catches up.
+/// Whether a receive loop keeps up with its socket, judged by how long the
+/// datagrams it reads waited in the kernel's buffer (each one's
+/// `SO_TIMESTAMPNS` stamp against the clock when it is read). A loop that is
+/// merely busy reads datagrams a millisecond old. One that has fallen behind
+/// reads datagrams that waited [`Backlog::STALE`] or more, and only such, for
+/// [`Backlog::SUSTAINED`]: they wait longer and longer until callers
+/// retransmit (T1 = 500 ms), which only adds load. New calls are then shed (a
+/// 503 costs a tenth of a call) until a datagram read is fresh again.
+///
+/// A freeze of the whole process (a busy machine, a page-in) leaves a few
+/// stale datagrams that a keeping-up loop reads in a moment: they shed
+/// nothing. Stamps are on the real-time clock: only the datagrams queued when
+/// the clock is stepped are misjudged, and one stamped after its reading time
+/// (the clock stepped back) counts as not having waited.
 #[derive(Debug, Default)]
 struct Backlog {
-    caught_up: Option<Instant>,
+    /// When the loop began reading only stale datagrams; `None` after a
+    /// fresh one.
+    stale_since: Option<Instant>,
 }
 
 impl Backlog {
-    /// A datagram waits in the kernel at most this long before shedding
-    /// starts: well inside T1 (500 ms), when callers start retransmitting.
-    const BEHIND_AFTER: Duration = Duration::from_millis(200);
+    /// A datagram that waited this long in the kernel is stale: well inside
+    /// T1 (500 ms), when callers start retransmitting.
+    const STALE: Duration = Duration::from_millis(200);
+    /// Reading only stale datagrams for this long is falling behind; shedding
+    /// then starts with datagrams about 300 ms old, still inside T1.
+    const SUSTAINED: Duration = Duration::from_millis(100);
 
-    fn caught_up(&mut self, now: Instant) {
-        self.caught_up = Some(now);
+    /// How long a datagram stamped `arrived` by the kernel waited until
+    /// `read_at`; `None` without a stamp.
+    fn waited(arrived: Option<SystemTime>, read_at: SystemTime) -> Option<Duration> {
+        arrived.map(|at| read_at.duration_since(at).unwrap_or(Duration::ZERO))
+    }
+
+    /// The loop read, at `now`, a datagram that had waited `waited` (`None`:
+    /// not known, which changes nothing).
+    fn read(&mut self, now: Instant, waited: Option<Duration>) {
+        match waited {
+            Some(w) if w >= Self::STALE => {
+                self.stale_since.get_or_insert(now);
+            }
+            Some(_) => self.stale_since = None,
+            None => {}
+        }
     }
 
     fn is_behind(&self, now: Instant) -> bool {
-        self.caught_up
-            .is_some_and(|at| now.duration_since(at) >= Self::BEHIND_AFTER)
+        self.stale_since
+            .is_some_and(|since| now.duration_since(since) >= Self::SUSTAINED)
+    }
+}
+
+/// Why new calls are shed now, if they are: the worker's queue is half full,
+/// or this receive loop is behind ([`Backlog`]).
+fn falling_behind(
+    worker: &mpsc::Sender<WorkerInput>,
+    backlog: &Backlog,
+    now: Instant,
+) -> Option<CallShed> {
+    if worker.capacity() < WORKER_QUEUE / 2 {
+        Some(CallShed::Overload)
+    } else {
+        backlog.is_behind(now).then_some(CallShed::Backlog)
     }
 }
 
@@ -524,28 +564,28 @@ async fn receive_loop(
     let mut errors_log = RateLimit::new(5, Duration::from_secs(10));
     let mut overload_log = RateLimit::new(5, Duration::from_secs(10));
     let mut backlog = Backlog::default();
+    let mut receiver = Receiver::default();
     loop {
-        // Try first without waiting: finding the socket empty is how this loop
-        // knows it keeps up (see [`Backlog`]).
-        let received = match socket.try_recv_from(&mut buf) {
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                let received = socket.recv_from(&mut buf).await;
-                // It came while this loop waited: nothing older is queued.
-                backlog.caught_up(Instant::now());
-                received
-            }
-            other => other,
-        };
-        let (len, remote) = match received {
+        let received = receiver.recv(&socket, &mut buf).await;
+        let (wall, now) = (SystemTime::now(), Instant::now());
+        let Received {
+            len,
+            remote,
+            arrived,
+        } = match received {
             Ok(r) => r,
             Err(e) => {
-                if let Some(suppressed) = errors_log.allow(Instant::now()) {
+                if let Some(suppressed) = errors_log.allow(now) {
                     tracing::warn!(error = %e, suppressed, "receive failed");
                 }
                 continue;
             }
         };
-        let now = Instant::now();
+        let waited = Backlog::waited(arrived, wall);
+        if let Some(waited) = waited {
+            ingress.waited(waited);
+        }
+        backlog.read(now, waited);
         if len > MAX_DATAGRAM {
             ingress.dropped(DatagramDrop::Oversized);
             if let Some(suppressed) = errors_log.allow(now) {
@@ -575,15 +615,15 @@ async fn receive_loop(
                 fresh_call,
             } => {
                 // Falling behind — a worker's queue half full, or this loop
-                // reading a backlog for a while — sheds new calls first, long
-                // before the queues are full of what calls in progress need.
+                // reading only datagrams that waited long in the kernel —
+                // sheds new calls first, long before the queues are full of
+                // what calls in progress need.
                 if fresh_call
+                    && let Some(reason) = falling_behind(&inputs.workers[worker], &backlog, now)
                     && let Message::Request(request) = message.as_ref()
-                    && (inputs.workers[worker].capacity() < WORKER_QUEUE / 2
-                        || backlog.is_behind(now))
                 {
                     let why = Refusal {
-                        reason: CallShed::Overload,
+                        reason,
                         retry_after: 2,
                     };
                     if let Verdict::Reply { bytes, to } =
@@ -641,17 +681,75 @@ async fn receive_loop(
 mod tests {
     use super::*;
 
+    const MS: Duration = Duration::from_millis(1);
+
     #[test]
-    fn a_loop_is_behind_only_after_reading_a_backlog_for_200_ms() {
+    fn a_busy_loop_reading_fresh_datagrams_is_never_behind() {
         let t0 = Instant::now();
         let mut backlog = Backlog::default();
         assert!(!backlog.is_behind(t0), "nothing read yet");
-        backlog.caught_up(t0);
-        assert!(!backlog.is_behind(t0 + Duration::from_millis(150)));
-        assert!(backlog.is_behind(t0 + Duration::from_millis(250)));
-        // Finding the socket empty again (or a datagram arriving while it
-        // waited) resets it.
-        backlog.caught_up(t0 + Duration::from_millis(300));
-        assert!(!backlog.is_behind(t0 + Duration::from_millis(400)));
+        // Ten seconds of datagrams read 5 ms after they arrived, without a
+        // pause: busy, not behind.
+        for i in 0..10_000 {
+            let now = t0 + i * MS;
+            backlog.read(now, Some(5 * MS));
+            assert!(!backlog.is_behind(now));
+        }
+    }
+
+    #[test]
+    fn a_freeze_leaves_stale_datagrams_that_shed_nothing_once_read() {
+        let t0 = Instant::now();
+        let mut backlog = Backlog::default();
+        backlog.read(t0, Some(MS));
+        // The process was frozen 400 ms; the loop reads what piled up, each
+        // younger than the last, and is through it in 60 ms.
+        for i in 0..60u32 {
+            let now = t0 + 400 * MS + i * MS;
+            backlog.read(now, Some((400 - 6 * i) * MS));
+            assert!(!backlog.is_behind(now), "{i} ms into the pile");
+        }
+        assert!(!backlog.is_behind(t0 + 1000 * MS));
+    }
+
+    #[test]
+    fn reading_only_datagrams_that_waited_200_ms_for_100_ms_is_behind_until_a_fresh_one() {
+        let t0 = Instant::now();
+        let mut backlog = Backlog::default();
+        backlog.read(t0, Some(199 * MS));
+        assert!(!backlog.is_behind(t0 + 500 * MS), "199 ms is not stale");
+        backlog.read(t0, Some(200 * MS));
+        assert!(!backlog.is_behind(t0 + 99 * MS));
+        // A datagram without a stamp tells nothing either way.
+        backlog.read(t0 + 50 * MS, None);
+        backlog.read(t0 + 90 * MS, Some(250 * MS));
+        assert!(backlog.is_behind(t0 + 100 * MS));
+        assert!(
+            backlog.is_behind(t0 + 10_000 * MS),
+            "still reading stale ones"
+        );
+        // One fresh datagram: it caught up, and it takes another 100 ms of
+        // stale ones to be behind again.
+        let t1 = t0 + 10_000 * MS;
+        backlog.read(t1, Some(20 * MS));
+        assert!(!backlog.is_behind(t1));
+        backlog.read(t1 + MS, Some(300 * MS));
+        assert!(!backlog.is_behind(t1 + 100 * MS));
+        assert!(backlog.is_behind(t1 + 101 * MS));
+    }
+
+    #[test]
+    fn the_wait_is_the_kernel_stamp_to_the_reading_and_never_negative() {
+        let read_at = SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+        assert_eq!(
+            Backlog::waited(Some(read_at - 250 * MS), read_at),
+            Some(250 * MS)
+        );
+        // The real-time clock stepped back between the stamp and the read.
+        assert_eq!(
+            Backlog::waited(Some(read_at + 3_600_000 * MS), read_at),
+            Some(Duration::ZERO)
+        );
+        assert_eq!(Backlog::waited(None, read_at), None);
     }
 }

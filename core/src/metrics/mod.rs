@@ -255,8 +255,12 @@ pub enum CallShed {
     MaxCalls,
     /// Over `limits.max_cps`.
     MaxCps,
-    /// The worker that would own it is falling behind.
+    /// The worker that would own it is falling behind (its queue is half
+    /// full).
     Overload,
+    /// The receive loop is falling behind: it has read only datagrams that
+    /// waited long in the kernel's buffer for a while.
+    Backlog,
     /// `limits.max_transactions` were alive.
     MaxTransactions,
     /// Its source had `limits.max_transactions_per_source` alive.
@@ -264,10 +268,11 @@ pub enum CallShed {
 }
 
 impl CallShed {
-    pub const ALL: [CallShed; 5] = [
+    pub const ALL: [CallShed; 6] = [
         CallShed::MaxCalls,
         CallShed::MaxCps,
         CallShed::Overload,
+        CallShed::Backlog,
         CallShed::MaxTransactions,
         CallShed::SourceTransactions,
     ];
@@ -277,6 +282,7 @@ impl CallShed {
             CallShed::MaxCalls => "max_calls",
             CallShed::MaxCps => "max_cps",
             CallShed::Overload => "overload",
+            CallShed::Backlog => "backlog",
             CallShed::MaxTransactions => "max_transactions",
             CallShed::SourceTransactions => "source_transactions",
         }
@@ -367,6 +373,9 @@ pub const SESSION_TIMEOUT_CAUSES: [&str; 4] = ["timeout", "status", "expired", "
 pub struct Metrics {
     /// How late Vigil's session refreshes left, behind the moment they were due.
     pub refresh_lateness: Histogram,
+    /// How long received datagrams waited in the kernel's socket buffer
+    /// before a receive loop read them (what overload shedding watches).
+    pub receive_wait: Histogram,
     pub refreshes_sent: AtomicU64,
     pub refreshes_answered: AtomicU64,
     /// Refreshes that got no final answer or an error status, by
