@@ -1,4 +1,4 @@
-//! 100,000 calls through the real daemon, of every ending a carrier sees —
+//! 30,000 calls through the real daemon, of every ending a carrier sees —
 //! answered and hung up, busy, cancelled while ringing, never answered — and
 //! afterwards the switch holds what it held idle: no call, dialog, transaction
 //! or timer, the same tokio tasks and the same open file descriptors
@@ -11,16 +11,20 @@ use std::time::{Duration, Instant};
 
 use support::{CALLER_PORT, Net, Vigil, caller, scenario, scenario_expecting};
 
-/// Calls of each failing kind; the rest of the 100,000 are answered.
-const EACH_FAILING: usize = 2_000;
-const TOTAL: usize = 100_000;
+/// Calls of each failing kind; the rest of the 30,000 are answered.
+const EACH_FAILING: usize = 1_000;
+const TOTAL: usize = 30_000;
 const ANSWERED: usize = TOTAL - 3 * EACH_FAILING;
 
-/// Answered calls per second: what a debug build on a 2-core CI machine
-/// carries with sipp beside it, so the run stays under two minutes. Every
-/// caller sets `-l` (open calls): sipp's default derives it from the call's
-/// length and would throttle the 32 s unanswered calls to a crawl.
-const ANSWERED_RATE: usize = 1_000;
+/// Answered calls per second. The test proves that nothing is left behind,
+/// not speed, so the rate is one a debug build carries on a loaded 2-core
+/// machine. 1,000 calls/s is not (issue 23): with two CPU hogs beside it the
+/// debug build spent about 1 ms of CPU per call (it prints what it spent) and
+/// had not that much CPU to get, so datagrams waited in the kernel for
+/// seconds and a third of the calls were shed — rightly. Every caller sets
+/// `-l` (open calls): sipp's default derives it from the call's length and
+/// would throttle the 32 s unanswered calls to a crawl.
+const ANSWERED_RATE: usize = 300;
 const FAILING_RATE: usize = 25;
 
 /// Every outbound trunk on the callee address, one per way a call can end.
@@ -84,7 +88,7 @@ fn resources(vigil: &Vigil) -> serde_json::Value {
 }
 
 #[test]
-fn after_100000_calls_of_every_ending_the_switch_is_back_to_idle() {
+fn after_30000_calls_of_every_ending_the_switch_is_back_to_idle() {
     let net = Net::new(70);
     let dir = tempfile::tempdir().expect("dir");
     let text = config(net, dir.path());
@@ -93,6 +97,7 @@ fn after_100000_calls_of_every_ending_the_switch_is_back_to_idle() {
     // may still linger (Timer J), so state counts are checked at the end only.
     let idle = resources(&vigil);
     assert_eq!(idle["calls"], 0, "idle: {idle}");
+    let cpu_before = cpu_time(vigil.pid());
 
     // The callee that never answers: a socket that takes INVITEs and says nothing.
     let _silent = UdpSocket::bind(SocketAddr::new(net.callee, 5083)).expect("bind silent callee");
@@ -142,6 +147,7 @@ fn after_100000_calls_of_every_ending_the_switch_is_back_to_idle() {
         sipp.expect_success(Duration::from_secs(30));
     }
     let traffic = started.elapsed();
+    let cpu = cpu_time(vigil.pid()).saturating_sub(cpu_before);
 
     // Every call has its CDR, each with the ending it had.
     let cdrs = vigil.cdrs();
@@ -195,5 +201,23 @@ fn after_100000_calls_of_every_ending_the_switch_is_back_to_idle() {
     );
     let stopped = vigil.stop();
     assert!(stopped.status.success(), "{}", stopped.log);
-    eprintln!("{TOTAL} calls in {traffic:?}; idle {idle}; after {after}");
+    eprintln!(
+        "{TOTAL} calls in {traffic:?}, Vigil's CPU {cpu:?} ({} µs per call); idle {idle}; after {after}",
+        cpu.as_micros() / TOTAL as u128
+    );
+}
+
+/// The CPU time a process has spent, all its threads, living or gone
+/// (`/proc/PID/stat`'s utime and stime, in ticks of 10 ms: Linux's USER_HZ).
+fn cpu_time(pid: u32) -> Duration {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command name (which may hold spaces) in parentheses.
+    let after = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
+    let ticks: u64 = after
+        .split_whitespace()
+        .skip(11)
+        .take(2)
+        .filter_map(|f| f.parse::<u64>().ok())
+        .sum();
+    Duration::from_millis(ticks * 10)
 }
