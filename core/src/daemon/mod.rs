@@ -486,28 +486,43 @@ struct Inputs {
 /// `SO_TIMESTAMPNS` stamp against the clock when it is read). A loop that is
 /// merely busy reads datagrams a millisecond old. One that has fallen behind
 /// reads datagrams that waited [`Backlog::STALE`] or more, and only such, for
-/// [`Backlog::SUSTAINED`]: they wait longer and longer until callers
-/// retransmit (T1 = 500 ms), which only adds load. New calls are then shed (a
-/// 503 costs a tenth of a call) until a datagram read is fresh again.
+/// [`Backlog::SUSTAINED`], without catching up: they wait longer and longer
+/// (or as long as a full buffer holds) until callers retransmit (T1 =
+/// 500 ms), which only adds load. New calls are then shed (a 503 costs a
+/// tenth of a call) until the loop catches up.
 ///
-/// A freeze of the whole process (a busy machine, a page-in) leaves a few
-/// stale datagrams that a keeping-up loop reads in a moment: they shed
-/// nothing. Stamps are on the real-time clock: only the datagrams queued when
-/// the clock is stepped are misjudged, and one stamped after its reading time
-/// (the clock stepped back) counts as not having waited.
+/// Catching up is reading faster than datagrams arrive: the waits fall. A
+/// loop whose process was frozen (a loaded machine, a page-in) reads what
+/// piled up meanwhile, old datagrams first, and each one read has waited
+/// less than the one before; while the waits fall by half the time spent
+/// reading them or more (the loop reads 1.5 times as fast as datagrams
+/// come), it sheds nothing, however long the freeze was. Stamps are on the
+/// real-time clock: only the datagrams queued when the clock is stepped are
+/// misjudged, and one stamped after its reading time (the clock stepped
+/// back) counts as not having waited.
 #[derive(Debug, Default)]
 struct Backlog {
-    /// When the loop began reading only stale datagrams; `None` after a
+    /// The stretch of stale datagrams the loop is reading; `None` after a
     /// fresh one.
-    stale_since: Option<Instant>,
+    stale: Option<StaleStretch>,
+}
+
+/// Since when a receive loop has read only stale datagrams, and how long the
+/// first and the latest of them waited.
+#[derive(Debug, Clone, Copy)]
+struct StaleStretch {
+    since: Instant,
+    first_wait: Duration,
+    last_wait: Duration,
 }
 
 impl Backlog {
     /// A datagram that waited this long in the kernel is stale: well inside
     /// T1 (500 ms), when callers start retransmitting.
     const STALE: Duration = Duration::from_millis(200);
-    /// Reading only stale datagrams for this long is falling behind; shedding
-    /// then starts with datagrams about 300 ms old, still inside T1.
+    /// Reading only stale datagrams for this long, without catching up, is
+    /// falling behind: shedding starts with datagrams about 300 ms old, still
+    /// inside T1.
     const SUSTAINED: Duration = Duration::from_millis(100);
 
     /// How long a datagram stamped `arrived` by the kernel waited until
@@ -519,18 +534,34 @@ impl Backlog {
     /// The loop read, at `now`, a datagram that had waited `waited` (`None`:
     /// not known, which changes nothing).
     fn read(&mut self, now: Instant, waited: Option<Duration>) {
-        match waited {
-            Some(w) if w >= Self::STALE => {
-                self.stale_since.get_or_insert(now);
+        let Some(waited) = waited else {
+            return;
+        };
+        if waited < Self::STALE {
+            self.stale = None;
+            return;
+        }
+        match &mut self.stale {
+            Some(stretch) => stretch.last_wait = waited,
+            None => {
+                self.stale = Some(StaleStretch {
+                    since: now,
+                    first_wait: waited,
+                    last_wait: waited,
+                });
             }
-            Some(_) => self.stale_since = None,
-            None => {}
         }
     }
 
+    /// Behind: only stale datagrams read for [`Backlog::SUSTAINED`], and
+    /// their waits fell by less than half the time spent reading them.
     fn is_behind(&self, now: Instant) -> bool {
-        self.stale_since
-            .is_some_and(|since| now.duration_since(since) >= Self::SUSTAINED)
+        let Some(stretch) = self.stale else {
+            return false;
+        };
+        let reading = now.saturating_duration_since(stretch.since);
+        let caught_up = stretch.first_wait.saturating_sub(stretch.last_wait);
+        reading >= Self::SUSTAINED && caught_up < reading / 2
     }
 }
 
@@ -703,7 +734,7 @@ mod tests {
         let mut backlog = Backlog::default();
         backlog.read(t0, Some(MS));
         // The process was frozen 400 ms; the loop reads what piled up, each
-        // younger than the last, and is through it in 60 ms.
+        // younger than the last, and is through it in about 35 ms.
         for i in 0..60u32 {
             let now = t0 + 400 * MS + i * MS;
             backlog.read(now, Some((400 - 6 * i) * MS));
@@ -713,29 +744,63 @@ mod tests {
     }
 
     #[test]
-    fn reading_only_datagrams_that_waited_200_ms_for_100_ms_is_behind_until_a_fresh_one() {
+    fn a_long_freeze_caught_up_at_one_and_a_half_times_the_arrival_rate_sheds_nothing() {
+        let t0 = Instant::now();
+        let mut backlog = Backlog::default();
+        // Frozen 2 s on a loaded machine, then reading 1.5 times as fast as
+        // datagrams arrive: the waits fall 0.5 ms per ms, for 3.6 s of stale
+        // datagrams.
+        for i in 0..3_600u32 {
+            let now = t0 + i * MS;
+            backlog.read(now, Some(2_000 * MS - i * MS / 2));
+            assert!(!backlog.is_behind(now), "{i} ms into the pile");
+        }
+    }
+
+    #[test]
+    fn reading_stale_datagrams_for_100_ms_without_catching_up_is_behind_until_a_fresh_one() {
         let t0 = Instant::now();
         let mut backlog = Backlog::default();
         backlog.read(t0, Some(199 * MS));
         assert!(!backlog.is_behind(t0 + 500 * MS), "199 ms is not stale");
+        // Waits that grow: datagrams arrive faster than the loop reads them.
         backlog.read(t0, Some(200 * MS));
         assert!(!backlog.is_behind(t0 + 99 * MS));
         // A datagram without a stamp tells nothing either way.
         backlog.read(t0 + 50 * MS, None);
-        backlog.read(t0 + 90 * MS, Some(250 * MS));
+        backlog.read(t0 + 100 * MS, Some(250 * MS));
         assert!(backlog.is_behind(t0 + 100 * MS));
-        assert!(
-            backlog.is_behind(t0 + 10_000 * MS),
-            "still reading stale ones"
-        );
+        // Waits that stay put: a full buffer, the kernel dropping the rest.
+        for i in 0..1_000u32 {
+            let now = t0 + 100 * MS + i * MS;
+            backlog.read(now, Some((250 + i % 7) * MS));
+            assert!(backlog.is_behind(now), "{i} ms into a full buffer");
+        }
         // One fresh datagram: it caught up, and it takes another 100 ms of
         // stale ones to be behind again.
         let t1 = t0 + 10_000 * MS;
         backlog.read(t1, Some(20 * MS));
         assert!(!backlog.is_behind(t1));
         backlog.read(t1 + MS, Some(300 * MS));
+        backlog.read(t1 + 100 * MS, Some(300 * MS));
         assert!(!backlog.is_behind(t1 + 100 * MS));
+        backlog.read(t1 + 101 * MS, Some(300 * MS));
         assert!(backlog.is_behind(t1 + 101 * MS));
+    }
+
+    #[test]
+    fn catching_up_slower_than_half_a_second_per_second_is_behind() {
+        let t0 = Instant::now();
+        let mut backlog = Backlog::default();
+        // Reading only 1.2 times as fast as datagrams come: the waits fall
+        // 0.2 ms per ms, from 800 ms.
+        backlog.read(t0, Some(800 * MS));
+        let now = t0 + 150 * MS;
+        backlog.read(now, Some(770 * MS));
+        assert!(backlog.is_behind(now), "shedding speeds the catching up");
+        // Faster: 0.6 ms per ms over the stretch.
+        backlog.read(t0 + 500 * MS, Some(500 * MS));
+        assert!(!backlog.is_behind(t0 + 500 * MS));
     }
 
     #[test]
