@@ -8,7 +8,8 @@ use std::net::{SocketAddr, UdpSocket};
 use std::time::Duration;
 
 use support::{
-    Net, Vigil, callee, caller, collect, options_request, scenario_expecting, status_of,
+    Net, Vigil, callee, caller, collect, options_request, scenario_expecting, scrape, series,
+    status_of,
 };
 
 #[test]
@@ -325,16 +326,6 @@ Content-Length: 0\r\n\r\n",
 }
 
 /// One series of Vigil's `/metrics` (0 when absent).
-fn metric(net: Net, port: u16, series: &str) -> u64 {
-    use std::io::{Read, Write};
-    let mut http = std::net::TcpStream::connect(SocketAddr::new(net.vigil, port)).expect("metrics");
-    http.set_read_timeout(Some(Duration::from_secs(5)))
-        .expect("timeout");
-    http.write_all(b"GET /metrics HTTP/1.1\r\nHost: vigil\r\nConnection: close\r\n\r\n")
-        .expect("request");
-    let mut text = String::new();
-    http.read_to_string(&mut text).expect("response");
-    text.lines()
-        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
-        .unwrap_or(0)
+fn metric(net: Net, port: u16, name: &str) -> u64 {
+    series(&scrape(SocketAddr::new(net.vigil, port)), name)
 }

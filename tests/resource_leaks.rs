@@ -9,7 +9,9 @@ mod support;
 use std::net::{SocketAddr, UdpSocket};
 use std::time::{Duration, Instant};
 
-use support::{CALLER_PORT, Net, Vigil, caller, scenario, scenario_expecting};
+use support::{
+    CALLER_PORT, Net, Vigil, caller, overload_summary, scenario, scenario_expecting, scrape, tail,
+};
 
 /// Calls of each failing kind; the rest of the 30,000 are answered.
 const EACH_FAILING: usize = 1_000;
@@ -26,6 +28,7 @@ const ANSWERED: usize = TOTAL - 3 * EACH_FAILING;
 /// would throttle the 32 s unanswered calls to a crawl.
 const ANSWERED_RATE: usize = 300;
 const FAILING_RATE: usize = 25;
+const METRICS_PORT: u16 = 9070;
 
 /// Every outbound trunk on the callee address, one per way a call can end.
 fn config(net: Net, dir: &std::path::Path) -> String {
@@ -49,6 +52,7 @@ routes:
   - {{ prefix: "4", trunk: silent }}
 cdr: {{ path: "{cdr}" }}
 log: {{ level: "warn", format: json }}
+metrics: {{ listen: "{vigil}:{METRICS_PORT}" }}
 "#,
         vigil = net.vigil,
         caller = net.caller,
@@ -140,14 +144,29 @@ fn after_30000_calls_of_every_ending_the_switch_is_back_to_idle() {
             caller(net, net.caller, file.as_deref(), number, &args)
         })
         .collect();
-    for sipp in callers {
-        sipp.expect_success(Duration::from_secs(240));
-    }
-    for sipp in [answering, busy, ringing] {
-        sipp.expect_success(Duration::from_secs(30));
-    }
+    let called: Vec<_> = callers
+        .into_iter()
+        .map(|sipp| sipp.wait(Duration::from_secs(240)))
+        .collect();
+    let answered: Vec<_> = [answering, busy, ringing]
+        .into_iter()
+        .map(|sipp| sipp.wait(Duration::from_secs(30)))
+        .collect();
     let traffic = started.elapsed();
     let cpu = cpu_time(vigil.pid()).saturating_sub(cpu_before);
+    let overload = overload_summary(&scrape(SocketAddr::new(net.vigil, METRICS_PORT)));
+    eprintln!(
+        "{TOTAL} calls in {traffic:?}, Vigil's CPU {cpu:?} ({} µs per call); {overload}",
+        cpu.as_micros() / TOTAL as u128
+    );
+    for sipp in called.iter().chain(&answered) {
+        assert!(
+            sipp.status.success(),
+            "a sipp failed ({overload}):\n{}\n--- errors ---\n{}",
+            tail(&sipp.output, 40),
+            tail(&sipp.errors, 20)
+        );
+    }
 
     // Every call has its CDR, each with the ending it had.
     let cdrs = vigil.cdrs();
@@ -201,10 +220,7 @@ fn after_30000_calls_of_every_ending_the_switch_is_back_to_idle() {
     );
     let stopped = vigil.stop();
     assert!(stopped.status.success(), "{}", stopped.log);
-    eprintln!(
-        "{TOTAL} calls in {traffic:?}, Vigil's CPU {cpu:?} ({} µs per call); idle {idle}; after {after}",
-        cpu.as_micros() / TOTAL as u128
-    );
+    eprintln!("idle {idle}; after {after}");
 }
 
 /// The CPU time a process has spent, all its threads, living or gone
