@@ -1,4 +1,4 @@
-//! 30,000 calls through the real daemon, of every ending a carrier sees —
+//! 18,000 calls through the real daemon, of every ending a carrier sees —
 //! answered and hung up, busy, cancelled while ringing, never answered — and
 //! afterwards the switch holds what it held idle: no call, dialog, transaction
 //! or timer, the same tokio tasks and the same open file descriptors
@@ -13,20 +13,23 @@ use support::{
     CALLER_PORT, Net, Vigil, caller, overload_summary, scenario, scenario_expecting, scrape, tail,
 };
 
-/// Calls of each failing kind; the rest of the 30,000 are answered.
+/// Calls of each failing kind; the rest of the 18,000 are answered.
 const EACH_FAILING: usize = 1_000;
-const TOTAL: usize = 30_000;
+const TOTAL: usize = 18_000;
 const ANSWERED: usize = TOTAL - 3 * EACH_FAILING;
 
 /// Answered calls per second. The test proves that nothing is left behind,
 /// not speed, so the rate is one a debug build carries on a loaded 2-core
-/// machine. 1,000 calls/s is not (issue 23): with two CPU hogs beside it the
-/// debug build spent about 1 ms of CPU per call (it prints what it spent) and
-/// had not that much CPU to get, so datagrams waited in the kernel for
-/// seconds and a third of the calls were shed — rightly. Every caller sets
-/// `-l` (open calls): sipp's default derives it from the call's length and
-/// would throttle the 32 s unanswered calls to a crawl.
-const ANSWERED_RATE: usize = 300;
+/// machine. The debug build spends about 1.4 ms of CPU per call (the test
+/// prints what it spent). 1,000 calls/s, 1.4 cores, is more than a 2-core
+/// machine with a CPU hog or another build beside it has to give (issue 23):
+/// datagrams waited in the kernel for seconds and a third of the calls were
+/// shed, rightly. Even 300 calls/s (0.4 core) was too much with two CPU hogs
+/// and other test suites running (load average 10–12): datagrams waited up
+/// to a second and 1,095 calls were shed. 150 calls/s is half of that.
+/// Every caller sets `-l` (open calls): sipp's default derives it from the
+/// call's length and would throttle the 32 s unanswered calls to a crawl.
+const ANSWERED_RATE: usize = 150;
 const FAILING_RATE: usize = 25;
 const METRICS_PORT: u16 = 9070;
 
@@ -92,7 +95,7 @@ fn resources(vigil: &Vigil) -> serde_json::Value {
 }
 
 #[test]
-fn after_30000_calls_of_every_ending_the_switch_is_back_to_idle() {
+fn after_18000_calls_of_every_ending_the_switch_is_back_to_idle() {
     let net = Net::new(70);
     let dir = tempfile::tempdir().expect("dir");
     let text = config(net, dir.path());
@@ -148,10 +151,6 @@ fn after_30000_calls_of_every_ending_the_switch_is_back_to_idle() {
         .into_iter()
         .map(|sipp| sipp.wait(Duration::from_secs(240)))
         .collect();
-    let answered: Vec<_> = [answering, busy, ringing]
-        .into_iter()
-        .map(|sipp| sipp.wait(Duration::from_secs(30)))
-        .collect();
     let traffic = started.elapsed();
     let cpu = cpu_time(vigil.pid()).saturating_sub(cpu_before);
     let overload = overload_summary(&scrape(SocketAddr::new(net.vigil, METRICS_PORT)));
@@ -159,13 +158,17 @@ fn after_30000_calls_of_every_ending_the_switch_is_back_to_idle() {
         "{TOTAL} calls in {traffic:?}, Vigil's CPU {cpu:?} ({} µs per call); {overload}",
         cpu.as_micros() / TOTAL as u128
     );
-    for sipp in called.iter().chain(&answered) {
+    for sipp in &called {
         assert!(
             sipp.status.success(),
-            "a sipp failed ({overload}):\n{}\n--- errors ---\n{}",
+            "a caller failed ({overload}):\n{}\n--- errors ---\n{}",
             tail(&sipp.output, 40),
             tail(&sipp.errors, 20)
         );
+    }
+    // Every call the callers completed reached its callee, so these end too.
+    for sipp in [answering, busy, ringing] {
+        sipp.expect_success(Duration::from_secs(30));
     }
 
     // Every call has its CDR, each with the ending it had.
