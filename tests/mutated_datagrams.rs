@@ -1,11 +1,19 @@
-//! Mutated datagrams while calls run (issue 8, hardening): 30,000 datagrams made
+//! Mutated datagrams while calls run (issue 8, hardening): 20,000 datagrams made
 //! from RFC 4475's torture messages and well-formed session-timer requests —
 //! truncated, bit-flipped, oversized, with a lying Content-Length, absurd
 //! Session-Expires, Min-SE and CSeq values, mangled headers and line endings
 //! (`tests/support/mutate.rs`) — from an admitted source, while four calls
-//! refresh their session timers every two seconds. Vigil does not crash, the
-//! calls end as their caller ends them, and Vigil stops cleanly. The
-//! full-size run (1,000,000 datagrams) is `tests/load/mutate.sh`.
+//! refresh their session timers every three to four seconds. Vigil does not
+//! crash, the calls end as their caller ends them, and Vigil stops cleanly.
+//! The full-size run (1,000,000 datagrams at 20,000/s, release build) is
+//! `tests/load/mutate.sh`.
+//!
+//! Sized for a debug build on a loaded 2-core machine (issue 23): the flood
+//! shares the socket with the calls' refreshes, so a flood faster than Vigil
+//! reads fills the kernel's buffer, which then drops refreshes too — a speed
+//! test, not this one. 2,000 datagrams/s (about 5 MB/s) is half of what a
+//! debug build read with two CPU hogs beside it, and the sessions leave a
+//! refresh seconds of slack.
 
 mod support;
 
@@ -20,12 +28,15 @@ use std::time::Duration;
 use mutate::{Flood, Mutator, Report, builtin_seeds, load_seeds};
 use support::{CALLEE_PORT, Net, VIGIL_PORT, Vigil, callee, caller, scenario};
 
-const DATAGRAMS: u64 = 30_000;
-/// Datagrams per second: the flood lasts about five seconds, well inside the
-/// calls' ten.
-const RATE: f64 = 6_000.0;
-/// Session interval (s): Vigil refreshes every 2 s, the caller every 2 s.
-const SESSION: &str = "6";
+const DATAGRAMS: u64 = 20_000;
+/// Datagrams per second: the flood lasts about ten seconds, inside the calls'
+/// fifteen.
+const RATE: f64 = 2_000.0;
+/// Session interval (s): Vigil refreshes the callee every 4 s; the caller
+/// refreshes every [`CALLER_REFRESH_MS`], a quarter of it, so a refresh that
+/// is late by seconds still arrives in time.
+const SESSION: &str = "12";
+const CALLER_REFRESH_MS: &str = "3000";
 const METRICS_PORT: u16 = 9068;
 
 /// The standard trunks plus `fuzz`, admitting the net's "stranger" address as
@@ -88,8 +99,8 @@ fn mutated_datagrams_neither_crash_vigil_nor_touch_the_calls_in_progress() {
     let config = config(net, &dir.path().join("cdr.jsonl"));
     let mut vigil = Vigil::start_with(net, dir, &config);
 
-    // Four calls of ten seconds: the caller refreshes its leg with UPDATE every
-    // 2 s, Vigil refreshes the callee's every 2 s.
+    // Four calls of fifteen seconds: the caller refreshes its leg with UPDATE
+    // every 3 s (five times, then BYE), Vigil refreshes the callee's every 4 s.
     let uas = callee(
         net,
         Some(&scenario("uas_refresh.xml")),
@@ -101,7 +112,17 @@ fn mutated_datagrams_neither_crash_vigil_nor_touch_the_calls_in_progress() {
         Some(&scenario("uac_refresher.xml")),
         "0049301234",
         &[
-            "-set", "se", SESSION, "-d", "2000", "-m", "4", "-l", "4", "-r", "10",
+            "-set",
+            "se",
+            SESSION,
+            "-d",
+            CALLER_REFRESH_MS,
+            "-m",
+            "4",
+            "-l",
+            "4",
+            "-r",
+            "10",
         ],
     );
     std::thread::sleep(Duration::from_millis(1_500));
@@ -158,7 +179,7 @@ fn mutated_datagrams_neither_crash_vigil_nor_touch_the_calls_in_progress() {
     assert!(malformed > DATAGRAMS / 4, "{malformed} counted malformed");
 
     // The calls carried on as if nothing had happened.
-    calls.expect_success(Duration::from_secs(40));
+    calls.expect_success(Duration::from_secs(60));
     uas.expect_success(Duration::from_secs(10));
     let refreshes = metric(net, "vigil_refreshes_answered_total");
     assert!(

@@ -8,7 +8,8 @@ use std::net::{SocketAddr, UdpSocket};
 use std::time::Duration;
 
 use support::{
-    Net, Vigil, callee, caller, collect, options_request, scenario_expecting, status_of,
+    Net, Vigil, callee, caller, collect, options_request, scenario_expecting, scrape, series,
+    status_of,
 };
 
 #[test]
@@ -160,4 +161,171 @@ fn a_source_holding_too_many_transactions_gets_503_but_its_calls_go_on() {
         "logged: {}",
         stopped.log
     );
+}
+
+/// INVITEs offered for two seconds at 30,000 a second: far beyond what the
+/// switch can take (a release build carries about 6,000 calls/s on these
+/// machines, a debug build much less), so they pile up in the kernel's
+/// socket buffer, and the receive loop reads datagrams that waited there
+/// longer and longer. Once it has read only datagrams 200 ms old for 100 ms,
+/// it answers new calls `503` (`vigil_calls_shed_total{reason="backlog"}`)
+/// until it has caught up; then the switch takes calls again at once.
+#[test]
+fn a_backlog_in_the_kernel_sheds_new_calls_and_the_switch_recovers() {
+    const FLOOD_RATE: f64 = 30_000.0;
+    const FLOOD: usize = 60_000;
+    const METRICS_PORT: u16 = 9140;
+    // A socket buffer of 200 ms of this flood or more is what lets datagrams
+    // wait that long (Vigil asks for 4 MiB; the kernel caps it at rmem_max).
+    let rmem_max: usize = std::fs::read_to_string("/proc/sys/net/core/rmem_max")
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(0);
+    assert!(
+        rmem_max >= 4 << 20,
+        "net.core.rmem_max is {rmem_max}: a socket buffer this small overflows before a datagram waits 200 ms, and this test cannot build a backlog"
+    );
+    let net = Net::new(140);
+    let dir = tempfile::tempdir().expect("dir");
+    // No route for the flood's number: an INVITE let in costs a 404 and a
+    // CDR, and leaves no call ringing.
+    let config = format!(
+        r#"listen: ["udp:{vigil}:5060"]
+trunks:
+  - name: pbx
+    inbound: {{ from: ["{caller}/32"] }}
+  - name: carrier
+    outbound: {{ to: "{callee}:5080" }}
+routes:
+  - {{ prefix: "00", trunk: carrier }}
+cdr: {{ path: "{cdr}" }}
+log: {{ level: "warn", format: json }}
+metrics: {{ listen: "{vigil}:{METRICS_PORT}" }}
+"#,
+        vigil = net.vigil,
+        caller = net.caller,
+        callee = net.callee,
+        cdr = dir.path().join("cdr.jsonl").display(),
+    );
+    let mut vigil = Vigil::start_with(net, dir, &config);
+    let flood = socket2::Socket::new(
+        socket2::Domain::IPV4,
+        socket2::Type::DGRAM,
+        Some(socket2::Protocol::UDP),
+    )
+    .expect("socket");
+    // Room for the answers, read after the flood.
+    let _ = flood.set_recv_buffer_size(4 << 20);
+    flood
+        .bind(&SocketAddr::new(net.caller, 0).into())
+        .expect("bind");
+    let flood = UdpSocket::from(flood);
+    let me = flood.local_addr().expect("addr");
+    let started = std::time::Instant::now();
+    let mut sent = 0;
+    while sent < FLOOD {
+        let due = ((started.elapsed().as_secs_f64() * FLOOD_RATE) as usize).min(FLOOD);
+        for i in sent..due {
+            flood
+                .send_to(&flood_invite(net, me, i), net.vigil_addr())
+                .expect("send");
+        }
+        sent = due;
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    let flood_time = started.elapsed();
+    let replies = collect(&flood, Duration::from_secs(3));
+    assert!(
+        vigil.is_running(),
+        "vigil died in the flood:\n{}",
+        vigil.log()
+    );
+    let backlog = metric(
+        net,
+        METRICS_PORT,
+        r#"vigil_calls_shed_total{reason="backlog"}"#,
+    );
+    let queue = metric(
+        net,
+        METRICS_PORT,
+        r#"vigil_calls_shed_total{reason="overload"}"#,
+    );
+    let waited_long = metric(net, METRICS_PORT, "vigil_receive_wait_seconds_count")
+        - metric(
+            net,
+            METRICS_PORT,
+            r#"vigil_receive_wait_seconds_bucket{le="0.25"}"#,
+        );
+    let refused: Vec<_> = replies
+        .iter()
+        .filter(|r| status_of(r) == Some(503))
+        .collect();
+    eprintln!(
+        "flood: {FLOOD} INVITEs in {flood_time:?}; shed: backlog {backlog}, worker queue {queue}; \
+         {waited_long} datagrams waited over 250 ms; {} answers read, {} of them 503",
+        replies.len(),
+        refused.len()
+    );
+    assert!(
+        waited_long > 0,
+        "no datagram waited long: the flood did not build a backlog"
+    );
+    assert!(
+        backlog > 0,
+        "datagrams waited over 250 ms, yet no new call was shed for it"
+    );
+    assert!(
+        refused.iter().all(|r| r.contains("Retry-After: 2")),
+        "a 503 for overload says when to come back"
+    );
+
+    // Caught up: calls go through again, none refused.
+    let uas = callee(net, None, &["-m", "5"]);
+    caller(net, net.caller, None, "0049301234", &["-m", "5", "-r", "5"])
+        .expect_success(Duration::from_secs(60));
+    uas.expect_success(Duration::from_secs(10));
+    let shed_after = metric(
+        net,
+        METRICS_PORT,
+        r#"vigil_calls_shed_total{reason="backlog"}"#,
+    ) + metric(
+        net,
+        METRICS_PORT,
+        r#"vigil_calls_shed_total{reason="overload"}"#,
+    );
+    assert_eq!(shed_after, backlog + queue, "nothing shed after the flood");
+    let stopped = vigil.stop();
+    assert!(stopped.status.success(), "{}", stopped.log);
+    let answered = stopped
+        .cdrs
+        .iter()
+        .filter(|c| c["end_reason"] == "caller-bye")
+        .count();
+    assert_eq!(answered, 5, "the calls after the flood");
+    assert!(
+        stopped
+            .cdrs
+            .iter()
+            .all(|c| c["end_reason"] == "caller-bye" || c["end_reason"] == "no-route"),
+        "a flood INVITE let in found no route; a shed one left no CDR"
+    );
+}
+
+/// The flood's `i`th INVITE: a new call each, to a number with no route.
+fn flood_invite(net: Net, me: SocketAddr, i: usize) -> Vec<u8> {
+    format!(
+        "INVITE sip:999{i}@{vigil}:5060 SIP/2.0\r\n\
+Via: SIP/2.0/UDP {me};branch=z9hG4bK-flood-{i};rport\r\n\
+Max-Forwards: 70\r\nFrom: <sip:1001@{caller}>;tag=f{i}\r\nTo: <sip:999{i}@{vigil}>\r\n\
+Call-ID: flood-{i}@{caller}\r\nCSeq: 1 INVITE\r\nContact: <sip:1001@{me}>\r\n\
+Content-Length: 0\r\n\r\n",
+        vigil = net.vigil,
+        caller = net.caller,
+    )
+    .into_bytes()
+}
+
+/// One series of Vigil's `/metrics` (0 when absent).
+fn metric(net: Net, port: u16, name: &str) -> u64 {
+    series(&scrape(SocketAddr::new(net.vigil, port)), name)
 }

@@ -1,4 +1,4 @@
-//! 100,000 calls through the real daemon, of every ending a carrier sees —
+//! 18,000 calls through the real daemon, of every ending a carrier sees —
 //! answered and hung up, busy, cancelled while ringing, never answered — and
 //! afterwards the switch holds what it held idle: no call, dialog, transaction
 //! or timer, the same tokio tasks and the same open file descriptors
@@ -9,19 +9,29 @@ mod support;
 use std::net::{SocketAddr, UdpSocket};
 use std::time::{Duration, Instant};
 
-use support::{CALLER_PORT, Net, Vigil, caller, scenario, scenario_expecting};
+use support::{
+    CALLER_PORT, Net, Vigil, caller, overload_summary, scenario, scenario_expecting, scrape, tail,
+};
 
-/// Calls of each failing kind; the rest of the 100,000 are answered.
-const EACH_FAILING: usize = 2_000;
-const TOTAL: usize = 100_000;
+/// Calls of each failing kind; the rest of the 18,000 are answered.
+const EACH_FAILING: usize = 1_000;
+const TOTAL: usize = 18_000;
 const ANSWERED: usize = TOTAL - 3 * EACH_FAILING;
 
-/// Answered calls per second: what a debug build on a 2-core CI machine
-/// carries with sipp beside it, so the run stays under two minutes. Every
-/// caller sets `-l` (open calls): sipp's default derives it from the call's
-/// length and would throttle the 32 s unanswered calls to a crawl.
-const ANSWERED_RATE: usize = 1_000;
+/// Answered calls per second. The test proves that nothing is left behind,
+/// not speed, so the rate is one a debug build carries on a loaded 2-core
+/// machine. The debug build spends about 1.4 ms of CPU per call (the test
+/// prints what it spent). 1,000 calls/s, 1.4 cores, is more than a 2-core
+/// machine with a CPU hog or another build beside it has to give (issue 23):
+/// datagrams waited in the kernel for seconds and a third of the calls were
+/// shed, rightly. Even 300 calls/s (0.4 core) was too much with two CPU hogs
+/// and other test suites running (load average 10–12): datagrams waited up
+/// to a second and 1,095 calls were shed. 150 calls/s is half of that.
+/// Every caller sets `-l` (open calls): sipp's default derives it from the
+/// call's length and would throttle the 32 s unanswered calls to a crawl.
+const ANSWERED_RATE: usize = 150;
 const FAILING_RATE: usize = 25;
+const METRICS_PORT: u16 = 9070;
 
 /// Every outbound trunk on the callee address, one per way a call can end.
 fn config(net: Net, dir: &std::path::Path) -> String {
@@ -45,6 +55,7 @@ routes:
   - {{ prefix: "4", trunk: silent }}
 cdr: {{ path: "{cdr}" }}
 log: {{ level: "warn", format: json }}
+metrics: {{ listen: "{vigil}:{METRICS_PORT}" }}
 "#,
         vigil = net.vigil,
         caller = net.caller,
@@ -84,7 +95,7 @@ fn resources(vigil: &Vigil) -> serde_json::Value {
 }
 
 #[test]
-fn after_100000_calls_of_every_ending_the_switch_is_back_to_idle() {
+fn after_18000_calls_of_every_ending_the_switch_is_back_to_idle() {
     let net = Net::new(70);
     let dir = tempfile::tempdir().expect("dir");
     let text = config(net, dir.path());
@@ -93,6 +104,7 @@ fn after_100000_calls_of_every_ending_the_switch_is_back_to_idle() {
     // may still linger (Timer J), so state counts are checked at the end only.
     let idle = resources(&vigil);
     assert_eq!(idle["calls"], 0, "idle: {idle}");
+    let cpu_before = cpu_time(vigil.pid());
 
     // The callee that never answers: a socket that takes INVITEs and says nothing.
     let _silent = UdpSocket::bind(SocketAddr::new(net.callee, 5083)).expect("bind silent callee");
@@ -135,13 +147,29 @@ fn after_100000_calls_of_every_ending_the_switch_is_back_to_idle() {
             caller(net, net.caller, file.as_deref(), number, &args)
         })
         .collect();
-    for sipp in callers {
-        sipp.expect_success(Duration::from_secs(240));
+    let called: Vec<_> = callers
+        .into_iter()
+        .map(|sipp| sipp.wait(Duration::from_secs(240)))
+        .collect();
+    let traffic = started.elapsed();
+    let cpu = cpu_time(vigil.pid()).saturating_sub(cpu_before);
+    let overload = overload_summary(&scrape(SocketAddr::new(net.vigil, METRICS_PORT)));
+    eprintln!(
+        "{TOTAL} calls in {traffic:?}, Vigil's CPU {cpu:?} ({} µs per call); {overload}",
+        cpu.as_micros() / TOTAL as u128
+    );
+    for sipp in &called {
+        assert!(
+            sipp.status.success(),
+            "a caller failed ({overload}):\n{}\n--- errors ---\n{}",
+            tail(&sipp.output, 40),
+            tail(&sipp.errors, 20)
+        );
     }
+    // Every call the callers completed reached its callee, so these end too.
     for sipp in [answering, busy, ringing] {
         sipp.expect_success(Duration::from_secs(30));
     }
-    let traffic = started.elapsed();
 
     // Every call has its CDR, each with the ending it had.
     let cdrs = vigil.cdrs();
@@ -195,5 +223,20 @@ fn after_100000_calls_of_every_ending_the_switch_is_back_to_idle() {
     );
     let stopped = vigil.stop();
     assert!(stopped.status.success(), "{}", stopped.log);
-    eprintln!("{TOTAL} calls in {traffic:?}; idle {idle}; after {after}");
+    eprintln!("idle {idle}; after {after}");
+}
+
+/// The CPU time a process has spent, all its threads, living or gone
+/// (`/proc/PID/stat`'s utime and stime, in ticks of 10 ms: Linux's USER_HZ).
+fn cpu_time(pid: u32) -> Duration {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command name (which may hold spaces) in parentheses.
+    let after = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
+    let ticks: u64 = after
+        .split_whitespace()
+        .skip(11)
+        .take(2)
+        .filter_map(|f| f.parse::<u64>().ok())
+        .sum();
+    Duration::from_millis(ticks * 10)
 }

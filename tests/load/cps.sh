@@ -211,13 +211,15 @@ sum_kb() {
 # ---------------------------------------------------------------------------
 # Ports and readiness
 # ---------------------------------------------------------------------------
+# Bound where it would clash with this script's 127.0.0.1 sockets: on
+# 127.0.0.1 or a wildcard (another test's sipp on 127.0.N.3:5080 does not).
 udp_port_bound() {
-	[[ -n "$(ss -Hlun "sport = :$1" 2>/dev/null)" ]]
+	[[ -n "$(ss -Hlun "( src 127.0.0.1:$1 or src 0.0.0.0:$1 or src [::]:$1 )" 2>/dev/null)" ]]
 }
 
 require_port_free() {
 	if udp_port_bound "$1"; then
-		die "UDP port $1 is already in use ($2 needs it): $(ss -Hlunp "sport = :$1" | tr -s ' ' | head -1)"
+		die "UDP port $1 is already in use ($2 needs it): $(ss -Hlunp "( src 127.0.0.1:$1 or src 0.0.0.0:$1 or src [::]:$1 )" | tr -s ' ' | head -1)"
 	fi
 }
 

@@ -836,7 +836,10 @@ run_spike() {
 	SP_UAS_FAIL="$(uas_failures "$dir/uas-stat.csv")"
 	offered_rate="$(achieved_rate "$dir/spike-stat.csv")"
 	shed_cps=$(($(series "$m1" 'vigil_calls_shed_total{reason="max_cps"}') - $(series "$m0" 'vigil_calls_shed_total{reason="max_cps"}')))
+	# Vigil's own overload control: a worker queue half full (overload) or
+	# datagrams that waited 200 ms in the kernel (backlog).
 	shed_ovl=$(($(series "$m1" 'vigil_calls_shed_total{reason="overload"}') - $(series "$m0" 'vigil_calls_shed_total{reason="overload"}')))
+	shed_ovl=$((shed_ovl + $(series "$m1" 'vigil_calls_shed_total{reason="backlog"}') - $(series "$m0" 'vigil_calls_shed_total{reason="backlog"}')))
 	shed_other=0
 	local r
 	for r in max_calls max_transactions source_transactions; do

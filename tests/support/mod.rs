@@ -387,7 +387,8 @@ impl Drop for Sipp {
     }
 }
 
-fn tail(s: &str, lines: usize) -> String {
+/// The last `lines` lines of `s`.
+pub fn tail(s: &str, lines: usize) -> String {
     let all: Vec<&str> = s.lines().collect();
     all[all.len().saturating_sub(lines)..].join("\n")
 }
@@ -488,6 +489,51 @@ Call-ID: {tag}-{nonce}\r\nCSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n",
             .map_or(0, |d| d.as_nanos()),
     )
     .into_bytes()
+}
+
+/// Vigil's `/metrics` page, scraped over HTTP from `addr` (its `metrics.listen`).
+pub fn scrape(addr: SocketAddr) -> String {
+    use std::io::Write;
+    let mut http = std::net::TcpStream::connect(addr).expect("metrics endpoint");
+    http.set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
+    http.write_all(b"GET /metrics HTTP/1.1\r\nHost: vigil\r\nConnection: close\r\n\r\n")
+        .expect("request");
+    let mut text = String::new();
+    http.read_to_string(&mut text).expect("response");
+    text
+}
+
+/// One series of a scraped `/metrics` page, e.g.
+/// `vigil_calls_shed_total{reason="backlog"}` (0 when absent).
+pub fn series(metrics: &str, name: &str) -> u64 {
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or(0)
+}
+
+/// What Vigil's own overload control did, from a scraped `/metrics` page:
+/// new calls shed because a worker's queue was half full or because
+/// datagrams had waited in the kernel, and how many datagrams waited over
+/// 250 ms (for failure messages: did the machine fall behind?).
+pub fn overload_summary(metrics: &str) -> String {
+    let waited = |le: &str| {
+        series(metrics, "vigil_receive_wait_seconds_count")
+            - series(
+                metrics,
+                &format!("vigil_receive_wait_seconds_bucket{{le=\"{le}\"}}"),
+            )
+    };
+    format!(
+        "calls shed: {} for a worker queue half full, {} for datagrams that waited in the kernel; \
+         of {} datagrams, {} waited over 250 ms, {} over 1 s",
+        series(metrics, r#"vigil_calls_shed_total{reason="overload"}"#),
+        series(metrics, r#"vigil_calls_shed_total{reason="backlog"}"#),
+        series(metrics, "vigil_receive_wait_seconds_count"),
+        waited("0.25"),
+        waited("1"),
+    )
 }
 
 /// The status code of a response's first line.

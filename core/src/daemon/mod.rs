@@ -41,7 +41,7 @@ use crate::sip::{MAX_DATAGRAM, Message};
 use crate::transaction::{Path, Transmit, TxBudget};
 use crate::transport::LocalSocket;
 use crate::transport::trace::Direction;
-use crate::transport::{Transport, TransportError};
+use crate::transport::{Received, Receiver, Transport, TransportError};
 use cdr_writer::{CdrShutdown, CdrWriter, CdrWriterError, FINAL_FLUSH};
 
 use commands::{Operator, serve_commands};
@@ -482,30 +482,101 @@ struct Inputs {
     overloads: latest::Receiver<Arc<Overload>>,
 }
 
-/// Whether a receive loop keeps up with its socket. A loop that finds the
-/// socket empty now and then is keeping up; one that has read without ever
-/// finding it empty for [`Backlog::BEHIND_AFTER`] is working through a backlog
-/// in the kernel's buffer that it cannot see (no datagram in it can have
-/// waited longer than that) — datagrams waiting longer and longer until
-/// callers retransmit, which only adds load. New calls are then
-/// shed (a 503 costs a tenth of a call) until it catches up.
+/// Whether a receive loop keeps up with its socket, judged by how long the
+/// datagrams it reads waited in the kernel's buffer (each one's
+/// `SO_TIMESTAMPNS` stamp against the clock when it is read). A loop that is
+/// merely busy reads datagrams a millisecond old. One that has fallen behind
+/// reads datagrams that waited [`Backlog::STALE`] or more, and only such, for
+/// [`Backlog::SUSTAINED`], without catching up: they wait longer and longer
+/// (or as long as a full buffer holds) until callers retransmit (T1 =
+/// 500 ms), which only adds load. New calls are then shed (a 503 costs a
+/// tenth of a call) until the loop catches up.
+///
+/// Catching up is reading faster than datagrams arrive: the waits fall. A
+/// loop whose process was frozen (a loaded machine, a page-in) reads what
+/// piled up meanwhile, old datagrams first, and each one read has waited
+/// less than the one before; while the waits fall by half the time spent
+/// reading them or more (the loop reads 1.5 times as fast as datagrams
+/// come), it sheds nothing, however long the freeze was. Stamps are on the
+/// real-time clock: only the datagrams queued when the clock is stepped are
+/// misjudged, and one stamped after its reading time (the clock stepped
+/// back) counts as not having waited.
 #[derive(Debug, Default)]
 struct Backlog {
-    caught_up: Option<Instant>,
+    /// The stretch of stale datagrams the loop is reading; `None` after a
+    /// fresh one.
+    stale: Option<StaleStretch>,
+}
+
+/// Since when a receive loop has read only stale datagrams, and how long the
+/// first and the latest of them waited.
+#[derive(Debug, Clone, Copy)]
+struct StaleStretch {
+    since: Instant,
+    first_wait: Duration,
+    last_wait: Duration,
 }
 
 impl Backlog {
-    /// A datagram waits in the kernel at most this long before shedding
-    /// starts: well inside T1 (500 ms), when callers start retransmitting.
-    const BEHIND_AFTER: Duration = Duration::from_millis(200);
+    /// A datagram that waited this long in the kernel is stale: well inside
+    /// T1 (500 ms), when callers start retransmitting.
+    const STALE: Duration = Duration::from_millis(200);
+    /// Reading only stale datagrams for this long, without catching up, is
+    /// falling behind: shedding starts with datagrams about 300 ms old, still
+    /// inside T1.
+    const SUSTAINED: Duration = Duration::from_millis(100);
 
-    fn caught_up(&mut self, now: Instant) {
-        self.caught_up = Some(now);
+    /// How long a datagram stamped `arrived` by the kernel waited until
+    /// `read_at`; `None` without a stamp.
+    fn waited(arrived: Option<SystemTime>, read_at: SystemTime) -> Option<Duration> {
+        arrived.map(|at| read_at.duration_since(at).unwrap_or(Duration::ZERO))
     }
 
+    /// The loop read, at `now`, a datagram that had waited `waited` (`None`:
+    /// not known, which changes nothing).
+    fn read(&mut self, now: Instant, waited: Option<Duration>) {
+        let Some(waited) = waited else {
+            return;
+        };
+        if waited < Self::STALE {
+            self.stale = None;
+            return;
+        }
+        match &mut self.stale {
+            Some(stretch) => stretch.last_wait = waited,
+            None => {
+                self.stale = Some(StaleStretch {
+                    since: now,
+                    first_wait: waited,
+                    last_wait: waited,
+                });
+            }
+        }
+    }
+
+    /// Behind: only stale datagrams read for [`Backlog::SUSTAINED`], and
+    /// their waits fell by less than half the time spent reading them.
     fn is_behind(&self, now: Instant) -> bool {
-        self.caught_up
-            .is_some_and(|at| now.duration_since(at) >= Self::BEHIND_AFTER)
+        let Some(stretch) = self.stale else {
+            return false;
+        };
+        let reading = now.saturating_duration_since(stretch.since);
+        let caught_up = stretch.first_wait.saturating_sub(stretch.last_wait);
+        reading >= Self::SUSTAINED && caught_up < reading / 2
+    }
+}
+
+/// Why new calls are shed now, if they are: the worker's queue is half full,
+/// or this receive loop is behind ([`Backlog`]).
+fn falling_behind(
+    worker: &mpsc::Sender<WorkerInput>,
+    backlog: &Backlog,
+    now: Instant,
+) -> Option<CallShed> {
+    if worker.capacity() < WORKER_QUEUE / 2 {
+        Some(CallShed::Overload)
+    } else {
+        backlog.is_behind(now).then_some(CallShed::Backlog)
     }
 }
 
@@ -525,28 +596,28 @@ async fn receive_loop(
     let mut errors_log = RateLimit::new(5, Duration::from_secs(10));
     let mut overload_log = RateLimit::new(5, Duration::from_secs(10));
     let mut backlog = Backlog::default();
+    let mut receiver = Receiver::default();
     loop {
-        // Try first without waiting: finding the socket empty is how this loop
-        // knows it keeps up (see [`Backlog`]).
-        let received = match socket.try_recv_from(&mut buf) {
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                let received = socket.recv_from(&mut buf).await;
-                // It came while this loop waited: nothing older is queued.
-                backlog.caught_up(Instant::now());
-                received
-            }
-            other => other,
-        };
-        let (len, remote) = match received {
+        let received = receiver.recv(&socket, &mut buf).await;
+        let (wall, now) = (SystemTime::now(), Instant::now());
+        let Received {
+            len,
+            remote,
+            arrived,
+        } = match received {
             Ok(r) => r,
             Err(e) => {
-                if let Some(suppressed) = errors_log.allow(Instant::now()) {
+                if let Some(suppressed) = errors_log.allow(now) {
                     tracing::warn!(error = %e, suppressed, "receive failed");
                 }
                 continue;
             }
         };
-        let now = Instant::now();
+        let waited = Backlog::waited(arrived, wall);
+        if let Some(waited) = waited {
+            ingress.waited(waited);
+        }
+        backlog.read(now, waited);
         if len > MAX_DATAGRAM {
             ingress.dropped(DatagramDrop::Oversized);
             if let Some(suppressed) = errors_log.allow(now) {
@@ -576,15 +647,15 @@ async fn receive_loop(
                 fresh_call,
             } => {
                 // Falling behind — a worker's queue half full, or this loop
-                // reading a backlog for a while — sheds new calls first, long
-                // before the queues are full of what calls in progress need.
+                // reading only datagrams that waited long in the kernel —
+                // sheds new calls first, long before the queues are full of
+                // what calls in progress need.
                 if fresh_call
+                    && let Some(reason) = falling_behind(&inputs.workers[worker], &backlog, now)
                     && let Message::Request(request) = message.as_ref()
-                    && (inputs.workers[worker].capacity() < WORKER_QUEUE / 2
-                        || backlog.is_behind(now))
                 {
                     let why = Refusal {
-                        reason: CallShed::Overload,
+                        reason,
                         retry_after: 2,
                     };
                     if let Verdict::Reply { bytes, to } =
@@ -642,17 +713,109 @@ async fn receive_loop(
 mod tests {
     use super::*;
 
+    const MS: Duration = Duration::from_millis(1);
+
     #[test]
-    fn a_loop_is_behind_only_after_reading_a_backlog_for_200_ms() {
+    fn a_busy_loop_reading_fresh_datagrams_is_never_behind() {
         let t0 = Instant::now();
         let mut backlog = Backlog::default();
         assert!(!backlog.is_behind(t0), "nothing read yet");
-        backlog.caught_up(t0);
-        assert!(!backlog.is_behind(t0 + Duration::from_millis(150)));
-        assert!(backlog.is_behind(t0 + Duration::from_millis(250)));
-        // Finding the socket empty again (or a datagram arriving while it
-        // waited) resets it.
-        backlog.caught_up(t0 + Duration::from_millis(300));
-        assert!(!backlog.is_behind(t0 + Duration::from_millis(400)));
+        // Ten seconds of datagrams read 5 ms after they arrived, without a
+        // pause: busy, not behind.
+        for i in 0..10_000 {
+            let now = t0 + i * MS;
+            backlog.read(now, Some(5 * MS));
+            assert!(!backlog.is_behind(now));
+        }
+    }
+
+    #[test]
+    fn a_freeze_leaves_stale_datagrams_that_shed_nothing_once_read() {
+        let t0 = Instant::now();
+        let mut backlog = Backlog::default();
+        backlog.read(t0, Some(MS));
+        // The process was frozen 400 ms; the loop reads what piled up, each
+        // younger than the last, and is through it in about 35 ms.
+        for i in 0..60u32 {
+            let now = t0 + 400 * MS + i * MS;
+            backlog.read(now, Some((400 - 6 * i) * MS));
+            assert!(!backlog.is_behind(now), "{i} ms into the pile");
+        }
+        assert!(!backlog.is_behind(t0 + 1000 * MS));
+    }
+
+    #[test]
+    fn a_long_freeze_caught_up_at_one_and_a_half_times_the_arrival_rate_sheds_nothing() {
+        let t0 = Instant::now();
+        let mut backlog = Backlog::default();
+        // Frozen 2 s on a loaded machine, then reading 1.5 times as fast as
+        // datagrams arrive: the waits fall 0.5 ms per ms, for 3.6 s of stale
+        // datagrams.
+        for i in 0..3_600u32 {
+            let now = t0 + i * MS;
+            backlog.read(now, Some(2_000 * MS - i * MS / 2));
+            assert!(!backlog.is_behind(now), "{i} ms into the pile");
+        }
+    }
+
+    #[test]
+    fn reading_stale_datagrams_for_100_ms_without_catching_up_is_behind_until_a_fresh_one() {
+        let t0 = Instant::now();
+        let mut backlog = Backlog::default();
+        backlog.read(t0, Some(199 * MS));
+        assert!(!backlog.is_behind(t0 + 500 * MS), "199 ms is not stale");
+        // Waits that grow: datagrams arrive faster than the loop reads them.
+        backlog.read(t0, Some(200 * MS));
+        assert!(!backlog.is_behind(t0 + 99 * MS));
+        // A datagram without a stamp tells nothing either way.
+        backlog.read(t0 + 50 * MS, None);
+        backlog.read(t0 + 100 * MS, Some(250 * MS));
+        assert!(backlog.is_behind(t0 + 100 * MS));
+        // Waits that stay put: a full buffer, the kernel dropping the rest.
+        for i in 0..1_000u32 {
+            let now = t0 + 100 * MS + i * MS;
+            backlog.read(now, Some((250 + i % 7) * MS));
+            assert!(backlog.is_behind(now), "{i} ms into a full buffer");
+        }
+        // One fresh datagram: it caught up, and it takes another 100 ms of
+        // stale ones to be behind again.
+        let t1 = t0 + 10_000 * MS;
+        backlog.read(t1, Some(20 * MS));
+        assert!(!backlog.is_behind(t1));
+        backlog.read(t1 + MS, Some(300 * MS));
+        backlog.read(t1 + 100 * MS, Some(300 * MS));
+        assert!(!backlog.is_behind(t1 + 100 * MS));
+        backlog.read(t1 + 101 * MS, Some(300 * MS));
+        assert!(backlog.is_behind(t1 + 101 * MS));
+    }
+
+    #[test]
+    fn catching_up_slower_than_half_a_second_per_second_is_behind() {
+        let t0 = Instant::now();
+        let mut backlog = Backlog::default();
+        // Reading only 1.2 times as fast as datagrams come: the waits fall
+        // 0.2 ms per ms, from 800 ms.
+        backlog.read(t0, Some(800 * MS));
+        let now = t0 + 150 * MS;
+        backlog.read(now, Some(770 * MS));
+        assert!(backlog.is_behind(now), "shedding speeds the catching up");
+        // Faster: 0.6 ms per ms over the stretch.
+        backlog.read(t0 + 500 * MS, Some(500 * MS));
+        assert!(!backlog.is_behind(t0 + 500 * MS));
+    }
+
+    #[test]
+    fn the_wait_is_the_kernel_stamp_to_the_reading_and_never_negative() {
+        let read_at = SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+        assert_eq!(
+            Backlog::waited(Some(read_at - 250 * MS), read_at),
+            Some(250 * MS)
+        );
+        // The real-time clock stepped back between the stamp and the read.
+        assert_eq!(
+            Backlog::waited(Some(read_at + 3_600_000 * MS), read_at),
+            Some(Duration::ZERO)
+        );
+        assert_eq!(Backlog::waited(None, read_at), None);
     }
 }

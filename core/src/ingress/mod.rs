@@ -137,6 +137,11 @@ impl Ingress {
         self.metrics.datagram_dropped(reason);
     }
 
+    /// A datagram was read after waiting `waited` in the kernel's buffer.
+    pub fn waited(&self, waited: Duration) {
+        self.metrics.receive_wait.record(waited);
+    }
+
     pub fn classify(
         &mut self,
         now: Instant,

@@ -140,6 +140,12 @@ impl Collector for Scrape {
             "How late session refreshes left, behind the moment they were due",
             &m.refresh_lateness,
         )?;
+        histogram(
+            &mut out,
+            "vigil_receive_wait_seconds",
+            "How long received datagrams waited in the kernel's socket buffer before Vigil read them",
+            &m.receive_wait,
+        )?;
         counter(
             &mut out,
             "vigil_keepalives_sent",
@@ -421,6 +427,7 @@ mod tests {
             "vigil_refreshes_answered_total counter",
             "vigil_refreshes_failed_total counter",
             "vigil_refresh_lateness_seconds histogram",
+            "vigil_receive_wait_seconds histogram",
             "vigil_keepalives_sent_total counter",
             "vigil_keepalive_interval_deviation_seconds histogram",
             "vigil_policy_hook_calls_total counter",

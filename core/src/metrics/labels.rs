@@ -111,8 +111,12 @@ pub enum CallShed {
     MaxCalls,
     /// Over `limits.max_cps`.
     MaxCps,
-    /// The worker that would own it is falling behind.
+    /// The worker that would own it is falling behind (its queue is half
+    /// full).
     Overload,
+    /// The receive loop is falling behind: it has read only datagrams that
+    /// waited long in the kernel's buffer for a while.
+    Backlog,
     /// `limits.max_transactions` were alive.
     MaxTransactions,
     /// Its source had `limits.max_transactions_per_source` alive.
@@ -120,10 +124,11 @@ pub enum CallShed {
 }
 
 impl CallShed {
-    pub const ALL: [CallShed; 5] = [
+    pub const ALL: [CallShed; 6] = [
         CallShed::MaxCalls,
         CallShed::MaxCps,
         CallShed::Overload,
+        CallShed::Backlog,
         CallShed::MaxTransactions,
         CallShed::SourceTransactions,
     ];
@@ -133,6 +138,7 @@ impl CallShed {
             CallShed::MaxCalls => "max_calls",
             CallShed::MaxCps => "max_cps",
             CallShed::Overload => "overload",
+            CallShed::Backlog => "backlog",
             CallShed::MaxTransactions => "max_transactions",
             CallShed::SourceTransactions => "source_transactions",
         }

@@ -174,6 +174,9 @@ pub const SESSION_TIMEOUT_CAUSES: [&str; 4] = ["timeout", "status", "expired", "
 pub struct Metrics {
     /// How late Vigil's session refreshes left, behind the moment they were due.
     pub refresh_lateness: Histogram,
+    /// How long received datagrams waited in the kernel's socket buffer
+    /// before a receive loop read them (what overload shedding watches).
+    pub receive_wait: Histogram,
     pub refreshes_sent: AtomicU64,
     pub refreshes_answered: AtomicU64,
     /// Refreshes that got no final answer or an error status, by

@@ -1,16 +1,27 @@
 //! UDP transport (RFC 3261 §18): binds the SIP `listen` sockets, works out the
 //! address each one advertises in Via and Contact ([`LocalSocket`]), and sends
-//! the engine's and the registrar's transmits. The daemon's receive loops read
-//! from these sockets and hand what arrives to the ingress; the control socket
-//! and the metrics endpoint are the daemon's own, not SIP's. A reload may bind
-//! more sockets and close some: the set is behind a lock that sends only read.
+//! the engine's and the registrar's transmits. Every socket asks the kernel to
+//! stamp each datagram with its arrival time (`SO_TIMESTAMPNS`), so a receive
+//! loop knows how long each one waited in the socket's buffer ([`Receiver`]).
+//! The daemon's receive loops read through [`Receiver`] and hand what arrives
+//! to the ingress; the control socket and the metrics endpoint are the
+//! daemon's own, not SIP's. A reload may bind more sockets and close some:
+//! the set is behind a lock that sends only read.
 
-use std::io;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, UdpSocket as StdUdpSocket};
+use std::io::{self, IoSliceMut};
+use std::net::{
+    IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6, UdpSocket as StdUdpSocket,
+};
+use std::os::fd::AsRawFd;
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
+use nix::sys::socket::{
+    ControlMessageOwned, MsgFlags, SockaddrStorage, recvmsg, setsockopt, sockopt,
+};
+use nix::sys::time::TimeSpec;
 use socket2::{Domain, Protocol, Socket, Type};
+use tokio::io::Interest;
 use tokio::net::UdpSocket;
 
 pub mod trace;
@@ -176,9 +187,99 @@ fn bind_udp(addr: SocketAddr) -> io::Result<UdpSocket> {
     // Best effort: the kernel caps these at net.core.{r,w}mem_max.
     let _ = socket.set_recv_buffer_size(SOCKET_BUFFER);
     let _ = socket.set_send_buffer_size(SOCKET_BUFFER);
+    // Best effort too: without the stamps the receive loop cannot tell how
+    // long datagrams wait, and sheds new calls only on full worker queues.
+    if let Err(e) = setsockopt(&socket, sockopt::ReceiveTimestampns, &true) {
+        tracing::warn!(%addr, error = %e, "no receive timestamps (SO_TIMESTAMPNS): overload is seen only in the worker queues");
+    }
     socket.set_nonblocking(true)?;
     socket.bind(&addr.into())?;
     UdpSocket::from_std(StdUdpSocket::from(socket))
+}
+
+/// One datagram read by a [`Receiver`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Received {
+    /// Bytes read; the buffer's whole length when the datagram was larger
+    /// (the rest was discarded).
+    pub len: usize,
+    pub remote: SocketAddr,
+    /// When the kernel received it (`SO_TIMESTAMPNS`, the real-time clock);
+    /// `None` when the socket gave no stamp. For a moment after the first
+    /// socket asks for stamps the kernel stamps datagrams as they are read
+    /// (it turns arrival stamps on by deferred work): they seem not to have
+    /// waited.
+    pub arrived: Option<SystemTime>,
+}
+
+/// Reads one socket's datagrams with their kernel receive time. It owns the
+/// buffer for the control messages, so a read allocates nothing.
+pub struct Receiver {
+    control: Vec<u8>,
+}
+
+impl Default for Receiver {
+    fn default() -> Self {
+        Receiver {
+            control: nix::cmsg_space!(TimeSpec),
+        }
+    }
+}
+
+impl Receiver {
+    /// Waits for the next datagram on `socket` and reads it into `buf`.
+    pub async fn recv(&mut self, socket: &UdpSocket, buf: &mut [u8]) -> io::Result<Received> {
+        let fd = socket.as_raw_fd();
+        let control = &mut self.control;
+        socket
+            .async_io(Interest::READABLE, || recv_stamped(fd, buf, control))
+            .await
+    }
+}
+
+/// `recvmsg` with room for the timestamp; `WouldBlock` when nothing waits.
+fn recv_stamped(
+    fd: std::os::fd::RawFd,
+    buf: &mut [u8],
+    control: &mut [u8],
+) -> io::Result<Received> {
+    let mut iov = [IoSliceMut::new(buf)];
+    let msg = recvmsg::<SockaddrStorage>(fd, &mut iov, Some(control), MsgFlags::empty())
+        .map_err(io::Error::from)?;
+    let remote = msg
+        .address
+        .as_ref()
+        .and_then(socket_addr)
+        .ok_or_else(|| io::Error::other("datagram without an IP source address"))?;
+    // A truncated control buffer (`ENOBUFS`) only costs the stamp.
+    let arrived = msg.cmsgs().ok().and_then(|mut cmsgs| {
+        cmsgs.find_map(|c| match c {
+            ControlMessageOwned::ScmTimestampns(ts) => system_time(ts),
+            _ => None,
+        })
+    });
+    Ok(Received {
+        len: msg.bytes,
+        remote,
+        arrived,
+    })
+}
+
+fn socket_addr(addr: &SockaddrStorage) -> Option<SocketAddr> {
+    if let Some(v4) = addr.as_sockaddr_in() {
+        return Some(SocketAddrV4::from(*v4).into());
+    }
+    addr.as_sockaddr_in6()
+        .map(|v6| SocketAddrV6::from(*v6).into())
+}
+
+/// A kernel timestamp as a point of the real-time clock.
+fn system_time(ts: TimeSpec) -> Option<SystemTime> {
+    let secs = u64::try_from(ts.tv_sec()).ok()?;
+    let nanos = u32::try_from(ts.tv_nsec())
+        .ok()
+        .filter(|&n| n < 1_000_000_000)?;
+    SystemTime::UNIX_EPOCH.checked_add(Duration::new(secs, nanos))
 }
 
 /// The address to advertise for a socket bound to `ip`: itself, unless it is a
@@ -223,5 +324,57 @@ fn advertised_ip(ip: IpAddr) -> IpAddr {
             tracing::warn!(advertised = %fallback, "wildcard listen address and no route: advertising loopback; set `advertise`");
             fallback
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_datagram_comes_with_the_time_the_kernel_received_it() {
+        let socket = bind_udp("127.0.0.1:0".parse().expect("addr")).expect("bind");
+        let to = socket.local_addr().expect("addr");
+        let sender = StdUdpSocket::bind("127.0.0.1:0").expect("bind sender");
+        let mut receiver = Receiver::default();
+        let mut buf = [0u8; 16];
+        // The kernel turns on arrival stamping for every socket a moment
+        // after the first one asks for it (deferred work, later on a busy
+        // machine); until then a datagram is stamped when it is read.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let before = SystemTime::now();
+            sender.send_to(b"OPTIONS", to).expect("send");
+            std::thread::sleep(Duration::from_millis(50));
+            let got = receiver.recv(&socket, &mut buf).await.expect("recv");
+            let read_at = SystemTime::now();
+            assert_eq!(&buf[..got.len], b"OPTIONS");
+            assert_eq!(got.remote, sender.local_addr().expect("addr"));
+            let arrived = got.arrived.expect("SO_TIMESTAMPNS gave a stamp");
+            assert!(before <= arrived && arrived <= read_at, "{arrived:?}");
+            let waited = read_at.duration_since(arrived).expect("after");
+            if waited >= Duration::from_millis(50) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "datagrams are still stamped when read, not when they arrive: waited {waited:?}"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn a_datagram_larger_than_the_buffer_fills_it() {
+        let socket = bind_udp("127.0.0.1:0".parse().expect("addr")).expect("bind");
+        let sender = StdUdpSocket::bind("127.0.0.1:0").expect("bind sender");
+        sender
+            .send_to(&[b'x'; 100], socket.local_addr().expect("addr"))
+            .expect("send");
+        let mut buf = [0u8; 10];
+        let got = Receiver::default()
+            .recv(&socket, &mut buf)
+            .await
+            .expect("recv");
+        assert_eq!(got.len, 10, "the caller sees a full buffer: oversized");
     }
 }
