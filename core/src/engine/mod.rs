@@ -86,6 +86,8 @@ pub struct EngineResources {
     pub timers: usize,
     /// CDRs written but not yet handed to the writer.
     pub cdrs_pending: usize,
+    /// Calls' requests to rtpengine waiting for their reply (or timeout).
+    pub ng_waiting: usize,
 }
 
 impl std::ops::Add for EngineResources {
@@ -97,6 +99,7 @@ impl std::ops::Add for EngineResources {
             transactions: self.transactions + o.transactions,
             timers: self.timers + o.timers,
             cdrs_pending: self.cdrs_pending + o.cdrs_pending,
+            ng_waiting: self.ng_waiting + o.ng_waiting,
         }
     }
 }
@@ -191,6 +194,7 @@ impl Engine {
             transactions: self.tx.len(),
             timers: self.tx.timer_entries() + self.call_timers.len(),
             cdrs_pending: self.cdrs.len(),
+            ng_waiting: self.media.as_ref().map_or(0, MediaRelay::waiting),
         }
     }
 
