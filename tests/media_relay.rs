@@ -13,6 +13,7 @@
 //! - media that keeps flowing is never ended; a call on hold outlives
 //!   `timeout` (it has `hold_timeout`);
 //! - a late offer, and a re-INVITE that moves the callee's media;
+//! - a resumed call whose media then dies is ended as any other;
 //! - rtpengine killed under calls: they go on and end with their CDRs, a
 //!   new call gets `on_failure` (503, or no relay), and a restarted
 //!   rtpengine takes calls again;
@@ -970,6 +971,44 @@ fn with_rtpengine_dead_a_new_call_passes_through_unrelayed() {
         assert!(cdr["media"].is_null(), "{cdr}");
     }
     relay.engine.kill();
+    relay.assert_idle();
+}
+
+/// The caller holds (2 s in) and resumes (3 s later); its 7 s of audio end
+/// soon after, and the callee's echo with them. Resumed, the call has
+/// `timeout` again, not the `hold_timeout` it had on hold: Vigil ends it
+/// within `timeout` + 2 s of the last packet.
+#[test]
+fn a_resumed_call_whose_media_dies_is_ended() {
+    let net = Net::new(169);
+    let relay = Relay::start(
+        net,
+        23109,
+        31650..=31699,
+        "  timeout: 4\n  timeout_mode: both\n  hold_timeout: 30\n  allow_short_intervals: true\n",
+    );
+    let uas = sipp_callee(net, "uas_rtp.xml", &["-m", "1", "-rtp_echo"]);
+    let uac = sipp_caller(net, CALLER_PORT, &scenario("uac_rtp_hold_resume.xml"), &[]);
+    let uac = uac.expect_success(SIPP_LIMIT);
+    uas.expect_success(SIPP_LIMIT);
+
+    let caller_log = traced(&uac.messages);
+    let ack = find(&caller_log, "the ACK", |m| {
+        !m.received && m.is_request("ACK")
+    });
+    let silent_from = ack.at + pcap_seconds();
+    let bye = find(&caller_log, "Vigil's BYE", |m| {
+        m.received && m.is_request("BYE")
+    });
+    assert!(bye.text.contains(MEDIA_TIMEOUT_REASON), "{}", bye.text);
+    let after = bye.at - silent_from;
+    eprintln!("the BYE came {after:.2} s after the last RTP");
+    assert!(
+        (4.0 - 1.5..=4.0 + 2.0).contains(&after),
+        "the BYE came {after:.2} s after the last RTP (timeout 4 s, hold_timeout 30 s)"
+    );
+    let cdrs = relay.cdrs(1);
+    assert_eq!(cdrs[0]["end_reason"], "media-timeout", "{}", cdrs[0]);
     relay.assert_idle();
 }
 

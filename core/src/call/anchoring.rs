@@ -119,7 +119,7 @@ impl Call {
                 Some(sdp) => {
                     let original = self.a.invite().and_then(|i| Body::of(&i.headers, &i.body));
                     let body = with_sdp(original.as_ref(), sdp);
-                    self.note_hold(body.as_ref());
+                    self.note_hold(now, body.as_ref(), env);
                     self.b.send_invite(now, body.as_ref(), env);
                 }
                 None => self.media_unavailable(now, env),
@@ -148,7 +148,7 @@ impl Call {
                 } = *late;
                 if let Some(sdp) = sdp {
                     let original = Body::of(&ack.headers, &ack.body);
-                    self.note_hold(original.as_ref());
+                    self.note_hold(now, original.as_ref(), env);
                     if let Some(body) = with_sdp(original.as_ref(), sdp) {
                         replace_body(&mut ack.headers, &mut ack.body, &body);
                     }
@@ -170,7 +170,7 @@ impl Call {
                 match sdp {
                     Some(sdp) if self.ending.is_none() => {
                         let original = Body::of(&request.headers, &request.body);
-                        self.note_hold(original.as_ref());
+                        self.note_hold(now, original.as_ref(), env);
                         if let Some(body) = with_sdp(original.as_ref(), sdp) {
                             replace_body(&mut request.headers, &mut request.body, &body);
                         }
@@ -202,7 +202,7 @@ impl Call {
                 let to = relay.from.other();
                 let original = Body::of(&response.headers, &response.body);
                 if let Some(sdp) = sdp {
-                    self.note_hold_answer(original.as_ref());
+                    self.note_hold_answer(now, original.as_ref(), env);
                     if let Some(body) = with_sdp(original.as_ref(), sdp) {
                         replace_body(&mut response.headers, &mut response.body, &body);
                     }
@@ -296,7 +296,7 @@ impl Call {
         env: &mut Env<'_>,
     ) {
         let original = Body::of(&response.headers, &response.body);
-        self.note_hold_answer(original.as_ref());
+        self.note_hold_answer(now, original.as_ref(), env);
         if let Some(body) = with_sdp(original.as_ref(), sdp) {
             replace_body(&mut response.headers, &mut response.body, &body);
         }
@@ -517,6 +517,7 @@ impl Call {
             return;
         };
         if m.engine.is_some() {
+            m.silence_from = Some(now);
             m.check_at = Some(now + m.timeout(&relay.config));
         }
     }
@@ -560,8 +561,9 @@ impl Call {
             m.check_at = Some(now + timeout);
             return;
         };
+        let since = m.silence_from.unwrap_or(answer);
         let baseline = wall
-            .checked_sub(now.saturating_duration_since(answer))
+            .checked_sub(now.saturating_duration_since(since))
             .unwrap_or(wall);
         let silence = Silence::of(&stats, self.a.caller_tag(), &m.callee_tag, wall, baseline);
         let silent_for = silence.silent_for(mode);
@@ -604,17 +606,37 @@ impl Call {
     }
 
     /// An offer's SDP: whether the call is now on hold.
-    fn note_hold(&mut self, offer: Option<&Body>) {
-        if let (Some(m), Some(body)) = (self.media.as_mut(), offer) {
-            m.on_hold = sdp::is_hold(body.bytes());
+    fn note_hold(&mut self, now: Instant, offer: Option<&Body>, env: &Env<'_>) {
+        if let Some(body) = offer {
+            self.set_hold(now, sdp::is_hold(body.bytes()), env);
         }
     }
 
     /// An answer's SDP: on hold too if it holds (an answer to a hold offer
     /// says `recvonly`).
-    fn note_hold_answer(&mut self, answer: Option<&Body>) {
-        if let (Some(m), Some(body)) = (self.media.as_mut(), answer) {
-            m.on_hold = m.on_hold || sdp::is_hold(body.bytes());
+    fn note_hold_answer(&mut self, now: Instant, answer: Option<&Body>, env: &Env<'_>) {
+        if let Some(body) = answer {
+            let held = self.media.as_ref().is_some_and(|m| m.on_hold);
+            self.set_hold(now, held || sdp::is_hold(body.bytes()), env);
+        }
+    }
+
+    /// The call goes on or off hold. Once answered, its silence counts from
+    /// now, against the timeout of its new state: a call resumed after an
+    /// hour on hold is looked at again within `timeout`, not when its
+    /// `hold_timeout` would have run out, and the silence of its hold is
+    /// not held against it.
+    fn set_hold(&mut self, now: Instant, on_hold: bool, env: &Env<'_>) {
+        let Some(m) = self.media.as_mut() else {
+            return;
+        };
+        if m.on_hold == on_hold {
+            return;
+        }
+        m.on_hold = on_hold;
+        if let (Some(_), Some(relay), None) = (m.silence_from, env.media.as_ref(), self.ending) {
+            m.silence_from = Some(now);
+            m.check_at = Some(now + m.timeout(&relay.config));
         }
     }
 }

@@ -132,6 +132,9 @@ pub struct MediaSession {
     pub offer_from: Option<Leg>,
     /// The latest offer or answer put the call on hold.
     pub on_hold: bool,
+    /// Since when silence counts against the call: its answer, or the
+    /// latest time it went on or off hold (`None` until answered).
+    pub silence_from: Option<Instant>,
     /// When to look at the media next (its timeout could have run out).
     pub check_at: Option<Instant>,
     /// The CDR of the call that ended, waiting for rtpengine's totals.
@@ -148,6 +151,7 @@ impl MediaSession {
             held: VecDeque::new(),
             offer_from: None,
             on_hold: false,
+            silence_from: None,
             check_at: None,
             pending_cdr: None,
         }
@@ -164,8 +168,9 @@ impl MediaSession {
 }
 
 /// What a `query` says of the media, at wall-clock time `wall`: which way is
-/// silent and for how long. `baseline` is when the call was answered: a
-/// direction that never carried a packet is silent since then.
+/// silent and for how long. `baseline` is when silence began to count (the
+/// answer, or the latest hold or resume): a direction that carried no
+/// packet since is silent since then.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Silence {
     pub caller_to_callee: Duration,

@@ -342,3 +342,104 @@ fn a_late_offer_goes_through_rtpengine_from_the_callee_and_the_ack_answers_it() 
     let ack = h.take_one_request(CALLEE, Method::Ack);
     assert_eq!(ack.body, SDP_TO_CALLEE.as_bytes());
 }
+
+impl Harness {
+    /// The caller re-INVITEs with `offer` (CSeq `cseq`), the callee answers
+    /// `answer`, each through rtpengine; ACKed.
+    fn caller_reinvites(
+        &mut self,
+        call_id: &str,
+        a_tag: &str,
+        cseq: u32,
+        offer: &str,
+        answer_sdp: &str,
+    ) {
+        let branch = format!("re-{cseq}");
+        self.caller_sends(&caller_in_dialog(
+            "INVITE", cseq, a_tag, call_id, &branch, offer,
+        ));
+        let reoffer = self.one_ng("offer");
+        assert_eq!(reoffer.str("sdp"), offer);
+        self.ng_reply(&reoffer, &sdp_reply(SDP_TO_CALLEE));
+        let reinvite = self.take_one_request(CALLEE, Method::Invite);
+        self.callee_sends(&answer(&reinvite, 200, "callee-tag", answer_sdp));
+        let reanswer = self.one_ng("answer");
+        self.ng_reply(&reanswer, &sdp_reply(SDP_TO_CALLER));
+        let ok = self.finals(CALLER);
+        assert_eq!(ok[0].status, 200);
+        let ack = format!("ack-{cseq}");
+        self.caller_sends(&caller_in_dialog("ACK", cseq, a_tag, call_id, &ack, ""));
+        self.take(CALLEE);
+    }
+}
+
+/// Regression (found by tests/media_relay.rs, a held call resumed then
+/// silent): a call resumed from hold kept the look it had scheduled on
+/// hold, `hold_timeout` away, so its dead media went unnoticed that long.
+/// Going on or off hold now re-arms the look at the new state's timeout,
+/// counting silence from then.
+#[test]
+fn a_resumed_call_is_looked_at_within_timeout_again() {
+    let mut h = Harness::relayed(", hold_timeout: 600");
+    let (b, a_tag) = h.relayed_call("m-7");
+    let callee_tag = b.from.tag().unwrap_or_default().to_string();
+    let held = format!("{SDP}a=sendonly\r\n");
+    let holding = format!("{CALLEE_SDP}a=recvonly\r\n");
+    h.advance(Duration::from_secs(2));
+    h.caller_reinvites("m-7", &a_tag, 2, &held, &holding);
+    // On hold: no look within `timeout` (20 s), the silence is allowed.
+    h.advance(Duration::from_secs(60));
+    assert!(h.ng().iter().all(|n| n.command() == "ping"), "on hold");
+    // Resumed at 62 s: looked at 20 s later, silence counted from the resume
+    // (the last packets came before the hold).
+    h.caller_reinvites("m-7", &a_tag, 3, SDP, CALLEE_SDP);
+    h.advance(Duration::from_secs(19));
+    assert!(h.ng().iter().all(|n| n.command() == "ping"), "not yet");
+    h.advance(Duration::from_secs(1));
+    let query = h.one_ng("query");
+    let before_hold = WALL0 + 1;
+    h.ng_reply(
+        &query,
+        &stats_reply(&[
+            ("caller-tag", 50, before_hold),
+            (&callee_tag, 50, before_hold),
+        ]),
+    );
+    let bye = h.take_one_request(CALLER, Method::Bye);
+    assert_eq!(
+        bye.headers.get(&HeaderName::Reason),
+        Some("Q.850;cause=102;text=\"Media timeout\"")
+    );
+}
+
+/// The silence before a hold or resume is not held against the call: a
+/// look whose query was out when the call resumed judges only the silence
+/// since the resume, and the next look is `timeout` after it.
+#[test]
+fn the_silence_before_a_resume_is_not_held_against_the_call() {
+    let mut h = Harness::relayed(", hold_timeout: 600");
+    let (b, a_tag) = h.relayed_call("m-8");
+    let callee_tag = b.from.tag().unwrap_or_default().to_string();
+    // The look at 20 s goes out; as it does, the call goes on hold and
+    // back (a consultation, a transfer).
+    h.advance(Duration::from_secs(20));
+    let query = h.one_ng("query");
+    let held = format!("{SDP}a=sendonly\r\n");
+    let holding = format!("{CALLEE_SDP}a=recvonly\r\n");
+    h.caller_reinvites("m-8", &a_tag, 2, &held, &holding);
+    h.caller_reinvites("m-8", &a_tag, 3, SDP, CALLEE_SDP);
+    // Its answer: nothing since the answer, 20 s ago; but the media has
+    // just been renegotiated, and counts as silent only since.
+    h.ng_reply(
+        &query,
+        &stats_reply(&[("caller-tag", 0, 0), (&callee_tag, 0, 0)]),
+    );
+    assert!(
+        h.take(CALLER).is_empty() && h.take(CALLEE).is_empty(),
+        "just resumed: alive"
+    );
+    h.advance(Duration::from_secs(19));
+    assert!(h.ng().iter().all(|n| n.command() == "ping"), "not yet");
+    h.advance(Duration::from_secs(1));
+    h.one_ng("query");
+}
