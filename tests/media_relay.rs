@@ -16,7 +16,8 @@
 //! - a resumed call whose media then dies is ended as any other;
 //! - rtpengine killed under calls: they go on and end with their CDRs, a
 //!   new call gets `on_failure` (503, or no relay), and a restarted
-//!   rtpengine takes calls again;
+//!   rtpengine takes calls again; a stalled rtpengine and a caller who
+//!   gives up meanwhile still make a CDR;
 //! - calls that fail, are cancelled or end at shutdown are deleted from
 //!   rtpengine, each with its CDR.
 //!
@@ -1010,6 +1011,33 @@ fn a_resumed_call_whose_media_dies_is_ended() {
     let cdrs = relay.cdrs(1);
     assert_eq!(cdrs[0]["end_reason"], "media-timeout", "{}", cdrs[0]);
     relay.assert_idle();
+}
+
+/// rtpengine stalls (SIGSTOP) as a call starts, and the caller cancels
+/// while the offer waits for it; then the offer fails. With
+/// `on_failure: passthrough` the call must still be the cancelled call it
+/// is, with its CDR, and no INVITE may reach the callee.
+#[test]
+fn a_call_cancelled_while_rtpengine_stalls_still_gets_its_cdr() {
+    let net = Net::new(170);
+    let relay = Relay::start(net, 23110, 31700..=31749, "  on_failure: passthrough\n");
+    let callee = Ear::bind(SocketAddr::new(net.callee, CALLEE_PORT), false);
+    relay.engine.stall();
+    let uac = sipp_caller(net, CALLER_PORT, &scenario("uac_cancel_early.xml"), &[]);
+    uac.expect_success(SIPP_LIMIT);
+    // The offer times out (3.5 s), and the delete the CANCEL sent too.
+    let cdrs = relay.cdrs(1);
+    relay.engine.resume();
+    let cdr = &cdrs[0];
+    assert_eq!(cdr["end_reason"], "cancelled", "{cdr}");
+    assert_eq!(cdr["sip_code"], 487, "{cdr}");
+    std::thread::sleep(Duration::from_secs(1));
+    assert!(
+        callee.heard().is_empty(),
+        "nothing reaches the callee of a cancelled call"
+    );
+    relay.assert_idle();
+    assert_eq!(relay.vigil.cdrs().len(), 1, "one CDR");
 }
 
 /// Calls that never connect still went through rtpengine (the caller's

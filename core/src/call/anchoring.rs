@@ -431,8 +431,13 @@ impl Call {
 
     /// rtpengine could not anchor the call's media while it was set up:
     /// `media.on_failure` says whether the call is refused (503) or goes on
-    /// without relay.
+    /// without relay. A call that ended meanwhile (the caller cancelled
+    /// while rtpengine was slow) is left as it is: its CDR waits for its
+    /// `delete`, in the media session that going on without relay would drop.
     fn media_unavailable(&mut self, now: Instant, env: &mut Env<'_>) {
+        if self.ending.is_some() {
+            return;
+        }
         let on_failure = env
             .media
             .as_ref()
@@ -447,9 +452,6 @@ impl Call {
             }
             OnFailure::Reject => {
                 tracing::warn!(call_id = %self.a.call_id(), "media relay unavailable: call refused");
-                if self.ending.is_some() {
-                    return;
-                }
                 if self.a.state() == AState::Proceeding {
                     self.a.fail(now, 503, Some("Media Relay Unavailable"), env);
                     self.end(now, EndReason::Rejected, EndedBy::Switch, Some(503), env);

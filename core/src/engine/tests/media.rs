@@ -443,3 +443,42 @@ fn the_silence_before_a_resume_is_not_held_against_the_call() {
     h.advance(Duration::from_secs(1));
     h.one_ng("query");
 }
+
+/// Regression (found by tests/media_relay.rs with a stalled rtpengine): the
+/// caller cancelled while its offer waited for rtpengine, then the offer
+/// failed; with `on_failure: passthrough` the failure dropped the media
+/// session, and with it the CDR waiting for `delete`'s totals. A call that
+/// has ended takes no `on_failure` any more.
+#[test]
+fn a_call_cancelled_while_its_offer_waits_keeps_its_cdr() {
+    for mode in ["reject", "passthrough"] {
+        let mut h = Harness::relayed(&format!(", on_failure: {mode}"));
+        h.caller_sends(&invite("m-9", "0049301234", SDP));
+        h.take(CALLER);
+        let offer = h.one_ng("offer");
+        assert_eq!(offer.str("call-id"), "m-9");
+        h.caller_sends(&invite_as("CANCEL", "m-9"));
+        let finals: Vec<u16> = h.finals(CALLER).iter().map(|r| r.status).collect();
+        assert_eq!(finals, [200, 487], "{mode}");
+        assert!(h.cdrs.is_empty(), "the CDR waits for delete's totals");
+        // rtpengine answers neither: the offer times out, then the delete.
+        h.advance(Duration::from_secs(10));
+        assert_eq!(h.cdrs.len(), 1, "{mode}: one CDR");
+        assert_eq!(h.cdrs[0].end_reason, EndReason::Cancelled, "{mode}");
+        assert_eq!(h.cdrs[0].media, None, "{mode}");
+        assert!(
+            h.take(CALLEE).is_empty(),
+            "{mode}: no INVITE after the CANCEL"
+        );
+        assert_eq!(h.engine.metrics.relayed_calls(), 0, "{mode}");
+        assert_eq!(
+            h.engine
+                .metrics
+                .relays_stopped
+                .load(std::sync::atomic::Ordering::Relaxed),
+            1,
+            "{mode}: stopped once"
+        );
+        assert_eq!(h.engine.active_calls(), 0, "{mode}");
+    }
+}
