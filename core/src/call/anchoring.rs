@@ -83,7 +83,7 @@ impl Call {
                 now,
                 SystemTime::UNIX_EPOCH,
                 op,
-                Err(NgError::Timeout),
+                Err(NgError::NoEngineUp),
                 env,
             );
         };
@@ -94,9 +94,27 @@ impl Call {
                 }
             }
             Err((_, op)) => {
-                tracing::warn!(call_id = %self.a.call_id(), command = command.name(), "no rtpengine is up");
-                self.on_media_reply(now, SystemTime::UNIX_EPOCH, op, Err(NgError::Timeout), env);
+                self.on_media_reply(
+                    now,
+                    SystemTime::UNIX_EPOCH,
+                    op,
+                    Err(NgError::NoEngineUp),
+                    env,
+                );
             }
+        }
+    }
+
+    /// A warning about this call's media, at the worker's bounded rate.
+    fn warn_media(&self, now: Instant, env: &mut Env<'_>, what: &str, error: Option<&NgError>) {
+        let Some(suppressed) = env.media.as_deref_mut().and_then(|m| m.log_failure(now)) else {
+            return;
+        };
+        match error {
+            Some(error) => {
+                tracing::warn!(call_id = %self.a.call_id(), request = what, %error, suppressed, "rtpengine request failed")
+            }
+            None => tracing::warn!(call_id = %self.a.call_id(), suppressed, "{what}"),
         }
     }
 
@@ -111,7 +129,7 @@ impl Call {
         env: &mut Env<'_>,
     ) {
         if let Err(e) = &result {
-            tracing::warn!(call_id = %self.a.call_id(), error = ?e, "rtpengine request failed");
+            self.warn_media(now, env, op.name(), Some(e));
         }
         let sdp = result.as_ref().ok().and_then(|r| r.sdp.clone());
         match op {
@@ -444,14 +462,19 @@ impl Call {
             .map_or(OnFailure::Reject, |m| m.config.on_failure);
         match on_failure {
             OnFailure::Passthrough => {
-                tracing::warn!(call_id = %self.a.call_id(), "media relay unavailable: the call goes on without it");
+                self.warn_media(
+                    now,
+                    env,
+                    "media relay unavailable: the call goes on without it",
+                    None,
+                );
                 self.drop_media(now, env);
                 if self.b.state() == BState::Waiting {
                     self.b.send_invite(now, None, env);
                 }
             }
             OnFailure::Reject => {
-                tracing::warn!(call_id = %self.a.call_id(), "media relay unavailable: call refused");
+                self.warn_media(now, env, "media relay unavailable: call refused", None);
                 if self.a.state() == AState::Proceeding {
                     self.a.fail(now, 503, Some("Media Relay Unavailable"), env);
                     self.end(now, EndReason::Rejected, EndedBy::Switch, Some(503), env);

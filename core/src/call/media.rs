@@ -23,6 +23,7 @@ use crate::cdr::{CdrRecord, Flow, MediaTotals};
 use crate::config::{MediaConfig, TimeoutMode};
 use crate::media::{CallStats, Command, EngineId, NgClient, NoEngineUp, RequestId};
 use crate::policy::MediaDirection;
+use crate::ratelimit::RateLimit;
 use crate::session_timer::UasOutcome;
 use crate::sip::{Request, Response};
 use crate::transaction::ServerTxId;
@@ -33,7 +34,14 @@ pub struct MediaRelay {
     pub client: NgClient,
     pub config: MediaConfig,
     waiting: HashMap<RequestId, (CallKey, MediaOp)>,
+    /// Calls' failures with rtpengine are logged at this rate: with
+    /// rtpengine down, every new call and every look at a call up fails.
+    failure_log: RateLimit,
 }
+
+/// Failures with rtpengine logged per worker: this many per window.
+const FAILURE_LOG_BURST: u32 = 10;
+const FAILURE_LOG_WINDOW: Duration = Duration::from_secs(10);
 
 impl MediaRelay {
     pub fn new(client: NgClient, config: MediaConfig) -> MediaRelay {
@@ -41,7 +49,14 @@ impl MediaRelay {
             client,
             config,
             waiting: HashMap::new(),
+            failure_log: RateLimit::new(FAILURE_LOG_BURST, FAILURE_LOG_WINDOW),
         }
+    }
+
+    /// Whether a call's failure with rtpengine may be logged now; `Some`
+    /// with how many were not since the last that was.
+    pub fn log_failure(&mut self, now: Instant) -> Option<u64> {
+        self.failure_log.allow(now)
     }
 
     /// Sends `command` for call `call` to its engine (`None`: a new call's,
@@ -95,6 +110,22 @@ pub enum MediaOp {
     Check,
     /// The call is over: what its media carried, for the CDR.
     Delete,
+}
+
+impl MediaOp {
+    /// What the call asked rtpengine, for logs.
+    pub fn name(&self) -> &'static str {
+        match self {
+            MediaOp::CallerOffer => "caller's offer",
+            MediaOp::CalleeAnswer(_) => "callee's answer",
+            MediaOp::CalleeOffer(_) => "callee's offer",
+            MediaOp::CallerAnswer(_) => "caller's answer",
+            MediaOp::Reoffer(_) => "re-offer",
+            MediaOp::Reanswer(_) => "re-answer",
+            MediaOp::Check => "media check",
+            MediaOp::Delete => "delete",
+        }
+    }
 }
 
 /// The caller's ACK that answers a late offer, and what it completes.
