@@ -17,15 +17,16 @@
 //! - rtpengine killed under calls: they go on and end with their CDRs, a
 //!   new call gets `on_failure` (503, or no relay), and a restarted
 //!   rtpengine takes calls again; a stalled rtpengine and a caller who
-//!   gives up meanwhile still make a CDR;
+//!   gives up meanwhile still make a CDR; a delete lost while rtpengine
+//!   was cut off is sent again when it is back;
 //! - calls that fail, are cancelled or end at shutdown are deleted from
 //!   rtpengine, each with its CDR.
 //!
 //! After each test, rtpengine holds no call and no worker waits for it.
 //!
 //! Every address in every SDP is loopback. Each test has its own network
-//! (127.0.160–172.0/24), ng port (23100–23112) and 50 of rtpengine's media
-//! ports (31200–31849), so they run in parallel. Timeouts are generous: the tests
+//! (127.0.160–173.0/24), ng port (23100–23113) and 50 of rtpengine's media
+//! ports (31200–31899), so they run in parallel. Timeouts are generous: the tests
 //! assert behaviour, not speed, on a busy 2-core machine.
 
 mod support;
@@ -186,6 +187,7 @@ impl Relay {
             };
             if resources["calls"] == 0
                 && resources["ng_waiting"] == 0
+                && resources["ng_deletes_to_retry"] == 0
                 && relayed == 0.0
                 && held.is_empty()
             {
@@ -1105,4 +1107,34 @@ fn a_shutdown_ends_relayed_calls_with_their_totals() {
     assert!(flow(cdr, "caller_to_callee").0 > 0, "{cdr}");
     assert!(flow(cdr, "callee_to_caller").0 > 0, "{cdr}");
     assert_eq!(engine.calls(), Vec::<String>::new(), "deleted at shutdown");
+}
+
+/// rtpengine is cut off (stalled, and what Vigil sends it lost) when a
+/// call ends: the BYE works, and the CDR comes without totals once the
+/// delete times out; when rtpengine answers again, Vigil sends the delete
+/// again and rtpengine frees the call, rather than holding its ports until
+/// its own timeout.
+#[test]
+fn a_delete_lost_while_rtpengine_was_cut_off_is_sent_again() {
+    let net = Net::new(173);
+    let relay = Relay::start(net, 23113, 31850..=31899, "");
+    let uas = sipp_callee(net, "uas_rtp.xml", &["-m", "1", "-rtp_echo"]);
+    let uac = sipp_caller(
+        net,
+        CALLER_PORT,
+        &scenario("uac_rtp.xml"),
+        &["-set", "rounds", "1"],
+    );
+    relay.answered_call(|_| true);
+    relay.engine.stall();
+    relay.engine.fill_ng_buffer();
+    uac.expect_success(SIPP_LIMIT);
+    uas.expect_success(SIPP_LIMIT);
+    let cdrs = relay.cdrs(1);
+    assert_eq!(cdrs[0]["end_reason"], "caller-bye", "{}", cdrs[0]);
+    assert!(cdrs[0]["media"].is_null(), "{}", cdrs[0]);
+    relay.wait_engine(false);
+    relay.engine.resume();
+    relay.wait_engine(true);
+    relay.assert_idle();
 }

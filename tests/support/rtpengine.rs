@@ -170,6 +170,18 @@ impl Rtpengine {
         self.signal("-STOP");
     }
 
+    /// Fills a stalled rtpengine's ng receive buffer (with 4 MB of pings
+    /// from another socket), so that what Vigil sends it next is lost, as on
+    /// a network that drops it.
+    pub fn fill_ng_buffer(&self) {
+        let socket = UdpSocket::bind("127.0.0.1:0").expect("bind a flood socket");
+        let pad = "x".repeat(1000);
+        for i in 0..4000 {
+            let ping = format!("fill-{i} d7:command4:ping3:pad{}:{pad}e", pad.len());
+            let _ = socket.send_to(ping.as_bytes(), self.ng);
+        }
+    }
+
     /// Lets a stalled rtpengine go on (SIGCONT).
     pub fn resume(&self) {
         self.signal("-CONT");

@@ -232,6 +232,16 @@ impl Call {
             }
             MediaOp::Check => self.on_media_check(now, wall, result, env),
             MediaOp::Delete => {
+                // Unanswered (rtpengine unreachable, or down): it may still
+                // hold the call; told again when it is back. A refusal means
+                // it does not know the call (it restarted).
+                if let (Err(NgError::Timeout | NgError::NoEngineUp), Some(engine), Some(relay)) = (
+                    &result,
+                    self.media.as_ref().and_then(|m| m.engine),
+                    env.media.as_deref_mut(),
+                ) {
+                    relay.retry_delete(engine, self.delete_command());
+                }
                 let stats = result.ok().and_then(|r| r.stats);
                 let record = self.media.as_mut().and_then(|m| m.pending_cdr.take());
                 if let Some(mut record) = record {
@@ -493,14 +503,19 @@ impl Call {
         };
         Metrics::count(&env.metrics.relays_stopped);
         if let (Some(engine), Some(relay)) = (m.engine, env.media.as_deref_mut()) {
-            let delete = Command::Delete(Delete {
-                call_id: self.a.call_id().to_string(),
-                from_tag: self.a.caller_tag().to_string(),
-                to_tag: None,
-                delay: Some(0),
-            });
+            let delete = Command::Delete(self.delete_command());
             // Fire and forget: no call waits on it any more.
             let _ = relay.client.request(now, Some(engine), &delete);
+        }
+    }
+
+    /// The `delete` of the whole call: every branch, forgotten at once.
+    fn delete_command(&self) -> Delete {
+        Delete {
+            call_id: self.a.call_id().to_string(),
+            from_tag: self.a.caller_tag().to_string(),
+            to_tag: None,
+            delay: Some(0),
         }
     }
 
@@ -525,12 +540,7 @@ impl Call {
         }
         m.check_at = None;
         m.pending_cdr = Some(record);
-        let command = Command::Delete(Delete {
-            call_id: self.a.call_id().to_string(),
-            from_tag: self.a.caller_tag().to_string(),
-            to_tag: None,
-            delay: Some(0),
-        });
+        let command = Command::Delete(self.delete_command());
         self.media_request(now, command, MediaOp::Delete, env);
         None
     }

@@ -21,7 +21,7 @@ use super::relay::Relay;
 use super::{CallKey, Leg};
 use crate::cdr::{CdrRecord, Flow, MediaTotals};
 use crate::config::{MediaConfig, TimeoutMode};
-use crate::media::{CallStats, Command, EngineId, NgClient, NoEngineUp, RequestId};
+use crate::media::{CallStats, Command, Delete, EngineId, NgClient, NoEngineUp, RequestId};
 use crate::policy::MediaDirection;
 use crate::ratelimit::RateLimit;
 use crate::session_timer::UasOutcome;
@@ -37,7 +37,16 @@ pub struct MediaRelay {
     /// Calls' failures with rtpengine are logged at this rate: with
     /// rtpengine down, every new call and every look at a call up fails.
     failure_log: RateLimit,
+    /// Deletes of ended calls that got no answer, with the engine that
+    /// holds each: sent again when it is next up, so that an rtpengine
+    /// that was only unreachable frees those calls' ports at once rather
+    /// than at its own timeout. At most [`MAX_DELETES_TO_RETRY`].
+    deletes_to_retry: Vec<(EngineId, Delete)>,
 }
+
+/// Deletes a worker keeps to send again; beyond, rtpengine's own timeout
+/// frees the calls (their media stopped with them).
+const MAX_DELETES_TO_RETRY: usize = 10_000;
 
 /// Failures with rtpengine logged per worker: this many per window.
 const FAILURE_LOG_BURST: u32 = 10;
@@ -50,7 +59,37 @@ impl MediaRelay {
             config,
             waiting: HashMap::new(),
             failure_log: RateLimit::new(FAILURE_LOG_BURST, FAILURE_LOG_WINDOW),
+            deletes_to_retry: Vec::new(),
         }
+    }
+
+    /// A call's `delete` went unanswered: sent again when `engine` is up.
+    pub fn retry_delete(&mut self, engine: EngineId, delete: Delete) {
+        if self.deletes_to_retry.len() < MAX_DELETES_TO_RETRY {
+            self.deletes_to_retry.push((engine, delete));
+        }
+    }
+
+    /// `engine` answers again: the deletes it missed go to it now (no call
+    /// waits for their replies). Returns how many.
+    pub fn engine_up(&mut self, now: Instant, engine: EngineId) -> usize {
+        let (due, rest): (Vec<_>, Vec<_>) = std::mem::take(&mut self.deletes_to_retry)
+            .into_iter()
+            .partition(|(e, _)| *e == engine);
+        self.deletes_to_retry = rest;
+        let sent = due.len();
+        for (_, delete) in due {
+            // The engine is up: it cannot refuse; a failure now is final.
+            let _ = self
+                .client
+                .request(now, Some(engine), &Command::Delete(delete));
+        }
+        sent
+    }
+
+    /// Deletes waiting for their engine to come back (for leak checks).
+    pub fn deletes_to_retry(&self) -> usize {
+        self.deletes_to_retry.len()
     }
 
     /// Whether a call's failure with rtpengine may be logged now; `Some`

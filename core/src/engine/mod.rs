@@ -88,6 +88,8 @@ pub struct EngineResources {
     pub cdrs_pending: usize,
     /// Calls' requests to rtpengine waiting for their reply (or timeout).
     pub ng_waiting: usize,
+    /// Ended calls' deletes waiting for their rtpengine to answer again.
+    pub ng_deletes_to_retry: usize,
 }
 
 impl std::ops::Add for EngineResources {
@@ -100,6 +102,7 @@ impl std::ops::Add for EngineResources {
             timers: self.timers + o.timers,
             cdrs_pending: self.cdrs_pending + o.cdrs_pending,
             ng_waiting: self.ng_waiting + o.ng_waiting,
+            ng_deletes_to_retry: self.ng_deletes_to_retry + o.ng_deletes_to_retry,
         }
     }
 }
@@ -195,6 +198,7 @@ impl Engine {
             timers: self.tx.timer_entries() + self.call_timers.len(),
             cdrs_pending: self.cdrs.len(),
             ng_waiting: self.media.as_ref().map_or(0, MediaRelay::waiting),
+            ng_deletes_to_retry: self.media.as_ref().map_or(0, MediaRelay::deletes_to_retry),
         }
     }
 
@@ -277,7 +281,8 @@ impl Engine {
                 }
                 crate::media::NgEvent::EngineUp(engine) => {
                     let addr = self.engine_name(engine);
-                    tracing::info!(rtpengine = %addr, "rtpengine up");
+                    let deletes = self.media.as_mut().map_or(0, |m| m.engine_up(now, engine));
+                    tracing::info!(rtpengine = %addr, deletes_retried = deletes, "rtpengine up");
                 }
                 crate::media::NgEvent::EngineDown(engine) => {
                     let addr = self.engine_name(engine);

@@ -543,3 +543,39 @@ fn with_rtpengine_down_failures_are_logged_at_a_bounded_rate() {
     );
     assert!(text.contains("suppressed=390"), "{text}");
 }
+
+/// A call that ends while its rtpengine is unreachable gets its CDR when
+/// its `delete` times out, without totals; the `delete` goes again when rtpengine answers
+/// again (the issue: "their delete is retried later"), so an rtpengine
+/// that was only cut off frees the call's ports then. Found missing by
+/// tests/media_relay.rs: a stalled rtpengine kept such calls until its own
+/// timeout.
+#[test]
+fn a_delete_that_went_unanswered_is_sent_again_when_rtpengine_is_back() {
+    let mut h = Harness::relayed("");
+    let (_, a_tag) = h.relayed_call("m-11");
+    // rtpengine stops answering: the look at 20 s and the pings time out.
+    h.advance(Duration::from_secs(30));
+    h.ng();
+    h.caller_sends(&caller_in_dialog("BYE", 2, &a_tag, "m-11", "bye", ""));
+    h.take_one_request(CALLEE, Method::Bye);
+    // The delete goes to the call's engine, down or not, and times out.
+    h.one_ng("delete");
+    assert!(h.cdrs.is_empty(), "the CDR waits for the delete");
+    h.advance(Duration::from_secs(4));
+    assert_eq!(h.cdrs.len(), 1, "written when the delete timed out");
+    assert_eq!(h.cdrs[0].media, None);
+    assert_eq!(h.engine.resources().ng_deletes_to_retry, 1);
+    // It answers the next ping: the delete goes.
+    h.ng();
+    let ping = loop {
+        h.advance(Duration::from_millis(100));
+        if let Some(ping) = h.ng().into_iter().find(|n| n.command() == "ping") {
+            break ping;
+        }
+    };
+    h.ng_reply(&ping, "d6:result4:ponge");
+    let delete = h.one_ng("delete");
+    assert_eq!(delete.str("call-id"), "m-11");
+    assert_eq!(h.engine.resources().ng_deletes_to_retry, 0);
+}
