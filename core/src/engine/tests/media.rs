@@ -579,3 +579,26 @@ fn a_delete_that_went_unanswered_is_sent_again_when_rtpengine_is_back() {
     assert_eq!(delete.str("call-id"), "m-11");
     assert_eq!(h.engine.resources().ng_deletes_to_retry, 0);
 }
+
+/// What an operator sees of a relayed call (`vigil ctl calls`): each leg's
+/// peer names its own address, and Vigil gave each rtpengine's.
+#[test]
+fn an_operator_sees_each_legs_media_addresses() {
+    let mut h = Harness::relayed("");
+    h.relayed_call("m-12");
+    let calls = h.engine.calls(h.now);
+    let call = &calls[0];
+    assert!(call.relayed);
+    let show = |streams: &[crate::sdp::Stream]| -> Vec<String> {
+        streams.iter().map(ToString::to_string).collect()
+    };
+    assert_eq!(show(&call.a_media.peer), ["audio 127.0.0.2:4000"]);
+    assert_eq!(show(&call.a_media.local), ["audio 127.0.0.1:30002"]);
+    assert_eq!(show(&call.b_media.peer), ["audio 127.0.0.3:5000"]);
+    assert_eq!(show(&call.b_media.local), ["audio 127.0.0.1:30000"]);
+    let json = serde_json::to_value(call).expect("json");
+    assert_eq!(
+        json["a_media"]["local"][0],
+        serde_json::json!({"kind": "audio", "address": "127.0.0.1", "port": 30002, "direction": "sendrecv"})
+    );
+}
