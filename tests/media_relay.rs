@@ -13,7 +13,8 @@
 //! - media that keeps flowing is never ended; a call on hold outlives
 //!   `timeout` (it has `hold_timeout`);
 //! - a late offer, and a re-INVITE that moves the callee's media;
-//! - a resumed call whose media then dies is ended as any other;
+//! - a resumed call whose media then dies is ended as any other; so is a
+//!   call whose dead media rtpengine's own `--timeout` deleted first;
 //! - rtpengine killed under calls: they go on and end with their CDRs, a
 //!   new call gets `on_failure` (503, or no relay), and a restarted
 //!   rtpengine takes calls again; a stalled rtpengine and a caller who
@@ -25,8 +26,8 @@
 //! After each test, rtpengine holds no call and no worker waits for it.
 //!
 //! Every address in every SDP is loopback. Each test has its own network
-//! (127.0.160–173.0/24), ng port (23100–23113) and 50 of rtpengine's media
-//! ports (31200–31899), so they run in parallel. Timeouts are generous: the tests
+//! (127.0.160–174.0/24), ng port (23100–23114) and 50 of rtpengine's media
+//! ports (31200–31949), so they run in parallel. Timeouts are generous: the tests
 //! assert behaviour, not speed, on a busy 2-core machine.
 
 mod support;
@@ -70,8 +71,20 @@ impl Relay {
     /// `media_keys`, indented YAML lines), and a metrics endpoint; waits
     /// until Vigil sees rtpengine up.
     fn start(net: Net, ng_port: u16, ports: RangeInclusive<u16>, media_keys: &str) -> Relay {
+        Relay::start_with(net, ng_port, ports, 60, media_keys)
+    }
+
+    /// The same, with rtpengine's own `--timeout` (seconds).
+    fn start_with(
+        net: Net,
+        ng_port: u16,
+        ports: RangeInclusive<u16>,
+        engine_timeout: u32,
+        media_keys: &str,
+    ) -> Relay {
         let engine_dir = tempfile::tempdir().expect("rtpengine dir");
-        let engine = Rtpengine::start(engine_dir.path(), 1, ng_port, ports);
+        let engine =
+            Rtpengine::start_with_timeout(engine_dir.path(), 1, ng_port, ports, engine_timeout);
         let metrics = SocketAddr::new(net.vigil, 9090);
         let dir = tempfile::tempdir().expect("vigil dir");
         let extra = format!(
@@ -1136,5 +1149,56 @@ fn a_delete_lost_while_rtpengine_was_cut_off_is_sent_again() {
     relay.wait_engine(false);
     relay.engine.resume();
     relay.wait_engine(true);
+    relay.assert_idle();
+}
+
+/// rtpengine's own `--timeout` (3 s here) is shorter than Vigil's
+/// `media.timeout` (5 s), against the README's advice: when both sides go
+/// silent, rtpengine forgets the call before Vigil looks. Its media is dead
+/// all the same (rtpengine relays nothing for it any more): Vigil ends the
+/// call at its next look, BYE on both legs with the Reason, within
+/// `timeout` + 2 s of the last packet. (Not before rtpengine's own timeout,
+/// which counts whole seconds: it may forget a call up to 1 s early, and
+/// Vigil then counts the silence from the last packet it saw.)
+#[test]
+fn dead_media_that_rtpengine_deleted_first_still_ends_the_call() {
+    let net = Net::new(174);
+    let relay = Relay::start_with(
+        net,
+        23114,
+        31900..=31949,
+        3,
+        "  timeout: 5\n  timeout_mode: both\n  allow_short_intervals: true\n",
+    );
+    // The callee talks for 7 s and the caller echoes it; then both are silent.
+    let uas = sipp_callee(net, "uas_rtp_once.xml", &["-m", "1"]);
+    let uac = sipp_caller(
+        net,
+        CALLER_PORT,
+        &scenario("uac_wait_bye.xml"),
+        &["-rtp_echo"],
+    );
+    let uas = uas.expect_success(SIPP_LIMIT);
+    let uac = uac.expect_success(SIPP_LIMIT);
+
+    let callee_log = traced(&uas.messages);
+    let ack = find(&callee_log, "ACK", |m| m.received && m.is_request("ACK"));
+    let silent_from = ack.at + pcap_seconds();
+    for (who, log) in [("callee", callee_log), ("caller", traced(&uac.messages))] {
+        let bye = find(&log, "Vigil's BYE", |m| m.received && m.is_request("BYE"));
+        assert!(
+            bye.text.contains(MEDIA_TIMEOUT_REASON),
+            "{who}: {}",
+            bye.text
+        );
+        let after = bye.at - silent_from;
+        eprintln!("the {who}'s BYE came {after:.2} s after the last RTP");
+        assert!(
+            (3.0 - 1.5..=5.0 + 2.0).contains(&after),
+            "the {who}'s BYE came {after:.2} s after the last RTP (timeout 5 s, rtpengine's 3 s)"
+        );
+    }
+    let cdrs = relay.cdrs(1);
+    assert_eq!(cdrs[0]["end_reason"], "media-timeout", "{}", cdrs[0]);
     relay.assert_idle();
 }

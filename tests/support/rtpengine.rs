@@ -71,6 +71,18 @@ impl Rtpengine {
     /// it answers an ng `ping`. Its own `--timeout` (all streams dead) is
     /// 60 s: longer than any test call, so only Vigil ends calls.
     pub fn start(dir: &Path, run: u32, ng_port: u16, ports: RangeInclusive<u16>) -> Rtpengine {
+        Rtpengine::start_with_timeout(dir, run, ng_port, ports, 60)
+    }
+
+    /// The same with its own `--timeout` (seconds): it forgets a call whose
+    /// streams were all silent that long.
+    pub fn start_with_timeout(
+        dir: &Path,
+        run: u32,
+        ng_port: u16,
+        ports: RangeInclusive<u16>,
+        timeout: u32,
+    ) -> Rtpengine {
         let log = dir.join(format!("rtpengine-{run}.log"));
         let out = std::fs::File::create(&log).expect("rtpengine log file");
         let child = Command::new(rtpengine_bin())
@@ -81,7 +93,7 @@ impl Rtpengine {
                 &format!("--listen-ng=127.0.0.1:{ng_port}"),
                 &format!("--port-min={}", ports.start()),
                 &format!("--port-max={}", ports.end()),
-                "--timeout=60",
+                &format!("--timeout={timeout}"),
                 "--foreground",
                 "--log-stderr",
             ])

@@ -590,17 +590,37 @@ impl Call {
         }
         let timeout = m.timeout(&relay.config);
         let mode = relay.config.timeout_mode;
-        let Some(stats) = result.ok().and_then(|r| r.stats) else {
-            // rtpengine lost the call (restarted) or did not answer: no
-            // judgement now; look again a timeout later.
-            m.check_at = Some(now + timeout);
-            return;
-        };
         let since = m.silence_from.unwrap_or(answer);
         let baseline = wall
             .checked_sub(now.saturating_duration_since(since))
             .unwrap_or(wall);
-        let silence = Silence::of(&stats, self.a.caller_tag(), &m.callee_tag, wall, baseline);
+        let silence = match result {
+            Ok(Reply {
+                stats: Some(stats), ..
+            }) => {
+                let latest = stats.parties.iter().filter_map(|p| p.last_packet).max();
+                m.heard_at = m.heard_at.max(latest);
+                Silence::of(&stats, self.a.caller_tag(), &m.callee_tag, wall, baseline)
+            }
+            // rtpengine does not know the call: it deleted it on its own
+            // `--timeout` (every stream was dead) or it restarted. Nothing
+            // can flow through it any more: both ways are silent since the
+            // last packet a look saw.
+            Err(NgError::Rejected(_)) => {
+                let last = m.heard_at.map_or(baseline, |h| h.max(baseline));
+                let silent = wall.duration_since(last).unwrap_or(Duration::ZERO);
+                Silence {
+                    caller_to_callee: silent,
+                    callee_to_caller: silent,
+                }
+            }
+            // No answer (rtpengine down or cut off): no judgement now; look
+            // again a timeout later.
+            _ => {
+                m.check_at = Some(now + timeout);
+                return;
+            }
+        };
         let silent_for = silence.silent_for(mode);
         if silent_for < timeout {
             let next = (timeout - silent_for).max(MIN_CHECK);

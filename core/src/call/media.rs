@@ -205,6 +205,10 @@ pub struct MediaSession {
     /// Since when silence counts against the call: its answer, or the
     /// latest time it went on or off hold (`None` until answered).
     pub silence_from: Option<Instant>,
+    /// The latest packet (either way) a look at the media saw, in
+    /// rtpengine's wall-clock time: all there is to go on once rtpengine
+    /// no longer knows the call.
+    pub heard_at: Option<SystemTime>,
     /// When to look at the media next (its timeout could have run out).
     pub check_at: Option<Instant>,
     /// The CDR of the call that ended, waiting for rtpengine's totals.
@@ -222,6 +226,7 @@ impl MediaSession {
             offer_from: None,
             on_hold: false,
             silence_from: None,
+            heard_at: None,
             check_at: None,
             pending_cdr: None,
         }
@@ -277,10 +282,14 @@ impl Silence {
         }
     }
 
-    /// Which way is silent that long.
+    /// Which way is silent that long (both, when both are equally: no
+    /// packet either way since the same moment).
     pub fn direction(&self, mode: TimeoutMode) -> MediaDirection {
         match mode {
             TimeoutMode::Both => MediaDirection::Both,
+            TimeoutMode::Either if self.caller_to_callee == self.callee_to_caller => {
+                MediaDirection::Both
+            }
             TimeoutMode::Either if self.caller_to_callee >= self.callee_to_caller => {
                 MediaDirection::CallerToCallee
             }

@@ -602,3 +602,44 @@ fn an_operator_sees_each_legs_media_addresses() {
         serde_json::json!({"kind": "audio", "address": "127.0.0.1", "port": 30002, "direction": "sendrecv"})
     );
 }
+
+/// Regression (found by tests/media_relay.rs with rtpengine's own
+/// `--timeout` below `media.timeout`): rtpengine forgets a call whose
+/// streams all died, and Vigil took the `query` it then refuses ("Unknown
+/// call-id") for "no judgement now", so the call went on for ever. Such a
+/// call's media is dead (rtpengine relays nothing for it any more): both
+/// ways silent since the last packet a look saw, ended once that is
+/// `timeout`.
+#[test]
+fn a_call_rtpengine_forgot_is_dead_media() {
+    let mut h = Harness::relayed("");
+    let (b, _) = h.relayed_call("m-13");
+    let callee_tag = b.from.tag().unwrap_or_default().to_string();
+    h.advance(Duration::from_secs(20));
+    let query = h.one_ng("query");
+    let last = WALL0 + 19;
+    h.ng_reply(
+        &query,
+        &stats_reply(&[("caller-tag", 900, last), (&callee_tag, 900, last)]),
+    );
+    // Looked at again when it could have run out (39 s): rtpengine has
+    // forgotten it.
+    h.advance(Duration::from_secs(19));
+    let query = h.one_ng("query");
+    h.ng_reply(&query, "d6:result5:error12:error-reason15:Unknown call-ide");
+    let bye_a = h.take_one_request(CALLER, Method::Bye);
+    let bye_b = h.take_one_request(CALLEE, Method::Bye);
+    for bye in [&bye_a, &bye_b] {
+        assert_eq!(
+            bye.headers.get(&HeaderName::Reason),
+            Some("Q.850;cause=102;text=\"Media timeout\"")
+        );
+    }
+    let delete = h.one_ng("delete");
+    h.ng_reply(
+        &delete,
+        "d6:result5:error12:error-reason39:Call-ID not found or tags didn't matche",
+    );
+    assert_eq!(h.cdrs[0].end_reason, EndReason::MediaTimeout);
+    assert_eq!(h.cdrs[0].media, None);
+}
