@@ -21,13 +21,15 @@
 //!   gives up meanwhile still make a CDR; a delete lost while rtpengine
 //!   was cut off is sent again when it is back;
 //! - calls that fail, are cancelled or end at shutdown are deleted from
-//!   rtpengine, each with its CDR.
+//!   rtpengine, each with its CDR;
+//! - a registered user behind NAT is relayed by default, and its audio goes
+//!   where it sends from (symmetric RTP), not where its SDP says.
 //!
 //! After each test, rtpengine holds no call and no worker waits for it.
 //!
 //! Every address in every SDP is loopback. Each test has its own network
-//! (127.0.160–174.0/24), ng port (23100–23114) and 50 of rtpengine's media
-//! ports (31200–31949), so they run in parallel. Timeouts are generous: the tests
+//! (127.0.160–175.0/24), ng port (23100–23115) and 50 of rtpengine's media
+//! ports (31200–31999), so they run in parallel. Timeouts are generous: the tests
 //! assert behaviour, not speed, on a busy 2-core machine.
 
 mod support;
@@ -1206,5 +1208,142 @@ fn dead_media_that_rtpengine_deleted_first_still_ends_the_call() {
     }
     let cdrs = relay.cdrs(1);
     assert_eq!(cdrs[0]["end_reason"], "media-timeout", "{}", cdrs[0]);
+    relay.assert_idle();
+}
+
+/// A registered user behind NAT (its REGISTER's Contact names a "private"
+/// 127.0.175.50 while it sends from 127.0.175.5), with no `media:` of its
+/// own and a carrier that does not relay: its calls are relayed all the
+/// same. Its SDP names the private address too, but it sends its RTP from
+/// its real one (the test's socket): rtpengine sends the caller's audio
+/// back there (symmetric RTP), and not before it has heard from it.
+#[test]
+fn a_user_behind_nat_is_relayed_and_gets_its_audio_where_it_sends_from() {
+    let net = Net::new(175);
+    let engine_dir = tempfile::tempdir().expect("rtpengine dir");
+    let engine = Rtpengine::start(engine_dir.path(), 1, 23115, 31950..=31999);
+    let metrics = SocketAddr::new(net.vigil, 9090);
+    let dir = tempfile::tempdir().expect("vigil dir");
+    let extra = format!(
+        "metrics: {{ listen: \"{metrics}\" }}\n\
+media: {{ rtpengines: [\"udp:{}\"], ping_interval: 1 }}\n\
+registrar: {{ domain: vigil.local, db: \"{}/registrar.db\" }}\n\
+users:\n  - {{ user: \"1001\", password: secret1001 }}\n",
+        engine.ng,
+        dir.path().display()
+    );
+    let config = net.config(&dir.path().join("cdr.jsonl"), &extra);
+    let vigil = Vigil::start_with(net, dir, &config);
+    let relay = Relay {
+        engine,
+        vigil,
+        metrics,
+        engine_dir,
+    };
+    relay.wait_engine(true);
+
+    // The phone: its SIP on 127.0.175.5:5070, its "private" address .50.
+    let phone_ip: IpAddr = "127.0.175.5".parse().expect("ip");
+    let private = "127.0.175.50";
+    let register = Sipp::spawn(
+        "register",
+        &[
+            "-sf",
+            &scenario("register_nat.xml").display().to_string(),
+            "-au",
+            "1001",
+            "-ap",
+            "secret1001",
+            "-set",
+            "expires",
+            "300",
+            "-set",
+            "contact",
+            &format!("{private}:5090"),
+            "-s",
+            "1001",
+            "-i",
+            &phone_ip.to_string(),
+            "-p",
+            "5070",
+            "-m",
+            "1",
+            "-timeout",
+            "20s",
+            "-timeout_error",
+            &net.vigil_addr().to_string(),
+        ]
+        .map(String::from),
+    );
+    register.expect_success(SIPP_LIMIT);
+    // Answers on its real address; its SDP names the private one.
+    let phone_sip = Sipp::spawn(
+        "phone",
+        &[
+            "-sf",
+            &scenario("uas_rtp.xml").display().to_string(),
+            "-i",
+            &phone_ip.to_string(),
+            "-p",
+            "5070",
+            "-mi",
+            private,
+            "-m",
+            "1",
+            "-trace_msg",
+        ]
+        .map(String::from),
+    );
+    std::thread::sleep(Duration::from_millis(200));
+    // Its audio, sent from its real address.
+    let phone = Ear::bind(SocketAddr::new(phone_ip, 7002), false);
+    let uac = caller(
+        net,
+        net.caller,
+        Some(&scenario("uac_rtp.xml")),
+        "1001",
+        &["-m", "1", "-set", "rounds", "2"],
+    );
+    let call = relay.answered_call(|_| true);
+    assert_eq!(
+        call["relayed"], true,
+        "a user behind NAT is relayed: {call}"
+    );
+    let engine_side = stream_addr(&call["b_media"]["local"][0]);
+    assert!(relay.engine.owns(engine_side), "{call}");
+    assert_eq!(
+        stream_addr(&call["b_media"]["peer"][0]),
+        SocketAddr::new(private.parse().expect("ip"), SIPP_MEDIA_PORT),
+        "{call}"
+    );
+    // Nothing reaches the real address before the phone has sent from it.
+    std::thread::sleep(Duration::from_secs(1));
+    assert!(
+        phone.heard().is_empty(),
+        "rtpengine sends where the SDP says first"
+    );
+    let started = Instant::now();
+    for packet in g711a_packets().iter().take(150) {
+        phone.socket.send_to(packet, engine_side).expect("send RTP");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    phone.wait_for(
+        50,
+        started,
+        "the caller's audio at the phone's real address",
+    );
+    assert!(
+        phone
+            .heard()
+            .iter()
+            .all(|(_, from, _)| *from == engine_side),
+        "from the rtpengine port the phone sends to"
+    );
+    uac.expect_success(SIPP_LIMIT);
+    phone_sip.expect_success(SIPP_LIMIT);
+    let cdrs = relay.cdrs(1);
+    let cdr = &cdrs[0];
+    assert_eq!(cdr["trunk_out"], "user:1001", "{cdr}");
+    assert!(flow(cdr, "callee_to_caller").0 >= 140, "{cdr}");
     relay.assert_idle();
 }
