@@ -593,7 +593,8 @@ fn media_flows_through_rtpengine_both_ways() {
 /// The callee plays its 7 s of audio once, then sends nothing while the
 /// caller talks on. With `timeout_mode: either` that is dead media: Vigil
 /// ends the call, BYE on both legs with the Reason, within `timeout` + 2 s
-/// of the callee's last packet.
+/// of the callee's last packet, and not before `timeout` (less the test's
+/// half second for sipp's own timing).
 #[test]
 fn one_way_audio_ends_the_call_in_either_mode() {
     let net = Net::new(161);
@@ -629,7 +630,7 @@ fn one_way_audio_ends_the_call_in_either_mode() {
         let after = bye.at - silent_from;
         eprintln!("the {who}'s BYE came {after:.2} s after the callee's last RTP");
         assert!(
-            (timeout - 1.5..=timeout + 2.0).contains(&after),
+            (timeout - 0.5..=timeout + 2.0).contains(&after),
             "the {who}'s BYE came {after:.2} s after the callee's last RTP (timeout {timeout} s)"
         );
     }
@@ -1028,7 +1029,7 @@ fn a_resumed_call_whose_media_dies_is_ended() {
     let after = bye.at - silent_from;
     eprintln!("the BYE came {after:.2} s after the last RTP");
     assert!(
-        (4.0 - 1.5..=4.0 + 2.0).contains(&after),
+        (4.0 - 0.5..=4.0 + 2.0).contains(&after),
         "the BYE came {after:.2} s after the last RTP (timeout 4 s, hold_timeout 30 s)"
     );
     let cdrs = relay.cdrs(1);

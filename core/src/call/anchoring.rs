@@ -6,7 +6,9 @@
 use std::time::{Duration, Instant, SystemTime};
 
 use super::build::Body;
-use super::media::{LateAnswer, MediaOp, MediaSession, Reoffer, Silence, totals, with_sdp};
+use super::media::{
+    LateAnswer, MediaOp, MediaSession, Reoffer, Silence, packet_came_by, totals, with_sdp,
+};
 use super::relay::Relay;
 use super::{AState, BState, Call, Env, Leg};
 use crate::cdr::{EndReason, EndedBy};
@@ -607,7 +609,9 @@ impl Call {
             // can flow through it any more: both ways are silent since the
             // last packet a look saw.
             Err(NgError::Rejected(_)) => {
-                let last = m.heard_at.map_or(baseline, |h| h.max(baseline));
+                let last = m
+                    .heard_at
+                    .map_or(baseline, |h| packet_came_by(h).max(baseline));
                 let silent = wall.duration_since(last).unwrap_or(Duration::ZERO);
                 Silence {
                     caller_to_callee: silent,

@@ -252,6 +252,17 @@ pub struct Silence {
     pub callee_to_caller: Duration,
 }
 
+/// rtpengine reports when a packet came in whole seconds, cut down: the
+/// packet came up to this much later than it says.
+const REPORTED_IN_SECONDS: Duration = Duration::from_secs(1);
+
+/// The latest a packet rtpengine reports at `reported` can have come: media
+/// is judged silent since then, so it never counts as dead before it has
+/// been silent for the whole `timeout` (at most a second after).
+pub fn packet_came_by(reported: SystemTime) -> SystemTime {
+    reported + REPORTED_IN_SECONDS
+}
+
 impl Silence {
     pub fn of(
         stats: &CallStats,
@@ -264,7 +275,7 @@ impl Silence {
             let last = stats
                 .party(tag)
                 .and_then(|p| p.last_packet)
-                .map_or(baseline, |t| t.max(baseline));
+                .map_or(baseline, |t| packet_came_by(t).max(baseline));
             wall.duration_since(last).unwrap_or(Duration::ZERO)
         };
         Silence {

@@ -247,8 +247,9 @@ fn dead_media_ends_the_call_with_bye_on_both_legs_and_live_media_does_not() {
         h.take(CALLER).is_empty() && h.take(CALLEE).is_empty(),
         "alive"
     );
-    // It looks again when it could have run out: 15 + 20 = 35 s.
-    h.advance(Duration::from_secs(14));
+    // It looks again when it could have run out: rtpengine's "15" is a
+    // packet that came by 16 s at the latest, so at 16 + 20 = 36 s.
+    h.advance(Duration::from_secs(15));
     assert!(h.ng().iter().all(|n| n.command() == "ping"), "not yet");
     h.advance(Duration::from_secs(1));
     let query = h.one_ng("query");
@@ -589,9 +590,11 @@ fn a_call_rtpengine_forgot_is_dead_media() {
         &query,
         &stats_reply(&[("caller-tag", 900, last), (&callee_tag, 900, last)]),
     );
-    // Looked at again when it could have run out (39 s): rtpengine has
-    // forgotten it.
+    // Looked at again when it could have run out (the packet reported at
+    // 19 s came by 20 s: at 40 s): rtpengine has forgotten it.
     h.advance(Duration::from_secs(19));
+    assert!(h.ng().iter().all(|n| n.command() == "ping"), "not yet");
+    h.advance(Duration::from_secs(1));
     let query = h.one_ng("query");
     h.ng_reply(&query, "d6:result5:error12:error-reason15:Unknown call-ide");
     let bye_a = h.take_one_request(CALLER, Method::Bye);
