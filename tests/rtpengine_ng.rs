@@ -14,10 +14,10 @@
 //! Everything stays on loopback: ng on 127.0.0.1:23010, rtpengine's media
 //! ports 31000–31099 (this file's own), the parties on 127.0.0.2 and .3.
 
+mod support;
+
 use std::collections::VecDeque;
 use std::net::{SocketAddr, UdpSocket};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command as Process, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
@@ -29,6 +29,8 @@ use vigil::media::{
 };
 use vigil::metrics::{Metrics, NgFailure, export};
 
+use support::rtpengine::Rtpengine;
+
 const NG_PORT: u16 = 23010;
 const PORT_MIN: u16 = 31000;
 const PORT_MAX: u16 = 31099;
@@ -36,85 +38,6 @@ const PORT_MAX: u16 = 31099;
 /// Generous for a busy machine: rtpengine answers on loopback in well under
 /// a millisecond, but a loaded 2-core box can stall a process for seconds.
 const LIMIT: Duration = Duration::from_secs(30);
-
-// ---------------------------------------------------------------------------
-// rtpengine
-
-/// The rtpengine binary; tests/run.sh installs Debian's `rtpengine-daemon`
-/// when missing.
-fn rtpengine_bin() -> PathBuf {
-    std::env::var("PATH")
-        .unwrap_or_default()
-        .split(':')
-        .map(|dir| Path::new(dir).join("rtpengine"))
-        .find(|p| p.is_file())
-        .unwrap_or_else(|| {
-            panic!(
-                "rtpengine is not installed: run tests/run.sh (it installs it), \
-or apt-get install rtpengine-daemon"
-            )
-        })
-}
-
-/// An rtpengine in userspace (no kernel table), bound to loopback, in a
-/// temporary directory, logging to a file there. Stopped by its PID when
-/// dropped.
-struct Rtpengine {
-    child: Option<Child>,
-}
-
-impl Rtpengine {
-    fn start(dir: &Path, run: u32) -> Rtpengine {
-        let log = dir.join(format!("rtpengine-{run}.log"));
-        let out = std::fs::File::create(&log).expect("log file");
-        let child = Process::new(rtpengine_bin())
-            .args([
-                "--config-file=none",
-                "--table=-1",
-                "--interface=127.0.0.1",
-                &format!("--listen-ng=127.0.0.1:{NG_PORT}"),
-                &format!("--port-min={PORT_MIN}"),
-                &format!("--port-max={PORT_MAX}"),
-                "--timeout=60",
-                "--foreground",
-                "--log-stderr",
-            ])
-            .current_dir(dir)
-            .stdin(Stdio::null())
-            .stdout(out.try_clone().expect("clone"))
-            .stderr(out)
-            .spawn()
-            .expect("start rtpengine");
-        Rtpengine { child: Some(child) }
-    }
-
-    /// Kills it at once (SIGKILL by its PID): a crash, as the client sees it.
-    fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
-impl Drop for Rtpengine {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = Process::new("kill")
-                .args(["-TERM", &child.id().to_string()])
-                .status();
-            let deadline = Instant::now() + Duration::from_secs(3);
-            while Instant::now() < deadline {
-                if let Ok(Some(_)) = child.try_wait() {
-                    return;
-                }
-                std::thread::sleep(Duration::from_millis(50));
-            }
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
 
 // ---------------------------------------------------------------------------
 // The client on a real socket: the thin loop a worker would run.
@@ -335,7 +258,7 @@ fn receive_rtp(socket: &UdpSocket, count: usize, who: &str) {
 #[test]
 fn a_call_through_a_real_rtpengine_then_its_death_and_return() {
     let dir = tempfile::tempdir().expect("temp dir");
-    let mut engine_process = Rtpengine::start(dir.path(), 1);
+    let mut engine_process = Rtpengine::start(dir.path(), 1, NG_PORT, PORT_MIN..=PORT_MAX);
     let engine_addr: SocketAddr = format!("127.0.0.1:{NG_PORT}").parse().expect("addr");
     let metrics = Arc::new(Metrics::default());
     let mut ng = Driver::new(engine_addr, metrics.clone());
@@ -510,7 +433,7 @@ fn a_call_through_a_real_rtpengine_then_its_death_and_return() {
     );
 
     // Started again: the pings bring it back.
-    let restarted = Rtpengine::start(dir.path(), 2);
+    let restarted = Rtpengine::start(dir.path(), 2, NG_PORT, PORT_MIN..=PORT_MAX);
     ng.wait_for("EngineUp after the restart", |e| {
         *e == NgEvent::EngineUp(engine)
     });

@@ -9,7 +9,8 @@
 use std::fmt;
 
 /// A stream's direction (RFC 3264 §5.1; `sendrecv` when none is given).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Direction {
     SendRecv,
     SendOnly,
@@ -29,8 +30,8 @@ impl Direction {
     }
 }
 
-/// One `m=` line and where it goes.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// One `m=` line and where it goes (`vigil ctl calls` shows it as JSON).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct Stream {
     /// `audio`, `video`, …
     pub kind: String,

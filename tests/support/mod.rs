@@ -542,6 +542,12 @@ pub fn status_of(response: &str) -> Option<u16> {
 }
 
 // ---------------------------------------------------------------------------
+// rtpengine
+
+#[path = "rtpengine.rs"]
+pub mod rtpengine;
+
+// ---------------------------------------------------------------------------
 // Policy plugins
 
 #[path = "plugin_build.rs"]

@@ -6,7 +6,9 @@
 use std::time::{Duration, Instant, SystemTime};
 
 use super::build::Body;
-use super::media::{LateAnswer, MediaOp, MediaSession, Reoffer, Silence, totals, with_sdp};
+use super::media::{
+    LateAnswer, MediaOp, MediaSession, Reoffer, Silence, packet_came_by, totals, with_sdp,
+};
 use super::relay::Relay;
 use super::{AState, BState, Call, Env, Leg};
 use crate::cdr::{EndReason, EndedBy};
@@ -83,7 +85,7 @@ impl Call {
                 now,
                 SystemTime::UNIX_EPOCH,
                 op,
-                Err(NgError::Timeout),
+                Err(NgError::NoEngineUp),
                 env,
             );
         };
@@ -94,9 +96,27 @@ impl Call {
                 }
             }
             Err((_, op)) => {
-                tracing::warn!(call_id = %self.a.call_id(), command = command.name(), "no rtpengine is up");
-                self.on_media_reply(now, SystemTime::UNIX_EPOCH, op, Err(NgError::Timeout), env);
+                self.on_media_reply(
+                    now,
+                    SystemTime::UNIX_EPOCH,
+                    op,
+                    Err(NgError::NoEngineUp),
+                    env,
+                );
             }
+        }
+    }
+
+    /// A warning about this call's media, at the worker's bounded rate.
+    fn warn_media(&self, now: Instant, env: &mut Env<'_>, what: &str, error: Option<&NgError>) {
+        let Some(suppressed) = env.media.as_deref_mut().and_then(|m| m.log_failure(now)) else {
+            return;
+        };
+        match error {
+            Some(error) => {
+                tracing::warn!(call_id = %self.a.call_id(), request = what, %error, suppressed, "rtpengine request failed")
+            }
+            None => tracing::warn!(call_id = %self.a.call_id(), suppressed, "{what}"),
         }
     }
 
@@ -111,7 +131,7 @@ impl Call {
         env: &mut Env<'_>,
     ) {
         if let Err(e) = &result {
-            tracing::warn!(call_id = %self.a.call_id(), error = ?e, "rtpengine request failed");
+            self.warn_media(now, env, op.name(), Some(e));
         }
         let sdp = result.as_ref().ok().and_then(|r| r.sdp.clone());
         match op {
@@ -119,7 +139,7 @@ impl Call {
                 Some(sdp) => {
                     let original = self.a.invite().and_then(|i| Body::of(&i.headers, &i.body));
                     let body = with_sdp(original.as_ref(), sdp);
-                    self.note_hold(body.as_ref());
+                    self.note_hold(now, body.as_ref(), env);
                     self.b.send_invite(now, body.as_ref(), env);
                 }
                 None => self.media_unavailable(now, env),
@@ -148,7 +168,7 @@ impl Call {
                 } = *late;
                 if let Some(sdp) = sdp {
                     let original = Body::of(&ack.headers, &ack.body);
-                    self.note_hold(original.as_ref());
+                    self.note_hold(now, original.as_ref(), env);
                     if let Some(body) = with_sdp(original.as_ref(), sdp) {
                         replace_body(&mut ack.headers, &mut ack.body, &body);
                     }
@@ -170,7 +190,7 @@ impl Call {
                 match sdp {
                     Some(sdp) if self.ending.is_none() => {
                         let original = Body::of(&request.headers, &request.body);
-                        self.note_hold(original.as_ref());
+                        self.note_hold(now, original.as_ref(), env);
                         if let Some(body) = with_sdp(original.as_ref(), sdp) {
                             replace_body(&mut request.headers, &mut request.body, &body);
                         }
@@ -202,7 +222,7 @@ impl Call {
                 let to = relay.from.other();
                 let original = Body::of(&response.headers, &response.body);
                 if let Some(sdp) = sdp {
-                    self.note_hold_answer(original.as_ref());
+                    self.note_hold_answer(now, original.as_ref(), env);
                     if let Some(body) = with_sdp(original.as_ref(), sdp) {
                         replace_body(&mut response.headers, &mut response.body, &body);
                     }
@@ -214,6 +234,16 @@ impl Call {
             }
             MediaOp::Check => self.on_media_check(now, wall, result, env),
             MediaOp::Delete => {
+                // Unanswered (rtpengine unreachable, or down): it may still
+                // hold the call; told again when it is back. A refusal means
+                // it does not know the call (it restarted).
+                if let (Err(NgError::Timeout | NgError::NoEngineUp), Some(engine), Some(relay)) = (
+                    &result,
+                    self.media.as_ref().and_then(|m| m.engine),
+                    env.media.as_deref_mut(),
+                ) {
+                    relay.retry_delete(engine, self.delete_command());
+                }
                 let stats = result.ok().and_then(|r| r.stats);
                 let record = self.media.as_mut().and_then(|m| m.pending_cdr.take());
                 if let Some(mut record) = record {
@@ -296,7 +326,7 @@ impl Call {
         env: &mut Env<'_>,
     ) {
         let original = Body::of(&response.headers, &response.body);
-        self.note_hold_answer(original.as_ref());
+        self.note_hold_answer(now, original.as_ref(), env);
         if let Some(body) = with_sdp(original.as_ref(), sdp) {
             replace_body(&mut response.headers, &mut response.body, &body);
         }
@@ -431,25 +461,32 @@ impl Call {
 
     /// rtpengine could not anchor the call's media while it was set up:
     /// `media.on_failure` says whether the call is refused (503) or goes on
-    /// without relay.
+    /// without relay. A call that ended meanwhile (the caller cancelled
+    /// while rtpengine was slow) is left as it is: its CDR waits for its
+    /// `delete`, in the media session that going on without relay would drop.
     fn media_unavailable(&mut self, now: Instant, env: &mut Env<'_>) {
+        if self.ending.is_some() {
+            return;
+        }
         let on_failure = env
             .media
             .as_ref()
             .map_or(OnFailure::Reject, |m| m.config.on_failure);
         match on_failure {
             OnFailure::Passthrough => {
-                tracing::warn!(call_id = %self.a.call_id(), "media relay unavailable: the call goes on without it");
+                self.warn_media(
+                    now,
+                    env,
+                    "media relay unavailable: the call goes on without it",
+                    None,
+                );
                 self.drop_media(now, env);
                 if self.b.state() == BState::Waiting {
                     self.b.send_invite(now, None, env);
                 }
             }
             OnFailure::Reject => {
-                tracing::warn!(call_id = %self.a.call_id(), "media relay unavailable: call refused");
-                if self.ending.is_some() {
-                    return;
-                }
+                self.warn_media(now, env, "media relay unavailable: call refused", None);
                 if self.a.state() == AState::Proceeding {
                     self.a.fail(now, 503, Some("Media Relay Unavailable"), env);
                     self.end(now, EndReason::Rejected, EndedBy::Switch, Some(503), env);
@@ -468,14 +505,19 @@ impl Call {
         };
         Metrics::count(&env.metrics.relays_stopped);
         if let (Some(engine), Some(relay)) = (m.engine, env.media.as_deref_mut()) {
-            let delete = Command::Delete(Delete {
-                call_id: self.a.call_id().to_string(),
-                from_tag: self.a.caller_tag().to_string(),
-                to_tag: None,
-                delay: Some(0),
-            });
+            let delete = Command::Delete(self.delete_command());
             // Fire and forget: no call waits on it any more.
             let _ = relay.client.request(now, Some(engine), &delete);
+        }
+    }
+
+    /// The `delete` of the whole call: every branch, forgotten at once.
+    fn delete_command(&self) -> Delete {
+        Delete {
+            call_id: self.a.call_id().to_string(),
+            from_tag: self.a.caller_tag().to_string(),
+            to_tag: None,
+            delay: Some(0),
         }
     }
 
@@ -500,12 +542,7 @@ impl Call {
         }
         m.check_at = None;
         m.pending_cdr = Some(record);
-        let command = Command::Delete(Delete {
-            call_id: self.a.call_id().to_string(),
-            from_tag: self.a.caller_tag().to_string(),
-            to_tag: None,
-            delay: Some(0),
-        });
+        let command = Command::Delete(self.delete_command());
         self.media_request(now, command, MediaOp::Delete, env);
         None
     }
@@ -517,6 +554,7 @@ impl Call {
             return;
         };
         if m.engine.is_some() {
+            m.silence_from = Some(now);
             m.check_at = Some(now + m.timeout(&relay.config));
         }
     }
@@ -554,16 +592,39 @@ impl Call {
         }
         let timeout = m.timeout(&relay.config);
         let mode = relay.config.timeout_mode;
-        let Some(stats) = result.ok().and_then(|r| r.stats) else {
-            // rtpengine lost the call (restarted) or did not answer: no
-            // judgement now; look again a timeout later.
-            m.check_at = Some(now + timeout);
-            return;
-        };
+        let since = m.silence_from.unwrap_or(answer);
         let baseline = wall
-            .checked_sub(now.saturating_duration_since(answer))
+            .checked_sub(now.saturating_duration_since(since))
             .unwrap_or(wall);
-        let silence = Silence::of(&stats, self.a.caller_tag(), &m.callee_tag, wall, baseline);
+        let silence = match result {
+            Ok(Reply {
+                stats: Some(stats), ..
+            }) => {
+                let latest = stats.parties.iter().filter_map(|p| p.last_packet).max();
+                m.heard_at = m.heard_at.max(latest);
+                Silence::of(&stats, self.a.caller_tag(), &m.callee_tag, wall, baseline)
+            }
+            // rtpengine does not know the call: it deleted it on its own
+            // `--timeout` (every stream was dead) or it restarted. Nothing
+            // can flow through it any more: both ways are silent since the
+            // last packet a look saw.
+            Err(NgError::Rejected(_)) => {
+                let last = m
+                    .heard_at
+                    .map_or(baseline, |h| packet_came_by(h).max(baseline));
+                let silent = wall.duration_since(last).unwrap_or(Duration::ZERO);
+                Silence {
+                    caller_to_callee: silent,
+                    callee_to_caller: silent,
+                }
+            }
+            // No answer (rtpengine down or cut off): no judgement now; look
+            // again a timeout later.
+            _ => {
+                m.check_at = Some(now + timeout);
+                return;
+            }
+        };
         let silent_for = silence.silent_for(mode);
         if silent_for < timeout {
             let next = (timeout - silent_for).max(MIN_CHECK);
@@ -604,17 +665,37 @@ impl Call {
     }
 
     /// An offer's SDP: whether the call is now on hold.
-    fn note_hold(&mut self, offer: Option<&Body>) {
-        if let (Some(m), Some(body)) = (self.media.as_mut(), offer) {
-            m.on_hold = sdp::is_hold(body.bytes());
+    fn note_hold(&mut self, now: Instant, offer: Option<&Body>, env: &Env<'_>) {
+        if let Some(body) = offer {
+            self.set_hold(now, sdp::is_hold(body.bytes()), env);
         }
     }
 
     /// An answer's SDP: on hold too if it holds (an answer to a hold offer
     /// says `recvonly`).
-    fn note_hold_answer(&mut self, answer: Option<&Body>) {
-        if let (Some(m), Some(body)) = (self.media.as_mut(), answer) {
-            m.on_hold = m.on_hold || sdp::is_hold(body.bytes());
+    fn note_hold_answer(&mut self, now: Instant, answer: Option<&Body>, env: &Env<'_>) {
+        if let Some(body) = answer {
+            let held = self.media.as_ref().is_some_and(|m| m.on_hold);
+            self.set_hold(now, held || sdp::is_hold(body.bytes()), env);
+        }
+    }
+
+    /// The call goes on or off hold. Once answered, its silence counts from
+    /// now, against the timeout of its new state: a call resumed after an
+    /// hour on hold is looked at again within `timeout`, not when its
+    /// `hold_timeout` would have run out, and the silence of its hold is
+    /// not held against it.
+    fn set_hold(&mut self, now: Instant, on_hold: bool, env: &Env<'_>) {
+        let Some(m) = self.media.as_mut() else {
+            return;
+        };
+        if m.on_hold == on_hold {
+            return;
+        }
+        m.on_hold = on_hold;
+        if let (Some(_), Some(relay), None) = (m.silence_from, env.media.as_ref(), self.ending) {
+            m.silence_from = Some(now);
+            m.check_at = Some(now + m.timeout(&relay.config));
         }
     }
 }

@@ -21,8 +21,9 @@ use super::relay::Relay;
 use super::{CallKey, Leg};
 use crate::cdr::{CdrRecord, Flow, MediaTotals};
 use crate::config::{MediaConfig, TimeoutMode};
-use crate::media::{CallStats, Command, EngineId, NgClient, NoEngineUp, RequestId};
+use crate::media::{CallStats, Command, Delete, EngineId, NgClient, NoEngineUp, RequestId};
 use crate::policy::MediaDirection;
+use crate::ratelimit::RateLimit;
 use crate::session_timer::UasOutcome;
 use crate::sip::{Request, Response};
 use crate::transaction::ServerTxId;
@@ -33,7 +34,23 @@ pub struct MediaRelay {
     pub client: NgClient,
     pub config: MediaConfig,
     waiting: HashMap<RequestId, (CallKey, MediaOp)>,
+    /// Calls' failures with rtpengine are logged at this rate: with
+    /// rtpengine down, every new call and every look at a call up fails.
+    failure_log: RateLimit,
+    /// Deletes of ended calls that got no answer, with the engine that
+    /// holds each: sent again when it is next up, so that an rtpengine
+    /// that was only unreachable frees those calls' ports at once rather
+    /// than at its own timeout. At most [`MAX_DELETES_TO_RETRY`].
+    deletes_to_retry: Vec<(EngineId, Delete)>,
 }
+
+/// Deletes a worker keeps to send again; beyond, rtpengine's own timeout
+/// frees the calls (their media stopped with them).
+const MAX_DELETES_TO_RETRY: usize = 10_000;
+
+/// Failures with rtpengine logged per worker: this many per window.
+const FAILURE_LOG_BURST: u32 = 10;
+const FAILURE_LOG_WINDOW: Duration = Duration::from_secs(10);
 
 impl MediaRelay {
     pub fn new(client: NgClient, config: MediaConfig) -> MediaRelay {
@@ -41,7 +58,44 @@ impl MediaRelay {
             client,
             config,
             waiting: HashMap::new(),
+            failure_log: RateLimit::new(FAILURE_LOG_BURST, FAILURE_LOG_WINDOW),
+            deletes_to_retry: Vec::new(),
         }
+    }
+
+    /// A call's `delete` went unanswered: sent again when `engine` is up.
+    pub fn retry_delete(&mut self, engine: EngineId, delete: Delete) {
+        if self.deletes_to_retry.len() < MAX_DELETES_TO_RETRY {
+            self.deletes_to_retry.push((engine, delete));
+        }
+    }
+
+    /// `engine` answers again: the deletes it missed go to it now (no call
+    /// waits for their replies). Returns how many.
+    pub fn engine_up(&mut self, now: Instant, engine: EngineId) -> usize {
+        let (due, rest): (Vec<_>, Vec<_>) = std::mem::take(&mut self.deletes_to_retry)
+            .into_iter()
+            .partition(|(e, _)| *e == engine);
+        self.deletes_to_retry = rest;
+        let sent = due.len();
+        for (_, delete) in due {
+            // The engine is up: it cannot refuse; a failure now is final.
+            let _ = self
+                .client
+                .request(now, Some(engine), &Command::Delete(delete));
+        }
+        sent
+    }
+
+    /// Deletes waiting for their engine to come back (for leak checks).
+    pub fn deletes_to_retry(&self) -> usize {
+        self.deletes_to_retry.len()
+    }
+
+    /// Whether a call's failure with rtpengine may be logged now; `Some`
+    /// with how many were not since the last that was.
+    pub fn log_failure(&mut self, now: Instant) -> Option<u64> {
+        self.failure_log.allow(now)
     }
 
     /// Sends `command` for call `call` to its engine (`None`: a new call's,
@@ -97,6 +151,22 @@ pub enum MediaOp {
     Delete,
 }
 
+impl MediaOp {
+    /// What the call asked rtpengine, for logs.
+    pub fn name(&self) -> &'static str {
+        match self {
+            MediaOp::CallerOffer => "caller's offer",
+            MediaOp::CalleeAnswer(_) => "callee's answer",
+            MediaOp::CalleeOffer(_) => "callee's offer",
+            MediaOp::CallerAnswer(_) => "caller's answer",
+            MediaOp::Reoffer(_) => "re-offer",
+            MediaOp::Reanswer(_) => "re-answer",
+            MediaOp::Check => "media check",
+            MediaOp::Delete => "delete",
+        }
+    }
+}
+
 /// The caller's ACK that answers a late offer, and what it completes.
 pub struct LateAnswer {
     pub ack: Request,
@@ -132,6 +202,13 @@ pub struct MediaSession {
     pub offer_from: Option<Leg>,
     /// The latest offer or answer put the call on hold.
     pub on_hold: bool,
+    /// Since when silence counts against the call: its answer, or the
+    /// latest time it went on or off hold (`None` until answered).
+    pub silence_from: Option<Instant>,
+    /// The latest packet (either way) a look at the media saw, in
+    /// rtpengine's wall-clock time: all there is to go on once rtpengine
+    /// no longer knows the call.
+    pub heard_at: Option<SystemTime>,
     /// When to look at the media next (its timeout could have run out).
     pub check_at: Option<Instant>,
     /// The CDR of the call that ended, waiting for rtpengine's totals.
@@ -148,6 +225,8 @@ impl MediaSession {
             held: VecDeque::new(),
             offer_from: None,
             on_hold: false,
+            silence_from: None,
+            heard_at: None,
             check_at: None,
             pending_cdr: None,
         }
@@ -164,12 +243,24 @@ impl MediaSession {
 }
 
 /// What a `query` says of the media, at wall-clock time `wall`: which way is
-/// silent and for how long. `baseline` is when the call was answered: a
-/// direction that never carried a packet is silent since then.
+/// silent and for how long. `baseline` is when silence began to count (the
+/// answer, or the latest hold or resume): a direction that carried no
+/// packet since is silent since then.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Silence {
     pub caller_to_callee: Duration,
     pub callee_to_caller: Duration,
+}
+
+/// rtpengine reports when a packet came in whole seconds, cut down: the
+/// packet came up to this much later than it says.
+const REPORTED_IN_SECONDS: Duration = Duration::from_secs(1);
+
+/// The latest a packet rtpengine reports at `reported` can have come: media
+/// is judged silent since then, so it never counts as dead before it has
+/// been silent for the whole `timeout` (at most a second after).
+pub fn packet_came_by(reported: SystemTime) -> SystemTime {
+    reported + REPORTED_IN_SECONDS
 }
 
 impl Silence {
@@ -184,7 +275,7 @@ impl Silence {
             let last = stats
                 .party(tag)
                 .and_then(|p| p.last_packet)
-                .map_or(baseline, |t| t.max(baseline));
+                .map_or(baseline, |t| packet_came_by(t).max(baseline));
             wall.duration_since(last).unwrap_or(Duration::ZERO)
         };
         Silence {
@@ -202,10 +293,14 @@ impl Silence {
         }
     }
 
-    /// Which way is silent that long.
+    /// Which way is silent that long (both, when both are equally: no
+    /// packet either way since the same moment).
     pub fn direction(&self, mode: TimeoutMode) -> MediaDirection {
         match mode {
             TimeoutMode::Both => MediaDirection::Both,
+            TimeoutMode::Either if self.caller_to_callee == self.callee_to_caller => {
+                MediaDirection::Both
+            }
             TimeoutMode::Either if self.caller_to_callee >= self.callee_to_caller => {
                 MediaDirection::CallerToCallee
             }

@@ -45,7 +45,7 @@ pub use crate::policy::Leg;
 pub use env::{CallKey, CallSettings, Env, Purpose, TxOwner};
 use leg::{ALeg, AState, BIdentity, BLeg, BState, CallLeg, LegTimeout};
 use relay::Relays;
-pub use snapshot::{CallSnapshot, LegTimerSnapshot};
+pub use snapshot::{CallSnapshot, LegMedia, LegTimerSnapshot};
 
 timer_table!(
     /// Ring: unanswered too long. MaxDuration: `no_timer_max_duration` of a

@@ -1,13 +1,16 @@
-//! What an operator sees of a call (`vigil ctl calls`): who, how long, and each
-//! leg's session timer.
+//! What an operator sees of a call (`vigil ctl calls`): who, how long, each
+//! leg's session timer and each leg's media addresses.
 
 use std::time::Instant;
 
 use super::Call;
+use super::build::Body;
 use super::leg::CallLeg;
+use crate::sdp::{Stream, streams};
 use crate::session_timer::Refresher;
 
-/// A call as an operator sees it: who, how long, each leg's session timer.
+/// A call as an operator sees it: who, how long, each leg's session timer and
+/// media.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct CallSnapshot {
     pub call_id: String,
@@ -23,6 +26,32 @@ pub struct CallSnapshot {
     /// The A leg's (towards the caller) session timer; `None` without one.
     pub a_leg: Option<LegTimerSnapshot>,
     pub b_leg: Option<LegTimerSnapshot>,
+    /// The call's media goes through rtpengine (`media: relay`).
+    pub relayed: bool,
+    /// The A leg's media: what the caller's SDP names, and what Vigil gave
+    /// the caller (rtpengine's address for a relayed call, the callee's
+    /// otherwise).
+    pub a_media: LegMedia,
+    pub b_media: LegMedia,
+}
+
+/// One leg's media streams, from the SDPs of the latest offer/answer on it.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct LegMedia {
+    /// The streams the peer's SDP names (where the peer wants media).
+    pub peer: Vec<Stream>,
+    /// The streams of the SDP Vigil sent the peer (where the peer sends).
+    pub local: Vec<Stream>,
+}
+
+impl LegMedia {
+    fn of(leg: &CallLeg) -> LegMedia {
+        let of = |body: Option<&Body>| body.map_or(Vec::new(), |b| streams(b.bytes()));
+        LegMedia {
+            peer: of(leg.remote_body()),
+            local: of(leg.local_body()),
+        }
+    }
 }
 
 /// One leg's session timer, for an operator.
@@ -73,6 +102,9 @@ impl Call {
                 .map(|a| now.saturating_duration_since(a).as_secs_f64()),
             a_leg: LegTimerSnapshot::of(&self.a.leg, now),
             b_leg: LegTimerSnapshot::of(&self.b.leg, now),
+            relayed: self.media.is_some(),
+            a_media: LegMedia::of(&self.a.leg),
+            b_media: LegMedia::of(&self.b.leg),
         }
     }
 }

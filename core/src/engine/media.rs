@@ -58,20 +58,23 @@ impl Engine {
                     });
                 }
                 NgEvent::EngineUp(engine) => {
-                    let addr = self
-                        .media
-                        .as_ref()
-                        .and_then(|m| m.client.engine_addr(engine));
-                    tracing::info!(rtpengine = ?addr, "rtpengine up");
+                    let addr = self.engine_name(engine);
+                    let deletes = self.media.as_mut().map_or(0, |m| m.engine_up(now, engine));
+                    tracing::info!(rtpengine = %addr, deletes_retried = deletes, "rtpengine up");
                 }
                 NgEvent::EngineDown(engine) => {
-                    let addr = self
-                        .media
-                        .as_ref()
-                        .and_then(|m| m.client.engine_addr(engine));
-                    tracing::warn!(rtpengine = ?addr, "rtpengine down");
+                    let addr = self.engine_name(engine);
+                    tracing::warn!(rtpengine = %addr, "rtpengine down");
                 }
             }
         }
+    }
+
+    /// An rtpengine's address, for logs.
+    fn engine_name(&self, engine: crate::media::EngineId) -> String {
+        self.media
+            .as_ref()
+            .and_then(|m| m.client.engine_addr(engine))
+            .map_or_else(|| "?".to_string(), |a| a.to_string())
     }
 }

@@ -88,6 +88,10 @@ pub struct EngineResources {
     pub timers: usize,
     /// CDRs written but not yet handed to the writer.
     pub cdrs_pending: usize,
+    /// Calls' requests to rtpengine waiting for their reply (or timeout).
+    pub ng_waiting: usize,
+    /// Ended calls' deletes waiting for their rtpengine to answer again.
+    pub ng_deletes_to_retry: usize,
 }
 
 impl std::ops::Add for EngineResources {
@@ -99,6 +103,8 @@ impl std::ops::Add for EngineResources {
             transactions: self.transactions + o.transactions,
             timers: self.timers + o.timers,
             cdrs_pending: self.cdrs_pending + o.cdrs_pending,
+            ng_waiting: self.ng_waiting + o.ng_waiting,
+            ng_deletes_to_retry: self.ng_deletes_to_retry + o.ng_deletes_to_retry,
         }
     }
 }
@@ -197,6 +203,8 @@ impl Engine {
             transactions: self.tx.len(),
             timers: self.tx.timer_entries() + self.call_timers.len(),
             cdrs_pending: self.cdrs.len(),
+            ng_waiting: self.media.as_ref().map_or(0, MediaRelay::waiting),
+            ng_deletes_to_retry: self.media.as_ref().map_or(0, MediaRelay::deletes_to_retry),
         }
     }
 

@@ -318,6 +318,18 @@ fn rtpengine_families(out: &mut DescriptorEncoder, m: &Metrics) -> fmt::Result {
             ConstGauge::new(u64::from(is_up)).encode(up.encode_family(&label(e.addr))?)?;
         }
     }
+    gauge(
+        out,
+        "vigil_relayed_calls",
+        "Calls whose media is relayed through rtpengine now (media: relay)",
+        m.relayed_calls(),
+    )?;
+    counter(
+        out,
+        "vigil_media_timeouts",
+        "Relayed calls ended because their media was dead (no RTP for media.timeout, by media.timeout_mode; media.hold_timeout on hold) and the media_timeout policy agreed",
+        load(&m.media_timeouts),
+    )?;
     counter(
         out,
         "vigil_rtpengine_no_engine",
@@ -599,6 +611,8 @@ mod tests {
             "vigil_rtpengine_round_trip_seconds histogram",
             "vigil_rtpengine_up gauge",
             "vigil_rtpengine_no_engine_total counter",
+            "vigil_relayed_calls gauge",
+            "vigil_media_timeouts_total counter",
         ] {
             assert!(
                 text.contains(&format!("# TYPE {family}\n")),
@@ -694,7 +708,15 @@ mod tests {
             true,
         );
         m.call_ended(&cdr(EndReason::MediaTimeout, true, None));
+        // Three calls relayed, one of them ended by dead media.
+        for _ in 0..3 {
+            Metrics::count(&m.relays_started);
+        }
+        Metrics::count(&m.relays_stopped);
+        Metrics::count(&m.media_timeouts);
         let text = encode(&m, Gauges::default()).expect("encode");
+        assert_eq!(value(&text, "vigil_relayed_calls"), 2.0);
+        assert_eq!(value(&text, "vigil_media_timeouts_total"), 1.0);
         let series = "{hook=\"media_timeout\",backend=\"plugin\"}";
         for (family, expected) in [
             ("vigil_policy_hook_calls_total", 1.0),

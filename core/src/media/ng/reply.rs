@@ -32,6 +32,10 @@ pub enum NgError {
     /// A reply with the request's cookie that is not a valid ng reply.
     #[error("rtpengine's reply did not decode")]
     Malformed,
+    /// Never sent: no rtpengine was up ([`super::NoEngineUp`]), so the
+    /// request failed at once.
+    #[error("no rtpengine is up")]
+    NoEngineUp,
 }
 
 /// A successful `result`.

@@ -392,7 +392,7 @@ impl NgClient {
             match &result {
                 Err(NgError::Rejected(_)) => e.counters.failed(NgFailure::Rejected),
                 Err(NgError::Malformed) => e.counters.failed(NgFailure::Malformed),
-                Err(NgError::Timeout) | Ok(_) => {}
+                Err(NgError::Timeout | NgError::NoEngineUp) | Ok(_) => {}
             }
         }
         self.alive(engine);
