@@ -12,6 +12,7 @@ mod commands;
 pub mod control;
 mod logging;
 mod metrics_http;
+mod receive;
 mod registrar;
 mod reload;
 pub mod watch;
@@ -21,33 +22,30 @@ use std::path::Path as FsPath;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-use tokio::net::UdpSocket;
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::mpsc;
 use tokio::sync::watch as latest;
 
 use crate::config::Config;
 use crate::ids::REGISTRAR_WORKER;
-use crate::ingress::overload::{Overload, Refusal};
-use crate::ingress::{Ingress, Verdict};
-use crate::metrics::{CallShed, DatagramDrop, Metrics};
+use crate::ingress::Ingress;
+use crate::ingress::overload::Overload;
+use crate::metrics::Metrics;
 use crate::policy::{PolicyLoader, SessionPolicy};
-use crate::ratelimit::RateLimit;
 use crate::registrar::Registrar;
 use crate::registrar::digest::DigestAuth;
 use crate::registrar::location::LocationView;
 use crate::registrar::store::Store;
-use crate::sip::{MAX_DATAGRAM, Message};
-use crate::transaction::{Path, Transmit, TxBudget};
+use crate::transaction::TxBudget;
 use crate::transport::LocalSocket;
-use crate::transport::trace::Direction;
-use crate::transport::{Received, Receiver, Transport, TransportError};
+use crate::transport::{Transport, TransportError};
 use cdr_writer::{CdrShutdown, CdrWriter, CdrWriterError, FINAL_FLUSH};
 
 use commands::{Operator, serve_commands};
 use control::ControlServer;
 pub use logging::{LoggingError, init_logging};
 use metrics_http::MetricsEndpoint;
+use receive::{Inputs, receive_loop};
 use registrar::{RegistrarInput, RegistrarThread};
 use reload::{
     Listening, ReloadRequest, Reloader, SpawnReceiver, Targets, serve_reloads, watch_files,
@@ -470,352 +468,5 @@ async fn wait_for_signal(reloads: &mpsc::Sender<ReloadRequest>) -> Result<(), Da
                 let _ = reloads.try_send(request);
             }
         }
-    }
-}
-
-/// Where the receive loops hand messages on.
-#[derive(Clone)]
-struct Inputs {
-    workers: Vec<mpsc::Sender<WorkerInput>>,
-    registrar: Option<mpsc::Sender<RegistrarInput>>,
-    /// The overload limits in force (a reload may replace them).
-    overloads: latest::Receiver<Arc<Overload>>,
-}
-
-/// Whether a receive loop keeps up with its socket, judged by how long the
-/// datagrams it reads waited in the kernel's buffer (each one's
-/// `SO_TIMESTAMPNS` stamp against the clock when it is read). A loop that is
-/// merely busy reads datagrams a millisecond old. One that has fallen behind
-/// reads datagrams that waited [`Backlog::STALE`] or more, and only such, for
-/// [`Backlog::SUSTAINED`], without catching up: they wait longer and longer
-/// (or as long as a full buffer holds) until callers retransmit (T1 =
-/// 500 ms), which only adds load. New calls are then shed (a 503 costs a
-/// tenth of a call) until the loop catches up.
-///
-/// Catching up is reading faster than datagrams arrive: the waits fall. A
-/// loop whose process was frozen (a loaded machine, a page-in) reads what
-/// piled up meanwhile, old datagrams first, and each one read has waited
-/// less than the one before; while the waits fall by half the time spent
-/// reading them or more (the loop reads 1.5 times as fast as datagrams
-/// come), it sheds nothing, however long the freeze was. Stamps are on the
-/// real-time clock: only the datagrams queued when the clock is stepped are
-/// misjudged, and one stamped after its reading time (the clock stepped
-/// back) counts as not having waited.
-#[derive(Debug, Default)]
-struct Backlog {
-    /// The stretch of stale datagrams the loop is reading; `None` after a
-    /// fresh one.
-    stale: Option<StaleStretch>,
-}
-
-/// Since when a receive loop has read only stale datagrams, and how long the
-/// first and the latest of them waited.
-#[derive(Debug, Clone, Copy)]
-struct StaleStretch {
-    since: Instant,
-    first_wait: Duration,
-    last_wait: Duration,
-}
-
-impl Backlog {
-    /// A datagram that waited this long in the kernel is stale: well inside
-    /// T1 (500 ms), when callers start retransmitting.
-    const STALE: Duration = Duration::from_millis(200);
-    /// Reading only stale datagrams for this long, without catching up, is
-    /// falling behind: shedding starts with datagrams about 300 ms old, still
-    /// inside T1.
-    const SUSTAINED: Duration = Duration::from_millis(100);
-
-    /// How long a datagram stamped `arrived` by the kernel waited until
-    /// `read_at`; `None` without a stamp.
-    fn waited(arrived: Option<SystemTime>, read_at: SystemTime) -> Option<Duration> {
-        arrived.map(|at| read_at.duration_since(at).unwrap_or(Duration::ZERO))
-    }
-
-    /// The loop read, at `now`, a datagram that had waited `waited` (`None`:
-    /// not known, which changes nothing).
-    fn read(&mut self, now: Instant, waited: Option<Duration>) {
-        let Some(waited) = waited else {
-            return;
-        };
-        if waited < Self::STALE {
-            self.stale = None;
-            return;
-        }
-        match &mut self.stale {
-            Some(stretch) => stretch.last_wait = waited,
-            None => {
-                self.stale = Some(StaleStretch {
-                    since: now,
-                    first_wait: waited,
-                    last_wait: waited,
-                });
-            }
-        }
-    }
-
-    /// Behind: only stale datagrams read for [`Backlog::SUSTAINED`], and
-    /// their waits fell by less than half the time spent reading them.
-    fn is_behind(&self, now: Instant) -> bool {
-        let Some(stretch) = self.stale else {
-            return false;
-        };
-        let reading = now.saturating_duration_since(stretch.since);
-        let caught_up = stretch.first_wait.saturating_sub(stretch.last_wait);
-        reading >= Self::SUSTAINED && caught_up < reading / 2
-    }
-}
-
-/// Why new calls are shed now, if they are: the worker's queue is half full,
-/// or this receive loop is behind ([`Backlog`]).
-fn falling_behind(
-    worker: &mpsc::Sender<WorkerInput>,
-    backlog: &Backlog,
-    now: Instant,
-) -> Option<CallShed> {
-    if worker.capacity() < WORKER_QUEUE / 2 {
-        Some(CallShed::Overload)
-    } else {
-        backlog.is_behind(now).then_some(CallShed::Backlog)
-    }
-}
-
-/// Reads datagrams from one socket, judges them and hands them on.
-async fn receive_loop(
-    socket: Arc<UdpSocket>,
-    local: LocalSocket,
-    mut ingress: Ingress,
-    mut configs: latest::Receiver<Arc<Config>>,
-    mut inputs: Inputs,
-    transport: Arc<Transport>,
-) {
-    let mut config = configs.borrow_and_update().clone();
-    ingress.set_overload(inputs.overloads.borrow_and_update().clone());
-    // One byte more than the largest datagram, to notice an oversized one.
-    let mut buf = vec![0u8; MAX_DATAGRAM + 1];
-    let mut errors_log = RateLimit::new(5, Duration::from_secs(10));
-    let mut overload_log = RateLimit::new(5, Duration::from_secs(10));
-    let mut backlog = Backlog::default();
-    let mut receiver = Receiver::default();
-    loop {
-        let received = receiver.recv(&socket, &mut buf).await;
-        let (wall, now) = (SystemTime::now(), Instant::now());
-        let Received {
-            len,
-            remote,
-            arrived,
-        } = match received {
-            Ok(r) => r,
-            Err(e) => {
-                if let Some(suppressed) = errors_log.allow(now) {
-                    tracing::warn!(error = %e, suppressed, "receive failed");
-                }
-                continue;
-            }
-        };
-        let waited = Backlog::waited(arrived, wall);
-        if let Some(waited) = waited {
-            ingress.waited(waited);
-        }
-        backlog.read(now, waited);
-        if len > MAX_DATAGRAM {
-            ingress.dropped(DatagramDrop::Oversized);
-            if let Some(suppressed) = errors_log.allow(now) {
-                tracing::warn!(source = %remote, suppressed, "datagram over 64 KiB dropped");
-            }
-            continue;
-        }
-        let path = Path {
-            local: local.bind,
-            remote,
-        };
-        transport
-            .trace()
-            .datagram(Direction::Received, local.bind, remote, &buf[..len]);
-        // An atomic load per datagram; a reload swaps the snapshot.
-        if configs.has_changed().unwrap_or(false) {
-            config = configs.borrow_and_update().clone();
-        }
-        if inputs.overloads.has_changed().unwrap_or(false) {
-            ingress.set_overload(inputs.overloads.borrow_and_update().clone());
-        }
-        match ingress.classify(now, &config, &buf[..len], path) {
-            Verdict::Dispatch {
-                worker,
-                message,
-                admitted,
-                fresh_call,
-            } => {
-                // Falling behind — a worker's queue half full, or this loop
-                // reading only datagrams that waited long in the kernel —
-                // sheds new calls first, long before the queues are full of
-                // what calls in progress need.
-                if fresh_call
-                    && let Some(reason) = falling_behind(&inputs.workers[worker], &backlog, now)
-                    && let Message::Request(request) = message.as_ref()
-                {
-                    let why = Refusal {
-                        reason,
-                        retry_after: 2,
-                    };
-                    if let Verdict::Reply { bytes, to } =
-                        ingress.shed(now, request, path, &config, why)
-                    {
-                        transport
-                            .send(&Transmit {
-                                local: local.bind,
-                                remote: to,
-                                bytes,
-                            })
-                            .await;
-                    }
-                    continue;
-                }
-                let input = WorkerInput::Message {
-                    message,
-                    path,
-                    admitted,
-                };
-                if inputs.workers[worker].try_send(input).is_err() {
-                    ingress.dropped(DatagramDrop::Overload);
-                    if let Some(suppressed) = overload_log.allow(now) {
-                        tracing::warn!(worker, suppressed, "worker queue full: datagram dropped");
-                    }
-                }
-            }
-            Verdict::Registrar(message) => {
-                let full = inputs.registrar.as_ref().is_some_and(|r| {
-                    r.try_send(RegistrarInput::Message { message, path })
-                        .is_err()
-                });
-                if full {
-                    ingress.dropped(DatagramDrop::Overload);
-                    if let Some(suppressed) = overload_log.allow(now) {
-                        tracing::warn!(suppressed, "registrar queue full: datagram dropped");
-                    }
-                }
-            }
-            Verdict::Reply { bytes, to } => {
-                transport
-                    .send(&Transmit {
-                        local: local.bind,
-                        remote: to,
-                        bytes,
-                    })
-                    .await;
-            }
-            Verdict::Drop(_) => {}
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    const MS: Duration = Duration::from_millis(1);
-
-    #[test]
-    fn a_busy_loop_reading_fresh_datagrams_is_never_behind() {
-        let t0 = Instant::now();
-        let mut backlog = Backlog::default();
-        assert!(!backlog.is_behind(t0), "nothing read yet");
-        // Ten seconds of datagrams read 5 ms after they arrived, without a
-        // pause: busy, not behind.
-        for i in 0..10_000 {
-            let now = t0 + i * MS;
-            backlog.read(now, Some(5 * MS));
-            assert!(!backlog.is_behind(now));
-        }
-    }
-
-    #[test]
-    fn a_freeze_leaves_stale_datagrams_that_shed_nothing_once_read() {
-        let t0 = Instant::now();
-        let mut backlog = Backlog::default();
-        backlog.read(t0, Some(MS));
-        // The process was frozen 400 ms; the loop reads what piled up, each
-        // younger than the last, and is through it in about 35 ms.
-        for i in 0..60u32 {
-            let now = t0 + 400 * MS + i * MS;
-            backlog.read(now, Some((400 - 6 * i) * MS));
-            assert!(!backlog.is_behind(now), "{i} ms into the pile");
-        }
-        assert!(!backlog.is_behind(t0 + 1000 * MS));
-    }
-
-    #[test]
-    fn a_long_freeze_caught_up_at_one_and_a_half_times_the_arrival_rate_sheds_nothing() {
-        let t0 = Instant::now();
-        let mut backlog = Backlog::default();
-        // Frozen 2 s on a loaded machine, then reading 1.5 times as fast as
-        // datagrams arrive: the waits fall 0.5 ms per ms, for 3.6 s of stale
-        // datagrams.
-        for i in 0..3_600u32 {
-            let now = t0 + i * MS;
-            backlog.read(now, Some(2_000 * MS - i * MS / 2));
-            assert!(!backlog.is_behind(now), "{i} ms into the pile");
-        }
-    }
-
-    #[test]
-    fn reading_stale_datagrams_for_100_ms_without_catching_up_is_behind_until_a_fresh_one() {
-        let t0 = Instant::now();
-        let mut backlog = Backlog::default();
-        backlog.read(t0, Some(199 * MS));
-        assert!(!backlog.is_behind(t0 + 500 * MS), "199 ms is not stale");
-        // Waits that grow: datagrams arrive faster than the loop reads them.
-        backlog.read(t0, Some(200 * MS));
-        assert!(!backlog.is_behind(t0 + 99 * MS));
-        // A datagram without a stamp tells nothing either way.
-        backlog.read(t0 + 50 * MS, None);
-        backlog.read(t0 + 100 * MS, Some(250 * MS));
-        assert!(backlog.is_behind(t0 + 100 * MS));
-        // Waits that stay put: a full buffer, the kernel dropping the rest.
-        for i in 0..1_000u32 {
-            let now = t0 + 100 * MS + i * MS;
-            backlog.read(now, Some((250 + i % 7) * MS));
-            assert!(backlog.is_behind(now), "{i} ms into a full buffer");
-        }
-        // One fresh datagram: it caught up, and it takes another 100 ms of
-        // stale ones to be behind again.
-        let t1 = t0 + 10_000 * MS;
-        backlog.read(t1, Some(20 * MS));
-        assert!(!backlog.is_behind(t1));
-        backlog.read(t1 + MS, Some(300 * MS));
-        backlog.read(t1 + 100 * MS, Some(300 * MS));
-        assert!(!backlog.is_behind(t1 + 100 * MS));
-        backlog.read(t1 + 101 * MS, Some(300 * MS));
-        assert!(backlog.is_behind(t1 + 101 * MS));
-    }
-
-    #[test]
-    fn catching_up_slower_than_half_a_second_per_second_is_behind() {
-        let t0 = Instant::now();
-        let mut backlog = Backlog::default();
-        // Reading only 1.2 times as fast as datagrams come: the waits fall
-        // 0.2 ms per ms, from 800 ms.
-        backlog.read(t0, Some(800 * MS));
-        let now = t0 + 150 * MS;
-        backlog.read(now, Some(770 * MS));
-        assert!(backlog.is_behind(now), "shedding speeds the catching up");
-        // Faster: 0.6 ms per ms over the stretch.
-        backlog.read(t0 + 500 * MS, Some(500 * MS));
-        assert!(!backlog.is_behind(t0 + 500 * MS));
-    }
-
-    #[test]
-    fn the_wait_is_the_kernel_stamp_to_the_reading_and_never_negative() {
-        let read_at = SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000);
-        assert_eq!(
-            Backlog::waited(Some(read_at - 250 * MS), read_at),
-            Some(250 * MS)
-        );
-        // The real-time clock stepped back between the stamp and the read.
-        assert_eq!(
-            Backlog::waited(Some(read_at + 3_600_000 * MS), read_at),
-            Some(Duration::ZERO)
-        );
-        assert_eq!(Backlog::waited(None, read_at), None);
     }
 }
