@@ -21,6 +21,7 @@ pub mod build;
 mod env;
 mod in_dialog;
 mod leg;
+mod liveness;
 pub mod media;
 mod refresh;
 mod relay;
