@@ -24,9 +24,7 @@ use crate::ratelimit::RateLimit;
 use crate::registrar::digest::DigestAuth;
 use crate::registrar::location::LocationView;
 use crate::shrink;
-use crate::sip::{
-    ALLOWED_METHODS, HeaderName, MediaType, Message, Method, Reply, Request, local_response,
-};
+use crate::sip::{ALLOWED_METHODS, HeaderName, Message, Method, Reply, Request, local_response};
 use crate::timer::TimerQueue;
 use crate::transaction::{
     Inbound, Path, ServerTxId, TimerValues, TransactionLayer, Transmit, TxBudget, TxEvent, TxShed,
@@ -315,32 +313,6 @@ impl Engine {
         Some(snapshot)
     }
 
-    /// Stops taking calls and ends every active one: each gets its CDR
-    /// (`shutdown`) at once, whatever the drain manages to send, and BYE on
-    /// both legs in batches ([`SHUTDOWN_BATCH`]).
-    pub fn begin_shutdown(&mut self, now: Instant) {
-        self.draining = true;
-        let mut keys: Vec<CallKey> = self.calls.keys().copied().collect();
-        // Oldest first, popped from the end.
-        keys.sort_unstable_by(|a, b| b.cmp(a));
-        for &key in &keys {
-            self.with_call(key, |call, env| call.record_shutdown(now, env));
-        }
-        self.shutdown_batch = SHUTDOWN_BATCH.max(keys.len().div_ceil(SHUTDOWN_SPREAD));
-        self.shutdown_queue = keys;
-        self.end_shutdown_batch(now);
-    }
-
-    fn end_shutdown_batch(&mut self, now: Instant) {
-        for _ in 0..self.shutdown_batch {
-            let Some(key) = self.shutdown_queue.pop() else {
-                break;
-            };
-            self.with_call(key, |call, env| call.shutdown(now, env));
-        }
-        self.shutdown_next = (!self.shutdown_queue.is_empty()).then(|| now + SHUTDOWN_TICK);
-    }
-
     /// Handles a decoded message that arrived on `path`. `admitted` is false for an
     /// in-dialog request from an address no trunk admits: it is served only if it
     /// matches a dialog.
@@ -531,55 +503,6 @@ impl Engine {
         }
     }
 
-    /// RFC 3261 §8.2.1-8.2.3 checks a UAS makes before acting on a request.
-    fn uas_checks(&self, request: &Request) -> Option<Reply> {
-        let scheme = request.uri.scheme();
-        if !matches!(scheme.as_str(), "sip" | "sips" | "tel") {
-            return Some(Reply::new(416));
-        }
-        let unsupported: Vec<&str> = request
-            .headers
-            .list(&HeaderName::Require)
-            .chain(request.headers.list(&HeaderName::ProxyRequire))
-            .filter(|tag| !SUPPORTED.iter().any(|s| s.eq_ignore_ascii_case(tag)))
-            .collect();
-        if !unsupported.is_empty() {
-            return Some(
-                Reply::new(420).with_header(HeaderName::Unsupported, unsupported.join(", ")),
-            );
-        }
-        None
-    }
-
-    /// Session description checks for an INVITE (§8.2.3, RFC 4475 `invut`, `sdp01`).
-    fn content_checks(request: &Request) -> Option<Reply> {
-        if !request.body.is_empty() {
-            let acceptable = request.content_type().is_some_and(|m| {
-                (m.kind == "application" && m.subtype == "sdp")
-                    || (m.kind == "multipart" && m.subtype == "mixed")
-            });
-            if !acceptable {
-                return Some(Reply::new(415).with_header(HeaderName::Accept, "application/sdp"));
-            }
-            if let Some(enc) = request.headers.get(&HeaderName::ContentEncoding)
-                && !enc.trim().eq_ignore_ascii_case("identity")
-            {
-                return Some(Reply::new(415).with_header(HeaderName::AcceptEncoding, "identity"));
-            }
-        }
-        let accepts: Vec<MediaType> = request
-            .headers
-            .list(&HeaderName::Accept)
-            .filter_map(|a| MediaType::parse(a).ok())
-            .collect();
-        if request.headers.count(&HeaderName::Accept) > 0
-            && !accepts.iter().any(|m| m.admits("application", "sdp"))
-        {
-            return Some(Reply::new(406).with_header(HeaderName::Accept, "application/sdp"));
-        }
-        None
-    }
-
     /// The socket to reach `target` from: same address family, preferring one
     /// bound to the same kind of address (loopback to loopback).
     fn socket_for(&self, target: SocketAddr) -> Option<LocalSocket> {
@@ -632,5 +555,7 @@ fn settings_from(config: &Config, timers: TimerValues) -> CallSettings {
 #[cfg(test)]
 mod tests;
 
+mod checks;
 mod invite;
 mod media;
+mod shutdown;
