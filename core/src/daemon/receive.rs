@@ -14,7 +14,7 @@ use super::WORKER_QUEUE;
 use super::registrar::RegistrarInput;
 use super::worker::WorkerInput;
 use crate::config::Config;
-use crate::ingress::overload::{Overload, Refusal};
+use crate::ingress::overload::{Overload, Shed};
 use crate::ingress::{Ingress, Verdict};
 use crate::metrics::{CallShed, DatagramDrop};
 use crate::ratelimit::RateLimit;
@@ -204,7 +204,7 @@ pub(super) async fn receive_loop(
                     && let Some(reason) = falling_behind(&inputs.workers[worker], &backlog, now)
                     && let Message::Request(request) = message.as_ref()
                 {
-                    let why = Refusal {
+                    let why = Shed {
                         reason,
                         retry_after: 2,
                     };

@@ -25,9 +25,9 @@ use crate::ids::REGISTRAR_WORKER;
 use crate::ids::{IdGen, worker_of};
 use crate::metrics::{DatagramDrop, Metrics};
 use crate::ratelimit::RateLimit;
-use crate::sip::{DecodeError, HeaderName, Message, Method, Request, decode};
+use crate::sip::{DecodeError, Message, Method, Request, decode};
 use crate::transaction::{Path, response_target};
-use overload::{Overload, Refusal};
+use overload::{Overload, Shed};
 use recent::{RecentInvites, Seen};
 
 /// What to do with a datagram.
@@ -108,7 +108,7 @@ impl Ingress {
         request: &Request,
         path: Path,
         config: &Config,
-        why: Refusal,
+        why: Shed,
     ) -> Verdict {
         self.metrics.call_shed(why.reason);
         self.recent
@@ -117,13 +117,10 @@ impl Ingress {
     }
 
     /// The stateless `503` with `Retry-After` for a shed INVITE.
-    fn refusal(&mut self, request: &Request, path: Path, config: &Config, why: Refusal) -> Verdict {
-        let mut r = request.response(503);
+    fn refusal(&mut self, request: &Request, path: Path, config: &Config, why: Shed) -> Verdict {
         let tag = self.ids.tag();
-        r.to.set_tag(&tag);
+        let mut r = why.reply().to(request, Some(&tag), "");
         r.via[0].stamp_received(path.remote);
-        r.headers
-            .push(HeaderName::RetryAfter, why.retry_after.to_string());
         let to = response_target(&r.via[0], path.remote, config.sip.force_rport);
         Verdict::Reply {
             bytes: r.encode(),

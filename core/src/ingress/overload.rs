@@ -19,6 +19,7 @@ use governor::{DefaultDirectRateLimiter, DefaultKeyedRateLimiter, Quota, RateLim
 use crate::config::LimitsConfig;
 use crate::metrics::{CallShed, Metrics};
 use crate::ratelimit::RateLimit;
+use crate::sip::Reply;
 
 /// Sources cut off at once, at most: a spoofed flood from many addresses must
 /// not grow the table without bound (past it, the oldest block is forgotten).
@@ -43,11 +44,19 @@ struct SourceState {
     block_log: RateLimit,
 }
 
-/// Why a new call is refused (the `503`'s reason and `Retry-After`).
+/// A new call shed: why (the metrics' label) and when its caller may try
+/// again. It is answered with [`Shed::reply`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Refusal {
+pub struct Shed {
     pub reason: CallShed,
     pub retry_after: u32,
+}
+
+impl Shed {
+    /// `503 Service Unavailable` with `Retry-After` (RFC 3261 §21.5.4).
+    pub fn reply(&self) -> Reply {
+        Reply::new(503).retry_after(self.retry_after)
+    }
 }
 
 impl Overload {
@@ -112,11 +121,11 @@ impl Overload {
     }
 
     /// Whether a new call may start now.
-    pub fn admit_call(&self) -> Result<(), Refusal> {
+    pub fn admit_call(&self) -> Result<(), Shed> {
         if let Some(max) = self.max_calls
             && self.metrics.active_calls() >= max
         {
-            return Err(Refusal {
+            return Err(Shed {
                 reason: CallShed::MaxCalls,
                 retry_after: 5,
             });
@@ -124,7 +133,7 @@ impl Overload {
         if let Some(cps) = &self.cps
             && cps.check().is_err()
         {
-            return Err(Refusal {
+            return Err(Shed {
                 reason: CallShed::MaxCps,
                 retry_after: 1,
             });
@@ -188,7 +197,7 @@ mod tests {
         metrics.call_placed();
         assert_eq!(
             o.admit_call(),
-            Err(Refusal {
+            Err(Shed {
                 reason: CallShed::MaxCalls,
                 retry_after: 5
             })

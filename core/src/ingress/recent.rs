@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 
 use crate::sip::Request;
 
-use super::overload::Refusal;
+use super::overload::Shed;
 
 /// How long an INVITE's verdict is remembered: 64*T1, the time a UAC keeps
 /// retransmitting it (RFC 3261 §17.1.1.2).
@@ -32,7 +32,7 @@ const MAX_PER_GENERATION: usize = 1 << 20;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Seen {
     Admitted,
-    Refused(Refusal),
+    Refused(Shed),
 }
 
 pub struct RecentInvites {
@@ -129,7 +129,7 @@ From: <sip:a@h>;tag=1\r\nTo: <sip:b@h>\r\nCall-ID: {call_id}\r\nCSeq: 1 INVITE\r
         }
     }
 
-    const REFUSED: Seen = Seen::Refused(Refusal {
+    const REFUSED: Seen = Seen::Refused(Shed {
         reason: CallShed::MaxCps,
         retry_after: 1,
     });
