@@ -7,6 +7,13 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use vigil::config::Config;
 
+/// mimalloc instead of glibc's malloc: the workers and the receive threads
+/// allocate and free a message's buffers on different threads, and under
+/// load glibc's arenas spent a fifth of Vigil's CPU in `_int_malloc`,
+/// `malloc_consolidate` and their locks (BENCHMARKS.md, issue 16).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(
     name = "vigil",
