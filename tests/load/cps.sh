@@ -6,6 +6,9 @@
 #     SUT "vigil":    ${VIGIL_BIN:-target/release/vigil} on udp:127.0.0.1:5060 (B2BUA)
 #     SUT "vigil-lua": the same with tests/load/every_hook.lua as its policy
 #                     (a Lua function on every hook: what scripting costs)
+#     SUT "vigil-relay": the same with every call's media anchored on a
+#                     userspace rtpengine (ng 127.0.0.1:22223) it starts
+#                     beside it (issue 17: relay vs passthrough)
 #     SUT "kamailio": kamailio -f tests/load/kamailio.cfg on udp:127.0.0.1:5070
 #                     (stateful proxy: tm + dialog + sst + record_route)
 #
@@ -49,7 +52,7 @@
 #   -H, --hold MS            call hold time (ACK -> BYE), ms [HOLD_MS, default 1000]
 #                            keep it < 45000: the UAS scenario does not answer
 #                            session-timer refreshes (Min-SE 90 s)
-#   -s, --sut LIST           vigil | vigil-lua | kamailio | both (vigil and
+#   -s, --sut LIST           vigil | vigil-lua | vigil-relay | kamailio | both (vigil and
 #                            kamailio) | all, or a space-separated list
 #                                                            [SUTS, default both]
 #   -p, --pass-ratio X       pass threshold ok/attempted     [PASS_RATIO, default 0.999]
@@ -102,6 +105,7 @@ SIPP="${SIPP:-sipp}"
 
 # Fixed addresses: distinct ports so nothing collides.
 readonly HOST=127.0.0.1
+readonly RTPENGINE_NG_PORT=22223
 readonly UAC_PORT=5090
 readonly UAS_PORT=5080
 readonly VIGIL_PORT=5060
@@ -153,8 +157,8 @@ parse_args() {
 	local sut
 	for sut in "${SUT_LIST[@]}"; do
 		case "$sut" in
-		vigil | vigil-lua | kamailio) ;;
-		*) die "--sut takes vigil, vigil-lua, kamailio, both or all (got '$sut')" ;;
+		vigil | vigil-lua | vigil-relay | kamailio) ;;
+		*) die "--sut takes vigil, vigil-lua, vigil-relay, kamailio, both or all (got '$sut')" ;;
 		esac
 	done
 	[[ "$DURATION" =~ ^[1-9][0-9]*$ ]] || die "--duration must be a positive integer (s)"
@@ -306,17 +310,41 @@ write_vigil_config() {
 		cat "$VIGIL_CFG"
 		echo "policy: { lua: \"$LOAD_DIR/every_hook.lua\" }"
 	} >"$VIGIL_LUA_CFG"
+	VIGIL_RELAY_CFG="$WORK/vigil-relay.yaml"
+	{
+		sed "s|outbound: { to: \"$HOST:$UAS_PORT\" }|outbound: { to: \"$HOST:$UAS_PORT\" }\n    media: relay|" "$VIGIL_CFG"
+		echo "media: { rtpengines: [\"udp:$HOST:$RTPENGINE_NG_PORT\"] }"
+	} >"$VIGIL_RELAY_CFG"
+}
+
+# rtpengine for the vigil-relay SUT, in userspace, ports for thousands of
+# calls (four per call); its CPU is reported in the step's log, not charged
+# to Vigil's figure.
+start_rtpengine() {
+	local dir="$1"
+	command -v rtpengine >/dev/null || die "vigil-relay needs rtpengine (apt-get install rtpengine-daemon)"
+	require_port_free "$RTPENGINE_NG_PORT" rtpengine
+	rtpengine --config-file=none --table=-1 --interface="$HOST" \
+		--listen-ng="$HOST:$RTPENGINE_NG_PORT" --port-min=20000 --port-max=60000 \
+		--timeout=60 --foreground --log-stderr --log-level=4 >"$dir/rtpengine.log" 2>&1 &
+	RTPENGINE_PID=$!
+	PIDS+=("$RTPENGINE_PID")
+	wait_for_port "$RTPENGINE_NG_PORT" "$RTPENGINE_PID" rtpengine "$dir/rtpengine.log"
 }
 
 # Sets SUT_PID / SUT_PORT. $1 = sut, $2 = step dir.
 start_sut() {
 	local sut="$1" dir="$2"
 	case "$sut" in
-	vigil | vigil-lua)
+	vigil | vigil-lua | vigil-relay)
 		SUT_PORT=$VIGIL_PORT
 		require_port_free "$SUT_PORT" vigil
 		local cfg="$VIGIL_CFG"
-		[[ "$sut" == vigil ]] || cfg="$VIGIL_LUA_CFG"
+		[[ "$sut" == vigil-lua ]] && cfg="$VIGIL_LUA_CFG"
+		if [[ "$sut" == vigil-relay ]]; then
+			cfg="$VIGIL_RELAY_CFG"
+			start_rtpengine "$dir"
+		fi
 		"$VIGIL_BIN" run --config "$cfg" >"$dir/vigil.log" 2>&1 &
 		SUT_PID=$!
 		PIDS+=("$SUT_PID")
@@ -461,6 +489,11 @@ run_step() {
 	fi
 
 	stop_pid "$SUT_PID" 10
+	if [[ -n "${RTPENGINE_PID:-}" ]]; then
+		log "rtpengine used $(( $(cpu_ticks "$RTPENGINE_PID") * 1000000 / $(getconf CLK_TCK) / (calls > 0 ? calls : 1) )) µs of CPU per call"
+		stop_pid "$RTPENGINE_PID" 10
+		RTPENGINE_PID=""
+	fi
 	stop_uas
 
 	if [[ "$sut" == vigil* && -f "$VIGIL_CDR" ]]; then
@@ -622,7 +655,7 @@ main() {
 	local sut
 	for sut in "${SUT_LIST[@]}"; do
 		case "$sut" in
-		vigil | vigil-lua) check_vigil_bin ;;
+		vigil | vigil-lua | vigil-relay) check_vigil_bin ;;
 		kamailio)
 			command -v "$KAMAILIO" >/dev/null || die "kamailio not found (apt-get install kamailio)"
 			"$KAMAILIO" -c -f "$LOAD_DIR/kamailio.cfg" >/dev/null 2>&1 ||
