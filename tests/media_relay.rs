@@ -1348,3 +1348,93 @@ users:\n  - {{ user: \"1001\", password: secret1001 }}\n",
     assert!(flow(cdr, "callee_to_caller").0 >= 140, "{cdr}");
     relay.assert_idle();
 }
+
+// ---------------------------------------------------------------------------
+// Benchmark (not part of the suite: `cargo test --release --test media_relay
+// -- --ignored --nocapture media_timeout_detection_latency`)
+
+/// How fast dead media is noticed (issue 17's benchmark): 500 calls, 10 a
+/// second, each callee playing g711a.pcap once and then going silent while
+/// its caller talks on (`timeout_mode: either`, `timeout: 5`). For each
+/// call and each leg: the time from the callee's last RTP packet (its ACK
+/// plus the pcap's length, as sipp plays it) to Vigil's BYE arriving;
+/// prints p50/p90/p99/max, and asserts every call was ended as
+/// media-timeout, none before `timeout` (less sipp's own half second).
+#[test]
+#[ignore = "benchmark: run by hand, figures go in BENCHMARKS.md"]
+fn media_timeout_detection_latency() {
+    const CALLS: usize = 500;
+    const TIMEOUT: f64 = 5.0;
+    let net = Net::new(176);
+    let relay = Relay::start(
+        net,
+        23116,
+        40000..=44999,
+        "  timeout: 5\n  timeout_mode: either\n  allow_short_intervals: true\n",
+    );
+    let calls = CALLS.to_string();
+    let uas = sipp_callee(net, "uas_rtp_once.xml", &["-m", &calls]);
+    let uac = sipp_caller(
+        net,
+        CALLER_PORT,
+        &scenario("uac_rtp.xml"),
+        &[
+            "-m", &calls, "-r", "10", "-l", "400", "-timeout", "300s", "-set", "rounds", "3",
+        ],
+    );
+    let limit = Duration::from_secs(300);
+    let uas = uas.expect_success(limit);
+    let uac = uac.expect_success(limit);
+
+    // Each leg's messages by Call-ID; the CDRs pair the caller's Call-ID
+    // with the callee's.
+    let by_call = |log: Vec<Traced>| {
+        let mut calls: HashMap<String, Vec<Traced>> = HashMap::new();
+        for m in log {
+            let id = m
+                .text
+                .lines()
+                .find_map(|l| l.strip_prefix("Call-ID:"))
+                .map(|v| v.trim().to_string())
+                .unwrap_or_default();
+            calls.entry(id).or_default().push(m);
+        }
+        calls
+    };
+    let callee_calls = by_call(traced(&uas.messages));
+    let caller_calls = by_call(traced(&uac.messages));
+    let cdrs = relay.cdrs(CALLS);
+    let received_bye = |log: &[Traced]| {
+        let bye = find(log, "BYE", |m| m.received && m.is_request("BYE"));
+        assert!(bye.text.contains(MEDIA_TIMEOUT_REASON), "{}", bye.text);
+        bye.at
+    };
+    let (mut to_callee, mut to_caller) = (Vec::new(), Vec::new());
+    for cdr in &cdrs {
+        assert_eq!(cdr["end_reason"], "media-timeout", "{cdr}");
+        let a_id = cdr["call_id"].as_str().expect("call_id");
+        let b_id = cdr["b_call_id"].as_str().expect("b_call_id");
+        let callee_log = &callee_calls[b_id];
+        let ack = find(callee_log, "ACK", |m| m.received && m.is_request("ACK"));
+        let silent_from = ack.at + pcap_seconds();
+        to_callee.push(received_bye(callee_log) - silent_from);
+        to_caller.push(received_bye(&caller_calls[a_id]) - silent_from);
+    }
+    for (leg, mut after) in [("callee", to_callee), ("caller", to_caller)] {
+        after.sort_by(f64::total_cmp);
+        let at = |q: f64| after[((after.len() - 1) as f64 * q).round() as usize];
+        println!(
+            "media timeout {TIMEOUT} s, {} calls: BYE to the {leg} after the last RTP: \
+             p50 {:.2} s, p90 {:.2} s, p99 {:.2} s, min {:.2} s, max {:.2} s",
+            after.len(),
+            at(0.5),
+            at(0.9),
+            at(0.99),
+            after[0],
+            after[after.len() - 1]
+        );
+        assert!(after[0] >= TIMEOUT - 0.5, "{leg}: a BYE before the timeout");
+    }
+    assert_eq!(relay.metric("vigil_media_timeouts_total"), CALLS as f64);
+    relay.assert_idle();
+}
