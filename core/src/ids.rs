@@ -76,6 +76,11 @@ impl IdGen {
         std::time::Duration::from_millis(from_ms + self.rng.random::<u64>() % span)
     }
 
+    /// A random number in `[0, n)` (`0` for `n` = 0): weighted choices.
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.rng.random::<u64>().checked_rem(n).unwrap_or(0)
+    }
+
     /// A From/To tag.
     pub fn tag(&mut self) -> String {
         format!("{:016x}", self.rng.random::<u64>())

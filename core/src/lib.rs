@@ -7,7 +7,8 @@
 //!    [`ratelimit`], [`shrink`], [`ids`], [`config`];
 //! 2. [`transaction`] and [`dialog`] (RFC 3261 §17, §12), [`transport`] (the
 //!    SIP sockets), [`session_timer`] (RFC 4028), [`metrics`], [`cdr`],
-//!    [`media`] (rtpengine's ng protocol and its client: media anchoring);
+//!    [`media`] (rtpengine's ng protocol and its client: media anchoring),
+//!    [`gateway`] (trunks' gateways: their health, probes, a call's order);
 //! 3. [`policy`] (the decision points; their types are `vigil-plugin-api`'s);
 //! 4. [`call`] (two legs and the rules between them), [`registrar`];
 //! 5. [`engine`] (one worker's core) and [`ingress`] (the stateless front);
@@ -23,6 +24,7 @@ pub mod config;
 pub mod daemon;
 pub mod dialog;
 pub mod engine;
+pub mod gateway;
 pub mod ids;
 pub mod ingress;
 pub mod media;

@@ -193,6 +193,32 @@ pub fn b_leg_invite(o: OutboundInvite<'_>) -> Request {
     }
 }
 
+/// The B-leg INVITE sent again to another gateway (failover): the same
+/// Call-ID and From tag, the next CSeq, a new branch; the Request-URI and
+/// To name the callee at the new gateway, Contact the socket it is sent from.
+pub fn retarget_invite(
+    invite: &mut Request,
+    target: SocketAddr,
+    advertised: SocketAddr,
+    branch: String,
+) {
+    let callee = raw_user(&invite.uri);
+    let uri = Uri::Sip(SipUri::new(
+        callee,
+        Host::Ip(target.ip()),
+        Some(target.port()),
+    ));
+    invite.to = NameAddr::new(uri.clone());
+    invite.uri = uri;
+    invite.cseq.seq += 1;
+    invite.via = vec![Via::ours(advertised, branch)];
+    let caller = raw_user(&invite.from.uri);
+    invite.headers.set(
+        HeaderName::Contact,
+        format!("<{}>", SipUri::for_socket(caller, advertised)),
+    );
+}
+
 /// What one leg tells the other in a response: status and reason as received
 /// (486 stays 486 with its reason phrase), the body and pass-through headers.
 pub fn relay_response(

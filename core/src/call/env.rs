@@ -10,6 +10,7 @@ use crate::ids::IdGen;
 use crate::metrics::Metrics;
 use crate::policy::{Leg, Policies};
 use crate::transaction::{TimerValues, TransactionLayer};
+use crate::transport::LocalSocket;
 
 /// A call's handle inside its worker.
 pub type CallKey = u64;
@@ -45,6 +46,9 @@ pub struct Env<'a> {
     pub metrics: &'a Metrics,
     /// rtpengine, when `media:` names one.
     pub media: Option<&'a mut MediaRelay>,
+    /// The sockets new requests may go from (a B leg failing over picks
+    /// the one that reaches its next gateway).
+    pub sockets: &'a [LocalSocket],
 }
 
 /// Per-call knobs from the config snapshot the call started under.
@@ -53,4 +57,6 @@ pub struct CallSettings {
     pub user_agent: String,
     pub max_ring_time: Duration,
     pub timers: TimerValues,
+    /// `sip.failover_after_early_media`.
+    pub failover_after_early_media: bool,
 }

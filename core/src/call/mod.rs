@@ -19,6 +19,7 @@
 mod anchoring;
 pub mod build;
 mod env;
+mod failover;
 mod in_dialog;
 mod leg;
 mod liveness;
@@ -44,7 +45,8 @@ use crate::transaction::{Path, ServerTxId};
 
 pub use crate::policy::Leg;
 pub use env::{CallKey, CallSettings, Env, Purpose, TxOwner};
-use leg::{ALeg, AState, BIdentity, BLeg, BState, CallLeg, LegTimeout};
+pub use failover::{AttemptEnd, Failover, outbound_to};
+use leg::{ALeg, AState, BIdentity, BLeg, BState, BTimeout, CallLeg, LegTimeout};
 use relay::Relays;
 pub use snapshot::{CallSnapshot, LegMedia, LegTimerSnapshot};
 
@@ -99,6 +101,17 @@ pub struct Outbound {
     pub request_uri: Option<Uri>,
     /// The To URI, when not the Request-URI (a user's address-of-record).
     pub to: Option<Uri>,
+    /// How long the peer may leave the INVITE without any response (a
+    /// gateway's `invite_timeout`; `None`: Timer B decides).
+    pub invite_timeout: Option<std::time::Duration>,
+}
+
+/// Where a new call's B leg goes: its first target, the gateways it may
+/// fail over to, and whether its media goes through rtpengine.
+pub struct Placement {
+    pub outbound: Outbound,
+    pub failover: Option<Failover>,
+    pub relay: bool,
 }
 
 /// One B2BUA call.
@@ -113,6 +126,9 @@ pub struct Call {
     relays: Relays,
     /// rtpengine's side of a relayed call (`None`: its SDPs pass as they are).
     media: Option<Box<media::MediaSession>>,
+    /// The gateways a call to trunks may still try (`None`: a call to a
+    /// registered user).
+    failover: Option<Failover>,
     timers: CallTimers,
     pub(crate) scheduled: Scheduled,
 }
@@ -127,10 +143,14 @@ impl Call {
         key: CallKey,
         inbound: Inbound,
         parties: Parties,
-        outbound: Outbound,
-        relay: bool,
+        placement: Placement,
         env: &mut Env<'_>,
     ) -> Call {
+        let Placement {
+            outbound,
+            failover,
+            relay,
+        } = placement;
         let ids = BIdentity {
             call_id: env.ids.call_id(),
             from_tag: env.ids.tag(),
@@ -157,6 +177,7 @@ impl Call {
             b,
             relays: Relays::default(),
             media: None,
+            failover,
             timers,
             scheduled: Scheduled::default(),
         };
@@ -327,11 +348,31 @@ impl Call {
             refresh_failure: ending.refresh_failure.map(refresh_failure_cdr_value),
             extra,
             media: None,
+            attempts: self.attempts(ending),
         });
+        if let Some(f) = &self.failover {
+            f.release();
+        }
         // A relayed call's CDR waits for rtpengine's totals.
         if let Some(record) = self.delete_media(now, record, env) {
             env.cdrs.push_back(*record);
         }
+    }
+
+    /// The gateways tried, for the CDR: the current one's outcome is the
+    /// call's (answered, or the status it failed with).
+    fn attempts(&self, ending: Ending) -> Vec<crate::cdr::Attempt> {
+        let Some(f) = &self.failover else {
+            return Vec::new();
+        };
+        let last = if self.answer.is_some() {
+            Some(200)
+        } else if ending.by == EndedBy::Callee {
+            ending.sip_code
+        } else {
+            None
+        };
+        f.attempts(last)
     }
 
     /// A response to a client transaction this call started.
@@ -355,6 +396,11 @@ impl Call {
         match purpose {
             Purpose::BInvite => {
                 let was = self.b.state();
+                if matches!(was, BState::Calling | BState::Proceeding)
+                    && self.fail_over(now, AttemptEnd::Timeout, None, env)
+                {
+                    return;
+                }
                 self.b.close();
                 if matches!(was, BState::Calling | BState::Proceeding) && self.ending.is_none() {
                     self.a.fail(now, 408, None, env);
@@ -390,7 +436,16 @@ impl Call {
                 self.on_ack_timeout(now, leg, ack_other_seq, env);
             }
         }
-        self.b.handle_timeout(now, env);
+        if self.b.handle_timeout(now, env) == Some(BTimeout::NoResponse)
+            && !self.fail_over(now, AttemptEnd::NoResponse, None, env)
+        {
+            self.b.close();
+            if self.ending.is_none() {
+                tracing::info!(call_id = %self.a.call_id(), "no response to the INVITE within invite_timeout");
+                self.a.fail(now, 408, None, env);
+                self.end(now, EndReason::Rejected, EndedBy::Switch, Some(408), env);
+            }
+        }
         self.poll_sessions(now, env);
     }
 }
@@ -405,7 +460,8 @@ mod tests {
     fn a_call_stays_within_its_size_budget() {
         let size = std::mem::size_of::<Call>();
         // 1,288 after the issue 16 diet, + 8 for a relayed call's media session
-        // (boxed: most calls are not relayed).
-        assert!(size <= 1_312, "size_of::<Call>() = {size} bytes");
+        // (boxed: most calls are not relayed), + 32 for failover (the gateway
+        // and its boxed plan, the B leg's no-response timer).
+        assert!(size <= 1_344, "size_of::<Call>() = {size} bytes");
     }
 }

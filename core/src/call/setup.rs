@@ -5,7 +5,7 @@
 
 use std::time::Instant;
 
-use super::{AState, BState, Call, CallTimer, Env, Leg};
+use super::{AState, AttemptEnd, BState, Call, CallTimer, Env, Leg};
 use crate::cdr::{EndReason, EndedBy};
 use crate::metrics::Metrics;
 use crate::sip::local_response;
@@ -37,6 +37,7 @@ impl Call {
         match self.b.state() {
             BState::Calling | BState::Proceeding => {
                 if status < 200 {
+                    self.note_provisional_media(status > 100 && !response.body.is_empty());
                     let relay = self.b.on_provisional(now, env);
                     if relay && status > 100 && self.a.state() == AState::Proceeding {
                         self.note_early_media(&response);
@@ -53,6 +54,12 @@ impl Call {
                     // RFC 4028 §7.4: the callee wants a longer interval; asked again.
                     tracing::info!(call_id = %self.a.call_id(), "callee wants a longer session interval (422): retried");
                 } else {
+                    self.b.on_final();
+                    if status != 422
+                        && self.fail_over(now, AttemptEnd::Status(status), Some(&response), env)
+                    {
+                        return;
+                    }
                     self.b.close();
                     if self.ending.is_none() {
                         let r = if status == 422 {
@@ -113,6 +120,9 @@ impl Call {
             return;
         }
         self.answer = Some(now);
+        if let Some(f) = self.failover.as_mut() {
+            f.answered();
+        }
         Metrics::count(&env.metrics.calls_answered);
         self.timers.clear(CallTimer::Ring);
         self.note_body(Leg::B, &response.headers, &response.body);

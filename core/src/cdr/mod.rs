@@ -117,6 +117,26 @@ pub struct CdrRecord {
     /// rtpengine's own count. `None` for a call that was not relayed (or
     /// whose totals rtpengine could not give).
     pub media: Option<MediaTotals>,
+    /// The gateways the B-leg INVITE went to, in order, each with what it
+    /// got (empty for a call to a registered user).
+    pub attempts: Vec<Attempt>,
+}
+
+/// One gateway a call tried.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Attempt {
+    #[serde(serialize_with = "text")]
+    pub trunk: Arc<str>,
+    /// The gateway as the config writes it.
+    pub gateway: String,
+    /// Its final status (`200` when it answered), `no-response` (nothing
+    /// within `invite_timeout`), `timeout` (no final answer before Timer B),
+    /// or `none` (the call ended while it was being tried).
+    pub outcome: String,
+}
+
+fn text<S: serde::Serializer>(value: &Arc<str>, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(value)
 }
 
 /// What a relayed call's media carried, each way, and when its last packet
@@ -172,6 +192,11 @@ impl CdrRecord {
                 .iter()
                 .map(|(k, v)| (k.as_str(), v.as_str()))
                 .collect(),
+            gateway: self
+                .answer
+                .and_then(|_| self.attempts.last())
+                .map(|a| a.gateway.as_str()),
+            attempts: &self.attempts,
             media: self.media.map(|m| MediaLine {
                 caller_to_callee: m.caller_to_callee,
                 callee_to_caller: m.callee_to_caller,
@@ -202,6 +227,9 @@ struct CdrLine<'a> {
     sip_code: Option<u16>,
     refresh_failure: Option<&'a str>,
     extra: BTreeMap<&'a str, &'a str>,
+    /// The gateway that answered.
+    gateway: Option<&'a str>,
+    attempts: &'a [Attempt],
     media: Option<MediaLine>,
 }
 
@@ -239,6 +267,18 @@ mod tests {
                 ("route".into(), "silver".into()),
             ],
             media: None,
+            attempts: vec![
+                Attempt {
+                    trunk: "carrier".into(),
+                    gateway: "192.0.2.1:5060".into(),
+                    outcome: "503".into(),
+                },
+                Attempt {
+                    trunk: "carrier".into(),
+                    gateway: "192.0.2.2:5060".into(),
+                    outcome: "200".into(),
+                },
+            ],
         };
         let wall = SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000);
         let line = record.to_json_line(t0 + Duration::from_millis(61_500), wall);
@@ -253,6 +293,9 @@ mod tests {
         assert_eq!(v["answer"], "2027-01-15T07:59:00.000Z");
         assert_eq!(v["trunk_out"], "carrier");
         assert_eq!(v["extra"], serde_json::json!({ "route": "silver" }));
+        assert_eq!(v["gateway"], "192.0.2.2:5060");
+        assert_eq!(v["attempts"][0]["outcome"], "503");
+        assert_eq!(v["attempts"][1]["trunk"], "carrier");
         let unanswered = CdrRecord {
             answer: None,
             end_reason: EndReason::Rejected,

@@ -17,9 +17,12 @@ use std::sync::Arc;
 
 use ipnet::IpNet;
 
+use super::gateways::check_outbound;
 use super::locate::LineIndex;
 use super::media::MediaMode;
-use super::schema::{FileCdr, FileConfig, FileRoute, FileTrunk, ListenEntry, MetricsFile};
+use super::schema::{
+    FileCdr, FileConfig, FileRoute, FileTrunk, ListenEntry, MetricsFile, SipConfig,
+};
 use super::{
     CdrConfig, Config, ConfigProblem, KeepaliveConfig, Listener, Route, SessionTimerConfig, Trunk,
     User, parse_digest_algorithms, unknown,
@@ -103,7 +106,7 @@ impl Checker {
         let listen = self.check_listen(&raw.listen);
         let session_timer = SessionTimerConfig::default().merged(&raw.session_timer);
         self.check_session_timer("session_timer", &session_timer);
-        let trunks = self.check_trunks(&raw.trunks, &session_timer);
+        let trunks = self.check_trunks(&raw.trunks, &session_timer, &raw.sip);
         let routes = self.check_routes(&raw.routes, &trunks);
         if let Err(e) = tracing_subscriber::EnvFilter::try_new(&raw.log.level) {
             self.problem(
@@ -113,6 +116,15 @@ impl Checker {
         }
         if raw.sip.workers == Some(0) {
             self.problem("sip.workers", "must be at least 1");
+        }
+        if !(1..=32).contains(&raw.sip.max_attempts) {
+            self.problem("sip.max_attempts", "must be 1..=32");
+        }
+        if !(1..=30).contains(&raw.sip.invite_timeout) {
+            self.problem(
+                "sip.invite_timeout",
+                "must be 1..=30 seconds (Timer B ends an INVITE at 32 s)",
+            );
         }
         if raw.sip.max_ring_time == 0 {
             self.problem("sip.max_ring_time", "must be at least 1 second");
@@ -405,6 +417,7 @@ impl Checker {
         &mut self,
         raw: &[FileTrunk],
         session_timer: &SessionTimerConfig,
+        sip: &SipConfig,
     ) -> Vec<Trunk> {
         let mut trunks: Vec<Trunk> = Vec::new();
         for (i, t) in raw.iter().enumerate() {
@@ -430,12 +443,12 @@ impl Checker {
                     ),
                 }
             }
-            let outbound = t.outbound.as_ref().and_then(|ob| match resolve(&ob.to) {
-                Ok(addr) => Some(addr),
-                Err(msg) => {
-                    self.problem(format!("{key}.outbound.to"), msg);
-                    None
+            let outbound = t.outbound.as_ref().and_then(|ob| {
+                let (outbound, problems) = check_outbound(ob, sip.invite_timeout, resolve);
+                for (suffix, message) in problems {
+                    self.problem(format!("{key}.outbound{suffix}"), message);
                 }
+                outbound
             });
             let trunk_timer = match &t.session_timer {
                 Some(over) => {
@@ -481,19 +494,41 @@ impl Checker {
                     format!("prefix {:?} is routed twice", r.prefix),
                 );
             }
-            match trunks.iter().position(|t| *t.name == *r.trunk) {
-                Some(j) if trunks[j].outbound.is_some() => routes.push(Route {
-                    prefix: r.prefix.clone(),
-                    trunk: j,
-                }),
-                Some(_) => self.problem(
-                    format!("{key}.trunk"),
-                    format!("trunk {:?} has no `outbound` to route to", r.trunk),
-                ),
-                None => self.problem(
-                    format!("{key}.trunk"),
-                    format!("no trunk named {:?}", r.trunk),
-                ),
+            let named: Vec<(String, &String)> = match (&r.trunk, r.trunks.is_empty()) {
+                (Some(t), true) => vec![(format!("{key}.trunk"), t)],
+                (None, false) => r
+                    .trunks
+                    .iter()
+                    .enumerate()
+                    .map(|(j, t)| (format!("{key}.trunks[{j}]"), t))
+                    .collect(),
+                (Some(_), false) => {
+                    self.problem(&key, "give either `trunk` or `trunks`, not both");
+                    continue;
+                }
+                (None, true) => {
+                    self.problem(&key, "needs `trunk` or `trunks`");
+                    continue;
+                }
+            };
+            let mut route = Route {
+                prefix: r.prefix.clone(),
+                trunks: Vec::with_capacity(named.len()),
+            };
+            for (key, name) in named {
+                match trunks.iter().position(|t| *t.name == **name) {
+                    Some(j) if route.trunks.contains(&j) => {
+                        self.problem(key, format!("trunk {name:?} is named twice"))
+                    }
+                    Some(j) if trunks[j].outbound.is_some() => route.trunks.push(j),
+                    Some(_) => {
+                        self.problem(key, format!("trunk {name:?} has no `outbound` to route to"))
+                    }
+                    None => self.problem(key, format!("no trunk named {name:?}")),
+                }
+            }
+            if !route.trunks.is_empty() {
+                routes.push(route);
             }
         }
         routes

@@ -13,10 +13,12 @@
 //!   problem placed at its line (`locate` finds the line of a key path);
 //! - `routing`: the run-time lookups on a built [`Config`] (admission, routes,
 //!   users);
+//! - `gateways`: a trunk's `outbound:` (its gateways, failover, probes);
 //! - `session_timer`, `registrar`, `policy`: one section each, as written, as in
 //!   force, and the ranges its values must lie in.
 
 mod check;
+mod gateways;
 mod locate;
 mod media;
 mod policy;
@@ -36,6 +38,9 @@ use ipnet::IpNet;
 use serde::Deserialize;
 
 use crate::sip::DigestAlgorithm;
+pub use gateways::{
+    DEFAULT_FAILOVER_CODES, GatewayConfig, MAX_GATEWAYS, ProbeConfig, TrunkOutbound,
+};
 pub use media::{MediaConfig, MediaMode, OnFailure, TimeoutMode};
 pub use policy::{
     DEFAULT_LUA_INSTRUCTION_LIMIT, DEFAULT_LUA_MEMORY_LIMIT_MB, PolicyConfig, PolicySources,
@@ -180,8 +185,9 @@ pub struct Trunk {
     pub name: Arc<str>,
     /// Source networks whose INVITEs this trunk admits.
     pub inbound_from: Vec<IpNet>,
-    /// Where calls routed to this trunk are sent (resolved at load).
-    pub outbound: Option<SocketAddr>,
+    /// Where calls routed to this trunk are sent: its gateways, and when a
+    /// call moves from one to the next.
+    pub outbound: Option<TrunkOutbound>,
     /// Index into [`Config::trunks`] of the default outbound trunk.
     pub route_to: Option<usize>,
     /// Session-timer settings for this trunk's legs (global, then overrides).
@@ -192,11 +198,12 @@ pub struct Trunk {
     pub media: MediaMode,
 }
 
-/// A prefix route to an outbound trunk.
+/// A prefix route to outbound trunks, tried in order.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Route {
     pub prefix: String,
-    pub trunk: usize,
+    /// Indices into [`Config::trunks`], never empty.
+    pub trunks: Vec<usize>,
 }
 
 /// `cdr:` — where call detail records go, and where they wait while that

@@ -23,30 +23,47 @@ impl Config {
     }
 
     /// True if some trunk admits traffic from `ip`: its inbound networks, or the
-    /// address calls are sent to (a carrier sends BYEs and OPTIONS from there).
+    /// addresses of its gateways (a carrier sends BYEs and OPTIONS from there).
     pub fn admits(&self, ip: IpAddr) -> bool {
         let ip = canonical_ip(ip);
         self.inbound_trunk(ip).is_some()
-            || self
+            || self.trunks.iter().any(|t| {
+                t.outbound
+                    .as_ref()
+                    .is_some_and(|o| o.gateways.iter().any(|g| canonical_ip(g.addr.ip()) == ip))
+            })
+    }
+
+    /// The outbound trunks, in order, for a call from trunk `from` to
+    /// `callee`: the longest matching prefix in `routes`, else the inbound
+    /// trunk's `route_to`; empty without either.
+    pub fn route(&self, from: usize, callee: &str) -> Vec<usize> {
+        match self.route_prefix(callee) {
+            Some(trunks) => trunks.to_vec(),
+            None => self
                 .trunks
-                .iter()
-                .any(|t| t.outbound.is_some_and(|o| canonical_ip(o.ip()) == ip))
+                .get(from)
+                .and_then(|t| t.route_to)
+                .into_iter()
+                .collect(),
+        }
     }
 
-    /// The outbound trunk for a call from trunk `from` to `callee`: the longest
-    /// matching prefix in `routes`, else the inbound trunk's `route_to`.
-    pub fn route(&self, from: usize, callee: &str) -> Option<usize> {
-        self.route_prefix(callee)
-            .or_else(|| self.trunks.get(from).and_then(|t| t.route_to))
-    }
-
-    /// The outbound trunk of the longest prefix in `routes` matching `callee`.
-    pub fn route_prefix(&self, callee: &str) -> Option<usize> {
+    /// The outbound trunks, in order, of the longest prefix in `routes`
+    /// matching `callee`.
+    pub fn route_prefix(&self, callee: &str) -> Option<&[usize]> {
         self.routes
             .iter()
             .filter(|r| callee.starts_with(r.prefix.as_str()))
             .max_by_key(|r| r.prefix.len())
-            .map(|r| r.trunk)
+            .map(|r| r.trunks.as_slice())
+    }
+
+    /// The trunk called `name`, if it can take calls (has `outbound`).
+    pub fn outbound_trunk(&self, name: &str) -> Option<usize> {
+        self.trunks
+            .iter()
+            .position(|t| &*t.name == name && t.outbound.is_some())
     }
 
     pub fn user(&self, name: &str) -> Option<&User> {

@@ -16,6 +16,7 @@ use std::path::PathBuf;
 use serde::Deserialize;
 
 use super::CdrConfig;
+use super::gateways::FileOutbound;
 use super::media::{MediaFile, MediaMode};
 use super::policy::{PolicyFile, PolicySources};
 use super::registrar::{KeepaliveFile, RegistrarConfig, UserFile};
@@ -195,15 +196,14 @@ pub(super) struct FileInbound {
     pub(super) from: Vec<String>,
 }
 
-#[derive(Debug, Deserialize)]
-pub(super) struct FileOutbound {
-    pub(super) to: String,
-}
-
+/// `trunk: NAME`, or `trunks: [NAME, …]` tried in order (failover).
 #[derive(Debug, Deserialize)]
 pub(super) struct FileRoute {
     pub(super) prefix: String,
-    pub(super) trunk: String,
+    #[serde(default)]
+    pub(super) trunk: Option<String>,
+    #[serde(default)]
+    pub(super) trunks: Vec<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -268,6 +268,21 @@ pub struct SipConfig {
     /// Sent as `User-Agent` in requests and `Server` in responses; empty omits it.
     #[serde(default = "default_user_agent")]
     pub user_agent: String,
+    /// Seconds a gateway may leave a B-leg INVITE without any response
+    /// before the call moves to the next gateway (VOS3000's
+    /// `SS_SIP_TIMEOUT_INVITE`); a trunk's `outbound.invite_timeout` overrides it.
+    #[serde(default = "default_invite_timeout")]
+    pub invite_timeout: u32,
+    /// Gateways one call tries at most, across the trunks of its route
+    /// (VOS3000's `SS_GATEWAY_SWITCH_LIMIT`).
+    #[serde(default = "default_max_attempts")]
+    pub max_attempts: u32,
+    /// Whether a call that got early media (a provisional with SDP) may still
+    /// move to another gateway when it fails; VOS3000's
+    /// `SS_GATEWAY_SWITCH_STOP_AFTER_RTP_START` is the opposite switch. Off by
+    /// default: the caller has heard that gateway's announcement or ringback.
+    #[serde(default)]
+    pub failover_after_early_media: bool,
 }
 
 fn yes() -> bool {
@@ -282,6 +297,14 @@ fn default_user_agent() -> String {
     "Vigil".into()
 }
 
+fn default_invite_timeout() -> u32 {
+    super::gateways::DEFAULT_INVITE_TIMEOUT
+}
+
+fn default_max_attempts() -> u32 {
+    5
+}
+
 impl Default for SipConfig {
     fn default() -> Self {
         SipConfig {
@@ -289,6 +312,9 @@ impl Default for SipConfig {
             workers: None,
             max_ring_time: default_max_ring_time(),
             user_agent: default_user_agent(),
+            invite_timeout: default_invite_timeout(),
+            max_attempts: default_max_attempts(),
+            failover_after_early_media: false,
         }
     }
 }

@@ -26,6 +26,10 @@ fn problems(text: &str) -> Vec<ConfigProblem> {
     }
 }
 
+fn names(c: &Config, trunks: Vec<usize>) -> Vec<&str> {
+    trunks.into_iter().map(|t| &*c.trunks[t].name).collect()
+}
+
 #[test]
 fn a_good_config_routes_by_longest_prefix() {
     let c = Config::parse(GOOD, Path::new("vigil.yaml")).expect("valid");
@@ -36,22 +40,13 @@ fn a_good_config_routes_by_longest_prefix() {
         .inbound_trunk("10.1.2.3".parse().expect("ip"))
         .expect("pbx");
     assert_eq!(&*c.trunks[pbx].name, "pbx");
-    assert_eq!(
-        c.route(pbx, "0090123").map(|t| &*c.trunks[t].name),
-        Some("premium")
-    );
-    assert_eq!(
-        c.route(pbx, "0049123").map(|t| &*c.trunks[t].name),
-        Some("carrier")
-    );
-    assert_eq!(
-        c.route(pbx, "555").map(|t| &*c.trunks[t].name),
-        Some("carrier")
-    );
+    assert_eq!(names(&c, c.route(pbx, "0090123")), ["premium"]);
+    assert_eq!(names(&c, c.route(pbx, "0049123")), ["carrier"]);
+    assert_eq!(names(&c, c.route(pbx, "555")), ["carrier"]);
     let carrier = c
         .inbound_trunk("192.0.2.10".parse().expect("ip"))
         .expect("carrier");
-    assert_eq!(c.route(carrier, "555"), None);
+    assert!(c.route(carrier, "555").is_empty());
     assert!(c.admits("::ffff:127.0.0.1".parse().expect("ip")));
     assert!(
         c.admits("::1".parse().expect("ip")),
@@ -369,4 +364,97 @@ fn media_relay_needs_rtpengines_and_is_per_trunk_and_user() {
         "{GOOD}media: {{ rtpengines: [\"127.0.0.1:2223\"] }}\n"
     ));
     assert_eq!(p[0].key, "media.rtpengines[0]");
+}
+
+const GATEWAYS: &str = r#"
+listen: ["udp:127.0.0.1:5060"]
+trunks:
+  - name: pbx
+    inbound: { from: ["127.0.0.2"] }
+  - name: carrier
+    outbound:
+      gateways:
+        - { to: "127.0.0.3:5080", priority: 1, weight: 70 }
+        - { to: "127.0.0.4:5080", priority: 1, weight: 30 }
+        - { to: "127.0.0.5:5080", priority: 2 }
+      invite_timeout: 3
+      failover_codes: [503, 408]
+      probe: { interval: 10, failures: 2 }
+  - name: backup
+    outbound: { to: "127.0.0.9:5060" }
+routes: [ { prefix: "00", trunks: [carrier, backup] } ]
+sip: { max_attempts: 4 }
+cdr: { path: "cdr.jsonl" }
+"#;
+
+#[test]
+fn gateways_failover_and_probes_are_read_with_their_defaults() {
+    let c = Config::parse(GATEWAYS, Path::new("vigil.yaml")).expect("valid");
+    let pbx = c
+        .inbound_trunk("127.0.0.2".parse().expect("ip"))
+        .expect("pbx");
+    assert_eq!(names(&c, c.route(pbx, "0049")), ["carrier", "backup"]);
+    let carrier = c.trunks[1].outbound.as_ref().expect("outbound");
+    assert_eq!(carrier.gateways.len(), 3);
+    assert_eq!(carrier.gateways[1].weight, 30);
+    assert_eq!(carrier.gateways[2].weight, 1, "weight defaults to 1");
+    assert_eq!(carrier.invite_timeout, std::time::Duration::from_secs(3));
+    assert!(carrier.fails_over_on(503) && !carrier.fails_over_on(480));
+    let probe = carrier.probe.as_ref().expect("probe");
+    assert_eq!((probe.failures, probe.successes), (2, 2));
+    assert!(probe.is_ok(404), "any final answer proves it alive");
+    let backup = c.trunks[2].outbound.as_ref().expect("outbound");
+    assert_eq!(backup.failover_codes, DEFAULT_FAILOVER_CODES);
+    assert_eq!(backup.invite_timeout, std::time::Duration::from_secs(5));
+    assert!(backup.probe.is_none(), "no probes unless asked for");
+    assert_eq!(c.sip.max_attempts, 4);
+    assert!(
+        c.admits("127.0.0.4".parse().expect("ip")),
+        "a gateway may send BYE"
+    );
+}
+
+#[test]
+fn bad_gateways_and_routes_are_each_reported_at_their_line() {
+    let bad = GATEWAYS
+        .replace(
+            "invite_timeout: 3",
+            "invite_timeout: 60\n      to: \"127.0.0.8:5060\"",
+        )
+        .replace("failover_codes: [503, 408]", "failover_codes: [503, 200]")
+        .replace(
+            "probe: { interval: 10, failures: 2 }",
+            "probe: { interval: 1, failures: 0, oops: 1 }",
+        )
+        .replace(
+            "{ to: \"127.0.0.5:5080\", priority: 2 }",
+            "{ to: \"127.0.0.3:5080\", priority: 2 }",
+        )
+        .replace(
+            "trunks: [carrier, backup]",
+            "trunks: [backup, nowhere, backup]",
+        )
+        .replace("max_attempts: 4", "max_attempts: 0");
+    let text: Vec<String> = problems(&bad).iter().map(ToString::to_string).collect();
+    let expect = [
+        "trunks[1].outbound: give either `to` (one gateway) or `gateways`, not both",
+        "trunks[1].outbound.invite_timeout: 60 s is outside 2..=30",
+        "trunks[1].outbound.failover_codes[1]: 200 is not a final failure status",
+        "trunks[1].outbound.probe.interval: 1 s is outside 5..=3600",
+        "trunks[1].outbound.probe.failures: 0 is outside 1..=100",
+        "trunks[1].outbound.probe.oops: unknown key",
+        "routes[0].trunks[1]: no trunk named \"nowhere\"",
+        "routes[0].trunks[2]: trunk \"backup\" is named twice",
+        "sip.max_attempts: must be 1..=32",
+    ];
+    for e in expect {
+        assert!(
+            text.iter().any(|t| t.contains(e)),
+            "missing {e:?} in {text:#?}"
+        );
+    }
+    assert!(
+        text.iter().all(|t| t.starts_with("vigil.yaml:")),
+        "{text:#?}"
+    );
 }

@@ -11,11 +11,12 @@
 use serde::Deserialize;
 use serde::de::{self, Deserializer, Visitor};
 
+use super::gateways::{FileGateway, FileOutbound, FileProbe};
 use super::policy::{PolicyFile, PolicySources};
 use super::registrar::{KeepaliveFile, RegistrarConfig, UserFile};
 use super::schema::{
-    ControlFile, FileCdr, FileConfig, FileInbound, FileOutbound, FileRoute, FileTrunk,
-    LimitsConfig, ListenDetailed, LogConfig, MetricsFile, SipConfig, TraceConfig,
+    ControlFile, FileCdr, FileConfig, FileInbound, FileRoute, FileTrunk, LimitsConfig,
+    ListenDetailed, LogConfig, MetricsFile, SipConfig, TraceConfig,
 };
 use super::session_timer::SessionTimerFile;
 
@@ -119,6 +120,8 @@ fn known_keys(parent: &str) -> Option<&'static [&'static str]> {
         "trunks[]" => fields_of::<FileTrunk>(),
         "trunks[].inbound" => fields_of::<FileInbound>(),
         "trunks[].outbound" => fields_of::<FileOutbound>(),
+        "trunks[].outbound.gateways[]" => fields_of::<FileGateway>(),
+        "trunks[].outbound.probe" => fields_of::<FileProbe>(),
         "trunks[].session_timer" | "session_timer" => fields_of::<SessionTimerFile>(),
         "trunks[].policy" => fields_of::<PolicySources>(),
         "routes[]" => fields_of::<FileRoute>(),

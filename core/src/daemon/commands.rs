@@ -7,6 +7,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use arc_swap::ArcSwap;
 use serde::Serialize;
 use tokio::sync::{mpsc, oneshot, watch};
 
@@ -16,6 +17,7 @@ use super::reload::{ReloadRequest, ReloadStatus};
 use super::worker::WorkerInput;
 use crate::call::CallSnapshot;
 use crate::engine::EngineResources;
+use crate::gateway::Gateways;
 use crate::registrar::location::LocationView;
 use crate::transaction::TxBudget;
 use crate::transport::Transport;
@@ -34,6 +36,8 @@ pub struct Operator {
     pub budget: Arc<TxBudget>,
     /// The CDR writer's state: pending and spilled records, errors.
     pub cdr: watch::Receiver<CdrStatus>,
+    /// Every trunk's gateways and their health.
+    pub gateways: Arc<ArcSwap<Gateways>>,
 }
 
 /// Serves commands until the control server is gone; each runs on its own
@@ -90,6 +94,7 @@ impl Operator {
                 Some(view) => json(&view.snapshot(Instant::now())),
                 None => Reply::error("no registrar is configured"),
             },
+            Command::Gateways => json(&self.gateways.load().snapshot(Instant::now())),
             Command::Trace => json(&self.transport.trace().traced()),
             Command::TraceOn(name) => match self.transport.trace().switch_on(&name) {
                 Ok(()) => json(&self.transport.trace().traced()),

@@ -67,6 +67,8 @@ pub enum Command {
     Hangup(String),
     /// Every registered contact.
     Registrations,
+    /// Every trunk's gateways with their health and calls in flight.
+    Gateways,
     /// What is traced.
     Trace,
     /// Start tracing a trunk (`NAME`) or a user (`user:NAME`).
@@ -76,7 +78,7 @@ pub enum Command {
 }
 
 /// Every command word, for error messages and help.
-pub const COMMANDS: &str = "reload, status, calls, call CALL-ID, hangup CALL-ID, registrations, \
+pub const COMMANDS: &str = "reload, status, calls, call CALL-ID, hangup CALL-ID, registrations, gateways, \
                             trace, trace on NAME, trace off NAME (NAME: a trunk, or user:NAME)";
 
 impl Command {
@@ -89,6 +91,7 @@ impl Command {
             Command::Call(_) => "call",
             Command::Hangup(_) => "hangup",
             Command::Registrations => "registrations",
+            Command::Gateways => "gateways",
             Command::Trace | Command::TraceOn(_) | Command::TraceOff(_) => "trace",
         }
     }
@@ -101,6 +104,7 @@ impl Command {
             ["status"] => Some(Command::Status),
             ["calls"] => Some(Command::Calls),
             ["registrations"] => Some(Command::Registrations),
+            ["gateways"] => Some(Command::Gateways),
             ["call", id] => Some(Command::Call((*id).to_string())),
             ["hangup", id] => Some(Command::Hangup((*id).to_string())),
             ["trace"] => Some(Command::Trace),

@@ -20,6 +20,8 @@ mod worker;
 
 use std::path::Path as FsPath;
 use std::sync::Arc;
+
+use arc_swap::ArcSwap;
 use std::time::{Duration, Instant, SystemTime};
 
 use tokio::signal::unix::{SignalKind, signal};
@@ -27,6 +29,7 @@ use tokio::sync::mpsc;
 use tokio::sync::watch as latest;
 
 use crate::config::Config;
+use crate::gateway::Gateways;
 use crate::ids::REGISTRAR_WORKER;
 use crate::ingress::Ingress;
 use crate::ingress::overload::Overload;
@@ -144,12 +147,18 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
     )?;
     let location_view = registrar_shared.as_ref().map(|(view, _)| view.clone());
     let budget = Arc::new(TxBudget::new(&config.limits));
+    let gateways = Arc::new(ArcSwap::from_pointee(Gateways::build(
+        &config,
+        None,
+        std::time::Instant::now(),
+    )));
     let shared = Shared {
         metrics: metrics.clone(),
         registrar: registrar_shared,
         transport: transport.clone(),
         cdrs: cdr_tx,
         budget: budget.clone(),
+        gateways: gateways.clone(),
     };
     let mut worker_inputs = Vec::with_capacity(workers);
     let mut worker_tasks = Vec::with_capacity(workers);
@@ -224,6 +233,7 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
             cdr_reopen,
             overload: ingress_overload,
             budget: budget.clone(),
+            gateways: gateways.clone(),
         },
         metrics.clone(),
     );
@@ -245,6 +255,7 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
         transport: transport.clone(),
         budget,
         cdr: cdr_status,
+        gateways,
     };
     let control = start_control(&config.control_socket, operator);
 

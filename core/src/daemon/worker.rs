@@ -5,6 +5,7 @@ use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
+use arc_swap::ArcSwap;
 use tokio::net::UdpSocket;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::sleep_until;
@@ -15,6 +16,7 @@ use crate::call::media::MediaRelay;
 use crate::cdr::CdrRecord;
 use crate::config::Config;
 use crate::engine::{Engine, EngineDeps, EngineResources, Users};
+use crate::gateway::Gateways;
 use crate::ids::IdGen;
 use crate::media::{MAX_DATAGRAM, NgClient, NgSettings};
 use crate::metrics::Metrics;
@@ -55,6 +57,8 @@ pub struct Reload {
     /// The sockets new calls may use (a removed `listen` address is gone from
     /// here at once, though it still receives for a while).
     pub sockets: Arc<[LocalSocket]>,
+    /// The gateways' shared health table for the new config.
+    pub gateways: Arc<Gateways>,
 }
 
 /// Inputs handled per wake-up before outputs are flushed; bounds latency while
@@ -73,6 +77,8 @@ pub struct Shared {
     pub cdrs: mpsc::UnboundedSender<CdrRecord>,
     /// Live transactions against `limits.max_transactions*`.
     pub budget: Arc<TxBudget>,
+    /// Every trunk's gateways and their health (replaced on reload).
+    pub gateways: Arc<ArcSwap<Gateways>>,
 }
 
 pub async fn run_worker(
@@ -89,6 +95,7 @@ pub async fn run_worker(
         transport,
         cdrs,
         budget,
+        gateways,
     } = shared;
     let users = registrar.map(|(location, auth)| Users {
         location,
@@ -103,6 +110,9 @@ pub async fn run_worker(
         policies,
         users,
         media,
+        gateways: Some(gateways.load_full()),
+        // One worker probes every gateway; all of them read the health.
+        probes: id == 0,
     };
     let mut engine = Engine::new(config, sockets, deps);
     let mut drain_until: Option<Instant> = None;
@@ -127,7 +137,7 @@ pub async fn run_worker(
                             engine.handle_message(now, *message, path, admitted)
                         }
                         WorkerInput::Reload(reload) => {
-                            let Reload { config, policies, sockets } = *reload;
+                            let Reload { config, policies, sockets, gateways } = *reload;
                             let relay = (!engine.has_media())
                                 .then(|| media_relay(id, &config, &metrics))
                                 .flatten();
@@ -135,6 +145,7 @@ pub async fn run_worker(
                                 ng = NgSocket::open(&config).await;
                             }
                             engine.set_config(now, config, relay);
+                            engine.set_gateways(now, gateways);
                             engine.set_policies(policies);
                             engine.set_sockets(sockets);
                         }

@@ -6,7 +6,9 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use super::Engine;
-use crate::call::{Call, Env, Inbound as InboundLeg, Outbound, Parties};
+use crate::call::{
+    Call, Env, Failover, Inbound as InboundLeg, Outbound, Parties, Placement, outbound_to,
+};
 use crate::cdr::{CdrRecord, EndReason, EndedBy};
 use crate::config::{MediaMode, SessionTimerConfig};
 use crate::metrics::Metrics;
@@ -26,12 +28,10 @@ enum Source {
 
 /// Where a call goes.
 enum Destination {
-    Trunk(usize),
+    /// Trunks, tried in order (each one's gateways in turn).
+    Trunks(Vec<usize>),
     /// A registered user's best contact.
-    Contact {
-        user: Arc<str>,
-        target: Arc<Target>,
-    },
+    Contact { user: Arc<str>, target: Arc<Target> },
 }
 
 /// Who a refused call was between, for its CDR.
@@ -98,20 +98,21 @@ impl Engine {
             }
         };
         let relay = self.relay_wanted(&source, &destination, &request, path);
-        let mut outbound = match self.outbound(&destination, &callee) {
+        let (mut outbound, failover) = match self.outbound(now, &destination, &callee) {
             Ok(o) => o,
             Err(refusal) => return self.reply(now, tx, &request, refusal),
         };
-        let trunk_out: Arc<str> = match &destination {
-            Destination::Trunk(t) => self.config.trunks[*t].name.clone(),
-            Destination::Contact { user, .. } => format!("user:{user}").into(),
+        let trunk_out: Arc<str> = match (&destination, &failover) {
+            (_, Some(f)) => f.current().trunk.clone(),
+            (Destination::Trunks(t), None) => self.config.trunks[t[0]].name.clone(),
+            (Destination::Contact { user, .. }, None) => format!("user:{user}").into(),
         };
         let policy_in = match source {
             Source::Trunk(_) => Some(trunk_in.clone()),
             Source::User(_) => None,
         };
         let policy_out = match destination {
-            Destination::Trunk(_) => Some(trunk_out.clone()),
+            Destination::Trunks(_) => Some(trunk_out.clone()),
             Destination::Contact { .. } => None,
         };
         let source = AddrText::new(path.remote);
@@ -180,6 +181,7 @@ impl Engine {
             policies: &self.policies,
             metrics: &self.metrics,
             media: self.media.as_mut(),
+            sockets: &self.sockets,
         };
         let inbound = InboundLeg {
             tx,
@@ -189,7 +191,12 @@ impl Engine {
             timer: a_timer,
             negotiated,
         };
-        let call = Call::start(now, key, inbound, parties, outbound, relay, &mut env);
+        let placement = Placement {
+            outbound,
+            failover,
+            relay,
+        };
+        let call = Call::start(now, key, inbound, parties, placement, &mut env);
         self.metrics.call_placed();
         self.by_b.insert(call.b_call_id().to_string(), key);
         self.by_a.insert(a_key, key);
@@ -292,6 +299,7 @@ impl Engine {
             refresh_failure: None,
             extra: Vec::new(),
             media: None,
+            attempts: Vec::new(),
         });
     }
 
@@ -413,7 +421,9 @@ impl Engine {
             }
         };
         let callee_side = match destination {
-            Destination::Trunk(t) => self.config.trunks[*t].media == MediaMode::Relay,
+            Destination::Trunks(t) => t
+                .first()
+                .is_some_and(|&t| self.config.trunks[t].media == MediaMode::Relay),
             Destination::Contact { user, target } => {
                 let contact = target.parsed_uri().and_then(|u| u.as_sip().cloned());
                 user_relays(user, behind_nat(contact, target.received))
@@ -458,42 +468,45 @@ impl Engine {
             Source::Trunk(t) => self.config.trunks[*t].route_to,
             Source::User(u) => self.config.user(u).and_then(|u| u.route_to),
         };
-        self.config
-            .route_prefix(callee)
-            .or(default)
-            .map(Destination::Trunk)
-            .ok_or_else(|| (Reply::new(404).reason("No Route"), EndReason::NoRoute))
+        match self.config.route_prefix(callee) {
+            Some(trunks) => Ok(Destination::Trunks(trunks.to_vec())),
+            None => default
+                .map(|t| Destination::Trunks(vec![t]))
+                .ok_or_else(|| (Reply::new(404).reason("No Route"), EndReason::NoRoute)),
+        }
     }
 
-    /// Where and how the B-leg INVITE goes.
-    fn outbound(&self, destination: &Destination, callee: &str) -> Result<Outbound, Reply> {
+    /// Where and how the B-leg INVITE goes: a call to trunks goes to the
+    /// first gateway of its plan, and may fail over to the others.
+    fn outbound(
+        &mut self,
+        now: Instant,
+        destination: &Destination,
+        callee: &str,
+    ) -> Result<(Outbound, Option<Failover>), Reply> {
         match destination {
-            Destination::Trunk(t) => {
-                let trunk = &self.config.trunks[*t];
-                // Routes only name trunks with `outbound` (config checks it).
-                let target = trunk
-                    .outbound
-                    .ok_or_else(|| Reply::new(500).reason("Trunk Without Outbound"))?;
-                if self
-                    .sockets
-                    .iter()
-                    .any(|s| s.bind == target || s.advertised == target)
-                {
-                    return Err(Reply::new(482).reason("Loop Detected"));
-                }
-                let socket = self
-                    .socket_for(target)
+            Destination::Trunks(trunks) => {
+                let sockets = &self.sockets;
+                let own = |addr| {
+                    sockets
+                        .iter()
+                        .any(|s| s.bind == addr || s.advertised == addr)
+                };
+                let plan = self.gateways.plan(trunks, &mut self.ids, own);
+                let Some(failover) = Failover::new(plan, now, self.config.sip.max_attempts) else {
+                    let ours = trunks
+                        .iter()
+                        .flat_map(|&t| self.gateways.of_trunk(t))
+                        .any(|g| own(g.addr));
+                    return Err(if ours {
+                        Reply::new(482).reason("Loop Detected")
+                    } else {
+                        Reply::new(503).reason("No Gateway")
+                    });
+                };
+                let outbound = outbound_to(failover.current(), &self.sockets)
                     .ok_or_else(|| Reply::new(503).reason("No Socket For Trunk"))?;
-                Ok(Outbound {
-                    path: Path {
-                        local: socket.bind,
-                        remote: target,
-                    },
-                    advertised: socket.advertised,
-                    timer: trunk.session_timer,
-                    request_uri: None,
-                    to: None,
-                })
+                Ok((outbound, Some(failover)))
             }
             Destination::Contact { target, .. } => {
                 let advertised = self
@@ -508,7 +521,7 @@ impl Engine {
                     .map_or("", |r| r.domain.as_str());
                 // RFC 3261 §16.5: the Request-URI is the registered contact, sent
                 // to where the REGISTER came from (the NAT's public side).
-                Ok(Outbound {
+                let outbound = Outbound {
                     path: Path {
                         local: target.local,
                         remote: target.received,
@@ -525,7 +538,9 @@ impl Engine {
                         Host::Domain(domain.to_string()),
                         None,
                     ))),
-                })
+                    invite_timeout: None,
+                };
+                Ok((outbound, None))
             }
         }
     }

@@ -9,14 +9,15 @@
 //! backwards. Nothing here reads a clock, touches a socket or spawns a task.
 
 use std::collections::{HashMap, VecDeque};
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::call::media::MediaRelay;
 use crate::call::{Call, CallKey, CallSettings, CallSnapshot, Env, Leg, TxOwner};
 use crate::cdr::CdrRecord;
-use crate::config::{Config, canonical_ip};
+use crate::config::Config;
+use crate::gateway::Gateways;
+use crate::gateway::probe::{ProbeEvent, Prober};
 use crate::ids::IdGen;
 use crate::metrics::Metrics;
 use crate::policy::Policies;
@@ -58,6 +59,10 @@ pub struct Engine {
     users: Option<Users>,
     /// rtpengine, when `media:` names one.
     media: Option<MediaRelay>,
+    /// Every trunk's gateways and their health (shared by the workers).
+    gateways: Arc<Gateways>,
+    /// The OPTIONS probes of gateways, on the one worker that sends them.
+    prober: Option<Prober>,
     /// A wall-clock reading and the instant it was taken, from the latest
     /// ng datagram: rtpengine's statistics are in wall-clock time.
     wall_at: Option<(Instant, std::time::SystemTime)>,
@@ -134,6 +139,10 @@ pub struct EngineDeps {
     pub users: Option<Users>,
     /// rtpengine for relayed calls (`media:`), with this worker's ng client.
     pub media: Option<MediaRelay>,
+    /// The gateways' shared health; `None`: the engine keeps its own.
+    pub gateways: Option<Arc<Gateways>>,
+    /// This worker sends the gateways' health probes.
+    pub probes: bool,
 }
 
 impl EngineDeps {
@@ -147,6 +156,8 @@ impl EngineDeps {
             policies: Policies::builtin(),
             users: None,
             media: None,
+            gateways: None,
+            probes: true,
         }
     }
 }
@@ -165,7 +176,18 @@ impl Engine {
         let timers = TimerValues::default();
         let mut tx = TransactionLayer::new(timers, config.sip.force_rport);
         tx.set_budget(deps.budget);
+        let now = Instant::now();
+        let gateways = deps
+            .gateways
+            .unwrap_or_else(|| Arc::new(Gateways::build(&config, None, now)));
+        let prober = deps.probes.then(|| {
+            let mut prober = Prober::default();
+            prober.follow(&gateways, now);
+            prober
+        });
         Engine {
+            gateways,
+            prober,
             settings: settings_from(&config, timers),
             tx,
             config,
@@ -233,7 +255,24 @@ impl Engine {
             // the calls it holds.
             (_, None) => {}
         }
+        let gateways = Gateways::build(&config, Some(&self.gateways), now);
+        self.set_gateways(now, Arc::new(gateways));
         self.config = config;
+    }
+
+    /// The gateways' table every worker shares (the daemon rebuilds it on
+    /// reload, after [`set_config`](Self::set_config)); calls in flight keep
+    /// the gateways they hold.
+    pub fn set_gateways(&mut self, now: Instant, gateways: Arc<Gateways>) {
+        if let Some(prober) = self.prober.as_mut() {
+            prober.follow(&gateways, now);
+        }
+        self.gateways = gateways;
+    }
+
+    /// Every gateway's health, as `vigil ctl gateways` shows it.
+    pub fn gateways(&self) -> &Arc<Gateways> {
+        &self.gateways
     }
 
     pub fn active_calls(&self) -> usize {
@@ -284,6 +323,7 @@ impl Engine {
             self.call_timers.next_deadline(),
             self.shutdown_next,
             self.media.as_ref().and_then(|m| m.client.poll_timeout()),
+            self.prober.as_ref().and_then(Prober::poll_timeout),
         ]
         .into_iter()
         .flatten()
@@ -325,6 +365,9 @@ impl Engine {
                 Inbound::Refused(request, why, reply) => self.shed(now, &request, why, reply),
             },
             Message::Response(response) => {
+                if self.is_probe_answer(now, &response) {
+                    return;
+                }
                 if let Some((_, owner, response)) = self.tx.receive_response(now, response) {
                     self.with_call(owner.call, |call, env| {
                         call.on_response(now, owner.purpose, response, env)
@@ -345,6 +388,7 @@ impl Engine {
             media.client.handle_timeout(now);
         }
         self.drain_ng_events(now);
+        self.probe_gateways(now);
         let calls = &self.calls;
         self.call_timers.purge_stale(calls.len(), |at, key| {
             calls.get(&key).is_some_and(|c| c.scheduled.is(at))
@@ -361,6 +405,43 @@ impl Engine {
                 self.with_call(key, |call, env| call.handle_timeout(now, env));
             }
         }
+    }
+
+    /// Sends the gateway probes that are due and counts the unanswered ones.
+    fn probe_gateways(&mut self, now: Instant) {
+        let Some(prober) = self.prober.as_mut() else {
+            return;
+        };
+        let mut events = Vec::new();
+        let sockets = &self.sockets;
+        let probes = prober.handle_timeout(
+            now,
+            &self.gateways,
+            &mut self.ids,
+            |to| LocalSocket::for_target(sockets, to).map(|s| s.advertised),
+            &mut events,
+        );
+        for probe in probes {
+            if let Some(socket) = LocalSocket::for_target(&self.sockets, probe.to) {
+                let path = Path {
+                    local: socket.bind,
+                    remote: probe.to,
+                };
+                self.tx.send_stateless(probe.request.encode(), path);
+            }
+        }
+        log_probe_events(&events);
+    }
+
+    /// Takes an answer to a gateway probe; false if `response` is not one.
+    fn is_probe_answer(&mut self, now: Instant, response: &crate::sip::Response) -> bool {
+        let Some(prober) = self.prober.as_mut() else {
+            return false;
+        };
+        let mut events = Vec::new();
+        let taken = prober.on_response(now, response, &self.gateways, &mut events);
+        log_probe_events(&events);
+        taken
     }
 
     fn drain_tx_events(&mut self, now: Instant) {
@@ -386,6 +467,7 @@ impl Engine {
             policies: &self.policies,
             metrics: &self.metrics,
             media: self.media.as_mut(),
+            sockets: &self.sockets,
         };
         f(call, &mut env);
         if call.is_finished() {
@@ -503,19 +585,6 @@ impl Engine {
         }
     }
 
-    /// The socket to reach `target` from: same address family, preferring one
-    /// bound to the same kind of address (loopback to loopback).
-    fn socket_for(&self, target: SocketAddr) -> Option<LocalSocket> {
-        let target_ip = canonical_ip(target.ip());
-        let same_family = |s: &&LocalSocket| s.bind.is_ipv4() == target.is_ipv4();
-        self.sockets
-            .iter()
-            .filter(same_family)
-            .find(|s| s.bind.ip().is_loopback() == target_ip.is_loopback())
-            .or_else(|| self.sockets.iter().find(same_family))
-            .copied()
-    }
-
     /// Answers `503` with `Retry-After`, statelessly, a request the
     /// transaction limits refused, and counts it.
     fn shed(&mut self, now: Instant, request: &Request, why: TxShed, reply: Path) {
@@ -544,11 +613,28 @@ impl Engine {
     }
 }
 
+/// A gateway going down or up is an operator's business: said once, when
+/// it happens.
+fn log_probe_events(events: &[ProbeEvent]) {
+    for e in events {
+        let g = &e.gateway;
+        match e.change {
+            crate::gateway::HealthChange::WentDown => {
+                tracing::warn!(trunk = %g.trunk, gateway = %g.to, status = ?e.status, "gateway down: probes unanswered or refused")
+            }
+            crate::gateway::HealthChange::CameUp => {
+                tracing::info!(trunk = %g.trunk, gateway = %g.to, status = ?e.status, "gateway up: probes answered")
+            }
+        }
+    }
+}
+
 fn settings_from(config: &Config, timers: TimerValues) -> CallSettings {
     CallSettings {
         user_agent: config.sip.user_agent.clone(),
         max_ring_time: Duration::from_secs(u64::from(config.sip.max_ring_time)),
         timers,
+        failover_after_early_media: config.sip.failover_after_early_media,
     }
 }
 

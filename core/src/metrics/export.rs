@@ -411,6 +411,7 @@ mod tests {
             refresh_failure: None,
             extra: Vec::new(),
             media: None,
+            attempts: Vec::new(),
         }
     }
 

@@ -24,8 +24,8 @@ use crate::metrics::{Metrics, RequestShed};
 use crate::policy::{AddrText, BuiltinPolicy, ContactView, KeepaliveDecision, SessionPolicy};
 use crate::ratelimit::RateLimit;
 use crate::sip::{
-    CSeq, DigestCredentials, HeaderName, Headers, Host, Message, Method, NameAddr, Reply, Request,
-    Response, SipUri, Uri, Via,
+    DigestCredentials, HeaderName, Host, Message, Method, NameAddr, Reply, Request, Response,
+    SipUri, Uri, Via,
 };
 use crate::transaction::{Path, TimerValues, TransactionLayer, Transmit};
 use crate::transport::LocalSocket;
@@ -498,21 +498,13 @@ impl Registrar {
             None,
         )));
         from.set_tag(&self.ids.tag());
-        let request = Request {
-            method: Method::Options,
-            uri: uri.clone(),
-            via: vec![Via::ours(advertised, branch.clone())],
-            max_forwards: 70,
+        let request = Request::out_of_dialog(
+            Method::Options,
+            uri.clone(),
             from,
-            to: NameAddr::new(uri),
-            call_id: self.ids.call_id(),
-            cseq: CSeq {
-                seq: 1,
-                method: Method::Options,
-            },
-            headers: Headers::new(),
-            body: Vec::new(),
-        };
+            Via::ours(advertised, branch.clone()),
+            self.ids.call_id(),
+        );
         Some((request, branch))
     }
 

@@ -62,6 +62,33 @@ impl Message {
 pub const ALLOWED_METHODS: &str = "INVITE, ACK, CANCEL, BYE, OPTIONS, UPDATE, INFO";
 
 impl Request {
+    /// A request outside any dialog (RFC 3261 §8.1.1): To is the
+    /// Request-URI without a tag, CSeq 1, no body. Vigil's own OPTIONS
+    /// (keep-alives, gateway probes) and REGISTERs start here.
+    pub fn out_of_dialog(
+        method: Method,
+        uri: Uri,
+        from: NameAddr,
+        via: Via,
+        call_id: String,
+    ) -> Request {
+        Request {
+            cseq: CSeq {
+                seq: 1,
+                method: method.clone(),
+            },
+            method,
+            to: NameAddr::new(uri.clone()),
+            uri,
+            via: vec![via],
+            max_forwards: 70,
+            from,
+            call_id,
+            headers: Headers::new(),
+            body: Vec::new(),
+        }
+    }
+
     pub fn top_via(&self) -> &Via {
         // A decoded request has at least one Via (decode rejects it otherwise), and
         // Vigil never builds one without; an empty list is a bug caught in tests.

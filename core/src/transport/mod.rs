@@ -42,6 +42,21 @@ pub struct LocalSocket {
     pub advertised: SocketAddr,
 }
 
+impl LocalSocket {
+    /// The socket to reach `target` from: same address family, preferring
+    /// one bound to the same kind of address (loopback to loopback).
+    pub fn for_target(sockets: &[LocalSocket], target: SocketAddr) -> Option<LocalSocket> {
+        let target_ip = crate::config::canonical_ip(target.ip());
+        let same_family = |s: &&LocalSocket| s.bind.is_ipv4() == target.is_ipv4();
+        sockets
+            .iter()
+            .filter(same_family)
+            .find(|s| s.bind.ip().is_loopback() == target_ip.is_loopback())
+            .or_else(|| sockets.iter().find(same_family))
+            .copied()
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum TransportError {
     #[error("cannot listen on udp:{addr}: {source}")]

@@ -35,11 +35,11 @@ pub struct SipTrace {
 #[derive(Default)]
 struct TraceState {
     /// Traced trunks: name, networks, outbound address.
-    trunks: Vec<(String, Vec<IpNet>, Option<SocketAddr>)>,
+    trunks: Vec<(String, Vec<IpNet>, Vec<SocketAddr>)>,
     /// Traced users, as `sip:NAME@` (what their messages carry).
     users: Vec<(String, Vec<u8>)>,
     /// Every trunk the config knows, to switch one on by name.
-    known_trunks: Vec<(String, Vec<IpNet>, Option<SocketAddr>)>,
+    known_trunks: Vec<(String, Vec<IpNet>, Vec<SocketAddr>)>,
     known_users: BTreeSet<String>,
 }
 
@@ -57,7 +57,14 @@ impl SipTrace {
         let known_trunks: Vec<_> = config
             .trunks
             .iter()
-            .map(|t| (t.name.to_string(), t.inbound_from.clone(), t.outbound))
+            .map(|t| {
+                let gateways = t.outbound.iter().flat_map(|o| &o.gateways);
+                (
+                    t.name.to_string(),
+                    t.inbound_from.clone(),
+                    gateways.map(|g| g.addr).collect(),
+                )
+            })
             .collect();
         let known_users: BTreeSet<String> =
             config.users.iter().map(|u| u.name.to_string()).collect();
@@ -189,7 +196,7 @@ impl TraceState {
     fn matches(&self, remote: SocketAddr, bytes: &[u8]) -> Option<String> {
         let ip = crate::config::canonical_ip(remote.ip());
         for (name, networks, outbound) in &self.trunks {
-            if *outbound == Some(remote) || networks.iter().any(|n| n.contains(&ip)) {
+            if outbound.contains(&remote) || networks.iter().any(|n| n.contains(&ip)) {
                 return Some(name.clone());
             }
         }

@@ -19,8 +19,18 @@ use crate::transaction::{ClientState, ClientTxId};
 
 timer_table!(
     /// CancelWait: a CANCELled INVITE that never got its final answer (§9.1).
-    BTimers: BTimer { CancelWait }
+    /// NoResponse: a gateway left the INVITE without any response for its
+    /// trunk's `invite_timeout` (the call may move to the next gateway).
+    BTimers: BTimer { CancelWait, NoResponse }
 );
+
+/// What the B leg's own timers report to its call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BTimeout {
+    /// No response at all within `invite_timeout`; the INVITE's transaction
+    /// was given up.
+    NoResponse,
+}
 
 /// The B leg's progress.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -59,6 +69,10 @@ pub struct BLeg {
     retried_422: bool,
     /// CANCEL wanted before the callee sent any provisional (§9.1 says wait).
     cancel_pending: bool,
+    /// Seconds the callee may leave the INVITE without a response before
+    /// the call gives it up (a gateway's; `None`: Timer B decides). Two
+    /// bytes, not a `Duration`'s sixteen: every call carries it.
+    invite_timeout: Option<std::num::NonZeroU16>,
     timers: BTimers,
 }
 
@@ -91,6 +105,7 @@ impl BLeg {
             user_agent: &env.settings.user_agent,
         });
         let offered = outbound.timer.ttl;
+        let invite_timeout = compact(outbound.invite_timeout);
         uac_offer_headers(
             offered,
             &outbound.timer,
@@ -114,6 +129,7 @@ impl BLeg {
             offered,
             retried_422: false,
             cancel_pending: false,
+            invite_timeout,
             timers: BTimers::default(),
         }
     }
@@ -146,6 +162,51 @@ impl BLeg {
             },
         ));
         self.state = BState::Calling;
+        self.arm_no_response(now);
+    }
+
+    fn arm_no_response(&mut self, now: Instant) {
+        if let Some(seconds) = self.invite_timeout {
+            let timeout = std::time::Duration::from_secs(u64::from(seconds.get()));
+            self.timers.set(BTimer::NoResponse, now + timeout);
+        }
+    }
+
+    /// Failover: the INVITE goes to the gateway `outbound` names, as a new
+    /// transaction of the same dialog-to-be (same Call-ID and From tag, next
+    /// CSeq), offering session timers as that gateway's trunk wants. False
+    /// if there is no INVITE to send any more.
+    pub fn retarget(&mut self, now: Instant, outbound: Outbound, env: &mut Env<'_>) -> bool {
+        if let Some(tx) = self.invite_tx.take() {
+            env.tx.abandon_client(tx);
+        }
+        let Some(invite) = self.invite.as_deref_mut() else {
+            return false;
+        };
+        crate::call::build::retarget_invite(
+            invite,
+            outbound.path.remote,
+            outbound.advertised,
+            env.ids.branch(),
+        );
+        self.leg
+            .retarget(outbound.path, outbound.advertised, outbound.timer);
+        self.offered = outbound.timer.ttl;
+        reoffer_timer(invite, self.offered, &outbound.timer, true);
+        self.invite_timeout = compact(outbound.invite_timeout);
+        self.invite_seq = invite.cseq.seq;
+        self.retried_422 = false;
+        self.cancel_pending = false;
+        self.timers.clear_all();
+        self.invite_tx = Some(env.tx.send_request(
+            now,
+            invite.clone(),
+            self.leg.path(),
+            self.leg.owner(Purpose::BInvite),
+        ));
+        self.state = BState::Calling;
+        self.arm_no_response(now);
+        true
     }
 
     pub fn call_id(&self) -> &str {
@@ -182,6 +243,7 @@ impl BLeg {
     /// True if the provisional is for the caller to see.
     pub fn on_provisional(&mut self, now: Instant, env: &mut Env<'_>) -> bool {
         self.state = BState::Proceeding;
+        self.timers.clear(BTimer::NoResponse);
         if self.cancel_pending {
             self.send_cancel(now, env);
             return false;
@@ -211,7 +273,12 @@ impl BLeg {
     /// The INVITE failed or was given up: nothing more happens on this leg.
     pub fn close(&mut self) {
         self.state = BState::Done;
-        self.timers.clear(BTimer::CancelWait);
+        self.timers.clear_all();
+    }
+
+    /// A final response arrived: nothing is waited for any more.
+    pub fn on_final(&mut self) {
+        self.timers.clear(BTimer::NoResponse);
     }
 
     /// RFC 4028 §7.4: after a 422, the INVITE goes again (once) with the
@@ -234,15 +301,7 @@ impl BLeg {
         };
         invite.cseq.seq += 1;
         invite.via = vec![Via::ours(self.leg.advertised, env.ids.branch())];
-        invite.headers.remove(&HeaderName::SessionExpires);
-        invite.headers.remove(&HeaderName::MinSe);
-        invite.headers.remove(&HeaderName::Supported);
-        uac_offer_headers(
-            interval,
-            self.leg.timer_config(),
-            false,
-            &mut invite.headers,
-        );
+        reoffer_timer(invite, interval, self.leg.timer_config(), false);
         invite.headers.set(HeaderName::MinSe, interval.to_string());
         self.invite_tx = Some(env.tx.send_request(
             now,
@@ -254,6 +313,7 @@ impl BLeg {
         self.offered = interval;
         self.retried_422 = true;
         self.state = BState::Calling;
+        self.arm_no_response(now);
         true
     }
 
@@ -356,9 +416,18 @@ impl BLeg {
     }
 
     /// Fires this leg's own timers (not the shared [`CallLeg`] ones).
-    pub fn handle_timeout(&mut self, now: Instant, env: &mut Env<'_>) {
+    pub fn handle_timeout(&mut self, now: Instant, env: &mut Env<'_>) -> Option<BTimeout> {
+        let mut report = None;
         while let Some(timer) = self.timers.pop_due(now) {
             match timer {
+                BTimer::NoResponse => {
+                    if self.state == BState::Calling {
+                        if let Some(tx) = self.invite_tx.take() {
+                            env.tx.abandon_client(tx);
+                        }
+                        report = Some(BTimeout::NoResponse);
+                    }
+                }
                 BTimer::CancelWait => {
                     // §9.1: no final answer 64*T1 after CANCEL: consider it cancelled.
                     if self.state == BState::Cancelling {
@@ -370,5 +439,30 @@ impl BLeg {
                 }
             }
         }
+        report
     }
+}
+
+/// The session-timer offer of an INVITE sent again (after a 422, or to
+/// another gateway): the old one's headers go, the new interval's come.
+fn reoffer_timer(
+    invite: &mut Request,
+    interval: u32,
+    timer: &crate::config::SessionTimerConfig,
+    prefer_local: bool,
+) {
+    invite.headers.remove(&HeaderName::SessionExpires);
+    invite.headers.remove(&HeaderName::MinSe);
+    invite.headers.remove(&HeaderName::Supported);
+    uac_offer_headers(
+        interval,
+        timer,
+        prefer_local && timer.prefer_refresher == PreferRefresher::Local,
+        &mut invite.headers,
+    );
+}
+
+/// An `invite_timeout` in whole seconds (config allows 1..=30).
+fn compact(timeout: Option<std::time::Duration>) -> Option<std::num::NonZeroU16> {
+    timeout.and_then(|t| std::num::NonZeroU16::new(u16::try_from(t.as_secs()).unwrap_or(u16::MAX)))
 }

@@ -17,7 +17,7 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 pub use a::{ALeg, AState};
-pub use b::{BIdentity, BLeg, BState};
+pub use b::{BIdentity, BLeg, BState, BTimeout};
 
 use super::build::Body;
 use super::{CallKey, Env, Purpose, TxOwner};
@@ -142,6 +142,15 @@ impl CallLeg {
 
     pub fn path(&self) -> Path {
         self.path
+    }
+
+    /// The leg now starts towards another peer (a B-leg INVITE failing over
+    /// to the next gateway, before any dialog exists), with its trunk's
+    /// session-timer settings.
+    pub fn retarget(&mut self, path: Path, advertised: SocketAddr, timer: SessionTimerConfig) {
+        self.path = path;
+        self.advertised = advertised;
+        self.timer = timer;
     }
 
     /// Where in-dialog requests go: the remote target (through the route set)

@@ -76,6 +76,7 @@ impl World {
                 user_agent: "Vigil".into(),
                 max_ring_time: Duration::from_secs(180),
                 timers,
+                failover_after_early_media: false,
             },
             policies: Policies::builtin(),
             metrics: Default::default(),
@@ -92,6 +93,7 @@ impl World {
             policies: &self.policies,
             metrics: &self.metrics,
             media: None,
+            sockets: &[],
         }
     }
 
@@ -431,6 +433,7 @@ fn b_leg(w: &mut World) -> BLeg {
         timer: SessionTimerConfig::default(),
         request_uri: None,
         to: None,
+        invite_timeout: None,
     };
     let ids = BIdentity {
         call_id: "b-call".into(),
@@ -455,6 +458,7 @@ fn a_b_leg_waiting_for_its_sdp_sends_the_one_it_is_given_and_ends_quietly() {
         timer: SessionTimerConfig::default(),
         request_uri: None,
         to: None,
+        invite_timeout: None,
     };
     let ids = || BIdentity {
         call_id: "b-call".into(),
@@ -475,6 +479,7 @@ fn a_b_leg_waiting_for_its_sdp_sends_the_one_it_is_given_and_ends_quietly() {
         timer: SessionTimerConfig::default(),
         request_uri: None,
         to: None,
+        invite_timeout: None,
     };
     let mut b = BLeg::new(2, &invite(), outbound, ids(), &w.env());
     let relayed = SDP

@@ -1,0 +1,207 @@
+//! Carrier routing end to end (issue 18): sipp plays three gateways of one
+//! trunk — one that never answers, one out of capacity (503 with
+//! Retry-After), one that answers — and a caller. Every call reaches the
+//! third with the caller seeing one call; the CDR lists each attempt; the
+//! 503's gateway is skipped until its Retry-After passes. Health probes
+//! take a gateway that does not answer OPTIONS down and bring it back up
+//! when it does, as `vigil ctl gateways` shows.
+
+mod support;
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use support::{Net, Sipp, Vigil, caller, scenario};
+
+/// A sipp gateway on `net.callee:port`.
+fn gateway(net: Net, port: u16, scenario_file: Option<&Path>, extra: &[&str]) -> Sipp {
+    let mut args: Vec<String> = match scenario_file {
+        Some(f) => vec!["-sf".into(), f.display().to_string()],
+        None => vec!["-sn".into(), "uas".into()],
+    };
+    args.extend([
+        "-i".into(),
+        net.callee.to_string(),
+        "-p".into(),
+        port.to_string(),
+    ]);
+    args.extend(extra.iter().map(|s| s.to_string()));
+    let sipp = Sipp::spawn(&format!("gateway:{port}"), &args);
+    std::thread::sleep(Duration::from_millis(200));
+    sipp
+}
+
+fn config(net: Net, dir: &Path, outbound: &str) -> String {
+    format!(
+        r#"listen: ["udp:{vigil}:5060"]
+trunks:
+  - name: pbx
+    inbound: {{ from: ["{caller}/32"] }}
+    route_to: carrier
+  - name: carrier
+    outbound:
+{outbound}
+cdr: {{ path: "{cdr}" }}
+log: {{ level: "info", format: json }}
+"#,
+        vigil = net.vigil,
+        caller = net.caller,
+        cdr = dir.join("cdr.jsonl").display(),
+    )
+}
+
+fn attempts(cdr: &serde_json::Value) -> Vec<(String, String)> {
+    cdr["attempts"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .map(|x| {
+                    let gw = x["gateway"].as_str().unwrap_or_default();
+                    let port = gw.rsplit(':').next().unwrap_or_default().to_string();
+                    (port, x["outcome"].as_str().unwrap_or_default().to_string())
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn pairs(list: &[(&str, &str)]) -> Vec<(String, String)> {
+    list.iter()
+        .map(|(a, b)| (a.to_string(), b.to_string()))
+        .collect()
+}
+
+#[test]
+fn calls_fail_over_past_a_silent_and_a_503_gateway_and_the_cdr_lists_each_attempt() {
+    let net = Net::new(180);
+    let dir = tempfile::tempdir().expect("temp dir");
+    let outbound = format!(
+        "      gateways:\n\
+        \x20       - {{ to: \"{c}:5071\", priority: 1 }}\n\
+        \x20       - {{ to: \"{c}:5072\", priority: 2 }}\n\
+        \x20       - {{ to: \"{c}:5073\", priority: 3 }}\n\
+        \x20     invite_timeout: 2",
+        c = net.callee
+    );
+    let text = config(net, dir.path(), &outbound);
+    let vigil = Vigil::start_with(net, dir, &text);
+    let silent = gateway(net, 5071, Some(&scenario("uas_silent.xml")), &[]);
+    let busy = gateway(net, 5072, Some(&scenario("uas_503_retry_after.xml")), &[]);
+    let answering = gateway(net, 5073, None, &[]);
+    let call = || {
+        caller(net, net.caller, None, "0049301234", &["-m", "1"])
+            .expect_success(Duration::from_secs(30))
+    };
+    // 1: silent (2 s) → 503 (rests it 4 s) → answered.
+    let started = Instant::now();
+    let result = call();
+    assert!(
+        !result.output.contains("503"),
+        "the caller never sees the carrier's 503"
+    );
+    // 2: the 503's gateway is resting: silent → answered.
+    call();
+    // 3: after its Retry-After it is tried again.
+    let rest_over = started + Duration::from_secs(7);
+    std::thread::sleep(rest_over.saturating_duration_since(Instant::now()));
+    call();
+    let (ok, gateways, err) = vigil.ctl(&["gateways"]);
+    assert!(ok, "{err}");
+    let gateways: serde_json::Value = serde_json::from_str(&gateways).expect("json");
+    assert_eq!(gateways[0]["attempts"], 3, "{gateways}");
+    assert_eq!(gateways[0]["failures"], 3);
+    assert_eq!(
+        gateways[1]["attempts"], 2,
+        "skipped while resting: {gateways}"
+    );
+    assert_eq!(gateways[2]["attempts"], 3);
+    let stopped = vigil.stop();
+    silent.stop();
+    busy.stop();
+    answering.stop();
+    let cdrs = stopped.cdrs;
+    assert_eq!(cdrs.len(), 3, "{}", stopped.log);
+    assert_eq!(
+        attempts(&cdrs[0]),
+        pairs(&[("5071", "no-response"), ("5072", "503"), ("5073", "200")])
+    );
+    assert_eq!(
+        attempts(&cdrs[1]),
+        pairs(&[("5071", "no-response"), ("5073", "200")])
+    );
+    assert_eq!(
+        attempts(&cdrs[2]),
+        pairs(&[("5071", "no-response"), ("5072", "503"), ("5073", "200")])
+    );
+    for cdr in &cdrs {
+        assert_eq!(cdr["end_reason"], "caller-bye", "{cdr}");
+        assert_eq!(cdr["gateway"], format!("{}:5073", net.callee));
+        assert_eq!(cdr["trunk_out"], "carrier");
+    }
+    assert!(
+        stopped.log.contains("gateway asks for a rest"),
+        "{}",
+        stopped.log
+    );
+}
+
+/// The state `vigil ctl gateways` gives the gateway on `port`.
+fn state_of(vigil: &Vigil, port: u16) -> String {
+    let (ok, out, err) = vigil.ctl(&["gateways"]);
+    assert!(ok, "{err}");
+    let all: serde_json::Value = serde_json::from_str(&out).expect("json");
+    all.as_array()
+        .into_iter()
+        .flatten()
+        .find(|g| {
+            g["address"]
+                .as_str()
+                .is_some_and(|a| a.ends_with(&format!(":{port}")))
+        })
+        .and_then(|g| g["state"].as_str())
+        .unwrap_or("missing")
+        .to_string()
+}
+
+fn wait_for_state(vigil: &Vigil, port: u16, state: &str, limit: Duration) {
+    let deadline = Instant::now() + limit;
+    while Instant::now() < deadline {
+        if state_of(vigil, port) == state {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    panic!(
+        "gateway :{port} is {} after {limit:?}, not {state}:\n{}",
+        state_of(vigil, port),
+        vigil.log()
+    );
+}
+
+#[test]
+fn probes_take_a_silent_gateway_down_and_bring_it_back_when_it_answers() {
+    let net = Net::new(181);
+    let dir = tempfile::tempdir().expect("temp dir");
+    let outbound = format!(
+        "      gateways:\n\
+        \x20       - {{ to: \"{c}:5071\" }}\n\
+        \x20       - {{ to: \"{c}:5072\" }}\n\
+        \x20     allow_short_intervals: true\n\
+        \x20     probe: {{ interval: 1, failures: 2, successes: 2 }}",
+        c = net.callee
+    );
+    let text = config(net, dir.path(), &outbound);
+    // :5072 answers its probes; nothing listens on :5071 yet.
+    let answering = gateway(net, 5072, Some(&scenario("uas_options.xml")), &[]);
+    let vigil = Vigil::start_with(net, dir, &text);
+    wait_for_state(&vigil, 5071, "down", Duration::from_secs(10));
+    assert_eq!(state_of(&vigil, 5072), "up");
+    assert!(vigil.log().contains("gateway down"), "{}", vigil.log());
+    let back = gateway(net, 5071, Some(&scenario("uas_options.xml")), &[]);
+    wait_for_state(&vigil, 5071, "up", Duration::from_secs(10));
+    assert!(vigil.log().contains("gateway up"), "{}", vigil.log());
+    let stopped = vigil.stop();
+    assert!(stopped.status.success(), "{}", stopped.log);
+    back.stop();
+    answering.stop();
+}
