@@ -1404,9 +1404,13 @@ fn example_scripts_load_and_answer_as_documented() {
     for expected in [
         "cdr_tags.lua",
         "common.lua",
+        "e164.lua",
+        "lcr.lua",
         "one_way_audio.lua",
+        "premium_block.lua",
         "reinvite_only.lua",
         "retry_408.lua",
+        "time_of_day.lua",
     ] {
         assert!(
             names.iter().any(|n| n == expected),
@@ -1557,4 +1561,127 @@ fn example_scripts_load_and_answer_as_documented() {
     let mut extra = Vec::new();
     p.hangup(&call_view("c3"), &mut extra).expect("hangup");
     assert!(extra.is_empty(), "{extra:?}");
+}
+
+/// `callee` dialled from `trunk_in` by `caller`, with no headers.
+fn dialled<'a>(trunk_in: &'a str, caller: &'a str, callee: &'a str) -> RouteView<'a> {
+    RouteView {
+        trunk_in,
+        caller,
+        headers: &[],
+        ..route_view(callee)
+    }
+}
+
+#[test]
+fn lcr_picks_the_longest_prefixs_trunks() {
+    let p = example("lcr.lua");
+    let ask = |callee| p.route(&dialled("pbx", "4930123", callee));
+    let de = ["carrier-de", "carrier-intl"];
+    assert_eq!(ask("00493012345"), Ok(routed(&de, None, None)));
+    assert_eq!(
+        ask("00442079460000"),
+        Ok(routed(&["carrier-uk", "carrier-intl"], None, None))
+    );
+    assert_eq!(ask("0033123456"), Ok(routed(&["carrier-intl"], None, None)));
+    assert_eq!(
+        ask("01701234567"),
+        Ok(routed(&["carrier-mobile", "carrier-de"], None, None))
+    );
+    assert_eq!(ask("0301234567"), Ok(routed(&de, None, None)));
+    // No prefix matches: the configured routes.
+    assert_eq!(ask("112"), Ok(None));
+    assert_eq!(ask("+4930123"), Ok(None));
+}
+
+#[test]
+fn e164_normalises_both_numbers_for_the_carrier() {
+    let p = example("e164.lua");
+    let trunks = ["carrier", "carrier-backup"];
+    let ask = |caller, callee| p.route(&dialled("pbx", caller, callee));
+    assert_eq!(
+        ask("0301234567", "0401234567"),
+        Ok(routed(&trunks, Some("+49401234567"), Some("+49301234567")))
+    );
+    assert_eq!(
+        ask("00493012345", "00442079460000"),
+        Ok(routed(&trunks, Some("+442079460000"), Some("+493012345")))
+    );
+    // Already E.164: unchanged. A caller that is no number: left as it is.
+    assert_eq!(
+        ask("anonymous", "+4940555"),
+        Ok(routed(&trunks, Some("+4940555"), None))
+    );
+    // Short codes, and calls from elsewhere: no decision.
+    assert_eq!(ask("0301234567", "112"), Ok(None));
+    assert_eq!(
+        p.route(&dialled("carrier", "+4930123", "0401234567")),
+        Ok(None)
+    );
+    // What it answers passes the chain's checks.
+    let Ok(Some(decision)) = ask("0301234567", "0401234567") else {
+        panic!("no decision");
+    };
+    assert_eq!(crate::policy::route::check(&decision), Ok(()));
+}
+
+#[test]
+fn premium_block_refuses_premium_numbers_in_every_form() {
+    let p = example("premium_block.lua");
+    let barred = Ok(Some(RouteDecision::Reject {
+        status: 403,
+        reason: "Premium Numbers Barred".into(),
+    }));
+    for callee in ["09001234567", "0137123456", "0049900123456", "+49138123456"] {
+        assert_eq!(
+            p.route(&dialled("pbx", "4930123", callee)),
+            barred,
+            "{callee}"
+        );
+    }
+    for callee in ["0301234567", "0800123456", "+4930123", "0090012"] {
+        assert_eq!(
+            p.route(&dialled("pbx", "4930123", callee)),
+            Ok(None),
+            "{callee}"
+        );
+    }
+}
+
+#[test]
+fn time_of_day_sends_the_front_desk_to_the_office_in_office_hours() {
+    let p = example("time_of_day.lua");
+    // Stands the script's clock (local time) still at `utc`, in UTC.
+    let at = |utc: i64| {
+        p.lua
+            .load(format!(
+                "local real = rawget(_G, 'vigil_real_date') or os.date\n\
+                 vigil_real_date = real\n\
+                 os.date = function(f, t) if f == '*t' and t == nil then return real('!*t', {utc}) end return real(f, t) end"
+            ))
+            .exec()
+            .expect("clock stub");
+        p.route(&dialled("pbx", "4930123", "100"))
+    };
+    let office = Ok(routed(&["office-pbx", "answering-service"], None, None));
+    let closed = Ok(routed(&["answering-service"], None, None));
+    // Monday 2026-01-05.
+    assert_eq!(at(1_767_605_400), office, "Monday 09:30");
+    assert_eq!(at(1_767_605_400 - 2 * 3600), closed, "Monday 07:30");
+    assert_eq!(at(1_767_636_000), closed, "Monday 18:00");
+    assert_eq!(at(1_767_636_000 - 60), office, "Monday 17:59");
+    // Saturday 2026-01-10, 11:00.
+    assert_eq!(at(1_768_042_800), closed, "Saturday 11:00");
+    // Not the front desk: no decision, whatever the time.
+    assert_eq!(p.route(&dialled("pbx", "4930123", "101")), Ok(None));
+}
+
+#[test]
+fn time_of_day_runs_on_the_real_clock() {
+    let p = example("time_of_day.lua");
+    let decision = p.route(&dialled("pbx", "4930123", "100"));
+    assert!(
+        matches!(&decision, Ok(Some(RouteDecision::Route { trunks, .. })) if trunks.last().map(String::as_str) == Some("answering-service")),
+        "{decision:?}"
+    );
 }
