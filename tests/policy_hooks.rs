@@ -300,7 +300,7 @@ fn plugins_that_panic_have_another_abi_or_are_missing_leave_calls_to_the_default
         not_loaded
             .iter()
             .any(|l| l.contains("libvigil_plugin_fixture_old_abi")
-                && l.contains("plugin ABI version 1, this Vigil speaks 2")),
+                && l.contains("plugin ABI version 2, this Vigil speaks 3")),
         "{log}"
     );
     assert!(
@@ -350,7 +350,7 @@ fn vigil_check_refuses_scripts_that_do_not_compile_and_plugins_that_do_not_load(
     );
     assert!(
         stderr.contains("trunks[0].policy.plugin")
-            && stderr.contains("plugin ABI version 1, this Vigil speaks 2"),
+            && stderr.contains("plugin ABI version 2, this Vigil speaks 3"),
         "the ABI mismatch names both versions: {stderr}"
     );
 }

@@ -20,8 +20,9 @@ use vigil::metrics::Metrics;
 use vigil::policy::lua::{LuaLimits, LuaPolicy};
 use vigil::policy::plugin::PluginPolicy;
 use vigil::policy::{
-    AddrText, BuiltinPolicy, CallStartView, CallView, LegView, MediaDirection, MediaTimeoutView,
-    PolicyChain, PolicySource, RefreshFailure, Refresher, SessionPolicy,
+    AddrText, BuiltinPolicy, CallStartView, CallView, HeaderView, LegView, MediaDirection,
+    MediaTimeoutView, PolicyChain, PolicySource, RefreshFailure, Refresher, RouteView,
+    SessionPolicy,
 };
 
 #[path = "../../tests/support/plugin_build.rs"]
@@ -79,6 +80,22 @@ impl CallData {
         }
     }
 
+    fn route<'a>(&'a self, source: &'a AddrText) -> RouteView<'a> {
+        /// One asserted identity, as a carrier's INVITE usually has.
+        const PAI: [HeaderView<'static>; 1] = [HeaderView {
+            name: "P-Asserted-Identity",
+            value: "<sip:+4930123456@pbx.example.com>",
+        }];
+        RouteView {
+            call_id: &self.call_id,
+            trunk_in: &self.trunk_in,
+            caller: &self.caller,
+            callee: &self.callee,
+            source: source.as_str(),
+            headers: &PAI,
+        }
+    }
+
     fn media_timeout(&self) -> MediaTimeoutView<'_> {
         MediaTimeoutView {
             call_id: &self.call_id,
@@ -114,6 +131,12 @@ fn chain(source: Arc<dyn PolicySource>) -> PolicyChain {
 fn bench_backend(c: &mut Criterion, name: &str, policy: &dyn SessionPolicy) {
     let call = CallData::new();
     let mut group = c.benchmark_group(name);
+    group.bench_function("route", |b| {
+        b.iter(|| {
+            let source = AddrText::new(call.source);
+            policy.route(black_box(&call.route(&source)))
+        })
+    });
     group.bench_function("call_start", |b| {
         b.iter(|| {
             let source = AddrText::new(call.source);

@@ -10,6 +10,26 @@ local function has_prefix(s, prefix)
   return s:sub(1, #prefix) == prefix
 end
 
+-- Least-cost routing by prefix, longest first.
+local routes = {
+  { prefix = "0049", trunks = { "carrier", "backup" } },
+  { prefix = "00", trunks = { "backup" } },
+}
+
+function route(call)
+  for _, prefix in ipairs(blocked) do
+    if has_prefix(call.callee, prefix) then
+      return { reject = 403, reason = "Premium Numbers Barred" }
+    end
+  end
+  for _, r in ipairs(routes) do
+    if has_prefix(call.callee, r.prefix) then
+      return { trunks = r.trunks }
+    end
+  end
+  return nil
+end
+
 function call_start(call)
   for _, prefix in ipairs(blocked) do
     if has_prefix(call.caller, prefix) then

@@ -14,16 +14,18 @@ pub enum PolicyHook {
     KeepaliveTick,
     Hangup,
     MediaTimeout,
+    Route,
 }
 
 impl PolicyHook {
-    pub const ALL: [PolicyHook; 6] = [
+    pub const ALL: [PolicyHook; 7] = [
         PolicyHook::CallStart,
         PolicyHook::RefreshDue,
         PolicyHook::RefreshFailed,
         PolicyHook::KeepaliveTick,
         PolicyHook::Hangup,
         PolicyHook::MediaTimeout,
+        PolicyHook::Route,
     ];
 
     /// The hook's name, as scripts and plugins know it.
@@ -35,6 +37,7 @@ impl PolicyHook {
             PolicyHook::KeepaliveTick => "keepalive_tick",
             PolicyHook::Hangup => "hangup",
             PolicyHook::MediaTimeout => "media_timeout",
+            PolicyHook::Route => "route",
         }
     }
 }

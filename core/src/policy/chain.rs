@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use super::{
     BuiltinPolicy, CallStartDecision, CallStartView, CallView, ContactView, ExtraFields,
     FailureDecision, HookError, KeepaliveDecision, LegView, MediaTimeoutDecision, MediaTimeoutView,
-    PolicySource, RefreshDecision, RefreshFailure, SessionPolicy,
+    PolicySource, RefreshDecision, RefreshFailure, RouteDecision, RouteView, SessionPolicy, route,
 };
 use crate::metrics::{Metrics, PolicyHook};
 use crate::ratelimit::RateLimit;
@@ -125,6 +125,19 @@ impl SessionPolicy for PolicyChain {
         self.first(PolicyHook::MediaTimeout, |s| s.media_timeout(view))
             .unwrap_or_else(|| BuiltinPolicy.media_timeout(view))
     }
+
+    /// A decision the engine could not carry out (no trunk, a number that is
+    /// no SIP user part, …) is the source's failure, like a nonsense answer.
+    fn route(&self, view: &RouteView<'_>) -> RouteDecision {
+        self.first(PolicyHook::Route, |s| {
+            let decision = s.route(view)?;
+            if let Some(d) = &decision {
+                route::check(d).map_err(|p| HookError::InvalidDecision(format!("route: {p}")))?;
+            }
+            Ok(decision)
+        })
+        .unwrap_or_else(|| BuiltinPolicy.route(view))
+    }
 }
 
 /// A worker's policies: one per trunk (its own chain, or the default), and the
@@ -173,17 +186,17 @@ impl Policies {
 #[cfg(test)]
 mod tests {
     //! The chain's order, its fallbacks and its counters, at the
-    //! `media_timeout` hook, with the real backends: the example plugin and
-    //! the broken fixtures under plugins/, and Lua scripts.
+    //! `media_timeout` and `route` hooks, with the real backends: the example
+    //! plugin and the broken fixtures under plugins/, and Lua scripts.
 
     use std::path::Path;
     use std::sync::atomic::Ordering;
 
     use super::*;
     use crate::metrics::PolicyBackend;
-    use crate::policy::MediaDirection;
     use crate::policy::lua::{LuaLimits, LuaPolicy};
     use crate::policy::plugin::{PluginPolicy, build_fixture};
+    use crate::policy::{HeaderView, MediaDirection};
 
     fn plugin(crate_name: &str) -> Arc<dyn PolicySource> {
         let path = build_fixture(crate_name);
@@ -304,5 +317,142 @@ mod tests {
         assert_eq!(counts(&metrics, PolicyBackend::Plugin), (4, 4));
         assert_eq!(counts(&metrics, PolicyBackend::Lua), (2, 1));
         assert_eq!(metrics.policy_errors.load(Ordering::Relaxed), 5);
+    }
+
+    fn dialled(callee: &str) -> RouteView<'_> {
+        const PAI: [HeaderView<'static>; 1] = [HeaderView {
+            name: "P-Asserted-Identity",
+            value: "<sip:+3225551000@pbx.example.com>",
+        }];
+        RouteView {
+            call_id: "a84b4c76e66710@pc33.example.com",
+            trunk_in: "pbx",
+            caller: "+3225551000",
+            callee,
+            source: "192.0.2.10:5060",
+            headers: &PAI,
+        }
+    }
+
+    fn route_counts(metrics: &Metrics, backend: PolicyBackend) -> (u64, u64) {
+        let h = metrics.hook(PolicyHook::Route, backend);
+        (
+            h.calls.load(Ordering::Relaxed),
+            h.errors.load(Ordering::Relaxed),
+        )
+    }
+
+    fn trunks(names: &[&str], callee: Option<&str>) -> RouteDecision {
+        RouteDecision::Route {
+            trunks: names.iter().map(|n| n.to_string()).collect(),
+            callee: callee.map(str::to_owned),
+            caller: None,
+        }
+    }
+
+    #[test]
+    fn without_a_policy_calls_route_as_configured() {
+        assert_eq!(
+            Policies::builtin()
+                .for_trunk(Some("pbx"))
+                .route(&dialled("025552000")),
+            RouteDecision::Default
+        );
+    }
+
+    #[test]
+    fn route_asks_the_plugin_then_the_script_then_routes_as_configured() {
+        let dir = tempfile::tempdir().expect("dir");
+        let metrics = Arc::new(Metrics::default());
+        let chain = PolicyChain::new(
+            vec![
+                plugin("vigil-plugin-example"),
+                script(
+                    dir.path(),
+                    "function route(call)\n  if call.callee:sub(1, 2) == '00' then return { trunks = { 'intl' } } end\n  if call.callee == '0900' then return { reject = 403 } end\nend\n",
+                ),
+            ],
+            metrics.clone(),
+        );
+
+        // A freephone number: the plugin decides, the script is not asked.
+        assert_eq!(
+            chain.route(&dialled("080012345")),
+            trunks(&["carrier-freephone", "carrier"], Some("+3280012345"))
+        );
+        assert_eq!(route_counts(&metrics, PolicyBackend::Plugin), (1, 0));
+        assert_eq!(route_counts(&metrics, PolicyBackend::Lua), (0, 0));
+
+        // The plugin declines, the script routes or refuses.
+        assert_eq!(chain.route(&dialled("0044207")), trunks(&["intl"], None));
+        assert_eq!(
+            chain.route(&dialled("0900")),
+            RouteDecision::Reject {
+                status: 403,
+                reason: "Forbidden".into()
+            }
+        );
+        assert_eq!(route_counts(&metrics, PolicyBackend::Lua), (2, 0));
+
+        // Neither decides: the configured routes.
+        assert_eq!(chain.route(&dialled("025552000")), RouteDecision::Default);
+        assert_eq!(route_counts(&metrics, PolicyBackend::Plugin), (4, 0));
+        assert_eq!(route_counts(&metrics, PolicyBackend::Lua), (3, 0));
+        assert_eq!(metrics.policy_errors.load(Ordering::Relaxed), 0);
+        // Counted under its own label only.
+        let media = metrics.hook(PolicyHook::MediaTimeout, PolicyBackend::Plugin);
+        assert_eq!(media.calls.load(Ordering::Relaxed), 0);
+    }
+
+    #[test]
+    fn malformed_routes_are_source_failures_and_the_next_source_decides() {
+        let dir = tempfile::tempdir().expect("dir");
+        let metrics = Arc::new(Metrics::default());
+        let chain = PolicyChain::new(
+            vec![
+                plugin("vigil-plugin-fixture-panicking"),
+                plugin("vigil-plugin-fixture-bad-decisions"),
+                script(
+                    dir.path(),
+                    r#"
+                    local answers = {
+                      ["no-trunks"] = { trunks = { "carrier" }, callee = "+3225552000" },
+                      ["bad-callee"] = { trunks = {} },
+                      ["seventeen-trunks"] = { trunks = { "a b" } },
+                      ["empty-trunk"] = { trunks = { "carrier" }, caller = "" },
+                    }
+                    function route(call) return answers[call.callee] end
+                    "#,
+                ),
+            ],
+            metrics.clone(),
+        );
+
+        // The panicking plugin fails, the bad one's route has no trunk (the
+        // chain refuses it): the script decides.
+        assert_eq!(
+            chain.route(&dialled("no-trunks")),
+            trunks(&["carrier"], Some("+3225552000"))
+        );
+        assert_eq!(route_counts(&metrics, PolicyBackend::Plugin), (2, 2));
+        assert_eq!(route_counts(&metrics, PolicyBackend::Lua), (1, 0));
+        assert_eq!(metrics.policy_errors.load(Ordering::Relaxed), 2);
+
+        // Every source answers something the engine cannot carry out: a
+        // callee with a CRLF, an empty list, a name with a space, 17 trunks,
+        // an empty caller. The configured routes apply.
+        for (callee, errors) in [
+            ("bad-callee", 5),
+            ("seventeen-trunks", 8),
+            ("empty-trunk", 11),
+        ] {
+            assert_eq!(chain.route(&dialled(callee)), RouteDecision::Default);
+            assert_eq!(
+                metrics.policy_errors.load(Ordering::Relaxed),
+                errors,
+                "{callee}"
+            );
+        }
+        assert_eq!(route_counts(&metrics, PolicyBackend::Lua), (4, 3));
     }
 }

@@ -1,6 +1,6 @@
-//! Decision points that operators customise: a call starts, a refresh is due,
-//! a refresh failed, a keep-alive is due, the call hangs up, a relayed call's
-//! media went silent. The core asks a
+//! Decision points that operators customise: a new call is routed, a call
+//! starts, a refresh is due, a refresh failed, a keep-alive is due, the call
+//! hangs up, a relayed call's media went silent. The core asks a
 //! [`SessionPolicy`], which always answers; the [`BuiltinPolicy`] is the
 //! behaviour documented in README when nothing is configured.
 //!
@@ -22,14 +22,17 @@ mod chain;
 mod load;
 pub mod lua;
 pub mod plugin;
+mod route;
 
 pub use addr::AddrText;
 pub use chain::{Policies, PolicyChain};
 pub use load::{PolicyLoadError, PolicyLoader, check};
+pub use route::{MAX_ROUTE_USER, MAX_TRUNK_NAME, RouteProblem, route_headers};
 pub use vigil_plugin_api::{
     CallOverrides, CallStartDecision, CallStartView, CallView, ContactView, FailureDecision,
-    KeepaliveDecision, Leg, LegView, MediaDirection, MediaTimeoutDecision, MediaTimeoutView,
-    RefreshDecision, RefreshFailure, RefreshMethod, Refresher,
+    HeaderView, KeepaliveDecision, Leg, LegView, MAX_ROUTE_TRUNKS, MediaDirection,
+    MediaTimeoutDecision, MediaTimeoutView, ROUTE_HEADERS, RefreshDecision, RefreshFailure,
+    RefreshMethod, Refresher, RouteDecision, RouteView,
 };
 
 pub use crate::metrics::{PolicyBackend, PolicyHook};
@@ -82,6 +85,17 @@ pub trait SessionPolicy: Send + Sync {
     /// `media.timeout`.
     fn media_timeout(&self, _view: &MediaTimeoutView<'_>) -> MediaTimeoutDecision {
         MediaTimeoutDecision::Hangup
+    }
+
+    /// Called for a new INVITE before Vigil picks its route (the prefix
+    /// routes, else the source's default route): `Default` routes as
+    /// configured, `Route` tries the
+    /// trunks it names in order (with the B leg's callee and caller
+    /// replaced where set), `Reject` answers the caller. A decision that
+    /// reaches the core passed [`route::check`]; whether its trunks exist
+    /// is the engine's to check.
+    fn route(&self, _view: &RouteView<'_>) -> RouteDecision {
+        RouteDecision::Default
     }
 }
 
@@ -141,6 +155,9 @@ pub trait PolicySource: Send + Sync {
         &self,
         view: &MediaTimeoutView<'_>,
     ) -> Result<Option<MediaTimeoutDecision>, HookError>;
+
+    /// May answer a decision [`route::check`] refuses: the chain checks it.
+    fn route(&self, view: &RouteView<'_>) -> Result<Option<RouteDecision>, HookError>;
 }
 
 /// The behaviour with no policy configured.

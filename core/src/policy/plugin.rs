@@ -10,7 +10,8 @@
 //! view (the views are the API crate's own types: only the layout changes),
 //! calls the plugin, and validates what comes back: an unknown discriminant, a
 //! reject status outside 400..=699, a missing reason or payload, a string that
-//! is not UTF-8 are [`HookError::InvalidDecision`]; a caught panic is
+//! is not UTF-8, more route trunks than the ABI allows are
+//! [`HookError::InvalidDecision`]; a caught panic is
 //! [`HookError::Panic`]; any other non-zero status is
 //! [`HookError::PluginStatus`]. A call that declines or answers with a plain
 //! decision allocates nothing.
@@ -40,18 +41,20 @@ use vigil_plugin_api::VIGIL_PLUGIN_ABI_VERSION;
 use vigil_plugin_api::abi::{
     self, AbiVersionFn, CallStartFn, DestroyFn, HangupFn, KeepaliveTickFn, MediaTimeoutFn,
     PluginVTable, RawCallStartDecision, RawFailureDecision, RawKeepaliveDecision,
-    RawMediaTimeoutDecision, RawRefreshDecision, RawStr, RefreshDueFn, RefreshFailedFn, VTableFn,
+    RawMediaTimeoutDecision, RawRefreshDecision, RawRouteDecision, RawStr, RefreshDueFn,
+    RefreshFailedFn, RouteFn, VTableFn,
 };
 
 use self::convert::{
     call_start_decision, failure_decision, keepalive_decision, media_timeout_decision, raw_call,
-    raw_call_start, raw_contact, raw_failure, raw_leg, raw_media_timeout, refresh_decision,
+    raw_call_start, raw_contact, raw_failure, raw_headers, raw_leg, raw_media_timeout, raw_route,
+    refresh_decision, route_decision,
 };
 use self::sink::{Collector, Hook};
 use super::{
     CallStartDecision, CallStartView, CallView, ContactView, ExtraFields, FailureDecision,
     HookError, KeepaliveDecision, LegView, MediaTimeoutDecision, MediaTimeoutView, PolicySource,
-    RefreshDecision, RefreshFailure,
+    RefreshDecision, RefreshFailure, RouteDecision, RouteView,
 };
 
 /// Why a plugin could not be loaded. Every message starts with the file.
@@ -101,6 +104,7 @@ struct Hooks {
     keepalive_tick: Option<KeepaliveTickFn>,
     hangup: Option<HangupFn>,
     media_timeout: Option<MediaTimeoutFn>,
+    route: Option<RouteFn>,
 }
 
 /// A loaded plugin and its one instance, shared by every worker.
@@ -236,6 +240,7 @@ impl PluginPolicy {
                 keepalive_tick: vtable.keepalive_tick,
                 hangup: vtable.hangup,
                 media_timeout: vtable.media_timeout,
+                route: vtable.route,
             },
             destroy,
             instance,
@@ -479,6 +484,22 @@ impl PolicySource for PluginPolicy {
         let status = unsafe { hook(self.instance(), &raw_view, &sink, &mut out) };
         collector.outcome(status)?;
         media_timeout_decision(out)
+    }
+
+    fn route(&self, view: &RouteView<'_>) -> Result<Option<RouteDecision>, HookError> {
+        let Some(hook) = self.hooks.route else {
+            return Ok(None);
+        };
+        let headers = raw_headers(view);
+        let raw_view = raw_route(view, &headers);
+        let mut collector = Collector::new(Hook::Route);
+        let mut out = RawRouteDecision::default();
+        let sink = collector.sink();
+        // SAFETY: as in `call_start`; the headers the view points to live
+        // until the end of this function.
+        let status = unsafe { hook(self.instance(), &raw_view, &sink, &mut out) };
+        collector.outcome(status)?;
+        route_decision(out, std::mem::take(&mut collector.route), collector.reason)
     }
 }
 

@@ -32,4 +32,4 @@ pub use typed::{
     CSeq, MAGIC_COOKIE, MediaType, Method, MinSe, NameAddr, Refresher, SessionExpires, ValueError,
     Via,
 };
-pub use uri::{Host, SipUri, Uri, UriError, escape_user};
+pub use uri::{Host, SipUri, Uri, UriError, escape_user, is_plain_user};

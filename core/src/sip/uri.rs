@@ -167,6 +167,13 @@ pub fn escape_user(s: &str) -> String {
     out
 }
 
+/// Whether `s` can be a SIP URI's user part as it stands, without escapes:
+/// unreserved and `user-unreserved` characters only (RFC 3261 §25.1). What a
+/// policy may set as a number: text that needs escaping is no number.
+pub fn is_plain_user(s: &str) -> bool {
+    !s.is_empty() && !s.contains('%') && escaped_chars_ok(s, USER_EXTRA)
+}
+
 /// `user-unreserved = "&" / "=" / "+" / "$" / "," / ";" / "?" / "/"`
 const USER_EXTRA: &[char] = &['&', '=', '+', '$', ',', ';', '?', '/'];
 /// Characters a password may carry besides unreserved and escaped.

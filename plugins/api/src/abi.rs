@@ -112,6 +112,18 @@ pub const MEDIA_TIMEOUT_HANGUP: u32 = 1;
 /// `media.timeout`.
 pub const MEDIA_TIMEOUT_IGNORE: u32 = 2;
 
+pub const ROUTE_NONE: u32 = 0;
+/// Route as configured (prefix routes, the source's default route); the
+/// script is not asked.
+pub const ROUTE_DEFAULT: u32 = 1;
+/// Try the trunks given to [`HostSink::add_trunk`] in order (1..=16 of them,
+/// required), with the B leg's callee and caller given to
+/// [`HostSink::set_callee`] and [`HostSink::set_caller`] if any.
+pub const ROUTE_TRUNKS: u32 = 2;
+/// Answer the caller with `reject_status` and the reason given to
+/// [`HostSink::set_reason`] (required).
+pub const ROUTE_REJECT: u32 = 3;
+
 // ---------------------------------------------------------------------------
 // Borrowed strings and bytes.
 
@@ -133,16 +145,17 @@ pub struct RawBytes {
 }
 
 /// The slice behind a pointer + length pair, or `None` if the pair cannot be a
-/// slice (null with a length, or longer than `isize::MAX`).
+/// slice (null with a length, misaligned, or more than `isize::MAX` bytes).
 ///
 /// # Safety
-/// Unless null, `ptr` must point to `len` initialised bytes that stay valid and
+/// Unless null, `ptr` must point to `len` initialised values that stay valid and
 /// unchanged for `'a`.
-unsafe fn slice_of<'a>(ptr: *const u8, len: usize) -> Option<&'a [u8]> {
+unsafe fn slice_of<'a, T>(ptr: *const T, len: usize) -> Option<&'a [T]> {
     if len == 0 {
         return Some(&[]);
     }
-    if ptr.is_null() || len > isize::MAX as usize {
+    let bytes = len.checked_mul(size_of::<T>())?;
+    if ptr.is_null() || !ptr.is_aligned() || bytes > isize::MAX as usize {
         return None;
     }
     // SAFETY: non-null, length checked above; validity for 'a is the caller's promise.
@@ -311,6 +324,44 @@ pub struct RawMediaTimeoutView {
     pub on_hold: u8,
 }
 
+/// One header field of the INVITE, as [`RawRouteView::headers`] lists it.
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub struct RawHeader {
+    /// The canonical name (`P-Asserted-Identity`, …).
+    pub name: RawStr,
+    pub value: RawStr,
+}
+
+/// A new INVITE, before Vigil picks its outbound trunk. Since ABI version 3.
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub struct RawRouteView {
+    pub call_id: RawStr,
+    /// The trunk (or `user:<name>`) the call comes from.
+    pub trunk_in: RawStr,
+    pub caller: RawStr,
+    pub callee: RawStr,
+    /// The address the INVITE came from, `ip:port` (`[v6]:port` for IPv6).
+    pub source: RawStr,
+    /// `header_count` fields of the INVITE, in message order, among
+    /// `ROUTE_HEADERS` only. May be null when `header_count` is 0.
+    pub headers: *const RawHeader,
+    pub header_count: usize,
+}
+
+impl RawRouteView {
+    /// The header fields, or `None` if the pointer and count cannot be a
+    /// slice.
+    ///
+    /// # Safety
+    /// The view must point to memory valid for `'a` (see [`RawStr`]).
+    pub unsafe fn headers<'a>(&self) -> Option<&'a [RawHeader]> {
+        // SAFETY: forwarded to the caller.
+        unsafe { slice_of(self.headers, self.header_count) }
+    }
+}
+
 // ---------------------------------------------------------------------------
 // Decisions: what a hook answers. The host zeroes them ("no decision") before
 // the call, so a hook that writes nothing declines.
@@ -373,6 +424,17 @@ pub struct RawMediaTimeoutDecision {
     pub kind: u32,
 }
 
+/// The route decision. Its strings (trunks, callee, caller, a reject's
+/// reason) go through the [`HostSink`], which copies them.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RawRouteDecision {
+    /// [`ROUTE_NONE`], [`ROUTE_DEFAULT`], [`ROUTE_TRUNKS`] or [`ROUTE_REJECT`].
+    pub kind: u32,
+    /// The final status for a reject, 400..=699.
+    pub reject_status: u16,
+}
+
 // ---------------------------------------------------------------------------
 // The host's callbacks.
 
@@ -393,7 +455,7 @@ pub type PutFieldFn = unsafe extern "C" fn(ctx: *mut c_void, key: RawStr, value:
 pub struct HostSink {
     /// The host's per-call state; opaque to the plugin.
     pub ctx: *mut c_void,
-    /// A reject's reason phrase (call start).
+    /// A reject's reason phrase (call start, route).
     pub set_reason: PutStrFn,
     /// A custom keep-alive payload.
     pub set_payload: PutBytesFn,
@@ -401,6 +463,13 @@ pub struct HostSink {
     pub add_field: PutFieldFn,
     /// The message of a panic caught in the plugin.
     pub report_panic: PutStrFn,
+    /// A trunk to try, after those added before (route; at most 16). Since
+    /// ABI version 3, like the two below.
+    pub add_trunk: PutStrFn,
+    /// The callee (Request-URI user) of the B leg (route).
+    pub set_callee: PutStrFn,
+    /// The caller (From user) of the B leg (route).
+    pub set_caller: PutStrFn,
 }
 
 // ---------------------------------------------------------------------------
@@ -456,6 +525,14 @@ pub type MediaTimeoutFn = unsafe extern "C" fn(
     out: *mut RawMediaTimeoutDecision,
 ) -> i32;
 
+/// Since ABI version 3.
+pub type RouteFn = unsafe extern "C" fn(
+    instance: *const c_void,
+    view: *const RawRouteView,
+    sink: *const HostSink,
+    out: *mut RawRouteDecision,
+) -> i32;
+
 /// What `vigil_plugin_vtable` returns: a table that lives as long as the library
 /// is loaded. A null hook means "never decides".
 #[repr(C)]
@@ -477,6 +554,8 @@ pub struct PluginVTable {
     pub hangup: Option<HangupFn>,
     /// Since ABI version 2.
     pub media_timeout: Option<MediaTimeoutFn>,
+    /// Since ABI version 3.
+    pub route: Option<RouteFn>,
 }
 
 // SAFETY: a vtable is immutable once built; its pointers are to 'static strings
@@ -516,8 +595,11 @@ mod tests {
                 size_of::<RawMediaTimeoutDecision>(),
                 4,
             ),
-            ("HostSink", size_of::<HostSink>(), 40),
-            ("PluginVTable", size_of::<PluginVTable>(), 104),
+            ("RawHeader", size_of::<RawHeader>(), 32),
+            ("RawRouteView", size_of::<RawRouteView>(), 96),
+            ("RawRouteDecision", size_of::<RawRouteDecision>(), 8),
+            ("HostSink", size_of::<HostSink>(), 64),
+            ("PluginVTable", size_of::<PluginVTable>(), 112),
         ];
         for (name, size, pinned) in sizes {
             assert_eq!(
@@ -546,6 +628,12 @@ mod tests {
         assert_eq!(offset_of!(RawMediaTimeoutView, since_answer_ms), 88);
         assert_eq!(offset_of!(RawMediaTimeoutView, direction), 96);
         assert_eq!(offset_of!(RawMediaTimeoutView, on_hold), 97);
+        assert_eq!(offset_of!(PluginVTable, route), 104);
+        assert_eq!(offset_of!(RawRouteView, headers), 80);
+        assert_eq!(offset_of!(RawRouteView, header_count), 88);
+        assert_eq!(offset_of!(RawRouteDecision, reject_status), 4);
+        assert_eq!(offset_of!(HostSink, add_trunk), 40);
+        assert_eq!(offset_of!(HostSink, set_caller), 56);
         assert_eq!(align_of::<PluginVTable>(), 8);
     }
 

@@ -1,7 +1,8 @@
 //! The contract between Vigil and a vendor plugin: a shared library (`cdylib`)
 //! that Vigil loads at start-up and asks at its decision points — a call
 //! starts, a session refresh is due, a refresh failed, a NAT keep-alive is due,
-//! the call hangs up, a relayed call's media went silent.
+//! the call hangs up, a relayed call's media went silent, a new call is to be
+//! routed.
 //!
 //! Two layers:
 //! - [`abi`]: the stable C ABI. `#[repr(C)]` views and decisions made of fixed
@@ -44,13 +45,15 @@
 //!   call only; copy what you keep. Vigil's strings are UTF-8.
 //! - **Allocation.** Neither side frees the other's memory. What a hook produces
 //!   beyond its fixed-size decision (a reject reason, a keep-alive payload, CDR
-//!   fields, a panic message) goes through the [`abi::HostSink`] callbacks,
-//!   which copy it before returning. Call them during the hook call only, on
-//!   the calling thread.
+//!   fields, a route's trunks and numbers, a panic message) goes through the
+//!   [`abi::HostSink`] callbacks, which copy it before returning. Call them
+//!   during the hook call only, on the calling thread.
 //! - **Decisions.** Vigil zeroes the decision ("no decision") before each call
 //!   and validates what comes back: an unknown discriminant, a reject status
-//!   outside 400..=699, a missing or non-UTF-8 reason or a missing payload are
-//!   rejected as invalid decisions, and the next policy source decides.
+//!   outside 400..=699, a missing or non-UTF-8 reason, a missing payload, a
+//!   route with no trunk or more than [`MAX_ROUTE_TRUNKS`], or a trunk name or
+//!   number that is empty or not plain are rejected as invalid decisions, and
+//!   the next policy source decides.
 //! - **Status.** Every hook returns 0 (ok) or a negative status:
 //!   [`abi::STATUS_ERROR`], [`abi::STATUS_PANICKED`],
 //!   [`abi::STATUS_INVALID_ARGUMENT`], or the plugin's own codes at or below
@@ -109,9 +112,10 @@ mod shim;
 
 pub use plugin::{
     CallOverrides, CallStartDecision, CallStartView, CallView, CdrFields, ContactView,
-    FailureDecision, HookFailure, HookResult, KeepaliveDecision, Leg, LegView, MediaDirection,
-    MediaTimeoutDecision, MediaTimeoutView, Plugin, RefreshDecision, RefreshFailure, RefreshMethod,
-    Refresher,
+    FailureDecision, HeaderView, HookFailure, HookResult, KeepaliveDecision, Leg, LegView,
+    MAX_ROUTE_TRUNKS, MediaDirection, MediaTimeoutDecision, MediaTimeoutView, Plugin,
+    ROUTE_HEADERS, RefreshDecision, RefreshFailure, RefreshMethod, Refresher, RouteDecision,
+    RouteView,
 };
 
 /// The ABI version this crate speaks. Any change to a layout or a signature in
@@ -122,7 +126,11 @@ pub use plugin::{
 /// - 2: the `media_timeout` hook (a function added at the end of
 ///   [`abi::PluginVTable`], [`abi::RawMediaTimeoutView`],
 ///   [`abi::RawMediaTimeoutDecision`]).
-pub const VIGIL_PLUGIN_ABI_VERSION: u32 = 2;
+/// - 3: the `route` hook (a function added at the end of
+///   [`abi::PluginVTable`], [`abi::RawRouteView`], [`abi::RawHeader`],
+///   [`abi::RawRouteDecision`], and [`abi::HostSink`] grew `add_trunk`,
+///   `set_callee` and `set_caller`).
+pub const VIGIL_PLUGIN_ABI_VERSION: u32 = 3;
 
 /// For `declare_plugin!` only; not part of the API.
 #[doc(hidden)]

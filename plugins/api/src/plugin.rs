@@ -136,6 +136,63 @@ pub struct MediaTimeoutView<'a> {
     pub since_answer: Duration,
 }
 
+/// The INVITE headers a route hook sees, by their canonical names: who the
+/// caller asserts or prefers to be (RFC 3325, and its draft predecessor
+/// Remote-Party-ID), who diverted the call (RFC 5806 Diversion, RFC 7044
+/// History-Info), and the privacy asked for (RFC 3323). Routing on anything
+/// else belongs in the engine's config, not in a view of the request.
+pub const ROUTE_HEADERS: [&str; 6] = [
+    "P-Asserted-Identity",
+    "P-Preferred-Identity",
+    "Remote-Party-ID",
+    "Diversion",
+    "History-Info",
+    "Privacy",
+];
+
+/// The most trunks a [`RouteDecision::Route`] may list: enough for any
+/// least-cost list, few enough that a failing call cannot try for minutes.
+pub const MAX_ROUTE_TRUNKS: usize = 16;
+
+/// One header field of the INVITE: its canonical name (one of
+/// [`ROUTE_HEADERS`]) and its value as received, unfolded and trimmed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HeaderView<'a> {
+    pub name: &'a str,
+    pub value: &'a str,
+}
+
+/// What a route hook sees: a new INVITE that was admitted, before Vigil
+/// picks where it goes (its prefix routes, or the source's default route).
+#[derive(Debug, Clone, Copy)]
+pub struct RouteView<'a> {
+    pub call_id: &'a str,
+    /// The trunk (or `user:<name>`) the call comes from.
+    pub trunk_in: &'a str,
+    /// The user part of the From URI.
+    pub caller: &'a str,
+    /// The user part of the Request-URI: the dialled number.
+    pub callee: &'a str,
+    /// The address the INVITE came from, `ip:port` (`[v6]:port` for IPv6).
+    pub source: &'a str,
+    /// The INVITE's fields among [`ROUTE_HEADERS`], in message order: a
+    /// header sent several times (or as a comma-separated list over several
+    /// lines) appears once per field.
+    pub headers: &'a [HeaderView<'a>],
+}
+
+impl<'a> RouteView<'a> {
+    /// The values of every field named `name` (compared without case), in
+    /// message order.
+    pub fn header(&self, name: &'a str) -> impl Iterator<Item = &'a str> + 'a {
+        let headers = self.headers;
+        headers
+            .iter()
+            .filter(move |h| h.name.eq_ignore_ascii_case(name))
+            .map(|h| h.value)
+    }
+}
+
 /// What a keep-alive hook sees of a registered contact.
 #[derive(Debug, Clone, Copy)]
 pub struct ContactView<'a> {
@@ -248,6 +305,32 @@ pub enum MediaTimeoutDecision {
     Ignore,
 }
 
+/// The route decision.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RouteDecision {
+    /// Route as configured: the longest prefix route, else the source's
+    /// default route.
+    Default,
+    /// Answer the caller with this final status (400..=699) and reason phrase
+    /// (no control characters), as a call-start reject does.
+    Reject {
+        status: u16,
+        reason: Cow<'static, str>,
+    },
+    /// Try these trunks, in order (1..=[`MAX_ROUTE_TRUNKS`] names of
+    /// configured trunks), with the B leg's callee (Request-URI user) and
+    /// caller (From user) replaced where set. Numbers and names must be
+    /// non-empty and plain: a SIP user part without escapes, a trunk name
+    /// without whitespace or control characters. Vigil checks the names
+    /// against its config when it routes: a decision naming a trunk it does
+    /// not know is reported and the configured routes apply.
+    Route {
+        trunks: Vec<String>,
+        callee: Option<String>,
+        caller: Option<String>,
+    },
+}
+
 /// A hook that could not decide because something went wrong in the plugin
 /// (its database is down, …). Vigil logs the status and asks the next source.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -355,6 +438,12 @@ pub trait Plugin: Send + Sync + 'static {
     /// A relayed call's media has been silent for `media.timeout`: hang up
     /// (Vigil's default) or ignore it this time.
     fn media_timeout(&self, _call: &MediaTimeoutView<'_>) -> HookResult<MediaTimeoutDecision> {
+        Ok(None)
+    }
+
+    /// A new call, before Vigil picks its outbound trunk: route it as
+    /// configured, to trunks of the plugin's choosing, or refuse it.
+    fn route(&self, _call: &RouteView<'_>) -> HookResult<RouteDecision> {
         Ok(None)
     }
 }

@@ -31,6 +31,7 @@ pub const fn vtable<P: Plugin>(
         keepalive_tick: Some(keepalive_tick::<P>),
         hangup: Some(hangup::<P>),
         media_timeout: Some(media_timeout::<P>),
+        route: Some(route::<P>),
     }
 }
 
@@ -428,6 +429,87 @@ unsafe extern "C" fn media_timeout<P: Plugin>(
         };
         // SAFETY: `out` is non-null and the host's for this call.
         unsafe { out.write(RawMediaTimeoutDecision { kind }) };
+        Ok(())
+    })
+}
+
+/// # Safety
+/// The arguments follow [`RouteFn`]'s contract (crate docs).
+unsafe extern "C" fn route<P: Plugin>(
+    instance_ptr: *const c_void,
+    view: *const RawRouteView,
+    sink: *const HostSink,
+    out: *mut RawRouteDecision,
+) -> i32 {
+    // SAFETY: the host's pointers are valid for this call, or null.
+    let (Some(sink_ref), false) = (unsafe { sink.as_ref() }, out.is_null()) else {
+        return STATUS_INVALID_ARGUMENT;
+    };
+    guard(sink, || {
+        // SAFETY: see the function's contract.
+        let (plugin, v) = unsafe {
+            (
+                instance::<P>(instance_ptr)?,
+                view.as_ref().ok_or(STATUS_INVALID_ARGUMENT)?,
+            )
+        };
+        // SAFETY: the view's headers and strings are valid for this call.
+        let headers = unsafe {
+            v.headers()
+                .ok_or(STATUS_INVALID_ARGUMENT)?
+                .iter()
+                .map(|h| {
+                    Ok(HeaderView {
+                        name: text(h.name)?,
+                        value: text(h.value)?,
+                    })
+                })
+                .collect::<Result<Vec<_>, i32>>()?
+        };
+        // SAFETY: as above.
+        let call = unsafe {
+            RouteView {
+                call_id: text(v.call_id)?,
+                trunk_in: text(v.trunk_in)?,
+                caller: text(v.caller)?,
+                callee: text(v.callee)?,
+                source: text(v.source)?,
+                headers: &headers,
+            }
+        };
+        let put = |f: PutStrFn, value: &str| {
+            // SAFETY: the sink is the host's for this call; `value` outlives
+            // the callback.
+            unsafe { f(sink_ref.ctx, RawStr::new(value)) }
+        };
+        let mut raw = RawRouteDecision::default();
+        match plugin.route(&call).map_err(HookFailure::status)? {
+            None => {}
+            Some(RouteDecision::Default) => raw.kind = ROUTE_DEFAULT,
+            Some(RouteDecision::Reject { status, reason }) => {
+                raw.kind = ROUTE_REJECT;
+                raw.reject_status = status;
+                put(sink_ref.set_reason, &reason);
+            }
+            Some(RouteDecision::Route {
+                trunks,
+                callee,
+                caller,
+            }) => {
+                raw.kind = ROUTE_TRUNKS;
+                for trunk in &trunks {
+                    put(sink_ref.add_trunk, trunk);
+                }
+                if let Some(callee) = &callee {
+                    put(sink_ref.set_callee, callee);
+                }
+                if let Some(caller) = &caller {
+                    put(sink_ref.set_caller, caller);
+                }
+            }
+        }
+        // SAFETY: `out` is non-null and the host's for this call.
+        unsafe { out.write(raw) };
         Ok(())
     })
 }

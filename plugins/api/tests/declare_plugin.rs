@@ -94,6 +94,34 @@ impl Plugin for Scripted {
             _ => None,
         })
     }
+
+    fn route(&self, call: &RouteView<'_>) -> HookResult<RouteDecision> {
+        Ok(Some(match call.callee {
+            "none" => return Ok(None),
+            "panic" => panic!("no trunk for {}", call.call_id),
+            "premium" => RouteDecision::Reject {
+                status: 403,
+                reason: Cow::Borrowed("Premium Numbers Barred"),
+            },
+            "diverted" => RouteDecision::Route {
+                // The diverting party's and the asserted identity's values,
+                // to see the headers arrive in order and by name.
+                trunks: call
+                    .header("diversion")
+                    .chain(call.header("P-Asserted-Identity"))
+                    .map(str::to_owned)
+                    .collect(),
+                callee: None,
+                caller: Some(call.caller.to_owned()),
+            },
+            "lcr" => RouteDecision::Route {
+                trunks: vec!["cheap".into(), "backup".into()],
+                callee: Some("+3225552000".into()),
+                caller: None,
+            },
+            _ => RouteDecision::Default,
+        }))
+    }
 }
 
 declare_plugin!(Scripted, Scripted);
@@ -105,6 +133,9 @@ struct Collected {
     payload: Option<Vec<u8>>,
     fields: Vec<(String, String)>,
     panic: Option<String>,
+    trunks: Vec<String>,
+    callee: Option<String>,
+    caller: Option<String>,
 }
 
 fn text(s: RawStr) -> String {
@@ -134,6 +165,18 @@ unsafe extern "C" fn report_panic(ctx: *mut c_void, value: RawStr) {
     collected(ctx).panic = Some(text(value));
 }
 
+unsafe extern "C" fn add_trunk(ctx: *mut c_void, value: RawStr) {
+    collected(ctx).trunks.push(text(value));
+}
+
+unsafe extern "C" fn set_callee(ctx: *mut c_void, value: RawStr) {
+    collected(ctx).callee = Some(text(value));
+}
+
+unsafe extern "C" fn set_caller(ctx: *mut c_void, value: RawStr) {
+    collected(ctx).caller = Some(text(value));
+}
+
 fn sink(c: &mut Collected) -> HostSink {
     HostSink {
         ctx: ptr::from_mut(c).cast(),
@@ -141,6 +184,9 @@ fn sink(c: &mut Collected) -> HostSink {
         set_payload,
         add_field,
         report_panic,
+        add_trunk,
+        set_callee,
+        set_caller,
     }
 }
 
@@ -212,6 +258,15 @@ impl Loaded {
         let hook = self.vtable.keepalive_tick.expect("hook");
         // SAFETY: live instance, valid view, sink and out.
         let status = unsafe { hook(self.instance, &view, &sink(&mut c), &mut out) };
+        (status, out, c)
+    }
+
+    fn route(&self, view: &RawRouteView) -> (i32, RawRouteDecision, Collected) {
+        let mut c = Collected::default();
+        let mut out = RawRouteDecision::default();
+        let hook = self.vtable.route.expect("hook");
+        // SAFETY: live instance, valid view, sink and out.
+        let status = unsafe { hook(self.instance, view, &sink(&mut c), &mut out) };
         (status, out, c)
     }
 
@@ -464,6 +519,121 @@ fn media_timeout_panics_and_unknown_directions_become_statuses() {
     assert_eq!(status, STATUS_INVALID_ARGUMENT);
     // The instance is still usable.
     assert_eq!(p.media_timeout(&media()).0, STATUS_OK);
+}
+
+/// The INVITE's identity and diversion headers, as Vigil lends them.
+const HEADERS: [RawHeader; 3] = [
+    RawHeader {
+        name: RawStr::new("P-Asserted-Identity"),
+        value: RawStr::new("<sip:+3225551000@pbx.example.com>"),
+    },
+    RawHeader {
+        name: RawStr::new("Diversion"),
+        value: RawStr::new("<sip:+3225553000@pbx.example.com>;reason=no-answer"),
+    },
+    RawHeader {
+        name: RawStr::new("Diversion"),
+        value: RawStr::new("<sip:+3225554000@pbx.example.com>;reason=unconditional"),
+    },
+];
+
+/// A call to `callee` from the PBX, with [`HEADERS`].
+fn routing(callee: &str) -> RawRouteView {
+    RawRouteView {
+        call_id: RawStr::new("abc@10.0.0.1"),
+        trunk_in: RawStr::new("pbx"),
+        caller: RawStr::new("+3225551000"),
+        callee: RawStr::new(callee),
+        source: RawStr::new("10.0.0.1:5060"),
+        headers: HEADERS.as_ptr(),
+        header_count: HEADERS.len(),
+    }
+}
+
+#[test]
+fn route_answers_with_trunks_and_numbers_through_the_sink() {
+    let p = Loaded::new();
+    let (status, out, c) = p.route(&routing("none"));
+    assert_eq!((status, out.kind), (STATUS_OK, ROUTE_NONE));
+    assert!(c.trunks.is_empty() && c.reason.is_none());
+
+    let (status, out, _) = p.route(&routing("4930123"));
+    assert_eq!((status, out.kind), (STATUS_OK, ROUTE_DEFAULT));
+
+    let (status, out, c) = p.route(&routing("lcr"));
+    assert_eq!((status, out.kind), (STATUS_OK, ROUTE_TRUNKS));
+    assert_eq!(c.trunks, ["cheap", "backup"]);
+    assert_eq!(c.callee.as_deref(), Some("+3225552000"));
+    assert_eq!(c.caller, None);
+
+    let (status, out, c) = p.route(&routing("premium"));
+    assert_eq!(
+        (status, out.kind, out.reject_status),
+        (STATUS_OK, ROUTE_REJECT, 403)
+    );
+    assert_eq!(c.reason.as_deref(), Some("Premium Numbers Barred"));
+    assert!(c.trunks.is_empty());
+}
+
+#[test]
+fn route_sees_the_headers_in_order_by_name() {
+    let p = Loaded::new();
+    let (status, out, c) = p.route(&routing("diverted"));
+    assert_eq!((status, out.kind), (STATUS_OK, ROUTE_TRUNKS));
+    assert_eq!(
+        c.trunks,
+        [
+            "<sip:+3225553000@pbx.example.com>;reason=no-answer",
+            "<sip:+3225554000@pbx.example.com>;reason=unconditional",
+            "<sip:+3225551000@pbx.example.com>",
+        ]
+    );
+    assert_eq!(c.caller.as_deref(), Some("+3225551000"));
+
+    // No headers at all: a null list with no length is an empty one.
+    let bare = RawRouteView {
+        headers: ptr::null(),
+        header_count: 0,
+        ..routing("diverted")
+    };
+    let (status, _, c) = p.route(&bare);
+    assert_eq!(status, STATUS_OK);
+    assert!(c.trunks.is_empty());
+}
+
+#[test]
+fn route_panics_and_bad_views_become_statuses() {
+    let p = Loaded::new();
+    let (status, out, c) = p.route(&routing("panic"));
+    assert_eq!((status, out.kind), (STATUS_PANICKED, ROUTE_NONE));
+    assert_eq!(c.panic.as_deref(), Some("no trunk for abc@10.0.0.1"));
+
+    let null_with_count = RawRouteView {
+        headers: ptr::null(),
+        header_count: 2,
+        ..routing("lcr")
+    };
+    assert_eq!(p.route(&null_with_count).0, STATUS_INVALID_ARGUMENT);
+    let not_utf8 = [RawHeader {
+        name: RawStr::new("Privacy"),
+        value: RawStr {
+            ptr: b"\xff".as_ptr(),
+            len: 1,
+        },
+    }];
+    let bad_value = RawRouteView {
+        headers: not_utf8.as_ptr(),
+        header_count: 1,
+        ..routing("lcr")
+    };
+    assert_eq!(p.route(&bad_value).0, STATUS_INVALID_ARGUMENT);
+    let hook = p.vtable.route.expect("hook");
+    let mut c = Collected::default();
+    // SAFETY: a null out-pointer is what is being tested; the shim checks it.
+    let status = unsafe { hook(p.instance, &routing("lcr"), &sink(&mut c), ptr::null_mut()) };
+    assert_eq!(status, STATUS_INVALID_ARGUMENT);
+    // The instance is still usable.
+    assert_eq!(p.route(&routing("lcr")).0, STATUS_OK);
 }
 
 #[test]

@@ -11,6 +11,10 @@
 //!   `callee-to-caller`) is the gateways' silence suppression and is ignored
 //!   until it has lasted [`MAX_CARRIER_SILENCE`]; then, and for any other
 //!   dead media, Vigil's default (hang up) applies.
+//! - Calls to its freephone numbers ([`FREEPHONE_PREFIX`], national format)
+//!   go to its freephone gateway first, then its main one
+//!   ([`FREEPHONE_TRUNKS`]), with the number in E.164 (the carrier wants
+//!   `+32800…`); every other call is routed as Vigil's config says.
 //! - Every CDR gets `plugin = "vigil-plugin-example"`, and
 //!   `refresh_failures = N` when refreshes failed.
 //!
@@ -26,8 +30,8 @@ use std::time::Duration;
 
 use vigil_plugin_api::{
     CallView, CdrFields, FailureDecision, HookFailure, HookResult, LegView, MediaDirection,
-    MediaTimeoutDecision, MediaTimeoutView, Plugin, RefreshDecision, RefreshFailure,
-    declare_plugin,
+    MediaTimeoutDecision, MediaTimeoutView, Plugin, RefreshDecision, RefreshFailure, RouteDecision,
+    RouteView, declare_plugin,
 };
 
 /// The failed refresh that ends the call (counting from 1).
@@ -40,6 +44,16 @@ pub const RETRY_AFTER: Duration = Duration::from_secs(5);
 /// The longest one-way silence from the carrier's side that is taken for
 /// silence suppression rather than dead media.
 pub const MAX_CARRIER_SILENCE: Duration = Duration::from_secs(300);
+
+/// The carrier's freephone numbers, as dialled nationally.
+pub const FREEPHONE_PREFIX: &str = "0800";
+
+/// Where freephone calls go, in order: the trunk names Vigil's config gives
+/// the carrier's gateways.
+pub const FREEPHONE_TRUNKS: [&str; 2] = ["carrier-freephone", "carrier"];
+
+/// The carrier's country code: a national number's leading 0 becomes this.
+pub const COUNTRY_CODE: &str = "+32";
 
 /// The value of the `plugin` CDR field.
 pub const CDR_TAG: &str = "vigil-plugin-example";
@@ -106,6 +120,19 @@ impl Plugin for CarrierRules {
             && call.silent_for < MAX_CARRIER_SILENCE;
         Ok(suppressed.then_some(MediaTimeoutDecision::Ignore))
     }
+
+    fn route(&self, call: &RouteView<'_>) -> HookResult<RouteDecision> {
+        if !call.callee.starts_with(FREEPHONE_PREFIX) {
+            return Ok(None);
+        }
+        // The prefix starts with the national 0, which E.164 drops.
+        let national = &call.callee[1..];
+        Ok(Some(RouteDecision::Route {
+            trunks: FREEPHONE_TRUNKS.map(str::to_owned).to_vec(),
+            callee: Some(format!("{COUNTRY_CODE}{national}")),
+            caller: None,
+        }))
+    }
 }
 
 declare_plugin!(CarrierRules, CarrierRules::new());
@@ -143,6 +170,32 @@ mod tests {
             on_hold: false,
             since_answer: Duration::from_secs(600),
         }
+    }
+
+    fn dialled(callee: &str) -> RouteView<'_> {
+        RouteView {
+            call_id: "a",
+            trunk_in: "pbx",
+            caller: "+3225551000",
+            callee,
+            source: "192.0.2.1:5060",
+            headers: &[],
+        }
+    }
+
+    #[test]
+    fn freephone_calls_go_to_the_freephone_gateway_in_e164() {
+        let rules = CarrierRules::new();
+        assert_eq!(
+            rules.route(&dialled("080012345")),
+            Ok(Some(RouteDecision::Route {
+                trunks: vec!["carrier-freephone".into(), "carrier".into()],
+                callee: Some("+3280012345".into()),
+                caller: None,
+            }))
+        );
+        assert_eq!(rules.route(&dialled("025552000")), Ok(None));
+        assert_eq!(rules.route(&dialled("080")), Ok(None));
     }
 
     #[test]

@@ -12,7 +12,7 @@ use mlua::{Table, Value};
 
 use crate::policy::{
     CallOverrides, CallStartDecision, ExtraFields, FailureDecision, HookError, KeepaliveDecision,
-    MediaTimeoutDecision, RefreshDecision, RefreshMethod,
+    MAX_ROUTE_TRUNKS, MediaTimeoutDecision, RefreshDecision, RefreshMethod, RouteDecision,
 };
 use crate::sip::reason_phrase;
 
@@ -51,7 +51,7 @@ fn call_start_table(t: &Table) -> Result<CallStartDecision, HookError> {
         let name = table_key(HOOK, &key)?;
         match name.as_str() {
             "reject" => reject = Some(number_in(HOOK, &name, &value, 400, 699)?),
-            "reason" => reason = Some(reason_text(&value)?),
+            "reason" => reason = Some(reason_text(HOOK, &value)?),
             "ttl" => overrides.ttl = Some(number_in(HOOK, &name, &value, 1, u32::MAX)?),
             "update_segment" => {
                 overrides.update_segment = Some(number_in(HOOK, &name, &value, 1, u32::MAX)?)
@@ -90,8 +90,8 @@ fn call_start_table(t: &Table) -> Result<CallStartDecision, HookError> {
 
 /// A reason phrase goes on a status line: printable text only (RFC 3261
 /// §25.1 `Reason-Phrase`), so a script cannot inject a header.
-fn reason_text(value: &Value) -> Result<String, HookError> {
-    let bad = || invalid("call_start", value, "reason = a printable string");
+fn reason_text(hook: &str, value: &Value) -> Result<String, HookError> {
+    let bad = || invalid(hook, value, "reason = a printable string");
     let Value::String(s) = value else {
         return Err(bad());
     };
@@ -103,7 +103,7 @@ fn reason_text(value: &Value) -> Result<String, HookError> {
         .all(|c| c == ' ' || c == '\t' || !c.is_control());
     if text.trim().is_empty() || text.len() > MAX_REASON || !printable {
         return Err(HookError::InvalidDecision(format!(
-            "call_start returned reason = {}: a reason must be 1..={MAX_REASON} bytes of printable text",
+            "{hook} returned reason = {}: a reason must be 1..={MAX_REASON} bytes of printable text",
             describe(value)
         )));
     }
@@ -263,6 +263,109 @@ pub(super) fn media_timeout(value: Value) -> Result<Option<MediaTimeoutDecision>
             "nil, \"hangup\" or \"ignore\"",
         )),
     }
+}
+
+/// `route`: nil | `{ trunks = { "a", "b" }, callee = "...", caller = "..." }`
+/// | `{ reject = status, reason = "..." }`. The trunks and numbers are taken
+/// as written (text only); whether the engine can use them is the chain's
+/// check (`policy::route`), the same for every backend.
+pub(super) fn route(value: Value) -> Result<Option<RouteDecision>, HookError> {
+    const HOOK: &str = "route";
+    const EXPECTED: &str = "nil, { trunks = { \"name\", ... }, callee = \"...\", caller = \"...\" } \
+                            or { reject = <400..699>, reason = \"...\" }";
+    let t = match &value {
+        Value::Nil => return Ok(None),
+        Value::Table(t) => t,
+        other => return Err(invalid(HOOK, other, EXPECTED)),
+    };
+    let (mut reject, mut reason, mut trunks, mut callee, mut caller) =
+        (None, None, None, None, None);
+    for pair in t.pairs::<Value, Value>() {
+        let (key, v) = pair.map_err(|e| HookError::InvalidDecision(format!("{HOOK}: {e}")))?;
+        let name = table_key(HOOK, &key)?;
+        match name.as_str() {
+            "reject" => reject = Some(number_in(HOOK, &name, &v, 400, 699)?),
+            "reason" => reason = Some(reason_text(HOOK, &v)?),
+            "trunks" => trunks = Some(trunk_list(&v)?),
+            "callee" => callee = Some(route_text("callee", &v)?),
+            "caller" => caller = Some(route_text("caller", &v)?),
+            _ => {
+                return Err(HookError::InvalidDecision(format!(
+                    "{HOOK} returned a table with unknown key {name:?} (known: trunks, callee, \
+                     caller, reject, reason)"
+                )));
+            }
+        }
+    }
+    let rewrites = callee.is_some() || caller.is_some();
+    match (reject, trunks) {
+        (Some(status), None) if !rewrites => {
+            // `number_in` bounded it to 400..=699.
+            let status = u16::try_from(status).unwrap_or(500);
+            let reason = reason.map_or(Cow::Borrowed(reason_phrase(status)), Cow::Owned);
+            Ok(Some(RouteDecision::Reject { status, reason }))
+        }
+        (Some(_), _) => Err(HookError::InvalidDecision(format!(
+            "{HOOK} returned a table with both reject and a route"
+        ))),
+        (None, Some(_)) if reason.is_some() => Err(HookError::InvalidDecision(format!(
+            "{HOOK} returned a reason without reject"
+        ))),
+        (None, Some(trunks)) => Ok(Some(RouteDecision::Route {
+            trunks,
+            callee,
+            caller,
+        })),
+        (None, None) => Err(invalid(HOOK, &value, EXPECTED)),
+    }
+}
+
+/// `trunks`: a list of 1..=[`MAX_ROUTE_TRUNKS`] strings. Read no further
+/// than that, so a huge table costs no more than a short one.
+fn trunk_list(value: &Value) -> Result<Vec<String>, HookError> {
+    let bad = |what: &str| {
+        HookError::InvalidDecision(format!(
+            "route returned trunks = {}: {what}; expected a list of 1..={MAX_ROUTE_TRUNKS} trunk names",
+            describe(value)
+        ))
+    };
+    let Value::Table(list) = value else {
+        return Err(bad("not a table"));
+    };
+    let mut indexed = Vec::new();
+    for pair in list.pairs::<Value, Value>() {
+        let (key, v) = pair.map_err(|e| HookError::InvalidDecision(format!("route: {e}")))?;
+        if indexed.len() == MAX_ROUTE_TRUNKS {
+            return Err(bad("too many"));
+        }
+        let index = match key {
+            Value::Integer(i) => usize::try_from(i).ok().filter(|i| *i >= 1),
+            _ => None,
+        };
+        let Some(index) = index else {
+            return Err(bad("a key that is no list index"));
+        };
+        indexed.push((index, route_text("trunk", &v)?));
+    }
+    indexed.sort_unstable_by_key(|(i, _)| *i);
+    if indexed.iter().enumerate().any(|(n, (i, _))| *i != n + 1) {
+        return Err(bad("a list with holes"));
+    }
+    Ok(indexed.into_iter().map(|(_, name)| name).collect())
+}
+
+/// A trunk name or a number: a string of UTF-8 text.
+fn route_text(field: &str, value: &Value) -> Result<String, HookError> {
+    match value {
+        Value::String(s) => s.to_str().map(|t| t.to_string()).ok(),
+        _ => None,
+    }
+    .ok_or_else(|| {
+        HookError::InvalidDecision(format!(
+            "route returned {field} = {}; expected a string",
+            describe(value)
+        ))
+    })
 }
 
 /// `hangup`: nil | a table of string keys → string, number or boolean values,

@@ -21,10 +21,12 @@ use std::sync::{Arc, Mutex, PoisonError};
 use mlua::{ChunkMode, Function, IntoLuaMulti, Lua, Value};
 
 use self::sandbox::{Budget, Failure};
+use mlua::Variadic;
+
 use super::{
     CallStartDecision, CallStartView, CallView, ContactView, ExtraFields, FailureDecision,
     HookError, KeepaliveDecision, Leg, LegView, MediaTimeoutDecision, MediaTimeoutView,
-    PolicySource, RefreshDecision, RefreshFailure, Refresher,
+    PolicySource, RefreshDecision, RefreshFailure, Refresher, RouteDecision, RouteView,
 };
 
 /// The bounds one script runs within.
@@ -108,6 +110,7 @@ struct Hooks {
     keepalive_tick: Option<Function>,
     hangup: Option<Function>,
     media_timeout: Option<Function>,
+    route: Option<Function>,
 }
 
 /// One loaded script: a sandboxed Lua state and its hook functions.
@@ -135,6 +138,7 @@ impl fmt::Debug for LuaPolicy {
             ("keepalive_tick", self.hooks.keepalive_tick.is_some()),
             ("hangup", self.hooks.hangup.is_some()),
             ("media_timeout", self.hooks.media_timeout.is_some()),
+            ("route", self.hooks.route.is_some()),
         ];
         let hooks: Vec<&str> = defined
             .iter()
@@ -215,6 +219,7 @@ impl LuaPolicy {
             keepalive_tick: lookup("keepalive_tick")?,
             hangup: lookup("hangup")?,
             media_timeout: lookup("media_timeout")?,
+            route: lookup("route")?,
         };
         // The top-level chunk's garbage (source text, temporaries) need not
         // count against the first hook call's memory.
@@ -397,5 +402,28 @@ impl PolicySource for LuaPolicy {
         );
         let (value, _) = self.invoke(hook, args)?;
         convert::media_timeout(value)
+    }
+
+    fn route(&self, view: &RouteView<'_>) -> Result<Option<RouteDecision>, HookError> {
+        let Some(hook) = &self.hooks.route else {
+            return Ok(None);
+        };
+        // The headers go as name, value, name, value, …: the binder groups
+        // them into `call.headers`, in Lua, under the budget.
+        let headers: Variadic<&str> = view
+            .headers
+            .iter()
+            .flat_map(|h| [h.name, h.value])
+            .collect();
+        let args = (
+            view.call_id,
+            view.trunk_in,
+            view.caller,
+            view.callee,
+            view.source,
+            headers,
+        );
+        let (value, _) = self.invoke(hook, args)?;
+        convert::route(value)
     }
 }

@@ -1,8 +1,9 @@
 //! The Lua state a script runs in, and the bounds it runs within.
 //!
 //! A state gets the `base`, `string`, `table`, `math`, `utf8` and `coroutine`
-//! libraries and nothing that reaches the host: no `os`, `io`, `debug`,
-//! `package`, `dofile` or `loadfile`. `load` only takes text, `require` only
+//! libraries and nothing that reaches the host: no `io`, `debug`, `package`,
+//! `dofile` or `loadfile`, and of `os` only its clock ([`OS_CLOCK`]), so a
+//! script can route by the time of day. `load` only takes text, `require` only
 //! reads modules next to the script, `print` logs. Two holes the standard
 //! library leaves in a sandbox are closed here: a `__gc` metamethod runs with
 //! hooks disabled (so it would escape the instruction budget), and
@@ -21,6 +22,13 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use mlua::{ChunkMode, HookTriggers, Lua, LuaOptions, StdLib, Table, Value, Variadic, VmState};
 
 use super::LuaLimits;
+
+/// What a script keeps of the `os` library: reading the clock and the
+/// calendar (`os.time`, `os.date`, in the daemon's time zone, `TZ`), and
+/// durations. Nothing that starts a process, touches a file, reads the
+/// environment or exits. Lua 5.4's `os.date` checks its conversions itself,
+/// so a script cannot pass `strftime` one it does not know.
+pub(super) const OS_CLOCK: [&str; 4] = ["clock", "date", "difftime", "time"];
 
 /// Instructions between two looks at the budget: rare enough that the hook
 /// costs nothing measurable, often enough that an overrun is cut within 0.1 %
@@ -83,6 +91,9 @@ end
 /// each field from Rust would cost one per field; the keys are constants of
 /// the chunk, interned once.
 const BINDERS: &str = r#"
+-- The script may replace globals; the binders keep the originals.
+local select = select
+
 return {
   call_start = function(f)
     return function(call_id, trunk_in, trunk_out, caller, callee, source)
@@ -137,6 +148,25 @@ return {
         call_id = call_id, b_call_id = b_call_id, trunk = trunk,
         caller = caller, callee = callee, direction = direction,
         silent_for = silent_for, on_hold = on_hold, since_answer = since_answer,
+      })
+    end
+  end,
+  route = function(f)
+    return function(call_id, trunk_in, caller, callee, source, ...)
+      -- `...` is name, value, name, value, … in message order.
+      local headers, args = {}, { ... }
+      for i = 1, select('#', ...), 2 do
+        local name, value = args[i], args[i + 1]
+        local values = headers[name]
+        if values == nil then
+          values = {}
+          headers[name] = values
+        end
+        values[#values + 1] = value
+      end
+      return f({
+        call_id = call_id, trunk_in = trunk_in, caller = caller,
+        callee = callee, source = source, headers = headers,
       })
     end
   end,
@@ -235,7 +265,12 @@ pub(super) fn new_state(
     name: &Arc<str>,
     limits: LuaLimits,
 ) -> mlua::Result<(Lua, Arc<Budget>, Table)> {
-    let libs = StdLib::COROUTINE | StdLib::TABLE | StdLib::STRING | StdLib::UTF8 | StdLib::MATH;
+    let libs = StdLib::COROUTINE
+        | StdLib::TABLE
+        | StdLib::STRING
+        | StdLib::UTF8
+        | StdLib::MATH
+        | StdLib::OS;
     let lua = Lua::new_with(libs, LuaOptions::new())?;
     lua.set_memory_limit(limits.memory_bytes)?;
     let budget = Budget::new(limits.instructions);
@@ -243,6 +278,7 @@ pub(super) fn new_state(
     budget.start(&lua)?;
 
     let globals = lua.globals();
+    globals.raw_set("os", os_clock(&lua, &globals)?)?;
     globals.raw_set("dofile", Value::Nil)?;
     globals.raw_set("loadfile", Value::Nil)?;
     globals.raw_set("print", print_function(&lua, name.clone())?)?;
@@ -260,6 +296,18 @@ pub(super) fn new_state(
         .call::<()>(exceeded)?;
     let binders: Table = lua.load(BINDERS).set_name("=vigil.hooks").call(())?;
     Ok((lua, budget, binders))
+}
+
+/// A fresh `os` table with only the [`OS_CLOCK`] functions of the loaded
+/// library. The full table stays only in the registry's `_LOADED`, which no
+/// script can reach (there is no `debug` and no `package`).
+fn os_clock(lua: &Lua, globals: &Table) -> mlua::Result<Table> {
+    let full: Table = globals.raw_get("os")?;
+    let clock = lua.create_table()?;
+    for name in OS_CLOCK {
+        clock.raw_set(name, full.raw_get::<Value>(name)?)?;
+    }
+    Ok(clock)
 }
 
 /// The function the core calls for `hook`: the script's function wrapped by

@@ -9,7 +9,7 @@ use tempfile::TempDir;
 use super::*;
 use crate::cdr::EndReason;
 use crate::config::RefreshMethod;
-use crate::policy::{CallOverrides, MediaDirection};
+use crate::policy::{CallOverrides, HeaderView, MediaDirection};
 
 /// Limits small enough that runaway tests end quickly.
 const LIMITS: LuaLimits = LuaLimits {
@@ -109,6 +109,42 @@ fn media_view(call_id: &str) -> MediaTimeoutView<'_> {
         on_hold: false,
         since_answer: Duration::from_secs(3600),
     }
+}
+
+/// An INVITE's identity and diversion headers, one of them twice.
+const HEADERS: [HeaderView<'static>; 3] = [
+    HeaderView {
+        name: "Diversion",
+        value: "<sip:+4930111@pbx>;reason=busy",
+    },
+    HeaderView {
+        name: "P-Asserted-Identity",
+        value: "\"Alice\" <sip:+4930123@pbx>",
+    },
+    HeaderView {
+        name: "Diversion",
+        value: "<sip:+4930222@pbx>;reason=no-answer",
+    },
+];
+
+/// A call from the PBX to `callee`, with [`HEADERS`].
+fn route_view(callee: &str) -> RouteView<'_> {
+    RouteView {
+        call_id: "a84b4c76e66710",
+        trunk_in: "pbx",
+        caller: "4930123",
+        callee,
+        source: source(),
+        headers: &HEADERS,
+    }
+}
+
+fn routed(trunks: &[&str], callee: Option<&str>, caller: Option<&str>) -> Option<RouteDecision> {
+    Some(RouteDecision::Route {
+        trunks: trunks.iter().map(|t| t.to_string()).collect(),
+        callee: callee.map(str::to_owned),
+        caller: caller.map(str::to_owned),
+    })
 }
 
 fn invalid(result: Result<impl fmt::Debug, HookError>) -> String {
@@ -658,6 +694,188 @@ fn media_timeout_errors_and_budget_are_reported_and_the_state_carries_on() {
     }
 }
 
+// ---- route ------------------------------------------------------------------
+
+#[test]
+fn route_sees_the_call_and_its_headers() {
+    let (_dir, policy) = load(
+        r#"
+        function route(call)
+          assert(call.call_id == "a84b4c76e66710", "call_id")
+          assert(call.trunk_in == "pbx", "trunk_in")
+          assert(call.caller == "4930123" and call.callee == "4940555", "parties")
+          assert(call.source == "192.0.2.10:5060", "source")
+          local div = call.headers["Diversion"]
+          assert(#div == 2, "two Diversion fields")
+          assert(div[1] == "<sip:+4930111@pbx>;reason=busy", div[1])
+          assert(div[2] == "<sip:+4930222@pbx>;reason=no-answer", div[2])
+          local pai = call.headers["P-Asserted-Identity"]
+          assert(#pai == 1 and pai[1]:find("+4930123", 1, true), "PAI")
+          assert(call.headers["Privacy"] == nil, "absent headers are nil")
+          return nil
+        end
+        "#,
+    );
+    assert_eq!(policy.route(&route_view("4940555")), Ok(None));
+    // No headers: an empty table, not nil.
+    let (_dir, policy) = load(
+        "function route(call)
+  assert(next(call.headers) == nil)
+  return { trunks = { call.trunk_in } }
+end
+",
+    );
+    let bare = RouteView {
+        headers: &[],
+        ..route_view("4940555")
+    };
+    assert_eq!(policy.route(&bare), Ok(routed(&["pbx"], None, None)));
+}
+
+#[test]
+fn route_answers() {
+    let (_dir, policy) = load(
+        r#"
+        local answers = {
+          none = nil,
+          one = { trunks = { "carrier" } },
+          lcr = { trunks = { "cheap", "backup", "carrier" }, callee = "+4940555",
+                  caller = "+4930123" },
+          forbid = { reject = 403 },
+          premium = { reject = 403, reason = "Premium Numbers Barred" },
+          gone = { reject = 604.0 },
+        }
+        function route(call) return answers[call.callee] end
+        "#,
+    );
+    let ask = |callee| policy.route(&route_view(callee));
+    assert_eq!(ask("none"), Ok(None));
+    assert_eq!(ask("one"), Ok(routed(&["carrier"], None, None)));
+    assert_eq!(
+        ask("lcr"),
+        Ok(routed(
+            &["cheap", "backup", "carrier"],
+            Some("+4940555"),
+            Some("+4930123")
+        ))
+    );
+    let reject = |status, reason: &str| {
+        Ok(Some(RouteDecision::Reject {
+            status,
+            reason: reason.to_owned().into(),
+        }))
+    };
+    assert_eq!(ask("forbid"), reject(403, "Forbidden"));
+    assert_eq!(ask("premium"), reject(403, "Premium Numbers Barred"));
+    assert_eq!(ask("gone"), reject(604, "Does Not Exist Anywhere"));
+}
+
+#[test]
+fn route_rejects_nonsense() {
+    let (_dir, policy) = load(
+        r#"
+        local many = {}
+        for i = 1, 1000 do many[i] = "t" .. i end
+        local answers = {
+          word = "carrier",
+          list = { "carrier" },
+          empty = {},
+          numbers_only = { callee = "+4940555" },
+          trunk_string = { trunks = "carrier" },
+          trunk_number = { trunks = { 5060 } },
+          holes = { trunks = { [1] = "a", [3] = "c" } },
+          named = { trunks = { first = "a" } },
+          many = { trunks = many },
+          callee_number = { trunks = { "a" }, callee = 4940555 },
+          both = { reject = 403, trunks = { "a" } },
+          reject_rewrite = { reject = 403, callee = "1" },
+          reason_only = { trunks = { "a" }, reason = "why" },
+          status_200 = { reject = 200 },
+          crlf = { reject = 403, reason = "No\r\nX-Evil: 1" },
+          typo = { trunk = { "a" } },
+        }
+        function route(call) return answers[call.callee] end
+        "#,
+    );
+    let ask = |callee| invalid(policy.route(&route_view(callee)));
+    for (callee, expected) in [
+        ("word", "route returned \"carrier\"; expected nil, { trunks"),
+        ("list", "keys must be non-empty strings"),
+        ("empty", "route returned a table; expected"),
+        ("numbers_only", "route returned a table; expected"),
+        ("trunk_string", "trunks = \"carrier\": not a table"),
+        ("trunk_number", "trunk = 5060; expected a string"),
+        ("holes", "a list with holes"),
+        ("named", "a key that is no list index"),
+        ("many", "too many"),
+        ("callee_number", "callee = 4940555; expected a string"),
+        ("both", "both reject and a route"),
+        ("reject_rewrite", "both reject and a route"),
+        ("reason_only", "reason without reject"),
+        ("status_200", "reject = 200"),
+        ("crlf", "printable"),
+        ("typo", "unknown key \"trunk\""),
+    ] {
+        let msg = ask(callee);
+        assert!(msg.starts_with("route "), "{callee}: {msg}");
+        assert!(msg.contains(expected), "{callee}: {msg}");
+    }
+}
+
+#[test]
+fn route_errors_budget_and_memory_are_reported_and_the_state_carries_on() {
+    let (_dir, policy) = load(
+        r#"
+        function route(call)
+          if call.callee == "loop" then while true do end end
+          if call.callee == "bomb" then
+            local t = {}
+            while true do t[#t + 1] = string.rep("x", 1e6) end
+          end
+          if call.callee == "error" then return call.missing.field end
+          return { trunks = { "carrier" } }
+        end
+        "#,
+    );
+    let ask = |callee| policy.route(&route_view(callee));
+    for _ in 0..2 {
+        match ask("error") {
+            Err(HookError::Script(msg)) => assert!(msg.contains("policy.lua:8:"), "{msg}"),
+            other => panic!("expected Script, got {other:?}"),
+        }
+        match ask("loop") {
+            Err(HookError::InstructionBudget { limit, at }) => {
+                assert_eq!(limit, LIMITS.instructions);
+                assert!(at.contains("policy.lua:3:"), "{at}");
+            }
+            other => panic!("expected InstructionBudget, got {other:?}"),
+        }
+        assert_eq!(
+            ask("bomb"),
+            Err(HookError::MemoryLimit(LIMITS.memory_bytes))
+        );
+        assert_eq!(ask("ok"), Ok(routed(&["carrier"], None, None)));
+    }
+}
+
+#[test]
+fn the_binder_does_not_depend_on_the_scripts_globals() {
+    // A script that replaces `select` (or anything else) does not change
+    // how its `call` table is built.
+    let (_dir, policy) = load(
+        r#"
+        select = function() error("replaced") end
+        function route(call)
+          return { trunks = { #call.headers["Diversion"] .. "" } }
+        end
+        "#,
+    );
+    assert_eq!(
+        policy.route(&route_view("4940555")),
+        Ok(routed(&["2"], None, None))
+    );
+}
+
 // ---- missing functions, errors ----------------------------------------------
 
 #[test]
@@ -674,6 +892,7 @@ fn missing_functions_decide_nothing() {
     assert_eq!(policy.hangup(&call_view("c"), &mut extra), Ok(()));
     assert_eq!(extra.len(), 1);
     assert_eq!(policy.media_timeout(&media_view("c")), Ok(None));
+    assert_eq!(policy.route(&route_view("c")), Ok(None));
 }
 
 #[test]
@@ -707,6 +926,18 @@ fn a_hook_that_is_not_a_function_is_a_load_error() {
             LuaLoadError::NotAFunction {
                 hook: "refresh_due",
                 found: "string",
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    let (_dir, err) = load_err("route = { trunks = { \"carrier\" } }\n");
+    assert!(
+        matches!(
+            err,
+            LuaLoadError::NotAFunction {
+                hook: "route",
+                found: "table",
                 ..
             }
         ),
@@ -925,7 +1156,13 @@ fn load_errors() {
 fn sandbox_has_no_way_out() {
     let (_dir, policy) = load(
         r#"
-        assert(os == nil, "os")
+        -- of os, only the clock
+        local kept = {}
+        for name in pairs(os) do kept[#kept + 1] = name end
+        table.sort(kept)
+        assert(table.concat(kept, ",") == "clock,date,difftime,time", table.concat(kept, ","))
+        assert(os.execute == nil and os.getenv == nil and os.exit == nil, "os")
+        assert(os.remove == nil and os.rename == nil and os.tmpname == nil, "os files")
         assert(io == nil, "io")
         assert(debug == nil, "debug")
         assert(package == nil, "package")
@@ -955,6 +1192,35 @@ fn sandbox_has_no_way_out() {
     assert_eq!(
         policy.refresh_due(&leg_view("c")),
         Ok(Some(RefreshDecision::Skip))
+    );
+}
+
+#[test]
+fn the_clock_tells_the_time_of_day() {
+    let (_dir, policy) = load(
+        r#"
+        function route(call)
+          local now = os.time()
+          assert(math.type(now) == "integer", "os.time() is whole seconds")
+          assert(math.abs(now - vigil.now()) < 5, "os.time() is the wall clock")
+          local t = os.date("*t", now)
+          assert(t.hour >= 0 and t.hour <= 23 and t.wday >= 1 and t.wday <= 7, "*t")
+          -- UTC, and a calendar date back to a time
+          assert(os.date("!%Y-%m-%d %H:%M", 86400 + 3600) == "1970-01-02 01:00", "!format")
+          local u = os.date("!*t", 0)
+          assert(u.year == 1970 and u.month == 1 and u.day == 1 and u.hour == 0, "!*t")
+          assert(os.time({ year = 2026, month = 1, day = 1, hour = 12 }) > 0, "os.time(table)")
+          assert(os.difftime(now + 60, now) == 60, "difftime")
+          -- strftime never sees a conversion Lua does not know
+          local ok, err = pcall(os.date, "%Ez %Q")
+          assert(not ok and err:find("invalid conversion"), tostring(err))
+          return { trunks = { os.date("!%H", 7 * 3600) } }
+        end
+        "#,
+    );
+    assert_eq!(
+        policy.route(&route_view("4940555")),
+        Ok(routed(&["07"], None, None))
     );
 }
 
@@ -1138,9 +1404,13 @@ fn example_scripts_load_and_answer_as_documented() {
     for expected in [
         "cdr_tags.lua",
         "common.lua",
+        "e164.lua",
+        "lcr.lua",
         "one_way_audio.lua",
+        "premium_block.lua",
         "reinvite_only.lua",
         "retry_408.lua",
+        "time_of_day.lua",
     ] {
         assert!(
             names.iter().any(|n| n == expected),
@@ -1291,4 +1561,127 @@ fn example_scripts_load_and_answer_as_documented() {
     let mut extra = Vec::new();
     p.hangup(&call_view("c3"), &mut extra).expect("hangup");
     assert!(extra.is_empty(), "{extra:?}");
+}
+
+/// `callee` dialled from `trunk_in` by `caller`, with no headers.
+fn dialled<'a>(trunk_in: &'a str, caller: &'a str, callee: &'a str) -> RouteView<'a> {
+    RouteView {
+        trunk_in,
+        caller,
+        headers: &[],
+        ..route_view(callee)
+    }
+}
+
+#[test]
+fn lcr_picks_the_longest_prefixs_trunks() {
+    let p = example("lcr.lua");
+    let ask = |callee| p.route(&dialled("pbx", "4930123", callee));
+    let de = ["carrier-de", "carrier-intl"];
+    assert_eq!(ask("00493012345"), Ok(routed(&de, None, None)));
+    assert_eq!(
+        ask("00442079460000"),
+        Ok(routed(&["carrier-uk", "carrier-intl"], None, None))
+    );
+    assert_eq!(ask("0033123456"), Ok(routed(&["carrier-intl"], None, None)));
+    assert_eq!(
+        ask("01701234567"),
+        Ok(routed(&["carrier-mobile", "carrier-de"], None, None))
+    );
+    assert_eq!(ask("0301234567"), Ok(routed(&de, None, None)));
+    // No prefix matches: the configured routes.
+    assert_eq!(ask("112"), Ok(None));
+    assert_eq!(ask("+4930123"), Ok(None));
+}
+
+#[test]
+fn e164_normalises_both_numbers_for_the_carrier() {
+    let p = example("e164.lua");
+    let trunks = ["carrier", "carrier-backup"];
+    let ask = |caller, callee| p.route(&dialled("pbx", caller, callee));
+    assert_eq!(
+        ask("0301234567", "0401234567"),
+        Ok(routed(&trunks, Some("+49401234567"), Some("+49301234567")))
+    );
+    assert_eq!(
+        ask("00493012345", "00442079460000"),
+        Ok(routed(&trunks, Some("+442079460000"), Some("+493012345")))
+    );
+    // Already E.164: unchanged. A caller that is no number: left as it is.
+    assert_eq!(
+        ask("anonymous", "+4940555"),
+        Ok(routed(&trunks, Some("+4940555"), None))
+    );
+    // Short codes, and calls from elsewhere: no decision.
+    assert_eq!(ask("0301234567", "112"), Ok(None));
+    assert_eq!(
+        p.route(&dialled("carrier", "+4930123", "0401234567")),
+        Ok(None)
+    );
+    // What it answers passes the chain's checks.
+    let Ok(Some(decision)) = ask("0301234567", "0401234567") else {
+        panic!("no decision");
+    };
+    assert_eq!(crate::policy::route::check(&decision), Ok(()));
+}
+
+#[test]
+fn premium_block_refuses_premium_numbers_in_every_form() {
+    let p = example("premium_block.lua");
+    let barred = Ok(Some(RouteDecision::Reject {
+        status: 403,
+        reason: "Premium Numbers Barred".into(),
+    }));
+    for callee in ["09001234567", "0137123456", "0049900123456", "+49138123456"] {
+        assert_eq!(
+            p.route(&dialled("pbx", "4930123", callee)),
+            barred,
+            "{callee}"
+        );
+    }
+    for callee in ["0301234567", "0800123456", "+4930123", "0090012"] {
+        assert_eq!(
+            p.route(&dialled("pbx", "4930123", callee)),
+            Ok(None),
+            "{callee}"
+        );
+    }
+}
+
+#[test]
+fn time_of_day_sends_the_front_desk_to_the_office_in_office_hours() {
+    let p = example("time_of_day.lua");
+    // Stands the script's clock (local time) still at `utc`, in UTC.
+    let at = |utc: i64| {
+        p.lua
+            .load(format!(
+                "local real = rawget(_G, 'vigil_real_date') or os.date\n\
+                 vigil_real_date = real\n\
+                 os.date = function(f, t) if f == '*t' and t == nil then return real('!*t', {utc}) end return real(f, t) end"
+            ))
+            .exec()
+            .expect("clock stub");
+        p.route(&dialled("pbx", "4930123", "100"))
+    };
+    let office = Ok(routed(&["office-pbx", "answering-service"], None, None));
+    let closed = Ok(routed(&["answering-service"], None, None));
+    // Monday 2026-01-05.
+    assert_eq!(at(1_767_605_400), office, "Monday 09:30");
+    assert_eq!(at(1_767_605_400 - 2 * 3600), closed, "Monday 07:30");
+    assert_eq!(at(1_767_636_000), closed, "Monday 18:00");
+    assert_eq!(at(1_767_636_000 - 60), office, "Monday 17:59");
+    // Saturday 2026-01-10, 11:00.
+    assert_eq!(at(1_768_042_800), closed, "Saturday 11:00");
+    // Not the front desk: no decision, whatever the time.
+    assert_eq!(p.route(&dialled("pbx", "4930123", "101")), Ok(None));
+}
+
+#[test]
+fn time_of_day_runs_on_the_real_clock() {
+    let p = example("time_of_day.lua");
+    let decision = p.route(&dialled("pbx", "4930123", "100"));
+    assert!(
+        matches!(&decision, Ok(Some(RouteDecision::Route { trunks, .. })) if trunks.last().map(String::as_str) == Some("answering-service")),
+        "{decision:?}"
+    );
 }

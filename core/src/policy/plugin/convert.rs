@@ -8,15 +8,16 @@ use std::time::Duration;
 
 use vigil_plugin_api::abi::{
     self, RawCallStartDecision, RawCallStartView, RawCallView, RawContactView, RawFailureDecision,
-    RawKeepaliveDecision, RawLegView, RawMediaTimeoutDecision, RawMediaTimeoutView,
-    RawRefreshDecision, RawRefreshFailure, RawStr,
+    RawHeader, RawKeepaliveDecision, RawLegView, RawMediaTimeoutDecision, RawMediaTimeoutView,
+    RawRefreshDecision, RawRefreshFailure, RawRouteDecision, RawRouteView, RawStr,
 };
 
-use super::sink::{Hook, invalid};
+use super::sink::{Hook, RouteParts, invalid};
 use crate::policy::{
     CallOverrides, CallStartDecision, CallStartView, CallView, ContactView, FailureDecision,
     HookError, KeepaliveDecision, Leg, LegView, MediaDirection, MediaTimeoutDecision,
-    MediaTimeoutView, RefreshDecision, RefreshFailure, RefreshMethod, Refresher,
+    MediaTimeoutView, RefreshDecision, RefreshFailure, RefreshMethod, Refresher, RouteDecision,
+    RouteView,
 };
 
 // Views: lent to the plugin as borrowed ABI views.
@@ -102,6 +103,32 @@ pub(super) fn raw_media_timeout(view: &MediaTimeoutView<'_>) -> RawMediaTimeoutV
     }
 }
 
+/// The view's headers as the ABI lends them (allocates only when there are
+/// some; most INVITEs carry none or one).
+pub(super) fn raw_headers(view: &RouteView<'_>) -> Vec<RawHeader> {
+    view.headers
+        .iter()
+        .map(|h| RawHeader {
+            name: raw(h.name),
+            value: raw(h.value),
+        })
+        .collect()
+}
+
+/// `headers` is [`raw_headers`] of the same view, which must outlive the
+/// returned one.
+pub(super) fn raw_route(view: &RouteView<'_>, headers: &[RawHeader]) -> RawRouteView {
+    RawRouteView {
+        call_id: raw(view.call_id),
+        trunk_in: raw(view.trunk_in),
+        caller: raw(view.caller),
+        callee: raw(view.callee),
+        source: raw(view.source),
+        headers: headers.as_ptr(),
+        header_count: headers.len(),
+    }
+}
+
 pub(super) fn raw_failure(failure: RefreshFailure) -> RawRefreshFailure {
     let (kind, status) = match failure {
         RefreshFailure::Timeout => (abi::FAILURE_TIMEOUT, 0),
@@ -143,21 +170,7 @@ pub(super) fn call_start_decision(
             })))
         }
         abi::CALL_START_REJECT => {
-            let status = raw.reject_status;
-            if !(400..=699).contains(&status) {
-                return Err(invalid(
-                    hook,
-                    format_args!("reject status {status} is not in 400..=699"),
-                ));
-            }
-            let Some(reason) = reason else {
-                return Err(invalid(hook, "a reject without a reason phrase"));
-            };
-            // The phrase goes into a status line: a CR or LF would let it
-            // write headers of its own.
-            if reason.chars().any(|c| c.is_control() && c != '\t') {
-                return Err(invalid(hook, "the reason phrase has control characters"));
-            }
+            let (status, reason) = reject(hook, raw.reject_status, reason)?;
             Ok(Some(CallStartDecision::Reject {
                 status,
                 reason: reason.into(),
@@ -165,6 +178,52 @@ pub(super) fn call_start_decision(
         }
         other => Err(invalid(hook, format_args!("unknown decision kind {other}"))),
     }
+}
+
+/// A reject's status and reason, as call_start and route take them.
+fn reject(hook: Hook, status: u16, reason: Option<String>) -> Result<(u16, String), HookError> {
+    if !(400..=699).contains(&status) {
+        return Err(invalid(
+            hook,
+            format_args!("reject status {status} is not in 400..=699"),
+        ));
+    }
+    let Some(reason) = reason else {
+        return Err(invalid(hook, "a reject without a reason phrase"));
+    };
+    // The phrase goes into a status line: a CR or LF would let it write
+    // headers of its own.
+    if reason.chars().any(|c| c.is_control() && c != '\t') {
+        return Err(invalid(hook, "the reason phrase has control characters"));
+    }
+    Ok((status, reason))
+}
+
+/// The trunks and numbers are taken as sent; whether the engine can use
+/// them is the chain's check (`policy::route`), the same for every backend.
+pub(super) fn route_decision(
+    raw: RawRouteDecision,
+    parts: RouteParts,
+    reason: Option<String>,
+) -> Result<Option<RouteDecision>, HookError> {
+    let hook = Hook::Route;
+    Ok(Some(match raw.kind {
+        abi::ROUTE_NONE => return Ok(None),
+        abi::ROUTE_DEFAULT => RouteDecision::Default,
+        abi::ROUTE_TRUNKS => RouteDecision::Route {
+            trunks: parts.trunks,
+            callee: parts.callee,
+            caller: parts.caller,
+        },
+        abi::ROUTE_REJECT => {
+            let (status, reason) = reject(hook, raw.reject_status, reason)?;
+            RouteDecision::Reject {
+                status,
+                reason: reason.into(),
+            }
+        }
+        other => return Err(invalid(hook, format_args!("unknown decision kind {other}"))),
+    }))
 }
 
 pub(super) fn refresh_decision(

@@ -1,14 +1,14 @@
 //! The host's side of [`HostSink`]: what a plugin sends besides its fixed-size
-//! decision (a reject reason, a keep-alive payload, CDR fields, a panic
-//! message) is copied into a per-call [`Collector`], which allocates only when
-//! the plugin sends something.
+//! decision (a reject reason, a keep-alive payload, CDR fields, a route's
+//! trunks and numbers, a panic message) is copied into a per-call
+//! [`Collector`], which allocates only when the plugin sends something.
 
 use std::ffi::c_void;
 use std::fmt;
 
 use vigil_plugin_api::abi::{self, HostSink, RawBytes, RawStr};
 
-use crate::policy::{ExtraFields, HookError};
+use crate::policy::{ExtraFields, HookError, MAX_ROUTE_TRUNKS};
 
 /// Which call a [`Collector`] serves: each takes only its own kind of data.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -20,6 +20,7 @@ pub(super) enum Hook {
     KeepaliveTick,
     Hangup,
     MediaTimeout,
+    Route,
 }
 
 impl Hook {
@@ -32,8 +33,17 @@ impl Hook {
             Hook::KeepaliveTick => "keepalive_tick",
             Hook::Hangup => "hangup",
             Hook::MediaTimeout => "media_timeout",
+            Hook::Route => "route",
         }
     }
+}
+
+/// What a route hook sent through the sink.
+#[derive(Debug, Default)]
+pub(super) struct RouteParts {
+    pub(super) trunks: Vec<String>,
+    pub(super) callee: Option<String>,
+    pub(super) caller: Option<String>,
 }
 
 /// The longest panic message kept: a plugin must not flood the log.
@@ -47,6 +57,10 @@ pub(super) struct Collector<'e> {
     pub(super) payload: Option<Vec<u8>>,
     /// Hang-up only: where CDR fields go.
     pub(super) extra: Option<&'e mut ExtraFields>,
+    /// Route only: the trunks in the order given (at most
+    /// [`MAX_ROUTE_TRUNKS`]: a plugin cannot make Vigil copy without bound)
+    /// and the B leg's numbers.
+    pub(super) route: RouteParts,
     panic: Option<String>,
     /// The first thing the plugin sent that Vigil cannot take.
     refused: Option<&'static str>,
@@ -59,6 +73,7 @@ impl<'e> Collector<'e> {
             reason: None,
             payload: None,
             extra: None,
+            route: RouteParts::default(),
             panic: None,
             refused: None,
         }
@@ -74,6 +89,9 @@ impl<'e> Collector<'e> {
             set_payload: sink_set_payload,
             add_field: sink_add_field,
             report_panic: sink_report_panic,
+            add_trunk: sink_add_trunk,
+            set_callee: sink_set_callee,
+            set_caller: sink_set_caller,
         }
     }
 
@@ -113,8 +131,8 @@ unsafe fn collector<'a>(ctx: *mut c_void) -> &'a mut Collector<'a> {
 unsafe extern "C" fn sink_set_reason(ctx: *mut c_void, value: RawStr) {
     // SAFETY: the plugin calls back with our ctx during the hook call.
     let c = unsafe { collector(ctx) };
-    if c.hook != Hook::CallStart {
-        return c.refuse("a reason phrase outside call_start");
+    if !matches!(c.hook, Hook::CallStart | Hook::Route) {
+        return c.refuse("a reason phrase outside call_start and route");
     }
     // SAFETY: the plugin's string is valid during the callback.
     match unsafe { value.to_str() } {
@@ -148,6 +166,58 @@ unsafe extern "C" fn sink_add_field(ctx: *mut c_void, key: RawStr, value: RawStr
         (Some(""), _) => c.refuse("a CDR field with an empty key"),
         (Some(key), Some(value)) => extra.push((key.to_owned(), value.to_owned())),
         _ => c.refuse("a CDR field that is not UTF-8"),
+    }
+}
+
+/// A route's string, copied if this is a route call and it is UTF-8.
+///
+/// # Safety
+/// As for the sink's callbacks: `ctx` is our collector, `value` valid during
+/// the callback.
+unsafe fn route_text<'a>(
+    ctx: *mut c_void,
+    value: RawStr,
+    what: &'static str,
+) -> Option<(&'a mut Collector<'a>, String)> {
+    // SAFETY: forwarded.
+    let c = unsafe { collector(ctx) };
+    if c.hook != Hook::Route {
+        c.refuse(what);
+        return None;
+    }
+    // SAFETY: forwarded.
+    match unsafe { value.to_str() } {
+        Some(text) => Some((c, text.to_owned())),
+        None => {
+            c.refuse("a trunk name or number that is not UTF-8");
+            None
+        }
+    }
+}
+
+unsafe extern "C" fn sink_add_trunk(ctx: *mut c_void, value: RawStr) {
+    // SAFETY: the plugin calls back with our ctx during the hook call, with
+    // its string valid during the callback.
+    let Some((c, trunk)) = (unsafe { route_text(ctx, value, "a trunk outside route") }) else {
+        return;
+    };
+    if c.route.trunks.len() == MAX_ROUTE_TRUNKS {
+        return c.refuse("more trunks than MAX_ROUTE_TRUNKS (16)");
+    }
+    c.route.trunks.push(trunk);
+}
+
+unsafe extern "C" fn sink_set_callee(ctx: *mut c_void, value: RawStr) {
+    // SAFETY: as in `sink_add_trunk`.
+    if let Some((c, callee)) = unsafe { route_text(ctx, value, "a callee outside route") } {
+        c.route.callee = Some(callee);
+    }
+}
+
+unsafe extern "C" fn sink_set_caller(ctx: *mut c_void, value: RawStr) {
+    // SAFETY: as in `sink_add_trunk`.
+    if let Some((c, caller)) = unsafe { route_text(ctx, value, "a caller outside route") } {
+        c.route.caller = Some(caller);
     }
 }
 

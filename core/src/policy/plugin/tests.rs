@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use super::*;
 use crate::cdr::EndReason;
-use crate::policy::{Leg, MediaDirection, Refresher};
+use crate::policy::{HeaderView, Leg, MediaDirection, Refresher};
 
 fn load(crate_name: &str) -> PluginPolicy {
     let path = build_fixture(crate_name);
@@ -71,6 +71,29 @@ fn media_view(direction: MediaDirection, silent_secs: u64) -> MediaTimeoutView<'
         silent_for: Duration::from_secs(silent_secs),
         on_hold: false,
         since_answer: Duration::from_secs(600),
+    }
+}
+
+/// The INVITE's identity and diversion headers, as the engine picks them.
+const HEADERS: [HeaderView<'static>; 2] = [
+    HeaderView {
+        name: "P-Asserted-Identity",
+        value: "<sip:+3225551000@pbx.example.com>",
+    },
+    HeaderView {
+        name: "Diversion",
+        value: "<sip:+3225553000@pbx.example.com>;reason=no-answer",
+    },
+];
+
+fn route_view(callee: &str) -> RouteView<'_> {
+    RouteView {
+        call_id: "a84b4c76e66710@pc33.example.com",
+        trunk_in: "pbx",
+        caller: "+3225551000",
+        callee,
+        source: "192.0.2.10:5060",
+        headers: &HEADERS,
     }
 }
 
@@ -164,6 +187,29 @@ fn example_plugin_ignores_the_carriers_one_way_silence_for_five_minutes() {
 }
 
 #[test]
+fn example_plugin_routes_freephone_calls_in_e164_and_leaves_the_rest() {
+    let plugin = load("vigil-plugin-example");
+    assert_eq!(
+        plugin.route(&route_view("080012345")),
+        Ok(Some(RouteDecision::Route {
+            trunks: vec!["carrier-freephone".into(), "carrier".into()],
+            callee: Some("+3280012345".into()),
+            caller: None,
+        }))
+    );
+    assert_eq!(plugin.route(&route_view("025552000")), Ok(None));
+    // Without headers too (the view's list may be empty).
+    let bare = RouteView {
+        headers: &[],
+        ..route_view("0800999")
+    };
+    assert!(matches!(
+        plugin.route(&bare),
+        Ok(Some(RouteDecision::Route { .. }))
+    ));
+}
+
+#[test]
 fn example_plugin_serves_workers_concurrently() {
     let plugin = load("vigil-plugin-example");
     std::thread::scope(|s| {
@@ -194,8 +240,8 @@ fn an_old_abi_is_refused_naming_both_versions_and_the_file() {
         matches!(
             err,
             PluginError::AbiVersion {
-                found: 1,
-                expected: 2,
+                found: 2,
+                expected: 3,
                 ..
             }
         ),
@@ -204,7 +250,7 @@ fn an_old_abi_is_refused_naming_both_versions_and_the_file() {
     let message = err.to_string();
     assert!(
         message.starts_with(&format!(
-            "{}: plugin ABI version 1, this Vigil speaks {VIGIL_PLUGIN_ABI_VERSION}",
+            "{}: plugin ABI version 2, this Vigil speaks {VIGIL_PLUGIN_ABI_VERSION}",
             path.display()
         )),
         "{message}"
@@ -292,6 +338,10 @@ fn a_panicking_plugin_fails_each_hook_and_vigil_carries_on() {
             plugin.media_timeout(&media_view(MediaDirection::Both, 30)),
             Err(HookError::Panic("media_timeout panicked for both".into()))
         );
+        assert_eq!(
+            plugin.route(&route_view("+3225552000")),
+            Err(HookError::Panic("route panicked for +3225552000".into()))
+        );
         let mut extra = vec![("route".to_owned(), "primary".to_owned())];
         assert_eq!(
             plugin.hangup(&call_view("call-1"), &mut extra),
@@ -351,6 +401,32 @@ fn decisions_vigil_cannot_carry_out_are_invalid() {
         plugin.media_timeout(&media_view(MediaDirection::CallerToCallee, 30)),
         "media_timeout: unknown decision kind 42",
     );
+
+    let route = |callee| plugin.route(&route_view(callee));
+    assert_invalid(route("+3225552000"), "route: unknown decision kind 42");
+    assert_invalid(
+        route("seventeen-trunks"),
+        "route: more trunks than MAX_ROUTE_TRUNKS (16)",
+    );
+    assert_invalid(
+        route("not-utf8-trunk"),
+        "route: a trunk name or number that is not UTF-8",
+    );
+    assert_invalid(route("status-200"), "reject status 200 is not in 400..=699");
+    assert_invalid(
+        route("no-reason"),
+        "route: a reject without a reason phrase",
+    );
+    // Well-formed as far as the ABI goes; the chain refuses them (see
+    // policy::chain's tests).
+    assert!(matches!(
+        route("no-trunks"),
+        Ok(Some(RouteDecision::Route { trunks, .. })) if trunks.is_empty()
+    ));
+    assert!(matches!(
+        route("bad-callee"),
+        Ok(Some(RouteDecision::Route { callee: Some(c), .. })) if c.contains("\r\n")
+    ));
 
     let mut extra = vec![("route".to_owned(), "primary".to_owned())];
     assert_invalid(
