@@ -3,7 +3,8 @@
 # when they are missing (sipp, Debian's sip-tester; the baresip softphone, whose
 # metapackage without its recommends is just baresip-core; the rtpengine media
 # proxy, Debian's rtpengine-daemon, of which the tests start their own on
-# loopback), then runs every test
+# loopback; the dnsmasq DNS server, Debian's dnsmasq-base: the binary without a
+# system service, started by the DNS tests on loopback), then runs every test
 # of the workspace: unit tests, the RFC 4475 torture suite and the end-to-end
 # calls.
 set -euo pipefail
@@ -13,6 +14,8 @@ missing=()
 command -v sipp >/dev/null 2>&1 || missing+=(sip-tester)
 command -v baresip >/dev/null 2>&1 || missing+=(baresip)
 command -v rtpengine >/dev/null 2>&1 || missing+=(rtpengine-daemon)
+# /usr/sbin is not on every PATH.
+command -v dnsmasq >/dev/null 2>&1 || [ -x /usr/sbin/dnsmasq ] || missing+=(dnsmasq-base)
 if [ "${#missing[@]}" -gt 0 ]; then
     echo "tests/run.sh: installing ${missing[*]}" >&2
     sudo=""

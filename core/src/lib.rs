@@ -4,7 +4,8 @@
 //!
 //! 1. [`sip`] (the codec, and [`sip::Reply`]: how any layer answers with a
 //!    status), [`sdp`] (what Vigil reads in a session description), [`timer`],
-//!    [`ratelimit`], [`shrink`], [`ids`], [`config`];
+//!    [`ratelimit`], [`shrink`], [`ids`], [`dns`] (gateway names and when
+//!    they are looked up again), [`config`];
 //! 2. [`transaction`] and [`dialog`] (RFC 3261 §17, §12), [`transport`] (the
 //!    SIP sockets), [`session_timer`] (RFC 4028), [`metrics`], [`cdr`],
 //!    [`media`] (rtpengine's ng protocol and its client: media anchoring),
@@ -23,6 +24,7 @@ pub mod cdr;
 pub mod config;
 pub mod daemon;
 pub mod dialog;
+pub mod dns;
 pub mod engine;
 pub mod gateway;
 pub mod ids;

@@ -548,6 +548,12 @@ pub fn status_of(response: &str) -> Option<u16> {
 pub mod rtpengine;
 
 // ---------------------------------------------------------------------------
+// dnsmasq
+
+#[path = "dnsmasq.rs"]
+pub mod dnsmasq;
+
+// ---------------------------------------------------------------------------
 // Policy plugins
 
 #[path = "plugin_build.rs"]

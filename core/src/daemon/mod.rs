@@ -10,6 +10,7 @@
 mod cdr_writer;
 mod commands;
 pub mod control;
+pub mod dns;
 mod logging;
 mod metrics_http;
 mod receive;
