@@ -137,6 +137,10 @@ pub struct OutboundInvite<'a> {
     /// Overrides the To URI (defaults to the Request-URI).
     pub to: Option<Uri>,
     pub advertised: SocketAddr,
+    /// The callee's and caller's numbers when not the caller's INVITE's (a
+    /// `route` policy rewrote them).
+    pub callee: Option<String>,
+    pub caller: Option<String>,
     pub call_id: String,
     pub from_tag: String,
     pub branch: String,
@@ -148,7 +152,7 @@ pub struct OutboundInvite<'a> {
 /// identity headers — and nothing that belongs to the A-leg dialog.
 pub fn b_leg_invite(o: OutboundInvite<'_>) -> Request {
     let a = o.a_invite;
-    let callee = raw_user(&a.uri);
+    let callee = o.callee.or_else(|| raw_user(&a.uri));
     let target_uri = o.request_uri.unwrap_or_else(|| {
         Uri::Sip(SipUri::new(
             callee,
@@ -157,7 +161,7 @@ pub fn b_leg_invite(o: OutboundInvite<'_>) -> Request {
         ))
     });
     let to_uri = o.to.unwrap_or_else(|| target_uri.clone());
-    let caller_user = raw_user(&a.from.uri);
+    let caller_user = o.caller.or_else(|| raw_user(&a.from.uri));
     let mut from = NameAddr::new(Uri::Sip(SipUri::for_socket(
         caller_user.clone(),
         o.advertised,

@@ -127,6 +127,8 @@ pub fn outbound_to(gateway: &Gateway, sockets: &[LocalSocket]) -> Option<Outboun
         request_uri: None,
         to: None,
         invite_timeout: Some(gateway.invite_timeout),
+        callee: None,
+        caller: None,
     })
 }
 

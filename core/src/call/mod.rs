@@ -104,6 +104,10 @@ pub struct Outbound {
     /// How long the peer may leave the INVITE without any response (a
     /// gateway's `invite_timeout`; `None`: Timer B decides).
     pub invite_timeout: Option<std::time::Duration>,
+    /// The called and calling numbers for this leg, when a `route` policy
+    /// rewrote them (the Request-URI's user and From's).
+    pub callee: Option<String>,
+    pub caller: Option<String>,
 }
 
 /// Where a new call's B leg goes: its first target, the gateways it may

@@ -12,7 +12,10 @@ use crate::call::{
 use crate::cdr::{CdrRecord, EndReason, EndedBy};
 use crate::config::{MediaMode, SessionTimerConfig};
 use crate::metrics::Metrics;
-use crate::policy::{AddrText, CallOverrides, CallStartDecision, CallStartView};
+use crate::policy::{
+    AddrText, CallOverrides, CallStartDecision, CallStartView, RouteDecision, RouteView,
+    route_headers,
+};
 use crate::registrar::digest::Verdict;
 use crate::registrar::location::Target;
 use crate::session_timer::{UasOutcome, negotiate};
@@ -40,6 +43,13 @@ struct Unplaced {
     callee: String,
     trunk_in: Arc<str>,
     trunk_out: Option<Arc<str>>,
+}
+
+/// What a `route` policy rewrote for the B leg.
+#[derive(Default)]
+struct Rewrite {
+    callee: Option<String>,
+    caller: Option<String>,
 }
 
 /// A call that cannot be placed: what the caller is answered, and the CDR's
@@ -82,7 +92,41 @@ impl Engine {
         let callee = request.uri.user_part().unwrap_or_default();
         let caller = request.from.uri.user_part().unwrap_or_default();
         let trunk_in = self.name_of(&source);
-        let destination = match self.resolve(&source, &callee) {
+        let policy_in = match source {
+            Source::Trunk(_) => Some(trunk_in.clone()),
+            Source::User(_) => None,
+        };
+        let (routed, rewrite) = match self.ask_route(
+            &request,
+            path,
+            &trunk_in,
+            policy_in.as_deref(),
+        ) {
+            Ok(routed) => routed,
+            Err(refusal) => {
+                let status = refusal.status;
+                tracing::info!(call_id = %request.call_id, %callee, %trunk_in, status, "call refused by the route policy");
+                self.reply(now, tx, &request, refusal);
+                let unplaced = Unplaced {
+                    caller,
+                    callee,
+                    trunk_in,
+                    trunk_out: None,
+                };
+                return self.record_unplaced(
+                    now,
+                    &request,
+                    unplaced,
+                    EndReason::PolicyRejected,
+                    status,
+                );
+            }
+        };
+        let resolved = match routed {
+            Some(trunks) => Ok(Destination::Trunks(trunks)),
+            None => self.resolve(&source, &callee),
+        };
+        let destination = match resolved {
             Ok(d) => d,
             Err((reply, end_reason)) => {
                 let status = reply.status;
@@ -102,14 +146,12 @@ impl Engine {
             Ok(o) => o,
             Err(refusal) => return self.reply(now, tx, &request, refusal),
         };
+        outbound.callee = rewrite.callee;
+        outbound.caller = rewrite.caller;
         let trunk_out: Arc<str> = match (&destination, &failover) {
             (_, Some(f)) => f.current().trunk.clone(),
             (Destination::Trunks(t), None) => self.config.trunks[t[0]].name.clone(),
             (Destination::Contact { user, .. }, None) => format!("user:{user}").into(),
-        };
-        let policy_in = match source {
-            Source::Trunk(_) => Some(trunk_in.clone()),
-            Source::User(_) => None,
         };
         let policy_out = match destination {
             Destination::Trunks(_) => Some(trunk_out.clone()),
@@ -202,6 +244,53 @@ impl Engine {
         self.by_a.insert(a_key, key);
         self.calls.insert(key, Box::new(call));
         self.with_call(key, |_, _| {});
+    }
+
+    /// Asks the `route` policy of the trunk the call comes from (the default
+    /// policy for a user's call) where it goes: trunks by name, in order,
+    /// with a new callee or caller for the B leg; `None` when it leaves the
+    /// call to the configured routes (as it does when it names a trunk the
+    /// config does not have, which is reported as a policy error).
+    fn ask_route(
+        &self,
+        request: &Request,
+        path: Path,
+        trunk_in: &str,
+        policy_in: Option<&str>,
+    ) -> Result<(Option<Vec<usize>>, Rewrite), Reply> {
+        let callee = request.uri.user_part().unwrap_or_default();
+        let caller = request.from.uri.user_part().unwrap_or_default();
+        let headers = route_headers(&request.headers);
+        let source = AddrText::new(path.remote);
+        let view = RouteView {
+            call_id: &request.call_id,
+            trunk_in,
+            caller: &caller,
+            callee: &callee,
+            source: source.as_str(),
+            headers: &headers,
+        };
+        match self.policies.for_trunk(policy_in).route(&view) {
+            RouteDecision::Default => Ok((None, Rewrite::default())),
+            RouteDecision::Reject { status, reason } => Err(Reply::new(status).reason(reason)),
+            RouteDecision::Route {
+                trunks,
+                callee,
+                caller,
+            } => {
+                let found: Vec<Option<usize>> = trunks
+                    .iter()
+                    .map(|t| self.config.outbound_trunk(t))
+                    .collect();
+                let rewrite = Rewrite { callee, caller };
+                if let Some(i) = found.iter().position(Option::is_none) {
+                    Metrics::count(&self.metrics.policy_errors);
+                    tracing::error!(call_id = %request.call_id, trunk = %trunks[i], "route policy named a trunk that is not configured to take calls: the configured routes apply");
+                    return Ok((None, rewrite));
+                }
+                Ok((Some(found.into_iter().flatten().collect()), rewrite))
+            }
+        }
     }
 
     /// Asks the policies of the trunk the call comes from, then of the one it
@@ -539,6 +628,8 @@ impl Engine {
                         None,
                     ))),
                     invite_timeout: None,
+                    callee: None,
+                    caller: None,
                 };
                 Ok((outbound, None))
             }

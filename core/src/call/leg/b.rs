@@ -99,6 +99,8 @@ impl BLeg {
             request_uri: outbound.request_uri,
             to: outbound.to,
             advertised: outbound.advertised,
+            callee: outbound.callee,
+            caller: outbound.caller,
             call_id: ids.call_id,
             from_tag: ids.from_tag,
             branch: ids.branch,

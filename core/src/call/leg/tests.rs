@@ -434,6 +434,8 @@ fn b_leg(w: &mut World) -> BLeg {
         request_uri: None,
         to: None,
         invite_timeout: None,
+        callee: None,
+        caller: None,
     };
     let ids = BIdentity {
         call_id: "b-call".into(),
@@ -459,6 +461,8 @@ fn a_b_leg_waiting_for_its_sdp_sends_the_one_it_is_given_and_ends_quietly() {
         request_uri: None,
         to: None,
         invite_timeout: None,
+        callee: None,
+        caller: None,
     };
     let ids = || BIdentity {
         call_id: "b-call".into(),
@@ -480,6 +484,8 @@ fn a_b_leg_waiting_for_its_sdp_sends_the_one_it_is_given_and_ends_quietly() {
         request_uri: None,
         to: None,
         invite_timeout: None,
+        callee: None,
+        caller: None,
     };
     let mut b = BLeg::new(2, &invite(), outbound, ids(), &w.env());
     let relayed = SDP

@@ -367,3 +367,79 @@ fn a_panicking_plugin_leaves_calls_to_the_default() {
     assert_eq!(h.cdrs[0].end_reason, EndReason::CallerBye);
     assert!(policy_errors(&h) >= 3);
 }
+
+/// `CONFIG` with a second outbound trunk and `route` in a script serving
+/// the pbx trunk (where calls come from).
+fn with_route_script(dir: &tempfile::TempDir, body: &str) -> Harness {
+    let lua = script(dir, "route.lua", body);
+    let text = CONFIG
+        .replace(
+            "    route_to: carrier\n",
+            &format!(
+                "    route_to: carrier\n    policy: {{ lua: \"{}\" }}\n",
+                lua.display()
+            ),
+        )
+        .replace(
+            "routes:",
+            "  - name: premium\n    outbound: { to: \"127.0.0.4:5080\" }\nroutes:",
+        );
+    with_policies_text(&text)
+}
+
+#[test]
+fn a_route_script_chooses_the_trunks_and_rewrites_the_numbers() {
+    let dir = tempfile::tempdir().expect("dir");
+    let mut h = with_route_script(
+        &dir,
+        "function route(call)\n\
+           if call.callee:sub(1, 3) == '090' then return { reject = 403, reason = 'Premium Barred' } end\n\
+           if call.callee:sub(1, 2) == '00' then\n\
+             return { trunks = { 'premium', 'carrier' }, callee = '+' .. call.callee:sub(3), caller = '+4930123' }\n\
+           end\n\
+           return nil\n\
+         end\n",
+    );
+    h.caller_sends(&invite("rt-1", "0049301234", SDP));
+    let b = h.take_one_request("127.0.0.4:5080", Method::Invite);
+    assert_eq!(b.uri.to_string(), "sip:+49301234@127.0.0.4:5080");
+    assert_eq!(b.from.uri.user_part().as_deref(), Some("+4930123"));
+    // premium fails with 503: the route's next trunk gets the call.
+    h.receive_from("127.0.0.4:5080", &answer(&b, 503, "p", ""), true);
+    let c = h.take_one_request(CALLEE, Method::Invite);
+    assert_eq!(c.uri.to_string(), "sip:+49301234@127.0.0.3:5080", "still rewritten");
+    h.callee_sends(&answer(&c, 486, "c", ""));
+    let cdr = h.cdrs.last().expect("cdr");
+    assert_eq!(cdr.trunk_out.as_deref(), Some("carrier"));
+    assert_eq!(cdr.attempts.len(), 2);
+    assert_eq!(&*cdr.attempts[0].trunk, "premium");
+
+    h.caller_sends(&invite("rt-2", "0901234", SDP));
+    let finals = h.finals(CALLER);
+    assert_eq!(finals.last().map(|r| r.status), Some(403));
+    assert_eq!(h.cdrs.last().map(|c| c.end_reason), Some(EndReason::PolicyRejected));
+
+    // No decision: the configured routes (route_to: carrier).
+    h.caller_sends(&invite("rt-3", "555", SDP));
+    let d = h.take_one_request(CALLEE, Method::Invite);
+    assert_eq!(d.uri.to_string(), "sip:555@127.0.0.3:5080");
+}
+
+#[test]
+fn a_route_naming_an_unknown_trunk_or_failing_leaves_the_configured_routes() {
+    let dir = tempfile::tempdir().expect("dir");
+    let mut h = with_route_script(
+        &dir,
+        "function route(call)\n\
+           if call.callee == '1' then return { trunks = { 'nowhere' } } end\n\
+           if call.callee == '2' then error('broken') end\n\
+           while true do end\n\
+         end\n",
+    );
+    for (i, callee) in ["1", "2", "3"].iter().enumerate() {
+        h.caller_sends(&invite(&format!("rt-u{i}"), callee, SDP));
+        let b = h.take_one_request(CALLEE, Method::Invite);
+        assert_eq!(b.uri.to_string(), format!("sip:{callee}@127.0.0.3:5080"));
+    }
+    assert_eq!(policy_errors(&h), 3, "each reported");
+}
