@@ -7,7 +7,8 @@
 //!    [`ratelimit`], [`shrink`], [`ids`], [`config`];
 //! 2. [`transaction`] and [`dialog`] (RFC 3261 §17, §12), [`transport`] (the
 //!    SIP sockets), [`session_timer`] (RFC 4028), [`metrics`], [`cdr`],
-//!    [`media`] (rtpengine's ng protocol and its client: media anchoring);
+//!    [`media`] (rtpengine's ng protocol and its client: media anchoring),
+//!    [`uplink`] (Vigil as a carrier's client: digest answers, registration);
 //! 3. [`policy`] (the decision points; their types are `vigil-plugin-api`'s);
 //! 4. [`call`] (two legs and the rules between them), [`registrar`];
 //! 5. [`engine`] (one worker's core) and [`ingress`] (the stateless front);
@@ -37,3 +38,4 @@ pub mod sip;
 pub mod timer;
 pub mod transaction;
 pub mod transport;
+pub mod uplink;

@@ -13,6 +13,7 @@
 //!   problem placed at its line (`locate` finds the line of a key path);
 //! - `routing`: the run-time lookups on a built [`Config`] (admission, routes,
 //!   users);
+//! - `uplink`: a trunk's `auth` and `register` (Vigil as the carrier's client);
 //! - `session_timer`, `registrar`, `policy`: one section each, as written, as in
 //!   force, and the ranges its values must lie in.
 
@@ -25,6 +26,7 @@ mod routing;
 mod schema;
 mod session_timer;
 mod unknown;
+mod uplink;
 
 use std::collections::HashMap;
 use std::fmt;
@@ -49,6 +51,7 @@ pub use schema::{LimitsConfig, LogConfig, LogFormat, SipConfig, TraceConfig};
 pub use session_timer::{
     PreferRefresher, RFC_MIN_SE, RefreshMethod, SessionTimerConfig, SessionTimerFile,
 };
+pub use uplink::{REGISTER_EXPIRES, TrunkAuth, TrunkRegistration};
 
 /// A config that failed to load: every problem found, each with its place.
 #[derive(Debug, thiserror::Error)]
@@ -190,6 +193,10 @@ pub struct Trunk {
     pub policy: Option<PolicySources>,
     /// Whether its legs' media is anchored on rtpengine.
     pub media: MediaMode,
+    /// Credentials for the carrier's challenges to requests sent on this trunk.
+    pub auth: Option<Arc<TrunkAuth>>,
+    /// The registration Vigil keeps with the carrier.
+    pub register: Option<Arc<TrunkRegistration>>,
 }
 
 /// A prefix route to an outbound trunk.

@@ -27,10 +27,24 @@ impl Config {
     pub fn admits(&self, ip: IpAddr) -> bool {
         let ip = canonical_ip(ip);
         self.inbound_trunk(ip).is_some()
-            || self
-                .trunks
-                .iter()
-                .any(|t| t.outbound.is_some_and(|o| canonical_ip(o.ip()) == ip))
+            || self.trunks.iter().any(|t| {
+                t.outbound.is_some_and(|o| canonical_ip(o.ip()) == ip)
+                    || t.register
+                        .as_ref()
+                        .is_some_and(|r| canonical_ip(r.registrar.ip()) == ip)
+            })
+    }
+
+    /// The trunk whose registration a call from `ip` to the user `ruri_user`
+    /// reaches: the carrier sends calls for Vigil's registered contact from
+    /// its registrar's address (RFC 3261 §10: it found Vigil there).
+    pub fn registered_trunk(&self, ip: IpAddr, ruri_user: &str) -> Option<usize> {
+        let ip = canonical_ip(ip);
+        self.trunks.iter().position(|t| {
+            t.register.as_ref().is_some_and(|r| {
+                canonical_ip(r.registrar.ip()) == ip && r.contact_user == ruri_user
+            })
+        })
     }
 
     /// The outbound trunk for a call from trunk `from` to `callee`: the longest
