@@ -34,7 +34,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use crate::cdr::{CdrRecord, EndReason, EndedBy};
-use crate::config::SessionTimerConfig;
+use crate::config::{SessionTimerConfig, TrunkAuth};
 use crate::policy::{CallView, RefreshFailure, refresh_failure_cdr_value};
 use crate::session_timer::UasOutcome;
 use crate::sip::{Request, Response, Uri};
@@ -99,6 +99,8 @@ pub struct Outbound {
     pub request_uri: Option<Uri>,
     /// The To URI, when not the Request-URI (a user's address-of-record).
     pub to: Option<Uri>,
+    /// The trunk's `auth`: what its carrier's 401/407 are answered with.
+    pub auth: Option<Arc<TrunkAuth>>,
 }
 
 /// One B2BUA call.
@@ -137,7 +139,9 @@ impl Call {
             branch: env.ids.branch(),
         };
         let callee_tag = ids.from_tag.clone();
-        let b = BLeg::new(key, &inbound.invite, outbound, ids, env);
+        let auth = outbound.auth.clone();
+        let mut b = BLeg::new(key, &inbound.invite, outbound, ids, env);
+        b.leg.set_auth(auth);
         let a = ALeg::new(key, inbound, env.ids.tag(), env);
         let mut timers = CallTimers::default();
         timers.set(CallTimer::Ring, now + env.settings.max_ring_time);
@@ -212,6 +216,7 @@ impl Call {
             && self.a.state() == AState::Done
             && self.b.state() == BState::Done
             && self.relays.is_empty()
+            && !self.b.leg.awaits_challenge()
             && self.media.as_ref().is_none_or(|m| m.pending_cdr.is_none())
     }
 
@@ -342,6 +347,17 @@ impl Call {
         response: Response,
         env: &mut Env<'_>,
     ) {
+        // The B-leg INVITE's challenges are the INVITE's own business.
+        if response.status >= 200
+            && purpose != Purpose::BInvite
+            && response.call_id == self.b.call_id()
+            && let Some(seq) = self.b.leg.answer_challenge(now, purpose, &response, env)
+        {
+            if let Purpose::Relay(id) = purpose {
+                self.relays.resent(id, seq);
+            }
+            return;
+        }
         match purpose {
             Purpose::BInvite => self.on_b_invite_response(now, response, env),
             Purpose::Relay(id) => self.on_relay_response(now, id, response, env),
@@ -352,6 +368,7 @@ impl Call {
 
     /// A client transaction of this call got no answer (Timer B or F).
     pub fn on_timeout(&mut self, now: Instant, purpose: Purpose, env: &mut Env<'_>) {
+        self.b.leg.forget_sent(purpose);
         match purpose {
             Purpose::BInvite => {
                 let was = self.b.state();
@@ -405,7 +422,8 @@ mod tests {
     fn a_call_stays_within_its_size_budget() {
         let size = std::mem::size_of::<Call>();
         // 1,288 after the issue 16 diet, + 8 for a relayed call's media session
-        // (boxed: most calls are not relayed).
-        assert!(size <= 1_312, "size_of::<Call>() = {size} bytes");
+        // (boxed: most calls are not relayed), + 8 per leg for a trunk's
+        // `auth` (boxed: most trunks ask for none).
+        assert!(size <= 1_328, "size_of::<Call>() = {size} bytes");
     }
 }

@@ -493,6 +493,7 @@ impl Engine {
                     timer: trunk.session_timer,
                     request_uri: None,
                     to: None,
+                    auth: trunk.auth.clone(),
                 })
             }
             Destination::Contact { target, .. } => {
@@ -525,6 +526,7 @@ impl Engine {
                         Host::Domain(domain.to_string()),
                         None,
                     ))),
+                    auth: None,
                 })
             }
         }

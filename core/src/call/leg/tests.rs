@@ -431,6 +431,7 @@ fn b_leg(w: &mut World) -> BLeg {
         timer: SessionTimerConfig::default(),
         request_uri: None,
         to: None,
+        auth: None,
     };
     let ids = BIdentity {
         call_id: "b-call".into(),
@@ -455,6 +456,7 @@ fn a_b_leg_waiting_for_its_sdp_sends_the_one_it_is_given_and_ends_quietly() {
         timer: SessionTimerConfig::default(),
         request_uri: None,
         to: None,
+        auth: None,
     };
     let ids = || BIdentity {
         call_id: "b-call".into(),
@@ -475,6 +477,7 @@ fn a_b_leg_waiting_for_its_sdp_sends_the_one_it_is_given_and_ends_quietly() {
         timer: SessionTimerConfig::default(),
         request_uri: None,
         to: None,
+        auth: None,
     };
     let mut b = BLeg::new(2, &invite(), outbound, ids(), &w.env());
     let relayed = SDP

@@ -7,6 +7,7 @@ mod media;
 mod policies;
 mod resources;
 mod session_timers;
+mod trunk_auth;
 mod users;
 
 use std::path::Path as FsPath;
