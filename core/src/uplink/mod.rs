@@ -6,3 +6,4 @@
 //! these return, through their transaction layer.
 
 pub mod auth;
+pub mod registration;
