@@ -362,7 +362,7 @@ impl Call {
             Purpose::BInvite => self.on_b_invite_response(now, response, env),
             Purpose::Relay(id) => self.on_relay_response(now, id, response, env),
             Purpose::Refresh(leg) => self.on_refresh_response(now, leg, response, env),
-            Purpose::Teardown => {}
+            Purpose::Teardown | Purpose::Register(_) => {}
         }
     }
 
@@ -380,7 +380,7 @@ impl Call {
             }
             Purpose::Relay(id) => self.on_relay_timeout(now, id, env),
             Purpose::Refresh(leg) => self.on_refresh_timeout(now, leg, env),
-            Purpose::Teardown => {}
+            Purpose::Teardown | Purpose::Register(_) => {}
         }
     }
 

@@ -90,6 +90,15 @@ impl Operator {
                 Some(view) => json(&view.snapshot(Instant::now())),
                 None => Reply::error("no registrar is configured"),
             },
+            Command::TrunkRegistrations => {
+                let all: Vec<_> = self
+                    .ask_workers(WorkerInput::Registrations)
+                    .await
+                    .into_iter()
+                    .flatten()
+                    .collect();
+                json(&all)
+            }
             Command::Trace => json(&self.transport.trace().traced()),
             Command::TraceOn(name) => match self.transport.trace().switch_on(&name) {
                 Ok(()) => json(&self.transport.trace().traced()),

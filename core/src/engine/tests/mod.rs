@@ -8,6 +8,7 @@ mod policies;
 mod resources;
 mod session_timers;
 mod trunk_auth;
+mod uplink;
 mod users;
 
 use std::path::Path as FsPath;
