@@ -3,7 +3,7 @@
 # when they are missing (sipp, Debian's sip-tester; the baresip softphone, whose
 # metapackage without its recommends is just baresip-core; the rtpengine media
 # proxy, Debian's rtpengine-daemon, of which the tests start their own on
-# loopback), then runs every test
+# loopback; Kamailio, a carrier's registrar and proxy), then runs every test
 # of the workspace: unit tests, the RFC 4475 torture suite and the end-to-end
 # calls.
 set -euo pipefail
@@ -13,6 +13,8 @@ missing=()
 command -v sipp >/dev/null 2>&1 || missing+=(sip-tester)
 command -v baresip >/dev/null 2>&1 || missing+=(baresip)
 command -v rtpengine >/dev/null 2>&1 || missing+=(rtpengine-daemon)
+# Kamailio is the carrier Vigil registers with (tests/trunk_registration.rs).
+[ -x /usr/sbin/kamailio ] || command -v kamailio >/dev/null 2>&1 || missing+=(kamailio)
 if [ "${#missing[@]}" -gt 0 ]; then
     echo "tests/run.sh: installing ${missing[*]}" >&2
     sudo=""

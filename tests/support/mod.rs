@@ -548,6 +548,12 @@ pub fn status_of(response: &str) -> Option<u16> {
 pub mod rtpengine;
 
 // ---------------------------------------------------------------------------
+// Kamailio as a carrier
+
+#[path = "kamailio.rs"]
+pub mod kamailio;
+
+// ---------------------------------------------------------------------------
 // Policy plugins
 
 #[path = "plugin_build.rs"]
