@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use super::super::Purpose;
 use crate::config::TrunkAuth;
-use crate::sip::{Request, Response};
+use crate::sip::{HeaderName, Method, Request, Response};
 
 /// The credentials of a leg's trunk and its requests awaiting their answer.
 pub(super) struct LegAuth {
@@ -15,6 +15,9 @@ pub(super) struct LegAuth {
     /// By purpose: a leg has at most one refresh and one BYE in flight, and
     /// relay ids are unique.
     sent: Vec<(Purpose, Request)>,
+    /// The credentials of the last re-INVITE answered 2xx, by its CSeq: its
+    /// ACK carries them too (RFC 3261 §13.2.2.4).
+    invite_credentials: Option<(u32, Vec<(HeaderName, String)>)>,
 }
 
 impl LegAuth {
@@ -22,6 +25,7 @@ impl LegAuth {
         LegAuth {
             credentials,
             sent: Vec::new(),
+            invite_credentials: None,
         }
     }
 
@@ -42,7 +46,30 @@ impl LegAuth {
                 && r.cseq.seq == response.cseq.seq
                 && r.cseq.method == response.cseq.method
         })?;
-        Some(self.sent.swap_remove(pos).1)
+        let sent = self.sent.swap_remove(pos).1;
+        if sent.method == Method::Invite && response.is_success() {
+            let creds: Vec<(HeaderName, String)> =
+                [HeaderName::Authorization, HeaderName::ProxyAuthorization]
+                    .into_iter()
+                    .flat_map(|name| {
+                        sent.headers
+                            .get_all(&name)
+                            .map(|v| (name.clone(), v.to_string()))
+                            .collect::<Vec<_>>()
+                    })
+                    .collect();
+            self.invite_credentials = (!creds.is_empty()).then_some((sent.cseq.seq, creds));
+        }
+        Some(sent)
+    }
+
+    /// The credentials the ACK for the 2xx to the re-INVITE with CSeq `seq`
+    /// repeats.
+    pub(super) fn ack_credentials(&self, seq: u32) -> &[(HeaderName, String)] {
+        match &self.invite_credentials {
+            Some((s, creds)) if *s == seq => creds,
+            _ => &[],
+        }
     }
 
     pub(super) fn is_empty(&self) -> bool {

@@ -480,6 +480,11 @@ impl CallLeg {
         if let Some(from) = body_from {
             super::build::copy_body(&from.headers, &from.body, &mut ack.headers, &mut ack.body);
         }
+        if let Some(auth) = self.auth.as_ref() {
+            for (name, value) in auth.ack_credentials(seq) {
+                ack.headers.push(name.clone(), value.clone());
+            }
+        }
         let bytes = ack.encode();
         env.tx.send_stateless(bytes.clone(), self.next_hop());
         self.last_ack = Some((seq, bytes));

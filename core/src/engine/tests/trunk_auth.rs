@@ -155,3 +155,49 @@ fn without_auth_a_challenge_is_relayed_as_a_failure() {
     );
     assert!(h.take(CALLEE).is_empty());
 }
+
+/// A re-INVITE refresh answered 407, sent again with credentials and
+/// answered 2xx: its ACK carries the same credentials (RFC 3261 §13.2.2.4).
+#[test]
+fn the_ack_of_an_authorized_reinvite_repeats_its_credentials() {
+    let text = format!(
+        "{}session_timer: {{ refresh_method: reinvite }}\n",
+        config()
+    );
+    let mut h = Harness::with_config(&text);
+    timed_call(&mut h, "auth-5", "600;refresher=uac", "600;refresher=uac");
+    h.advance(Duration::from_secs(300));
+    let reinvite = h.take_one_request(CALLEE, Method::Invite);
+    h.callee_sends(&challenge(&reinvite, 407, "n-re"));
+    let msgs = h.take(CALLEE);
+    assert!(
+        msgs.iter()
+            .any(|m| matches!(m, Message::Request(r) if r.method == Method::Ack)),
+        "the 407 is ACKed by the transaction: {:?}",
+        methods(&msgs)
+    );
+    let retry = msgs
+        .into_iter()
+        .find_map(|m| match m {
+            Message::Request(r) if r.method == Method::Invite => Some(r),
+            _ => None,
+        })
+        .expect("the re-INVITE again");
+    let creds = retry
+        .headers
+        .get(&HeaderName::ProxyAuthorization)
+        .expect("credentials")
+        .to_string();
+    h.callee_sends(&timer_answer(
+        &retry,
+        200,
+        "Session-Expires: 600;refresher=uac",
+    ));
+    let ack = h.take_one_request(CALLEE, Method::Ack);
+    assert_eq!(ack.cseq.seq, retry.cseq.seq);
+    assert_eq!(
+        ack.headers.get(&HeaderName::ProxyAuthorization),
+        Some(creds.as_str())
+    );
+    assert!(h.cdrs.is_empty());
+}
