@@ -42,6 +42,16 @@ fn broken_configs_are_refused_with_file_line_and_key() {
             ":6: routes[0].trunk: no trunk named \"nowhere\"",
         ),
         (
+            "register-expires.yaml",
+            "listen: [\"udp:127.0.0.1:5060\"]\ntrunks:\n  - name: a\n    register:\n      user: u\n      password: p\n      registrar: \"127.0.0.20:5070\"\n      expires: 10\ncdr: { path: x }\n",
+            ":8: trunks[0].register.expires: 10 is not in 60..=86400 seconds",
+        ),
+        (
+            "auth-password.yaml",
+            "listen: [\"udp:127.0.0.1:5060\"]\ntrunks:\n  - name: a\n    outbound: { to: \"127.0.0.1:5080\" }\n    auth: { user: u, password: \"\" }\ncdr: { path: x }\n",
+            ":5: trunks[0].auth.password: must not be empty",
+        ),
+        (
             "syntax.yaml",
             "listen: [\"udp:127.0.0.1:5060\"\ncdr: { path: x }\n",
             ".yaml:",

@@ -10,7 +10,7 @@ use std::net::{IpAddr, SocketAddr, UdpSocket};
 use std::time::{Duration, Instant};
 
 use support::{Net, Sipp, Vigil, callee, caller, scenario};
-use vigil::registrar::digest::expected_response;
+use vigil::sip::digest_response;
 use vigil::sip::{DigestAlgorithm, DigestCredentials, HeaderName, Message, decode};
 
 /// Lab settings: keep-alive every 2 s, registrations from 1 s, MD5 first for sipp.
@@ -97,7 +97,7 @@ Contact: <sip:{u}@{me}>\r\nExpires: {expires}\r\n{auth}Content-Length: 0\r\n\r\n
             nc: Some("00000001".into()),
             opaque: None,
         };
-        creds.response = expected_response(DigestAlgorithm::Md5, &creds, self.password, "REGISTER");
+        creds.response = digest_response(DigestAlgorithm::Md5, &creds, self.password, "REGISTER");
         let header = format!(
             "Digest username=\"{}\", realm=\"vigil.local\", nonce=\"{nonce}\", uri=\"sip:vigil.local\", response=\"{}\", algorithm=MD5, cnonce=\"cn\", qop=auth, nc=00000001",
             self.user, creds.response

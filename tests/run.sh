@@ -4,7 +4,8 @@
 # metapackage without its recommends is just baresip-core; the rtpengine media
 # proxy, Debian's rtpengine-daemon, of which the tests start their own on
 # loopback; the dnsmasq DNS server, Debian's dnsmasq-base: the binary without a
-# system service, started by the DNS tests on loopback), then runs every test
+# system service, started by the DNS tests on loopback; Kamailio, a carrier's
+# registrar and proxy), then runs every test
 # of the workspace: unit tests, the RFC 4475 torture suite and the end-to-end
 # calls.
 set -euo pipefail
@@ -16,6 +17,8 @@ command -v baresip >/dev/null 2>&1 || missing+=(baresip)
 command -v rtpengine >/dev/null 2>&1 || missing+=(rtpengine-daemon)
 # /usr/sbin is not on every PATH.
 command -v dnsmasq >/dev/null 2>&1 || [ -x /usr/sbin/dnsmasq ] || missing+=(dnsmasq-base)
+# Kamailio is the carrier Vigil registers with (tests/trunk_registration.rs).
+[ -x /usr/sbin/kamailio ] || command -v kamailio >/dev/null 2>&1 || missing+=(kamailio)
 if [ "${#missing[@]}" -gt 0 ]; then
     echo "tests/run.sh: installing ${missing[*]}" >&2
     sudo=""

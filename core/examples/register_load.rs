@@ -17,7 +17,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use vigil::registrar::digest::expected_response;
+use vigil::sip::digest_response;
 use vigil::sip::{DigestAlgorithm, DigestCredentials, HeaderName, Message, decode};
 
 struct Args {
@@ -104,7 +104,7 @@ fn authorization(challenge: &str, contact: usize, per_user: usize) -> Option<Str
         nc: Some("00000001".into()),
         opaque: None,
     };
-    creds.response = expected_response(
+    creds.response = digest_response(
         DigestAlgorithm::Md5,
         &creds,
         &format!("secret-u{user}"),

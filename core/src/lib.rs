@@ -10,6 +10,7 @@
 //!    SIP sockets), [`session_timer`] (RFC 4028), [`metrics`], [`cdr`],
 //!    [`media`] (rtpengine's ng protocol and its client: media anchoring),
 //!    [`gateway`] (trunks' gateways: their health, probes, a call's order);
+//!    [`uplink`] (Vigil as a carrier's client: digest answers, registration);
 //! 3. [`policy`] (the decision points; their types are `vigil-plugin-api`'s);
 //! 4. [`call`] (two legs and the rules between them), [`registrar`];
 //! 5. [`engine`] (one worker's core) and [`ingress`] (the stateless front);
@@ -41,3 +42,4 @@ pub mod sip;
 pub mod timer;
 pub mod transaction;
 pub mod transport;
+pub mod uplink;

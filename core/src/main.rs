@@ -53,7 +53,10 @@ enum Command {
         config: PathBuf,
     },
     /// Ask the daemon running on this config: `status`, `calls`, `call ID`,
-    /// `hangup ID` (BYE both legs, CDR `admin`), `registrations`, `gateways`, `reload`,
+    /// `hangup ID` (BYE both legs, CDR `admin`), `registrations` (the
+    /// registrar's contacts), `registrations trunks` (Vigil's own with its
+    /// trunks' registrars: state, expires in, last status, failures),
+    /// `gateways` (each trunk gateway's health), `reload`,
     /// `trace`, `trace on NAME`, `trace off NAME` (a trunk, or `user:NAME`).
     /// Prints the answer (JSON for queries); exits 1 on an error.
     Ctl {

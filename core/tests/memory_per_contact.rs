@@ -13,8 +13,9 @@ use std::time::{Duration, Instant};
 use vigil::config::Config;
 use vigil::ids::IdGen;
 use vigil::ids::REGISTRAR_WORKER;
-use vigil::registrar::digest::{DigestAuth, expected_response};
+use vigil::registrar::digest::DigestAuth;
 use vigil::registrar::{Output, Registrar};
+use vigil::sip::digest_response;
 use vigil::sip::{DigestAlgorithm, DigestCredentials, HeaderName, Message, decode};
 use vigil::transaction::Path;
 use vigil::transport::LocalSocket;
@@ -134,7 +135,7 @@ fn a_registered_contact_keeps_under_a_kibibyte() {
             nc: Some("00000001".into()),
             opaque: None,
         };
-        creds.response = expected_response(
+        creds.response = digest_response(
             DigestAlgorithm::Md5,
             &creds,
             &format!("secret-u{user}"),

@@ -553,6 +553,11 @@ pub mod rtpengine;
 #[path = "dnsmasq.rs"]
 pub mod dnsmasq;
 
+// Kamailio as a carrier
+
+#[path = "kamailio.rs"]
+pub mod kamailio;
+
 // ---------------------------------------------------------------------------
 // Policy plugins
 

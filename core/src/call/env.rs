@@ -26,6 +26,9 @@ pub enum Purpose {
     Refresh(Leg),
     /// A request Vigil sends on its own (BYE, CANCEL): its answer changes nothing.
     Teardown,
+    /// Not a call's: a REGISTER of the worker's trunk registrations
+    /// (`uplink::registration`), by its id. The engine routes its answers.
+    Register(u32),
 }
 
 /// The owner tag on every transaction a call starts.

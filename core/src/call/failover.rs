@@ -129,6 +129,7 @@ pub fn outbound_to(gateway: &Gateway, sockets: &[LocalSocket]) -> Option<Outboun
         invite_timeout: Some(gateway.invite_timeout),
         callee: None,
         caller: None,
+        auth: gateway.auth.clone(),
     })
 }
 

@@ -35,7 +35,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use crate::cdr::{CdrRecord, EndReason, EndedBy};
-use crate::config::SessionTimerConfig;
+use crate::config::{SessionTimerConfig, TrunkAuth};
 use crate::policy::{CallView, RefreshFailure, refresh_failure_cdr_value};
 use crate::session_timer::UasOutcome;
 use crate::sip::{Request, Response, Uri};
@@ -108,6 +108,8 @@ pub struct Outbound {
     /// rewrote them (the Request-URI's user and From's).
     pub callee: Option<String>,
     pub caller: Option<String>,
+    /// The trunk's `auth`: what its carrier's 401/407 are answered with.
+    pub auth: Option<Arc<TrunkAuth>>,
 }
 
 /// Where a new call's B leg goes: its first target, the gateways it may
@@ -161,7 +163,9 @@ impl Call {
             branch: env.ids.branch(),
         };
         let callee_tag = ids.from_tag.clone();
-        let b = BLeg::new(key, &inbound.invite, outbound, ids, env);
+        let auth = outbound.auth.clone();
+        let mut b = BLeg::new(key, &inbound.invite, outbound, ids, env);
+        b.leg.set_auth(auth);
         let a = ALeg::new(key, inbound, env.ids.tag(), env);
         let mut timers = CallTimers::default();
         timers.set(CallTimer::Ring, now + env.settings.max_ring_time);
@@ -237,6 +241,7 @@ impl Call {
             && self.a.state() == AState::Done
             && self.b.state() == BState::Done
             && self.relays.is_empty()
+            && !self.b.leg.awaits_challenge()
             && self.media.as_ref().is_none_or(|m| m.pending_cdr.is_none())
     }
 
@@ -387,16 +392,28 @@ impl Call {
         response: Response,
         env: &mut Env<'_>,
     ) {
+        // The B-leg INVITE's challenges are the INVITE's own business.
+        if response.status >= 200
+            && purpose != Purpose::BInvite
+            && response.call_id == self.b.call_id()
+            && let Some(seq) = self.b.leg.answer_challenge(now, purpose, &response, env)
+        {
+            if let Purpose::Relay(id) = purpose {
+                self.relays.resent(id, seq);
+            }
+            return;
+        }
         match purpose {
             Purpose::BInvite => self.on_b_invite_response(now, response, env),
             Purpose::Relay(id) => self.on_relay_response(now, id, response, env),
             Purpose::Refresh(leg) => self.on_refresh_response(now, leg, response, env),
-            Purpose::Teardown => {}
+            Purpose::Teardown | Purpose::Register(_) => {}
         }
     }
 
     /// A client transaction of this call got no answer (Timer B or F).
     pub fn on_timeout(&mut self, now: Instant, purpose: Purpose, env: &mut Env<'_>) {
+        self.b.leg.forget_sent(purpose);
         match purpose {
             Purpose::BInvite => {
                 let was = self.b.state();
@@ -413,7 +430,7 @@ impl Call {
             }
             Purpose::Relay(id) => self.on_relay_timeout(now, id, env),
             Purpose::Refresh(leg) => self.on_refresh_timeout(now, leg, env),
-            Purpose::Teardown => {}
+            Purpose::Teardown | Purpose::Register(_) => {}
         }
     }
 
@@ -465,7 +482,8 @@ mod tests {
         let size = std::mem::size_of::<Call>();
         // 1,288 after the issue 16 diet, + 8 for a relayed call's media session
         // (boxed: most calls are not relayed), + 32 for failover (the gateway
-        // and its boxed plan, the B leg's no-response timer).
-        assert!(size <= 1_344, "size_of::<Call>() = {size} bytes");
+        // and its boxed plan, the B leg's no-response timer), + 8 per leg for
+        // a trunk's `auth` (boxed: most trunks ask for none).
+        assert!(size <= 1_360, "size_of::<Call>() = {size} bytes");
     }
 }

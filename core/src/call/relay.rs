@@ -46,6 +46,14 @@ impl Relays {
             .map(|r| r.from)
     }
 
+    /// The copy of relay `id` was sent again as CSeq `seq` (with
+    /// credentials): a 2xx to it is ACKed with that CSeq.
+    pub fn resent(&mut self, id: u32, seq: u32) {
+        if let Some(r) = self.waiting.iter_mut().find(|r| r.id == id) {
+            r.sent_seq = seq;
+        }
+    }
+
     fn take(&mut self, id: u32) -> Option<Relay> {
         let pos = self.waiting.iter().position(|r| r.id == id)?;
         Some(self.waiting.remove(pos))

@@ -10,6 +10,7 @@ use crate::cdr::{EndReason, EndedBy};
 use crate::metrics::Metrics;
 use crate::sip::local_response;
 use crate::sip::{Request, Response};
+use crate::uplink::auth::is_challenge;
 
 impl Call {
     /// A response to the B-leg INVITE. A relayed call's SDP in it goes
@@ -53,6 +54,12 @@ impl Call {
                 {
                     // RFC 4028 §7.4: the callee wants a longer interval; asked again.
                     tracing::info!(call_id = %self.a.call_id(), "callee wants a longer session interval (422): retried");
+                } else if is_challenge(status)
+                    && self.ending.is_none()
+                    && self.b.answer_challenge(now, &response, env)
+                {
+                    // RFC 3261 §22.2: the carrier wanted the trunk's credentials.
+                    tracing::debug!(call_id = %self.a.call_id(), status, "INVITE challenged: sent again with credentials");
                 } else {
                     self.b.on_final();
                     if status != 422
@@ -62,7 +69,19 @@ impl Call {
                     }
                     self.b.close();
                     if self.ending.is_none() {
-                        let r = if status == 422 {
+                        let r = if is_challenge(status) {
+                            // The caller never sees the carrier's challenge:
+                            // its credentials are the trunk's business.
+                            self.a.invite().map(|invite| {
+                                local_response(
+                                    invite,
+                                    403,
+                                    Some("Trunk Authentication Failed"),
+                                    Some(self.a.local_tag()),
+                                    &env.settings.user_agent,
+                                )
+                            })
+                        } else if status == 422 {
                             // The caller's interval was fine; the callee refused ours.
                             self.a.invite().map(|invite| {
                                 local_response(

@@ -23,9 +23,11 @@ use super::media::MediaMode;
 use super::schema::{
     FileCdr, FileConfig, FileRoute, FileTrunk, ListenEntry, MetricsFile, SipConfig,
 };
+use super::uplink::{self, AuthFile, RegisterFile};
 use super::{
-    CdrConfig, Config, ConfigProblem, KeepaliveConfig, Listener, Route, SessionTimerConfig, Trunk,
-    User, parse_digest_algorithms, unknown,
+    CdrConfig, Config, ConfigProblem, KeepaliveConfig, Listener, REGISTER_EXPIRES, Route,
+    SessionTimerConfig, Trunk, TrunkAuth, TrunkRegistration, User, parse_digest_algorithms,
+    unknown,
 };
 use crate::sip::DigestAlgorithm;
 
@@ -430,8 +432,11 @@ impl Checker {
                     format!("trunk {:?} is defined twice", t.name),
                 );
             }
-            if t.inbound.is_none() && t.outbound.is_none() {
-                self.problem(&key, "needs `inbound`, `outbound`, or both");
+            if t.inbound.is_none() && t.outbound.is_none() && t.register.is_none() {
+                self.problem(
+                    &key,
+                    "needs `inbound`, `outbound`, `register`, or some of them",
+                );
             }
             let mut inbound_from = Vec::new();
             for (j, net) in t.inbound.iter().flat_map(|ib| ib.from.iter()).enumerate() {
@@ -466,6 +471,11 @@ impl Checker {
                 session_timer: trunk_timer,
                 policy: t.policy.clone().filter(|p| !p.is_empty()),
                 media: t.media.unwrap_or(MediaMode::Passthrough),
+                auth: t.auth.as_ref().and_then(|a| self.check_auth(&key, a)),
+                register: t
+                    .register
+                    .as_ref()
+                    .and_then(|r| self.check_register(&key, r)),
             });
         }
         for (i, t) in raw.iter().enumerate() {
@@ -482,6 +492,95 @@ impl Checker {
             }
         }
         trunks
+    }
+
+    /// `trunks[i].auth`: a user and a password, both non-empty.
+    fn check_auth(&mut self, trunk: &str, auth: &AuthFile) -> Option<Arc<TrunkAuth>> {
+        let before = self.problems.len();
+        if !uplink::is_sip_user(&auth.user) {
+            self.problem(
+                format!("{trunk}.auth.user"),
+                format!("{:?} is not a SIP user name", auth.user),
+            );
+        }
+        if auth.password.is_empty() {
+            self.problem(format!("{trunk}.auth.password"), "must not be empty");
+        }
+        (self.problems.len() == before).then(|| {
+            Arc::new(TrunkAuth {
+                user: auth.user.clone(),
+                password: auth.password.clone(),
+            })
+        })
+    }
+
+    /// `trunks[i].register`: credentials, a registrar to resolve, names that
+    /// fit in a SIP URI, and an interval in [`REGISTER_EXPIRES`].
+    fn check_register(
+        &mut self,
+        trunk: &str,
+        register: &RegisterFile,
+    ) -> Option<Arc<TrunkRegistration>> {
+        let key = format!("{trunk}.register");
+        let before = self.problems.len();
+        if !uplink::is_sip_user(&register.user) {
+            self.problem(
+                format!("{key}.user"),
+                format!("{:?} is not a SIP user name", register.user),
+            );
+        }
+        if register.password.is_empty() {
+            self.problem(format!("{key}.password"), "must not be empty");
+        }
+        let registrar = match resolve(&register.registrar) {
+            Ok(addr) => Some(addr),
+            Err(msg) => {
+                self.problem(format!("{key}.registrar"), msg);
+                None
+            }
+        };
+        let domain = register
+            .domain
+            .clone()
+            .unwrap_or_else(|| uplink::host_of(&register.registrar).to_string());
+        if crate::sip::Host::parse(&domain).is_err() {
+            self.problem(
+                format!("{key}.domain"),
+                format!("{domain:?} is not a SIP domain"),
+            );
+        }
+        let contact_user = register
+            .contact_user
+            .clone()
+            .unwrap_or_else(|| register.user.clone());
+        if register.contact_user.is_some() && !uplink::is_sip_user(&contact_user) {
+            self.problem(
+                format!("{key}.contact_user"),
+                format!("{contact_user:?} is not a SIP user name"),
+            );
+        }
+        if !REGISTER_EXPIRES.contains(&register.expires) {
+            self.problem(
+                format!("{key}.expires"),
+                format!(
+                    "{} is not in {}..={} seconds",
+                    register.expires,
+                    REGISTER_EXPIRES.start(),
+                    REGISTER_EXPIRES.end()
+                ),
+            );
+        }
+        let registrar = registrar.filter(|_| self.problems.len() == before)?;
+        Some(Arc::new(TrunkRegistration {
+            auth: TrunkAuth {
+                user: register.user.clone(),
+                password: register.password.clone(),
+            },
+            registrar,
+            domain,
+            contact_user,
+            expires: register.expires,
+        }))
     }
 
     fn check_routes(&mut self, raw: &[FileRoute], trunks: &[Trunk]) -> Vec<Route> {

@@ -14,6 +14,7 @@
 //! - `routing`: the run-time lookups on a built [`Config`] (admission, routes,
 //!   users);
 //! - `gateways`: a trunk's `outbound:` (its gateways, failover, probes);
+//! - `uplink`: a trunk's `auth` and `register` (Vigil as the carrier's client);
 //! - `session_timer`, `registrar`, `policy`: one section each, as written, as in
 //!   force, and the ranges its values must lie in.
 
@@ -27,6 +28,7 @@ mod routing;
 mod schema;
 mod session_timer;
 mod unknown;
+mod uplink;
 
 use std::collections::HashMap;
 use std::fmt;
@@ -54,6 +56,7 @@ pub use schema::{LimitsConfig, LogConfig, LogFormat, SipConfig, TraceConfig};
 pub use session_timer::{
     PreferRefresher, RFC_MIN_SE, RefreshMethod, SessionTimerConfig, SessionTimerFile,
 };
+pub use uplink::{REGISTER_EXPIRES, TrunkAuth, TrunkRegistration};
 
 /// A config that failed to load: every problem found, each with its place.
 #[derive(Debug, thiserror::Error)]
@@ -196,6 +199,10 @@ pub struct Trunk {
     pub policy: Option<PolicySources>,
     /// Whether its legs' media is anchored on rtpengine.
     pub media: MediaMode,
+    /// Credentials for the carrier's challenges to requests sent on this trunk.
+    pub auth: Option<Arc<TrunkAuth>>,
+    /// The registration Vigil keeps with the carrier.
+    pub register: Option<Arc<TrunkRegistration>>,
 }
 
 /// A prefix route to outbound trunks, tried in order.

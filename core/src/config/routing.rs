@@ -31,6 +31,9 @@ impl Config {
                 t.outbound
                     .as_ref()
                     .is_some_and(|o| o.gateways.iter().any(|g| canonical_ip(g.addr.ip()) == ip))
+                    || t.register
+                        .as_ref()
+                        .is_some_and(|r| canonical_ip(r.registrar.ip()) == ip)
             })
     }
 
@@ -47,6 +50,17 @@ impl Config {
                 .into_iter()
                 .collect(),
         }
+    }
+    /// The trunk whose registration a call from `ip` to the user `ruri_user`
+    /// reaches: the carrier sends calls for Vigil's registered contact from
+    /// its registrar's address (RFC 3261 §10: it found Vigil there).
+    pub fn registered_trunk(&self, ip: IpAddr, ruri_user: &str) -> Option<usize> {
+        let ip = canonical_ip(ip);
+        self.trunks.iter().position(|t| {
+            t.register.as_ref().is_some_and(|r| {
+                canonical_ip(r.registrar.ip()) == ip && r.contact_user == ruri_user
+            })
+        })
     }
 
     /// The outbound trunks, in order, of the longest prefix in `routes`

@@ -21,6 +21,7 @@ use super::media::{MediaFile, MediaMode};
 use super::policy::{PolicyFile, PolicySources};
 use super::registrar::{KeepaliveFile, RegistrarConfig, UserFile};
 use super::session_timer::SessionTimerFile;
+use super::uplink::{AuthFile, RegisterFile};
 
 #[derive(Debug, Deserialize)]
 pub(super) struct FileConfig {
@@ -189,6 +190,10 @@ pub(super) struct FileTrunk {
     /// `relay` anchors this trunk's legs on rtpengine (`media:`).
     #[serde(default)]
     pub(super) media: Option<MediaMode>,
+    #[serde(default)]
+    pub(super) auth: Option<AuthFile>,
+    #[serde(default)]
+    pub(super) register: Option<RegisterFile>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -94,8 +94,8 @@ fn every_unknown_key_is_reported_with_the_other_problems() {
         rendered,
         [
             "vigil.yaml:2: listen[1].adress: unknown key, expected one of `addr`, `advertise`",
-            "vigil.yaml:7: trunks[0].rout_to: unknown key, expected one of `name`, `inbound`, `outbound`, `route_to`, `session_timer`, `policy`, `media`",
-            "vigil.yaml:12: trunks[2].colour: unknown key, expected one of `name`, `inbound`, `outbound`, `route_to`, `session_timer`, `policy`, `media`",
+            "vigil.yaml:7: trunks[0].rout_to: unknown key, expected one of `name`, `inbound`, `outbound`, `route_to`, `session_timer`, `policy`, `media`, `auth`, `register`",
+            "vigil.yaml:12: trunks[2].colour: unknown key, expected one of `name`, `inbound`, `outbound`, `route_to`, `session_timer`, `policy`, `media`, `auth`, `register`",
             "vigil.yaml:17: sesion_timer: unknown key, expected one of `listen`, `trunks`, `routes`, `cdr`, `log`, `sip`, `session_timer`, `registrar`, `users`, `nat_keepalive`, `policy`, `control`, `metrics`, `trace`, `limits`, `media`",
             "vigil.yaml:18: session_timer.tll: unknown key, expected one of `ttl`, `update_segment`, `early_hangup`, `no_timer_max_duration`, `min_se`, `refresh_method`, `prefer_refresher`, `refresh_non_timer_peers`, `allow_short_intervals`",
             "vigil.yaml:14: routes[0].trunk: no trunk named \"nowhere\"",
@@ -414,6 +414,59 @@ fn gateways_failover_and_probes_are_read_with_their_defaults() {
     );
 }
 
+const UPLINK: &str = r#"
+listen: ["udp:127.0.0.1:5060"]
+trunks:
+  - name: carrier
+    outbound: { to: "127.0.0.1:5080" }
+    auth: { user: vigil, password: s3cret }
+    register: { user: "4930", password: s3cret, registrar: "127.0.0.20:5070", expires: 600 }
+  - name: other
+    register:
+      user: acct
+      password: pw
+      registrar: "[::1]:5071"
+      domain: carrier.example
+      contact_user: inbound
+cdr: { path: "cdr.jsonl" }
+"#;
+
+/// A trunk's `auth` and `register`: defaults, and the registrar admitted
+/// as the trunk for calls to the registered contact.
+#[test]
+fn trunks_may_authenticate_and_register_with_their_carrier() {
+    let c = Config::parse(UPLINK, Path::new("vigil.yaml")).expect("valid");
+    let auth = c.trunks[0].auth.as_deref().expect("auth");
+    assert_eq!(
+        (auth.user.as_str(), auth.password.as_str()),
+        ("vigil", "s3cret")
+    );
+    let reg = c.trunks[0].register.as_deref().expect("register");
+    assert_eq!(reg.registrar, "127.0.0.20:5070".parse().expect("addr"));
+    assert_eq!(
+        (reg.domain.as_str(), reg.contact_user.as_str(), reg.expires),
+        ("127.0.0.20", "4930", 600)
+    );
+    let other = c.trunks[1].register.as_deref().expect("register");
+    assert_eq!(
+        (
+            other.domain.as_str(),
+            other.contact_user.as_str(),
+            other.expires
+        ),
+        ("carrier.example", "inbound", 3600)
+    );
+    assert_eq!(c.trunks[1].auth, None);
+    let registrar: std::net::IpAddr = "127.0.0.20".parse().expect("ip");
+    assert!(c.admits(registrar));
+    assert_eq!(c.registered_trunk(registrar, "4930"), Some(0));
+    assert_eq!(c.registered_trunk(registrar, "4931"), None);
+    assert_eq!(
+        c.registered_trunk("::1".parse().expect("ip"), "inbound"),
+        Some(1)
+    );
+}
+
 #[test]
 fn bad_gateways_and_routes_are_each_reported_at_their_line() {
     let bad = GATEWAYS
@@ -457,4 +510,40 @@ fn bad_gateways_and_routes_are_each_reported_at_their_line() {
         text.iter().all(|t| t.starts_with("vigil.yaml:")),
         "{text:#?}"
     );
+}
+
+#[test]
+fn bad_auth_and_register_keys_are_placed() {
+    let text = r#"
+listen: ["udp:127.0.0.1:5060"]
+trunks:
+  - name: carrier
+    outbound: { to: "127.0.0.1:5080" }
+    auth: { user: "a b", password: "" }
+    register:
+      user: "x@y"
+      password: pw
+      registrar: "127.0.0.20"
+      expires: 5
+      domain: "not a domain"
+      contact_user: "c:d"
+      expire: 3
+cdr: { path: "cdr.jsonl" }
+"#;
+    let rendered: Vec<String> = problems(text).iter().map(ToString::to_string).collect();
+    for want in [
+        "vigil.yaml:6: trunks[0].auth.user: \"a b\" is not a SIP user name",
+        "vigil.yaml:6: trunks[0].auth.password: must not be empty",
+        "vigil.yaml:8: trunks[0].register.user: \"x@y\" is not a SIP user name",
+        "vigil.yaml:10: trunks[0].register.registrar: \"127.0.0.20\" needs a port",
+        "vigil.yaml:11: trunks[0].register.expires: 5 is not in 60..=86400 seconds",
+        "vigil.yaml:12: trunks[0].register.domain: \"not a domain\" is not a SIP domain",
+        "vigil.yaml:13: trunks[0].register.contact_user: \"c:d\" is not a SIP user name",
+        "vigil.yaml:14: trunks[0].register.expire: unknown key",
+    ] {
+        assert!(
+            rendered.iter().any(|p| p.starts_with(want)),
+            "missing {want:?} in {rendered:#?}"
+        );
+    }
 }

@@ -95,6 +95,15 @@ impl Operator {
                 None => Reply::error("no registrar is configured"),
             },
             Command::Gateways => json(&self.gateways.load().snapshot(Instant::now())),
+            Command::TrunkRegistrations => {
+                let all: Vec<_> = self
+                    .ask_workers(WorkerInput::Registrations)
+                    .await
+                    .into_iter()
+                    .flatten()
+                    .collect();
+                json(&all)
+            }
             Command::Trace => json(&self.transport.trace().traced()),
             Command::TraceOn(name) => match self.transport.trace().switch_on(&name) {
                 Ok(()) => json(&self.transport.trace().traced()),

@@ -69,6 +69,8 @@ pub enum Command {
     Registrations,
     /// Every trunk's gateways with their health and calls in flight.
     Gateways,
+    /// Vigil's own registrations with its trunks' registrars.
+    TrunkRegistrations,
     /// What is traced.
     Trace,
     /// Start tracing a trunk (`NAME`) or a user (`user:NAME`).
@@ -79,6 +81,7 @@ pub enum Command {
 
 /// Every command word, for error messages and help.
 pub const COMMANDS: &str = "reload, status, calls, call CALL-ID, hangup CALL-ID, registrations, gateways, \
+                            registrations trunks, \
                             trace, trace on NAME, trace off NAME (NAME: a trunk, or user:NAME)";
 
 impl Command {
@@ -90,7 +93,7 @@ impl Command {
             Command::Calls => "calls",
             Command::Call(_) => "call",
             Command::Hangup(_) => "hangup",
-            Command::Registrations => "registrations",
+            Command::Registrations | Command::TrunkRegistrations => "registrations",
             Command::Gateways => "gateways",
             Command::Trace | Command::TraceOn(_) | Command::TraceOff(_) => "trace",
         }
@@ -105,6 +108,7 @@ impl Command {
             ["calls"] => Some(Command::Calls),
             ["registrations"] => Some(Command::Registrations),
             ["gateways"] => Some(Command::Gateways),
+            ["registrations", "trunks"] => Some(Command::TrunkRegistrations),
             ["call", id] => Some(Command::Call((*id).to_string())),
             ["hangup", id] => Some(Command::Hangup((*id).to_string())),
             ["trace"] => Some(Command::Trace),
@@ -121,6 +125,7 @@ impl fmt::Display for Command {
             Command::Call(id) | Command::Hangup(id) => write!(f, "{} {id}", self.word()),
             Command::TraceOn(name) => write!(f, "trace on {name}"),
             Command::TraceOff(name) => write!(f, "trace off {name}"),
+            Command::TrunkRegistrations => f.write_str("registrations trunks"),
             _ => f.write_str(self.word()),
         }
     }

@@ -28,6 +28,11 @@ use crate::sip::Message;
 use crate::transaction::{Path, TxBudget};
 use crate::transport::LocalSocket;
 use crate::transport::Transport;
+use crate::uplink::registration::RegistrationSnapshot;
+
+/// The worker that keeps the trunks' registrations: their REGISTERs' Call-IDs
+/// and branches carry its number, so the answers come back to it.
+pub const UPLINK_WORKER: u8 = 0;
 
 /// What the receive loops and the daemon send a worker.
 pub enum WorkerInput {
@@ -44,6 +49,8 @@ pub enum WorkerInput {
     Calls(oneshot::Sender<Vec<CallSnapshot>>),
     /// The operator (or a leak check) asks what this worker holds.
     Resources(oneshot::Sender<EngineResources>),
+    /// The operator asks for the trunks' registrations (worker 0 keeps them).
+    Registrations(oneshot::Sender<Vec<RegistrationSnapshot>>),
     /// The operator hangs up the call with this Call-ID, if it is here.
     HangUp(String, oneshot::Sender<Option<CallSnapshot>>),
     /// End every call and stop once they are gone (or after [`DRAIN_TIME`]).
@@ -113,8 +120,10 @@ pub async fn run_worker(
         gateways: Some(gateways.load_full()),
         // One worker probes every gateway; all of them read the health.
         probes: id == 0,
+        uplink: id == UPLINK_WORKER,
     };
     let mut engine = Engine::new(config, sockets, deps);
+    engine.start_registrations(Instant::now());
     let mut drain_until: Option<Instant> = None;
     let mut batch = Vec::with_capacity(BATCH);
     let mut ng_buf = vec![0u8; MAX_DATAGRAM + 1];
@@ -148,9 +157,13 @@ pub async fn run_worker(
                             engine.set_gateways(now, gateways);
                             engine.set_policies(policies);
                             engine.set_sockets(sockets);
+                            engine.start_registrations(now);
                         }
                         WorkerInput::Calls(reply) => {
                             let _ = reply.send(engine.calls(now));
+                        }
+                        WorkerInput::Registrations(reply) => {
+                            let _ = reply.send(engine.registrations(now));
                         }
                         WorkerInput::Resources(reply) => {
                             let _ = reply.send(engine.resources());

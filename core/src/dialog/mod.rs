@@ -255,6 +255,13 @@ impl Dialog {
         self.request_with_seq(method, via, seq)
     }
 
+    /// The next local CSeq, for a request built elsewhere (one sent again
+    /// with credentials, RFC 3261 §22.2): later requests count on from it.
+    pub fn take_seq(&mut self) -> u32 {
+        self.local_seq += 1;
+        self.local_seq
+    }
+
     /// The ACK for a 2xx to the INVITE with CSeq `invite_seq` (§13.2.2.4).
     pub fn ack(&self, invite_seq: u32, via: Via) -> Option<Request> {
         self.request_with_seq(Method::Ack, via, invite_seq)

@@ -414,7 +414,11 @@ impl Engine {
     /// Who `request` comes from, or how it is refused (403, or a 407
     /// challenge).
     fn admission(&mut self, now: Instant, request: &Request, path: Path) -> Result<Source, Reply> {
-        if let Some(trunk) = self.config.inbound_trunk(path.remote.ip()) {
+        if let Some(trunk) = self.config.inbound_trunk(path.remote.ip()).or_else(|| {
+            // A call the carrier sends to the contact Vigil registered with it.
+            let callee = request.uri.user_part().unwrap_or_default();
+            self.config.registered_trunk(path.remote.ip(), &callee)
+        }) {
             return Ok(Source::Trunk(trunk));
         }
         let from_user = request.from.uri.user_part().unwrap_or_default();
@@ -630,6 +634,7 @@ impl Engine {
                     invite_timeout: None,
                     callee: None,
                     caller: None,
+                    auth: None,
                 };
                 Ok((outbound, None))
             }

@@ -31,6 +31,7 @@ use crate::transaction::{
     Inbound, Path, ServerTxId, TimerValues, TransactionLayer, Transmit, TxBudget, TxEvent, TxShed,
 };
 use crate::transport::LocalSocket;
+use crate::uplink::registration::{RegEvent, RegistrationSnapshot, Registrations, UplinkEnv};
 
 /// Option tags Vigil implements (for `Supported` and checking `Require`).
 pub const SUPPORTED: &[&str] = &["timer"];
@@ -76,7 +77,14 @@ pub struct Engine {
     shutdown_next: Option<Instant>,
     /// Requests shed by the transaction limits are logged at this rate.
     shed_log: RateLimit,
+    /// The trunks' registrations with their registrars, on the one worker
+    /// that keeps them ([`EngineDeps::uplink`]); their REGISTERs go through
+    /// this engine's transaction layer.
+    uplink: Option<Registrations>,
 }
+
+/// The owner's call key on a REGISTER's transaction: no call has it.
+const UPLINK_KEY: CallKey = CallKey::MAX;
 
 /// What one engine holds, for leak checks and `vigil ctl status`: after the
 /// calls end and their transactions linger out, every count is back to zero.
@@ -143,6 +151,8 @@ pub struct EngineDeps {
     pub gateways: Option<Arc<Gateways>>,
     /// This worker sends the gateways' health probes.
     pub probes: bool,
+    /// This worker keeps the trunks' registrations (one worker does).
+    pub uplink: bool,
 }
 
 impl EngineDeps {
@@ -158,6 +168,7 @@ impl EngineDeps {
             media: None,
             gateways: None,
             probes: true,
+            uplink: false,
         }
     }
 }
@@ -209,6 +220,77 @@ impl Engine {
             shutdown_batch: SHUTDOWN_BATCH,
             shutdown_next: None,
             shed_log: RateLimit::new(5, Duration::from_secs(10)),
+            uplink: deps.uplink.then(Registrations::default),
+        }
+    }
+
+    /// Starts (or, after a reload, updates) the trunks' registrations, on
+    /// the worker that keeps them.
+    pub fn start_registrations(&mut self, now: Instant) {
+        let Some(mut uplink) = self.uplink.take() else {
+            return;
+        };
+        let (trunks, user_agent) = (&self.config.trunks, &self.config.sip.user_agent);
+        let sockets = self.sockets.clone();
+        let socket_for = |target| LocalSocket::for_target(&sockets, target);
+        let mut env = UplinkEnv {
+            ids: &mut self.ids,
+            socket_for: &socket_for,
+        };
+        uplink.set_config(now, trunks, user_agent, &mut env);
+        self.uplink = Some(uplink);
+        self.drain_uplink(now);
+    }
+
+    /// The trunks' registrations (empty on the workers that keep none).
+    pub fn registrations(&self, now: Instant) -> Vec<RegistrationSnapshot> {
+        self.uplink
+            .as_ref()
+            .map_or_else(Vec::new, |u| u.snapshot(now))
+    }
+
+    /// Runs `f` on the registrations with their environment, then sends
+    /// what they want sent.
+    fn with_uplink(
+        &mut self,
+        now: Instant,
+        f: impl FnOnce(&mut Registrations, &mut UplinkEnv<'_>),
+    ) {
+        let Some(uplink) = self.uplink.as_mut() else {
+            return;
+        };
+        let sockets = self.sockets.clone();
+        let socket_for = |target| LocalSocket::for_target(&sockets, target);
+        let mut env = UplinkEnv {
+            ids: &mut self.ids,
+            socket_for: &socket_for,
+        };
+        f(uplink, &mut env);
+        self.drain_uplink(now);
+    }
+
+    /// Sends the REGISTERs the registrations ask for; logs and counts what
+    /// happened to them.
+    fn drain_uplink(&mut self, now: Instant) {
+        let Some(uplink) = self.uplink.as_mut() else {
+            return;
+        };
+        while let Some(out) = uplink.poll_request() {
+            let owner = TxOwner {
+                call: UPLINK_KEY,
+                purpose: crate::call::Purpose::Register(out.id),
+            };
+            self.tx.send_request(now, out.request, out.path, owner);
+        }
+        while let Some(event) = uplink.poll_event() {
+            match event {
+                RegEvent::Registered { id, granted } => {
+                    tracing::info!(trunk = ?uplink.trunk(id), granted = ?granted, "registered with the trunk's registrar");
+                }
+                RegEvent::Failed { .. } => {
+                    Metrics::count(&self.metrics.trunk_registration_failures)
+                }
+            }
         }
     }
 
@@ -324,6 +406,7 @@ impl Engine {
             self.shutdown_next,
             self.media.as_ref().and_then(|m| m.client.poll_timeout()),
             self.prober.as_ref().and_then(Prober::poll_timeout),
+            self.uplink.as_ref().and_then(Registrations::poll_timeout),
         ]
         .into_iter()
         .flatten()
@@ -369,6 +452,10 @@ impl Engine {
                     return;
                 }
                 if let Some((_, owner, response)) = self.tx.receive_response(now, response) {
+                    if let crate::call::Purpose::Register(id) = owner.purpose {
+                        self.with_uplink(now, |u, env| u.handle_response(now, id, &response, env));
+                        return self.drain_tx_events(now);
+                    }
                     self.with_call(owner.call, |call, env| {
                         call.on_response(now, owner.purpose, response, env)
                     });
@@ -389,6 +476,14 @@ impl Engine {
         }
         self.drain_ng_events(now);
         self.probe_gateways(now);
+        if self
+            .uplink
+            .as_ref()
+            .and_then(Registrations::poll_timeout)
+            .is_some_and(|at| at <= now)
+        {
+            self.with_uplink(now, |u, env| u.handle_timeout(now, env));
+        }
         let calls = &self.calls;
         self.call_timers.purge_stale(calls.len(), |at, key| {
             calls.get(&key).is_some_and(|c| c.scheduled.is(at))
@@ -447,6 +542,10 @@ impl Engine {
     fn drain_tx_events(&mut self, now: Instant) {
         while let Some(event) = self.tx.poll_event() {
             if let TxEvent::Timeout { owner, .. } = event {
+                if let crate::call::Purpose::Register(id) = owner.purpose {
+                    self.with_uplink(now, |u, _| u.handle_tx_timeout(now, id));
+                    continue;
+                }
                 self.with_call(owner.call, |call, env| {
                     call.on_timeout(now, owner.purpose, env)
                 });

@@ -13,6 +13,8 @@ impl Engine {
     /// both legs in batches ([`SHUTDOWN_BATCH`]).
     pub fn begin_shutdown(&mut self, now: Instant) {
         self.draining = true;
+        // The carriers forget Vigil's contacts now rather than at expiry.
+        self.with_uplink(now, |u, env| u.unregister_all(now, env));
         let mut keys: Vec<CallKey> = self.calls.keys().copied().collect();
         // Oldest first, popped from the end.
         keys.sort_unstable_by(|a, b| b.cmp(a));

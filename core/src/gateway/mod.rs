@@ -18,7 +18,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use crate::config::{Config, GatewayConfig, ProbeConfig, SessionTimerConfig};
+use crate::config::{Config, GatewayConfig, ProbeConfig, SessionTimerConfig, TrunkAuth};
 use crate::ids::IdGen;
 
 /// Every trunk's gateways, by trunk index of the config they were built from.
@@ -44,6 +44,8 @@ pub struct Gateway {
     pub probe: Option<ProbeConfig>,
     /// The session-timer settings of its trunk's legs.
     pub session_timer: SessionTimerConfig,
+    /// Its trunk's credentials for the carrier's challenges.
+    pub auth: Option<Arc<TrunkAuth>>,
     /// The instant its health times count from.
     epoch: Instant,
     health: Health,
@@ -125,6 +127,7 @@ impl Gateways {
                             invite_timeout: outbound.invite_timeout,
                             probe: outbound.probe.clone(),
                             session_timer: trunk.session_timer,
+                            auth: trunk.auth.clone(),
                             epoch,
                             health,
                         })

@@ -152,6 +152,12 @@ impl Collector for Scrape {
             "NAT keep-alives sent to registered contacts",
             load(&m.keepalives_sent),
         )?;
+        counter(
+            &mut out,
+            "vigil_trunk_registration_failures",
+            "Vigil's registrations with trunks' registrars that failed (refused or unanswered)",
+            load(&m.trunk_registration_failures),
+        )?;
         histogram(
             &mut out,
             "vigil_keepalive_interval_deviation_seconds",
@@ -442,6 +448,7 @@ mod tests {
             "vigil_refresh_lateness_seconds histogram",
             "vigil_receive_wait_seconds histogram",
             "vigil_keepalives_sent_total counter",
+            "vigil_trunk_registration_failures_total counter",
             "vigil_keepalive_interval_deviation_seconds histogram",
             "vigil_policy_hook_calls_total counter",
             "vigil_policy_hook_errors_total counter",

@@ -207,6 +207,9 @@ pub struct Metrics {
     requests_shed: [AtomicU64; RequestShed::ALL.len()],
     /// NAT keep-alive datagrams sent to registered contacts.
     pub keepalives_sent: AtomicU64,
+    /// Vigil's own registrations with trunks' registrars that failed (a
+    /// refusal or no answer; each retry that fails counts again).
+    pub trunk_registration_failures: AtomicU64,
     /// How far each contact's actual keep-alive interval was from its period.
     pub keepalive_deviation: Histogram,
     /// Hook calls into scripts or plugins that failed (error, budget, memory,

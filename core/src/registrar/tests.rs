@@ -4,8 +4,8 @@
 
 use std::path::Path as FsPath;
 
-use super::digest::expected_response;
 use super::*;
+use crate::sip::digest_response;
 use crate::sip::{DigestAlgorithm, decode};
 
 const LOCAL: &str = "127.0.0.1:5060";
@@ -165,7 +165,7 @@ Contact: <sip:1001@10.0.0.5:5060>\r\nExpires: {expires}\r\n{auth}\r\n",
             nc: Some("00000001".into()),
             opaque: None,
         };
-        creds.response = expected_response(algorithm, &creds, password, "REGISTER");
+        creds.response = digest_response(algorithm, &creds, password, "REGISTER");
         let header = format!(
             "Digest username=\"1001\", realm=\"vigil.local\", nonce=\"{}\", uri=\"sip:vigil.local\", response=\"{}\", algorithm={algorithm}, cnonce=\"abc\", qop=auth, nc=00000001",
             creds.nonce, creds.response

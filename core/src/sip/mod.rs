@@ -21,7 +21,9 @@ mod text;
 mod typed;
 mod uri;
 
-pub use auth::{DigestAlgorithm, DigestChallenge, DigestCredentials};
+pub use auth::{
+    ChallengeError, DigestAlgorithm, DigestChallenge, DigestCredentials, digest_response,
+};
 pub use decode::{DecodeError, MAX_DATAGRAM, MAX_HEADERS, ReplyContext, decode};
 pub use header::{Header, HeaderName, Headers};
 pub use message::{ALLOWED_METHODS, Message, Request, Response};

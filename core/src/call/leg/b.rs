@@ -16,6 +16,7 @@ use crate::session_timer::negotiate::{self, Agreed, retry_after_422, uac_offer_h
 use crate::sip::{HeaderName, Method, Request, Response, Via};
 use crate::timer_table;
 use crate::transaction::{ClientState, ClientTxId};
+use crate::uplink::auth::authorize;
 
 timer_table!(
     /// CancelWait: a CANCELled INVITE that never got its final answer (§9.1).
@@ -193,6 +194,11 @@ impl BLeg {
         );
         self.leg
             .retarget(outbound.path, outbound.advertised, outbound.timer);
+        self.leg.set_auth(outbound.auth);
+        // The last gateway's credentials are not the next one's.
+        for name in [HeaderName::Authorization, HeaderName::ProxyAuthorization] {
+            invite.headers.remove(&name);
+        }
         self.offered = outbound.timer.ttl;
         reoffer_timer(invite, self.offered, &outbound.timer, true);
         self.invite_timeout = compact(outbound.invite_timeout);
@@ -259,6 +265,9 @@ impl BLeg {
         if let Some(invite) = self.invite.as_deref() {
             self.leg
                 .establish(Dialog::as_uac(invite, response, self.leg.contact()));
+            if let Some(auth) = self.leg.auth.as_mut() {
+                auth.invite_answered(invite);
+            }
         }
         self.state = BState::Answered;
         self.leg.learn_allow(&response.headers);
@@ -314,6 +323,47 @@ impl BLeg {
         self.invite_seq = invite.cseq.seq;
         self.offered = interval;
         self.retried_422 = true;
+        self.state = BState::Calling;
+        self.arm_no_response(now);
+        true
+    }
+
+    /// The callee (a carrier) challenged the INVITE with 401 or 407: with
+    /// its trunk's credentials the INVITE goes again (same dialog-to-be,
+    /// next CSeq, new branch). False when there are none, or this realm
+    /// refused them already (RFC 3261 §22.2: then the INVITE fails).
+    pub fn answer_challenge(
+        &mut self,
+        now: Instant,
+        response: &Response,
+        env: &mut Env<'_>,
+    ) -> bool {
+        let (Some(auth), Some(invite)) = (self.leg.auth.as_ref(), self.invite.as_deref_mut())
+        else {
+            return false;
+        };
+        let cnonce = env.ids.tag();
+        let retry = match authorize(
+            invite,
+            response,
+            &auth.credentials,
+            env.ids.branch(),
+            &cnonce,
+        ) {
+            Ok(retry) => retry,
+            Err(e) => {
+                tracing::warn!(call_id = %response.call_id, status = response.status, error = %e, "INVITE challenge not answered");
+                return false;
+            }
+        };
+        *invite = retry;
+        self.invite_tx = Some(env.tx.send_request(
+            now,
+            invite.clone(),
+            self.leg.path(),
+            self.leg.owner(Purpose::BInvite),
+        ));
+        self.invite_seq = invite.cseq.seq;
         self.state = BState::Calling;
         self.arm_no_response(now);
         true

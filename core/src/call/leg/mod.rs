@@ -9,11 +9,13 @@
 //! happened; the call decides what crosses to the other leg.
 
 mod a;
+mod auth;
 mod b;
 #[cfg(test)]
 mod tests;
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 pub use a::{ALeg, AState};
@@ -22,6 +24,7 @@ pub use b::{BIdentity, BLeg, BState, BTimeout};
 use super::build::Body;
 use super::{CallKey, Env, Purpose, TxOwner};
 use crate::config::SessionTimerConfig;
+use crate::config::TrunkAuth;
 use crate::dialog::Dialog;
 use crate::metrics::Metrics;
 use crate::policy::Leg;
@@ -32,6 +35,8 @@ use crate::session_timer::{LegEvent, RefreshKind, SessionLeg, UasOutcome};
 use crate::sip::{ALLOWED_METHODS, HeaderName, Headers, Method, Request, Response, SipUri, Via};
 use crate::timer_table;
 use crate::transaction::{Path, ServerTxId};
+use crate::uplink::auth::{authorize, is_challenge};
+use auth::LegAuth;
 
 timer_table!(
     /// Retransmit2xx/AckWait: Vigil's 2xx to an INVITE on this leg, until the
@@ -101,6 +106,9 @@ pub struct CallLeg {
     /// Boxed: rarely set, and only for a moment.
     pending_2xx: Option<Box<Pending2xx>>,
     timers: AnswerTimers,
+    /// The trunk's credentials and the requests a challenge may come back
+    /// for; `None` (no cost) towards a peer that asks for none.
+    auth: Option<Box<LegAuth>>,
 }
 
 impl CallLeg {
@@ -125,6 +133,79 @@ impl CallLeg {
             remote_body: None,
             pending_2xx: None,
             timers: AnswerTimers::default(),
+            auth: None,
+        }
+    }
+
+    /// The trunk's `auth`: from now on the carrier's challenges to requests
+    /// in this leg's dialog are answered.
+    pub fn set_auth(&mut self, credentials: Option<Arc<TrunkAuth>>) {
+        self.auth = credentials.map(|c| Box::new(LegAuth::new(c)));
+    }
+
+    /// A request of this leg may still be challenged: the call must wait
+    /// for its answer before it is forgotten.
+    pub fn awaits_challenge(&self) -> bool {
+        self.auth.as_ref().is_some_and(|a| !a.is_empty())
+    }
+
+    /// Sends a request of this leg's dialog as `purpose`, kept for a
+    /// challenge if the leg has credentials.
+    fn send_in_dialog(
+        &mut self,
+        now: Instant,
+        request: Request,
+        purpose: Purpose,
+        env: &mut Env<'_>,
+    ) {
+        if let Some(auth) = self.auth.as_mut() {
+            auth.remember(purpose, &request);
+        }
+        let path = self.next_hop();
+        env.tx.send_request(now, request, path, self.owner(purpose));
+    }
+
+    /// A final response to this leg's request sent as `purpose`. A 401 or
+    /// 407 that the trunk's credentials answer makes Vigil send the request
+    /// again (next CSeq of the dialog, new branch) and returns its CSeq: the
+    /// response is then no answer at all. `None`: the response stands (a
+    /// second challenge fails the request with its status).
+    pub fn answer_challenge(
+        &mut self,
+        now: Instant,
+        purpose: Purpose,
+        response: &Response,
+        env: &mut Env<'_>,
+    ) -> Option<u32> {
+        let auth = self.auth.as_mut()?;
+        let sent = auth.take(purpose, response)?;
+        if !is_challenge(response.status) {
+            return None;
+        }
+        let cnonce = env.ids.tag();
+        let mut retry = match authorize(
+            &sent,
+            response,
+            &auth.credentials,
+            env.ids.branch(),
+            &cnonce,
+        ) {
+            Ok(retry) => retry,
+            Err(e) => {
+                tracing::warn!(call_id = %response.call_id, method = %sent.method.as_str(), status = response.status, error = %e, "challenge not answered");
+                return None;
+            }
+        };
+        retry.cseq.seq = self.dialog.as_mut()?.take_seq();
+        let seq = retry.cseq.seq;
+        self.send_in_dialog(now, retry, purpose, env);
+        Some(seq)
+    }
+
+    /// The request sent as `purpose` got no answer: nothing to authorize.
+    pub fn forget_sent(&mut self, purpose: Purpose) {
+        if let Some(auth) = self.auth.as_mut() {
+            auth.forget(purpose);
         }
     }
 
@@ -327,8 +408,7 @@ impl CallLeg {
         }
         session.sent(kind);
         Metrics::count(&env.metrics.refreshes_sent);
-        let path = self.next_hop();
-        env.tx.send_request(now, request, path, owner);
+        self.send_in_dialog(now, request, owner.purpose, env);
     }
 
     /// The answer to Vigil's refresh: a 2xx renews the session (and a 2xx to a
@@ -409,6 +489,11 @@ impl CallLeg {
         if let Some(from) = body_from {
             super::build::copy_body(&from.headers, &from.body, &mut ack.headers, &mut ack.body);
         }
+        if let Some(auth) = self.auth.as_ref() {
+            for (name, value) in auth.ack_credentials(seq) {
+                ack.headers.push(name.clone(), value.clone());
+            }
+        }
         let bytes = ack.encode();
         env.tx.send_stateless(bytes.clone(), self.next_hop());
         self.last_ack = Some((seq, bytes));
@@ -437,7 +522,6 @@ impl CallLeg {
     /// Sends BYE in this leg's dialog, with a `Reason` header if given
     /// (RFC 3326). Nothing without a dialog.
     pub fn send_bye(&mut self, now: Instant, reason: Option<&str>, env: &mut Env<'_>) {
-        let owner = self.owner(Purpose::Teardown);
         let Some(dialog) = self.dialog.as_mut() else {
             return;
         };
@@ -449,8 +533,7 @@ impl CallLeg {
         if let Some(reason) = reason {
             bye.headers.push(HeaderName::Reason, reason);
         }
-        let path = self.next_hop();
-        env.tx.send_request(now, bye, path, owner);
+        self.send_in_dialog(now, bye, Purpose::Teardown, env);
     }
 
     /// Sends a copy of a request from the other leg into this leg's dialog
@@ -464,13 +547,11 @@ impl CallLeg {
         env: &mut Env<'_>,
         prepare: impl FnOnce(&mut Request, Option<&SessionLeg>, &SessionTimerConfig),
     ) -> Option<u32> {
-        let owner = self.owner(Purpose::Relay(relay_id));
         let dialog = self.dialog.as_mut()?;
         let mut copy = dialog.new_request(method, Via::ours(self.advertised, env.ids.branch()))?;
         prepare(&mut copy, self.session.as_ref(), &self.timer);
         let sent_seq = copy.cseq.seq;
-        let path = self.next_hop();
-        env.tx.send_request(now, copy, path, owner);
+        self.send_in_dialog(now, copy, Purpose::Relay(relay_id), env);
         Some(sent_seq)
     }
 

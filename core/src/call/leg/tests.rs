@@ -436,6 +436,7 @@ fn b_leg(w: &mut World) -> BLeg {
         invite_timeout: None,
         callee: None,
         caller: None,
+        auth: None,
     };
     let ids = BIdentity {
         call_id: "b-call".into(),
@@ -463,6 +464,7 @@ fn a_b_leg_waiting_for_its_sdp_sends_the_one_it_is_given_and_ends_quietly() {
         invite_timeout: None,
         callee: None,
         caller: None,
+        auth: None,
     };
     let ids = || BIdentity {
         call_id: "b-call".into(),
@@ -486,6 +488,7 @@ fn a_b_leg_waiting_for_its_sdp_sends_the_one_it_is_given_and_ends_quietly() {
         invite_timeout: None,
         callee: None,
         caller: None,
+        auth: None,
     };
     let mut b = BLeg::new(2, &invite(), outbound, ids(), &w.env());
     let relayed = SDP

@@ -8,6 +8,8 @@ mod media;
 mod policies;
 mod resources;
 mod session_timers;
+mod trunk_auth;
+mod uplink;
 mod users;
 
 use std::net::SocketAddr;

@@ -407,7 +407,11 @@ fn a_route_script_chooses_the_trunks_and_rewrites_the_numbers() {
     // premium fails with 503: the route's next trunk gets the call.
     h.receive_from("127.0.0.4:5080", &answer(&b, 503, "p", ""), true);
     let c = h.take_one_request(CALLEE, Method::Invite);
-    assert_eq!(c.uri.to_string(), "sip:+49301234@127.0.0.3:5080", "still rewritten");
+    assert_eq!(
+        c.uri.to_string(),
+        "sip:+49301234@127.0.0.3:5080",
+        "still rewritten"
+    );
     h.callee_sends(&answer(&c, 486, "c", ""));
     let cdr = h.cdrs.last().expect("cdr");
     assert_eq!(cdr.trunk_out.as_deref(), Some("carrier"));
@@ -417,7 +421,10 @@ fn a_route_script_chooses_the_trunks_and_rewrites_the_numbers() {
     h.caller_sends(&invite("rt-2", "0901234", SDP));
     let finals = h.finals(CALLER);
     assert_eq!(finals.last().map(|r| r.status), Some(403));
-    assert_eq!(h.cdrs.last().map(|c| c.end_reason), Some(EndReason::PolicyRejected));
+    assert_eq!(
+        h.cdrs.last().map(|c| c.end_reason),
+        Some(EndReason::PolicyRejected)
+    );
 
     // No decision: the configured routes (route_to: carrier).
     h.caller_sends(&invite("rt-3", "555", SDP));

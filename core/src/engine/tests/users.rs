@@ -3,8 +3,9 @@
 //! not registered (480).
 
 use super::*;
-use crate::registrar::digest::{DigestAuth, expected_response};
+use crate::registrar::digest::DigestAuth;
 use crate::registrar::location::{Binding, Location, LocationView, Target};
+use crate::sip::digest_response;
 use crate::sip::{DigestAlgorithm, DigestCredentials, Uri};
 
 const USERS: &str = "registrar: { domain: vigil.local }\nusers:\n  - { user: \"1001\", password: secret1001, route_to: carrier }\n  - { user: \"1002\", password: secret1002 }\n";
@@ -70,7 +71,7 @@ fn a_user_calls_after_a_407_challenge() {
         nc: Some("00000001".into()),
         opaque: None,
     };
-    creds.response = expected_response(DigestAlgorithm::Md5, &creds, "secret1001", "INVITE");
+    creds.response = digest_response(DigestAlgorithm::Md5, &creds, "secret1001", "INVITE");
     let header = format!(
         "Digest username=\"1001\", realm=\"vigil.local\", nonce=\"{nonce}\", uri=\"{}\", response=\"{}\", algorithm=MD5, cnonce=\"cn\", qop=auth, nc=00000001",
         creds.uri, creds.response
