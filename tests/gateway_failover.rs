@@ -11,6 +11,7 @@ mod support;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use support::dnsmasq::{Dnsmasq, free_port};
 use support::{Net, Sipp, Vigil, caller, scenario};
 
 /// A sipp gateway on `net.callee:port`.
@@ -31,6 +32,8 @@ fn gateway(net: Net, port: u16, scenario_file: Option<&Path>, extra: &[&str]) ->
     sipp
 }
 
+/// Vigil's config: `pbx` (the caller) routes to `carrier`, whose
+/// `outbound:` is `outbound`; CDRs in `dir`.
 fn config(net: Net, dir: &Path, outbound: &str) -> String {
     format!(
         r#"listen: ["udp:{vigil}:5060"]
@@ -204,4 +207,92 @@ fn probes_take_a_silent_gateway_down_and_bring_it_back_when_it_answers() {
     assert!(stopped.status.success(), "{}", stopped.log);
     back.stop();
     answering.stop();
+}
+
+/// The address `vigil ctl gateways` gives the trunk's only gateway.
+fn addresses(vigil: &Vigil) -> Vec<String> {
+    let (ok, out, err) = vigil.ctl(&["gateways"]);
+    assert!(ok, "{err}");
+    let all: serde_json::Value = serde_json::from_str(&out).expect("json");
+    all.as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|g| g["address"].as_str().map(str::to_string))
+        .collect()
+}
+
+#[test]
+fn a_trunk_named_by_domain_follows_its_srv_records() {
+    let net = Net::new(182);
+    let dir = tempfile::tempdir().expect("temp dir");
+    let dns_ip = "127.0.182.53";
+    let dns_addr = std::net::SocketAddr::new(dns_ip.parse().expect("ip"), free_port(dns_ip));
+    let records = |host: &str, port: u16| {
+        vec![
+            format!("--srv-host=_sip._udp.carrier.test,gw.carrier.test,{port},10,50"),
+            format!("--host-record=gw.carrier.test,{host}"),
+        ]
+    };
+    let mut dns = Dnsmasq::start(
+        dir.path(),
+        1,
+        dns_addr,
+        "carrier.test",
+        1,
+        &records("127.0.182.3", 5071),
+    );
+    let outbound = "      gateways: [ { to: \"carrier.test\" } ]";
+    let text = format!(
+        "{}dns: {{ servers: [\"{dns_addr}\"], min_ttl: 1, allow_short_intervals: true }}\n",
+        config(net, dir.path(), outbound)
+    );
+    let first = gateway(net, 5071, None, &[]);
+    let vigil = Vigil::start_with(net, tempfile::tempdir().expect("dir"), &text);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while addresses(&vigil) != ["127.0.182.3:5071"] && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(addresses(&vigil), ["127.0.182.3:5071"], "{}", vigil.log());
+    caller(net, net.caller, None, "0049301234", &["-m", "1"])
+        .expect_success(Duration::from_secs(20));
+
+    // The carrier moves its gateway: new records on the same DNS server.
+    dns.kill();
+    let _dns = Dnsmasq::start(
+        dir.path(),
+        2,
+        dns_addr,
+        "carrier.test",
+        1,
+        &records("127.0.182.4", 5072),
+    );
+    let moved = Sipp::spawn(
+        "gateway:moved",
+        &[
+            "-sn".into(),
+            "uas".into(),
+            "-i".into(),
+            "127.0.182.4".into(),
+            "-p".into(),
+            "5072".into(),
+        ],
+    );
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while addresses(&vigil) != ["127.0.182.4:5072"] && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(addresses(&vigil), ["127.0.182.4:5072"], "{}", vigil.log());
+    caller(net, net.caller, None, "0049301234", &["-m", "1"])
+        .expect_success(Duration::from_secs(20));
+    let stopped = vigil.stop();
+    first.stop();
+    moved.stop();
+    let cdrs = support::read_cdrs(&dir.path().join("cdr.jsonl"));
+    let gateways: Vec<&str> = cdrs.iter().filter_map(|c| c["gateway"].as_str()).collect();
+    assert_eq!(
+        gateways,
+        ["127.0.182.3:5071", "127.0.182.4:5072"],
+        "{}",
+        stopped.log
+    );
 }

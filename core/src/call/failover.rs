@@ -109,7 +109,7 @@ impl Failover {
 fn attempt(gateway: &Gateway, outcome: String) -> Attempt {
     Attempt {
         trunk: gateway.trunk.clone(),
-        gateway: gateway.to.clone(),
+        gateway: gateway.addr.to_string(),
         outcome,
     }
 }

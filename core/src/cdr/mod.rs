@@ -127,7 +127,8 @@ pub struct CdrRecord {
 pub struct Attempt {
     #[serde(serialize_with = "text")]
     pub trunk: Arc<str>,
-    /// The gateway as the config writes it.
+    /// The gateway's address (for a gateway the config names by host, the
+    /// one DNS gave).
     pub gateway: String,
     /// Its final status (`200` when it answered), `no-response` (nothing
     /// within `invite_timeout`), `timeout` (no final answer before Timer B),

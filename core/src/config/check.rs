@@ -184,6 +184,10 @@ impl Checker {
         for (field, message) in problems {
             self.problem(format!("policy.{field}"), message);
         }
+        let (dns, problems) = raw.dns.check();
+        for (field, message) in problems {
+            self.problem(format!("dns.{field}"), message);
+        }
         let (media, problems) = raw.media.check();
         for (field, message) in problems {
             self.problem(format!("media.{field}"), message);
@@ -232,6 +236,7 @@ impl Checker {
             trace: raw.trace,
             limits: raw.limits,
             media,
+            dns,
         }
     }
 
@@ -449,7 +454,7 @@ impl Checker {
                 }
             }
             let outbound = t.outbound.as_ref().and_then(|ob| {
-                let (outbound, problems) = check_outbound(ob, sip.invite_timeout, resolve);
+                let (outbound, problems) = check_outbound(ob, sip.invite_timeout);
                 for (suffix, message) in problems {
                     self.problem(format!("{key}.outbound{suffix}"), message);
                 }

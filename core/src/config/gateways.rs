@@ -15,12 +15,15 @@
 //!   probe: { interval: 30, failures: 3, successes: 2 }
 //! ```
 //!
-//! `outbound: { to: "ip:port" }` is the one-gateway short form.
+//! `outbound: { to: "ip:port" }` is the one-gateway short form. A gateway
+//! named by host is never looked up here: the daemon keeps it resolved
+//! (`crate::dns`), so loading a config never waits on DNS.
 
-use std::net::SocketAddr;
 use std::time::Duration;
 
 use serde::Deserialize;
+
+use crate::dns::Gateway as DnsGateway;
 
 /// The final statuses that move a call to its next gateway unless the trunk
 /// says otherwise: timeouts and server failures, and 480 (a carrier's "no
@@ -104,11 +107,6 @@ pub struct TrunkOutbound {
 }
 
 impl TrunkOutbound {
-    /// Whether `addr` is one of this trunk's gateways.
-    pub fn has_gateway(&self, addr: SocketAddr) -> bool {
-        self.gateways.iter().any(|g| g.addr == addr)
-    }
-
     pub fn fails_over_on(&self, status: u16) -> bool {
         self.failover_codes.contains(&status)
     }
@@ -117,14 +115,25 @@ impl TrunkOutbound {
 /// One gateway of a trunk.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct GatewayConfig {
-    /// As written (`ip:port` or `host:port`), for logs and `vigil ctl`.
+    /// As written (`ip:port`, `host:port` or a domain), for logs and `vigil ctl`.
     pub to: String,
-    /// Where it is (a host name is resolved when the config is loaded).
-    pub addr: SocketAddr,
+    /// An address, or a name the daemon keeps resolved (RFC 3263: a domain
+    /// without a port asks for SRV records first); never looked up here.
+    pub target: DnsGateway,
     /// Lower first.
     pub priority: u16,
     /// Share of the calls among gateways of the same priority.
     pub weight: u16,
+}
+
+impl GatewayConfig {
+    /// Its address when the config gives one (not a name to resolve).
+    pub fn addr(&self) -> Option<std::net::SocketAddr> {
+        match self.target {
+            DnsGateway::Addr(addr) => Some(addr),
+            DnsGateway::Name(_) => None,
+        }
+    }
 }
 
 /// `outbound.probe` as in force.
@@ -153,12 +162,11 @@ pub const MAX_GATEWAYS: usize = 32;
 /// to send its 100, well short of Timer B's 32 s.
 pub const DEFAULT_INVITE_TIMEOUT: u32 = 5;
 
-/// Checks `outbound:` as written; `resolve` turns a gateway's `to` into an
-/// address. Problems are `(key suffix, message)` under `key`.
+/// Checks `outbound:` as written. Problems are `(key suffix, message)`
+/// under the trunk's `outbound` key.
 pub(super) fn check_outbound(
     ob: &FileOutbound,
     default_invite_timeout: u32,
-    resolve: impl Fn(&str) -> Result<SocketAddr, String>,
 ) -> (Option<TrunkOutbound>, Vec<(String, String)>) {
     let allow_short = ob.allow_short_intervals;
     let mut problems = Vec::new();
@@ -197,20 +205,20 @@ pub(super) fn check_outbound(
         ));
     }
     for (key, to, priority, weight) in written {
-        match resolve(to) {
-            Ok(addr) => {
-                if gateways.iter().any(|g: &GatewayConfig| g.addr == addr) {
+        match DnsGateway::parse(to, false) {
+            Ok(target) => {
+                if gateways.iter().any(|g: &GatewayConfig| g.target == target) {
                     problems.push((key, format!("{to:?} is listed twice")));
                 } else {
                     gateways.push(GatewayConfig {
                         to: to.to_string(),
-                        addr,
+                        target,
                         priority,
                         weight,
                     });
                 }
             }
-            Err(msg) => problems.push((key, msg)),
+            Err(e) => problems.push((key, e.to_string())),
         }
     }
     let invite_timeout = ob.invite_timeout.unwrap_or(default_invite_timeout);

@@ -129,6 +129,9 @@ pub struct Config {
     pub limits: LimitsConfig,
     /// `media:` with at least one rtpengine; `None`: no call is relayed.
     pub media: Option<MediaConfig>,
+    /// How gateway names are resolved (`dns:`; the system's resolver
+    /// without servers).
+    pub dns: crate::dns::DnsSettings,
 }
 
 /// The control socket a config names: `control.socket`, else the config file's

@@ -7,6 +7,7 @@
 use std::net::IpAddr;
 
 use super::{Config, User};
+use crate::dns::{Gateway as DnsGateway, GatewayName};
 
 impl Config {
     /// The trunk admitting INVITEs from `ip`: the most specific `inbound.from`
@@ -23,17 +24,22 @@ impl Config {
     }
 
     /// True if some trunk admits traffic from `ip`: its inbound networks, or the
-    /// addresses of its gateways (a carrier sends BYEs and OPTIONS from there).
+    /// addresses of its gateways (a carrier sends BYEs and OPTIONS from there;
+    /// a gateway known by name is not admitted this way: a request inside a
+    /// call's dialog is served whatever its source).
     pub fn admits(&self, ip: IpAddr) -> bool {
         let ip = canonical_ip(ip);
         self.inbound_trunk(ip).is_some()
             || self.trunks.iter().any(|t| {
-                t.outbound
+                t.outbound.as_ref().is_some_and(|o| {
+                    o.gateways
+                        .iter()
+                        .filter_map(|g| g.addr())
+                        .any(|a| canonical_ip(a.ip()) == ip)
+                }) || t
+                    .register
                     .as_ref()
-                    .is_some_and(|o| o.gateways.iter().any(|g| canonical_ip(g.addr.ip()) == ip))
-                    || t.register
-                        .as_ref()
-                        .is_some_and(|r| canonical_ip(r.registrar.ip()) == ip)
+                    .is_some_and(|r| canonical_ip(r.registrar.ip()) == ip)
             })
     }
 
@@ -78,6 +84,18 @@ impl Config {
         self.trunks
             .iter()
             .position(|t| &*t.name == name && t.outbound.is_some())
+    }
+
+    /// Every gateway name the trunks give, for the daemon to keep resolved.
+    pub fn gateway_names(&self) -> std::collections::BTreeSet<GatewayName> {
+        self.trunks
+            .iter()
+            .flat_map(|t| t.outbound.iter().flat_map(|o| &o.gateways))
+            .filter_map(|g| match &g.target {
+                DnsGateway::Name(name) => Some(name.clone()),
+                DnsGateway::Addr(_) => None,
+            })
+            .collect()
     }
 
     pub fn user(&self, name: &str) -> Option<&User> {

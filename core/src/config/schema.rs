@@ -22,6 +22,7 @@ use super::policy::{PolicyFile, PolicySources};
 use super::registrar::{KeepaliveFile, RegistrarConfig, UserFile};
 use super::session_timer::SessionTimerFile;
 use super::uplink::{AuthFile, RegisterFile};
+use crate::dns::DnsFile;
 
 #[derive(Debug, Deserialize)]
 pub(super) struct FileConfig {
@@ -55,6 +56,8 @@ pub(super) struct FileConfig {
     pub(super) limits: LimitsConfig,
     #[serde(default)]
     pub(super) media: MediaFile,
+    #[serde(default)]
+    pub(super) dns: DnsFile,
 }
 
 /// `limits:` — overload and flood control (absent keys: no limit).

@@ -96,7 +96,7 @@ fn every_unknown_key_is_reported_with_the_other_problems() {
             "vigil.yaml:2: listen[1].adress: unknown key, expected one of `addr`, `advertise`",
             "vigil.yaml:7: trunks[0].rout_to: unknown key, expected one of `name`, `inbound`, `outbound`, `route_to`, `session_timer`, `policy`, `media`, `auth`, `register`",
             "vigil.yaml:12: trunks[2].colour: unknown key, expected one of `name`, `inbound`, `outbound`, `route_to`, `session_timer`, `policy`, `media`, `auth`, `register`",
-            "vigil.yaml:17: sesion_timer: unknown key, expected one of `listen`, `trunks`, `routes`, `cdr`, `log`, `sip`, `session_timer`, `registrar`, `users`, `nat_keepalive`, `policy`, `control`, `metrics`, `trace`, `limits`, `media`",
+            "vigil.yaml:17: sesion_timer: unknown key, expected one of `listen`, `trunks`, `routes`, `cdr`, `log`, `sip`, `session_timer`, `registrar`, `users`, `nat_keepalive`, `policy`, `control`, `metrics`, `trace`, `limits`, `media`, `dns`",
             "vigil.yaml:18: session_timer.tll: unknown key, expected one of `ttl`, `update_segment`, `early_hangup`, `no_timer_max_duration`, `min_se`, `refresh_method`, `prefer_refresher`, `refresh_non_timer_peers`, `allow_short_intervals`",
             "vigil.yaml:14: routes[0].trunk: no trunk named \"nowhere\"",
         ]
@@ -546,4 +546,27 @@ cdr: { path: "cdr.jsonl" }
             "missing {want:?} in {rendered:#?}"
         );
     }
+}
+
+#[test]
+fn gateways_named_by_host_are_left_to_dns_and_bad_names_refused() {
+    let c = Config::parse(
+        &GATEWAYS
+            .replace("127.0.0.4:5080", "gw.carrier.example:5080")
+            .replace("127.0.0.5:5080", "carrier.example"),
+        Path::new("vigil.yaml"),
+    )
+    .expect("valid");
+    let names: Vec<String> = c.gateway_names().iter().map(ToString::to_string).collect();
+    assert_eq!(names.len(), 2, "{names:?}");
+    assert!(!c.admits("127.0.0.4".parse().expect("ip")));
+    let text: Vec<String> = problems(&GATEWAYS.replace("127.0.0.4:5080", "bad_name!:5080"))
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    assert!(
+        text.iter()
+            .any(|t| t.starts_with("vigil.yaml:10: trunks[1].outbound.gateways[1].to:")),
+        "{text:#?}"
+    );
 }

@@ -136,6 +136,7 @@ fn known_keys(parent: &str) -> Option<&'static [&'static str]> {
         "metrics" => fields_of::<MetricsFile>(),
         "trace" => fields_of::<TraceConfig>(),
         "limits" => fields_of::<LimitsConfig>(),
+        "dns" => fields_of::<crate::dns::DnsFile>(),
         _ => return None,
     })
     .filter(|keys| !keys.is_empty())

@@ -11,6 +11,7 @@ mod cdr_writer;
 mod commands;
 pub mod control;
 pub mod dns;
+mod gateway_book;
 mod logging;
 mod metrics_http;
 mod receive;
@@ -22,7 +23,6 @@ mod worker;
 use std::path::Path as FsPath;
 use std::sync::Arc;
 
-use arc_swap::ArcSwap;
 use std::time::{Duration, Instant, SystemTime};
 
 use tokio::signal::unix::{SignalKind, signal};
@@ -30,7 +30,6 @@ use tokio::sync::mpsc;
 use tokio::sync::watch as latest;
 
 use crate::config::Config;
-use crate::gateway::Gateways;
 use crate::ids::REGISTRAR_WORKER;
 use crate::ingress::Ingress;
 use crate::ingress::overload::Overload;
@@ -44,6 +43,7 @@ use crate::transaction::TxBudget;
 use crate::transport::LocalSocket;
 use crate::transport::{Transport, TransportError};
 use cdr_writer::{CdrShutdown, CdrWriter, CdrWriterError, FINAL_FLUSH};
+use gateway_book::{GatewayBook, follow_dns};
 
 use commands::{Operator, serve_commands};
 use control::ControlServer;
@@ -148,11 +148,11 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
     )?;
     let location_view = registrar_shared.as_ref().map(|(view, _)| view.clone());
     let budget = Arc::new(TxBudget::new(&config.limits));
-    let gateways = Arc::new(ArcSwap::from_pointee(Gateways::build(
-        &config,
-        None,
-        std::time::Instant::now(),
-    )));
+    let (gateway_book, dns_events) = GatewayBook::start(config.clone());
+    let gateways = gateway_book
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .table();
     let shared = Shared {
         metrics: metrics.clone(),
         registrar: registrar_shared,
@@ -179,6 +179,11 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
     }
     // The CDR writer stops once the workers' senders are all gone.
     drop(shared);
+    let dns_follower = tokio::spawn(follow_dns(
+        gateway_book.clone(),
+        dns_events,
+        worker_inputs.clone(),
+    ));
 
     let (ingress_config, ingress_configs) = latest::channel(config.clone());
     let (ingress_overload, ingress_overloads) =
@@ -234,7 +239,7 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
             cdr_reopen,
             overload: ingress_overload,
             budget: budget.clone(),
-            gateways: gateways.clone(),
+            gateways: gateway_book.clone(),
         },
         metrics.clone(),
     );
@@ -262,6 +267,7 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
 
     wait_for_signal(&reload_requests).await?;
     reporter.abort();
+    dns_follower.abort();
     reloads.abort();
     watcher.abort();
     if let Some(control) = control {

@@ -23,16 +23,14 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use arc_swap::ArcSwap;
-
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 
+use super::gateway_book::SharedBook;
 use super::registrar::RegistrarInput;
 use super::watch::FileWatcher;
 use super::worker::{Reload, WorkerInput};
 use crate::config::{Config, ConfigError, Listener};
-use crate::gateway::Gateways;
 use crate::ingress::overload::Overload;
 use crate::metrics::Metrics;
 use crate::policy::{PolicyLoadError, PolicyLoader};
@@ -76,9 +74,9 @@ pub struct Targets {
     pub overload: watch::Sender<Arc<Overload>>,
     /// The workers' live-transaction budget (its limits change in place).
     pub budget: Arc<TxBudget>,
-    /// The gateways' health, rebuilt for the new trunks (gateways that
-    /// remain keep theirs).
-    pub gateways: Arc<ArcSwap<Gateways>>,
+    /// The gateways' table and its DNS: rebuilt for the new trunks
+    /// (gateways that remain keep their health and addresses).
+    pub gateways: SharedBook,
 }
 
 /// Starts the receive loop of a socket.
@@ -278,12 +276,12 @@ impl Reloader {
         }
         self.targets.ingress.send_replace(config.clone());
         listening.transport.trace().configure(&config);
-        let gateways = Arc::new(Gateways::build(
-            &config,
-            Some(&self.targets.gateways.load()),
-            std::time::Instant::now(),
-        ));
-        self.targets.gateways.store(gateways.clone());
+        let gateways = self
+            .targets
+            .gateways
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .on_config(config.clone());
         for (worker, policies) in self.targets.workers.iter().zip(worker_policies) {
             let reload = Reload {
                 config: config.clone(),

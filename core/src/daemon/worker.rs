@@ -53,6 +53,8 @@ pub enum WorkerInput {
     Registrations(oneshot::Sender<Vec<RegistrationSnapshot>>),
     /// The operator hangs up the call with this Call-ID, if it is here.
     HangUp(String, oneshot::Sender<Option<CallSnapshot>>),
+    /// The gateways' table changed (DNS gave a name new addresses).
+    Gateways(Arc<Gateways>),
     /// End every call and stop once they are gone (or after [`DRAIN_TIME`]).
     Shutdown,
 }
@@ -171,6 +173,7 @@ pub async fn run_worker(
                         WorkerInput::HangUp(call_id, reply) => {
                             let _ = reply.send(engine.hang_up(now, &call_id));
                         }
+                        WorkerInput::Gateways(gateways) => engine.set_gateways(now, gateways),
                         WorkerInput::Shutdown => {
                             engine.begin_shutdown(now);
                             drain_until = Some(now + DRAIN_TIME);

@@ -16,8 +16,8 @@ use crate::call::media::MediaRelay;
 use crate::call::{Call, CallKey, CallSettings, CallSnapshot, Env, Leg, TxOwner};
 use crate::cdr::CdrRecord;
 use crate::config::Config;
-use crate::gateway::Gateways;
 use crate::gateway::probe::{ProbeEvent, Prober};
+use crate::gateway::{Gateways, Resolved};
 use crate::ids::IdGen;
 use crate::metrics::Metrics;
 use crate::policy::Policies;
@@ -64,6 +64,9 @@ pub struct Engine {
     gateways: Arc<Gateways>,
     /// The OPTIONS probes of gateways, on the one worker that sends them.
     prober: Option<Prober>,
+    /// The table is this engine's own (no daemon shares one): a new config
+    /// rebuilds it here.
+    own_gateways: bool,
     /// A wall-clock reading and the instant it was taken, from the latest
     /// ng datagram: rtpengine's statistics are in wall-clock time.
     wall_at: Option<(Instant, std::time::SystemTime)>,
@@ -188,9 +191,10 @@ impl Engine {
         let mut tx = TransactionLayer::new(timers, config.sip.force_rport);
         tx.set_budget(deps.budget);
         let now = Instant::now();
+        let own_gateways = deps.gateways.is_none();
         let gateways = deps
             .gateways
-            .unwrap_or_else(|| Arc::new(Gateways::build(&config, None, now)));
+            .unwrap_or_else(|| Arc::new(Gateways::build(&config, None, now, &Resolved::new())));
         let prober = deps.probes.then(|| {
             let mut prober = Prober::default();
             prober.follow(&gateways, now);
@@ -199,6 +203,7 @@ impl Engine {
         Engine {
             gateways,
             prober,
+            own_gateways,
             settings: settings_from(&config, timers),
             tx,
             config,
@@ -337,8 +342,10 @@ impl Engine {
             // the calls it holds.
             (_, None) => {}
         }
-        let gateways = Gateways::build(&config, Some(&self.gateways), now);
-        self.set_gateways(now, Arc::new(gateways));
+        if self.own_gateways {
+            let gateways = Gateways::build(&config, Some(&self.gateways), now, &Resolved::new());
+            self.set_gateways(now, Arc::new(gateways));
+        }
         self.config = config;
     }
 
@@ -346,6 +353,9 @@ impl Engine {
     /// reload, after [`set_config`](Self::set_config)); calls in flight keep
     /// the gateways they hold.
     pub fn set_gateways(&mut self, now: Instant, gateways: Arc<Gateways>) {
+        if gateways.generation < self.gateways.generation {
+            return;
+        }
         if let Some(prober) = self.prober.as_mut() {
             prober.follow(&gateways, now);
         }

@@ -19,12 +19,19 @@ use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use crate::config::{Config, GatewayConfig, ProbeConfig, SessionTimerConfig, TrunkAuth};
+use crate::dns::{Gateway as DnsGateway, GatewayName, Target};
 use crate::ids::IdGen;
+
+/// What DNS last gave each gateway name (the daemon's resolver keeps it).
+pub type Resolved = std::collections::HashMap<GatewayName, Vec<Target>>;
 
 /// Every trunk's gateways, by trunk index of the config they were built from.
 #[derive(Debug)]
 pub struct Gateways {
     trunks: Vec<Vec<Arc<Gateway>>>,
+    /// One more than the table it was rebuilt from: a worker never swaps a
+    /// newer table for an older one that reached it late.
+    pub generation: u64,
     /// The instant health times count from (shared by rebuilt tables).
     epoch: Instant,
 }
@@ -37,6 +44,9 @@ pub struct Gateway {
     pub to: String,
     pub addr: SocketAddr,
     pub priority: u16,
+    /// Its SRV record's priority (0 for an address the config gives):
+    /// orders gateways of the same configured priority.
+    pub srv_priority: u16,
     pub weight: u16,
     /// The trunk's final statuses that send a call on to the next gateway.
     pub failover_codes: Vec<u16>,
@@ -101,8 +111,16 @@ pub struct GatewaySnapshot {
 
 impl Gateways {
     /// The table for `config`, keeping the health of every gateway that
-    /// `previous` had under the same trunk name and address.
-    pub fn build(config: &Config, previous: Option<&Gateways>, now: Instant) -> Gateways {
+    /// `previous` had under the same trunk name and address. A gateway the
+    /// config names by host becomes one entry per address `resolved` gives
+    /// it (none until DNS has answered), ordered by the config's priority,
+    /// then the SRV record's, and weighted by the SRV weight when it has one.
+    pub fn build(
+        config: &Config,
+        previous: Option<&Gateways>,
+        now: Instant,
+        resolved: &Resolved,
+    ) -> Gateways {
         let epoch = previous.map_or(now, |p| p.epoch);
         let trunks = config
             .trunks
@@ -111,31 +129,53 @@ impl Gateways {
                 let Some(outbound) = &trunk.outbound else {
                     return Vec::new();
                 };
+                let entry = |g: &GatewayConfig, target: Target| {
+                    let kept = previous.and_then(|p| p.find(&trunk.name, target.addr));
+                    let health = kept.map(|k| k.health.carried()).unwrap_or_default();
+                    Arc::new(Gateway {
+                        trunk: trunk.name.clone(),
+                        to: g.to.clone(),
+                        addr: target.addr,
+                        priority: g.priority,
+                        srv_priority: target.priority,
+                        weight: if target.weight > 0 {
+                            target.weight
+                        } else {
+                            g.weight
+                        },
+                        failover_codes: outbound.failover_codes.clone(),
+                        invite_timeout: outbound.invite_timeout,
+                        probe: outbound.probe.clone(),
+                        session_timer: trunk.session_timer,
+                        auth: trunk.auth.clone(),
+                        epoch,
+                        health,
+                    })
+                };
                 outbound
                     .gateways
                     .iter()
-                    .map(|g: &GatewayConfig| {
-                        let kept = previous.and_then(|p| p.find(&trunk.name, g.addr));
-                        let health = kept.map(|k| k.health.carried()).unwrap_or_default();
-                        Arc::new(Gateway {
-                            trunk: trunk.name.clone(),
-                            to: g.to.clone(),
-                            addr: g.addr,
-                            priority: g.priority,
-                            weight: g.weight,
-                            failover_codes: outbound.failover_codes.clone(),
-                            invite_timeout: outbound.invite_timeout,
-                            probe: outbound.probe.clone(),
-                            session_timer: trunk.session_timer,
-                            auth: trunk.auth.clone(),
-                            epoch,
-                            health,
-                        })
+                    .flat_map(|g| {
+                        let targets: Vec<Target> = match &g.target {
+                            DnsGateway::Addr(addr) => vec![Target {
+                                addr: *addr,
+                                priority: 0,
+                                weight: 0,
+                            }],
+                            DnsGateway::Name(name) => {
+                                resolved.get(name).cloned().unwrap_or_default()
+                            }
+                        };
+                        targets.into_iter().map(move |t| entry(g, t))
                     })
                     .collect()
             })
             .collect();
-        Gateways { trunks, epoch }
+        Gateways {
+            trunks,
+            generation: previous.map_or(0, |p| p.generation + 1),
+            epoch,
+        }
     }
 
     fn find(&self, trunk: &str, addr: SocketAddr) -> Option<&Arc<Gateway>> {
@@ -169,8 +209,10 @@ impl Gateways {
         for &t in trunks {
             let mut gateways: Vec<&Arc<Gateway>> =
                 self.of_trunk(t).iter().filter(|g| !skip(g.addr)).collect();
-            gateways.sort_by_key(|g| g.priority);
-            for same in gateways.chunk_by(|a, b| a.priority == b.priority) {
+            gateways.sort_by_key(|g| (g.priority, g.srv_priority));
+            for same in gateways
+                .chunk_by(|a, b| (a.priority, a.srv_priority) == (b.priority, b.srv_priority))
+            {
                 order.extend(weighted_order(same, ids).into_iter().cloned());
             }
         }

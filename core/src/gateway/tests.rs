@@ -32,7 +32,7 @@ fn ports(plan: &[Arc<Gateway>]) -> Vec<u16> {
 fn a_plan_follows_priority_then_the_next_trunk() {
     let c = config(THREE);
     let now = Instant::now();
-    let table = Gateways::build(&c, None, now);
+    let table = Gateways::build(&c, None, now, &Resolved::new());
     let mut ids = IdGen::seeded(0, 1);
     let plan = table.plan(&[0, 1], &mut ids, |_| false);
     assert_eq!(ports(&plan), [5071, 5072, 5073, 5060]);
@@ -54,7 +54,7 @@ fn equal_priorities_share_calls_by_weight() {
          \x20       - { to: \"127.0.0.1:5073\", weight: 0 }",
     );
     let now = Instant::now();
-    let table = Gateways::build(&c, None, now);
+    let table = Gateways::build(&c, None, now, &Resolved::new());
     let mut ids = IdGen::seeded(0, 7);
     let mut first = [0u32; 3];
     for _ in 0..2000 {
@@ -85,7 +85,7 @@ fn tried(table: &Gateways, now: Instant, max: u32) -> Vec<u16> {
 fn a_resting_gateway_is_skipped_until_its_retry_after_passes() {
     let c = config(THREE);
     let now = Instant::now();
-    let table = Gateways::build(&c, None, now);
+    let table = Gateways::build(&c, None, now, &Resolved::new());
     assert_eq!(tried(&table, now, 10), [5071, 5072, 5073]);
     assert_eq!(tried(&table, now, 2), [5071, 5072], "max_attempts");
     table.of_trunk(0)[0].rest(now, 30);
@@ -117,7 +117,7 @@ fn answer(request: &crate::sip::Request, status: u16) -> Response {
 fn probes_take_a_silent_gateway_down_and_an_answering_one_up() {
     let c = config(THREE);
     let t0 = Instant::now();
-    let table = Gateways::build(&c, None, t0);
+    let table = Gateways::build(&c, None, t0, &Resolved::new());
     let mut prober = Prober::default();
     prober.follow(&table, t0);
     let mut ids = IdGen::seeded(0, 3);
@@ -172,7 +172,7 @@ fn probes_take_a_silent_gateway_down_and_an_answering_one_up() {
     ) {
         let _ = p;
     }
-    let rebuilt = Gateways::build(&c, Some(&table), now);
+    let rebuilt = Gateways::build(&c, Some(&table), now, &Resolved::new());
     let failures = |t: &Gateways| t.snapshot(now)[2].probe_failures_in_row;
     assert_eq!(failures(&rebuilt), failures(&table));
     assert_eq!(rebuilt.snapshot(now)[1].last_probe_status, Some(200));
@@ -182,8 +182,55 @@ fn probes_take_a_silent_gateway_down_and_an_answering_one_up() {
 fn a_trunk_without_probe_is_never_probed() {
     let c = config("      to: \"127.0.0.1:5071\"");
     let now = Instant::now();
-    let table = Gateways::build(&c, None, now);
+    let table = Gateways::build(&c, None, now, &Resolved::new());
     let mut prober = Prober::default();
     prober.follow(&table, now);
     assert_eq!(prober.poll_timeout(), None);
+}
+
+#[test]
+fn a_gateway_named_by_domain_becomes_what_dns_gave_it() {
+    use crate::dns::{Gateway as DnsGateway, Target};
+    let c = config(
+        "      gateways:\n\
+         \x20       - { to: \"carrier.example\", priority: 1 }\n\
+         \x20       - { to: \"127.0.0.1:5079\", priority: 2 }",
+    );
+    let now = Instant::now();
+    let empty = Gateways::build(&c, None, now, &Resolved::new());
+    let mut ids = IdGen::seeded(0, 1);
+    assert_eq!(
+        ports(&empty.plan(&[0], &mut ids, |_| false)),
+        [5079],
+        "nothing to try at a name DNS has not answered"
+    );
+    let DnsGateway::Name(name) =
+        &c.trunks[0].outbound.as_ref().expect("outbound").gateways[0].target
+    else {
+        panic!("a name");
+    };
+    let target = |port, priority, weight| Target {
+        addr: format!("127.0.0.1:{port}").parse().expect("addr"),
+        priority,
+        weight,
+    };
+    let mut resolved = Resolved::new();
+    resolved.insert(
+        name.clone(),
+        vec![
+            target(5071, 10, 100),
+            target(5072, 10, 0),
+            target(5073, 20, 5),
+        ],
+    );
+    let table = Gateways::build(&c, Some(&empty), now, &resolved);
+    assert_eq!(table.generation, empty.generation + 1);
+    for _ in 0..20 {
+        let plan = ports(&table.plan(&[0], &mut ids, |_| false));
+        assert_eq!(
+            plan,
+            [5071, 5072, 5073, 5079],
+            "SRV priority, then weight, inside the config's priority"
+        );
+    }
 }

@@ -62,7 +62,7 @@ impl SipTrace {
                 (
                     t.name.to_string(),
                     t.inbound_from.clone(),
-                    gateways.map(|g| g.addr).collect(),
+                    gateways.filter_map(|g| g.addr()).collect(),
                 )
             })
             .collect();
