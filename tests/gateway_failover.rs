@@ -86,7 +86,11 @@ fn calls_fail_over_past_a_silent_and_a_503_gateway_and_the_cdr_lists_each_attemp
         \x20     invite_timeout: 2",
         c = net.callee
     );
-    let text = config(net, dir.path(), &outbound);
+    let metrics_at = std::net::SocketAddr::new(net.vigil, 9180);
+    let text = format!(
+        "{}metrics: {{ listen: \"{metrics_at}\" }}\n",
+        config(net, dir.path(), &outbound)
+    );
     let vigil = Vigil::start_with(net, dir, &text);
     let silent = gateway(net, 5071, Some(&scenario("uas_silent.xml")), &[]);
     let busy = gateway(net, 5072, Some(&scenario("uas_503_retry_after.xml")), &[]);
@@ -118,6 +122,19 @@ fn calls_fail_over_past_a_silent_and_a_503_gateway_and_the_cdr_lists_each_attemp
         "skipped while resting: {gateways}"
     );
     assert_eq!(gateways[2]["attempts"], 3);
+    let metrics = support::scrape(metrics_at);
+    let series = |name: &str, port: u16| {
+        support::series(
+            &metrics,
+            &format!(
+                "{name}{{trunk=\"carrier\",gateway=\"{}:{port}\"}}",
+                net.callee
+            ),
+        )
+    };
+    assert_eq!(series("vigil_gateway_attempts_total", 5071), 3, "{metrics}");
+    assert_eq!(series("vigil_gateway_failures_total", 5072), 2);
+    assert_eq!(series("vigil_gateway_up", 5073), 1);
     let stopped = vigil.stop();
     silent.stop();
     busy.stop();

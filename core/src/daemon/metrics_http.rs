@@ -24,11 +24,13 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinSet;
 
+use crate::gateway::Gateways;
 use crate::metrics::Metrics;
-use crate::metrics::export::{self, Gauges};
+use crate::metrics::export::{self, GatewaySeries, Gauges};
 use crate::ratelimit::RateLimit;
 use crate::registrar::location::LocationView;
 use crate::transaction::TxBudget;
+use arc_swap::ArcSwap;
 
 /// How much a client may take of the endpoint.
 #[derive(Debug, Clone, Copy)]
@@ -67,6 +69,7 @@ struct Sources {
     /// The registrar's contacts, when users may register.
     location: Option<Arc<LocationView>>,
     budget: Arc<TxBudget>,
+    gateways: Arc<ArcSwap<Gateways>>,
 }
 
 impl MetricsEndpoint {
@@ -90,11 +93,13 @@ impl MetricsEndpoint {
         metrics: Arc<Metrics>,
         location: Option<Arc<LocationView>>,
         budget: Arc<TxBudget>,
+        gateways: Arc<ArcSwap<Gateways>>,
     ) {
         let sources = Sources {
             metrics,
             location,
             budget,
+            gateways,
         };
         let mut connections = JoinSet::new();
         let mut errors_log = RateLimit::new(5, Duration::from_secs(10));
@@ -151,6 +156,20 @@ fn respond(request: &Request<Incoming>, sources: &Sources) -> Response<Full<Byte
     let gauges = Gauges {
         registered_contacts: sources.location.as_ref().map(|l| l.contacts() as u64),
         transactions: sources.budget.live() as u64,
+        gateways: sources
+            .gateways
+            .load()
+            .snapshot(std::time::Instant::now())
+            .into_iter()
+            .map(|g| GatewaySeries {
+                up: g.state == "up",
+                trunk: g.trunk,
+                gateway: g.address,
+                attempts: g.attempts,
+                failures: g.failures,
+                calls_in_flight: u64::from(g.calls_in_flight),
+            })
+            .collect(),
     };
     match export::encode(&sources.metrics, gauges) {
         Ok(text) => {
@@ -193,7 +212,10 @@ mod tests {
             connections: 2,
         };
         let addr = endpoint.local_addr().expect("addr");
-        let task = tokio::spawn(endpoint.serve(metrics.clone(), None, Arc::default()));
+        let gateways = Arc::new(ArcSwap::from_pointee(Gateways::empty(
+            std::time::Instant::now(),
+        )));
+        let task = tokio::spawn(endpoint.serve(metrics.clone(), None, Arc::default(), gateways));
         (addr, metrics, task)
     }
 

@@ -251,7 +251,12 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
         if let Ok(addr) = e.local_addr() {
             tracing::info!(%addr, "metrics endpoint ready: GET /metrics");
         }
-        tokio::spawn(e.serve(metrics.clone(), location_view.clone(), budget.clone()))
+        tokio::spawn(e.serve(
+            metrics.clone(),
+            location_view.clone(),
+            budget.clone(),
+            gateways.clone(),
+        ))
     });
     let operator = Operator {
         workers: worker_inputs.clone(),

@@ -30,12 +30,27 @@ use super::{
 pub const CONTENT_TYPE: &str = prometheus_text::CONTENT_TYPE;
 
 /// Values a scrape reads from outside [`Metrics`] (owned by other parts).
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Default)]
 pub struct Gauges {
     /// Contacts in the location service; `None` without a registrar.
     pub registered_contacts: Option<u64>,
     /// Live SIP transactions of every worker.
     pub transactions: u64,
+    /// Every trunk gateway's health and counts.
+    pub gateways: Vec<GatewaySeries>,
+}
+
+/// One gateway as the scrape shows it (from the gateway table).
+#[derive(Debug, Clone, Default)]
+pub struct GatewaySeries {
+    pub trunk: String,
+    /// Its address.
+    pub gateway: String,
+    /// Takes calls (neither down by probes nor resting after a 503).
+    pub up: bool,
+    pub attempts: u64,
+    pub failures: u64,
+    pub calls_in_flight: u64,
 }
 
 /// Every `vigil_*` family, as the text a `GET /metrics` answers.
@@ -255,8 +270,44 @@ impl Collector for Scrape {
             "CDRs not yet in the CDR file: held in memory or in the spill file",
             load(&m.cdrs_pending),
         )?;
-        rtpengine_families(&mut out, m)
+        rtpengine_families(&mut out, m)?;
+        gateway_families(&mut out, &self.gauges.gateways)
     }
+}
+
+/// The gateway families (issue 18), one series per trunk and gateway.
+fn gateway_families(out: &mut DescriptorEncoder, gateways: &[GatewaySeries]) -> fmt::Result {
+    let label = |g: &GatewaySeries| [("trunk", g.trunk.clone()), ("gateway", g.gateway.clone())];
+    counter_family(
+        out,
+        "vigil_gateway_attempts",
+        "B-leg INVITEs sent to each gateway (a failover's next attempt counts at the next gateway)",
+        gateways.iter().map(|g| (label(g), g.attempts)),
+    )?;
+    counter_family(
+        out,
+        "vigil_gateway_failures",
+        "Attempts a gateway failed: no response within invite_timeout, Timer B, or a failover status",
+        gateways.iter().map(|g| (label(g), g.failures)),
+    )?;
+    for (name, help, value) in [
+        (
+            "vigil_gateway_up",
+            "1 while a gateway takes calls, 0 while probes find it down or it rests after a 503 with Retry-After",
+            (|g: &GatewaySeries| u64::from(g.up)) as fn(&GatewaySeries) -> u64,
+        ),
+        (
+            "vigil_gateway_calls_in_flight",
+            "Calls whose B leg is with a gateway now (ringing or answered)",
+            |g: &GatewaySeries| g.calls_in_flight,
+        ),
+    ] {
+        let mut family = out.encode_descriptor(name, help, None, MetricType::Gauge)?;
+        for g in gateways {
+            ConstGauge::new(value(g)).encode(family.encode_family(&label(g))?)?;
+        }
+    }
+    Ok(())
 }
 
 /// The rtpengine families (issue 17), one series per engine address.
@@ -481,10 +532,32 @@ mod tests {
         let with_registrar = Gauges {
             registered_contacts: Some(3),
             transactions: 7,
+            gateways: vec![GatewaySeries {
+                trunk: "carrier".into(),
+                gateway: "192.0.2.1:5060".into(),
+                up: true,
+                attempts: 5,
+                failures: 2,
+                calls_in_flight: 1,
+            }],
         };
         let text = encode(&m, with_registrar).expect("encode");
         assert_eq!(value(&text, "vigil_registered_contacts"), 3.0);
         assert_eq!(value(&text, "vigil_transactions"), 7.0);
+        let gw = "{trunk=\"carrier\",gateway=\"192.0.2.1:5060\"}";
+        assert_eq!(
+            value(&text, &format!("vigil_gateway_attempts_total{gw}")),
+            5.0
+        );
+        assert_eq!(
+            value(&text, &format!("vigil_gateway_failures_total{gw}")),
+            2.0
+        );
+        assert_eq!(value(&text, &format!("vigil_gateway_up{gw}")), 1.0);
+        assert_eq!(
+            value(&text, &format!("vigil_gateway_calls_in_flight{gw}")),
+            1.0
+        );
     }
 
     #[test]
