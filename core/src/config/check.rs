@@ -122,10 +122,11 @@ impl Checker {
         if !(1..=32).contains(&raw.sip.max_attempts) {
             self.problem("sip.max_attempts", "must be 1..=32");
         }
-        if !(1..=30).contains(&raw.sip.invite_timeout) {
+        if !(2..=30).contains(&raw.sip.invite_timeout) {
             self.problem(
                 "sip.invite_timeout",
-                "must be 1..=30 seconds (Timer B ends an INVITE at 32 s)",
+                "must be 2..=30 seconds (Timer B ends an INVITE at 32 s; a trunk's \
+                 outbound.invite_timeout may go to 1 with allow_short_intervals)",
             );
         }
         if raw.sip.max_ring_time == 0 {
