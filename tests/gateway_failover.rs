@@ -313,3 +313,86 @@ fn a_trunk_named_by_domain_follows_its_srv_records() {
         stopped.log
     );
 }
+
+/// The UTC hour now, as the script's `os.date('!%H')` sees it.
+fn utc_hour() -> u64 {
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or_default();
+    secs / 3600 % 24
+}
+
+#[test]
+fn a_route_script_picks_trunks_by_prefix_and_time_of_day_and_a_broken_one_leaves_the_routes() {
+    let net = Net::new(183);
+    let dir = tempfile::tempdir().expect("temp dir");
+    let script = dir.path().join("route.lua");
+    std::fs::write(
+        &script,
+        "function route(call)\n\
+           if call.callee == '666' then error('a bug in the script') end\n\
+           if call.callee == '777' then while true do end end\n\
+           if call.callee:sub(1, 2) == '00' then return { trunks = { 'premium' } } end\n\
+           local hour = tonumber(os.date('!%H'))\n\
+           if hour % 2 == 0 then return { trunks = { 'even' } } end\n\
+           return { trunks = { 'odd' } }\n\
+         end\n",
+    )
+    .expect("script");
+    let text = format!(
+        r#"listen: ["udp:{vigil}:5060"]
+trunks:
+  - name: pbx
+    inbound: {{ from: ["{caller}/32"] }}
+    route_to: odd
+    policy: {{ lua: "{script}" }}
+  - name: premium
+    outbound: {{ to: "127.0.183.3:5081" }}
+  - name: even
+    outbound: {{ to: "127.0.183.3:5082" }}
+  - name: odd
+    outbound: {{ to: "127.0.183.3:5083" }}
+cdr: {{ path: "{cdr}" }}
+log: {{ level: "info", format: json }}
+"#,
+        vigil = net.vigil,
+        caller = net.caller,
+        script = script.display(),
+        cdr = dir.path().join("cdr.jsonl").display(),
+    );
+    let uas: Vec<Sipp> = [5081, 5082, 5083]
+        .iter()
+        .map(|&port| gateway(net, port, None, &[]))
+        .collect();
+    let vigil = Vigil::start_with(net, tempfile::tempdir().expect("dir"), &text);
+    let before = utc_hour();
+    for number in ["0044123", "555", "666", "777"] {
+        caller(net, net.caller, None, number, &["-m", "1"]).expect_success(Duration::from_secs(30));
+    }
+    let after = utc_hour();
+    let stopped = vigil.stop();
+    for u in uas {
+        u.stop();
+    }
+    let cdrs = support::read_cdrs(&dir.path().join("cdr.jsonl"));
+    let trunks: Vec<&str> = cdrs
+        .iter()
+        .filter_map(|c| c["trunk_out"].as_str())
+        .collect();
+    assert_eq!(trunks[0], "premium", "by prefix: {cdrs:?}");
+    if before == after {
+        let by_time = if before % 2 == 0 { "even" } else { "odd" };
+        assert_eq!(trunks[1], by_time, "by the hour ({before} UTC)");
+    }
+    assert_eq!(
+        &trunks[2..],
+        ["odd", "odd"],
+        "the pbx's route_to when the script fails"
+    );
+    assert!(
+        stopped.log.contains("a bug in the script"),
+        "{}",
+        stopped.log
+    );
+}
