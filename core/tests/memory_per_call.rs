@@ -61,6 +61,7 @@ fn send(engine: &mut Engine, now: Instant, from: &str, text: &str) -> Vec<Messag
         Path {
             local: addr("127.0.0.1:5060"),
             remote: addr(from),
+            proto: vigil::sip::Protocol::Udp,
         },
         true,
     );

@@ -107,6 +107,7 @@ fn a_registered_contact_keeps_under_a_kibibyte() {
         let path = Path {
             local: addr("127.0.0.1:5060"),
             remote: me,
+            proto: vigil::sip::Protocol::Udp,
         };
         let first = decode(&register(me, contact, 1, None)).expect("valid");
         registrar.handle_message(now, first, path);

@@ -419,6 +419,7 @@ impl Harness {
         let path = Path {
             local: local(),
             remote: peer(from),
+            proto: vigil::sip::Protocol::Udp,
         };
         if *TRACE {
             eprintln!(

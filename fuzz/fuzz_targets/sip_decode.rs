@@ -123,6 +123,7 @@ fuzz_target!(|data: &[u8]| {
     let path = Path {
         local: "127.0.0.1:5060".parse().expect("a valid address"),
         remote: source,
+        proto: vigil::sip::Protocol::Udp,
     };
     if let Verdict::Dispatch { message, .. } | Verdict::Registrar(message) =
         ingress.classify(Instant::now(), &CONFIG, data, path)

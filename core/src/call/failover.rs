@@ -118,10 +118,7 @@ fn attempt(gateway: &Gateway, outcome: String) -> Attempt {
 pub fn outbound_to(gateway: &Gateway, sockets: &[LocalSocket]) -> Option<Outbound> {
     let socket = LocalSocket::for_target(sockets, gateway.addr)?;
     Some(Outbound {
-        path: Path {
-            local: socket.bind,
-            remote: gateway.addr,
-        },
+        path: Path::udp(socket.bind, gateway.addr),
         advertised: socket.advertised,
         timer: gateway.session_timer,
         request_uri: None,

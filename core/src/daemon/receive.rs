@@ -175,10 +175,7 @@ pub(super) async fn receive_loop(
             }
             continue;
         }
-        let path = Path {
-            local: local.bind,
-            remote,
-        };
+        let path = Path::udp(local.bind, remote);
         transport
             .trace()
             .datagram(Direction::Received, local.bind, remote, &buf[..len]);
@@ -211,13 +208,7 @@ pub(super) async fn receive_loop(
                     if let Verdict::Reply { bytes, to } =
                         ingress.shed(now, request, path, &config, why)
                     {
-                        transport
-                            .send(&Transmit {
-                                local: local.bind,
-                                remote: to,
-                                bytes,
-                            })
-                            .await;
+                        transport.send(&Transmit::new(path.to(to), bytes)).await;
                     }
                     continue;
                 }
@@ -246,13 +237,7 @@ pub(super) async fn receive_loop(
                 }
             }
             Verdict::Reply { bytes, to } => {
-                transport
-                    .send(&Transmit {
-                        local: local.bind,
-                        remote: to,
-                        bytes,
-                    })
-                    .await;
+                transport.send(&Transmit::new(path.to(to), bytes)).await;
             }
             Verdict::Drop(_) => {}
         }

@@ -615,10 +615,7 @@ impl Engine {
                 // RFC 3261 §16.5: the Request-URI is the registered contact, sent
                 // to where the REGISTER came from (the NAT's public side).
                 let outbound = Outbound {
-                    path: Path {
-                        local: target.local,
-                        remote: target.received,
-                    },
+                    path: Path::udp(target.local, target.received),
                     advertised,
                     timer: self.config.session_timer,
                     request_uri: Some(

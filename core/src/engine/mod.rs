@@ -528,10 +528,7 @@ impl Engine {
         );
         for probe in probes {
             if let Some(socket) = LocalSocket::for_target(&self.sockets, probe.to) {
-                let path = Path {
-                    local: socket.bind,
-                    remote: probe.to,
-                };
+                let path = Path::udp(socket.bind, probe.to);
                 self.tx.send_stateless(probe.request.encode(), path);
             }
         }

@@ -303,6 +303,7 @@ mod tests {
         Path {
             local: "127.0.0.1:5060".parse().expect("addr"),
             remote: remote.parse().expect("addr"),
+            proto: crate::sip::Protocol::Udp,
         }
     }
 

@@ -216,11 +216,10 @@ impl Registrar {
                 let reply_path = self.tx.receive_stateless(&mut request, path);
                 let response = self.register(now, &request, path);
                 // After the store writes `register` queued: the 200 follows them.
-                self.outputs.push_back(Output::Transmit(Transmit {
-                    local: reply_path.local,
-                    remote: reply_path.remote,
-                    bytes: response.encode(),
-                }));
+                self.outputs.push_back(Output::Transmit(Transmit::new(
+                    reply_path,
+                    response.encode(),
+                )));
             }
             Message::Request(_) => {}
             Message::Response(response) => self.on_ping_answer(&response),
@@ -438,11 +437,9 @@ impl Registrar {
             },
         };
         Metrics::count(&self.metrics.keepalives_sent);
-        self.outputs.push_back(Output::Transmit(Transmit {
-            local: binding.contact.local,
-            remote: binding.contact.received,
-            bytes,
-        }));
+        let path = Path::udp(binding.contact.local, binding.contact.received);
+        self.outputs
+            .push_back(Output::Transmit(Transmit::new(path, bytes)));
     }
 
     /// The next OPTIONS ping to a contact; `None` once it left `options_failures`

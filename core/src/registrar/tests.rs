@@ -105,6 +105,7 @@ Contact: <sip:1001@10.0.0.5:5060>\r\nExpires: {expires}\r\n{auth}\r\n",
             Path {
                 local: addr(LOCAL),
                 remote: addr(PHONE),
+                proto: crate::sip::Protocol::Udp,
             },
         );
         self.sent.clear();
@@ -313,6 +314,7 @@ Contact: <sip:9999@10.0.0.9>\r\n\r\n";
         Path {
             local: addr(LOCAL),
             remote: addr(PHONE),
+            proto: crate::sip::Protocol::Udp,
         },
     );
     stranger.drain();
@@ -387,6 +389,7 @@ fn an_answered_options_ping_keeps_the_contact() {
             Path {
                 local: addr(LOCAL),
                 remote: addr(PHONE),
+                proto: crate::sip::Protocol::Udp,
             },
         );
     }

@@ -31,7 +31,7 @@ pub use reply::{Reply, local_response};
 pub use status::reason_phrase;
 pub use text::{Param, split_list};
 pub use typed::{
-    CSeq, MAGIC_COOKIE, MediaType, Method, MinSe, NameAddr, Refresher, SessionExpires, ValueError,
-    Via,
+    CSeq, MAGIC_COOKIE, MediaType, Method, MinSe, NameAddr, Protocol, Refresher, SessionExpires,
+    ValueError, Via,
 };
 pub use uri::{Host, SipUri, Uri, UriError, escape_user, is_plain_user};

@@ -189,16 +189,72 @@ pub struct Via {
     pub params: Vec<Param>,
 }
 
+/// The transport a SIP message travels on (RFC 3261 §18): what a Via's
+/// sent-protocol and a URI's `transport` parameter name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Protocol {
+    #[default]
+    Udp,
+    Tcp,
+    Tls,
+}
+
+impl Protocol {
+    /// The token in a Via's sent-protocol (`SIP/2.0/TCP`).
+    pub fn via_token(self) -> &'static str {
+        match self {
+            Protocol::Udp => "UDP",
+            Protocol::Tcp => "TCP",
+            Protocol::Tls => "TLS",
+        }
+    }
+
+    /// Over a reliable transport nothing is retransmitted (RFC 3261 §17.1.1.2,
+    /// §17.1.2.2) and a message may be larger than a datagram.
+    pub fn is_reliable(self) -> bool {
+        self != Protocol::Udp
+    }
+
+    /// The `transport` URI parameter that asks a peer to use it (none for UDP,
+    /// the default).
+    pub fn uri_param(self) -> Option<&'static str> {
+        match self {
+            Protocol::Udp => None,
+            Protocol::Tcp => Some("tcp"),
+            Protocol::Tls => Some("tls"),
+        }
+    }
+
+    /// The protocol a Via's token names, if Vigil speaks it.
+    pub fn from_token(token: &str) -> Option<Protocol> {
+        [Protocol::Udp, Protocol::Tcp, Protocol::Tls]
+            .into_iter()
+            .find(|p| p.via_token().eq_ignore_ascii_case(token))
+    }
+}
+
+impl std::fmt::Display for Protocol {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.uri_param().unwrap_or("udp"))
+    }
+}
+
 /// The RFC 3261 branch prefix that promises a globally unique branch (§8.1.1.7).
 pub const MAGIC_COOKIE: &str = "z9hG4bK";
 
 impl Via {
-    /// The Via of a request Vigil originates from the address it advertises
-    /// (`sent-by`), with a branch of its own and `rport` (RFC 3581) so the
-    /// answer comes back through any NAT.
+    /// The Via of a request Vigil originates over UDP from the address it
+    /// advertises (`sent-by`), with a branch of its own and `rport`
+    /// (RFC 3581) so the answer comes back through any NAT.
     pub fn ours(sent_by: std::net::SocketAddr, branch: String) -> Via {
+        Via::ours_over(Protocol::Udp, sent_by, branch)
+    }
+
+    /// [`Via::ours`] over `protocol`.
+    pub fn ours_over(protocol: Protocol, sent_by: std::net::SocketAddr, branch: String) -> Via {
         Via {
-            transport: "UDP".into(),
+            transport: protocol.via_token().into(),
             host: Host::Ip(sent_by.ip()),
             port: Some(sent_by.port()),
             params: vec![

@@ -56,19 +56,27 @@ impl<O: Copy> ClientTx<O> {
         values: &TimerValues,
         out: &mut VecDeque<Transmit>,
     ) -> Self {
-        let bytes = request.encode();
-        out.push_back(Transmit {
-            local: path.local,
-            remote: path.remote,
-            bytes: bytes.clone(),
-        });
+        let encoded = request.encode();
+        // Over TCP and TLS nothing is retransmitted (§17.1.1.2, §17.1.2.2):
+        // the bytes are not kept and Timers A and E never run.
+        let reliable = path.proto.is_reliable();
+        let bytes = if reliable {
+            Vec::new()
+        } else {
+            encoded.clone()
+        };
+        out.push_back(Transmit::new(path, encoded));
         let mut timers = ClientTimers::default();
         let invite = request.method == Method::Invite;
         if invite {
-            timers.set(ClientTimer::A, now + values.t1);
+            if !reliable {
+                timers.set(ClientTimer::A, now + values.t1);
+            }
             timers.set(ClientTimer::B, now + values.transaction_timeout());
         } else {
-            timers.set(ClientTimer::E, now + values.t1);
+            if !reliable {
+                timers.set(ClientTimer::E, now + values.t1);
+            }
             timers.set(ClientTimer::F, now + values.transaction_timeout());
         }
         ClientTx {
@@ -95,11 +103,7 @@ impl<O: Copy> ClientTx<O> {
     }
 
     fn send(&self, bytes: Vec<u8>, out: &mut VecDeque<Transmit>) {
-        out.push_back(Transmit {
-            local: self.path.local,
-            remote: self.path.remote,
-            bytes,
-        });
+        out.push_back(Transmit::new(self.path, bytes));
     }
 
     /// Handles a matching response; true if the user must see it.
@@ -133,7 +137,12 @@ impl<O: Copy> ClientTx<O> {
                         }
                         self.request = None;
                         self.state = ClientState::Completed;
-                        self.timers.set(ClientTimer::D, now + values.timer_d());
+                        let linger = if self.path.proto.is_reliable() {
+                            Duration::ZERO
+                        } else {
+                            values.timer_d()
+                        };
+                        self.timers.set(ClientTimer::D, now + linger);
                     }
                     true
                 }
@@ -161,7 +170,12 @@ impl<O: Copy> ClientTx<O> {
                         // bytes are not needed any more.
                         self.bytes = Vec::new();
                         self.state = ClientState::Completed;
-                        self.timers.set(ClientTimer::K, now + values.t4);
+                        let linger = if self.path.proto.is_reliable() {
+                            Duration::ZERO
+                        } else {
+                            values.t4
+                        };
+                        self.timers.set(ClientTimer::K, now + linger);
                     }
                     true
                 }

@@ -23,7 +23,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::shrink;
-use crate::sip::{HeaderName, Method, Request, Response};
+use crate::sip::{HeaderName, Method, Protocol, Request, Response};
 use crate::timer::TimerQueue;
 pub use budget::{TxBudget, TxShed};
 
@@ -68,12 +68,33 @@ impl TimerValues {
     }
 }
 
-/// A datagram to send: from which local socket to which peer.
+/// A message to send: from which local socket (or on which connection) to
+/// which peer.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Transmit {
     pub local: SocketAddr,
     pub remote: SocketAddr,
+    pub proto: Protocol,
     pub bytes: Vec<u8>,
+}
+
+impl Transmit {
+    pub fn new(path: Path, bytes: Vec<u8>) -> Transmit {
+        Transmit {
+            local: path.local,
+            remote: path.remote,
+            proto: path.proto,
+            bytes,
+        }
+    }
+
+    pub fn path(&self) -> Path {
+        Path {
+            local: self.local,
+            remote: self.remote,
+            proto: self.proto,
+        }
+    }
 }
 
 /// Identifies a client transaction of this layer.
@@ -109,11 +130,31 @@ pub enum Inbound {
     Refused(Request, TxShed, Path),
 }
 
-/// Where a message arrived: the socket it came in on and the peer's address.
+/// Where a message arrived or goes: the transport, the local address (a
+/// UDP socket, or the listener or local end of a connection) and the peer's
+/// address. Over TCP and TLS the three name one connection (a flow, RFC 5626).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Path {
     pub local: SocketAddr,
     pub remote: SocketAddr,
+    pub proto: Protocol,
+}
+
+impl Path {
+    /// A UDP path: Vigil's socket `local` and the peer `remote`.
+    pub fn udp(local: SocketAddr, remote: SocketAddr) -> Path {
+        Path {
+            local,
+            remote,
+            proto: Protocol::Udp,
+        }
+    }
+
+    /// The same flow towards another address of the peer (a response to
+    /// `rport`/`received`, a dialog's remote target).
+    pub fn to(self, remote: SocketAddr) -> Path {
+        Path { remote, ..self }
+    }
 }
 
 /// The live transactions of one worker. `O` is the owner tag the user attaches
@@ -237,10 +278,7 @@ impl<O: Copy> TransactionLayer<O> {
         // In-dialog requests and CANCELs serve what already exists: never shed.
         let essential = request.is_in_dialog() || request.method == Method::Cancel;
         if let Err(why) = self.budget.acquire_server(path.remote.ip(), essential) {
-            let reply = Path {
-                local: path.local,
-                remote: reply_to,
-            };
+            let reply = path.to(reply_to);
             return Inbound::Refused(request, why, reply);
         }
         let id = ServerTxId(self.allocate_id());
@@ -273,10 +311,11 @@ impl<O: Copy> TransactionLayer<O> {
     /// returns the path its responses take.
     pub fn receive_stateless(&self, request: &mut Request, path: Path) -> Path {
         request.via[0].stamp_received(path.remote);
-        Path {
-            local: path.local,
-            remote: response_target(&request.via[0], path.remote, self.force_rport),
-        }
+        path.to(response_target(
+            &request.via[0],
+            path.remote,
+            self.force_rport,
+        ))
     }
 
     /// Tags a server transaction with its owner (reported with its events).
@@ -306,6 +345,7 @@ impl<O: Copy> TransactionLayer<O> {
         self.servers.get(&tx).map(|t| Path {
             local: t.local,
             remote: t.reply_to,
+            proto: t.proto,
         })
     }
 
@@ -400,11 +440,7 @@ impl<O: Copy> TransactionLayer<O> {
 
     /// Sends a message outside any transaction (the ACK for a 2xx, §13.2.2.4).
     pub fn send_stateless(&mut self, bytes: Vec<u8>, path: Path) {
-        self.transmits.push_back(Transmit {
-            local: path.local,
-            remote: path.remote,
-            bytes,
-        });
+        self.transmits.push_back(Transmit::new(path, bytes));
     }
 
     // ----- time and output --------------------------------------------------

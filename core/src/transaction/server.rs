@@ -6,7 +6,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use super::{Path, TimerValues, Transmit};
-use crate::sip::{Method, Request, Response};
+use crate::sip::{Method, Protocol, Request, Response};
 use crate::timer::Scheduled;
 use crate::timer_table;
 
@@ -32,6 +32,10 @@ pub(super) struct ServerTx<O> {
     invite: bool,
     pub(super) key: String,
     pub(super) local: SocketAddr,
+    /// Its transport: over TCP and TLS nothing is retransmitted and the
+    /// transaction does not linger (RFC 3261 §17.2.1, §17.2.2: Timers G, I
+    /// and J are zero).
+    pub(super) proto: Protocol,
     /// The address the request came from (its slot in the [`super::TxBudget`]).
     pub(super) source: IpAddr,
     pub(super) reply_to: SocketAddr,
@@ -55,6 +59,7 @@ impl<O: Copy> ServerTx<O> {
             invite,
             key,
             local: path.local,
+            proto: path.proto,
             source: path.remote.ip(),
             reply_to,
             last_response: None,
@@ -69,6 +74,7 @@ impl<O: Copy> ServerTx<O> {
         out.push_back(Transmit {
             local: self.local,
             remote: self.reply_to,
+            proto: self.proto,
             bytes,
         });
     }
@@ -109,10 +115,15 @@ impl<O: Copy> ServerTx<O> {
         if self.state == ServerState::Accepted {
             return;
         }
+        let reliable = self.proto.is_reliable();
         if !self.invite {
             self.state = ServerState::Completed;
-            self.timers
-                .set(ServerTimer::J, now + values.transaction_timeout());
+            let linger = if reliable {
+                Duration::ZERO
+            } else {
+                values.transaction_timeout()
+            };
+            self.timers.set(ServerTimer::J, now + linger);
         } else if status < 300 {
             self.state = ServerState::Accepted;
             self.timers
@@ -120,7 +131,9 @@ impl<O: Copy> ServerTx<O> {
         } else {
             self.state = ServerState::Completed;
             self.interval = values.t1;
-            self.timers.set(ServerTimer::G, now + values.t1);
+            if !reliable {
+                self.timers.set(ServerTimer::G, now + values.t1);
+            }
             self.timers
                 .set(ServerTimer::H, now + values.transaction_timeout());
         }
@@ -139,7 +152,12 @@ impl<O: Copy> ServerTx<O> {
                 self.state = ServerState::Confirmed;
                 self.timers.clear(ServerTimer::G);
                 self.timers.clear(ServerTimer::H);
-                self.timers.set(ServerTimer::I, now + values.t4);
+                let linger = if self.proto.is_reliable() {
+                    Duration::ZERO
+                } else {
+                    values.t4
+                };
+                self.timers.set(ServerTimer::I, now + linger);
             }
             return;
         }

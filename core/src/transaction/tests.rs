@@ -13,6 +13,7 @@ fn path() -> Path {
     Path {
         local: LOCAL.parse().expect("addr"),
         remote: PEER.parse().expect("addr"),
+        proto: crate::sip::Protocol::Udp,
     }
 }
 
@@ -379,4 +380,86 @@ fn a_dropped_layer_gives_its_slots_back() {
     assert_eq!(budget.live(), 2);
     drop(l);
     assert_eq!((budget.live(), budget.sources()), (0, 0));
+}
+
+fn tcp_path() -> Path {
+    Path {
+        proto: crate::sip::Protocol::Tcp,
+        ..path()
+    }
+}
+
+/// RFC 3261 §17.1.1.2 and §17.1.2.2: over a reliable transport the client
+/// sends once; Timer B and F still bound the wait, and a final answer ends
+/// the transaction at once (Timers D and K are zero).
+#[test]
+fn over_tcp_a_client_never_retransmits_and_does_not_linger() {
+    let t0 = Instant::now();
+    let mut l = layer();
+    let tx = l.send_request(t0, request("INVITE", "z9hG4bKtcp1", ""), tcp_path(), 7);
+    let sent: Vec<Transmit> = std::iter::from_fn(|| l.poll_transmit()).collect();
+    assert_eq!(sent.len(), 1);
+    assert_eq!(sent[0].proto, crate::sip::Protocol::Tcp);
+    let sends = run_until(&mut l, t0, Duration::from_secs(40));
+    assert!(sends.is_empty(), "no Timer A over TCP: {sends:?}");
+    assert_eq!(
+        l.poll_event(),
+        Some(TxEvent::Timeout { tx, owner: 7 }),
+        "Timer B still runs"
+    );
+
+    let invite = request("INVITE", "z9hG4bKtcp2", "");
+    l.send_request(t0, invite.clone(), tcp_path(), 8);
+    drain(&mut l);
+    l.receive_response(t0, response_to(&invite, 486));
+    assert_eq!(drain(&mut l), vec!["ACK sip:bob@192.0.2.10 SIP/2.0"]);
+    l.handle_timeout(t0);
+    assert!(l.is_empty(), "Timer D is zero over TCP");
+
+    let bye = request("BYE", "z9hG4bKtcp3", "");
+    l.send_request(t0, bye.clone(), tcp_path(), 9);
+    drain(&mut l);
+    assert!(
+        run_until(&mut l, t0, Duration::from_secs(3)).is_empty(),
+        "no Timer E"
+    );
+    l.receive_response(t0, response_to(&bye, 200));
+    l.handle_timeout(t0 + Duration::from_secs(3));
+    assert!(l.is_empty(), "Timer K is zero over TCP");
+}
+
+/// §17.2.1, §17.2.2: the server never retransmits its final over TCP and
+/// forgets the transaction once done (Timers G, I and J are zero).
+#[test]
+fn over_tcp_a_server_never_retransmits_and_does_not_linger() {
+    let t0 = Instant::now();
+    let mut l = layer();
+    let Inbound::New(tx, invite) =
+        l.receive_request(t0, request("INVITE", "z9hG4bKtcps", ""), tcp_path())
+    else {
+        panic!("a new transaction");
+    };
+    l.respond(t0, tx, response_to(&invite, 486));
+    let sent: Vec<Transmit> = std::iter::from_fn(|| l.poll_transmit()).collect();
+    assert_eq!(sent.len(), 2, "100 Trying and the 486");
+    assert!(sent.iter().all(|t| t.proto == crate::sip::Protocol::Tcp));
+    assert!(
+        run_until(&mut l, t0, Duration::from_secs(5)).is_empty(),
+        "no Timer G"
+    );
+    let mut ack = request("ACK", "z9hG4bKtcps", "");
+    ack.to.set_tag("t1");
+    l.receive_request(t0 + Duration::from_secs(5), ack, tcp_path());
+    l.handle_timeout(t0 + Duration::from_secs(5));
+    assert!(l.is_empty(), "Timer I is zero over TCP");
+
+    let Inbound::New(tx, options) =
+        l.receive_request(t0, request("OPTIONS", "z9hG4bKtcpo", ""), tcp_path())
+    else {
+        panic!("a new transaction");
+    };
+    l.respond(t0, tx, response_to(&options, 200));
+    drain(&mut l);
+    l.handle_timeout(t0);
+    assert!(l.is_empty(), "Timer J is zero over TCP");
 }

@@ -266,10 +266,10 @@ impl Registrations {
             match authorize(&sent, response, &e.config.auth, env.ids.branch(), &cnonce) {
                 Ok(retry) => {
                     e.cseq = retry.cseq.seq;
-                    let path = Path {
-                        local: e.socket.map_or(sent_from(&sent), |s| s.bind),
-                        remote: e.config.registrar,
-                    };
+                    let path = Path::udp(
+                        e.socket.map_or(sent_from(&sent), |s| s.bind),
+                        e.config.registrar,
+                    );
                     e.in_flight = Some(retry.clone());
                     self.outgoing.push(Outgoing {
                         id,
@@ -402,10 +402,7 @@ impl Registrations {
         match build_register(e, socket, expires, env.ids.branch(), &user_agent) {
             Some(request) => {
                 e.in_flight = Some(request.clone());
-                let path = Path {
-                    local: socket.bind,
-                    remote: e.config.registrar,
-                };
+                let path = Path::udp(socket.bind, e.config.registrar);
                 self.outgoing.push(Outgoing { id, request, path });
             }
             None => {

@@ -392,10 +392,7 @@ impl BLeg {
             (None, Some(dialog)) => dialog.fork(response),
             (None, None) => return,
         };
-        let hop = crate::transaction::Path {
-            local: self.leg.path().local,
-            remote: fork.next_hop(self.leg.path().remote),
-        };
+        let hop = self.leg.path().to(fork.next_hop(self.leg.path().remote));
         let ack = fork.ack(
             response.cseq.seq,
             Via::ours(self.leg.advertised, env.ids.branch()),

@@ -241,10 +241,7 @@ impl CallLeg {
             .dialog
             .as_ref()
             .map_or(self.path.remote, |d| d.next_hop(self.path.remote));
-        Path {
-            local: self.path.local,
-            remote,
-        }
+        self.path.to(remote)
     }
 
     pub fn dialog(&self) -> Option<&Dialog> {

@@ -29,6 +29,7 @@ fn path() -> Path {
     Path {
         local: addr(LOCAL),
         remote: addr(PEER),
+        proto: crate::sip::Protocol::Udp,
     }
 }
 

@@ -111,6 +111,7 @@ impl Harness {
             Path {
                 local: addr(LOCAL),
                 remote: addr(from),
+                proto: crate::sip::Protocol::Udp,
             },
             admitted,
         );
