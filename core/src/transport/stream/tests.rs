@@ -488,3 +488,68 @@ fn a_framer_stays_small() {
     let size = std::mem::size_of::<StreamFramer>();
     assert!(size <= 128, "size_of::<StreamFramer>() = {size} bytes");
 }
+
+#[test]
+fn arbitrary_bytes_never_panic_and_stay_within_the_limit() {
+    let now = Instant::now();
+    let limits = FramingLimits {
+        max_message: 200,
+        ..FramingLimits::default()
+    };
+    // Pieces that make framing interesting: line ends, start lines, lengths.
+    let pieces: [&[u8]; 12] = [
+        b"\r\n",
+        b"\r\n\r\n",
+        b"\n",
+        b"\r",
+        b"OPTIONS sip:a SIP/2.0\r\n",
+        b"l: 5\r\n",
+        b"Content-Length:\r\n 12\r\n",
+        b"content-length: 99999\r\n",
+        b"l: x\r\n",
+        b"Via: a\r\n",
+        b" \t",
+        b"0123456789",
+    ];
+    let mut seed: u64 = 0xf022;
+    let mut random = move |below: usize| {
+        seed = seed
+            .wrapping_mul(6_364_136_223_846_793_005)
+            .wrapping_add(1_442_695_040_888_963_407);
+        (seed >> 33) as usize % below
+    };
+    let mut seen = std::collections::HashSet::new();
+    for _ in 0..2_000 {
+        let mut framer = StreamFramer::new(limits);
+        for _ in 0..20 {
+            let chunk: Vec<u8> = (0..1 + random(6))
+                .flat_map(|_| pieces[random(pieces.len())].iter().copied())
+                .collect();
+            framer.push(&chunk);
+            let frames = drain(&mut framer, now);
+            for frame in &frames {
+                if let Ok(Frame::Message(bytes)) = frame {
+                    assert!(bytes.len() <= limits.max_message);
+                }
+                seen.insert(match frame {
+                    Ok(Frame::Message(_)) => "message",
+                    Ok(Frame::Ping) => "ping",
+                    Ok(Frame::Pong) => "pong",
+                    Err(FramingError::HeadersTooLong { .. }) => "headers too long",
+                    Err(FramingError::HeadersTimeout { .. }) => "headers timeout",
+                    Err(FramingError::MissingContentLength) => "no length",
+                    Err(FramingError::BadContentLength { .. }) => "bad length",
+                    Err(FramingError::TooLarge { .. }) => "too large",
+                });
+            }
+            // Drained after each read: one incomplete message and that read at most.
+            assert!(framer.buffered() <= limits.max_message + chunk.len());
+            if matches!(frames.last(), Some(Err(_))) {
+                assert_eq!(framer.buffered(), 0);
+                break;
+            }
+        }
+    }
+    // The pieces reach every outcome but the timeout (the clock stands still).
+    assert_eq!(seen.len(), 7, "{seen:?}");
+}
