@@ -105,6 +105,7 @@ fn an_established_call_keeps_little_memory() {
     let sockets: Arc<[LocalSocket]> = Arc::from(vec![LocalSocket {
         bind: addr("127.0.0.1:5060"),
         advertised: addr("127.0.0.1:5060"),
+        proto: vigil::sip::Protocol::Udp,
     }]);
     let deps = EngineDeps::standalone(IdGen::seeded(0, 1));
     let mut engine = Engine::new(Arc::new(config), sockets, deps);

@@ -88,6 +88,7 @@ fn a_registered_contact_keeps_under_a_kibibyte() {
     let sockets: Arc<[LocalSocket]> = Arc::from(vec![LocalSocket {
         bind: addr("127.0.0.1:5060"),
         advertised: addr("127.0.0.1:5060"),
+        proto: vigil::sip::Protocol::Udp,
     }]);
     let mut registrar = Registrar::with_ids(
         config,

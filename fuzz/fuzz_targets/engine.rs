@@ -319,6 +319,7 @@ impl Harness {
         let sockets: Arc<[LocalSocket]> = Arc::from(vec![LocalSocket {
             bind: local(),
             advertised: local(),
+            proto: vigil::sip::Protocol::Udp,
         }]);
         let now = Instant::now();
         let mut deps = EngineDeps::standalone(IdGen::seeded(0, 7));

@@ -6,9 +6,10 @@
 use std::net::SocketAddr;
 
 use crate::sip::{
-    ALLOWED_METHODS, CSeq, HeaderName, Headers, Host, Method, NameAddr, Request, Response, SipUri,
-    Uri, Via,
+    ALLOWED_METHODS, CSeq, HeaderName, Headers, Host, Method, NameAddr, Protocol, Request,
+    Response, SipUri, Uri, Via,
 };
+use crate::transaction::Path;
 
 /// Headers describing a body; they travel with it.
 pub const BODY_HEADERS: [HeaderName; 5] = [
@@ -137,6 +138,8 @@ pub struct OutboundInvite<'a> {
     /// Overrides the To URI (defaults to the Request-URI).
     pub to: Option<Uri>,
     pub advertised: SocketAddr,
+    /// The transport it goes over (Via, Contact).
+    pub proto: Protocol,
     /// The callee's and caller's numbers when not the caller's INVITE's (a
     /// `route` policy rewrote them).
     pub callee: Option<String>,
@@ -171,7 +174,10 @@ pub fn b_leg_invite(o: OutboundInvite<'_>) -> Request {
     let mut headers = Headers::new();
     headers.push(
         HeaderName::Contact,
-        format!("<{}>", SipUri::for_socket(caller_user, o.advertised)),
+        format!(
+            "<{}>",
+            SipUri::for_socket_over(caller_user, o.advertised, o.proto)
+        ),
     );
     headers.push(HeaderName::Allow, ALLOWED_METHODS);
     if !o.user_agent.is_empty() {
@@ -183,7 +189,7 @@ pub fn b_leg_invite(o: OutboundInvite<'_>) -> Request {
     Request {
         method: Method::Invite,
         uri: target_uri,
-        via: vec![Via::ours(o.advertised, o.branch)],
+        via: vec![Via::ours_over(o.proto, o.advertised, o.branch)],
         max_forwards: a.max_forwards.saturating_sub(1),
         from,
         to: NameAddr::new(to_uri),
@@ -200,12 +206,8 @@ pub fn b_leg_invite(o: OutboundInvite<'_>) -> Request {
 /// The B-leg INVITE sent again to another gateway (failover): the same
 /// Call-ID and From tag, the next CSeq, a new branch; the Request-URI and
 /// To name the callee at the new gateway, Contact the socket it is sent from.
-pub fn retarget_invite(
-    invite: &mut Request,
-    target: SocketAddr,
-    advertised: SocketAddr,
-    branch: String,
-) {
+pub fn retarget_invite(invite: &mut Request, path: Path, advertised: SocketAddr, branch: String) {
+    let (target, proto) = (path.remote, path.proto);
     let callee = raw_user(&invite.uri);
     let uri = Uri::Sip(SipUri::new(
         callee,
@@ -215,11 +217,11 @@ pub fn retarget_invite(
     invite.to = NameAddr::new(uri.clone());
     invite.uri = uri;
     invite.cseq.seq += 1;
-    invite.via = vec![Via::ours(advertised, branch)];
+    invite.via = vec![Via::ours_over(proto, advertised, branch)];
     let caller = raw_user(&invite.from.uri);
     invite.headers.set(
         HeaderName::Contact,
-        format!("<{}>", SipUri::for_socket(caller, advertised)),
+        format!("<{}>", SipUri::for_socket_over(caller, advertised, proto)),
     );
 }
 

@@ -19,7 +19,7 @@ use crate::policy::{
 use crate::registrar::digest::Verdict;
 use crate::registrar::location::Target;
 use crate::session_timer::{UasOutcome, negotiate};
-use crate::sip::{DigestCredentials, HeaderName, Host, Reply, Request, SipUri, Uri};
+use crate::sip::{DigestCredentials, HeaderName, Host, Protocol, Reply, Request, SipUri, Uri};
 use crate::transaction::{Path, ServerTxId};
 
 /// Who a call comes from.
@@ -203,7 +203,7 @@ impl Engine {
         let a_advertised = self
             .sockets
             .iter()
-            .find(|s| s.bind == path.local)
+            .find(|s| s.bind == path.local && s.proto == path.proto)
             .map_or(path.local, |s| s.advertised);
         let key = self.next_key;
         self.next_key += 1;
@@ -605,7 +605,7 @@ impl Engine {
                 let advertised = self
                     .sockets
                     .iter()
-                    .find(|s| s.bind == target.local)
+                    .find(|s| s.bind == target.local && s.proto == Protocol::Udp)
                     .map_or(target.local, |s| s.advertised);
                 let domain = self
                     .config

@@ -481,7 +481,7 @@ impl Registrar {
         let advertised = self
             .sockets
             .iter()
-            .find(|s| s.bind == local)
+            .find(|s| s.bind == local && s.proto == crate::sip::Protocol::Udp)
             .map_or(local, |s| s.advertised);
         let branch = self.ids.branch();
         let domain = self

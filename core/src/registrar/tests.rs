@@ -41,6 +41,7 @@ impl Phone {
         let sockets: Arc<[LocalSocket]> = Arc::from(vec![LocalSocket {
             bind: addr(LOCAL),
             advertised: addr(LOCAL),
+            proto: crate::sip::Protocol::Udp,
         }]);
         let view = Arc::new(LocationView::default());
         Phone {

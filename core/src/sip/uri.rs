@@ -266,6 +266,21 @@ impl SipUri {
         SipUri::new(user, Host::Ip(addr.ip()), Some(addr.port()))
     }
 
+    /// [`SipUri::for_socket`] reached over `proto`: `;transport=tcp` (or
+    /// `tls`) so that the peer's requests come back over the same transport.
+    pub fn for_socket_over(
+        user: Option<String>,
+        addr: SocketAddr,
+        proto: super::typed::Protocol,
+    ) -> SipUri {
+        let mut uri = SipUri::for_socket(user, addr);
+        if let Some(transport) = proto.uri_param() {
+            uri.params
+                .push(Param::new("transport", Some(transport.to_string())));
+        }
+        uri
+    }
+
     fn parse_after_scheme(secure: bool, rest: &str) -> Result<SipUri, UriError> {
         // '@' cannot appear unescaped after the userinfo, so the first one ends it.
         let (userinfo, hostpart) = match rest.find('@') {

@@ -41,14 +41,20 @@ pub struct LocalSocket {
     pub bind: SocketAddr,
     /// What Via and Contact say (the bind address unless it is a wildcard or NAT).
     pub advertised: SocketAddr,
+    /// UDP, or the TCP/TLS listener whose address Via names for requests
+    /// Vigil sends over its connections.
+    pub proto: crate::sip::Protocol,
 }
 
 impl LocalSocket {
-    /// The socket to reach `target` from: same address family, preferring
-    /// one bound to the same kind of address (loopback to loopback).
+    /// The UDP socket to reach `target` from (trunks and registered
+    /// contacts are reached over UDP): same address family, preferring one
+    /// bound to the same kind of address (loopback to loopback).
     pub fn for_target(sockets: &[LocalSocket], target: SocketAddr) -> Option<LocalSocket> {
         let target_ip = crate::config::canonical_ip(target.ip());
-        let same_family = |s: &&LocalSocket| s.bind.is_ipv4() == target.is_ipv4();
+        let same_family = |s: &&LocalSocket| {
+            s.proto == crate::sip::Protocol::Udp && s.bind.is_ipv4() == target.is_ipv4()
+        };
         sockets
             .iter()
             .filter(same_family)
@@ -189,6 +195,7 @@ fn bind_listener(l: &Listener) -> Result<BoundSocket, TransportError> {
     let local = LocalSocket {
         bind: bound,
         advertised: SocketAddr::new(advertised_ip, bound.port()),
+        proto: crate::sip::Protocol::Udp,
     };
     tracing::info!(bind = %local.bind, advertised = %local.advertised, "listening on udp");
     Ok((local, Arc::new(socket)))

@@ -13,7 +13,7 @@ use crate::config::PreferRefresher;
 use crate::dialog::Dialog;
 use crate::policy::Leg;
 use crate::session_timer::negotiate::{self, Agreed, retry_after_422, uac_offer_headers};
-use crate::sip::{HeaderName, Method, Request, Response, Via};
+use crate::sip::{HeaderName, Method, Request, Response};
 use crate::timer_table;
 use crate::transaction::{ClientState, ClientTxId};
 use crate::uplink::auth::authorize;
@@ -97,6 +97,7 @@ impl BLeg {
         let mut invite = b_leg_invite(OutboundInvite {
             a_invite,
             target: outbound.path.remote,
+            proto: outbound.path.proto,
             request_uri: outbound.request_uri,
             to: outbound.to,
             advertised: outbound.advertised,
@@ -188,7 +189,7 @@ impl BLeg {
         };
         crate::call::build::retarget_invite(
             invite,
-            outbound.path.remote,
+            outbound.path,
             outbound.advertised,
             env.ids.branch(),
         );
@@ -311,7 +312,7 @@ impl BLeg {
             return false;
         };
         invite.cseq.seq += 1;
-        invite.via = vec![Via::ours(self.leg.advertised, env.ids.branch())];
+        invite.via = vec![self.leg.via(env)];
         reoffer_timer(invite, interval, self.leg.timer_config(), false);
         invite.headers.set(HeaderName::MinSe, interval.to_string());
         self.invite_tx = Some(env.tx.send_request(
@@ -393,17 +394,11 @@ impl BLeg {
             (None, None) => return,
         };
         let hop = self.leg.path().to(fork.next_hop(self.leg.path().remote));
-        let ack = fork.ack(
-            response.cseq.seq,
-            Via::ours(self.leg.advertised, env.ids.branch()),
-        );
+        let ack = fork.ack(response.cseq.seq, self.leg.via(env));
         if let Some(ack) = ack {
             env.tx.send_stateless(ack.encode(), hop);
         }
-        let bye = fork.new_request(
-            Method::Bye,
-            Via::ours(self.leg.advertised, env.ids.branch()),
-        );
+        let bye = fork.new_request(Method::Bye, self.leg.via(env));
         if let Some(bye) = bye {
             env.tx
                 .send_request(now, bye, hop, self.leg.owner(Purpose::Teardown));

@@ -216,9 +216,15 @@ impl CallLeg {
         }
     }
 
-    /// Vigil's Contact on this leg.
+    /// Vigil's Contact on this leg (with its transport, when not UDP).
     pub fn contact(&self) -> SipUri {
-        SipUri::for_socket(None, self.advertised)
+        SipUri::for_socket_over(None, self.advertised, self.path.proto)
+    }
+
+    /// The Via of a request Vigil sends on this leg: its transport, its
+    /// advertised address, a new branch.
+    pub fn via(&self, env: &mut Env<'_>) -> Via {
+        Via::ours_over(self.path.proto, self.advertised, env.ids.branch())
     }
 
     pub fn path(&self) -> Path {
@@ -386,9 +392,10 @@ impl CallLeg {
             RefreshKind::Update => Method::Update,
             RefreshKind::Reinvite => Method::Invite,
         };
-        let Some(mut request) =
-            dialog.new_request(method, Via::ours(self.advertised, env.ids.branch()))
-        else {
+        let Some(mut request) = dialog.new_request(
+            method,
+            Via::ours_over(self.path.proto, self.advertised, env.ids.branch()),
+        ) else {
             return;
         };
         uac_offer_headers(
@@ -480,7 +487,10 @@ impl CallLeg {
         let Some(dialog) = self.dialog.as_ref() else {
             return;
         };
-        let Some(mut ack) = dialog.ack(seq, Via::ours(self.advertised, env.ids.branch())) else {
+        let Some(mut ack) = dialog.ack(
+            seq,
+            Via::ours_over(self.path.proto, self.advertised, env.ids.branch()),
+        ) else {
             return;
         };
         if let Some(from) = body_from {
@@ -522,9 +532,10 @@ impl CallLeg {
         let Some(dialog) = self.dialog.as_mut() else {
             return;
         };
-        let Some(mut bye) =
-            dialog.new_request(Method::Bye, Via::ours(self.advertised, env.ids.branch()))
-        else {
+        let Some(mut bye) = dialog.new_request(
+            Method::Bye,
+            Via::ours_over(self.path.proto, self.advertised, env.ids.branch()),
+        ) else {
             return;
         };
         if let Some(reason) = reason {
@@ -545,7 +556,10 @@ impl CallLeg {
         prepare: impl FnOnce(&mut Request, Option<&SessionLeg>, &SessionTimerConfig),
     ) -> Option<u32> {
         let dialog = self.dialog.as_mut()?;
-        let mut copy = dialog.new_request(method, Via::ours(self.advertised, env.ids.branch()))?;
+        let mut copy = dialog.new_request(
+            method,
+            Via::ours_over(self.path.proto, self.advertised, env.ids.branch()),
+        )?;
         prepare(&mut copy, self.session.as_ref(), &self.timer);
         let sent_seq = copy.cseq.seq;
         self.send_in_dialog(now, copy, Purpose::Relay(relay_id), env);

@@ -73,6 +73,7 @@ impl Harness {
         let sockets: Arc<[LocalSocket]> = Arc::from(vec![LocalSocket {
             bind: addr(LOCAL),
             advertised: addr(LOCAL),
+            proto: crate::sip::Protocol::Udp,
         }]);
         let now = Instant::now();
         Harness {

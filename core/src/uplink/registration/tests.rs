@@ -32,6 +32,7 @@ fn socket_for(_: SocketAddr) -> Option<LocalSocket> {
     Some(LocalSocket {
         bind: addr,
         advertised: addr,
+        proto: crate::sip::Protocol::Udp,
     })
 }
 
