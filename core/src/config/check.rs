@@ -29,7 +29,7 @@ use super::{
     SessionTimerConfig, Trunk, TrunkAuth, TrunkRegistration, User, parse_digest_algorithms,
     unknown,
 };
-use crate::sip::DigestAlgorithm;
+use crate::sip::{DigestAlgorithm, Protocol};
 
 /// Validates config text; `file` is only used in problems.
 pub(super) fn validate(text: &str, file: &Path) -> Result<Config, Vec<ConfigProblem>> {
@@ -400,18 +400,25 @@ impl Checker {
                 self.problem(key, format!("{addr:?} is not transport:ip:port"));
                 continue;
             };
-            if !transport.eq_ignore_ascii_case("udp") {
-                self.problem(
-                    key,
-                    format!("transport {transport:?} is not supported (udp only)"),
-                );
-                continue;
-            }
-            match socket.parse::<SocketAddr>() {
-                Ok(bind) if listeners.iter().any(|l| l.bind == bind) => {
-                    self.problem(key, format!("{bind} is listed twice"));
+            let proto = match Protocol::from_token(transport) {
+                Some(p @ (Protocol::Udp | Protocol::Tcp)) => p,
+                _ => {
+                    self.problem(
+                        key,
+                        format!("transport {transport:?} is not supported (udp or tcp)"),
+                    );
+                    continue;
                 }
-                Ok(bind) => listeners.push(Listener { bind, advertise }),
+            };
+            match socket.parse::<SocketAddr>() {
+                Ok(bind) if listeners.iter().any(|l| l.bind == bind && l.proto == proto) => {
+                    self.problem(key, format!("{proto}:{bind} is listed twice"));
+                }
+                Ok(bind) => listeners.push(Listener {
+                    bind,
+                    advertise,
+                    proto,
+                }),
                 Err(_) => self.problem(
                     key,
                     format!("{socket:?} is not ip:port (IPv6 as [addr]:port)"),

@@ -175,13 +175,14 @@ pub struct User {
     pub media: Option<MediaMode>,
 }
 
-/// A UDP socket to bind.
+/// A UDP socket or a TCP listener to bind.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Listener {
     pub bind: SocketAddr,
     /// The IP written into Via and Contact; defaults to the bound IP, or for a
     /// wildcard bind to the host's primary address (found at startup).
     pub advertise: Option<IpAddr>,
+    pub proto: crate::sip::Protocol,
 }
 
 /// A trunk: a peer that may send calls (`inbound`), receive them (`outbound`), or

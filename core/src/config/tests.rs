@@ -312,10 +312,10 @@ fn cdr_limits_and_spool_have_defaults_and_bounds() {
 fn syntax_errors_carry_a_line() {
     let p = problems("listen: [\"udp:127.0.0.1:5060\"\ncdr: { path: x }\n");
     assert!(p[0].line.is_some(), "{}", p[0]);
-    let p = problems("listen: [\"tcp:127.0.0.1:5060\"]\ncdr: { path: x }\n");
+    let p = problems("listen: [\"sctp:127.0.0.1:5060\"]\ncdr: { path: x }\n");
     assert!(
         p[0].to_string()
-            .contains("listen[0]: transport \"tcp\" is not supported"),
+            .contains("listen[0]: transport \"sctp\" is not supported"),
         "{}",
         p[0]
     );

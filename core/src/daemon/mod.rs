@@ -49,7 +49,7 @@ use commands::{Operator, serve_commands};
 use control::ControlServer;
 pub use logging::{LoggingError, init_logging};
 use metrics_http::MetricsEndpoint;
-use receive::{Inputs, receive_loop};
+use receive::{Handoff, Inputs, receive_loop, stream_loop};
 use registrar::{RegistrarInput, RegistrarThread};
 use reload::{
     Listening, ReloadRequest, Reloader, SpawnReceiver, Targets, serve_reloads, watch_files,
@@ -188,25 +188,43 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
     let (ingress_config, ingress_configs) = latest::channel(config.clone());
     let (ingress_overload, ingress_overloads) =
         latest::channel(Arc::new(Overload::new(&config.limits, metrics.clone())));
-    let spawn: SpawnReceiver = {
-        let (transport, configs) = (transport.clone(), ingress_configs.clone());
-        let metrics = metrics.clone();
-        let inputs = Inputs {
-            workers: worker_inputs.clone(),
-            registrar: registrar_input.clone(),
-            overloads: ingress_overloads,
-        };
-        Arc::new(move |(local, socket)| {
-            tokio::spawn(receive_loop(
-                socket,
-                local,
+    let inputs = Inputs {
+        workers: worker_inputs.clone(),
+        registrar: registrar_input.clone(),
+        overloads: ingress_overloads,
+    };
+    let handoff = {
+        let (transport, configs, metrics) =
+            (transport.clone(), ingress_configs.clone(), metrics.clone());
+        let inputs = inputs.clone();
+        move || {
+            Handoff::new(
                 Ingress::with_metrics(workers, metrics.clone()),
                 configs.clone(),
                 inputs.clone(),
                 transport.clone(),
-            ))
-        })
+            )
+        }
     };
+    let spawn: SpawnReceiver = {
+        let handoff = handoff.clone();
+        Arc::new(move |(local, socket)| tokio::spawn(receive_loop(socket, local, handoff())))
+    };
+    // Each TCP connection is read by a task of its own, listening until
+    // the daemon stops.
+    transport.connections().set_reader({
+        let handoff = handoff.clone();
+        Arc::new(move |flow| {
+            tokio::spawn(stream_loop(flow, handoff()));
+        })
+    });
+    let stream_acceptors: Vec<_> = transport
+        .take_stream_listeners()
+        .into_iter()
+        .map(|(local, listener)| {
+            tokio::spawn(transport.connections().clone().accept_loop(listener, local))
+        })
+        .collect();
     let listening = Listening {
         transport: transport.clone(),
         spawn: spawn.clone(),
@@ -273,6 +291,9 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
     wait_for_signal(&reload_requests).await?;
     reporter.abort();
     dns_follower.abort();
+    for acceptor in stream_acceptors {
+        acceptor.abort();
+    }
     reloads.abort();
     watcher.abort();
     if let Some(control) = control {

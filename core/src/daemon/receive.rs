@@ -20,6 +20,8 @@ use crate::metrics::{CallShed, DatagramDrop};
 use crate::ratelimit::RateLimit;
 use crate::sip::{MAX_DATAGRAM, Message};
 use crate::transaction::{Path, Transmit};
+use crate::transport::connections::Flow;
+use crate::transport::stream::{Frame, FramingLimits, StreamFramer};
 use crate::transport::trace::Direction;
 use crate::transport::{LocalSocket, Received, Receiver, Transport};
 
@@ -130,21 +132,120 @@ fn falling_behind(
     }
 }
 
-/// Reads datagrams from one socket, judges them and hands them on.
-pub(super) async fn receive_loop(
-    socket: Arc<UdpSocket>,
-    local: LocalSocket,
-    mut ingress: Ingress,
-    mut configs: latest::Receiver<Arc<Config>>,
-    mut inputs: Inputs,
+/// What judges a received message and hands it on: the ingress, the config
+/// and overload limits in force, the workers and the registrar. One per
+/// receive loop and per connection (an ingress keeps per-loop counts).
+pub(super) struct Handoff {
+    ingress: Ingress,
+    configs: latest::Receiver<Arc<Config>>,
+    config: Arc<Config>,
+    inputs: Inputs,
     transport: Arc<Transport>,
-) {
-    let mut config = configs.borrow_and_update().clone();
-    ingress.set_overload(inputs.overloads.borrow_and_update().clone());
+    overload_log: RateLimit,
+}
+
+impl Handoff {
+    pub(super) fn new(
+        mut ingress: Ingress,
+        mut configs: latest::Receiver<Arc<Config>>,
+        mut inputs: Inputs,
+        transport: Arc<Transport>,
+    ) -> Handoff {
+        let config = configs.borrow_and_update().clone();
+        ingress.set_overload(inputs.overloads.borrow_and_update().clone());
+        Handoff {
+            ingress,
+            configs,
+            config,
+            inputs,
+            transport,
+            overload_log: RateLimit::new(5, Duration::from_secs(10)),
+        }
+    }
+
+    /// Judges one message that arrived on `path` and hands it to the worker
+    /// or the registrar that owns it (or answers or drops it); `backlog` says
+    /// whether the reader has fallen behind.
+    async fn hand_on(&mut self, now: Instant, bytes: &[u8], path: Path, backlog: &Backlog) {
+        self.transport
+            .trace()
+            .datagram(Direction::Received, path.local, path.remote, bytes);
+        // An atomic load per message; a reload swaps the snapshot.
+        if self.configs.has_changed().unwrap_or(false) {
+            self.config = self.configs.borrow_and_update().clone();
+        }
+        if self.inputs.overloads.has_changed().unwrap_or(false) {
+            self.ingress
+                .set_overload(self.inputs.overloads.borrow_and_update().clone());
+        }
+        let (ingress, inputs, config) = (&mut self.ingress, &self.inputs, &self.config);
+        match ingress.classify(now, config, bytes, path) {
+            Verdict::Dispatch {
+                worker,
+                message,
+                admitted,
+                fresh_call,
+            } => {
+                // Falling behind — a worker's queue half full, or this loop
+                // reading only datagrams that waited long in the kernel —
+                // sheds new calls first, long before the queues are full of
+                // what calls in progress need.
+                if fresh_call
+                    && let Some(reason) = falling_behind(&inputs.workers[worker], backlog, now)
+                    && let Message::Request(request) = message.as_ref()
+                {
+                    let why = Shed {
+                        reason,
+                        retry_after: 2,
+                    };
+                    if let Verdict::Reply { bytes, to } =
+                        ingress.shed(now, request, path, config, why)
+                    {
+                        self.transport
+                            .send(&Transmit::new(path.to(to), bytes))
+                            .await;
+                    }
+                    return;
+                }
+                let input = WorkerInput::Message {
+                    message,
+                    path,
+                    admitted,
+                };
+                if inputs.workers[worker].try_send(input).is_err() {
+                    ingress.dropped(DatagramDrop::Overload);
+                    if let Some(suppressed) = self.overload_log.allow(now) {
+                        tracing::warn!(worker, suppressed, "worker queue full: datagram dropped");
+                    }
+                }
+            }
+            Verdict::Registrar(message) => {
+                let full = inputs.registrar.as_ref().is_some_and(|r| {
+                    r.try_send(RegistrarInput::Message { message, path })
+                        .is_err()
+                });
+                if full {
+                    ingress.dropped(DatagramDrop::Overload);
+                    if let Some(suppressed) = self.overload_log.allow(now) {
+                        tracing::warn!(suppressed, "registrar queue full: datagram dropped");
+                    }
+                }
+            }
+            Verdict::Reply { bytes, to } => {
+                self.transport
+                    .send(&Transmit::new(path.to(to), bytes))
+                    .await;
+            }
+            Verdict::Drop(_) => {}
+        }
+    }
+}
+
+/// Reads datagrams from one socket, judges them and hands them on.
+pub(super) async fn receive_loop(socket: Arc<UdpSocket>, local: LocalSocket, mut handoff: Handoff) {
     // One byte more than the largest datagram, to notice an oversized one.
     let mut buf = vec![0u8; MAX_DATAGRAM + 1];
     let mut errors_log = RateLimit::new(5, Duration::from_secs(10));
-    let mut overload_log = RateLimit::new(5, Duration::from_secs(10));
     let mut backlog = Backlog::default();
     let mut receiver = Receiver::default();
     loop {
@@ -165,83 +266,85 @@ pub(super) async fn receive_loop(
         };
         let waited = Backlog::waited(arrived, wall);
         if let Some(waited) = waited {
-            ingress.waited(waited);
+            handoff.ingress.waited(waited);
         }
         backlog.read(now, waited);
         if len > MAX_DATAGRAM {
-            ingress.dropped(DatagramDrop::Oversized);
+            handoff.ingress.dropped(DatagramDrop::Oversized);
             if let Some(suppressed) = errors_log.allow(now) {
                 tracing::warn!(source = %remote, suppressed, "datagram over 64 KiB dropped");
             }
             continue;
         }
         let path = Path::udp(local.bind, remote);
-        transport
-            .trace()
-            .datagram(Direction::Received, local.bind, remote, &buf[..len]);
-        // An atomic load per datagram; a reload swaps the snapshot.
-        if configs.has_changed().unwrap_or(false) {
-            config = configs.borrow_and_update().clone();
-        }
-        if inputs.overloads.has_changed().unwrap_or(false) {
-            ingress.set_overload(inputs.overloads.borrow_and_update().clone());
-        }
-        match ingress.classify(now, &config, &buf[..len], path) {
-            Verdict::Dispatch {
-                worker,
-                message,
-                admitted,
-                fresh_call,
-            } => {
-                // Falling behind — a worker's queue half full, or this loop
-                // reading only datagrams that waited long in the kernel —
-                // sheds new calls first, long before the queues are full of
-                // what calls in progress need.
-                if fresh_call
-                    && let Some(reason) = falling_behind(&inputs.workers[worker], &backlog, now)
-                    && let Message::Request(request) = message.as_ref()
-                {
-                    let why = Shed {
-                        reason,
-                        retry_after: 2,
-                    };
-                    if let Verdict::Reply { bytes, to } =
-                        ingress.shed(now, request, path, &config, why)
-                    {
-                        transport.send(&Transmit::new(path.to(to), bytes)).await;
-                    }
-                    continue;
-                }
-                let input = WorkerInput::Message {
-                    message,
-                    path,
-                    admitted,
-                };
-                if inputs.workers[worker].try_send(input).is_err() {
-                    ingress.dropped(DatagramDrop::Overload);
-                    if let Some(suppressed) = overload_log.allow(now) {
-                        tracing::warn!(worker, suppressed, "worker queue full: datagram dropped");
-                    }
-                }
-            }
-            Verdict::Registrar(message) => {
-                let full = inputs.registrar.as_ref().is_some_and(|r| {
-                    r.try_send(RegistrarInput::Message { message, path })
-                        .is_err()
-                });
-                if full {
-                    ingress.dropped(DatagramDrop::Overload);
-                    if let Some(suppressed) = overload_log.allow(now) {
-                        tracing::warn!(suppressed, "registrar queue full: datagram dropped");
-                    }
-                }
-            }
-            Verdict::Reply { bytes, to } => {
-                transport.send(&Transmit::new(path.to(to), bytes)).await;
-            }
-            Verdict::Drop(_) => {}
-        }
+        handoff.hand_on(now, &buf[..len], path, &backlog).await;
     }
+}
+
+/// Reads one TCP connection (RFC 3261 §18.3): frames its byte stream into
+/// messages by Content-Length and hands each on like a datagram; answers a
+/// CRLF keep-alive ping with a pong (RFC 5626 §3.5.1). The connection
+/// closes on end of stream, a framing error (a message without
+/// Content-Length, headers that never end or come too slowly, a message
+/// too large), or `idle_timeout` without a byte.
+pub(super) async fn stream_loop(flow: Flow, mut handoff: Handoff) {
+    use tokio::io::AsyncReadExt;
+    let Flow {
+        mut read,
+        path,
+        idle_timeout,
+        ..
+    } = flow;
+    let mut framer = StreamFramer::new(FramingLimits::default());
+    let mut buf = vec![0u8; 16 * 1024];
+    // A connection has no kernel stamps: only full worker queues shed.
+    let backlog = Backlog::default();
+    let why = loop {
+        let idle = Instant::now() + idle_timeout;
+        let wake = framer.poll_timeout().map_or(idle, |at| at.min(idle));
+        let read_result = tokio::select! {
+            r = read.read(&mut buf) => r,
+            _ = tokio::time::sleep_until(wake.into()) => {
+                let now = Instant::now();
+                if let Err(e) = framer.handle_timeout(now) {
+                    break e.to_string();
+                }
+                if now >= idle {
+                    break "idle".to_string();
+                }
+                continue;
+            }
+        };
+        let n = match read_result {
+            Ok(0) => break "closed by the peer".to_string(),
+            Ok(n) => n,
+            Err(e) => break e.to_string(),
+        };
+        framer.push(&buf[..n]);
+        let now = Instant::now();
+        let mut failed = None;
+        while let Some(frame) = framer.next(now) {
+            match frame {
+                Ok(Frame::Message(bytes)) => handoff.hand_on(now, &bytes, path, &backlog).await,
+                Ok(frame) => {
+                    if let Some(answer) = frame.answer() {
+                        handoff
+                            .transport
+                            .send(&Transmit::new(path, answer.to_vec()))
+                            .await;
+                    }
+                }
+                Err(e) => {
+                    failed = Some(e.to_string());
+                    break;
+                }
+            }
+        }
+        if let Some(e) = failed {
+            break e;
+        }
+    };
+    tracing::debug!(peer = %path.remote, proto = %path.proto, reason = %why, "connection closed");
 }
 
 #[cfg(test)]

@@ -34,6 +34,7 @@ use crate::config::{Config, ConfigError, Listener};
 use crate::ingress::overload::Overload;
 use crate::metrics::Metrics;
 use crate::policy::{PolicyLoadError, PolicyLoader};
+use crate::sip::Protocol;
 use crate::transaction::TxBudget;
 use crate::transport::LocalSocket;
 use crate::transport::{BoundSocket, Transport, TransportError};
@@ -370,6 +371,16 @@ fn needs_restart(old: &Config, new: &Config) -> Vec<&'static str> {
     if advertise_changed {
         keys.push("listen[].advertise");
     }
+    let streams = |c: &Config| -> Vec<Listener> {
+        c.listen
+            .iter()
+            .filter(|l| l.proto != Protocol::Udp)
+            .cloned()
+            .collect()
+    };
+    if streams(old) != streams(new) {
+        keys.push("listen (tcp)");
+    }
     if old.workers() != new.workers() {
         keys.push("sip.workers");
     }
@@ -404,13 +415,17 @@ fn listen_changes<'a>(
     old: &[Listener],
     new: &'a [Listener],
 ) -> (Vec<&'a Listener>, Vec<SocketAddr>) {
+    // Stream listeners are bound at start only (see `needs_restart`).
+    let udp = |l: &&Listener| l.proto == Protocol::Udp;
     let added = new
         .iter()
-        .filter(|l| !old.iter().any(|o| o.bind == l.bind))
+        .filter(udp)
+        .filter(|l| !old.iter().filter(udp).any(|o| o.bind == l.bind))
         .collect();
     let removed = old
         .iter()
-        .filter(|o| !new.iter().any(|l| l.bind == o.bind))
+        .filter(udp)
+        .filter(|o| !new.iter().filter(udp).any(|l| l.bind == o.bind))
         .map(|o| o.bind)
         .collect();
     (added, removed)
@@ -538,6 +553,7 @@ mod tests {
             Listener {
                 bind: "127.0.0.2:5060".parse().expect("addr"),
                 advertise: None,
+                proto: Protocol::Udp,
             },
         );
         let (added, removed) = listen_changes(&old.listen, &new.listen);

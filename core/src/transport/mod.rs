@@ -24,6 +24,7 @@ use socket2::{Domain, Protocol, Socket, Type};
 use tokio::io::Interest;
 use tokio::net::UdpSocket;
 
+pub mod connections;
 pub mod stream;
 pub mod trace;
 
@@ -68,6 +69,8 @@ impl LocalSocket {
 pub enum TransportError {
     #[error("cannot listen on udp:{addr}: {source}")]
     Bind { addr: SocketAddr, source: io::Error },
+    #[error("cannot listen on tcp:{addr}: {source}")]
+    Listen { addr: SocketAddr, source: io::Error },
 }
 
 /// A bound socket and what it advertises.
@@ -82,20 +85,48 @@ pub struct Transport {
     /// Traced trunks and users (received datagrams are traced by the receive
     /// loops through [`Transport::trace`]).
     trace: trace::SipTrace,
+    /// The stream listeners (bound at start; a reload cannot change them).
+    streams: Vec<LocalSocket>,
+    /// Their sockets, until the daemon takes them to accept on.
+    stream_listeners: Mutex<Vec<(LocalSocket, tokio::net::TcpListener)>>,
+    /// Every TCP connection, by peer.
+    connections: Arc<connections::Connections>,
 }
 
 impl Transport {
     /// Binds every listener. Must run inside a tokio runtime.
     pub fn bind(listeners: &[Listener]) -> Result<Transport, TransportError> {
         let mut sockets = Vec::with_capacity(listeners.len());
+        let mut streams = Vec::new();
         for l in listeners {
-            sockets.push(bind_listener(l)?);
+            match l.proto {
+                crate::sip::Protocol::Udp => sockets.push(bind_listener(l)?),
+                _ => streams.push(bind_stream_listener(l)?),
+            }
         }
         Ok(Transport {
             sockets: RwLock::new(sockets),
             orphan_log: Mutex::new(RateLimit::new(5, Duration::from_secs(60))),
             trace: trace::SipTrace::default(),
+            streams: streams.iter().map(|(l, _)| *l).collect(),
+            stream_listeners: Mutex::new(streams),
+            connections: connections::Connections::new(connections::StreamLimits::default()),
         })
+    }
+
+    /// The stream listeners, once: the daemon accepts on them.
+    pub fn take_stream_listeners(&self) -> Vec<(LocalSocket, tokio::net::TcpListener)> {
+        std::mem::take(
+            &mut *self
+                .stream_listeners
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner),
+        )
+    }
+
+    /// Every TCP connection.
+    pub fn connections(&self) -> &Arc<connections::Connections> {
+        &self.connections
     }
 
     /// The SIP trace: what is traced, switched by config and `vigil ctl`.
@@ -127,8 +158,13 @@ impl Transport {
         tracing::info!(bind = %bind, "stopped listening on udp");
     }
 
+    /// The UDP sockets and the stream listeners: what Via and Contact may name.
     pub fn local_sockets(&self) -> Arc<[LocalSocket]> {
-        self.read().iter().map(|(l, _)| *l).collect()
+        self.read()
+            .iter()
+            .map(|(l, _)| *l)
+            .chain(self.streams.iter().copied())
+            .collect()
     }
 
     pub fn sockets(&self) -> Vec<BoundSocket> {
@@ -144,6 +180,9 @@ impl Transport {
             transmit.remote,
             &transmit.bytes,
         );
+        if transmit.proto.is_reliable() {
+            return self.connections.send(transmit);
+        }
         // The usual send completes under the read lock; only a full socket
         // buffer takes the socket out of it (a shared count, touched by every
         // worker, would otherwise move on each datagram) to wait for room.
@@ -199,6 +238,25 @@ fn bind_listener(l: &Listener) -> Result<BoundSocket, TransportError> {
     };
     tracing::info!(bind = %local.bind, advertised = %local.advertised, "listening on udp");
     Ok((local, Arc::new(socket)))
+}
+
+fn bind_stream_listener(
+    l: &Listener,
+) -> Result<(LocalSocket, tokio::net::TcpListener), TransportError> {
+    let listen = |source| TransportError::Listen {
+        addr: l.bind,
+        source,
+    };
+    let listener = connections::bind_tcp(l.bind).map_err(listen)?;
+    let bound = listener.local_addr().map_err(listen)?;
+    let advertised_ip = l.advertise.unwrap_or_else(|| advertised_ip(bound.ip()));
+    let local = LocalSocket {
+        bind: bound,
+        advertised: SocketAddr::new(advertised_ip, bound.port()),
+        proto: l.proto,
+    };
+    tracing::info!(bind = %local.bind, advertised = %local.advertised, proto = %l.proto, "listening on a stream transport");
+    Ok((local, listener))
 }
 
 fn bind_udp(addr: SocketAddr) -> io::Result<UdpSocket> {

@@ -241,8 +241,13 @@ impl CallLeg {
     }
 
     /// Where in-dialog requests go: the remote target (through the route set)
-    /// once there is a dialog, else the address the leg started with.
+    /// once there is a dialog, else the address the leg started with. Over
+    /// TCP or TLS they go on the leg's connection (its flow, RFC 5626): a
+    /// peer behind NAT can only be reached on the connection it opened.
     pub fn next_hop(&self) -> Path {
+        if self.path.proto.is_reliable() {
+            return self.path;
+        }
         let remote = self
             .dialog
             .as_ref()

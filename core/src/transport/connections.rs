@@ -1,0 +1,325 @@
+//! SIP over TCP (RFC 3261 §18): the stream listeners and every connection,
+//! accepted or made, by the peer it reaches. A message for a peer goes on
+//! the connection open with it — the one it made to Vigil if it did, which
+//! is the only way to reach a phone behind NAT (RFC 5923's idea) — and a
+//! message for a peer without one opens it. Each connection has a writer
+//! task fed by a bounded queue (a peer that stops reading loses its
+//! messages, not Vigil's memory) and a reader the daemon runs (it frames
+//! and dispatches what arrives, see `daemon::receive`); the connection
+//! leaves the table when its reader ends.
+//!
+//! Limits: connections in all and from one source address, the time to
+//! connect; each refusal is counted.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
+use std::time::{Duration, Instant};
+
+use tokio::io::AsyncWriteExt;
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
+use tokio::sync::mpsc;
+
+use super::LocalSocket;
+use crate::ratelimit::RateLimit;
+use crate::sip::Protocol;
+use crate::transaction::{Path, Transmit};
+
+/// What connections may cost.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StreamLimits {
+    /// Connections open in all (accepted and made).
+    pub max_connections: usize,
+    /// Connections accepted from one IP address.
+    pub per_source: usize,
+    /// A connection that carries nothing this long is closed (keep-alive
+    /// pings count).
+    pub idle_timeout: Duration,
+    /// How long Vigil waits for a connection it opens.
+    pub connect_timeout: Duration,
+    /// Messages waiting to be written on one connection.
+    pub queue: usize,
+}
+
+impl Default for StreamLimits {
+    fn default() -> Self {
+        StreamLimits {
+            max_connections: 50_000,
+            per_source: 1_000,
+            idle_timeout: Duration::from_secs(600),
+            connect_timeout: Duration::from_secs(5),
+            queue: 256,
+        }
+    }
+}
+
+/// Connection counts, for metrics and `vigil ctl status`.
+#[derive(Debug, Default)]
+pub struct ConnectionCounters {
+    pub accepted: AtomicU64,
+    pub connected: AtomicU64,
+    /// Refused at accept (limits), or a connect that failed.
+    pub refused: AtomicU64,
+    pub closed: AtomicU64,
+    /// Messages dropped because a connection's queue was full or it was
+    /// gone before they could be written.
+    pub dropped: AtomicU64,
+}
+
+/// A connection's reading half and its flow, for the daemon to read; the
+/// connection leaves the table when this is dropped.
+pub struct Flow {
+    pub read: OwnedReadHalf,
+    pub path: Path,
+    pub idle_timeout: Duration,
+    _entry: EntryGuard,
+}
+
+/// Runs a connection's reader (the daemon's framing and dispatch).
+pub type ReaderSpawner = Arc<dyn Fn(Flow) + Send + Sync>;
+
+type Key = (Protocol, SocketAddr);
+
+#[derive(Default)]
+struct Table {
+    next_id: u64,
+    open: HashMap<Key, Entry>,
+    /// Messages for peers being connected to, in order.
+    connecting: HashMap<Key, Vec<Vec<u8>>>,
+}
+
+#[derive(Clone)]
+struct Entry {
+    id: u64,
+    out: mpsc::Sender<Vec<u8>>,
+}
+
+/// Every stream connection, by peer.
+pub struct Connections {
+    table: Mutex<Table>,
+    limits: StreamLimits,
+    reader: OnceLock<ReaderSpawner>,
+    pub counters: ConnectionCounters,
+    log: Mutex<RateLimit>,
+}
+
+impl Connections {
+    pub fn new(limits: StreamLimits) -> Arc<Connections> {
+        Arc::new(Connections {
+            table: Mutex::default(),
+            limits,
+            reader: OnceLock::new(),
+            counters: ConnectionCounters::default(),
+            log: Mutex::new(RateLimit::new(5, Duration::from_secs(10))),
+        })
+    }
+
+    /// Who reads connections (set once, by the daemon, before any opens).
+    pub fn set_reader(&self, spawner: ReaderSpawner) {
+        let _ = self.reader.set(spawner);
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Table> {
+        self.table.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Connections open now.
+    pub fn open(&self) -> usize {
+        self.lock().open.len()
+    }
+
+    fn warn(&self, message: &str, peer: SocketAddr, error: &dyn std::fmt::Display) {
+        let mut log = self.log.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(suppressed) = log.allow(Instant::now()) {
+            tracing::warn!(%peer, error = %error, suppressed, "{message}");
+        }
+    }
+
+    /// Accepts connections on `listener` until the task is aborted.
+    pub async fn accept_loop(self: Arc<Self>, listener: TcpListener, local: LocalSocket) {
+        loop {
+            let (stream, peer) = match listener.accept().await {
+                Ok(accepted) => accepted,
+                Err(e) => {
+                    self.warn("accept failed", local.bind, &e);
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            };
+            if let Err(why) = self.admit(peer) {
+                self.counters.refused.fetch_add(1, Ordering::Relaxed);
+                self.warn("connection refused", peer, &why);
+                drop(stream);
+                continue;
+            }
+            self.counters.accepted.fetch_add(1, Ordering::Relaxed);
+            let path = Path {
+                local: local.bind,
+                remote: peer,
+                proto: local.proto,
+            };
+            self.register(stream, path);
+        }
+    }
+
+    /// Whether one more connection from `peer` fits the limits.
+    fn admit(&self, peer: SocketAddr) -> Result<(), &'static str> {
+        let table = self.lock();
+        if table.open.len() >= self.limits.max_connections {
+            return Err("too many connections");
+        }
+        let from_source = table
+            .open
+            .keys()
+            .filter(|(_, a)| a.ip() == peer.ip())
+            .count();
+        if from_source >= self.limits.per_source {
+            return Err("too many connections from this address");
+        }
+        Ok(())
+    }
+
+    /// Puts an open connection in the table and starts its writer and reader.
+    fn register(self: &Arc<Self>, stream: TcpStream, path: Path) -> Entry {
+        let _ = stream.set_nodelay(true);
+        let (read, write) = stream.into_split();
+        let (out, queue) = mpsc::channel(self.limits.queue);
+        let key = (path.proto, path.remote);
+        let entry = {
+            let mut table = self.lock();
+            table.next_id += 1;
+            let entry = Entry {
+                id: table.next_id,
+                out,
+            };
+            table.open.insert(key, entry.clone());
+            entry
+        };
+        tokio::spawn(write_loop(write, queue));
+        let flow = Flow {
+            read,
+            path,
+            idle_timeout: self.limits.idle_timeout,
+            _entry: EntryGuard {
+                connections: self.clone(),
+                key,
+                id: entry.id,
+            },
+        };
+        match self.reader.get() {
+            Some(spawn) => spawn(flow),
+            None => drop(flow),
+        }
+        entry
+    }
+
+    /// Sends `transmit` on the connection to its peer, opening one if there
+    /// is none (a message to a peer that never connected, over TCP).
+    pub fn send(self: &Arc<Self>, transmit: &Transmit) {
+        let key = (transmit.proto, transmit.remote);
+        let mut table = self.lock();
+        if let Some(entry) = table.open.get(&key) {
+            if entry.out.try_send(transmit.bytes.clone()).is_err() {
+                self.counters.dropped.fetch_add(1, Ordering::Relaxed);
+            }
+            return;
+        }
+        if let Some(waiting) = table.connecting.get_mut(&key) {
+            waiting.push(transmit.bytes.clone());
+            return;
+        }
+        if transmit.proto != Protocol::Tcp {
+            // TLS connections are only accepted for now: nothing to send on.
+            self.counters.dropped.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        table.connecting.insert(key, vec![transmit.bytes.clone()]);
+        drop(table);
+        tokio::spawn(self.clone().connect(transmit.path()));
+    }
+
+    /// Opens a connection to `path.remote`; what waited for it goes first.
+    async fn connect(self: Arc<Self>, path: Path) {
+        let key = (path.proto, path.remote);
+        let attempt = async {
+            let socket = if path.remote.is_ipv4() {
+                TcpSocket::new_v4()?
+            } else {
+                TcpSocket::new_v6()?
+            };
+            socket.connect(path.remote).await
+        };
+        let result = tokio::time::timeout(self.limits.connect_timeout, attempt).await;
+        let stream = match result {
+            Ok(Ok(stream)) => stream,
+            Ok(Err(e)) => return self.connect_failed(key, &e),
+            Err(_) => return self.connect_failed(key, &"timed out"),
+        };
+        self.counters.connected.fetch_add(1, Ordering::Relaxed);
+        // The flow's local address is the listener Via named (where the
+        // peer's answers would go if it had to connect back).
+        let entry = self.register(stream, path);
+        let waiting = self.lock().connecting.remove(&key).unwrap_or_default();
+        for bytes in waiting {
+            if entry.out.try_send(bytes).is_err() {
+                self.counters.dropped.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+
+    fn connect_failed(&self, key: Key, error: &dyn std::fmt::Display) {
+        let lost = self.lock().connecting.remove(&key).map_or(0, |w| w.len());
+        self.counters.refused.fetch_add(1, Ordering::Relaxed);
+        self.counters
+            .dropped
+            .fetch_add(lost as u64, Ordering::Relaxed);
+        self.warn("cannot connect", key.1, error);
+    }
+}
+
+/// Writes what is queued for one connection until the queue closes (the
+/// connection left the table) or the peer stops taking it.
+async fn write_loop(mut write: OwnedWriteHalf, mut queue: mpsc::Receiver<Vec<u8>>) {
+    while let Some(bytes) = queue.recv().await {
+        if write.write_all(&bytes).await.is_err() {
+            break;
+        }
+    }
+    let _ = write.shutdown().await;
+}
+
+/// Takes a connection out of the table when its reader is done with it.
+struct EntryGuard {
+    connections: Arc<Connections>,
+    key: Key,
+    id: u64,
+}
+
+impl Drop for EntryGuard {
+    fn drop(&mut self) {
+        let mut table = self.connections.lock();
+        if table.open.get(&self.key).is_some_and(|e| e.id == self.id) {
+            table.open.remove(&self.key);
+        }
+        drop(table);
+        self.connections
+            .counters
+            .closed
+            .fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// Binds a TCP listener for `local` (in the tokio runtime).
+pub fn bind_tcp(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.set_nodelay(true)?;
+    socket.bind(addr)?;
+    socket.listen(1024)
+}
