@@ -24,6 +24,7 @@ use socket2::{Domain, Protocol, Socket, Type};
 use tokio::io::Interest;
 use tokio::net::UdpSocket;
 
+pub mod tls;
 pub mod trace;
 
 use crate::config::Listener;
