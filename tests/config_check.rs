@@ -133,3 +133,73 @@ fn every_subcommand_says_what_its_config_option_is() {
         );
     }
 }
+
+/// `vigil check` reads the `tls:` files that parsing leaves alone: a key
+/// that is not the certificate's and a missing CA bundle are problems at
+/// their keys' lines; an expired certificate is a warning that passes.
+#[test]
+fn check_reads_the_tls_files() {
+    let dir = tempfile::tempdir().expect("dir");
+    let write = |name: &str, text: String| {
+        let path = dir.path().join(name);
+        std::fs::write(&path, text).expect("write");
+        path.display().to_string()
+    };
+    let issue = |name: &str, expired: bool| {
+        let key = rcgen::KeyPair::generate().expect("key");
+        let mut params =
+            rcgen::CertificateParams::new(vec!["localhost".to_string()]).expect("params");
+        if expired {
+            params.not_before = rcgen::date_time_ymd(2001, 1, 1);
+            params.not_after = rcgen::date_time_ymd(2002, 1, 1);
+        }
+        let cert = params.self_signed(&key).expect("certificate");
+        (
+            write(&format!("{name}.pem"), cert.pem()),
+            write(&format!("{name}.key"), key.serialize_pem()),
+        )
+    };
+    let (cert, _) = issue("server", false);
+    let (_, other_key) = issue("other", false);
+    let (expired, expired_key) = issue("expired", true);
+    let missing_ca = dir.path().join("missing-ca.pem").display().to_string();
+
+    let config = write(
+        "mismatch.yaml",
+        format!(
+            "listen: [\"udp:127.0.0.1:5060\"]\ncdr: {{ path: {cdr} }}\ntls:\n  \
+             certificate: {cert}\n  key: {other_key}\n  ca: {missing_ca}\n",
+            cdr = dir.path().join("cdr.jsonl").display()
+        ),
+    );
+    let (ok, stdout, stderr) = vigil(&["check", "--config", &config]);
+    assert!(!ok, "refused: {stdout}");
+    assert!(
+        stderr.contains(&format!(
+            "{config}:5: tls.key: {other_key}: the private key does not match the certificate in {cert}"
+        )),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains(&format!("{config}:6: tls.ca: {missing_ca}: cannot read")),
+        "{stderr}"
+    );
+
+    let config = write(
+        "expired.yaml",
+        format!(
+            "listen: [\"udp:127.0.0.1:5060\"]\ncdr: {{ path: {cdr} }}\ntls:\n  \
+             certificate: {expired}\n  key: {expired_key}\n  verify_server: false\n",
+            cdr = dir.path().join("cdr.jsonl").display()
+        ),
+    );
+    let (ok, stdout, stderr) = vigil(&["check", "--config", &config]);
+    assert!(ok, "a warning passes: {stderr}");
+    assert!(stdout.contains("OK"), "{stdout}");
+    assert!(
+        stderr.contains(&format!(
+            "{config}:4: tls.certificate: warning: {expired}: certificate 1 (CN=rcgen self signed cert) expired on 2002-01-01"
+        )),
+        "{stderr}"
+    );
+}

@@ -96,6 +96,11 @@ fn check(path: &std::path::Path) -> ExitCode {
                 .map(|problem| format!("{}: {problem}", path.display()))
                 .collect();
             problems.extend(cdr_problems(&c));
+            let (tls_problems, tls_warnings) = tls_problems(&c);
+            problems.extend(tls_problems);
+            for warning in tls_warnings {
+                eprintln!("{warning}");
+            }
             if !problems.is_empty() {
                 for problem in problems {
                     eprintln!("{problem}");
@@ -132,6 +137,34 @@ fn cdr_problems(c: &Config) -> Vec<String> {
         problems.push(c.problem("cdr.spool", e.to_string()).to_string());
     }
     problems
+}
+
+/// Whether `vigil run` could build its TLS configs from the `tls:` files, as
+/// the problems that would refuse it and warnings (certificates outside their
+/// validity period) that would not.
+fn tls_problems(c: &Config) -> (Vec<String>, Vec<String>) {
+    use vigil::transport::tls::{self, TlsFileKind};
+    let Some(config) = &c.tls else {
+        return (Vec::new(), Vec::new());
+    };
+    let report = tls::check_files(config, std::time::SystemTime::now());
+    let problems = report
+        .errors
+        .iter()
+        .map(|e| {
+            let key = e.file_kind().map_or("tls", TlsFileKind::config_key);
+            c.problem(key, e.to_string()).to_string()
+        })
+        .collect();
+    let warnings = report
+        .warnings
+        .iter()
+        .map(|w| {
+            c.problem(w.kind.config_key(), format!("warning: {w}"))
+                .to_string()
+        })
+        .collect();
+    (problems, warnings)
 }
 
 fn reload(path: &std::path::Path) -> ExitCode {

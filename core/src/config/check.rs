@@ -108,7 +108,8 @@ impl Checker {
         let listen = self.check_listen(&raw.listen);
         let session_timer = SessionTimerConfig::default().merged(&raw.session_timer);
         self.check_session_timer("session_timer", &session_timer);
-        let trunks = self.check_trunks(&raw.trunks, &session_timer, &raw.sip);
+        let verify_server = raw.tls.as_ref().is_none_or(|t| t.verify_server);
+        let trunks = self.check_trunks(&raw.trunks, &session_timer, &raw.sip, verify_server);
         let routes = self.check_routes(&raw.routes, &trunks);
         if let Err(e) = tracing_subscriber::EnvFilter::try_new(&raw.log.level) {
             self.problem(
@@ -189,6 +190,21 @@ impl Checker {
         for (field, message) in problems {
             self.problem(format!("dns.{field}"), message);
         }
+        let tls = raw.tls.as_ref().map(|file| {
+            let (tls, problems) = file.check();
+            for (field, message) in problems {
+                self.problem(format!("tls.{field}"), message);
+            }
+            tls
+        });
+        for (i, t) in raw.trunks.iter().enumerate() {
+            if t.tls_verify.is_some() && tls.is_none() {
+                self.problem(
+                    format!("trunks[{i}].tls_verify"),
+                    "needs a `tls:` section (the certificate Vigil presents over TLS)",
+                );
+            }
+        }
         let (media, problems) = raw.media.check();
         for (field, message) in problems {
             self.problem(format!("media.{field}"), message);
@@ -238,6 +254,7 @@ impl Checker {
             limits: raw.limits,
             media,
             dns,
+            tls,
         }
     }
 
@@ -433,6 +450,7 @@ impl Checker {
         raw: &[FileTrunk],
         session_timer: &SessionTimerConfig,
         sip: &SipConfig,
+        verify_server: bool,
     ) -> Vec<Trunk> {
         let mut trunks: Vec<Trunk> = Vec::new();
         for (i, t) in raw.iter().enumerate() {
@@ -489,6 +507,7 @@ impl Checker {
                     .register
                     .as_ref()
                     .and_then(|r| self.check_register(&key, r)),
+                tls_verify: t.tls_verify.unwrap_or(verify_server),
             });
         }
         for (i, t) in raw.iter().enumerate() {

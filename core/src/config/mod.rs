@@ -15,8 +15,8 @@
 //!   users);
 //! - `gateways`: a trunk's `outbound:` (its gateways, failover, probes);
 //! - `uplink`: a trunk's `auth` and `register` (Vigil as the carrier's client);
-//! - `session_timer`, `registrar`, `policy`: one section each, as written, as in
-//!   force, and the ranges its values must lie in.
+//! - `session_timer`, `registrar`, `policy`, `tls`: one section each, as written,
+//!   as in force, and the ranges its values must lie in.
 
 mod check;
 mod gateways;
@@ -27,6 +27,7 @@ mod registrar;
 mod routing;
 mod schema;
 mod session_timer;
+mod tls;
 mod unknown;
 mod uplink;
 
@@ -56,6 +57,7 @@ pub use schema::{LimitsConfig, LogConfig, LogFormat, SipConfig, TraceConfig};
 pub use session_timer::{
     PreferRefresher, RFC_MIN_SE, RefreshMethod, SessionTimerConfig, SessionTimerFile,
 };
+pub use tls::{TlsConfig, TlsFile};
 pub use uplink::{REGISTER_EXPIRES, TrunkAuth, TrunkRegistration};
 
 /// A config that failed to load: every problem found, each with its place.
@@ -132,6 +134,8 @@ pub struct Config {
     /// How gateway names are resolved (`dns:`; the system's resolver
     /// without servers).
     pub dns: crate::dns::DnsSettings,
+    /// `tls:` — the certificate and trust for TLS; `None`: no TLS at all.
+    pub tls: Option<TlsConfig>,
 }
 
 /// The control socket a config names: `control.socket`, else the config file's
@@ -207,6 +211,10 @@ pub struct Trunk {
     pub auth: Option<Arc<TrunkAuth>>,
     /// The registration Vigil keeps with the carrier.
     pub register: Option<Arc<TrunkRegistration>>,
+    /// Whether a TLS connection to this trunk checks the server's certificate
+    /// against the trunk's host name: its `tls_verify`, else
+    /// `tls.verify_server`, else `true`.
+    pub tls_verify: bool,
 }
 
 /// A prefix route to outbound trunks, tried in order.

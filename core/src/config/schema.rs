@@ -21,6 +21,7 @@ use super::media::{MediaFile, MediaMode};
 use super::policy::{PolicyFile, PolicySources};
 use super::registrar::{KeepaliveFile, RegistrarConfig, UserFile};
 use super::session_timer::SessionTimerFile;
+use super::tls::TlsFile;
 use super::uplink::{AuthFile, RegisterFile};
 use crate::dns::DnsFile;
 
@@ -58,6 +59,8 @@ pub(super) struct FileConfig {
     pub(super) media: MediaFile,
     #[serde(default)]
     pub(super) dns: DnsFile,
+    #[serde(default)]
+    pub(super) tls: Option<TlsFile>,
 }
 
 /// `limits:` — overload and flood control (absent keys: no limit).
@@ -197,6 +200,10 @@ pub(super) struct FileTrunk {
     pub(super) auth: Option<AuthFile>,
     #[serde(default)]
     pub(super) register: Option<RegisterFile>,
+    /// `false`: a TLS server's certificate is not checked (`tls.verify_server`
+    /// when absent).
+    #[serde(default)]
+    pub(super) tls_verify: Option<bool>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -94,9 +94,9 @@ fn every_unknown_key_is_reported_with_the_other_problems() {
         rendered,
         [
             "vigil.yaml:2: listen[1].adress: unknown key, expected one of `addr`, `advertise`",
-            "vigil.yaml:7: trunks[0].rout_to: unknown key, expected one of `name`, `inbound`, `outbound`, `route_to`, `session_timer`, `policy`, `media`, `auth`, `register`",
-            "vigil.yaml:12: trunks[2].colour: unknown key, expected one of `name`, `inbound`, `outbound`, `route_to`, `session_timer`, `policy`, `media`, `auth`, `register`",
-            "vigil.yaml:17: sesion_timer: unknown key, expected one of `listen`, `trunks`, `routes`, `cdr`, `log`, `sip`, `session_timer`, `registrar`, `users`, `nat_keepalive`, `policy`, `control`, `metrics`, `trace`, `limits`, `media`, `dns`",
+            "vigil.yaml:7: trunks[0].rout_to: unknown key, expected one of `name`, `inbound`, `outbound`, `route_to`, `session_timer`, `policy`, `media`, `auth`, `register`, `tls_verify`",
+            "vigil.yaml:12: trunks[2].colour: unknown key, expected one of `name`, `inbound`, `outbound`, `route_to`, `session_timer`, `policy`, `media`, `auth`, `register`, `tls_verify`",
+            "vigil.yaml:17: sesion_timer: unknown key, expected one of `listen`, `trunks`, `routes`, `cdr`, `log`, `sip`, `session_timer`, `registrar`, `users`, `nat_keepalive`, `policy`, `control`, `metrics`, `trace`, `limits`, `media`, `dns`, `tls`",
             "vigil.yaml:18: session_timer.tll: unknown key, expected one of `ttl`, `update_segment`, `early_hangup`, `no_timer_max_duration`, `min_se`, `refresh_method`, `prefer_refresher`, `refresh_non_timer_peers`, `allow_short_intervals`",
             "vigil.yaml:14: routes[0].trunk: no trunk named \"nowhere\"",
         ]
@@ -568,5 +568,64 @@ fn gateways_named_by_host_are_left_to_dns_and_bad_names_refused() {
         text.iter()
             .any(|t| t.starts_with("vigil.yaml:10: trunks[1].outbound.gateways[1].to:")),
         "{text:#?}"
+    );
+}
+
+#[test]
+fn tls_is_optional_and_trunks_may_turn_verification_off() {
+    let c = Config::parse(GOOD, Path::new("vigil.yaml")).expect("valid");
+    assert_eq!(c.tls, None);
+    assert!(c.trunks.iter().all(|t| t.tls_verify));
+    let text = format!(
+        "{GOOD}tls:\n  certificate: /etc/vigil/chain.pem\n  key: /etc/vigil/key.pem\n  \
+         require_client_certificate: true\n"
+    )
+    .replace(
+        "    outbound: { to: \"[::1]:5090\" }\n",
+        "    outbound: { to: \"[::1]:5090\" }\n    tls_verify: false\n",
+    );
+    let c = Config::parse(&text, Path::new("vigil.yaml")).expect("valid");
+    let tls = c.tls.as_ref().expect("tls section");
+    assert_eq!(tls.certificate, Path::new("/etc/vigil/chain.pem"));
+    assert_eq!(tls.ca, None, "the host's trust store");
+    assert!(tls.require_client_certificate);
+    assert!(tls.verify_server);
+    let verify: Vec<bool> = c.trunks.iter().map(|t| t.tls_verify).collect();
+    assert_eq!(verify, [true, true, false]);
+    let off = text.replace(
+        "  require_client_certificate: true\n",
+        "  verify_server: false\n",
+    );
+    let c = Config::parse(&off, Path::new("vigil.yaml")).expect("valid");
+    assert!(c.trunks.iter().all(|t| !t.tls_verify));
+}
+
+#[test]
+fn bad_tls_keys_are_placed_without_reading_the_files() {
+    let text = format!(
+        "{GOOD}tls:\n  certificate: \"\"\n  key: /nonexistent/key.pem\n  ca: /etc/ssl/\n  \
+         verfy_server: false\n"
+    );
+    let p: Vec<String> = problems(&text).iter().map(ToString::to_string).collect();
+    assert_eq!(
+        p,
+        [
+            "vigil.yaml:19: tls.verfy_server: unknown key, expected one of `certificate`, \
+             `key`, `ca`, `require_client_certificate`, `verify_server`",
+            "vigil.yaml:16: tls.certificate: must not be empty",
+            "vigil.yaml:18: tls.ca: /etc/ssl/ names no file (leave it out for the host's \
+             trust store)",
+        ]
+    );
+    let p = problems(&GOOD.replace(
+        "    outbound: { to: \"[::1]:5090\" }\n",
+        "    outbound: { to: \"[::1]:5090\" }\n    tls_verify: false\n",
+    ));
+    assert_eq!(
+        p.iter().map(ToString::to_string).collect::<Vec<_>>(),
+        [
+            "vigil.yaml:12: trunks[2].tls_verify: needs a `tls:` section (the certificate \
+          Vigil presents over TLS)"
+        ]
     );
 }

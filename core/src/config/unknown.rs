@@ -19,6 +19,7 @@ use super::schema::{
     ListenDetailed, LogConfig, MetricsFile, SipConfig, TraceConfig,
 };
 use super::session_timer::SessionTimerFile;
+use super::tls::TlsFile;
 
 /// A key nothing in the config reads.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -137,6 +138,7 @@ fn known_keys(parent: &str) -> Option<&'static [&'static str]> {
         "trace" => fields_of::<TraceConfig>(),
         "limits" => fields_of::<LimitsConfig>(),
         "dns" => fields_of::<crate::dns::DnsFile>(),
+        "tls" => fields_of::<TlsFile>(),
         _ => return None,
     })
     .filter(|keys| !keys.is_empty())

@@ -26,6 +26,7 @@ use tokio::net::UdpSocket;
 
 pub mod connections;
 pub mod stream;
+pub mod tls;
 pub mod trace;
 
 use crate::config::Listener;
