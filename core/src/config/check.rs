@@ -197,6 +197,14 @@ impl Checker {
             }
             tls
         });
+        for (i, l) in listen.iter().enumerate() {
+            if l.proto == Protocol::Tls && tls.is_none() {
+                self.problem(
+                    format!("listen[{i}]"),
+                    "a tls: listener needs a `tls:` section (its certificate and key)",
+                );
+            }
+        }
         for (i, t) in raw.trunks.iter().enumerate() {
             if t.tls_verify.is_some() && tls.is_none() {
                 self.problem(
@@ -418,11 +426,11 @@ impl Checker {
                 continue;
             };
             let proto = match Protocol::from_token(transport) {
-                Some(p @ (Protocol::Udp | Protocol::Tcp)) => p,
-                _ => {
+                Some(p) => p,
+                None => {
                     self.problem(
                         key,
-                        format!("transport {transport:?} is not supported (udp or tcp)"),
+                        format!("transport {transport:?} is not supported (udp, tcp or tls)"),
                     );
                     continue;
                 }

@@ -629,3 +629,30 @@ fn bad_tls_keys_are_placed_without_reading_the_files() {
         ]
     );
 }
+
+#[test]
+fn tcp_and_tls_listeners_are_read_and_tls_needs_its_section() {
+    let text = GOOD.replace(
+        "listen: [\"udp:127.0.0.1:5060\", { addr: \"udp:[::1]:5060\", advertise: \"::1\" }]",
+        "listen: [\"udp:127.0.0.1:5060\", \"tcp:127.0.0.1:5060\", \"tls:127.0.0.1:5061\"]",
+    );
+    let rendered: Vec<String> = problems(&text).iter().map(ToString::to_string).collect();
+    assert!(
+        rendered
+            .iter()
+            .any(|p| p.contains("listen[2]: a tls: listener needs a `tls:` section")),
+        "{rendered:#?}"
+    );
+    let c = Config::parse(
+        &text.replace("\"tls:127.0.0.1:5061\"", "\"tcp:[::1]:5060\""),
+        Path::new("vigil.yaml"),
+    )
+    .expect("valid");
+    let protos: Vec<crate::sip::Protocol> = c.listen.iter().map(|l| l.proto).collect();
+    use crate::sip::Protocol::{Tcp, Udp};
+    assert_eq!(protos, [Udp, Tcp, Tcp]);
+    assert!(
+        !problems(&text.replace("\"tls:127.0.0.1:5061\"", "\"tcp:127.0.0.1:5060\"")).is_empty(),
+        "listed twice"
+    );
+}

@@ -80,6 +80,8 @@ pub enum DaemonError {
     Store(#[from] crate::registrar::store::StoreError),
     #[error("cannot start the registrar thread: {0}")]
     RegistrarThread(std::io::Error),
+    #[error("tls: {0}")]
+    Tls(#[from] crate::transport::tls::TlsSetupError),
     #[error("cannot serve metrics on {addr} (metrics.listen): {source}")]
     Metrics {
         addr: std::net::SocketAddr,
@@ -120,6 +122,11 @@ impl DaemonError {
 pub async fn run(config: Config) -> Result<(), DaemonError> {
     let config = Arc::new(config);
     let transport = Arc::new(Transport::bind(&config.listen)?);
+    if let Some(tls) = &config.tls {
+        transport
+            .connections()
+            .set_tls(crate::transport::tls::server_config(tls)?);
+    }
     let metrics_endpoint = match config.metrics_listen {
         Some(addr) => Some(
             MetricsEndpoint::bind(addr)

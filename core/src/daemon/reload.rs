@@ -55,6 +55,12 @@ pub enum ReloadError {
         file: PathBuf,
         source: TransportError,
     },
+    /// The `tls:` files cannot be used: the running certificate stays.
+    #[error("{}: tls: {source}", file.display())]
+    Tls {
+        file: PathBuf,
+        source: crate::transport::tls::TlsSetupError,
+    },
     /// The daemon is shutting down: a worker no longer takes input.
     #[error("the daemon is shutting down")]
     ShuttingDown,
@@ -234,6 +240,17 @@ impl Reloader {
             .pop()
             .map(|p| p.default_policy())
             .ok_or(ReloadError::ShuttingDown)?;
+        // The certificates are read again: a bad one refuses the reload
+        // before anything changed.
+        let tls_server = match &config.tls {
+            Some(tls) => Some(crate::transport::tls::server_config(tls).map_err(|source| {
+                ReloadError::Tls {
+                    file: self.path.clone(),
+                    source,
+                }
+            })?),
+            None => None,
+        };
         let (added, removed) = listen_changes(&self.current.listen, &config.listen);
         let listening = &self.targets.listening;
         let mut opened = Vec::new();
@@ -274,6 +291,9 @@ impl Reloader {
             let overload = Overload::new(&config.limits, self.metrics.clone());
             self.targets.overload.send_replace(Arc::new(overload));
             self.targets.budget.set_limits(&config.limits);
+        }
+        if let Some(server) = tls_server {
+            listening.transport.connections().set_tls(server);
         }
         self.targets.ingress.send_replace(config.clone());
         listening.transport.trace().configure(&config);

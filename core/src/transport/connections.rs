@@ -1,5 +1,8 @@
-//! SIP over TCP (RFC 3261 §18): the stream listeners and every connection,
-//! accepted or made, by the peer it reaches. A message for a peer goes on
+//! SIP over TCP and TLS (RFC 3261 §18, §26.2): the stream listeners and
+//! every connection, accepted or made, by the peer it reaches. A TLS
+//! listener hands each accepted connection through rustls first, with the
+//! server config in force (a reload swaps it; connections already up keep
+//! theirs). A message for a peer goes on
 //! the connection open with it — the one it made to Vigil if it did, which
 //! is the only way to reach a phone behind NAT (RFC 5923's idea) — and a
 //! message for a peer without one opens it. Each connection has a writer
@@ -17,9 +20,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::time::{Duration, Instant};
 
-use tokio::io::AsyncWriteExt;
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
-use tokio::net::{TcpListener, TcpSocket, TcpStream};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpSocket};
 use tokio::sync::mpsc;
 
 use super::LocalSocket;
@@ -66,12 +68,20 @@ pub struct ConnectionCounters {
     /// Messages dropped because a connection's queue was full or it was
     /// gone before they could be written.
     pub dropped: AtomicU64,
+    /// TLS handshakes that failed or took too long.
+    pub tls_failures: AtomicU64,
 }
+
+/// How long a TLS client may take to finish its handshake.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The reading half of a connection, TCP or TLS.
+pub type ReadHalf = Box<dyn AsyncRead + Send + Unpin>;
 
 /// A connection's reading half and its flow, for the daemon to read; the
 /// connection leaves the table when this is dropped.
 pub struct Flow {
-    pub read: OwnedReadHalf,
+    pub read: ReadHalf,
     pub path: Path,
     pub idle_timeout: Duration,
     _entry: EntryGuard,
@@ -100,6 +110,8 @@ struct Entry {
 pub struct Connections {
     table: Mutex<Table>,
     limits: StreamLimits,
+    /// The server side of TLS listeners (set at start and on reload).
+    tls: arc_swap::ArcSwapOption<tokio_rustls::TlsAcceptor>,
     reader: OnceLock<ReaderSpawner>,
     pub counters: ConnectionCounters,
     log: Mutex<RateLimit>,
@@ -110,10 +122,17 @@ impl Connections {
         Arc::new(Connections {
             table: Mutex::default(),
             limits,
+            tls: arc_swap::ArcSwapOption::empty(),
             reader: OnceLock::new(),
             counters: ConnectionCounters::default(),
             log: Mutex::new(RateLimit::new(5, Duration::from_secs(10))),
         })
+    }
+
+    /// The certificate and key TLS listeners present from now on.
+    pub fn set_tls(&self, config: Arc<rustls::ServerConfig>) {
+        self.tls
+            .store(Some(Arc::new(tokio_rustls::TlsAcceptor::from(config))));
     }
 
     /// Who reads connections (set once, by the daemon, before any opens).
@@ -160,8 +179,31 @@ impl Connections {
                 remote: peer,
                 proto: local.proto,
             };
-            self.register(stream, path);
+            let _ = stream.set_nodelay(true);
+            if local.proto != Protocol::Tls {
+                self.register(stream, path);
+                continue;
+            }
+            let Some(acceptor) = self.tls.load_full() else {
+                self.counters.tls_failures.fetch_add(1, Ordering::Relaxed);
+                continue;
+            };
+            let connections = self.clone();
+            tokio::spawn(async move {
+                match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+                    Ok(Ok(tls)) => {
+                        connections.register(tls, path);
+                    }
+                    Ok(Err(e)) => connections.handshake_failed(peer, &e),
+                    Err(_) => connections.handshake_failed(peer, &"timed out"),
+                }
+            });
         }
+    }
+
+    fn handshake_failed(&self, peer: SocketAddr, error: &dyn std::fmt::Display) {
+        self.counters.tls_failures.fetch_add(1, Ordering::Relaxed);
+        self.warn("TLS handshake failed", peer, error);
     }
 
     /// Whether one more connection from `peer` fits the limits.
@@ -182,9 +224,11 @@ impl Connections {
     }
 
     /// Puts an open connection in the table and starts its writer and reader.
-    fn register(self: &Arc<Self>, stream: TcpStream, path: Path) -> Entry {
-        let _ = stream.set_nodelay(true);
-        let (read, write) = stream.into_split();
+    fn register<S>(self: &Arc<Self>, stream: S, path: Path) -> Entry
+    where
+        S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
+    {
+        let (read, write) = tokio::io::split(stream);
         let (out, queue) = mpsc::channel(self.limits.queue);
         let key = (path.proto, path.remote);
         let entry = {
@@ -199,7 +243,7 @@ impl Connections {
         };
         tokio::spawn(write_loop(write, queue));
         let flow = Flow {
-            read,
+            read: Box::new(read),
             path,
             idle_timeout: self.limits.idle_timeout,
             _entry: EntryGuard {
@@ -258,6 +302,7 @@ impl Connections {
             Err(_) => return self.connect_failed(key, &"timed out"),
         };
         self.counters.connected.fetch_add(1, Ordering::Relaxed);
+        let _ = stream.set_nodelay(true);
         // The flow's local address is the listener Via named (where the
         // peer's answers would go if it had to connect back).
         let entry = self.register(stream, path);
@@ -281,7 +326,7 @@ impl Connections {
 
 /// Writes what is queued for one connection until the queue closes (the
 /// connection left the table) or the peer stops taking it.
-async fn write_loop(mut write: OwnedWriteHalf, mut queue: mpsc::Receiver<Vec<u8>>) {
+async fn write_loop<W: AsyncWrite + Unpin>(mut write: W, mut queue: mpsc::Receiver<Vec<u8>>) {
     while let Some(bytes) = queue.recv().await {
         if write.write_all(&bytes).await.is_err() {
             break;

@@ -328,7 +328,7 @@ impl ServerCertVerifier for UnverifiedServer {
 /// X25519 or P-256 today, which `ring` has; switching to `aws-lc-rs` is this
 /// one function and a Cargo feature when they move.
 #[allow(deprecated)]
-fn provider() -> Arc<CryptoProvider> {
+pub fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 

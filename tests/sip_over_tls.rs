@@ -1,0 +1,246 @@
+//! SIP over TLS end to end (issue 19). Debian's sipp has no TLS, so the
+//! caller here is a small client on rustls (tokio-rustls): certificates
+//! come from a CA the test makes on the spot (rcgen, in a temporary
+//! directory: no private key is checked in). With mutual TLS required, a
+//! client without a certificate is refused; one with the CA's certificate
+//! gets OPTIONS answered and places a call through Vigil to a sipp callee
+//! over UDP, then hangs up.
+
+mod support;
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use rcgen::{
+    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
+    KeyUsagePurpose,
+};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, pem::PemObject};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpSocket;
+use tokio_rustls::TlsConnector;
+use tokio_rustls::client::TlsStream;
+
+use support::{Net, Vigil, callee};
+
+/// A CA, a server certificate for `server_ip` and a client certificate.
+struct Pki {
+    dir: PathBuf,
+}
+
+impl Pki {
+    fn new(dir: &Path, server_ip: IpAddr) -> Pki {
+        let ca_key = KeyPair::generate().expect("CA key");
+        let mut params = CertificateParams::new(Vec::<String>::new()).expect("CA params");
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params
+            .distinguished_name
+            .push(DnType::CommonName, "test CA");
+        params.key_usages = vec![
+            KeyUsagePurpose::KeyCertSign,
+            KeyUsagePurpose::DigitalSignature,
+        ];
+        let ca_cert = params.self_signed(&ca_key).expect("CA certificate");
+        std::fs::write(dir.join("ca.pem"), ca_cert.pem()).expect("write");
+        let issuer = Issuer::new(params, ca_key);
+        for (name, san) in [
+            ("server", server_ip.to_string()),
+            ("client", "client.test".into()),
+        ] {
+            let key = KeyPair::generate().expect("key");
+            let mut params = CertificateParams::new(vec![san]).expect("params");
+            params.distinguished_name.push(DnType::CommonName, name);
+            params.extended_key_usages = vec![
+                ExtendedKeyUsagePurpose::ServerAuth,
+                ExtendedKeyUsagePurpose::ClientAuth,
+            ];
+            let cert = params.signed_by(&key, &issuer).expect("certificate");
+            std::fs::write(dir.join(format!("{name}.pem")), cert.pem()).expect("write");
+            std::fs::write(dir.join(format!("{name}.key")), key.serialize_pem()).expect("write");
+        }
+        Pki {
+            dir: dir.to_path_buf(),
+        }
+    }
+
+    fn file(&self, name: &str) -> PathBuf {
+        self.dir.join(name)
+    }
+
+    /// A client trusting the CA, presenting the client certificate if `with_cert`.
+    fn client(&self, with_cert: bool) -> TlsConnector {
+        let mut roots = rustls::RootCertStore::empty();
+        for cert in CertificateDer::pem_file_iter(self.file("ca.pem")).expect("ca") {
+            roots.add(cert.expect("cert")).expect("add");
+        }
+        let provider = vigil::transport::tls::provider();
+        let builder = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .expect("versions")
+            .with_root_certificates(roots);
+        let config = if with_cert {
+            let chain: Vec<CertificateDer<'static>> =
+                CertificateDer::pem_file_iter(self.file("client.pem"))
+                    .expect("chain")
+                    .map(|c| c.expect("cert"))
+                    .collect();
+            let key = PrivateKeyDer::from_pem_file(self.file("client.key")).expect("key");
+            builder
+                .with_client_auth_cert(chain, key)
+                .expect("client auth")
+        } else {
+            builder.with_no_client_auth()
+        };
+        TlsConnector::from(Arc::new(config))
+    }
+}
+
+async fn connect(
+    connector: &TlsConnector,
+    from: IpAddr,
+    to: SocketAddr,
+) -> std::io::Result<TlsStream<tokio::net::TcpStream>> {
+    let socket = TcpSocket::new_v4()?;
+    socket.bind(SocketAddr::new(from, 0))?;
+    let tcp = socket.connect(to).await?;
+    let name = ServerName::IpAddress(to.ip().into());
+    connector.connect(name, tcp).await
+}
+
+/// Reads from `tls` until a response whose first line starts with `status`
+/// (and carries `cseq`) arrives; returns it.
+async fn response(
+    tls: &mut TlsStream<tokio::net::TcpStream>,
+    seen: &mut String,
+    status: &str,
+    cseq: &str,
+) -> String {
+    let mut buf = [0u8; 8192];
+    loop {
+        // Each response's head: from its status line to the blank line (a
+        // body before it is another message's).
+        let found = seen.match_indices(status).find_map(|(at, _)| {
+            let head = seen[at..].split("\r\n\r\n").next()?;
+            head.contains(&format!("CSeq: {cseq}"))
+                .then(|| head.to_string())
+        });
+        if let Some(found) = found {
+            return found;
+        }
+        let n = tokio::time::timeout(Duration::from_secs(20), tls.read(&mut buf))
+            .await
+            .unwrap_or_else(|_| panic!("no {status} to {cseq} within 10 s; got so far:\n{seen}"))
+            .expect("read");
+        assert!(n > 0, "Vigil closed the connection; got so far:\n{seen}");
+        seen.push_str(&String::from_utf8_lossy(&buf[..n]));
+    }
+}
+
+fn header<'a>(message: &'a str, name: &str) -> &'a str {
+    message
+        .lines()
+        .find_map(|l| l.strip_prefix(name))
+        .map(str::trim)
+        .unwrap_or_default()
+}
+
+#[test]
+fn a_tls_caller_with_a_certificate_calls_a_udp_callee_and_one_without_is_refused() {
+    let net = Net::new(187);
+    let dir = tempfile::tempdir().expect("temp dir");
+    let pki = Pki::new(dir.path(), net.vigil);
+    let tls_at = SocketAddr::new(net.vigil, 5061);
+    let config = net
+        .config(
+            &dir.path().join("cdr.jsonl"),
+            &format!(
+                "tls: {{ certificate: \"{}\", key: \"{}\", ca: \"{}\", require_client_certificate: true }}\n",
+                pki.file("server.pem").display(),
+                pki.file("server.key").display(),
+                pki.file("ca.pem").display()
+            ),
+        )
+        .replacen(
+            &format!("listen: [\"udp:{}:5060\"]", net.vigil),
+            &format!("listen: [\"udp:{v}:5060\", \"tls:{v}:5061\"]", v = net.vigil),
+            1,
+        );
+    let vigil = Vigil::start_with(net, tempfile::tempdir().expect("dir"), &config);
+    let uas = callee(net, None, &[]);
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    runtime.block_on(async {
+        // Mutual TLS: no certificate, no connection.
+        let refused = async {
+            let mut tls = connect(&pki.client(false), net.caller, tls_at).await?;
+            tls.write_all(b"\r\n\r\n").await?;
+            let mut buf = [0u8; 16];
+            match tls.read(&mut buf).await? {
+                0 => Err(std::io::Error::other("closed")),
+                _ => Ok(()),
+            }
+        };
+        assert!(refused.await.is_err(), "a client without a certificate is refused");
+
+        let mut tls = connect(&pki.client(true), net.caller, tls_at)
+            .await
+            .expect("a client with the CA's certificate connects");
+        let (v, c) = (net.vigil, net.caller);
+        let mut seen = String::new();
+        let options = format!(
+            "OPTIONS sip:{v}:5061;transport=tls SIP/2.0\r\nVia: SIP/2.0/TLS {c}:5999;branch=z9hG4bK-tls-o\r\n\
+             From: <sip:a@{c}>;tag=1\r\nTo: <sip:{v}>\r\nCall-ID: tls-options\r\nCSeq: 1 OPTIONS\r\n\
+             Content-Length: 0\r\n\r\n"
+        );
+        tls.write_all(options.as_bytes()).await.expect("write");
+        let ok = response(&mut tls, &mut seen, "SIP/2.0 200", "1 OPTIONS").await;
+        assert!(header(&ok, "Via:").starts_with("SIP/2.0/TLS"), "{ok}");
+
+        let sdp = format!("v=0\r\no=- 1 1 IN IP4 {c}\r\ns=-\r\nc=IN IP4 {c}\r\nt=0 0\r\nm=audio 4000 RTP/AVP 0\r\n");
+        let invite = format!(
+            "INVITE sip:0049301234@{v}:5061;transport=tls SIP/2.0\r\nVia: SIP/2.0/TLS {c}:5999;branch=z9hG4bK-tls-i\r\n\
+             Max-Forwards: 70\r\nFrom: <sip:1001@{c}>;tag=caller\r\nTo: <sip:0049301234@{v}>\r\n\
+             Call-ID: tls-call\r\nCSeq: 1 INVITE\r\nContact: <sip:1001@{c}:5999;transport=tls>\r\n\
+             Content-Type: application/sdp\r\nContent-Length: {}\r\n\r\n{sdp}",
+            sdp.len()
+        );
+        tls.write_all(invite.as_bytes()).await.expect("write");
+        let answered = response(&mut tls, &mut seen, "SIP/2.0 200", "1 INVITE").await;
+        let to = header(&answered, "To:").to_string();
+        let contact = header(&answered, "Contact:").to_string();
+        assert!(contact.contains("transport=tls"), "Vigil's Contact asks for TLS: {contact}");
+        let ack = format!(
+            "ACK sip:{v}:5061;transport=tls SIP/2.0\r\nVia: SIP/2.0/TLS {c}:5999;branch=z9hG4bK-tls-a\r\n\
+             Max-Forwards: 70\r\nFrom: <sip:1001@{c}>;tag=caller\r\nTo: {to}\r\nCall-ID: tls-call\r\n\
+             CSeq: 1 ACK\r\nContent-Length: 0\r\n\r\n"
+        );
+        tls.write_all(ack.as_bytes()).await.expect("write");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let bye = format!(
+            "BYE sip:{v}:5061;transport=tls SIP/2.0\r\nVia: SIP/2.0/TLS {c}:5999;branch=z9hG4bK-tls-b\r\n\
+             Max-Forwards: 70\r\nFrom: <sip:1001@{c}>;tag=caller\r\nTo: {to}\r\nCall-ID: tls-call\r\n\
+             CSeq: 2 BYE\r\nContent-Length: 0\r\n\r\n"
+        );
+        tls.write_all(bye.as_bytes()).await.expect("write");
+        if tokio::time::timeout(
+            Duration::from_secs(10),
+            response(&mut tls, &mut seen, "SIP/2.0 200", "2 BYE"),
+        )
+        .await
+        .is_err()
+        {
+            panic!("no 200 to the BYE:\n{seen}\n--- vigil ---\n{}", vigil.log());
+        }
+    });
+    uas.stop();
+    let stopped = vigil.stop();
+    let cdrs = support::read_cdrs(&dir.path().join("cdr.jsonl"));
+    assert_eq!(cdrs.len(), 1, "{}", stopped.log);
+    assert_eq!(cdrs[0]["end_reason"], "caller-bye", "{}", cdrs[0]);
+    assert!(
+        stopped.log.contains("TLS handshake failed"),
+        "{}",
+        stopped.log
+    );
+}
