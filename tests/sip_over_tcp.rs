@@ -181,3 +181,28 @@ fn bad_streams_are_closed_and_a_keepalive_ping_gets_its_pong() {
     let stopped = vigil.stop();
     assert!(stopped.status.success(), "{}", stopped.log);
 }
+
+#[test]
+fn a_trunk_over_tcp_gets_its_calls_on_a_connection_vigil_opens() {
+    let net = Net::new(188);
+    let dir = tempfile::tempdir().expect("temp dir");
+    let config = net.config(&dir.path().join("cdr.jsonl"), "").replacen(
+        &format!("outbound: {{ to: \"{}:5080\" }}", net.callee),
+        &format!(
+            "outbound: {{ to: \"{}:5080\" }}\n    transport: tcp",
+            net.callee
+        ),
+        1,
+    );
+    assert!(config.contains("transport: tcp"), "{config}");
+    let vigil = Vigil::start_with(net, dir, &config);
+    let uas = callee(net, None, &["-t", "t1", "-max_socket", "100"]);
+    caller(net, net.caller, None, "0049301234", &["-m", "3", "-r", "5"])
+        .expect_success(Duration::from_secs(30));
+    uas.stop();
+    let stopped = vigil.stop();
+    assert_eq!(stopped.cdrs.len(), 3, "{}", stopped.log);
+    for cdr in &stopped.cdrs {
+        assert_eq!(cdr["end_reason"], "caller-bye", "{cdr}");
+    }
+}

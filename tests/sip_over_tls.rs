@@ -23,7 +23,7 @@ use tokio::net::TcpSocket;
 use tokio_rustls::TlsConnector;
 use tokio_rustls::client::TlsStream;
 
-use support::{Net, Vigil, callee};
+use support::{Net, Vigil, callee, caller};
 
 /// A CA, a server certificate for `server_ip` and a client certificate.
 struct Pki {
@@ -243,4 +243,74 @@ fn a_tls_caller_with_a_certificate_calls_a_udp_callee_and_one_without_is_refused
         "{}",
         stopped.log
     );
+}
+
+/// A carrier reached over TLS: Vigil opens the connection, checks the
+/// carrier's certificate against its own CA and address, and the call goes
+/// through. The carrier here is a second Vigil with a `tls:` listener (in
+/// front of a sipp callee over UDP); the caller is sipp over UDP.
+#[test]
+fn a_trunk_over_tls_is_reached_on_a_verified_connection() {
+    let edge = Net::new(189);
+    let carrier = Net::new(190);
+    let dir = tempfile::tempdir().expect("temp dir");
+    let pki = Pki::new(dir.path(), carrier.vigil);
+    let tls_section = format!(
+        "tls: {{ certificate: \"{}\", key: \"{}\", ca: \"{}\" }}\n",
+        pki.file("server.pem").display(),
+        pki.file("server.key").display(),
+        pki.file("ca.pem").display()
+    );
+    // The carrier: takes calls from the edge over TLS and from its own
+    // caller address (the readiness check), sends them to its callee.
+    let carrier_config = format!(
+        r#"listen: ["udp:{v}:5060", "tls:{v}:5061"]
+trunks:
+  - name: edge
+    inbound: {{ from: ["{edge}/32", "{caller}/32"] }}
+    route_to: callee
+  - name: callee
+    outbound: {{ to: "{callee}:5080" }}
+cdr: {{ path: "{cdr}" }}
+log: {{ level: "info", format: json }}
+{tls_section}"#,
+        v = carrier.vigil,
+        edge = edge.vigil,
+        caller = carrier.caller,
+        callee = carrier.callee,
+        cdr = dir.path().join("carrier-cdr.jsonl").display(),
+    );
+    let carrier_vigil =
+        Vigil::start_with(carrier, tempfile::tempdir().expect("dir"), &carrier_config);
+    let edge_config = edge
+        .config(&dir.path().join("edge-cdr.jsonl"), &tls_section)
+        .replacen(
+            &format!("outbound: {{ to: \"{}:5080\" }}", edge.callee),
+            &format!(
+                "outbound: {{ to: \"{}:5061\" }}\n    transport: tls",
+                carrier.vigil
+            ),
+            1,
+        );
+    let edge_vigil = Vigil::start_with(edge, tempfile::tempdir().expect("dir"), &edge_config);
+    let uas = callee(carrier, None, &[]);
+    caller(
+        edge,
+        edge.caller,
+        None,
+        "0049301234",
+        &["-m", "2", "-r", "5"],
+    )
+    .expect_success(Duration::from_secs(30));
+    uas.stop();
+    let edge_stopped = edge_vigil.stop();
+    let carrier_stopped = carrier_vigil.stop();
+    let edge_cdrs = support::read_cdrs(&dir.path().join("edge-cdr.jsonl"));
+    let carrier_cdrs = support::read_cdrs(&dir.path().join("carrier-cdr.jsonl"));
+    assert_eq!(edge_cdrs.len(), 2, "{}", edge_stopped.log);
+    assert_eq!(carrier_cdrs.len(), 2, "{}", carrier_stopped.log);
+    for cdr in edge_cdrs.iter().chain(&carrier_cdrs) {
+        assert_eq!(cdr["end_reason"], "caller-bye", "{cdr}");
+    }
+    assert_eq!(carrier_cdrs[0]["trunk_in"], "edge");
 }

@@ -116,9 +116,13 @@ fn attempt(gateway: &Gateway, outcome: String) -> Attempt {
 
 /// Where the B leg goes for `gateway`, or `None` when no socket reaches it.
 pub fn outbound_to(gateway: &Gateway, sockets: &[LocalSocket]) -> Option<Outbound> {
-    let socket = LocalSocket::for_target(sockets, gateway.addr)?;
+    let socket = LocalSocket::for_target_over(sockets, gateway.addr, gateway.proto)?;
     Some(Outbound {
-        path: Path::udp(socket.bind, gateway.addr),
+        path: Path {
+            local: socket.bind,
+            remote: gateway.addr,
+            proto: gateway.proto,
+        },
         advertised: socket.advertised,
         timer: gateway.session_timer,
         request_uri: None,

@@ -206,6 +206,12 @@ impl Checker {
             }
         }
         for (i, t) in raw.trunks.iter().enumerate() {
+            if t.transport == Some(Protocol::Tls) && tls.is_none() {
+                self.problem(
+                    format!("trunks[{i}].transport"),
+                    "tls needs a `tls:` section (the certificate Vigil presents)",
+                );
+            }
             if t.tls_verify.is_some() && tls.is_none() {
                 self.problem(
                     format!("trunks[{i}].tls_verify"),
@@ -516,6 +522,7 @@ impl Checker {
                     .as_ref()
                     .and_then(|r| self.check_register(&key, r)),
                 tls_verify: t.tls_verify.unwrap_or(verify_server),
+                transport: t.transport.unwrap_or_default(),
             });
         }
         for (i, t) in raw.iter().enumerate() {

@@ -204,6 +204,9 @@ pub(super) struct FileTrunk {
     /// when absent).
     #[serde(default)]
     pub(super) tls_verify: Option<bool>,
+    /// How calls to its gateways travel: `udp` (default), `tcp` or `tls`.
+    #[serde(default)]
+    pub(super) transport: Option<crate::sip::Protocol>,
 }
 
 #[derive(Debug, Deserialize)]

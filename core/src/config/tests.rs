@@ -94,8 +94,8 @@ fn every_unknown_key_is_reported_with_the_other_problems() {
         rendered,
         [
             "vigil.yaml:2: listen[1].adress: unknown key, expected one of `addr`, `advertise`",
-            "vigil.yaml:7: trunks[0].rout_to: unknown key, expected one of `name`, `inbound`, `outbound`, `route_to`, `session_timer`, `policy`, `media`, `auth`, `register`, `tls_verify`",
-            "vigil.yaml:12: trunks[2].colour: unknown key, expected one of `name`, `inbound`, `outbound`, `route_to`, `session_timer`, `policy`, `media`, `auth`, `register`, `tls_verify`",
+            "vigil.yaml:7: trunks[0].rout_to: unknown key, expected one of `name`, `inbound`, `outbound`, `route_to`, `session_timer`, `policy`, `media`, `auth`, `register`, `tls_verify`, `transport`",
+            "vigil.yaml:12: trunks[2].colour: unknown key, expected one of `name`, `inbound`, `outbound`, `route_to`, `session_timer`, `policy`, `media`, `auth`, `register`, `tls_verify`, `transport`",
             "vigil.yaml:17: sesion_timer: unknown key, expected one of `listen`, `trunks`, `routes`, `cdr`, `log`, `sip`, `session_timer`, `registrar`, `users`, `nat_keepalive`, `policy`, `control`, `metrics`, `trace`, `limits`, `media`, `dns`, `tls`",
             "vigil.yaml:18: session_timer.tll: unknown key, expected one of `ttl`, `update_segment`, `early_hangup`, `no_timer_max_duration`, `min_se`, `refresh_method`, `prefer_refresher`, `refresh_non_timer_peers`, `allow_short_intervals`",
             "vigil.yaml:14: routes[0].trunk: no trunk named \"nowhere\"",

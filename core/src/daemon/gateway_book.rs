@@ -5,7 +5,8 @@
 //! lookups themselves run on their own task (`dns`); a call never waits on
 //! them, it only ever sees the last table.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
+use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Instant;
 
@@ -17,6 +18,8 @@ use super::worker::WorkerInput;
 use crate::config::Config;
 use crate::dns::{DnsEvent, DnsSettings, GatewayName};
 use crate::gateway::{Gateways, Resolved};
+use crate::sip::Protocol;
+use crate::transport::connections::{Connections, TlsPeer};
 
 /// What the table is built from, and the resolver that feeds it.
 pub struct GatewayBook {
@@ -28,6 +31,8 @@ pub struct GatewayBook {
     resolver: Option<(DnsHandle, DnsSettings)>,
     /// Where the resolver's events go (to [`follow_dns`]).
     events: mpsc::UnboundedSender<DnsEvent>,
+    /// The connections TLS gateways are reached on: told each one's name.
+    connections: Arc<Connections>,
 }
 
 /// The book, shared by the DNS follower and the reloader.
@@ -37,8 +42,12 @@ impl GatewayBook {
     /// The book for the config at start, its table, and the receiver of DNS
     /// events for [`follow_dns`]. Starts the resolver if a trunk names a
     /// gateway by host (in the tokio runtime).
-    pub fn start(config: Arc<Config>) -> (SharedBook, mpsc::UnboundedReceiver<DnsEvent>) {
+    pub fn start(
+        config: Arc<Config>,
+        connections: Arc<Connections>,
+    ) -> (SharedBook, mpsc::UnboundedReceiver<DnsEvent>) {
         let table = Gateways::build(&config, None, Instant::now(), &Resolved::new());
+        connections.set_tls_peers(tls_peers(&table));
         let (events, receiver) = mpsc::unbounded_channel();
         let mut book = GatewayBook {
             config: config.clone(),
@@ -46,6 +55,7 @@ impl GatewayBook {
             table: Arc::new(ArcSwap::from_pointee(table)),
             resolver: None,
             events,
+            connections,
         };
         book.follow_names(&config);
         (Arc::new(Mutex::new(book)), receiver)
@@ -95,6 +105,7 @@ impl GatewayBook {
             Instant::now(),
             &self.resolved,
         ));
+        self.connections.set_tls_peers(tls_peers(&table));
         self.table.store(table.clone());
         table
     }
@@ -145,4 +156,19 @@ pub async fn follow_dns(
             }
         }
     }
+}
+
+/// The TLS gateways' addresses and the names their certificates must carry.
+fn tls_peers(table: &Gateways) -> HashMap<SocketAddr, TlsPeer> {
+    table
+        .all()
+        .filter(|g| g.proto == Protocol::Tls)
+        .map(|g| {
+            let peer = TlsPeer {
+                name: g.tls_name.clone(),
+                verify: g.tls_verify,
+            };
+            (g.addr, peer)
+        })
+        .collect()
 }

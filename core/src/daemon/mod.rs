@@ -123,9 +123,7 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
     let config = Arc::new(config);
     let transport = Arc::new(Transport::bind(&config.listen)?);
     if let Some(tls) = &config.tls {
-        transport
-            .connections()
-            .set_tls(crate::transport::tls::server_config(tls)?);
+        tls_setup(tls)?.apply(transport.connections());
     }
     let metrics_endpoint = match config.metrics_listen {
         Some(addr) => Some(
@@ -155,7 +153,8 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
     )?;
     let location_view = registrar_shared.as_ref().map(|(view, _)| view.clone());
     let budget = Arc::new(TxBudget::new(&config.limits));
-    let (gateway_book, dns_events) = GatewayBook::start(config.clone());
+    let (gateway_book, dns_events) =
+        GatewayBook::start(config.clone(), transport.connections().clone());
     let gateways = gateway_book
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -520,4 +519,38 @@ async fn wait_for_signal(reloads: &mpsc::Sender<ReloadRequest>) -> Result<(), Da
             }
         }
     }
+}
+
+/// The TLS configs built from `tls:`: the server's (TLS listeners) and the
+/// client's (trunks over TLS, checking or trusting their certificates).
+pub(crate) struct TlsSetup {
+    server: Arc<rustls::ServerConfig>,
+    clients: crate::transport::connections::TlsClients,
+}
+
+impl TlsSetup {
+    pub(crate) fn apply(self, connections: &crate::transport::connections::Connections) {
+        connections.set_tls(self.server);
+        connections.set_tls_client(self.clients);
+    }
+}
+
+/// Reads the certificate, key and CA files `tls` names; a bad one stops a
+/// start and refuses a reload.
+pub(crate) fn tls_setup(
+    tls: &crate::config::TlsConfig,
+) -> Result<TlsSetup, crate::transport::tls::TlsSetupError> {
+    use crate::transport::tls::{client_config, server_config};
+    let verifying = client_config(tls, true)
+        .inspect_err(
+            |e| tracing::warn!(error = %e, "TLS trunks that verify their server cannot connect"),
+        )
+        .ok();
+    Ok(TlsSetup {
+        server: server_config(tls)?,
+        clients: crate::transport::connections::TlsClients {
+            verifying,
+            trusting: client_config(tls, false)?,
+        },
+    })
 }

@@ -243,11 +243,9 @@ impl Reloader {
         // The certificates are read again: a bad one refuses the reload
         // before anything changed.
         let tls_server = match &config.tls {
-            Some(tls) => Some(crate::transport::tls::server_config(tls).map_err(|source| {
-                ReloadError::Tls {
-                    file: self.path.clone(),
-                    source,
-                }
+            Some(tls) => Some(super::tls_setup(tls).map_err(|source| ReloadError::Tls {
+                file: self.path.clone(),
+                source,
             })?),
             None => None,
         };
@@ -292,8 +290,8 @@ impl Reloader {
             self.targets.overload.send_replace(Arc::new(overload));
             self.targets.budget.set_limits(&config.limits);
         }
-        if let Some(server) = tls_server {
-            listening.transport.connections().set_tls(server);
+        if let Some(setup) = tls_server {
+            setup.apply(listening.transport.connections());
         }
         self.targets.ingress.send_replace(config.clone());
         listening.transport.trace().configure(&config);

@@ -56,6 +56,12 @@ pub struct Gateway {
     pub session_timer: SessionTimerConfig,
     /// Its trunk's credentials for the carrier's challenges.
     pub auth: Option<Arc<TrunkAuth>>,
+    /// Its trunk's `transport`.
+    pub proto: crate::sip::Protocol,
+    /// Over TLS: the name its certificate must carry (the host the config
+    /// names it by, else its IP), and whether it is checked at all.
+    pub tls_name: String,
+    pub tls_verify: bool,
     /// The instant its health times count from.
     epoch: Instant,
     health: Health,
@@ -148,6 +154,12 @@ impl Gateways {
                         probe: outbound.probe.clone(),
                         session_timer: trunk.session_timer,
                         auth: trunk.auth.clone(),
+                        proto: trunk.transport,
+                        tls_name: match &g.target {
+                            DnsGateway::Name(name) => name.host().to_string(),
+                            DnsGateway::Addr(_) => target.addr.ip().to_string(),
+                        },
+                        tls_verify: trunk.tls_verify,
                         epoch,
                         health,
                     })

@@ -87,6 +87,22 @@ pub struct Flow {
     _entry: EntryGuard,
 }
 
+/// The client configs for TLS trunks: one that checks the server's
+/// certificate, one that does not (a trunk with `tls_verify: false`).
+pub struct TlsClients {
+    /// `None` when no trust anchors could be loaded (no `tls.ca` and no
+    /// system store): a trunk that verifies then cannot connect, and says why.
+    pub verifying: Option<Arc<rustls::ClientConfig>>,
+    pub trusting: Arc<rustls::ClientConfig>,
+}
+
+/// A TLS peer Vigil connects to: the name its certificate must carry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsPeer {
+    pub name: String,
+    pub verify: bool,
+}
+
 /// Runs a connection's reader (the daemon's framing and dispatch).
 pub type ReaderSpawner = Arc<dyn Fn(Flow) + Send + Sync>;
 
@@ -112,6 +128,10 @@ pub struct Connections {
     limits: StreamLimits,
     /// The server side of TLS listeners (set at start and on reload).
     tls: arc_swap::ArcSwapOption<tokio_rustls::TlsAcceptor>,
+    /// The client side, for connections Vigil opens to TLS trunks.
+    tls_client: arc_swap::ArcSwapOption<TlsClients>,
+    /// What each TLS peer's certificate must name, and whether it is checked.
+    tls_peers: Mutex<HashMap<SocketAddr, TlsPeer>>,
     reader: OnceLock<ReaderSpawner>,
     pub counters: ConnectionCounters,
     log: Mutex<RateLimit>,
@@ -123,6 +143,8 @@ impl Connections {
             table: Mutex::default(),
             limits,
             tls: arc_swap::ArcSwapOption::empty(),
+            tls_client: arc_swap::ArcSwapOption::empty(),
+            tls_peers: Mutex::default(),
             reader: OnceLock::new(),
             counters: ConnectionCounters::default(),
             log: Mutex::new(RateLimit::new(5, Duration::from_secs(10))),
@@ -133,6 +155,19 @@ impl Connections {
     pub fn set_tls(&self, config: Arc<rustls::ServerConfig>) {
         self.tls
             .store(Some(Arc::new(tokio_rustls::TlsAcceptor::from(config))));
+    }
+
+    /// The client configs for TLS connections Vigil opens from now on.
+    pub fn set_tls_client(&self, clients: TlsClients) {
+        self.tls_client.store(Some(Arc::new(clients)));
+    }
+
+    /// The TLS peers Vigil may connect to, by address (the gateway table's).
+    pub fn set_tls_peers(&self, peers: HashMap<SocketAddr, TlsPeer>) {
+        *self
+            .tls_peers
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = peers;
     }
 
     /// Who reads connections (set once, by the daemon, before any opens).
@@ -274,11 +309,6 @@ impl Connections {
             waiting.push(transmit.bytes.clone());
             return;
         }
-        if transmit.proto != Protocol::Tcp {
-            // TLS connections are only accepted for now: nothing to send on.
-            self.counters.dropped.fetch_add(1, Ordering::Relaxed);
-            return;
-        }
         table.connecting.insert(key, vec![transmit.bytes.clone()]);
         drop(table);
         tokio::spawn(self.clone().connect(transmit.path()));
@@ -293,6 +323,11 @@ impl Connections {
             } else {
                 TcpSocket::new_v6()?
             };
+            // From the address Via names (a peer admits trunks by address),
+            // on a port of the kernel's choosing.
+            if !path.local.ip().is_unspecified() && path.local.is_ipv4() == path.remote.is_ipv4() {
+                socket.bind(SocketAddr::new(path.local.ip(), 0))?;
+            }
             socket.connect(path.remote).await
         };
         let result = tokio::time::timeout(self.limits.connect_timeout, attempt).await;
@@ -301,17 +336,65 @@ impl Connections {
             Ok(Err(e)) => return self.connect_failed(key, &e),
             Err(_) => return self.connect_failed(key, &"timed out"),
         };
-        self.counters.connected.fetch_add(1, Ordering::Relaxed);
         let _ = stream.set_nodelay(true);
         // The flow's local address is the listener Via named (where the
         // peer's answers would go if it had to connect back).
-        let entry = self.register(stream, path);
+        let entry = if path.proto == Protocol::Tls {
+            match self.tls_handshake(stream, path.remote).await {
+                Ok(tls) => self.register(tls, path),
+                Err(e) => {
+                    self.counters.tls_failures.fetch_add(1, Ordering::Relaxed);
+                    return self.connect_failed(key, &e);
+                }
+            }
+        } else {
+            self.register(stream, path)
+        };
+        self.counters.connected.fetch_add(1, Ordering::Relaxed);
         let waiting = self.lock().connecting.remove(&key).unwrap_or_default();
         for bytes in waiting {
             if entry.out.try_send(bytes).is_err() {
                 self.counters.dropped.fetch_add(1, Ordering::Relaxed);
             }
         }
+    }
+
+    /// The client side of TLS on a connection Vigil opened to `peer`: its
+    /// certificate is checked against the name the gateway table gives it
+    /// (its IP without one) unless its trunk says not to.
+    async fn tls_handshake(
+        &self,
+        stream: tokio::net::TcpStream,
+        peer: SocketAddr,
+    ) -> Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>, String> {
+        let clients = self
+            .tls_client
+            .load_full()
+            .ok_or("no tls: section to connect with")?;
+        let known = self
+            .tls_peers
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(&peer)
+            .cloned();
+        let TlsPeer { name, verify } = known.unwrap_or(TlsPeer {
+            name: peer.ip().to_string(),
+            verify: true,
+        });
+        let config = if verify {
+            clients
+                .verifying
+                .clone()
+                .ok_or("no trust anchors to verify the server with (give tls.ca)")?
+        } else {
+            clients.trusting.clone()
+        };
+        let name = super::tls::server_name(&name).map_err(|e| e.to_string())?;
+        let connector = tokio_rustls::TlsConnector::from(config);
+        tokio::time::timeout(HANDSHAKE_TIMEOUT, connector.connect(name, stream))
+            .await
+            .map_err(|_| "TLS handshake timed out".to_string())?
+            .map_err(|e| e.to_string())
     }
 
     fn connect_failed(&self, key: Key, error: &dyn std::fmt::Display) {

@@ -49,14 +49,35 @@ pub struct LocalSocket {
 }
 
 impl LocalSocket {
-    /// The UDP socket to reach `target` from (trunks and registered
-    /// contacts are reached over UDP): same address family, preferring one
-    /// bound to the same kind of address (loopback to loopback).
+    /// The UDP socket to reach `target` from (registered contacts are
+    /// reached over UDP): see [`LocalSocket::for_target_over`].
     pub fn for_target(sockets: &[LocalSocket], target: SocketAddr) -> Option<LocalSocket> {
+        LocalSocket::for_target_over(sockets, target, crate::sip::Protocol::Udp)
+    }
+
+    /// The socket whose address Via and Contact name for a message to
+    /// `target` over `proto`: one of that transport and address family,
+    /// preferring one bound to the same kind of address (loopback to
+    /// loopback). Without a listener of that transport, a UDP socket's
+    /// address serves (the peer answers on the connection Vigil opens).
+    pub fn for_target_over(
+        sockets: &[LocalSocket],
+        target: SocketAddr,
+        proto: crate::sip::Protocol,
+    ) -> Option<LocalSocket> {
+        LocalSocket::pick(sockets, target, proto)
+            .or_else(|| LocalSocket::pick(sockets, target, crate::sip::Protocol::Udp))
+            .map(|s| LocalSocket { proto, ..s })
+    }
+
+    fn pick(
+        sockets: &[LocalSocket],
+        target: SocketAddr,
+        proto: crate::sip::Protocol,
+    ) -> Option<LocalSocket> {
         let target_ip = crate::config::canonical_ip(target.ip());
-        let same_family = |s: &&LocalSocket| {
-            s.proto == crate::sip::Protocol::Udp && s.bind.is_ipv4() == target.is_ipv4()
-        };
+        let same_family =
+            |s: &&LocalSocket| s.proto == proto && s.bind.is_ipv4() == target.is_ipv4();
         sockets
             .iter()
             .filter(same_family)
