@@ -21,7 +21,8 @@ fn with_tcp(net: Net) -> String {
 
 fn start(net: Net, extra: &str) -> Vigil {
     let dir = tempfile::tempdir().expect("temp dir");
-    let config = net.config(&dir.path().join("cdr.jsonl"), extra).replacen(
+    let extra = extra.replace("{dir}", &dir.path().display().to_string());
+    let config = net.config(&dir.path().join("cdr.jsonl"), &extra).replacen(
         &format!("listen: [\"udp:{}:5060\"]\n", net.vigil),
         &with_tcp(net),
         1,
@@ -205,4 +206,167 @@ fn a_trunk_over_tcp_gets_its_calls_on_a_connection_vigil_opens() {
     for cdr in &stopped.cdrs {
         assert_eq!(cdr["end_reason"], "caller-bye", "{cdr}");
     }
+}
+
+/// A phone on one TCP connection: it registers (with digest), then answers
+/// what comes on that connection.
+struct TcpPhone {
+    stream: TcpStream,
+    framer: vigil::transport::stream::StreamFramer,
+    /// Everything that arrived, as frames.
+    pings: usize,
+}
+
+impl TcpPhone {
+    fn connect(from: std::net::IpAddr, to: SocketAddr) -> TcpPhone {
+        let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)
+            .expect("socket");
+        socket.bind(&SocketAddr::new(from, 0).into()).expect("bind");
+        socket.connect(&to.into()).expect("connect");
+        let stream: TcpStream = socket.into();
+        stream
+            .set_read_timeout(Some(Duration::from_millis(200)))
+            .expect("timeout");
+        TcpPhone {
+            stream,
+            framer: vigil::transport::stream::StreamFramer::new(Default::default()),
+            pings: 0,
+        }
+    }
+
+    fn send(&mut self, bytes: &[u8]) {
+        self.stream.write_all(bytes).expect("write");
+    }
+
+    /// The next SIP message within `wait` (CRLF pings are counted).
+    fn next(&mut self, wait: Duration) -> Option<vigil::sip::Message> {
+        use vigil::transport::stream::Frame;
+        let deadline = std::time::Instant::now() + wait;
+        loop {
+            while let Some(frame) = self.framer.next(std::time::Instant::now()) {
+                match frame.expect("Vigil frames its messages") {
+                    Frame::Message(bytes) => return vigil::sip::decode(&bytes).ok(),
+                    Frame::Ping => self.pings += 1,
+                    Frame::Pong => {}
+                }
+            }
+            if std::time::Instant::now() >= deadline {
+                return None;
+            }
+            let mut buf = [0u8; 8192];
+            match self.stream.read(&mut buf) {
+                Ok(0) => return None,
+                Ok(n) => self.framer.push(&buf[..n]),
+                Err(_) => {}
+            }
+        }
+    }
+
+    fn request(&mut self, wait: Duration) -> vigil::sip::Request {
+        loop {
+            match self.next(wait) {
+                Some(vigil::sip::Message::Request(r)) => return r,
+                Some(_) => continue,
+                None => panic!("no request within {wait:?}"),
+            }
+        }
+    }
+
+    fn response(&mut self, wait: Duration) -> vigil::sip::Response {
+        loop {
+            match self.next(wait) {
+                Some(vigil::sip::Message::Response(r)) if r.status >= 200 => return r,
+                Some(_) => continue,
+                None => panic!("no response within {wait:?}"),
+            }
+        }
+    }
+}
+
+#[test]
+fn a_phone_registered_over_tcp_is_called_and_pinged_on_its_connection_and_gone_with_it() {
+    let net = Net::new(191);
+    let vigil = start(
+        net,
+        "registrar: { domain: vigil.local, db: \"{dir}/registrar.db\", min_expires: 1 }\n\
+         users:\n  - { user: \"1002\", password: secret1002 }\n\
+         nat_keepalive: { period: 1, allow_short_intervals: true }\n",
+    );
+    let phone_ip: std::net::IpAddr = "127.0.191.5".parse().expect("ip");
+    let mut phone = TcpPhone::connect(phone_ip, net.vigil_addr());
+    let local = phone.stream.local_addr().expect("local");
+    let register = format!(
+        "REGISTER sip:vigil.local SIP/2.0\r\nVia: SIP/2.0/TCP {local};branch=z9hG4bK-reg1;rport\r\n\
+         Max-Forwards: 70\r\nFrom: <sip:1002@vigil.local>;tag=p1\r\nTo: <sip:1002@vigil.local>\r\n\
+         Call-ID: tcp-phone\r\nCSeq: 1 REGISTER\r\nContact: <sip:1002@{local};transport=tcp>\r\n\
+         Expires: 300\r\nContent-Length: 0\r\n\r\n"
+    );
+    phone.send(register.as_bytes());
+    let challenge = phone.response(Duration::from_secs(5));
+    assert_eq!(challenge.status, 401);
+    let Ok(vigil::sip::Message::Request(sent)) = vigil::sip::decode(register.as_bytes()) else {
+        panic!("our REGISTER decodes");
+    };
+    let auth = vigil::config::TrunkAuth {
+        user: "1002".into(),
+        password: "secret1002".into(),
+    };
+    let again =
+        vigil::uplink::auth::authorize(&sent, &challenge, &auth, "z9hG4bK-reg2".into(), "c")
+            .expect("credentials");
+    phone.send(&again.encode());
+    assert_eq!(phone.response(Duration::from_secs(5)).status, 200);
+
+    // A call from the trunk comes on the phone's connection.
+    let uac = caller(net, net.caller, None, "1002", &["-m", "1", "-d", "500"]);
+    let invite = phone.request(Duration::from_secs(10));
+    assert_eq!(invite.method, vigil::sip::Method::Invite);
+    assert!(
+        invite.top_via().transport.eq_ignore_ascii_case("TCP"),
+        "{:?}",
+        invite.via
+    );
+    let mut ok = invite.response(200);
+    ok.to.set_tag("phone");
+    ok.headers.push(
+        vigil::sip::HeaderName::Contact,
+        format!("<sip:1002@{local};transport=tcp>"),
+    );
+    ok.headers
+        .push(vigil::sip::HeaderName::ContentType, "application/sdp");
+    ok.body = format!(
+        "v=0\r\no=- 1 1 IN IP4 {phone_ip}\r\ns=-\r\nc=IN IP4 {phone_ip}\r\nt=0 0\r\nm=audio 4000 RTP/AVP 0\r\n"
+    )
+    .into_bytes();
+    phone.send(&ok.encode());
+    let ack = phone.request(Duration::from_secs(5));
+    assert_eq!(ack.method, vigil::sip::Method::Ack);
+    let bye = phone.request(Duration::from_secs(5));
+    assert_eq!(bye.method, vigil::sip::Method::Bye);
+    phone.send(&bye.response(200).encode());
+    uac.expect_success(Duration::from_secs(10));
+    // Keep-alives: CRLF pings on the connection, every second.
+    let _ = phone.next(Duration::from_millis(2500));
+    assert!(
+        phone.pings >= 1,
+        "RFC 5626 CRLF keep-alives on the connection"
+    );
+
+    // The connection closes: the phone is unreachable until it registers again.
+    drop(phone);
+    std::thread::sleep(Duration::from_millis(300));
+    let unreachable = support::scenario_expecting(
+        &tempfile::tempdir().expect("dir").keep(),
+        "uac_rejected.xml",
+        480,
+    );
+    caller(net, net.caller, Some(&unreachable), "1002", &["-m", "1"])
+        .expect_success(Duration::from_secs(10));
+    let stopped = vigil.stop();
+    let ends: Vec<&str> = stopped
+        .cdrs
+        .iter()
+        .filter_map(|c| c["end_reason"].as_str())
+        .collect();
+    assert_eq!(ends, ["caller-bye", "rejected"], "{}", stopped.log);
 }

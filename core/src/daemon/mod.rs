@@ -224,6 +224,13 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
             tokio::spawn(stream_loop(flow, handoff()));
         })
     });
+    if let Some(registrar) = registrar_input.clone() {
+        transport.connections().set_on_close(Arc::new(move |path| {
+            // Best effort: a full queue keeps the contact until it
+            // expires or its keep-alive fails.
+            let _ = registrar.try_send(RegistrarInput::FlowClosed(path));
+        }));
+    }
     let stream_acceptors: Vec<_> = transport
         .take_stream_listeners()
         .into_iter()

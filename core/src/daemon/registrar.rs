@@ -30,6 +30,8 @@ pub enum RegistrarInput {
         message: Box<Message>,
         path: Path,
     },
+    /// A connection closed: the contacts registered on it go.
+    FlowClosed(Path),
     /// A reloaded config and keep-alive policy: bindings stay; users,
     /// keep-alive settings and the policy apply from the next request or tick.
     Reload {
@@ -92,6 +94,7 @@ async fn run_registrar(
         tokio::select! {
             input = inputs.recv() => match input {
                 Some(RegistrarInput::Message { message, path }) => registrar.handle_message(Instant::now(), *message, path),
+                Some(RegistrarInput::FlowClosed(path)) => registrar.on_flow_closed(path),
                 Some(RegistrarInput::Reload { config, policy, sockets }) => {
                     registrar.set_config(config);
                     registrar.set_policy(policy);

@@ -19,7 +19,7 @@ use crate::policy::{
 use crate::registrar::digest::Verdict;
 use crate::registrar::location::Target;
 use crate::session_timer::{UasOutcome, negotiate};
-use crate::sip::{DigestCredentials, HeaderName, Host, Protocol, Reply, Request, SipUri, Uri};
+use crate::sip::{DigestCredentials, HeaderName, Host, Reply, Request, SipUri, Uri};
 use crate::transaction::{Path, ServerTxId};
 
 /// Who a call comes from.
@@ -605,7 +605,7 @@ impl Engine {
                 let advertised = self
                     .sockets
                     .iter()
-                    .find(|s| s.bind == target.local && s.proto == Protocol::Udp)
+                    .find(|s| s.bind == target.local && s.proto == target.proto)
                     .map_or(target.local, |s| s.advertised);
                 let domain = self
                     .config
@@ -615,7 +615,7 @@ impl Engine {
                 // RFC 3261 §16.5: the Request-URI is the registered contact, sent
                 // to where the REGISTER came from (the NAT's public side).
                 let outbound = Outbound {
-                    path: Path::udp(target.local, target.received),
+                    path: target.flow(),
                     advertised,
                     timer: self.config.session_timer,
                     request_uri: Some(

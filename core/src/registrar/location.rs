@@ -7,7 +7,9 @@ use std::net::SocketAddr;
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
+use crate::sip::Protocol;
 use crate::sip::{HeaderName, NameAddr, Reply, Request, Uri};
+use crate::transaction::Path;
 
 /// A contact's handle.
 pub type ContactId = u64;
@@ -61,6 +63,9 @@ pub struct Target {
     pub received: SocketAddr,
     /// The local socket it came in on: the one that answers.
     pub local: SocketAddr,
+    /// The transport it registered over: over TCP or TLS, `received` and
+    /// `local` name its connection (RFC 5626's flow), the only way to it.
+    pub proto: Protocol,
     /// `q` preference, 0..=1000 (thousandths).
     pub q: u16,
     /// When the binding was last written.
@@ -68,19 +73,23 @@ pub struct Target {
 }
 
 impl Target {
-    pub fn new(
-        uri: &Uri,
-        received: SocketAddr,
-        local: SocketAddr,
-        q: u16,
-        updated: Instant,
-    ) -> Target {
+    pub fn new(uri: &Uri, flow: Path, q: u16, updated: Instant) -> Target {
         Target {
             uri: uri.to_string().into_boxed_str(),
-            received,
-            local,
+            received: flow.remote,
+            local: flow.local,
+            proto: flow.proto,
             q,
             updated,
+        }
+    }
+
+    /// Where calls and keep-alives to it go.
+    pub fn flow(&self) -> Path {
+        Path {
+            local: self.local,
+            remote: self.received,
+            proto: self.proto,
         }
     }
 
@@ -187,6 +196,15 @@ impl Location {
         self.bindings.get(&id)
     }
 
+    /// The bindings registered on `flow` (a connection that closed).
+    pub fn on_flow(&self, flow: Path) -> Vec<ContactId> {
+        self.bindings
+            .values()
+            .filter(|b| b.contact.flow() == flow)
+            .map(|b| b.id)
+            .collect()
+    }
+
     pub fn of(&self, aor: &str) -> impl Iterator<Item = &Binding> + '_ {
         self.by_aor
             .get(aor)
@@ -251,8 +269,8 @@ impl Location {
         gone
     }
 
-    /// Applies a REGISTER for `aor` that arrived from `received` on `local`
-    /// (RFC 3261 §10.3 steps 6–8). Returns the changes to persist.
+    /// [`Location::register_over`] for a REGISTER over UDP.
+    #[cfg(test)]
     pub fn register(
         &mut self,
         now: Instant,
@@ -260,6 +278,19 @@ impl Location {
         request: &Request,
         received: SocketAddr,
         local: SocketAddr,
+        limits: Limits,
+    ) -> Result<Vec<Change>, Reply> {
+        self.register_over(now, aor, request, Path::udp(local, received), limits)
+    }
+
+    /// Applies a REGISTER for `aor` that arrived on `flow` (RFC 3261 §10.3
+    /// steps 6–8). Returns the changes to persist.
+    pub fn register_over(
+        &mut self,
+        now: Instant,
+        aor: &Arc<str>,
+        request: &Request,
+        flow: Path,
         limits: Limits,
     ) -> Result<Vec<Change>, Reply> {
         let default_expires = match request.headers.get(&HeaderName::Expires) {
@@ -358,7 +389,7 @@ impl Location {
             let binding = Binding {
                 id: 0,
                 aor: aor.clone(),
-                contact: Arc::new(Target::new(&uri, received, local, q, now)),
+                contact: Arc::new(Target::new(&uri, flow, q, now)),
                 expires: now + Duration::from_secs(expires),
                 call_id: request.call_id.as_str().into(),
                 cseq: request.cseq.seq,

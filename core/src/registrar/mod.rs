@@ -166,8 +166,7 @@ impl Registrar {
                 aor: user.name.clone(),
                 contact: Arc::new(Target::new(
                     &uri,
-                    s.received,
-                    s.local,
+                    Path::udp(s.local, s.received),
                     s.q,
                     s.registered_ago
                         .and_then(|ago| now.checked_sub(ago))
@@ -208,6 +207,18 @@ impl Registrar {
     }
 
     /// A message for the registrar: a REGISTER, or an answer to a keep-alive ping.
+    /// The connection `flow` closed: the contacts registered on it are
+    /// unreachable until they register again (RFC 5626 §4.4.1: nothing
+    /// can connect in to a phone behind NAT).
+    pub fn on_flow_closed(&mut self, flow: Path) {
+        for id in self.location.on_flow(flow) {
+            if let Some(b) = self.location.remove(id) {
+                tracing::info!(user = %b.aor, contact = %b.contact.uri, received = %b.contact.received, "connection closed: contact unreachable until it registers again");
+                self.forget(id);
+            }
+        }
+    }
+
     pub fn handle_message(&mut self, now: Instant, message: Message, path: Path) {
         match message {
             // Stateless: a retransmitted REGISTER is answered again, and
@@ -306,9 +317,9 @@ impl Registrar {
                 return reply(challenge);
             }
         }
-        let result =
-            self.location
-                .register(now, &user.name, request, path.remote, path.local, limits);
+        let result = self
+            .location
+            .register_over(now, &user.name, request, path, limits);
         let changes = match result {
             Ok(changes) => changes,
             Err(refusal) => {
@@ -335,7 +346,11 @@ impl Registrar {
                     tracing::info!(user = %aor, contact = %uri, "unregistered")
                 }
             }
-            self.outputs.push_back(Output::Persist(change));
+            // A binding on a connection dies with it: a restart finds no
+            // connection to reach it on, so it is not stored.
+            if !matches!(&change, Change::Upsert(b) if b.contact.proto.is_reliable()) {
+                self.outputs.push_back(Output::Persist(change));
+            }
         }
         self.bindings_ok(now, &user.name, reply(Reply::new(200)))
     }
@@ -424,6 +439,9 @@ impl Registrar {
         });
         let bytes = match decision {
             KeepaliveDecision::Skip => return,
+            // On a connection, RFC 5626's CRLF ping (the pong comes back
+            // on it; a dead connection closes and takes the contact along).
+            _ if binding.contact.proto.is_reliable() => crate::transport::stream::PING.to_vec(),
             KeepaliveDecision::Payload(bytes) => bytes.into_owned(),
             KeepaliveDecision::Default => match keepalive.mode {
                 KeepaliveMode::Payload => keepalive.message.as_bytes().to_vec(),
@@ -437,7 +455,7 @@ impl Registrar {
             },
         };
         Metrics::count(&self.metrics.keepalives_sent);
-        let path = Path::udp(binding.contact.local, binding.contact.received);
+        let path = binding.contact.flow();
         self.outputs
             .push_back(Output::Transmit(Transmit::new(path, bytes)));
     }

@@ -201,8 +201,10 @@ mod tests {
             aor: "1001".into(),
             contact: std::sync::Arc::new(Target::new(
                 &Uri::parse(uri).expect("uri"),
-                "203.0.113.5:40000".parse().expect("addr"),
-                "192.0.2.1:5060".parse().expect("addr"),
+                crate::transaction::Path::udp(
+                    "192.0.2.1:5060".parse().expect("addr"),
+                    "203.0.113.5:40000".parse().expect("addr"),
+                ),
                 1000,
                 t0,
             )),

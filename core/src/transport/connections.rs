@@ -133,6 +133,9 @@ pub struct Connections {
     /// What each TLS peer's certificate must name, and whether it is checked.
     tls_peers: Mutex<HashMap<SocketAddr, TlsPeer>>,
     reader: OnceLock<ReaderSpawner>,
+    /// Told of every connection that closes (the registrar forgets the
+    /// contacts registered on it).
+    on_close: OnceLock<Arc<dyn Fn(Path) + Send + Sync>>,
     pub counters: ConnectionCounters,
     log: Mutex<RateLimit>,
 }
@@ -146,6 +149,7 @@ impl Connections {
             tls_client: arc_swap::ArcSwapOption::empty(),
             tls_peers: Mutex::default(),
             reader: OnceLock::new(),
+            on_close: OnceLock::new(),
             counters: ConnectionCounters::default(),
             log: Mutex::new(RateLimit::new(5, Duration::from_secs(10))),
         })
@@ -168,6 +172,11 @@ impl Connections {
             .tls_peers
             .lock()
             .unwrap_or_else(PoisonError::into_inner) = peers;
+    }
+
+    /// Who hears of a closed connection (set once, by the daemon).
+    pub fn set_on_close(&self, on_close: Arc<dyn Fn(Path) + Send + Sync>) {
+        let _ = self.on_close.set(on_close);
     }
 
     /// Who reads connections (set once, by the daemon, before any opens).
@@ -283,7 +292,7 @@ impl Connections {
             idle_timeout: self.limits.idle_timeout,
             _entry: EntryGuard {
                 connections: self.clone(),
-                key,
+                path,
                 id: entry.id,
             },
         };
@@ -421,17 +430,21 @@ async fn write_loop<W: AsyncWrite + Unpin>(mut write: W, mut queue: mpsc::Receiv
 /// Takes a connection out of the table when its reader is done with it.
 struct EntryGuard {
     connections: Arc<Connections>,
-    key: Key,
+    path: Path,
     id: u64,
 }
 
 impl Drop for EntryGuard {
     fn drop(&mut self) {
+        let key = (self.path.proto, self.path.remote);
         let mut table = self.connections.lock();
-        if table.open.get(&self.key).is_some_and(|e| e.id == self.id) {
-            table.open.remove(&self.key);
+        if table.open.get(&key).is_some_and(|e| e.id == self.id) {
+            table.open.remove(&key);
         }
         drop(table);
+        if let Some(on_close) = self.connections.on_close.get() {
+            on_close(self.path);
+        }
         self.connections
             .counters
             .closed

@@ -118,8 +118,7 @@ fn a_call_to_a_registered_user_goes_to_its_contact_behind_the_nat() {
         aor: "1002".into(),
         contact: Arc::new(Target::new(
             &Uri::parse("sip:1002@192.168.1.20:5060").expect("uri"),
-            addr(PHONE),
-            addr(LOCAL),
+            Path::udp(addr(LOCAL), addr(PHONE)),
             1000,
             h.now,
         )),
