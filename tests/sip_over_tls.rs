@@ -234,6 +234,13 @@ fn a_tls_caller_with_a_certificate_calls_a_udp_callee_and_one_without_is_refused
         }
     });
     uas.stop();
+    let (ok, status, err) = vigil.ctl(&["status"]);
+    assert!(ok, "{err}");
+    let status: serde_json::Value = serde_json::from_str(&status).expect("json");
+    let tls = &status["connections"][1];
+    assert_eq!(tls["transport"], "tls", "{status}");
+    assert!(tls["accepted"].as_u64() >= Some(2), "{status}");
+    assert!(tls["tls_failures"].as_u64() >= Some(1), "{status}");
     let stopped = vigil.stop();
     let cdrs = support::read_cdrs(&dir.path().join("cdr.jsonl"));
     assert_eq!(cdrs.len(), 1, "{}", stopped.log);

@@ -67,6 +67,7 @@ impl Operator {
                     calls: usize,
                     resources: Resources,
                     cdr: CdrStatus,
+                    connections: Vec<crate::transport::connections::ConnectionSnapshot>,
                 }
                 let reload = self.status.borrow().clone();
                 let calls = self.calls().await.len();
@@ -77,6 +78,7 @@ impl Operator {
                     calls,
                     resources,
                     cdr,
+                    connections: self.transport.connections().snapshot(),
                 })
             }
             Command::Calls => json(&self.calls().await),

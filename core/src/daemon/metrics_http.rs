@@ -26,10 +26,11 @@ use tokio::task::JoinSet;
 
 use crate::gateway::Gateways;
 use crate::metrics::Metrics;
-use crate::metrics::export::{self, GatewaySeries, Gauges};
+use crate::metrics::export::{self, ConnectionSeries, GatewaySeries, Gauges};
 use crate::ratelimit::RateLimit;
 use crate::registrar::location::LocationView;
 use crate::transaction::TxBudget;
+use crate::transport::connections::Connections;
 use arc_swap::ArcSwap;
 
 /// How much a client may take of the endpoint.
@@ -70,6 +71,7 @@ struct Sources {
     location: Option<Arc<LocationView>>,
     budget: Arc<TxBudget>,
     gateways: Arc<ArcSwap<Gateways>>,
+    connections: Option<Arc<Connections>>,
 }
 
 impl MetricsEndpoint {
@@ -94,12 +96,14 @@ impl MetricsEndpoint {
         location: Option<Arc<LocationView>>,
         budget: Arc<TxBudget>,
         gateways: Arc<ArcSwap<Gateways>>,
+        connections: Option<Arc<Connections>>,
     ) {
         let sources = Sources {
             metrics,
             location,
             budget,
             gateways,
+            connections,
         };
         let mut connections = JoinSet::new();
         let mut errors_log = RateLimit::new(5, Duration::from_secs(10));
@@ -170,6 +174,24 @@ fn respond(request: &Request<Incoming>, sources: &Sources) -> Response<Full<Byte
                 calls_in_flight: u64::from(g.calls_in_flight),
             })
             .collect(),
+        connections: sources
+            .connections
+            .iter()
+            .flat_map(|c| c.snapshot())
+            .map(|c| ConnectionSeries {
+                transport: if c.transport == crate::sip::Protocol::Tls {
+                    "tls"
+                } else {
+                    "tcp"
+                },
+                open: c.open,
+                accepted: c.accepted,
+                connected: c.connected,
+                refused: c.refused,
+                closed: c.closed,
+                tls_failures: c.tls_failures,
+            })
+            .collect(),
     };
     match export::encode(&sources.metrics, gauges) {
         Ok(text) => {
@@ -215,7 +237,8 @@ mod tests {
         let gateways = Arc::new(ArcSwap::from_pointee(Gateways::empty(
             std::time::Instant::now(),
         )));
-        let task = tokio::spawn(endpoint.serve(metrics.clone(), None, Arc::default(), gateways));
+        let task =
+            tokio::spawn(endpoint.serve(metrics.clone(), None, Arc::default(), gateways, None));
         (addr, metrics, task)
     }
 

@@ -287,6 +287,7 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
             location_view.clone(),
             budget.clone(),
             gateways.clone(),
+            Some(transport.connections().clone()),
         ))
     });
     let operator = Operator {

@@ -38,6 +38,21 @@ pub struct Gauges {
     pub transactions: u64,
     /// Every trunk gateway's health and counts.
     pub gateways: Vec<GatewaySeries>,
+    /// TCP's and TLS's connections: transport, then the counts.
+    pub connections: Vec<ConnectionSeries>,
+}
+
+/// One stream transport's connections as the scrape shows them.
+#[derive(Debug, Clone, Default)]
+pub struct ConnectionSeries {
+    /// `tcp` or `tls`.
+    pub transport: &'static str,
+    pub open: u64,
+    pub accepted: u64,
+    pub connected: u64,
+    pub refused: u64,
+    pub closed: u64,
+    pub tls_failures: u64,
 }
 
 /// One gateway as the scrape shows it (from the gateway table).
@@ -271,8 +286,53 @@ impl Collector for Scrape {
             load(&m.cdrs_pending),
         )?;
         rtpengine_families(&mut out, m)?;
-        gateway_families(&mut out, &self.gauges.gateways)
+        gateway_families(&mut out, &self.gauges.gateways)?;
+        connection_families(&mut out, &self.gauges.connections)
     }
+}
+
+/// The connection families (issue 19), one series per stream transport.
+fn connection_families(out: &mut DescriptorEncoder, series: &[ConnectionSeries]) -> fmt::Result {
+    let label = |c: &ConnectionSeries| [("transport", c.transport)];
+    let mut open = out.encode_descriptor(
+        "vigil_connections_open",
+        "TCP and TLS connections open now, accepted and opened by Vigil",
+        None,
+        MetricType::Gauge,
+    )?;
+    for c in series {
+        ConstGauge::new(c.open).encode(open.encode_family(&label(c))?)?;
+    }
+    type Field = fn(&ConnectionSeries) -> u64;
+    let counters: [(&str, &str, Field); 5] = [
+        ("vigil_connections_accepted", "Connections accepted", |c| {
+            c.accepted
+        }),
+        (
+            "vigil_connections_opened",
+            "Connections Vigil opened to peers",
+            |c| c.connected,
+        ),
+        (
+            "vigil_connections_refused",
+            "Connections refused at accept (limits) or that Vigil could not open",
+            |c| c.refused,
+        ),
+        (
+            "vigil_connections_closed",
+            "Connections closed, whoever closed them",
+            |c| c.closed,
+        ),
+        (
+            "vigil_tls_handshake_failures",
+            "TLS handshakes that failed or took too long, either side",
+            |c| c.tls_failures,
+        ),
+    ];
+    for (name, help, value) in counters {
+        counter_family(out, name, help, series.iter().map(|c| (label(c), value(c))))?;
+    }
+    Ok(())
 }
 
 /// The gateway families (issue 18), one series per trunk and gateway.
@@ -540,6 +600,12 @@ mod tests {
                 failures: 2,
                 calls_in_flight: 1,
             }],
+            connections: vec![ConnectionSeries {
+                transport: "tls",
+                open: 3,
+                tls_failures: 2,
+                ..ConnectionSeries::default()
+            }],
         };
         let text = encode(&m, with_registrar).expect("encode");
         assert_eq!(value(&text, "vigil_registered_contacts"), 3.0);
@@ -557,6 +623,17 @@ mod tests {
         assert_eq!(
             value(&text, &format!("vigil_gateway_calls_in_flight{gw}")),
             1.0
+        );
+        assert_eq!(
+            value(&text, "vigil_connections_open{transport=\"tls\"}"),
+            3.0
+        );
+        assert_eq!(
+            value(
+                &text,
+                "vigil_tls_handshake_failures_total{transport=\"tls\"}"
+            ),
+            2.0
         );
     }
 

@@ -57,7 +57,7 @@ impl Default for StreamLimits {
     }
 }
 
-/// Connection counts, for metrics and `vigil ctl status`.
+/// Connection counts of one transport, for metrics and `vigil ctl status`.
 #[derive(Debug, Default)]
 pub struct ConnectionCounters {
     pub accepted: AtomicU64,
@@ -70,6 +70,19 @@ pub struct ConnectionCounters {
     pub dropped: AtomicU64,
     /// TLS handshakes that failed or took too long.
     pub tls_failures: AtomicU64,
+}
+
+/// One transport's connections as a scrape or `vigil ctl status` shows them.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct ConnectionSnapshot {
+    pub transport: Protocol,
+    pub open: u64,
+    pub accepted: u64,
+    pub connected: u64,
+    pub refused: u64,
+    pub closed: u64,
+    pub dropped: u64,
+    pub tls_failures: u64,
 }
 
 /// How long a TLS client may take to finish its handshake.
@@ -136,7 +149,8 @@ pub struct Connections {
     /// Told of every connection that closes (the registrar forgets the
     /// contacts registered on it).
     on_close: OnceLock<Arc<dyn Fn(Path) + Send + Sync>>,
-    pub counters: ConnectionCounters,
+    /// TCP's and TLS's counts.
+    counters: [ConnectionCounters; 2],
     log: Mutex<RateLimit>,
 }
 
@@ -150,7 +164,7 @@ impl Connections {
             tls_peers: Mutex::default(),
             reader: OnceLock::new(),
             on_close: OnceLock::new(),
-            counters: ConnectionCounters::default(),
+            counters: Default::default(),
             log: Mutex::new(RateLimit::new(5, Duration::from_secs(10))),
         })
     }
@@ -193,6 +207,37 @@ impl Connections {
         self.lock().open.len()
     }
 
+    /// The counts of `proto`'s connections (TCP's for UDP, which has none).
+    pub fn counters(&self, proto: Protocol) -> &ConnectionCounters {
+        &self.counters[usize::from(proto == Protocol::Tls)]
+    }
+
+    /// TCP's and TLS's counts now.
+    pub fn snapshot(&self) -> Vec<ConnectionSnapshot> {
+        [Protocol::Tcp, Protocol::Tls]
+            .into_iter()
+            .map(|transport| {
+                let c = self.counters(transport);
+                let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
+                ConnectionSnapshot {
+                    transport,
+                    open: self.open_over(transport) as u64,
+                    accepted: load(&c.accepted),
+                    connected: load(&c.connected),
+                    refused: load(&c.refused),
+                    closed: load(&c.closed),
+                    dropped: load(&c.dropped),
+                    tls_failures: load(&c.tls_failures),
+                }
+            })
+            .collect()
+    }
+
+    /// Connections of `proto` open now.
+    pub fn open_over(&self, proto: Protocol) -> usize {
+        self.lock().open.keys().filter(|(p, _)| *p == proto).count()
+    }
+
     fn warn(&self, message: &str, peer: SocketAddr, error: &dyn std::fmt::Display) {
         let mut log = self.log.lock().unwrap_or_else(PoisonError::into_inner);
         if let Some(suppressed) = log.allow(Instant::now()) {
@@ -212,12 +257,16 @@ impl Connections {
                 }
             };
             if let Err(why) = self.admit(peer) {
-                self.counters.refused.fetch_add(1, Ordering::Relaxed);
+                self.counters(local.proto)
+                    .refused
+                    .fetch_add(1, Ordering::Relaxed);
                 self.warn("connection refused", peer, &why);
                 drop(stream);
                 continue;
             }
-            self.counters.accepted.fetch_add(1, Ordering::Relaxed);
+            self.counters(local.proto)
+                .accepted
+                .fetch_add(1, Ordering::Relaxed);
             let path = Path {
                 local: local.bind,
                 remote: peer,
@@ -229,7 +278,7 @@ impl Connections {
                 continue;
             }
             let Some(acceptor) = self.tls.load_full() else {
-                self.counters.tls_failures.fetch_add(1, Ordering::Relaxed);
+                self.handshake_failed(peer, &"no tls: configuration");
                 continue;
             };
             let connections = self.clone();
@@ -246,7 +295,9 @@ impl Connections {
     }
 
     fn handshake_failed(&self, peer: SocketAddr, error: &dyn std::fmt::Display) {
-        self.counters.tls_failures.fetch_add(1, Ordering::Relaxed);
+        self.counters(Protocol::Tls)
+            .tls_failures
+            .fetch_add(1, Ordering::Relaxed);
         self.warn("TLS handshake failed", peer, error);
     }
 
@@ -310,7 +361,9 @@ impl Connections {
         let mut table = self.lock();
         if let Some(entry) = table.open.get(&key) {
             if entry.out.try_send(transmit.bytes.clone()).is_err() {
-                self.counters.dropped.fetch_add(1, Ordering::Relaxed);
+                self.counters(transmit.proto)
+                    .dropped
+                    .fetch_add(1, Ordering::Relaxed);
             }
             return;
         }
@@ -352,18 +405,24 @@ impl Connections {
             match self.tls_handshake(stream, path.remote).await {
                 Ok(tls) => self.register(tls, path),
                 Err(e) => {
-                    self.counters.tls_failures.fetch_add(1, Ordering::Relaxed);
+                    self.counters(Protocol::Tls)
+                        .tls_failures
+                        .fetch_add(1, Ordering::Relaxed);
                     return self.connect_failed(key, &e);
                 }
             }
         } else {
             self.register(stream, path)
         };
-        self.counters.connected.fetch_add(1, Ordering::Relaxed);
+        self.counters(path.proto)
+            .connected
+            .fetch_add(1, Ordering::Relaxed);
         let waiting = self.lock().connecting.remove(&key).unwrap_or_default();
         for bytes in waiting {
             if entry.out.try_send(bytes).is_err() {
-                self.counters.dropped.fetch_add(1, Ordering::Relaxed);
+                self.counters(path.proto)
+                    .dropped
+                    .fetch_add(1, Ordering::Relaxed);
             }
         }
     }
@@ -408,10 +467,9 @@ impl Connections {
 
     fn connect_failed(&self, key: Key, error: &dyn std::fmt::Display) {
         let lost = self.lock().connecting.remove(&key).map_or(0, |w| w.len());
-        self.counters.refused.fetch_add(1, Ordering::Relaxed);
-        self.counters
-            .dropped
-            .fetch_add(lost as u64, Ordering::Relaxed);
+        let counters = self.counters(key.0);
+        counters.refused.fetch_add(1, Ordering::Relaxed);
+        counters.dropped.fetch_add(lost as u64, Ordering::Relaxed);
         self.warn("cannot connect", key.1, error);
     }
 }
@@ -446,7 +504,7 @@ impl Drop for EntryGuard {
             on_close(self.path);
         }
         self.connections
-            .counters
+            .counters(self.path.proto)
             .closed
             .fetch_add(1, Ordering::Relaxed);
     }
