@@ -370,3 +370,48 @@ fn a_phone_registered_over_tcp_is_called_and_pinged_on_its_connection_and_gone_w
         .collect();
     assert_eq!(ends, ["caller-bye", "rejected"], "{}", stopped.log);
 }
+
+/// One address opening connections past the per-source limit (1,000) gets
+/// the extra ones closed at once; another address still gets in.
+#[test]
+fn connections_past_the_per_source_limit_are_refused_and_others_still_get_in() {
+    let net = Net::new(192);
+    let vigil = start(net, "");
+    let at = net.vigil_addr();
+    let connect = |from: std::net::IpAddr| {
+        let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)
+            .expect("socket");
+        socket.bind(&SocketAddr::new(from, 0).into()).expect("bind");
+        socket.connect(&at.into()).expect("connect");
+        let stream: TcpStream = socket.into();
+        // Open ones answer a read with WouldBlock at once, closed ones with 0.
+        stream.set_nonblocking(true).expect("nonblocking");
+        stream
+    };
+    let mut held = Vec::new();
+    for _ in 0..1_050 {
+        held.push(connect(net.stranger));
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    let closed = held
+        .iter_mut()
+        .map(|s| s.read(&mut [0u8; 1]))
+        .filter(|r| matches!(r, Ok(0)))
+        .count();
+    assert!(
+        (50..=60).contains(&closed),
+        "{closed} of 1,050 closed at a limit of 1,000 per source"
+    );
+    let (answer, _) = exchange_tcp(net.caller, at, b"\r\n\r\n", Duration::from_millis(500));
+    assert_eq!(answer, "\r\n", "another address still gets in");
+    let (ok, status, err) = vigil.ctl(&["status"]);
+    assert!(ok, "{err}");
+    let status: serde_json::Value = serde_json::from_str(&status).expect("json");
+    assert!(
+        status["connections"][0]["refused"].as_u64() >= Some(50),
+        "{status}"
+    );
+    drop(held);
+    let stopped = vigil.stop();
+    assert!(stopped.status.success(), "{}", stopped.log);
+}
