@@ -5,7 +5,7 @@
 //! Only the paths are checked here: parsing touches no file, because a reload
 //! parses too and must not fail half-way on a file an operator is replacing.
 //! The files are read when the rustls configs are built
-//! (`crate::transport::tls`), and `vigil check` builds them to find a missing
+//! (the transport layer's `tls` module), and `vigil check` builds them to find a missing
 //! file, a key that does not match its certificate or an expired certificate.
 
 use std::path::{Path, PathBuf};
