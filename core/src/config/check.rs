@@ -179,6 +179,23 @@ impl Checker {
                 );
             }
         }
+        for (key, value) in [
+            ("max_connections", raw.limits.max_connections),
+            (
+                "max_connections_per_source",
+                raw.limits.max_connections_per_source,
+            ),
+        ] {
+            if value == 0 {
+                self.problem(format!("limits.{key}"), "must be at least 1");
+            }
+        }
+        if !(10..=86_400).contains(&raw.limits.connection_idle_timeout) {
+            self.problem(
+                "limits.connection_idle_timeout",
+                "must be 10..=86400 seconds (RFC 5626 clients ping every 2 minutes or so)",
+            );
+        }
         if !(1..=3600).contains(&raw.limits.per_source_cooldown) {
             self.problem("limits.per_source_cooldown", "must be 1..=3600 seconds");
         }

@@ -90,6 +90,26 @@ pub struct LimitsConfig {
     /// `503` (refreshes and removals always pass).
     #[serde(default)]
     pub max_registrations: Option<u32>,
+    /// TCP and TLS connections open in all; past it new ones are closed at once.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: u32,
+    /// Connections accepted from one IP address.
+    #[serde(default = "default_max_connections_per_source")]
+    pub max_connections_per_source: u32,
+    /// Seconds a connection may carry nothing (keep-alives count) before
+    /// Vigil closes it.
+    #[serde(default = "default_connection_idle_timeout")]
+    pub connection_idle_timeout: u32,
+}
+
+fn default_max_connections() -> u32 {
+    50_000
+}
+fn default_max_connections_per_source() -> u32 {
+    1_000
+}
+fn default_connection_idle_timeout() -> u32 {
+    600
 }
 
 fn default_cooldown() -> u32 {
@@ -106,6 +126,9 @@ impl Default for LimitsConfig {
             max_transactions: None,
             max_transactions_per_source: None,
             max_registrations: None,
+            max_connections: default_max_connections(),
+            max_connections_per_source: default_max_connections_per_source(),
+            connection_idle_timeout: default_connection_idle_timeout(),
         }
     }
 }

@@ -41,6 +41,7 @@ use crate::registrar::location::LocationView;
 use crate::registrar::store::Store;
 use crate::transaction::TxBudget;
 use crate::transport::LocalSocket;
+use crate::transport::connections::StreamLimits;
 use crate::transport::{Transport, TransportError};
 use cdr_writer::{CdrShutdown, CdrWriter, CdrWriterError, FINAL_FLUSH};
 use gateway_book::{GatewayBook, follow_dns};
@@ -121,7 +122,10 @@ impl DaemonError {
 /// Runs the switch until SIGTERM or SIGINT, then shuts down gracefully.
 pub async fn run(config: Config) -> Result<(), DaemonError> {
     let config = Arc::new(config);
-    let transport = Arc::new(Transport::bind(&config.listen)?);
+    let transport = Arc::new(Transport::bind(
+        &config.listen,
+        StreamLimits::from_config(&config.limits),
+    )?);
     if let Some(tls) = &config.tls {
         tls_setup(tls)?.apply(transport.connections());
     }

@@ -286,6 +286,9 @@ impl Reloader {
         let config = Arc::new(config);
         let summary = summarise(&self.current, &config);
         if config.limits != self.current.limits {
+            listening.transport.connections().set_limits(
+                crate::transport::connections::StreamLimits::from_config(&config.limits),
+            );
             let overload = Overload::new(&config.limits, self.metrics.clone());
             self.targets.overload.send_replace(Arc::new(overload));
             self.targets.budget.set_limits(&config.limits);

@@ -45,6 +45,18 @@ pub struct StreamLimits {
     pub queue: usize,
 }
 
+impl StreamLimits {
+    /// The limits `limits:` sets (the rest are fixed).
+    pub fn from_config(limits: &crate::config::LimitsConfig) -> StreamLimits {
+        StreamLimits {
+            max_connections: limits.max_connections as usize,
+            per_source: limits.max_connections_per_source as usize,
+            idle_timeout: Duration::from_secs(u64::from(limits.connection_idle_timeout)),
+            ..StreamLimits::default()
+        }
+    }
+}
+
 impl Default for StreamLimits {
     fn default() -> Self {
         StreamLimits {
@@ -138,7 +150,8 @@ struct Entry {
 /// Every stream connection, by peer.
 pub struct Connections {
     table: Mutex<Table>,
-    limits: StreamLimits,
+    /// Replaced when a reload changes `limits:` (connections open stay).
+    limits: arc_swap::ArcSwap<StreamLimits>,
     /// The server side of TLS listeners (set at start and on reload).
     tls: arc_swap::ArcSwapOption<tokio_rustls::TlsAcceptor>,
     /// The client side, for connections Vigil opens to TLS trunks.
@@ -158,7 +171,7 @@ impl Connections {
     pub fn new(limits: StreamLimits) -> Arc<Connections> {
         Arc::new(Connections {
             table: Mutex::default(),
-            limits,
+            limits: arc_swap::ArcSwap::from_pointee(limits),
             tls: arc_swap::ArcSwapOption::empty(),
             tls_client: arc_swap::ArcSwapOption::empty(),
             tls_peers: Mutex::default(),
@@ -167,6 +180,11 @@ impl Connections {
             counters: Default::default(),
             log: Mutex::new(RateLimit::new(5, Duration::from_secs(10))),
         })
+    }
+
+    /// The limits from now on (a reload).
+    pub fn set_limits(&self, limits: StreamLimits) {
+        self.limits.store(Arc::new(limits));
     }
 
     /// The certificate and key TLS listeners present from now on.
@@ -304,7 +322,7 @@ impl Connections {
     /// Whether one more connection from `peer` fits the limits.
     fn admit(&self, peer: SocketAddr) -> Result<(), &'static str> {
         let table = self.lock();
-        if table.open.len() >= self.limits.max_connections {
+        if table.open.len() >= self.limits.load().max_connections {
             return Err("too many connections");
         }
         let from_source = table
@@ -312,7 +330,7 @@ impl Connections {
             .keys()
             .filter(|(_, a)| a.ip() == peer.ip())
             .count();
-        if from_source >= self.limits.per_source {
+        if from_source >= self.limits.load().per_source {
             return Err("too many connections from this address");
         }
         Ok(())
@@ -324,7 +342,7 @@ impl Connections {
         S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
     {
         let (read, write) = tokio::io::split(stream);
-        let (out, queue) = mpsc::channel(self.limits.queue);
+        let (out, queue) = mpsc::channel(self.limits.load().queue);
         let key = (path.proto, path.remote);
         let entry = {
             let mut table = self.lock();
@@ -340,7 +358,7 @@ impl Connections {
         let flow = Flow {
             read: Box::new(read),
             path,
-            idle_timeout: self.limits.idle_timeout,
+            idle_timeout: self.limits.load().idle_timeout,
             _entry: EntryGuard {
                 connections: self.clone(),
                 path,
@@ -392,7 +410,7 @@ impl Connections {
             }
             socket.connect(path.remote).await
         };
-        let result = tokio::time::timeout(self.limits.connect_timeout, attempt).await;
+        let result = tokio::time::timeout(self.limits.load().connect_timeout, attempt).await;
         let stream = match result {
             Ok(Ok(stream)) => stream,
             Ok(Err(e)) => return self.connect_failed(key, &e),

@@ -117,7 +117,10 @@ pub struct Transport {
 
 impl Transport {
     /// Binds every listener. Must run inside a tokio runtime.
-    pub fn bind(listeners: &[Listener]) -> Result<Transport, TransportError> {
+    pub fn bind(
+        listeners: &[Listener],
+        limits: connections::StreamLimits,
+    ) -> Result<Transport, TransportError> {
         let mut sockets = Vec::with_capacity(listeners.len());
         let mut streams = Vec::new();
         for l in listeners {
@@ -132,7 +135,7 @@ impl Transport {
             trace: trace::SipTrace::default(),
             streams: streams.iter().map(|(l, _)| *l).collect(),
             stream_listeners: Mutex::new(streams),
-            connections: connections::Connections::new(connections::StreamLimits::default()),
+            connections: connections::Connections::new(limits),
         })
     }
 
