@@ -9,6 +9,18 @@
 #     SUT "vigil-relay": the same with every call's media anchored on a
 #                     userspace rtpengine (ng 127.0.0.1:22223) it starts
 #                     beside it (issue 17: relay vs passthrough)
+#     SUT "vigil-route": the same with carrier routing on every call (issue 18:
+#                     route hook and failover vs plain prefix routing):
+#                     tests/load/route_bench.lua's `route` hook (E.164 and a
+#                     longest-prefix rate sheet of 50 prefixes) on the
+#                     inbound trunk picks the trunk "carrier", whose three
+#                     gateways are, by priority:
+#                       1. 127.0.0.1:5082  sipp, tests/load/gateway_503.xml:
+#                          503 without Retry-After to every INVITE
+#                       2. 127.0.0.1:5080  the UAS above (answers)
+#                       3. 127.0.0.1:5084  nothing (never reached)
+#                     so every call sends two B-leg INVITEs. The UAC dials
+#                     00442079460000 (the script makes it +442079460000)
 #     SUT "kamailio": kamailio -f tests/load/kamailio.cfg on udp:127.0.0.1:5070
 #                     (stateful proxy: tm + dialog + sst + record_route)
 #
@@ -37,7 +49,10 @@
 #   uas_fail                callee legs the sipp UAS did not complete (failed,
 #                           or never got their ACK/BYE): errors the UAC cannot
 #                           see. The step fails if they exceed 1 - PASS_RATIO
-#                           of the attempted calls
+#                           of the attempted calls. For vigil-route this
+#                           includes the 503 gateway's (an INVITE it refused
+#                           that never got its ACK); the step also logs how
+#                           many INVITEs that gateway refused
 #   achieved                calls/s sipp really created (1 s resolution)
 #   cdr                     Vigil only: CDR lines written during the step
 #                           (a B2BUA writes one per call)
@@ -52,8 +67,9 @@
 #   -H, --hold MS            call hold time (ACK -> BYE), ms [HOLD_MS, default 1000]
 #                            keep it < 45000: the UAS scenario does not answer
 #                            session-timer refreshes (Min-SE 90 s)
-#   -s, --sut LIST           vigil | vigil-lua | vigil-relay | kamailio | both (vigil and
-#                            kamailio) | all, or a space-separated list
+#   -s, --sut LIST           vigil | vigil-lua | vigil-relay | vigil-route | kamailio |
+#                            both (vigil and kamailio) | all (vigil, vigil-lua
+#                            and kamailio), or a space-separated list
 #                                                            [SUTS, default both]
 #   -p, --pass-ratio X       pass threshold ok/attempted     [PASS_RATIO, default 0.999]
 #   -k, --keep-going         do not stop a SUT at its first failing rate [KEEP_GOING=1]
@@ -108,11 +124,19 @@ readonly HOST=127.0.0.1
 readonly RTPENGINE_NG_PORT=22223
 readonly UAC_PORT=5090
 readonly UAS_PORT=5080
+# vigil-route's carrier trunk: a gateway that refuses every call with 503,
+# and a third that is never reached (nothing listens there).
+readonly GW503_PORT=5082
+readonly GW_UNUSED_PORT=5084
+# What vigil-route's caller dials: an international number, normalised to
+# E.164 by tests/load/route_bench.lua.
+readonly ROUTE_CALLEE=00442079460000
 readonly VIGIL_PORT=5060
 readonly KAMAILIO_PORT=5070
 # sipp opens an RTP echo socket per instance (default 6000); keep the two apart.
 readonly UAC_MEDIA_PORT=46000
 readonly UAS_MEDIA_PORT=46010
+readonly GW503_MEDIA_PORT=46020
 # Socket buffers for sipp (the kernel clamps to net.core.rmem_max/wmem_max).
 readonly SIPP_BUFF=4194304
 # Cap on each sipp error log (bytes): a collapsing step can log every call.
@@ -157,8 +181,8 @@ parse_args() {
 	local sut
 	for sut in "${SUT_LIST[@]}"; do
 		case "$sut" in
-		vigil | vigil-lua | vigil-relay | kamailio) ;;
-		*) die "--sut takes vigil, vigil-lua, vigil-relay, kamailio, both or all (got '$sut')" ;;
+		vigil | vigil-lua | vigil-relay | vigil-route | kamailio) ;;
+		*) die "--sut takes vigil, vigil-lua, vigil-relay, vigil-route, kamailio, both or all (got '$sut')" ;;
 		esac
 	done
 	[[ "$DURATION" =~ ^[1-9][0-9]*$ ]] || die "--duration must be a positive integer (s)"
@@ -315,6 +339,30 @@ write_vigil_config() {
 		sed "s|outbound: { to: \"$HOST:$UAS_PORT\" }|outbound: { to: \"$HOST:$UAS_PORT\" }\n    media: relay|" "$VIGIL_CFG"
 		echo "media: { rtpengines: [\"udp:$HOST:$RTPENGINE_NG_PORT\"] }"
 	} >"$VIGIL_RELAY_CFG"
+	# The same caller and callee; the route hook, not route_to, picks the
+	# carrier trunk (route_to stays as the fallback a script error would
+	# use, so a broken script shows as a missing 503 count, not as failed
+	# calls: see run_step).
+	VIGIL_ROUTE_CFG="$WORK/vigil-route.yaml"
+	cat >"$VIGIL_ROUTE_CFG" <<-EOF
+		listen: ["udp:$HOST:$VIGIL_PORT"]
+		trunks:
+		  - name: loadgen
+		    inbound: { from: ["$HOST/32"] }
+		    route_to: uas
+		    policy: { lua: "$LOAD_DIR/route_bench.lua" }
+		  - name: uas
+		    outbound: { to: "$HOST:$UAS_PORT" }
+		  - name: carrier
+		    outbound:
+		      gateways:
+		        - { to: "$HOST:$GW503_PORT", priority: 1 }
+		        - { to: "$HOST:$UAS_PORT", priority: 2 }
+		        - { to: "$HOST:$GW_UNUSED_PORT", priority: 3 }
+		routes: []
+		cdr: { path: "$VIGIL_CDR" }
+		log: { level: warn, format: text }
+	EOF
 }
 
 # rtpengine for the vigil-relay SUT, in userspace, ports for thousands of
@@ -336,11 +384,12 @@ start_rtpengine() {
 start_sut() {
 	local sut="$1" dir="$2"
 	case "$sut" in
-	vigil | vigil-lua | vigil-relay)
+	vigil | vigil-lua | vigil-relay | vigil-route)
 		SUT_PORT=$VIGIL_PORT
 		require_port_free "$SUT_PORT" vigil
 		local cfg="$VIGIL_CFG"
 		[[ "$sut" == vigil-lua ]] && cfg="$VIGIL_LUA_CFG"
+		[[ "$sut" == vigil-route ]] && cfg="$VIGIL_ROUTE_CFG"
 		if [[ "$sut" == vigil-relay ]]; then
 			cfg="$VIGIL_RELAY_CFG"
 			start_rtpengine "$dir"
@@ -392,6 +441,31 @@ start_uas() {
 	UAS_PID=$!
 	PIDS+=("$UAS_PID")
 	wait_for_port "$UAS_PORT" "$UAS_PID" "sipp UAS" "$dir/uas.out"
+	if [[ "$sut" == vigil-route ]]; then
+		start_gw503 "$dir"
+	fi
+}
+
+# vigil-route's first gateway, refusing every call; sets GW503_PID.
+start_gw503() {
+	local dir="$1"
+	require_port_free "$GW503_PORT" "sipp 503 gateway"
+	require_port_free "$GW_UNUSED_PORT" "the unused third gateway"
+	"$SIPP" -sf "$LOAD_DIR/gateway_503.xml" -i "$HOST" -p "$GW503_PORT" -t u1 \
+		-mp "$GW503_MEDIA_PORT" -buff_size "$SIPP_BUFF" -nostdin -aa \
+		-trace_err -error_file "$dir/gw503-errors.log" -max_log_size "$SIPP_MAX_LOG" \
+		-trace_stat -stf "$dir/gw503-stat.csv" -fd 1 \
+		>"$dir/gw503.out" 2>&1 &
+	GW503_PID=$!
+	PIDS+=("$GW503_PID")
+	wait_for_port "$GW503_PORT" "$GW503_PID" "sipp 503 gateway" "$dir/gw503.out"
+}
+
+# The number the UAC dials (sipp's -s; its default is "service").
+uac_callee_flags() {
+	if [[ "$1" == vigil-route ]]; then
+		echo "-s $ROUTE_CALLEE"
+	fi
 }
 
 # Runs the UAC for one step in the background and waits for it (a plain
@@ -409,7 +483,7 @@ run_uac() {
 	"$SIPP" "$HOST:$SUT_PORT" -sf "$LOAD_DIR/uac.xml" -i "$HOST" -p "$UAC_PORT" -t u1 \
 		-mp "$UAC_MEDIA_PORT" -buff_size "$SIPP_BUFF" -nostdin -aa \
 		-r "$rate" -rp 1000 -m "$calls" -d "$HOLD_MS" -timeout "${limit}s" \
-		$(sipp_behaviour_flags "$sut") \
+		$(sipp_behaviour_flags "$sut") $(uac_callee_flags "$sut") \
 		-trace_err -error_file "$dir/uac-errors.log" -max_log_size "$SIPP_MAX_LOG" \
 		-trace_stat -stf "$dir/uac-stat.csv" -fd 1 \
 		-trace_screen -screen_file "$dir/uac-screen.log" \
@@ -495,6 +569,10 @@ run_step() {
 		RTPENGINE_PID=""
 	fi
 	stop_uas
+	if [[ -n "${GW503_PID:-}" ]]; then
+		stop_uas "$GW503_PID"
+		GW503_PID=""
+	fi
 
 	if [[ "$sut" == vigil* && -f "$VIGIL_CDR" ]]; then
 		# Counted after Vigil stopped, so buffered CDRs have been flushed.
@@ -516,6 +594,19 @@ run_step() {
 		-v s="$(stat_last "$dir/uas-stat.csv" 'SuccessfulCall(C)' 2>/dev/null || echo 0)" \
 		-v a="$(stat_last "$dir/uas-stat.csv" 'AutoAnswered(C)' 2>/dev/null || echo 0)" \
 		'BEGIN { f = c - s - a; print (f > 0 ? f : 0) }')"
+	if [[ "$sut" == vigil-route ]]; then
+		local gw_created gw_fail
+		gw_created="$(stat_last "$dir/gw503-stat.csv" TotalCallCreated 2>/dev/null || echo 0)"
+		gw_fail="$(awk -v c="$gw_created" \
+			-v s="$(stat_last "$dir/gw503-stat.csv" 'SuccessfulCall(C)' 2>/dev/null || echo 0)" \
+			-v a="$(stat_last "$dir/gw503-stat.csv" 'AutoAnswered(C)' 2>/dev/null || echo 0)" \
+			'BEGIN { f = c - s - a; print (f > 0 ? f : 0) }')"
+		uas_fail=$((uas_fail + gw_fail))
+		# Every call should have paid for the failover: fewer refusals than
+		# calls mean the hook or the gateway plan did not do what this SUT
+		# is meant to measure.
+		log "vigil-route $rate calls/s: the 503 gateway refused $gw_created INVITEs ($gw_fail left without ACK) for $calls calls"
+	fi
 	# Calls never created (sipp fell behind / was cut off) count as attempted
 	# and failed: the step asked for $calls.
 	((attempted >= calls)) || attempted=$calls
@@ -563,6 +654,8 @@ run_step() {
 
 	STEP_RESULT="$result" STEP_RATIO="$ratio" STEP_RSS="$rss" STEP_PSS="$pss"
 	STEP_US="$us_per_call" STEP_PCT="$cpu_pct" STEP_ATT="$attempted" STEP_OK="$ok"
+	US_AT["$sut@$rate"]="$us_per_call"
+	RESULT_AT["$sut@$rate"]="$result"
 	[[ "$result" == PASS ]]
 }
 
@@ -584,6 +677,8 @@ explain_failure() {
 # Main
 # ---------------------------------------------------------------------------
 declare -A BEST_RATE BEST_LINE FIRST_FAIL NEVER_FAILED
+# CPU µs per call and result of every step, by "sut@rate".
+declare -A US_AT RESULT_AT
 
 run_sut() {
 	local sut="$1" rate
@@ -635,6 +730,27 @@ print_summary() {
 			echo "Vigil with Lua on every hook / without: best-rate ratio $(awk -v v="$v" -v k="$k" 'BEGIN { printf "%.2f", k / v }') ($k / $v calls/s)"
 		fi
 	fi
+	if [[ -n "${BEST_RATE[vigil]:-}" && -n "${BEST_RATE[vigil-route]:-}" ]]; then
+		print_route_ratio
+	fi
+}
+
+# vigil-route against vigil (issue 18's target: >= 0.70 of plain), by best
+# rate and, at each rate both ran, by CPU per call (plain / route: the share
+# of plain's calls the same CPU would carry with carrier routing).
+print_route_ratio() {
+	local v="${BEST_RATE[vigil]}" r="${BEST_RATE[vigil-route]}" rate pu ru
+	if ((v > 0)); then
+		echo "Carrier routing (route hook + 503 failover) / plain: best-rate ratio $(awk -v v="$v" -v r="$r" 'BEGIN { printf "%.2f", r / v }') ($r / $v calls/s; target >= 0.70)"
+		if ((NEVER_FAILED[vigil] || NEVER_FAILED[vigil-route])); then
+			echo "(a SUT that never failed is capped by the rate list: extend --rates for a true ratio)"
+		fi
+	fi
+	for rate in "${RATE_LIST[@]}"; do
+		pu="${US_AT[vigil@$rate]:-}" ru="${US_AT[vigil-route@$rate]:-}"
+		[[ -n "$pu" && -n "$ru" ]] || continue
+		echo "  at $rate calls/s: CPU µs/call plain $pu (${RESULT_AT[vigil@$rate]}), route $ru (${RESULT_AT[vigil-route@$rate]}): plain/route $(awk -v p="$pu" -v r="$ru" 'BEGIN { printf "%.2f", (r > 0 ? p / r : 0) }')"
+	done
 }
 
 main() {
@@ -655,7 +771,7 @@ main() {
 	local sut
 	for sut in "${SUT_LIST[@]}"; do
 		case "$sut" in
-		vigil | vigil-lua | vigil-relay) check_vigil_bin ;;
+		vigil | vigil-lua | vigil-relay | vigil-route) check_vigil_bin ;;
 		kamailio)
 			command -v "$KAMAILIO" >/dev/null || die "kamailio not found (apt-get install kamailio)"
 			"$KAMAILIO" -c -f "$LOAD_DIR/kamailio.cfg" >/dev/null 2>&1 ||

@@ -62,15 +62,16 @@ stop_pid() {
 # UAS scenario's 4 s timewait) and writes its final statistics. A callee
 # leg that never got its ACK or BYE would keep it waiting forever, so it
 # gets 6 s (> timewait + 1 s stats period) and is then terminated; its
-# last stats row is recent enough either way.
+# last stats row is recent enough either way. $1: another sipp UAS to stop
+# the same way (default UAS_PID).
 stop_uas() {
-	local i
-	kill -USR1 "$UAS_PID" 2>/dev/null || true
+	local pid="${1:-$UAS_PID}" i
+	kill -USR1 "$pid" 2>/dev/null || true
 	for ((i = 0; i < 60; i++)); do
-		alive "$UAS_PID" || break
+		alive "$pid" || break
 		sleep 0.1
 	done
-	stop_pid "$UAS_PID" 3
+	stop_pid "$pid" 3
 }
 
 # The EXIT trap: stops every recorded process and its descendants, runs the
