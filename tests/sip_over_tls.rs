@@ -146,27 +146,32 @@ fn header<'a>(message: &'a str, name: &str) -> &'a str {
         .unwrap_or_default()
 }
 
+/// The standard config with a `tls:` listener on port 5061 requiring client
+/// certificates from the test CA, plus `extra`.
+fn mutual_tls_config(net: Net, dir: &Path, pki: &Pki, extra: &str) -> String {
+    net.config(
+        &dir.join("cdr.jsonl"),
+        &format!(
+            "tls: {{ certificate: \"{}\", key: \"{}\", ca: \"{}\", require_client_certificate: true }}\n{extra}",
+            pki.file("server.pem").display(),
+            pki.file("server.key").display(),
+            pki.file("ca.pem").display()
+        ),
+    )
+    .replacen(
+        &format!("listen: [\"udp:{}:5060\"]", net.vigil),
+        &format!("listen: [\"udp:{v}:5060\", \"tls:{v}:5061\"]", v = net.vigil),
+        1,
+    )
+}
+
 #[test]
 fn a_tls_caller_with_a_certificate_calls_a_udp_callee_and_one_without_is_refused() {
     let net = Net::new(187);
     let dir = tempfile::tempdir().expect("temp dir");
     let pki = Pki::new(dir.path(), net.vigil);
     let tls_at = SocketAddr::new(net.vigil, 5061);
-    let config = net
-        .config(
-            &dir.path().join("cdr.jsonl"),
-            &format!(
-                "tls: {{ certificate: \"{}\", key: \"{}\", ca: \"{}\", require_client_certificate: true }}\n",
-                pki.file("server.pem").display(),
-                pki.file("server.key").display(),
-                pki.file("ca.pem").display()
-            ),
-        )
-        .replacen(
-            &format!("listen: [\"udp:{}:5060\"]", net.vigil),
-            &format!("listen: [\"udp:{v}:5060\", \"tls:{v}:5061\"]", v = net.vigil),
-            1,
-        );
+    let config = mutual_tls_config(net, dir.path(), &pki, "");
     let vigil = Vigil::start_with(net, tempfile::tempdir().expect("dir"), &config);
     let uas = callee(net, None, &[]);
     let runtime = tokio::runtime::Runtime::new().expect("runtime");
@@ -320,4 +325,82 @@ log: {{ level: "info", format: json }}
         assert_eq!(cdr["end_reason"], "caller-bye", "{cdr}");
     }
     assert_eq!(carrier_cdrs[0]["trunk_in"], "edge");
+}
+
+/// VmRSS of a process, in KiB.
+fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+/// A benchmark, not a check (`cargo test --release --test sip_over_tls --
+/// --ignored --nocapture`): Vigil's memory per idle TLS connection. Opens
+/// `VIGIL_TLS_CONNECTIONS` (default 15,000: the machine's open-files limit
+/// is 20,000 per process, for this client as for Vigil) mutual-TLS
+/// connections, each proving itself alive with a CRLF ping, holds them,
+/// and reads Vigil's RSS before and after.
+#[test]
+#[ignore = "a benchmark: run it on purpose"]
+fn idle_tls_connections_memory() {
+    let count: usize = std::env::var("VIGIL_TLS_CONNECTIONS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(15_000);
+    let net = Net::new(193);
+    let dir = tempfile::tempdir().expect("temp dir");
+    let pki = Pki::new(dir.path(), net.vigil);
+    let tls_at = SocketAddr::new(net.vigil, 5061);
+    let config = mutual_tls_config(
+        net,
+        dir.path(),
+        &pki,
+        "limits: { max_connections_per_source: 100000, max_connections: 100000 }\n",
+    );
+    let vigil = Vigil::start_with(net, tempfile::tempdir().expect("dir"), &config);
+    std::thread::sleep(Duration::from_secs(1));
+    let before = rss_kib(vigil.pid());
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    let connector = pki.client(true);
+    let started = std::time::Instant::now();
+    let held = runtime.block_on(async {
+        let mut held = Vec::with_capacity(count);
+        for chunk in (0..count).collect::<Vec<_>>().chunks(250) {
+            let mut tasks = tokio::task::JoinSet::new();
+            for _ in chunk {
+                let connector = connector.clone();
+                let caller = net.caller;
+                tasks.spawn(async move {
+                    let mut tls = connect(&connector, caller, tls_at).await.expect("connect");
+                    tls.write_all(b"\r\n\r\n").await.expect("ping");
+                    let mut pong = [0u8; 2];
+                    tls.read_exact(&mut pong).await.expect("pong");
+                    tls
+                });
+            }
+            while let Some(tls) = tasks.join_next().await {
+                held.push(tls.expect("task"));
+            }
+        }
+        held
+    });
+    let setup = started.elapsed();
+    std::thread::sleep(Duration::from_secs(2));
+    let after = rss_kib(vigil.pid());
+    let (_, status, _) = vigil.ctl(&["status"]);
+    let status: serde_json::Value = serde_json::from_str(&status).expect("json");
+    let open = status["connections"][1]["open"].as_u64().unwrap_or(0);
+    println!(
+        "idle TLS connections: {open} open (of {count}), set up in {:.1} s; Vigil RSS {before} KiB before, {after} KiB holding: {:.2} KiB per connection",
+        setup.as_secs_f64(),
+        (after.saturating_sub(before)) as f64 / count as f64
+    );
+    assert_eq!(open as usize, count, "every connection held");
+    drop(held);
+    vigil.stop();
 }
