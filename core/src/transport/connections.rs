@@ -64,7 +64,10 @@ impl Default for StreamLimits {
             per_source: 1_000,
             idle_timeout: Duration::from_secs(600),
             connect_timeout: Duration::from_secs(5),
-            queue: 256,
+            // A trunk's one connection carries a busy switch's every
+            // message (12,000 a second at 3,000 calls/s): room for more
+            // than half a second of them while the peer is slow to read.
+            queue: 8_192,
         }
     }
 }
@@ -137,6 +140,9 @@ type Key = (Protocol, SocketAddr);
 struct Table {
     next_id: u64,
     open: HashMap<Key, Entry>,
+    /// Connections open per peer IP: the per-source limit is checked on
+    /// every accept, without walking the table.
+    per_ip: HashMap<std::net::IpAddr, usize>,
     /// Messages for peers being connected to, in order.
     connecting: HashMap<Key, Vec<Vec<u8>>>,
 }
@@ -325,11 +331,7 @@ impl Connections {
         if table.open.len() >= self.limits.load().max_connections {
             return Err("too many connections");
         }
-        let from_source = table
-            .open
-            .keys()
-            .filter(|(_, a)| a.ip() == peer.ip())
-            .count();
+        let from_source = table.per_ip.get(&peer.ip()).copied().unwrap_or(0);
         if from_source >= self.limits.load().per_source {
             return Err("too many connections from this address");
         }
@@ -351,7 +353,13 @@ impl Connections {
                 id: table.next_id,
                 out,
             };
-            table.open.insert(key, entry.clone());
+            if let Some(replaced) = table.open.insert(key, entry.clone()) {
+                // A second connection from the same peer address and port
+                // (the first is closing): the newer one carries its traffic.
+                drop(replaced);
+            } else {
+                *table.per_ip.entry(path.remote.ip()).or_default() += 1;
+            }
             entry
         };
         tokio::spawn(write_loop(write, queue));
@@ -382,6 +390,12 @@ impl Connections {
                 self.counters(transmit.proto)
                     .dropped
                     .fetch_add(1, Ordering::Relaxed);
+                drop(table);
+                self.warn(
+                    "message dropped: the connection's queue is full (the peer reads too slowly)",
+                    transmit.remote,
+                    &self.limits.load().queue,
+                );
             }
             return;
         }
@@ -516,6 +530,13 @@ impl Drop for EntryGuard {
         let mut table = self.connections.lock();
         if table.open.get(&key).is_some_and(|e| e.id == self.id) {
             table.open.remove(&key);
+            let ip = self.path.remote.ip();
+            if let Some(n) = table.per_ip.get_mut(&ip) {
+                *n -= 1;
+                if *n == 0 {
+                    table.per_ip.remove(&ip);
+                }
+            }
         }
         drop(table);
         if let Some(on_close) = self.connections.on_close.get() {
