@@ -529,9 +529,22 @@ run_uac() {
 		>"$dir/uac.out" 2>&1 &
 	UAC_PID=$!
 	PIDS+=("$UAC_PID")
+	# sipp's -timeout did not end a sipp over TCP whose calls waited for a
+	# message that never came (TCP has no retransmissions to time out);
+	# past the same limit + 15 s it is terminated, its calls count as
+	# failed (its stats CSV stands in for the screen dump).
+	rm -f "$dir/uac-watchdog"
+	(sleep $((limit + 15)) && touch "$dir/uac-watchdog" && kill -TERM "$UAC_PID" 2>/dev/null) &
+	local watchdog=$!
+	PIDS+=("$watchdog")
 	UAC_RC=0
 	wait "$UAC_PID" || UAC_RC=$?
 	forget_pid "$UAC_PID"
+	stop_pid "$watchdog" 1
+	if [[ -e "$dir/uac-watchdog" ]]; then
+		log "sipp UAC still had $(stat_last "$dir/uac-stat.csv" CurrentCall 2>/dev/null || echo '?') calls up $((limit + 15)) s after it started: terminated, they count as failed"
+		UAC_RC=1
+	fi
 }
 
 # Cumulative value of a counter in sipp's final screen dump, e.g.
@@ -688,7 +701,8 @@ explain_failure() {
 	for side in uac uas; do
 		out=""
 		for k in FailedCall FailedMaxUDPRetrans FailedUnexpectedMessage FailedTimeoutOnRecv \
-			FailedCallRejected FailedCannotSendMessage OutOfCallMsgs DeadCallMsgs; do
+			FailedCallRejected FailedCannotSendMessage FailedTcpConnect FailedTcpClosed \
+			OutOfCallMsgs DeadCallMsgs; do
 			out+=" $k=$(stat_last "$dir/$side-stat.csv" "$k(C)" 2>/dev/null || echo '?')"
 		done
 		log "  sipp ${side^^}:$out"
