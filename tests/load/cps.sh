@@ -797,7 +797,8 @@ print_transport_comparison() {
 		for sut in "${tcp[@]}"; do
 			t="${AT_US["$sut $rate"]:--}"
 			v=-
-			if [[ "$t" != - && "${AT_US["vigil $rate"]:--}" != - ]]; then
+			# Only between two passing steps: a failed one's CPU is not a call's.
+			if [[ "${AT_RESULT["$sut $rate"]:-}" == PASS && "${AT_RESULT["vigil $rate"]:-}" == PASS ]]; then
 				v="$(awk -v u="${AT_US["vigil $rate"]}" -v t="$t" 'BEGIN { if (t > 0) printf "%.2f", u / t; else print "-" }')"
 			fi
 			[[ "${AT_RESULT["$sut $rate"]:-}" == PASS || "$t" == - ]] || t="$t (${AT_RESULT["$sut $rate"]})"
