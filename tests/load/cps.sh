@@ -21,6 +21,13 @@
 #                       3. 127.0.0.1:5084  nothing (never reached)
 #                     so every call sends two B-leg INVITEs. The UAC dials
 #                     00442079460000 (the script makes it +442079460000)
+#     SUT "vigil-tcp1": the same Vigil config, also listening on
+#                     tcp:127.0.0.1:5060; the caller sipp comes in over TCP
+#                     on one connection for all its calls (-t t1, as a trunk
+#                     does); the callee leg stays UDP (issue 19)
+#     SUT "vigil-tcpn": the same with a TCP connection per call (-t tn, as
+#                     phones do): the caller opens, and closes at the call's
+#                     end, one connection per call
 #     SUT "kamailio": kamailio -f tests/load/kamailio.cfg on udp:127.0.0.1:5070
 #                     (stateful proxy: tm + dialog + sst + record_route)
 #
@@ -67,9 +74,10 @@
 #   -H, --hold MS            call hold time (ACK -> BYE), ms [HOLD_MS, default 1000]
 #                            keep it < 45000: the UAS scenario does not answer
 #                            session-timer refreshes (Min-SE 90 s)
-#   -s, --sut LIST           vigil | vigil-lua | vigil-relay | vigil-route | kamailio |
-#                            both (vigil and kamailio) | all (vigil, vigil-lua
-#                            and kamailio), or a space-separated list
+#   -s, --sut LIST           vigil | vigil-lua | vigil-relay | vigil-route | vigil-tcp1 |
+#                            vigil-tcpn | kamailio | both (vigil and kamailio) | all
+#                            (vigil, vigil-lua and kamailio) | tcp (vigil, vigil-tcp1
+#                            and vigil-tcpn), or a space-separated list
 #                                                            [SUTS, default both]
 #   -p, --pass-ratio X       pass threshold ok/attempted     [PASS_RATIO, default 0.999]
 #   -k, --keep-going         do not stop a SUT at its first failing rate [KEEP_GOING=1]
@@ -80,6 +88,8 @@
 #               `cargo build --release`)
 #   KAMAILIO    kamailio binary (default: kamailio in PATH)
 #   SIPP        sipp binary     (default: sipp in PATH)
+#   SIPP_MAX_SOCKET  sipp's -max_socket over TCP (default: the open-files
+#               limit, raised to its hard limit by this script, less 1,000)
 #
 # Example (quick check):  tests/load/cps.sh --sut kamailio --rates "200 500" --duration 10
 #
@@ -90,6 +100,23 @@
 #   messages are ignored instead of aborting the call). Vigil keeps per-dialog
 #   order, so it runs with sipp's strict defaults: a reordered or stray
 #   message is a failed call.
+# * Over TCP (vigil-tcp1, vigil-tcpn) only the caller's leg changes: same
+#   scenario, same UDP callee, same Vigil config plus the tcp: listener, so
+#   the difference to "vigil" in the same run is what TCP costs. TLS is not
+#   measured here: Debian's sipp is built without TLS (no -t l1).
+# * vigil-tcpn opens rate x (hold + call set-up) connections at once, all
+#   from 127.0.0.1, and Vigil accepts at most 1,000 from one source address
+#   (transport::connections::StreamLimits, not configurable): with the
+#   default 1 s hold that is about 1,000 calls/s. Past it, calls are refused
+#   at connect, which is the limit working, not Vigil running out of CPU;
+#   a shorter --hold moves it (the script warns when a step will cross it).
+#   Each closed connection leaves the caller's port in TIME_WAIT for 60 s:
+#   without net.ipv4.tcp_tw_reuse (1, or Linux's default 2 = loopback only)
+#   the 28,000 ports of the default range last about 470 calls/s. The
+#   script only reads these sysctls and warns; it changes none.
+# * sipp over TCP needs -max_socket under the open-files limit; the script
+#   raises its own soft limit (ulimit -n) to the hard one, which sipp and
+#   Vigil inherit.
 # * Both sipps run with -aa: they answer INFO/NOTIFY/OPTIONS/UPDATE with 200
 #   (trunk keepalives, session refreshes) instead of failing the call.
 # * sipp itself tops out around 5,000 calls/s on a 2-core machine; results
@@ -143,6 +170,9 @@ readonly SIPP_BUFF=4194304
 readonly SIPP_MAX_LOG=20000000
 # Minimum fraction of the asked rate sipp must actually achieve for a pass.
 readonly MIN_RATE_FRACTION=0.95
+# Connections Vigil accepts from one source address (StreamLimits::default's
+# per_source); vigil-tcpn's caller is one address.
+readonly VIGIL_PER_SOURCE_CONNECTIONS=1000
 
 usage() {
 	# Print the header comment (everything between the shebang and set -e).
@@ -176,13 +206,14 @@ parse_args() {
 	case "$SUTS" in
 	both) SUT_LIST=(vigil kamailio) ;;
 	all) SUT_LIST=(vigil vigil-lua kamailio) ;;
+	tcp) SUT_LIST=(vigil vigil-tcp1 vigil-tcpn) ;;
 	*) read -r -a SUT_LIST <<<"$SUTS" ;;
 	esac
 	local sut
 	for sut in "${SUT_LIST[@]}"; do
 		case "$sut" in
-		vigil | vigil-lua | vigil-relay | vigil-route | kamailio) ;;
-		*) die "--sut takes vigil, vigil-lua, vigil-relay, vigil-route, kamailio, both or all (got '$sut')" ;;
+		vigil | vigil-lua | vigil-relay | vigil-route | vigil-tcp1 | vigil-tcpn | kamailio) ;;
+		*) die "--sut takes vigil, vigil-lua, vigil-relay, vigil-route, vigil-tcp1, vigil-tcpn, kamailio, both, all or tcp (got '$sut')" ;;
 		esac
 	done
 	[[ "$DURATION" =~ ^[1-9][0-9]*$ ]] || die "--duration must be a positive integer (s)"
@@ -241,29 +272,40 @@ sum_kb() {
 # ---------------------------------------------------------------------------
 # Bound where it would clash with this script's 127.0.0.1 sockets: on
 # 127.0.0.1 or a wildcard (another test's sipp on 127.0.N.3:5080 does not).
-udp_port_bound() {
-	[[ -n "$(ss -Hlun "( src 127.0.0.1:$1 or src 0.0.0.0:$1 or src [::]:$1 )" 2>/dev/null)" ]]
+# $2 = udp (default) or tcp (a listening socket).
+port_bound() {
+	local flag=-Hlun
+	[[ "${2:-udp}" == tcp ]] && flag=-Hltn
+	[[ -n "$(ss "$flag" "( src 127.0.0.1:$1 or src 0.0.0.0:$1 or src [::]:$1 )" 2>/dev/null)" ]]
 }
 
+udp_port_bound() {
+	port_bound "$1" udp
+}
+
+# $3 = udp (default) or tcp.
 require_port_free() {
-	if udp_port_bound "$1"; then
-		die "UDP port $1 is already in use ($2 needs it): $(ss -Hlunp "( src 127.0.0.1:$1 or src 0.0.0.0:$1 or src [::]:$1 )" | tr -s ' ' | head -1)"
+	local proto="${3:-udp}" flag=-Hlunp
+	[[ "$proto" == tcp ]] && flag=-Hltnp
+	if port_bound "$1" "$proto"; then
+		die "${proto^^} port $1 is already in use ($2 needs it): $(ss "$flag" "( src 127.0.0.1:$1 or src 0.0.0.0:$1 or src [::]:$1 )" | tr -s ' ' | head -1)"
 	fi
 }
 
-# Wait until $2 (pid) has bound UDP port $1; $3 = name, $4 = log file.
+# Wait until $2 (pid) has bound port $1; $3 = name, $4 = log file,
+# $5 = udp (default) or tcp.
 wait_for_port() {
-	local port="$1" pid="$2" name="$3" logf="$4" i
+	local port="$1" pid="$2" name="$3" logf="$4" proto="${5:-udp}" i
 	for ((i = 0; i < 150; i++)); do
 		alive "$pid" || {
 			tail -n 20 "$logf" >&2 || true
 			die "$name exited during start-up (log above: $logf)"
 		}
-		udp_port_bound "$port" && return 0
+		port_bound "$port" "$proto" && return 0
 		sleep 0.1
 	done
 	tail -n 20 "$logf" >&2 || true
-	die "$name did not bind udp:$HOST:$port within 15 s (log: $logf)"
+	die "$name did not bind $proto:$HOST:$port within 15 s (log: $logf)"
 }
 
 # ---------------------------------------------------------------------------
@@ -293,6 +335,9 @@ print_header() {
 	echo "sipp:     $sipp_ver"
 	echo "kamailio: $kam_ver"
 	echo "vigil:    $vigil_ver  commit=$commit"
+	if ((TCP_PREPARED)); then
+		echo "tcp:      ${TCP_NOTE:-}"
+	fi
 	echo "params:   suts=${SUT_LIST[*]}  rates=\"${RATE_LIST[*]}\"  duration=${DURATION}s  hold=${HOLD_MS}ms  pass>=${PASS_RATIO}  keep_going=$KEEP_GOING"
 	if awk -v l="${load%% *}" 'BEGIN { exit !(l > 0.5) }'; then
 		echo "WARNING:  load average ${load%% *} > 0.5: the machine is busy, numbers will be low and noisy"
@@ -363,6 +408,11 @@ write_vigil_config() {
 		cdr: { path: "$VIGIL_CDR" }
 		log: { level: warn, format: text }
 	EOF
+	# vigil-tcp1 / vigil-tcpn: the same, also listening on TCP (issue 19).
+	VIGIL_TCP_CFG="$WORK/vigil-tcp.yaml"
+	sed "s|^listen: \[\"udp:$HOST:$VIGIL_PORT\"\]\$|listen: [\"udp:$HOST:$VIGIL_PORT\", \"tcp:$HOST:$VIGIL_PORT\"]|" \
+		"$VIGIL_CFG" >"$VIGIL_TCP_CFG"
+	grep -q "\"tcp:$HOST:$VIGIL_PORT\"" "$VIGIL_TCP_CFG" || die "could not add the tcp: listener to $VIGIL_TCP_CFG"
 }
 
 # rtpengine for the vigil-relay SUT, in userspace, ports for thousands of
@@ -384,7 +434,7 @@ start_rtpengine() {
 start_sut() {
 	local sut="$1" dir="$2"
 	case "$sut" in
-	vigil | vigil-lua | vigil-relay | vigil-route)
+	vigil | vigil-lua | vigil-relay | vigil-route | vigil-tcp1 | vigil-tcpn)
 		SUT_PORT=$VIGIL_PORT
 		require_port_free "$SUT_PORT" vigil
 		local cfg="$VIGIL_CFG"
@@ -394,10 +444,17 @@ start_sut() {
 			cfg="$VIGIL_RELAY_CFG"
 			start_rtpengine "$dir"
 		fi
+		if [[ "$sut" == vigil-tcp* ]]; then
+			cfg="$VIGIL_TCP_CFG"
+			require_port_free "$SUT_PORT" vigil tcp
+		fi
 		"$VIGIL_BIN" run --config "$cfg" >"$dir/vigil.log" 2>&1 &
 		SUT_PID=$!
 		PIDS+=("$SUT_PID")
 		wait_for_port "$SUT_PORT" "$SUT_PID" vigil "$dir/vigil.log"
+		if [[ "$sut" == vigil-tcp* ]]; then
+			wait_for_port "$SUT_PORT" "$SUT_PID" vigil "$dir/vigil.log" tcp
+		fi
 		;;
 	kamailio)
 		SUT_PORT=$KAMAILIO_PORT
@@ -417,6 +474,47 @@ start_sut() {
 }
 
 # ---------------------------------------------------------------------------
+# TCP (vigil-tcp1, vigil-tcpn)
+# ---------------------------------------------------------------------------
+TCP_PREPARED=0
+SIPP_MAX_SOCKET="${SIPP_MAX_SOCKET:-}"
+
+# Raises this shell's open-files limit to the hard limit (sipp and Vigil
+# inherit it; nothing outside this script changes), picks sipp's
+# -max_socket below it, and warns about the sysctls that bound a
+# connection per call. Runs once.
+prepare_tcp() {
+	((TCP_PREPARED)) && return 0
+	TCP_PREPARED=1
+	local hard soft reuse range ports
+	hard="$(ulimit -Hn)"
+	if [[ "$hard" == unlimited ]]; then
+		ulimit -Sn 100000 2>/dev/null || true
+	else
+		ulimit -Sn "$hard" 2>/dev/null || true
+	fi
+	soft="$(ulimit -Sn)"
+	if [[ -z "$SIPP_MAX_SOCKET" ]]; then
+		# Room for sipp's own files (logs, RTP, listening socket).
+		SIPP_MAX_SOCKET=$((soft > 61000 ? 60000 : soft - 1000))
+	fi
+	((SIPP_MAX_SOCKET > 0)) || die "open-files limit $soft is too low for sipp over TCP (raise ulimit -n)"
+	reuse="$(cat /proc/sys/net/ipv4/tcp_tw_reuse 2>/dev/null || echo '?')"
+	range="$(tr -s '\t ' ' ' </proc/sys/net/ipv4/ip_local_port_range 2>/dev/null || echo '?')"
+	TCP_NOTE="open files $soft, sipp -max_socket $SIPP_MAX_SOCKET, tcp_tw_reuse=$reuse, local ports $range"
+	if [[ "$reuse" == 0 ]]; then
+		ports="$(awk '{ print $2 - $1 + 1 }' <<<"$range" 2>/dev/null || echo 28232)"
+		log "net.ipv4.tcp_tw_reuse=0: vigil-tcpn's closed connections hold their caller port in TIME_WAIT for 60 s, so about $((ports / 60)) calls/s exhaust the $ports local ports (this script does not change sysctls)"
+	fi
+}
+
+# Connections vigil-tcpn's caller holds at once at $1 calls/s: each lives for
+# the hold time and the call's set-up and tear-down (~50 ms on loopback).
+tcpn_connections() {
+	echo $(($1 * (HOLD_MS + 50) / 1000))
+}
+
+# ---------------------------------------------------------------------------
 # sipp
 # ---------------------------------------------------------------------------
 
@@ -425,6 +523,17 @@ sipp_behaviour_flags() {
 	if [[ "$1" == kamailio ]]; then
 		echo "-default_behaviors all,-abortunexp"
 	fi
+}
+
+# The caller's sipp transport flags for a SUT: UDP on one socket, or TCP
+# (one connection, or one per call) with -max_socket under the open-files
+# limit (sipp refuses to start otherwise).
+uac_transport_flags() {
+	case "$1" in
+	vigil-tcp1) echo "-t t1 -max_socket $SIPP_MAX_SOCKET" ;;
+	vigil-tcpn) echo "-t tn -max_socket $SIPP_MAX_SOCKET" ;;
+	*) echo "-t u1" ;;
+	esac
 }
 
 # Starts the UAS for one step; sets UAS_PID. $1 = sut, $2 = step dir.
@@ -474,14 +583,17 @@ uac_callee_flags() {
 run_uac() {
 	local sut="$1" dir="$2" rate="$3" calls="$4" limit
 	require_port_free "$UAC_PORT" "sipp UAC"
+	if [[ "$sut" == vigil-tcp* ]]; then
+		require_port_free "$UAC_PORT" "sipp UAC" tcp
+	fi
 	# Hard stop: traffic + hold + 40 s for the last calls' retransmissions
 	# (an INVITE transaction gives up after ~32 s). Unfinished calls count as
 	# failed, so a wedged SUT still ends the step.
 	limit=$((DURATION + HOLD_MS / 1000 + 40))
 	# -fd 1: one statistics row per second (used to check the achieved rate).
 	# shellcheck disable=SC2046
-	"$SIPP" "$HOST:$SUT_PORT" -sf "$LOAD_DIR/uac.xml" -i "$HOST" -p "$UAC_PORT" -t u1 \
-		-mp "$UAC_MEDIA_PORT" -buff_size "$SIPP_BUFF" -nostdin -aa \
+	"$SIPP" "$HOST:$SUT_PORT" -sf "$LOAD_DIR/uac.xml" -i "$HOST" -p "$UAC_PORT" \
+		$(uac_transport_flags "$sut") -mp "$UAC_MEDIA_PORT" -buff_size "$SIPP_BUFF" -nostdin -aa \
 		-r "$rate" -rp 1000 -m "$calls" -d "$HOLD_MS" -timeout "${limit}s" \
 		$(sipp_behaviour_flags "$sut") $(uac_callee_flags "$sut") \
 		-trace_err -error_file "$dir/uac-errors.log" -max_log_size "$SIPP_MAX_LOG" \
@@ -490,9 +602,22 @@ run_uac() {
 		>"$dir/uac.out" 2>&1 &
 	UAC_PID=$!
 	PIDS+=("$UAC_PID")
+	# sipp's -timeout did not end a sipp over TCP whose calls waited for a
+	# message that never came (TCP has no retransmissions to time out);
+	# past the same limit + 15 s it is terminated, its calls count as
+	# failed (its stats CSV stands in for the screen dump).
+	rm -f "$dir/uac-watchdog"
+	(sleep $((limit + 15)) && touch "$dir/uac-watchdog" && kill -TERM "$UAC_PID" 2>/dev/null) &
+	local watchdog=$!
+	PIDS+=("$watchdog")
 	UAC_RC=0
 	wait "$UAC_PID" || UAC_RC=$?
 	forget_pid "$UAC_PID"
+	stop_pid "$watchdog" 1
+	if [[ -e "$dir/uac-watchdog" ]]; then
+		log "sipp UAC still had $(stat_last "$dir/uac-stat.csv" CurrentCall 2>/dev/null || echo '?') calls up $((limit + 15)) s after it started: terminated, they count as failed"
+		UAC_RC=1
+	fi
 }
 
 # Cumulative value of a counter in sipp's final screen dump, e.g.
@@ -529,7 +654,7 @@ STEP_HEADER_PRINTED=0
 print_step_header() {
 	((STEP_HEADER_PRINTED)) && return 0
 	STEP_HEADER_PRINTED=1
-	printf '%-8s %6s %9s %9s %7s %8s %9s %15s %7s %9s %7s %8s %8s %8s %s\n' \
+	printf '%-11s %6s %9s %9s %7s %8s %9s %15s %7s %9s %7s %8s %8s %8s %s\n' \
 		sut rate attempted ok failed ratio rss_kb cpu_us_per_call cpu_pct pss_kb retrans uas_fail achieved cdr result
 }
 
@@ -542,6 +667,9 @@ run_step() {
 	mkdir -p "$dir"
 	calls=$((rate * DURATION))
 
+	if [[ "$sut" == vigil-tcpn ]] && (($(tcpn_connections "$rate") >= VIGIL_PER_SOURCE_CONNECTIONS)); then
+		log "vigil-tcpn at $rate calls/s holds ~$(tcpn_connections "$rate") connections from $HOST: over Vigil's $VIGIL_PER_SOURCE_CONNECTIONS per source, expect refused calls (shorten --hold to measure CPU instead)"
+	fi
 	if [[ "$sut" == vigil* ]]; then
 		cdr_before=$( [[ -f "$VIGIL_CDR" ]] && wc -l <"$VIGIL_CDR" || echo 0)
 	fi
@@ -641,7 +769,7 @@ run_step() {
 	fi
 
 	print_step_header
-	printf '%-8s %6s %9s %9s %7s %8s %9s %15s %7s %9s %7s %8s %8s %8s %s\n' \
+	printf '%-11s %6s %9s %9s %7s %8s %9s %15s %7s %9s %7s %8s %8s %8s %s\n' \
 		"$sut" "$rate" "$attempted" "$ok" "$failed" "$ratio" "$rss" "$us_per_call" "$cpu_pct" \
 		"$pss" "$retrans" "$uas_fail" "$achieved" "$cdr" "$result"
 
@@ -665,7 +793,8 @@ explain_failure() {
 	for side in uac uas; do
 		out=""
 		for k in FailedCall FailedMaxUDPRetrans FailedUnexpectedMessage FailedTimeoutOnRecv \
-			FailedCallRejected FailedCannotSendMessage OutOfCallMsgs DeadCallMsgs; do
+			FailedCallRejected FailedCannotSendMessage FailedTcpConnect FailedTcpClosed \
+			OutOfCallMsgs DeadCallMsgs; do
 			out+=" $k=$(stat_last "$dir/$side-stat.csv" "$k(C)" 2>/dev/null || echo '?')"
 		done
 		log "  sipp ${side^^}:$out"
@@ -679,6 +808,9 @@ explain_failure() {
 declare -A BEST_RATE BEST_LINE FIRST_FAIL NEVER_FAILED
 # CPU µs per call and result of every step, by "sut@rate".
 declare -A US_AT RESULT_AT
+# Per "sut rate": CPU µs per call and the result, for comparisons at equal
+# rates (over TCP vs UDP).
+declare -A AT_US AT_RESULT
 
 run_sut() {
 	local sut="$1" rate
@@ -687,12 +819,15 @@ run_sut() {
 	FIRST_FAIL[$sut]="-"
 	NEVER_FAILED[$sut]=1
 	for rate in "${RATE_LIST[@]}"; do
+		STEP_RESULT="" STEP_US=""
 		if run_step "$sut" "$rate"; then
+			AT_US["$sut $rate"]="$STEP_US" AT_RESULT["$sut $rate"]=PASS
 			if ((rate > BEST_RATE[$sut])); then
 				BEST_RATE[$sut]=$rate
 				BEST_LINE[$sut]="$STEP_OK/$STEP_ATT ($STEP_RATIO) | $STEP_RSS | $STEP_PSS | $STEP_US | $STEP_PCT"
 			fi
 		else
+			AT_US["$sut $rate"]="${STEP_US:--}" AT_RESULT["$sut $rate"]="${STEP_RESULT:-FAIL}"
 			NEVER_FAILED[$sut]=0
 			[[ "${FIRST_FAIL[$sut]}" != "-" ]] || FIRST_FAIL[$sut]="$rate ($STEP_RESULT, ratio $STEP_RATIO)"
 			[[ "$KEEP_GOING" == 1 ]] || break
@@ -724,6 +859,7 @@ print_summary() {
 			echo "Vigil/Kamailio best-rate ratio: n/a (Kamailio passed no rate)"
 		fi
 	fi
+	print_transport_comparison
 	if [[ -n "${BEST_RATE[vigil]:-}" && -n "${BEST_RATE[vigil-lua]:-}" ]]; then
 		v="${BEST_RATE[vigil]}" k="${BEST_RATE[vigil-lua]}"
 		if ((v > 0)); then
@@ -753,6 +889,50 @@ print_route_ratio() {
 	done
 }
 
+# Over TCP vs over UDP (issue 19): CPU µs per call at each rate, each TCP
+# SUT's cost relative to "vigil" at that rate, and best-rate ratios.
+print_transport_comparison() {
+	local tcp=() sut rate line u t v
+	for sut in vigil-tcp1 vigil-tcpn; do
+		[[ -n "${BEST_RATE[$sut]:-}" ]] && tcp+=("$sut")
+	done
+	((${#tcp[@]})) && [[ -n "${BEST_RATE[vigil]:-}" ]] || return 0
+	echo
+	echo "== Over TCP vs UDP: CPU µs per call at each rate (udp/tcp = vigil's µs / the TCP SUT's: 1.00 = TCP costs nothing more, and where CPU is the limit it estimates the TCP/UDP CPS ratio; a failed step is marked)"
+	line="| rate | vigil (udp) µs/call"
+	for sut in "${tcp[@]}"; do line+=" | $sut µs/call | udp/tcp"; done
+	echo "$line |"
+	line="|---|---"
+	for sut in "${tcp[@]}"; do line+="|---|---"; done
+	echo "$line|"
+	for rate in "${RATE_LIST[@]}"; do
+		u="${AT_US["vigil $rate"]:--}"
+		[[ "${AT_RESULT["vigil $rate"]:-}" == PASS || "$u" == - ]] || u="$u (${AT_RESULT["vigil $rate"]})"
+		line="| $rate | $u"
+		for sut in "${tcp[@]}"; do
+			t="${AT_US["$sut $rate"]:--}"
+			v=-
+			# Only between two passing steps: a failed one's CPU is not a call's.
+			if [[ "${AT_RESULT["$sut $rate"]:-}" == PASS && "${AT_RESULT["vigil $rate"]:-}" == PASS ]]; then
+				v="$(awk -v u="${AT_US["vigil $rate"]}" -v t="$t" 'BEGIN { if (t > 0) printf "%.2f", u / t; else print "-" }')"
+			fi
+			[[ "${AT_RESULT["$sut $rate"]:-}" == PASS || "$t" == - ]] || t="$t (${AT_RESULT["$sut $rate"]})"
+			line+=" | $t | $v"
+		done
+		echo "$line |"
+	done
+	u="${BEST_RATE[vigil]}"
+	for sut in "${tcp[@]}"; do
+		t="${BEST_RATE[$sut]}"
+		if ((u > 0)); then
+			echo "$sut / vigil best-rate ratio: $(awk -v t="$t" -v u="$u" 'BEGIN { printf "%.2f", t / u }') ($t / $u calls/s; issue 19's target: >= 0.80)"
+		fi
+	done
+	if ((NEVER_FAILED[vigil])); then
+		echo "(vigil never failed: the rate list caps its best rate, so these ratios are upper bounds)"
+	fi
+}
+
 main() {
 	parse_args "$@"
 	# VIGIL_BIN: absolute, or relative to the current directory if it exists
@@ -772,6 +952,7 @@ main() {
 	for sut in "${SUT_LIST[@]}"; do
 		case "$sut" in
 		vigil | vigil-lua | vigil-relay | vigil-route) check_vigil_bin ;;
+		vigil-tcp1 | vigil-tcpn) check_vigil_bin; prepare_tcp ;;
 		kamailio)
 			command -v "$KAMAILIO" >/dev/null || die "kamailio not found (apt-get install kamailio)"
 			"$KAMAILIO" -c -f "$LOAD_DIR/kamailio.cfg" >/dev/null 2>&1 ||
