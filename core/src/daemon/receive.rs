@@ -296,7 +296,9 @@ pub(super) async fn stream_loop(flow: Flow, mut handoff: Handoff) {
         ..
     } = flow;
     let mut framer = StreamFramer::new(FramingLimits::default());
-    let mut buf = vec![0u8; 16 * 1024];
+    // Small: an idle connection holds it for its whole life (a message
+    // larger than this arrives in several reads).
+    let mut buf = vec![0u8; 4 * 1024];
     // A connection has no kernel stamps: only full worker queues shed.
     let backlog = Backlog::default();
     let why = loop {
