@@ -415,3 +415,65 @@ fn connections_past_the_per_source_limit_are_refused_and_others_still_get_in() {
     let stopped = vigil.stop();
     assert!(stopped.status.success(), "{}", stopped.log);
 }
+
+/// A gateway whose connection closes under an INVITE is failed at once
+/// (a transport error, RFC 3261 §17.1.4): the call moves to the next
+/// gateway without waiting for `invite_timeout` (20 s here).
+#[test]
+fn a_gateway_whose_connection_closes_is_failed_over_at_once() {
+    let net = Net::new(194);
+    let dir = tempfile::tempdir().expect("temp dir");
+    let config = net.config(&dir.path().join("cdr.jsonl"), "").replacen(
+        &format!("outbound: {{ to: \"{}:5080\" }}", net.callee),
+        &format!(
+            "outbound:\n      gateways:\n        - {{ to: \"{c}:5071\", priority: 1 }}\n        - {{ to: \"{c}:5072\", priority: 2 }}\n      invite_timeout: 20\n    transport: tcp",
+            c = net.callee
+        ),
+        1,
+    );
+    let vigil = Vigil::start_with(net, dir, &config);
+    let tcp_gateway = |port: u16, scenario_file: Option<&std::path::Path>| {
+        let mut args: Vec<String> = match scenario_file {
+            Some(f) => vec!["-sf".into(), f.display().to_string()],
+            None => vec!["-sn".into(), "uas".into()],
+        };
+        args.extend(
+            [
+                "-i",
+                &net.callee.to_string(),
+                "-p",
+                &port.to_string(),
+                "-t",
+                "t1",
+                "-max_socket",
+                "100",
+            ]
+            .map(String::from),
+        );
+        let sipp = support::Sipp::spawn(&format!("gateway:{port}"), &args);
+        std::thread::sleep(Duration::from_millis(200));
+        sipp
+    };
+    let dying = tcp_gateway(5071, Some(&scenario("uas_silent.xml")));
+    let answering = tcp_gateway(5072, None);
+    let started = std::time::Instant::now();
+    let uac = caller(net, net.caller, None, "0049301234", &["-m", "1"]);
+    std::thread::sleep(Duration::from_secs(1));
+    dying.stop();
+    uac.expect_success(Duration::from_secs(15));
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "failed over at once, not after invite_timeout: {:?}",
+        started.elapsed()
+    );
+    answering.stop();
+    let stopped = vigil.stop();
+    assert_eq!(stopped.cdrs.len(), 1, "{}", stopped.log);
+    let attempts = stopped.cdrs[0]["attempts"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(attempts.len(), 2, "{}", stopped.cdrs[0]);
+    assert_eq!(attempts[0]["outcome"], "timeout", "{}", stopped.cdrs[0]);
+    assert_eq!(attempts[1]["outcome"], "200");
+}

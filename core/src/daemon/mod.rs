@@ -228,11 +228,18 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
             tokio::spawn(stream_loop(flow, handoff()));
         })
     });
-    if let Some(registrar) = registrar_input.clone() {
+    {
+        // A closed connection: its transactions fail at once on every
+        // worker, and the contacts registered on it go. Best effort: a full
+        // queue leaves a transaction to its timer, a contact to its expiry.
+        let (registrar, workers) = (registrar_input.clone(), worker_inputs.clone());
         transport.connections().set_on_close(Arc::new(move |path| {
-            // Best effort: a full queue keeps the contact until it
-            // expires or its keep-alive fails.
-            let _ = registrar.try_send(RegistrarInput::FlowClosed(path));
+            for worker in &workers {
+                let _ = worker.try_send(WorkerInput::FlowClosed(path));
+            }
+            if let Some(registrar) = &registrar {
+                let _ = registrar.try_send(RegistrarInput::FlowClosed(path));
+            }
         }));
     }
     let stream_acceptors: Vec<_> = transport

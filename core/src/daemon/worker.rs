@@ -55,6 +55,8 @@ pub enum WorkerInput {
     HangUp(String, oneshot::Sender<Option<CallSnapshot>>),
     /// The gateways' table changed (DNS gave a name new addresses).
     Gateways(Arc<Gateways>),
+    /// A TCP or TLS connection closed.
+    FlowClosed(crate::transaction::Path),
     /// End every call and stop once they are gone (or after [`DRAIN_TIME`]).
     Shutdown,
 }
@@ -174,6 +176,7 @@ pub async fn run_worker(
                             let _ = reply.send(engine.hang_up(now, &call_id));
                         }
                         WorkerInput::Gateways(gateways) => engine.set_gateways(now, gateways),
+                        WorkerInput::FlowClosed(flow) => engine.flow_closed(now, flow),
                         WorkerInput::Shutdown => {
                             engine.begin_shutdown(now);
                             drain_until = Some(now + DRAIN_TIME);

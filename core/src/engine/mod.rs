@@ -475,6 +475,14 @@ impl Engine {
         self.drain_tx_events(now);
     }
 
+    /// The connection `flow` closed: requests sent on it that await their
+    /// answer fail at once (a B-leg INVITE fails over, a refresh or BYE
+    /// fails as if timed out).
+    pub fn flow_closed(&mut self, now: Instant, flow: Path) {
+        self.tx.flow_closed(flow);
+        self.drain_tx_events(now);
+    }
+
     pub fn handle_timeout(&mut self, now: Instant) {
         if self.shutdown_next.is_some_and(|at| at <= now) {
             self.end_shutdown_batch(now);

@@ -399,6 +399,31 @@ impl<O: Copy> TransactionLayer<O> {
 
     /// Gives up on a client transaction without an answer (RFC 3261 §9.1: an
     /// INVITE whose CANCEL got no final response within 64*T1).
+    /// The connection `flow` closed (RFC 3261 §17.1.4: a transport error):
+    /// every client transaction on it still waiting for its final answer
+    /// fails now, as a timeout would, instead of at Timer B or F.
+    pub fn flow_closed(&mut self, flow: Path) {
+        let failed: Vec<ClientTxId> = self
+            .clients
+            .iter()
+            .filter(|(_, t)| {
+                t.path == flow
+                    && matches!(
+                        t.state,
+                        ClientState::Calling | ClientState::Trying | ClientState::Proceeding
+                    )
+            })
+            .map(|(id, _)| *id)
+            .collect();
+        for tx in failed {
+            if let Some(t) = self.clients.get(&tx) {
+                self.events
+                    .push_back(TxEvent::Timeout { tx, owner: t.owner });
+            }
+            self.abandon_client(tx);
+        }
+    }
+
     pub fn abandon_client(&mut self, tx: ClientTxId) {
         if let Some(t) = self.clients.get_mut(&tx) {
             t.state = ClientState::Terminated;

@@ -463,3 +463,25 @@ fn over_tcp_a_server_never_retransmits_and_does_not_linger() {
     l.handle_timeout(t0);
     assert!(l.is_empty(), "Timer J is zero over TCP");
 }
+
+/// RFC 3261 §17.1.4: a connection that closes under a request is a
+/// transport error, reported at once like a timeout; a request on another
+/// flow (UDP to the same peer) is not touched.
+#[test]
+fn a_closed_connection_fails_its_requests_at_once() {
+    let t0 = Instant::now();
+    let mut l = layer();
+    let on_tcp = l.send_request(t0, request("INVITE", "z9hG4bKflow1", ""), tcp_path(), 1);
+    l.send_request(t0, request("INVITE", "z9hG4bKflow2", ""), path(), 2);
+    drain(&mut l);
+    l.flow_closed(tcp_path());
+    assert_eq!(
+        l.poll_event(),
+        Some(TxEvent::Timeout {
+            tx: on_tcp,
+            owner: 1
+        })
+    );
+    assert_eq!(l.poll_event(), None, "the UDP request is not on that flow");
+    assert_eq!(l.clients_awaiting_final(), 1);
+}
