@@ -413,6 +413,10 @@ write_vigil_config() {
 	sed "s|^listen: \[\"udp:$HOST:$VIGIL_PORT\"\]\$|listen: [\"udp:$HOST:$VIGIL_PORT\", \"tcp:$HOST:$VIGIL_PORT\"]|" \
 		"$VIGIL_CFG" >"$VIGIL_TCP_CFG"
 	grep -q "\"tcp:$HOST:$VIGIL_PORT\"" "$VIGIL_TCP_CFG" || die "could not add the tcp: listener to $VIGIL_TCP_CFG"
+	# Every sipp call comes from one address: with a connection per call
+	# (vigil-tcpn) that is thousands of connections from it, past the
+	# per-source default meant for the open Internet.
+	echo "limits: { max_connections_per_source: 100000 }" >>"$VIGIL_TCP_CFG"
 }
 
 # rtpengine for the vigil-relay SUT, in userspace, ports for thousands of
