@@ -12,25 +12,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use support::dnsmasq::{Dnsmasq, free_port};
-use support::{Net, Sipp, Vigil, caller, scenario};
-
-/// A sipp gateway on `net.callee:port`.
-fn gateway(net: Net, port: u16, scenario_file: Option<&Path>, extra: &[&str]) -> Sipp {
-    let mut args: Vec<String> = match scenario_file {
-        Some(f) => vec!["-sf".into(), f.display().to_string()],
-        None => vec!["-sn".into(), "uas".into()],
-    };
-    args.extend([
-        "-i".into(),
-        net.callee.to_string(),
-        "-p".into(),
-        port.to_string(),
-    ]);
-    args.extend(extra.iter().map(|s| s.to_string()));
-    let sipp = Sipp::spawn(&format!("gateway:{port}"), &args);
-    std::thread::sleep(Duration::from_millis(200));
-    sipp
-}
+use support::{Net, Sipp, Vigil, callee_at, caller, scenario};
 
 /// Vigil's config: `pbx` (the caller) routes to `carrier`, whose
 /// `outbound:` is `outbound`; CDRs in `dir`.
@@ -92,9 +74,9 @@ fn calls_fail_over_past_a_silent_and_a_503_gateway_and_the_cdr_lists_each_attemp
         config(net, dir.path(), &outbound)
     );
     let vigil = Vigil::start_with(net, dir, &text);
-    let silent = gateway(net, 5071, Some(&scenario("uas_silent.xml")), &[]);
-    let busy = gateway(net, 5072, Some(&scenario("uas_503_retry_after.xml")), &[]);
-    let answering = gateway(net, 5073, None, &[]);
+    let silent = callee_at(net, 5071, Some(&scenario("uas_silent.xml")), &[]);
+    let busy = callee_at(net, 5072, Some(&scenario("uas_503_retry_after.xml")), &[]);
+    let answering = callee_at(net, 5073, None, &[]);
     let call = || {
         caller(net, net.caller, None, "0049301234", &["-m", "1"])
             .expect_success(Duration::from_secs(30))
@@ -212,12 +194,12 @@ fn probes_take_a_silent_gateway_down_and_bring_it_back_when_it_answers() {
     );
     let text = config(net, dir.path(), &outbound);
     // :5072 answers its probes; nothing listens on :5071 yet.
-    let answering = gateway(net, 5072, Some(&scenario("uas_options.xml")), &[]);
+    let answering = callee_at(net, 5072, Some(&scenario("uas_options.xml")), &[]);
     let vigil = Vigil::start_with(net, dir, &text);
     wait_for_state(&vigil, 5071, "down", Duration::from_secs(10));
     assert_eq!(state_of(&vigil, 5072), "up");
     assert!(vigil.log().contains("gateway down"), "{}", vigil.log());
-    let back = gateway(net, 5071, Some(&scenario("uas_options.xml")), &[]);
+    let back = callee_at(net, 5071, Some(&scenario("uas_options.xml")), &[]);
     wait_for_state(&vigil, 5071, "up", Duration::from_secs(10));
     assert!(vigil.log().contains("gateway up"), "{}", vigil.log());
     let stopped = vigil.stop();
@@ -263,7 +245,7 @@ fn a_trunk_named_by_domain_follows_its_srv_records() {
         "{}dns: {{ servers: [\"{dns_addr}\"], min_ttl: 1, allow_short_intervals: true }}\n",
         config(net, dir.path(), outbound)
     );
-    let first = gateway(net, 5071, None, &[]);
+    let first = callee_at(net, 5071, None, &[]);
     let vigil = Vigil::start_with(net, tempfile::tempdir().expect("dir"), &text);
     let deadline = Instant::now() + Duration::from_secs(10);
     while addresses(&vigil) != ["127.0.182.3:5071"] && Instant::now() < deadline {
@@ -363,7 +345,7 @@ log: {{ level: "info", format: json }}
     );
     let uas: Vec<Sipp> = [5081, 5082, 5083]
         .iter()
-        .map(|&port| gateway(net, port, None, &[]))
+        .map(|&port| callee_at(net, port, None, &[]))
         .collect();
     let vigil = Vigil::start_with(net, tempfile::tempdir().expect("dir"), &text);
     let before = utc_hour();

@@ -432,30 +432,9 @@ fn a_gateway_whose_connection_closes_is_failed_over_at_once() {
         1,
     );
     let vigil = Vigil::start_with(net, dir, &config);
-    let tcp_gateway = |port: u16, scenario_file: Option<&std::path::Path>| {
-        let mut args: Vec<String> = match scenario_file {
-            Some(f) => vec!["-sf".into(), f.display().to_string()],
-            None => vec!["-sn".into(), "uas".into()],
-        };
-        args.extend(
-            [
-                "-i",
-                &net.callee.to_string(),
-                "-p",
-                &port.to_string(),
-                "-t",
-                "t1",
-                "-max_socket",
-                "100",
-            ]
-            .map(String::from),
-        );
-        let sipp = support::Sipp::spawn(&format!("gateway:{port}"), &args);
-        std::thread::sleep(Duration::from_millis(200));
-        sipp
-    };
-    let dying = tcp_gateway(5071, Some(&scenario("uas_silent.xml")));
-    let answering = tcp_gateway(5072, None);
+    let tcp = ["-t", "t1", "-max_socket", "100"];
+    let dying = support::callee_at(net, 5071, Some(&scenario("uas_silent.xml")), &tcp);
+    let answering = support::callee_at(net, 5072, None, &tcp);
     let started = std::time::Instant::now();
     let uac = caller(net, net.caller, None, "0049301234", &["-m", "1"]);
     std::thread::sleep(Duration::from_secs(1));

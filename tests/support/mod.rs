@@ -396,6 +396,12 @@ pub fn tail(s: &str, lines: usize) -> String {
 /// A callee: sipp as UAS on the net's callee address, with a scenario file (or
 /// `-sn uas` when `scenario_file` is None).
 pub fn callee(net: Net, scenario_file: Option<&Path>, extra: &[&str]) -> Sipp {
+    callee_at(net, CALLEE_PORT, scenario_file, extra)
+}
+
+/// [`callee`] on another port of the callee address (a trunk's other
+/// gateways).
+pub fn callee_at(net: Net, port: u16, scenario_file: Option<&Path>, extra: &[&str]) -> Sipp {
     let mut args: Vec<String> = match scenario_file {
         Some(f) => vec!["-sf".into(), f.display().to_string()],
         None => vec!["-sn".into(), "uas".into()],
@@ -404,10 +410,10 @@ pub fn callee(net: Net, scenario_file: Option<&Path>, extra: &[&str]) -> Sipp {
         "-i".into(),
         net.callee.to_string(),
         "-p".into(),
-        CALLEE_PORT.to_string(),
+        port.to_string(),
     ]);
     args.extend(extra.iter().map(|s| s.to_string()));
-    let sipp = Sipp::spawn("callee", &args);
+    let sipp = Sipp::spawn(&format!("callee:{port}"), &args);
     // sipp binds at once; give it a moment so the first INVITE finds it.
     std::thread::sleep(Duration::from_millis(200));
     sipp

@@ -201,9 +201,7 @@ impl Handoff {
                     if let Verdict::Reply { bytes, to } =
                         ingress.shed(now, request, path, config, why)
                     {
-                        self.transport
-                            .send(&Transmit::new(path.to(to), bytes))
-                            .await;
+                        self.transport.send(Transmit::new(path.to(to), bytes)).await;
                     }
                     return;
                 }
@@ -232,9 +230,7 @@ impl Handoff {
                 }
             }
             Verdict::Reply { bytes, to } => {
-                self.transport
-                    .send(&Transmit::new(path.to(to), bytes))
-                    .await;
+                self.transport.send(Transmit::new(path.to(to), bytes)).await;
             }
             Verdict::Drop(_) => {}
         }
@@ -332,7 +328,7 @@ pub(super) async fn stream_loop(flow: Flow, mut handoff: Handoff) {
                     if let Some(answer) = frame.answer() {
                         handoff
                             .transport
-                            .send(&Transmit::new(path, answer.to_vec()))
+                            .send(Transmit::new(path, answer.to_vec()))
                             .await;
                     }
                 }

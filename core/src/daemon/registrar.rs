@@ -117,7 +117,7 @@ async fn run_registrar(
                         tracing::error!(error = %e, suppressed, "cannot persist a registration");
                     }
                 }
-                Output::Transmit(t) => transport.send(&t).await,
+                Output::Transmit(t) => transport.send(t).await,
             }
         }
     }

@@ -225,7 +225,7 @@ async fn flush(
     ng: &mut NgSocket,
 ) {
     while let Some(t) = engine.poll_transmit() {
-        transport.send(&t).await;
+        transport.send(t).await;
     }
     while let Some((to, bytes)) = engine.poll_ng_transmit() {
         ng.send(to, &bytes).await;

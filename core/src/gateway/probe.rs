@@ -151,21 +151,18 @@ impl Prober {
         gateways: &Gateways,
         events: &mut Vec<ProbeEvent>,
     ) -> bool {
-        if response.cseq.method != Method::Options || response.status < 200 {
-            return response.cseq.method == Method::Options
-                && response
-                    .top_via()
-                    .branch()
-                    .is_some_and(|b| self.sent.contains_key(b));
-        }
-        let Some(sent) = response
-            .top_via()
-            .branch()
-            .and_then(|b| self.sent.remove(b))
-        else {
+        let Some(branch) = response.top_via().branch() else {
             return false;
         };
-        record(gateways, &sent, now, Some(response.status), events);
+        if response.cseq.method != Method::Options || !self.sent.contains_key(branch) {
+            return false;
+        }
+        // A provisional is a probe's but decides nothing: the final does.
+        if response.status >= 200
+            && let Some(sent) = self.sent.remove(branch)
+        {
+            record(gateways, &sent, now, Some(response.status), events);
+        }
         true
     }
 

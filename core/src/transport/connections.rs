@@ -382,30 +382,32 @@ impl Connections {
 
     /// Sends `transmit` on the connection to its peer, opening one if there
     /// is none (a message to a peer that never connected, over TCP).
-    pub fn send(self: &Arc<Self>, transmit: &Transmit) {
+    pub fn send(self: &Arc<Self>, transmit: Transmit) {
         let key = (transmit.proto, transmit.remote);
+        let path = transmit.path();
+        let bytes = transmit.bytes;
         let mut table = self.lock();
         if let Some(entry) = table.open.get(&key) {
-            if entry.out.try_send(transmit.bytes.clone()).is_err() {
-                self.counters(transmit.proto)
+            if entry.out.try_send(bytes).is_err() {
+                self.counters(path.proto)
                     .dropped
                     .fetch_add(1, Ordering::Relaxed);
                 drop(table);
                 self.warn(
                     "message dropped: the connection's queue is full (the peer reads too slowly)",
-                    transmit.remote,
+                    path.remote,
                     &self.limits.load().queue,
                 );
             }
             return;
         }
         if let Some(waiting) = table.connecting.get_mut(&key) {
-            waiting.push(transmit.bytes.clone());
+            waiting.push(bytes);
             return;
         }
-        table.connecting.insert(key, vec![transmit.bytes.clone()]);
+        table.connecting.insert(key, vec![bytes]);
         drop(table);
-        tokio::spawn(self.clone().connect(transmit.path()));
+        tokio::spawn(self.clone().connect(path));
     }
 
     /// Opens a connection to `path.remote`; what waited for it goes first.

@@ -198,7 +198,7 @@ impl Transport {
 
     /// Sends a datagram from the socket bound to `local`. Errors are logged, not
     /// returned: a lost datagram is what UDP and the transaction timers are for.
-    pub async fn send(&self, transmit: &Transmit) {
+    pub async fn send(&self, transmit: Transmit) {
         self.trace.datagram(
             trace::Direction::Sent,
             transmit.local,
@@ -206,6 +206,7 @@ impl Transport {
             &transmit.bytes,
         );
         if transmit.proto.is_reliable() {
+            // Moved, not copied: the connection's queue takes the bytes.
             return self.connections.send(transmit);
         }
         // The usual send completes under the read lock; only a full socket
@@ -215,7 +216,7 @@ impl Transport {
             let sockets = self.read();
             let Some((_, socket)) = sockets.iter().find(|(l, _)| l.bind == transmit.local) else {
                 drop(sockets);
-                self.orphan(transmit);
+                self.orphan(&transmit);
                 return;
             };
             match socket.try_send_to(&transmit.bytes, transmit.remote) {
