@@ -540,6 +540,7 @@ impl Checker {
                     .and_then(|r| self.check_register(&key, r)),
                 tls_verify: t.tls_verify.unwrap_or(verify_server),
                 transport: t.transport.unwrap_or_default(),
+                prack: t.prack.unwrap_or(sip.prack),
             });
         }
         for (i, t) in raw.iter().enumerate() {

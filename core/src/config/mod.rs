@@ -15,6 +15,7 @@
 //!   users);
 //! - `gateways`: a trunk's `outbound:` (its gateways, failover, probes);
 //! - `uplink`: a trunk's `auth` and `register` (Vigil as the carrier's client);
+//! - `prack`: `sip.prack` and a trunk's `prack` (RFC 3262's 100rel);
 //! - `session_timer`, `registrar`, `policy`, `tls`: one section each, as written,
 //!   as in force, and the ranges its values must lie in.
 
@@ -23,6 +24,7 @@ mod gateways;
 mod locate;
 mod media;
 mod policy;
+mod prack;
 mod registrar;
 mod routing;
 mod schema;
@@ -48,6 +50,7 @@ pub use media::{MediaConfig, MediaMode, OnFailure, TimeoutMode};
 pub use policy::{
     DEFAULT_LUA_INSTRUCTION_LIMIT, DEFAULT_LUA_MEMORY_LIMIT_MB, PolicyConfig, PolicySources,
 };
+pub use prack::PrackMode;
 pub use registrar::{
     KeepaliveConfig, KeepaliveFile, KeepaliveMode, RegistrarConfig, UserFile,
     parse_digest_algorithms,
@@ -217,6 +220,8 @@ pub struct Trunk {
     pub tls_verify: bool,
     /// The transport its gateways are reached over (`transport:`).
     pub transport: crate::sip::Protocol,
+    /// Reliable provisionals on its legs: its `prack`, else `sip.prack`.
+    pub prack: PrackMode,
 }
 
 /// A prefix route to outbound trunks, tried in order.

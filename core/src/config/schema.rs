@@ -230,6 +230,9 @@ pub(super) struct FileTrunk {
     /// How calls to its gateways travel: `udp` (default), `tcp` or `tls`.
     #[serde(default)]
     pub(super) transport: Option<crate::sip::Protocol>,
+    /// Reliable provisionals on this trunk's legs (`sip.prack` when absent).
+    #[serde(default)]
+    pub(super) prack: Option<super::PrackMode>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -324,6 +327,10 @@ pub struct SipConfig {
     /// default: the caller has heard that gateway's announcement or ringback.
     #[serde(default)]
     pub failover_after_early_media: bool,
+    /// Reliable provisional responses (RFC 3262) on legs with no trunk's
+    /// own `prack` (registered users' legs among them).
+    #[serde(default)]
+    pub prack: super::PrackMode,
 }
 
 fn yes() -> bool {
@@ -356,6 +363,7 @@ impl Default for SipConfig {
             invite_timeout: default_invite_timeout(),
             max_attempts: default_max_attempts(),
             failover_after_early_media: false,
+            prack: super::PrackMode::Supported,
         }
     }
 }

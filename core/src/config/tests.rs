@@ -94,8 +94,8 @@ fn every_unknown_key_is_reported_with_the_other_problems() {
         rendered,
         [
             "vigil.yaml:2: listen[1].adress: unknown key, expected one of `addr`, `advertise`",
-            "vigil.yaml:7: trunks[0].rout_to: unknown key, expected one of `name`, `inbound`, `outbound`, `route_to`, `session_timer`, `policy`, `media`, `auth`, `register`, `tls_verify`, `transport`",
-            "vigil.yaml:12: trunks[2].colour: unknown key, expected one of `name`, `inbound`, `outbound`, `route_to`, `session_timer`, `policy`, `media`, `auth`, `register`, `tls_verify`, `transport`",
+            "vigil.yaml:7: trunks[0].rout_to: unknown key, expected one of `name`, `inbound`, `outbound`, `route_to`, `session_timer`, `policy`, `media`, `auth`, `register`, `tls_verify`, `transport`, `prack`",
+            "vigil.yaml:12: trunks[2].colour: unknown key, expected one of `name`, `inbound`, `outbound`, `route_to`, `session_timer`, `policy`, `media`, `auth`, `register`, `tls_verify`, `transport`, `prack`",
             "vigil.yaml:17: sesion_timer: unknown key, expected one of `listen`, `trunks`, `routes`, `cdr`, `log`, `sip`, `session_timer`, `registrar`, `users`, `nat_keepalive`, `policy`, `control`, `metrics`, `trace`, `limits`, `media`, `dns`, `tls`",
             "vigil.yaml:18: session_timer.tll: unknown key, expected one of `ttl`, `update_segment`, `early_hangup`, `no_timer_max_duration`, `min_se`, `refresh_method`, `prefer_refresher`, `refresh_non_timer_peers`, `allow_short_intervals`",
             "vigil.yaml:14: routes[0].trunk: no trunk named \"nowhere\"",
@@ -654,5 +654,39 @@ fn tcp_and_tls_listeners_are_read_and_tls_needs_its_section() {
     assert!(
         !problems(&text.replace("\"tls:127.0.0.1:5061\"", "\"tcp:127.0.0.1:5060\"")).is_empty(),
         "listed twice"
+    );
+}
+
+#[test]
+fn prack_is_global_with_per_trunk_overrides() {
+    let c = Config::parse(GOOD, Path::new("vigil.yaml")).expect("valid");
+    assert_eq!(c.sip.prack, PrackMode::Supported, "the default");
+    assert!(c.trunks.iter().all(|t| t.prack == PrackMode::Supported));
+    let text = GOOD.replace(
+        "    route_to: carrier\n",
+        "    route_to: carrier\n    prack: required\n",
+    ) + "sip: { prack: disabled }\n";
+    let c = Config::parse(&text, Path::new("vigil.yaml")).expect("valid");
+    assert_eq!(c.sip.prack, PrackMode::Disabled);
+    assert_eq!(c.trunks[0].prack, PrackMode::Required);
+    assert_eq!(c.trunks[1].prack, PrackMode::Disabled, "inherits sip.prack");
+}
+
+#[test]
+fn a_bad_prack_value_names_its_line_and_the_choices() {
+    let text = GOOD.replace(
+        "    route_to: carrier\n",
+        "    route_to: carrier\n    prack: sometimes\n",
+    );
+    let p = problems(&text);
+    let rendered: Vec<String> = p.iter().map(ToString::to_string).collect();
+    assert_eq!(rendered.len(), 1, "{rendered:?}");
+    assert!(rendered[0].starts_with("vigil.yaml:7:"), "{rendered:?}");
+    assert!(
+        rendered[0].contains("sometimes")
+            && rendered[0].contains("supported")
+            && rendered[0].contains("required")
+            && rendered[0].contains("disabled"),
+        "{rendered:?}"
     );
 }

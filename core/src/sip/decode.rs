@@ -387,6 +387,8 @@ fn validate_other_headers(raw: &RawHead<'_>) -> Result<(), String> {
             }
             HeaderName::SessionExpires => SessionExpires::parse(v).map(drop),
             HeaderName::MinSe => MinSe::parse(v).map(drop),
+            HeaderName::RSeq => super::RSeq::parse(v).map(drop),
+            HeaderName::RAck => super::RAck::parse(v).map(drop),
             HeaderName::Expires | HeaderName::MinExpires => parse_delta_seconds(v).map(drop),
             HeaderName::ContentType => MediaType::parse(v).map(drop),
             HeaderName::Date => validate_sip_date(v),

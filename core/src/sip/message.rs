@@ -59,7 +59,7 @@ impl Message {
 }
 
 /// Methods Vigil implements, for `Allow` (RFC 3261 §20.5).
-pub const ALLOWED_METHODS: &str = "INVITE, ACK, CANCEL, BYE, OPTIONS, UPDATE, INFO";
+pub const ALLOWED_METHODS: &str = "INVITE, ACK, CANCEL, BYE, OPTIONS, UPDATE, INFO, PRACK";
 
 impl Request {
     /// A request outside any dialog (RFC 3261 §8.1.1): To is the

@@ -15,6 +15,7 @@ mod auth;
 mod decode;
 mod header;
 mod message;
+mod reliable;
 mod reply;
 mod status;
 mod text;
@@ -27,6 +28,7 @@ pub use auth::{
 pub use decode::{DecodeError, MAX_DATAGRAM, MAX_HEADERS, ReplyContext, decode};
 pub use header::{Header, HeaderName, Headers};
 pub use message::{ALLOWED_METHODS, Message, Request, Response};
+pub use reliable::{RAck, RSeq, TAG_100REL, requires_100rel, supports_100rel};
 pub use reply::{Reply, local_response};
 pub use status::reason_phrase;
 pub use text::{Param, split_list};

@@ -15,7 +15,7 @@ use super::uri::{Host, Uri, UriError};
 pub struct ValueError(pub String);
 
 impl ValueError {
-    fn new(msg: impl Into<String>) -> Self {
+    pub(super) fn new(msg: impl Into<String>) -> Self {
         ValueError(msg.into())
     }
 }
