@@ -24,6 +24,9 @@ pub enum Purpose {
     Relay(u32),
     /// Vigil's session refresh (UPDATE or re-INVITE) on a leg.
     Refresh(Leg),
+    /// Vigil's PRACK for a reliable provisional of the callee (RFC 3262):
+    /// its answer changes nothing (a lost one is the transaction's business).
+    Prack,
     /// A request Vigil sends on its own (BYE, CANCEL): its answer changes nothing.
     Teardown,
     /// Not a call's: a REGISTER of the worker's trunk registrations

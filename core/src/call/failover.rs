@@ -131,6 +131,7 @@ pub fn outbound_to(gateway: &Gateway, sockets: &[LocalSocket]) -> Option<Outboun
         callee: None,
         caller: None,
         auth: gateway.auth.clone(),
+        prack: gateway.prack,
     })
 }
 

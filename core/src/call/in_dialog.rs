@@ -32,6 +32,11 @@ impl Call {
             self.on_cancel(now, env);
             return;
         }
+        if leg == Leg::A && request.method == Method::Prack {
+            // RFC 3262 §3: for a reliable provisional of the caller's INVITE,
+            // early dialog or not.
+            return self.on_caller_prack(now, tx, request, env);
+        }
         if self.leg_closed(leg) && request.method != Method::Bye {
             // This dialog is over (Vigil's BYE is out, or the peer's came): only
             // a crossing BYE is still answered on it (§15.1.2).
@@ -110,7 +115,7 @@ impl Call {
                     self.relay(now, leg, tx, request, None, env);
                 }
             }
-            // No reliable provisional is ever pending: Vigil does not offer 100rel.
+            // Vigil sends the callee no reliable provisional to PRACK.
             Method::Prack => reply(env, Reply::new(481)),
             Method::Extension(_) => reply(env, Reply::new(501)),
             _ => reply(

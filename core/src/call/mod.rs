@@ -35,7 +35,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use crate::cdr::{CdrRecord, EndReason, EndedBy};
-use crate::config::{SessionTimerConfig, TrunkAuth};
+use crate::config::{PrackMode, SessionTimerConfig, TrunkAuth};
 use crate::policy::{CallView, RefreshFailure, refresh_failure_cdr_value};
 use crate::session_timer::UasOutcome;
 use crate::sip::{Request, Response, Uri};
@@ -89,6 +89,8 @@ pub struct Inbound {
     pub advertised: SocketAddr,
     pub timer: SessionTimerConfig,
     pub negotiated: UasOutcome,
+    /// The source's `prack` (its 100rel checks passed already).
+    pub prack: PrackMode,
 }
 
 /// Where the B leg goes.
@@ -110,6 +112,8 @@ pub struct Outbound {
     pub caller: Option<String>,
     /// The trunk's `auth`: what its carrier's 401/407 are answered with.
     pub auth: Option<Arc<TrunkAuth>>,
+    /// The trunk's `prack`: `100rel` in the INVITE's Supported or Require.
+    pub prack: PrackMode,
 }
 
 /// Where a new call's B leg goes: its first target, the gateways it may
@@ -407,6 +411,11 @@ impl Call {
             Purpose::BInvite => self.on_b_invite_response(now, response, env),
             Purpose::Relay(id) => self.on_relay_response(now, id, response, env),
             Purpose::Refresh(leg) => self.on_refresh_response(now, leg, response, env),
+            Purpose::Prack => {
+                if response.status >= 300 {
+                    tracing::info!(call_id = %self.a.call_id(), status = response.status, "callee refused Vigil's PRACK");
+                }
+            }
             Purpose::Teardown | Purpose::Register(_) => {}
         }
     }
@@ -430,7 +439,7 @@ impl Call {
             }
             Purpose::Relay(id) => self.on_relay_timeout(now, id, env),
             Purpose::Refresh(leg) => self.on_refresh_timeout(now, leg, env),
-            Purpose::Teardown | Purpose::Register(_) => {}
+            Purpose::Prack | Purpose::Teardown | Purpose::Register(_) => {}
         }
     }
 
@@ -483,7 +492,8 @@ mod tests {
         // 1,288 after the issue 16 diet, + 8 for a relayed call's media session
         // (boxed: most calls are not relayed), + 32 for failover (the gateway
         // and its boxed plan, the B leg's no-response timer), + 8 per leg for
-        // a trunk's `auth` (boxed: most trunks ask for none).
-        assert!(size <= 1_360, "size_of::<Call>() = {size} bytes");
+        // a trunk's `auth` (boxed: most trunks ask for none), + 8 per leg
+        // for reliable provisionals (boxed: most calls have none).
+        assert!(size <= 1_376, "size_of::<Call>() = {size} bytes");
     }
 }

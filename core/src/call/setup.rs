@@ -5,11 +5,13 @@
 
 use std::time::Instant;
 
+use super::leg::{CallerPrack, ReliableIncoming};
 use super::{AState, AttemptEnd, BState, Call, CallTimer, Env, Leg};
 use crate::cdr::{EndReason, EndedBy};
 use crate::metrics::Metrics;
 use crate::sip::local_response;
 use crate::sip::{Request, Response};
+use crate::transaction::ServerTxId;
 use crate::uplink::auth::is_challenge;
 
 impl Call {
@@ -21,6 +23,9 @@ impl Call {
         response: Response,
         env: &mut Env<'_>,
     ) {
+        if response.status < 200 && !self.take_reliable(now, &response, env) {
+            return;
+        }
         if let Some(response) = self.callee_sdp_through_media(now, response, env) {
             self.take_b_invite_response(now, response, env);
         }
@@ -125,6 +130,66 @@ impl Call {
             // Nothing was sent: no response can be for it.
             BState::Waiting => {}
         }
+    }
+
+    /// A provisional from the callee, as RFC 3262 §4 says: a reliable one
+    /// in order is PRACKed — at once, or, when it carries the callee's offer
+    /// (a late-offer call) and the caller takes reliable provisionals, with
+    /// the caller's answer from its own PRACK. False: it is a retransmission
+    /// or past a gap, and goes no further.
+    fn take_reliable(&mut self, now: Instant, response: &Response, env: &mut Env<'_>) -> bool {
+        if !matches!(
+            self.b.state(),
+            BState::Calling | BState::Proceeding | BState::Cancelling
+        ) {
+            return true;
+        }
+        match self.b.classify_provisional(response) {
+            ReliableIncoming::Unreliable => true,
+            ReliableIncoming::Dropped => false,
+            ReliableIncoming::Fresh { dialog, rack } => {
+                let offer = !response.body.is_empty() && self.b.late_offer();
+                if offer && self.a.takes_reliable_sdp() && self.a.state() == AState::Proceeding {
+                    self.b.defer_prack(now, dialog, rack, env);
+                } else {
+                    // A caller without 100rel cannot answer before the 2xx:
+                    // the PRACK goes without an answer (README: limits).
+                    self.b.send_prack(now, dialog, &rack, None, env);
+                }
+                true
+            }
+        }
+    }
+
+    /// A PRACK from the caller: answered on the A leg; its answer to the
+    /// callee's offer (a late-offer call) goes in the B leg's held PRACK.
+    pub(super) fn on_caller_prack(
+        &mut self,
+        now: Instant,
+        tx: ServerTxId,
+        prack: Request,
+        env: &mut Env<'_>,
+    ) {
+        if let CallerPrack::Acknowledged(body) = self.a.on_prack(now, tx, &prack, env) {
+            if body.is_some() {
+                self.note_body(Leg::A, &prack.headers, &prack.body);
+            }
+            self.b.send_deferred_prack(now, body.as_ref(), env);
+        }
+    }
+
+    /// No PRACK for a reliable provisional in 64*T1 (RFC 3262 §3): the
+    /// caller's INVITE is rejected with 5xx and the callee's given up.
+    pub fn on_prack_timeout(&mut self, now: Instant, env: &mut Env<'_>) {
+        if self.a.state() != AState::Proceeding || self.ending.is_some() {
+            return;
+        }
+        tracing::info!(call_id = %self.a.call_id(), "no PRACK for a reliable provisional within 64*T1");
+        self.a
+            .fail(now, 504, Some("Provisional Response Not Acknowledged"), env);
+        self.end(now, EndReason::Rejected, EndedBy::Switch, Some(504), env);
+        let reason = self.bye_reason();
+        self.b.hang_up(now, reason, env);
     }
 
     fn on_b_answered(&mut self, now: Instant, response: Response, env: &mut Env<'_>) {

@@ -262,6 +262,12 @@ impl Dialog {
         self.local_seq
     }
 
+    /// This dialog confirms the early one `early` (RFC 3262's PRACKs were
+    /// sent in it): its CSeq numbers carry on from there.
+    pub fn continue_from(&mut self, early: &Dialog) {
+        self.local_seq = self.local_seq.max(early.local_seq);
+    }
+
     /// The ACK for a 2xx to the INVITE with CSeq `invite_seq` (§13.2.2.4).
     pub fn ack(&self, invite_seq: u32, via: Via) -> Option<Request> {
         self.request_with_seq(Method::Ack, via, invite_seq)

@@ -2,7 +2,7 @@
 //! a URI scheme it serves, option tags it supports, a body it accepts.
 
 use super::{Engine, SUPPORTED};
-use crate::sip::{HeaderName, MediaType, Reply, Request};
+use crate::sip::{HeaderName, MediaType, Method, Reply, Request, TAG_100REL};
 
 impl Engine {
     /// RFC 3261 §8.2.1-8.2.3 checks a UAS makes before acting on a request.
@@ -16,6 +16,9 @@ impl Engine {
             .list(&HeaderName::Require)
             .chain(request.headers.list(&HeaderName::ProxyRequire))
             .filter(|tag| !SUPPORTED.iter().any(|s| s.eq_ignore_ascii_case(tag)))
+            // An INVITE's `100rel` is its source trunk's `prack` to judge,
+            // once the trunk is known (`engine::invite`).
+            .filter(|tag| request.method != Method::Invite || !tag.eq_ignore_ascii_case(TAG_100REL))
             .collect();
         if !unsupported.is_empty() {
             return Some(

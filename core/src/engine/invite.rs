@@ -10,7 +10,7 @@ use crate::call::{
     Call, Env, Failover, Inbound as InboundLeg, Outbound, Parties, Placement, outbound_to,
 };
 use crate::cdr::{CdrRecord, EndReason, EndedBy};
-use crate::config::{MediaMode, SessionTimerConfig};
+use crate::config::{MediaMode, PrackMode, SessionTimerConfig};
 use crate::metrics::Metrics;
 use crate::policy::{
     AddrText, CallOverrides, CallStartDecision, CallStartView, RouteDecision, RouteView,
@@ -19,7 +19,10 @@ use crate::policy::{
 use crate::registrar::digest::Verdict;
 use crate::registrar::location::Target;
 use crate::session_timer::{UasOutcome, negotiate};
-use crate::sip::{DigestCredentials, HeaderName, Host, Reply, Request, SipUri, Uri};
+use crate::sip::{
+    DigestCredentials, HeaderName, Host, Reply, Request, SipUri, TAG_100REL, Uri, requires_100rel,
+    supports_100rel,
+};
 use crate::transaction::{Path, ServerTxId};
 
 /// Who a call comes from.
@@ -82,6 +85,10 @@ impl Engine {
         let Some(source) = self.admit(now, tx, &request, path) else {
             return;
         };
+        let a_prack = self.prack_of(&source);
+        if let Some(refusal) = reliability_refusal(a_prack, &request) {
+            return self.reply(now, tx, &request, refusal);
+        }
         let a_timer = self.timer_of(&source);
         let negotiated = negotiate::as_uas(&request, &a_timer);
         if let UasOutcome::TooSmall { min_se } = negotiated {
@@ -232,6 +239,7 @@ impl Engine {
             advertised: a_advertised,
             timer: a_timer,
             negotiated,
+            prack: a_prack,
         };
         let placement = Placement {
             outbound,
@@ -532,6 +540,13 @@ impl Engine {
         }
     }
 
+    fn prack_of(&self, source: &Source) -> PrackMode {
+        match source {
+            Source::Trunk(t) => self.config.trunks[*t].prack,
+            Source::User(_) => self.config.sip.prack,
+        }
+    }
+
     fn name_of(&self, source: &Source) -> Arc<str> {
         match source {
             Source::Trunk(t) => self.config.trunks[*t].name.clone(),
@@ -632,9 +647,25 @@ impl Engine {
                     callee: None,
                     caller: None,
                     auth: None,
+                    prack: self.config.sip.prack,
                 };
                 Ok((outbound, None))
             }
         }
+    }
+}
+
+/// RFC 3262 at the caller's door: a caller that requires `100rel` where its
+/// trunk has `prack: disabled` gets 420 (RFC 3261 §8.2.2.3); one without
+/// `100rel` where the trunk has `prack: required` gets 421 (RFC 3261 §21.4.16).
+fn reliability_refusal(mode: PrackMode, invite: &Request) -> Option<Reply> {
+    match mode {
+        PrackMode::Disabled if requires_100rel(&invite.headers) => {
+            Some(Reply::new(420).with_header(HeaderName::Unsupported, TAG_100REL))
+        }
+        PrackMode::Required if !supports_100rel(&invite.headers) => {
+            Some(Reply::new(421).with_header(HeaderName::Require, TAG_100REL))
+        }
+        _ => None,
     }
 }

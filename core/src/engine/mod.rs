@@ -556,6 +556,13 @@ impl Engine {
 
     fn drain_tx_events(&mut self, now: Instant) {
         while let Some(event) = self.tx.poll_event() {
+            if let TxEvent::PrackTimeout {
+                owner: Some(owner), ..
+            } = event
+            {
+                self.with_call(owner.call, |call, env| call.on_prack_timeout(now, env));
+                continue;
+            }
             if let TxEvent::Timeout { owner, .. } = event {
                 if let crate::call::Purpose::Register(id) = owner.purpose {
                     self.with_uplink(now, |u, _| u.handle_tx_timeout(now, id));

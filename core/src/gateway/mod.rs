@@ -58,6 +58,8 @@ pub struct Gateway {
     pub auth: Option<Arc<TrunkAuth>>,
     /// Its trunk's `transport`.
     pub proto: crate::sip::Protocol,
+    /// Its trunk's `prack`: what B-leg INVITEs to it say of `100rel`.
+    pub prack: crate::config::PrackMode,
     /// Over TLS: the name its certificate must carry (the host the config
     /// names it by, else its IP), and whether it is checked at all.
     pub tls_name: String,
@@ -160,6 +162,7 @@ impl Gateways {
                             DnsGateway::Addr(_) => target.addr.ip().to_string(),
                         },
                         tls_verify: trunk.tls_verify,
+                        prack: trunk.prack,
                         epoch,
                         health,
                     })

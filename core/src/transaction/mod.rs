@@ -33,7 +33,7 @@ use linger::{is_awaited, reschedule_in};
 pub use matching::response_target;
 use matching::{client_key_for, method_of_client_key, server_key, server_key_for};
 pub use server::ServerState;
-use server::ServerTx;
+use server::{ServerTimeout, ServerTx};
 
 /// RFC 3261's timer base values (§17.1.1.1, table 4).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -112,6 +112,9 @@ pub enum TxEvent<O> {
     Timeout { tx: ClientTxId, owner: O },
     /// Timer H fired: the ACK for a non-2xx final never came.
     AckTimeout { tx: ServerTxId, owner: Option<O> },
+    /// A reliable provisional sent with [`TransactionLayer::respond_reliably`]
+    /// got no PRACK within 64*T1 (RFC 3262 §3: reject the request with 5xx).
+    PrackTimeout { tx: ServerTxId, owner: Option<O> },
 }
 
 /// An incoming request, as the layer classifies it.
@@ -299,6 +302,27 @@ impl<O: Copy> TransactionLayer<O> {
     pub fn respond(&mut self, now: Instant, tx: ServerTxId, response: Response) {
         if let Some(t) = self.servers.get_mut(&tx) {
             t.send_response(now, response, &self.values, &mut self.transmits);
+            self.reschedule(TxRef::Server(tx));
+        }
+    }
+
+    /// Sends a reliable provisional on an INVITE server transaction (RFC 3262
+    /// §3; the user has put `Require: 100rel` and `RSeq` on it) and
+    /// retransmits it, T1 doubling, until
+    /// [`provisional_acknowledged`](Self::provisional_acknowledged) or a final
+    /// response; after 64*T1 the layer reports [`TxEvent::PrackTimeout`].
+    pub fn respond_reliably(&mut self, now: Instant, tx: ServerTxId, response: Response) {
+        if let Some(t) = self.servers.get_mut(&tx) {
+            t.send_reliable(now, response, &self.values, &mut self.transmits);
+            self.reschedule(TxRef::Server(tx));
+        }
+    }
+
+    /// The PRACK for the reliable provisional outstanding on `tx` arrived:
+    /// its retransmissions stop.
+    pub fn provisional_acknowledged(&mut self, tx: ServerTxId) {
+        if let Some(t) = self.servers.get_mut(&tx) {
+            t.stop_reliable();
             self.reschedule(TxRef::Server(tx));
         }
     }
@@ -523,11 +547,15 @@ impl<O: Copy> TransactionLayer<O> {
                         continue;
                     }
                     let values = self.values;
-                    if tx.on_timeout(now, &values, &mut self.transmits) {
-                        self.events.push_back(TxEvent::AckTimeout {
-                            tx: id,
-                            owner: tx.owner,
-                        });
+                    let owner = tx.owner;
+                    match tx.on_timeout(now, &values, &mut self.transmits) {
+                        Some(ServerTimeout::Ack) => {
+                            self.events.push_back(TxEvent::AckTimeout { tx: id, owner })
+                        }
+                        Some(ServerTimeout::Prack) => self
+                            .events
+                            .push_back(TxEvent::PrackTimeout { tx: id, owner }),
+                        None => {}
                     }
                 }
             }

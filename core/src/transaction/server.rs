@@ -12,8 +12,19 @@ use crate::timer_table;
 
 timer_table!(
     /// G retransmits a non-2xx final, H waits for its ACK, I/J/L linger.
-    ServerTimers: ServerTimer { G, H, I, J, L }
+    /// Rel retransmits a reliable provisional and RelGiveUp ends its wait for
+    /// the PRACK (RFC 3262 §3: T1 doubling, for 64*T1).
+    ServerTimers: ServerTimer { G, H, I, J, L, Rel, RelGiveUp }
 );
+
+/// What a server transaction's timers report to the layer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum ServerTimeout {
+    /// Timer H: the ACK for a non-2xx final never came.
+    Ack,
+    /// A reliable provisional went unacknowledged for 64*T1.
+    Prack,
+}
 
 /// Server transaction states. INVITE starts in Proceeding; non-INVITE in Trying.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -41,6 +52,10 @@ pub(super) struct ServerTx<O> {
     pub(super) reply_to: SocketAddr,
     /// The last response sent, resent when the request is retransmitted.
     last_response: Option<Box<[u8]>>,
+    /// The reliable provisional awaiting its PRACK (RFC 3262 §3), resent on
+    /// Timer Rel; `None` when none is outstanding.
+    reliable: Option<Box<[u8]>>,
+    reliable_interval: Duration,
     pub(super) timers: ServerTimers,
     interval: Duration,
     pub(super) owner: Option<O>,
@@ -63,6 +78,8 @@ impl<O: Copy> ServerTx<O> {
             source: path.remote.ip(),
             reply_to,
             last_response: None,
+            reliable: None,
+            reliable_interval: Duration::ZERO,
             timers: ServerTimers::default(),
             interval: Duration::ZERO,
             owner: None,
@@ -106,6 +123,11 @@ impl<O: Copy> ServerTx<O> {
             self.last_response = Some(bytes.as_slice().into());
             self.send(bytes, out);
         }
+        if status >= 200 {
+            // RFC 3262 §3: once final, an unacknowledged reliable provisional
+            // is no longer retransmitted.
+            self.stop_reliable();
+        }
         if status < 200 {
             if self.state == ServerState::Trying {
                 self.state = ServerState::Proceeding;
@@ -137,6 +159,40 @@ impl<O: Copy> ServerTx<O> {
             self.timers
                 .set(ServerTimer::H, now + values.transaction_timeout());
         }
+    }
+
+    /// Sends a reliable provisional (RFC 3262 §3: it carries `RSeq` and
+    /// `Require: 100rel`) and retransmits it at T1, 2*T1, 4*T1… over an
+    /// unreliable transport until [`ServerTx::stop_reliable`]; after 64*T1
+    /// without its PRACK, Timer RelGiveUp reports it.
+    pub(super) fn send_reliable(
+        &mut self,
+        now: Instant,
+        response: Response,
+        values: &TimerValues,
+        out: &mut VecDeque<Transmit>,
+    ) {
+        if !matches!(self.state, ServerState::Proceeding) || response.status >= 200 {
+            return;
+        }
+        let bytes = response.encode();
+        let kept: Box<[u8]> = bytes.as_slice().into();
+        self.last_response = Some(kept.clone());
+        self.send(bytes, out);
+        if !self.proto.is_reliable() {
+            self.reliable = Some(kept);
+            self.reliable_interval = values.t1;
+            self.timers.set(ServerTimer::Rel, now + values.t1);
+        }
+        self.timers
+            .set(ServerTimer::RelGiveUp, now + values.transaction_timeout());
+    }
+
+    /// The reliable provisional was PRACKed (or need not be any more).
+    pub(super) fn stop_reliable(&mut self) {
+        self.reliable = None;
+        self.timers.clear(ServerTimer::Rel);
+        self.timers.clear(ServerTimer::RelGiveUp);
     }
 
     /// A copy of the request (or the ACK of a non-2xx final) arrived.
@@ -171,14 +227,14 @@ impl<O: Copy> ServerTx<O> {
         }
     }
 
-    /// Fires due timers; true if Timer H fired (no ACK came).
+    /// Fires due timers; says whether an ACK or a PRACK never came.
     pub(super) fn on_timeout(
         &mut self,
         now: Instant,
         values: &TimerValues,
         out: &mut VecDeque<Transmit>,
-    ) -> bool {
-        let mut ack_timeout = false;
+    ) -> Option<ServerTimeout> {
+        let mut report = None;
         while let Some(timer) = self.timers.pop_due(now) {
             match timer {
                 ServerTimer::G => {
@@ -189,13 +245,26 @@ impl<O: Copy> ServerTx<O> {
                     self.timers.set(ServerTimer::G, now + self.interval);
                 }
                 ServerTimer::H => {
-                    ack_timeout = true;
+                    report = Some(ServerTimeout::Ack);
                     self.terminate();
                 }
                 ServerTimer::I | ServerTimer::J | ServerTimer::L => self.terminate(),
+                ServerTimer::Rel => {
+                    if let Some(reliable) = &self.reliable {
+                        self.send(reliable.to_vec(), out);
+                        // §3: the interval doubles, without T2's cap.
+                        self.reliable_interval *= 2;
+                        self.timers
+                            .set(ServerTimer::Rel, now + self.reliable_interval);
+                    }
+                }
+                ServerTimer::RelGiveUp => {
+                    self.stop_reliable();
+                    report = Some(ServerTimeout::Prack);
+                }
             }
         }
-        ack_timeout
+        report
     }
 
     fn terminate(&mut self) {

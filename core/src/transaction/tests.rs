@@ -485,3 +485,77 @@ fn a_closed_connection_fails_its_requests_at_once() {
     assert_eq!(l.poll_event(), None, "the UDP request is not on that flow");
     assert_eq!(l.clients_awaiting_final(), 1);
 }
+
+/// RFC 3262 §3: a reliable provisional is retransmitted at T1, doubling
+/// (without T2's cap), and reported unacknowledged after 64*T1.
+#[test]
+fn a_reliable_provisional_is_retransmitted_until_64_t1_then_reported() {
+    let t0 = Instant::now();
+    let mut l = layer();
+    let invite = request("INVITE", "z9hG4bKrel", "");
+    let Inbound::New(tx, _) = l.receive_request(t0, invite.clone(), path()) else {
+        panic!("new");
+    };
+    l.set_server_owner(tx, 9);
+    assert_eq!(drain(&mut l), vec!["SIP/2.0 100 Trying"]);
+    l.respond_reliably(t0, tx, response_to(&invite, 183));
+    assert_eq!(drain(&mut l), vec!["SIP/2.0 183 Session Progress"]);
+    let sends = run_until(&mut l, t0, Duration::from_secs(40));
+    assert_eq!(sends, vec![0.5, 1.5, 3.5, 7.5, 15.5, 31.5]);
+    assert_eq!(
+        l.poll_event(),
+        Some(TxEvent::PrackTimeout { tx, owner: Some(9) })
+    );
+    assert_eq!(l.server_state(tx), Some(ServerState::Proceeding));
+    // The user now rejects the INVITE (5xx), as §3 says.
+    l.respond(t0 + Duration::from_secs(32), tx, response_to(&invite, 500));
+    assert_eq!(drain(&mut l), vec!["SIP/2.0 500 Server Internal Error"]);
+}
+
+#[test]
+fn a_prack_stops_the_retransmissions_and_a_final_does_too() {
+    let t0 = Instant::now();
+    let mut l = layer();
+    let invite = request("INVITE", "z9hG4bKrel2", "");
+    let Inbound::New(tx, _) = l.receive_request(t0, invite.clone(), path()) else {
+        panic!("new");
+    };
+    drain(&mut l);
+    l.respond_reliably(t0, tx, response_to(&invite, 180));
+    drain(&mut l);
+    let sends = run_until(&mut l, t0, Duration::from_millis(1600));
+    assert_eq!(
+        sends,
+        vec![0.5, 1.5],
+        "two retransmissions: the PRACK is late"
+    );
+    l.provisional_acknowledged(tx);
+    assert!(run_until(&mut l, t0, Duration::from_secs(40)).is_empty());
+    assert_eq!(l.poll_event(), None);
+    // A second one, then the 2xx: the 2xx ends the retransmissions (§3).
+    let t1 = t0 + Duration::from_secs(2);
+    l.respond_reliably(t1, tx, response_to(&invite, 183));
+    l.respond(t1, tx, response_to(&invite, 200));
+    assert_eq!(drain(&mut l).len(), 2);
+    let sends = run_until(&mut l, t0, Duration::from_secs(70));
+    assert!(sends.is_empty(), "{sends:?}");
+    assert_eq!(l.poll_event(), None);
+}
+
+#[test]
+fn over_tcp_a_reliable_provisional_is_not_resent_but_still_times_out() {
+    let t0 = Instant::now();
+    let mut l = layer();
+    let invite = request("INVITE", "z9hG4bKrel3", "");
+    let Inbound::New(tx, _) = l.receive_request(t0, invite.clone(), tcp_path()) else {
+        panic!("new");
+    };
+    drain(&mut l);
+    l.respond_reliably(t0, tx, response_to(&invite, 183));
+    drain(&mut l);
+    assert!(run_until(&mut l, t0, Duration::from_secs(40)).is_empty());
+    assert!(matches!(
+        l.poll_event(),
+        Some(TxEvent::PrackTimeout { tx: t, .. }) if t == tx
+    ));
+}

@@ -6,6 +6,7 @@
 use std::time::Instant;
 
 use super::CallLeg;
+use super::prack::{HeldAnswer, Outgoing, PrackMatch, Released, Reliability, ReliableUas};
 use crate::call::build::{Body, relay_response};
 use crate::call::{CallKey, Env, Inbound, Purpose, TxOwner};
 use crate::dialog::Dialog;
@@ -46,6 +47,18 @@ pub struct ALeg {
     /// The callee hung up before the caller ACKed Vigil's 2xx: BYE the caller
     /// once it does (§15).
     bye_after_ack: bool,
+    /// Reliable provisionals towards a caller that takes them (RFC 3262);
+    /// `None`: provisionals go unreliably. Boxed: most callers take none.
+    reliable: Option<Box<ReliableUas>>,
+}
+
+/// What a PRACK from the caller brought.
+pub enum CallerPrack {
+    /// It acknowledged the outstanding reliable provisional (answered 200);
+    /// its body, if any (the answer to an offer in that provisional).
+    Acknowledged(Option<Body>),
+    /// It matched nothing (answered 481).
+    Unknown,
 }
 
 impl ALeg {
@@ -60,6 +73,16 @@ impl ALeg {
             },
         );
         let invite = inbound.invite;
+        let reliable = inbound
+            .prack
+            .enabled()
+            .then(|| Reliability::of(&invite))
+            .flatten()
+            .map(|r| {
+                // RFC 3262 §3: the first RSeq is random, below 2**31.
+                let first = u32::try_from(env.ids.below(1 << 30)).unwrap_or(0) + 1;
+                Box::new(ReliableUas::new(r, invite.cseq.seq, first))
+            });
         let mut leg = CallLeg::new(key, Leg::A, inbound.path, inbound.advertised, inbound.timer);
         leg.learn_allow(&invite.headers);
         if let Some(body) = Body::of(&invite.headers, &invite.body) {
@@ -74,6 +97,7 @@ impl ALeg {
             local_tag: local_tag.into_boxed_str(),
             negotiated: inbound.negotiated,
             bye_after_ack: false,
+            reliable,
             invite: Some(Box::new(invite)),
         }
     }
@@ -127,12 +151,66 @@ impl ALeg {
     }
 
     /// Sends the caller `response` (a provisional, or a final one the callee
-    /// or Vigil chose) on its INVITE. A final response ends the leg.
+    /// or Vigil chose) on its INVITE. A final response ends the leg. A
+    /// provisional goes reliably to a caller that takes them (RFC 3262), or
+    /// waits for the PRACK of the one before.
     pub fn respond(&mut self, now: Instant, response: Response, env: &mut Env<'_>) {
         if response.status >= 200 {
             self.state = AState::Done;
+            if let Some(r) = self.reliable.as_mut() {
+                r.clear();
+            }
+        } else if let Some(r) = self.reliable.as_mut() {
+            let out = r.provisional(response);
+            return self.send_provisional(now, out, env);
         }
         env.tx.respond(now, self.invite_tx, response);
+    }
+
+    fn send_provisional(&mut self, now: Instant, out: Outgoing, env: &mut Env<'_>) {
+        match out {
+            Outgoing::Reliable(r) => env.tx.respond_reliably(now, self.invite_tx, r),
+            Outgoing::Plain(r) => env.tx.respond(now, self.invite_tx, r),
+            Outgoing::Held => {}
+        }
+    }
+
+    /// Whether the caller gets provisionals with an SDP reliably, so that
+    /// its PRACK can carry the answer to an offer in one (a late-offer call).
+    pub fn takes_reliable_sdp(&self) -> bool {
+        self.reliable.is_some()
+    }
+
+    /// A PRACK from the caller (RFC 3262 §3): answered 200 when it names the
+    /// outstanding reliable provisional, which then stops being resent and
+    /// lets what was held go (the next provisional, the 2xx); 481 otherwise.
+    pub fn on_prack(
+        &mut self,
+        now: Instant,
+        tx: ServerTxId,
+        prack: &Request,
+        env: &mut Env<'_>,
+    ) -> CallerPrack {
+        let ua = &env.settings.user_agent;
+        let matched = match self.reliable.as_mut() {
+            Some(r) if self.state == AState::Proceeding => r.on_prack(prack),
+            _ => PrackMatch::Unknown,
+        };
+        if let PrackMatch::Unknown = matched {
+            env.tx
+                .respond(now, tx, local_response(prack, 481, None, None, ua));
+            return CallerPrack::Unknown;
+        }
+        env.tx
+            .respond(now, tx, local_response(prack, 200, None, None, ua));
+        env.tx.provisional_acknowledged(self.invite_tx);
+        while let Some(next) = self.reliable.as_mut().and_then(|r| r.next_released()) {
+            match next {
+                Released::Provisional(out) => self.send_provisional(now, out, env),
+                Released::Answer(a) => self.send_answer(now, a, env),
+            }
+        }
+        CallerPrack::Acknowledged(Body::of(&prack.headers, &prack.body))
     }
 
     /// Answers the caller with the callee's 2xx: Vigil's tag and Contact, its
@@ -153,6 +231,22 @@ impl ALeg {
         if let UasOutcome::Timer(agreed) = self.negotiated {
             uas_answer_headers(&agreed, &mut ok.headers);
         }
+        let answer = HeldAnswer { ok, b_invite_seq };
+        let answer = match self.reliable.as_mut() {
+            // RFC 3262 §3: not before the PRACK of a reliable provisional
+            // with an SDP.
+            Some(r) => r.answer(answer),
+            None => Some(answer),
+        };
+        if let Some(answer) = answer {
+            self.send_answer(now, answer, env);
+        }
+    }
+
+    fn send_answer(&mut self, now: Instant, answer: HeldAnswer, env: &mut Env<'_>) {
+        if self.state != AState::Proceeding {
+            return;
+        }
         if let Some(invite) = self.invite.as_deref() {
             self.leg.establish(Dialog::as_uas(
                 invite,
@@ -161,8 +255,13 @@ impl ALeg {
             ));
         }
         self.state = AState::Answered;
-        self.leg
-            .send_2xx(now, self.invite_tx, ok, Some(b_invite_seq), env);
+        self.leg.send_2xx(
+            now,
+            self.invite_tx,
+            answer.ok,
+            Some(answer.b_invite_seq),
+            env,
+        );
     }
 
     /// Answers the caller's INVITE with a failure (before answer).
@@ -179,6 +278,9 @@ impl ALeg {
                 &env.settings.user_agent,
             );
             env.tx.respond(now, self.invite_tx, r);
+        }
+        if let Some(r) = self.reliable.as_mut() {
+            r.clear();
         }
         self.state = AState::Done;
     }
@@ -210,6 +312,11 @@ impl ALeg {
         env: &mut Env<'_>,
     ) {
         match self.state {
+            // The callee's 2xx waits for the caller's PRACK (RFC 3262 §3):
+            // the callee is gone, so the caller's INVITE fails instead.
+            AState::Proceeding if self.reliable.as_ref().is_some_and(|r| r.holds_answer()) => {
+                return self.fail(now, 480, Some("Callee Gone"), env);
+            }
             AState::Proceeding => {}
             AState::Answered if !now_anyway => {
                 self.bye_after_ack = true;

@@ -7,13 +7,14 @@
 use std::time::Instant;
 
 use super::CallLeg;
+use super::prack::{Incoming, ReliableUac};
 use crate::call::build::{Body, OutboundInvite, b_leg_invite};
 use crate::call::{CallKey, Env, Outbound, Purpose, TxOwner};
-use crate::config::PreferRefresher;
+use crate::config::{PrackMode, PreferRefresher};
 use crate::dialog::Dialog;
 use crate::policy::Leg;
 use crate::session_timer::negotiate::{self, Agreed, retry_after_422, uac_offer_headers};
-use crate::sip::{HeaderName, Method, Request, Response};
+use crate::sip::{HeaderName, Method, RAck, Request, Response, TAG_100REL};
 use crate::timer_table;
 use crate::transaction::{ClientState, ClientTxId};
 use crate::uplink::auth::authorize;
@@ -74,7 +75,24 @@ pub struct BLeg {
     /// the call gives it up (a gateway's; `None`: Timer B decides). Two
     /// bytes, not a `Duration`'s sixteen: every call carries it.
     invite_timeout: Option<std::num::NonZeroU16>,
+    /// The trunk's `prack`: offered, demanded or not used on this leg.
+    prack: PrackMode,
+    /// The callee's reliable provisionals (RFC 3262), once one came.
+    /// Boxed: most calls see none.
+    reliable: Option<Box<ReliableUac>>,
     timers: BTimers,
+}
+
+/// A provisional from the callee, as RFC 3262 §4 counts it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ReliableIncoming {
+    /// Not reliable (or this leg does no PRACK): it goes on as before.
+    Unreliable,
+    /// The next reliable one: its PRACK is due, now or with the caller's
+    /// answer to its offer ([`BLeg::send_prack`], [`BLeg::defer_prack`]).
+    Fresh { dialog: usize, rack: RAck },
+    /// A retransmission, or one past a gap: dropped, not relayed.
+    Dropped,
 }
 
 /// What the identifiers of a new B leg are (Vigil's own, from its id generator).
@@ -116,6 +134,7 @@ impl BLeg {
             outbound.timer.prefer_refresher == PreferRefresher::Local,
             &mut invite.headers,
         );
+        offer_100rel(outbound.prack, &mut invite.headers);
         let leg = CallLeg::new(
             key,
             Leg::B,
@@ -134,6 +153,8 @@ impl BLeg {
             retried_422: false,
             cancel_pending: false,
             invite_timeout,
+            prack: outbound.prack,
+            reliable: None,
             timers: BTimers::default(),
         }
     }
@@ -202,6 +223,11 @@ impl BLeg {
         }
         self.offered = outbound.timer.ttl;
         reoffer_timer(invite, self.offered, &outbound.timer, true);
+        invite.headers.remove(&HeaderName::Require);
+        offer_100rel(outbound.prack, &mut invite.headers);
+        self.prack = outbound.prack;
+        // The last gateway's early dialogs are not the next one's.
+        self.reliable = None;
         self.invite_timeout = compact(outbound.invite_timeout);
         self.invite_seq = invite.cseq.seq;
         self.retried_422 = false;
@@ -248,6 +274,78 @@ impl BLeg {
         })
     }
 
+    /// How a provisional from the callee counts (RFC 3262 §4); none is
+    /// reliable on a leg with `prack: disabled`.
+    pub fn classify_provisional(&mut self, response: &Response) -> ReliableIncoming {
+        let Some(invite) = self.invite.as_deref() else {
+            return ReliableIncoming::Unreliable;
+        };
+        if !self.prack.enabled() || response.cseq.seq != self.invite_seq {
+            return ReliableIncoming::Unreliable;
+        }
+        let contact = self.leg.contact();
+        let reliable = self.reliable.get_or_insert_with(Box::default);
+        match reliable.on_provisional(invite, response, contact) {
+            Incoming::Unreliable => ReliableIncoming::Unreliable,
+            Incoming::Fresh { dialog, rack } => ReliableIncoming::Fresh { dialog, rack },
+            Incoming::Dropped => ReliableIncoming::Dropped,
+        }
+    }
+
+    /// Whether the INVITE went without an SDP (a late offer): an SDP in a
+    /// reliable provisional is then the callee's offer.
+    pub fn late_offer(&self) -> bool {
+        self.leg.local_body().is_none()
+    }
+
+    /// PRACKs a reliable provisional in its early dialog (hop by hop: RAck
+    /// names its RSeq, CSeq and method), with `body` (the caller's answer to
+    /// its offer) if given.
+    pub fn send_prack(
+        &mut self,
+        now: Instant,
+        dialog: usize,
+        rack: &RAck,
+        body: Option<&Body>,
+        env: &mut Env<'_>,
+    ) {
+        let via = self.leg.via(env);
+        let path = self.leg.path();
+        let Some(reliable) = self.reliable.as_mut() else {
+            return;
+        };
+        let Some(mut prack) = reliable.prack(dialog, rack, via) else {
+            return;
+        };
+        if let Some(body) = body {
+            body.apply(&mut prack.headers, &mut prack.body);
+            self.leg.set_local_body(body.clone());
+        }
+        let hop = if path.proto.is_reliable() {
+            path
+        } else {
+            path.to(reliable.next_hop(dialog, path.remote))
+        };
+        env.tx
+            .send_request(now, prack, hop, self.leg.owner(Purpose::Prack));
+    }
+
+    /// Holds a PRACK until the caller's answer comes (its own PRACK); one
+    /// held before goes now without it.
+    pub fn defer_prack(&mut self, now: Instant, dialog: usize, rack: RAck, env: &mut Env<'_>) {
+        let earlier = self.reliable.as_mut().and_then(|r| r.defer(dialog, rack));
+        if let Some((dialog, rack)) = earlier {
+            self.send_prack(now, dialog, &rack, None, env);
+        }
+    }
+
+    /// Sends the held PRACK, if any, with the caller's answer.
+    pub fn send_deferred_prack(&mut self, now: Instant, body: Option<&Body>, env: &mut Env<'_>) {
+        if let Some((dialog, rack)) = self.reliable.as_mut().and_then(|r| r.take_deferred()) {
+            self.send_prack(now, dialog, &rack, body, env);
+        }
+    }
+
     /// A provisional response arrived: a CANCEL that waited for it goes now.
     /// True if the provisional is for the caller to see.
     pub fn on_provisional(&mut self, now: Instant, env: &mut Env<'_>) -> bool {
@@ -264,8 +362,16 @@ impl BLeg {
     /// agreed with the callee (RFC 4028 §7.2).
     pub fn on_answered(&mut self, response: &Response) -> Option<Agreed> {
         if let Some(invite) = self.invite.as_deref() {
-            self.leg
-                .establish(Dialog::as_uac(invite, response, self.leg.contact()));
+            let mut dialog = Dialog::as_uac(invite, response, self.leg.contact());
+            // RFC 3262: PRACKs went in the early dialog this 2xx confirms.
+            if let Some(early) = self
+                .reliable
+                .as_ref()
+                .and_then(|r| r.early_dialog(response.to.tag().unwrap_or_default()))
+            {
+                dialog.continue_from(early);
+            }
+            self.leg.establish(dialog);
             if let Some(auth) = self.leg.auth.as_mut() {
                 auth.invite_answered(invite);
             }
@@ -315,6 +421,9 @@ impl BLeg {
         invite.via = vec![self.leg.via(env)];
         reoffer_timer(invite, interval, self.leg.timer_config(), false);
         invite.headers.set(HeaderName::MinSe, interval.to_string());
+        if self.prack.enabled() {
+            invite.headers.push(HeaderName::Supported, TAG_100REL);
+        }
         self.invite_tx = Some(env.tx.send_request(
             now,
             invite.clone(),
@@ -504,6 +613,18 @@ fn reoffer_timer(
         prefer_local && timer.prefer_refresher == PreferRefresher::Local,
         &mut invite.headers,
     );
+}
+
+/// What a B-leg INVITE says of `100rel` (RFC 3262) for a trunk's `prack`.
+fn offer_100rel(mode: PrackMode, headers: &mut crate::sip::Headers) {
+    match mode {
+        PrackMode::Supported => headers.push(HeaderName::Supported, TAG_100REL),
+        PrackMode::Required => {
+            headers.push(HeaderName::Supported, TAG_100REL);
+            headers.push(HeaderName::Require, TAG_100REL);
+        }
+        PrackMode::Disabled => {}
+    }
 }
 
 /// An `invite_timeout` in whole seconds (config allows 1..=30).

@@ -11,6 +11,7 @@
 mod a;
 mod auth;
 mod b;
+mod prack;
 #[cfg(test)]
 mod tests;
 
@@ -18,8 +19,8 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-pub use a::{ALeg, AState};
-pub use b::{BIdentity, BLeg, BState, BTimeout};
+pub use a::{ALeg, AState, CallerPrack};
+pub use b::{BIdentity, BLeg, BState, BTimeout, ReliableIncoming};
 
 use super::build::Body;
 use super::{CallKey, Env, Purpose, TxOwner};

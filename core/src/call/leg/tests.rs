@@ -364,6 +364,7 @@ fn a_leg(w: &mut World) -> ALeg {
             refresher: Refresher::Peer,
             peer_supports: true,
         }),
+        prack: crate::config::PrackMode::Supported,
     };
     let leg = ALeg::new(1, inbound, "vigil-a".into(), &mut w.env());
     assert_eq!(w.statuses(), vec![100]);
@@ -438,6 +439,7 @@ fn b_leg(w: &mut World) -> BLeg {
         callee: None,
         caller: None,
         auth: None,
+        prack: crate::config::PrackMode::Supported,
     };
     let ids = BIdentity {
         call_id: "b-call".into(),
@@ -466,6 +468,7 @@ fn a_b_leg_waiting_for_its_sdp_sends_the_one_it_is_given_and_ends_quietly() {
         callee: None,
         caller: None,
         auth: None,
+        prack: crate::config::PrackMode::Supported,
     };
     let ids = || BIdentity {
         call_id: "b-call".into(),
@@ -490,6 +493,7 @@ fn a_b_leg_waiting_for_its_sdp_sends_the_one_it_is_given_and_ends_quietly() {
         callee: None,
         caller: None,
         auth: None,
+        prack: crate::config::PrackMode::Supported,
     };
     let mut b = BLeg::new(2, &invite(), outbound, ids(), &w.env());
     let relayed = SDP

@@ -6,6 +6,7 @@ mod dialog_matching;
 mod failover;
 mod media;
 mod policies;
+mod reliable_provisionals;
 mod resources;
 mod session_timers;
 mod trunk_auth;

@@ -1,0 +1,265 @@
+//! RFC 3262 through the engine, each leg on its own: reliable provisionals
+//! to a caller that takes them (RSeq, retransmission, the 2xx held for the
+//! PRACK, 5xx when no PRACK comes), PRACKs to a callee that sends them,
+//! and the late offer whose answer travels in the PRACKs.
+
+use super::*;
+use crate::sip::{RAck, RSeq};
+
+/// The caller's INVITE with a `Supported` or `Require` of `100rel`.
+fn invite_100rel(call_id: &str, header: &str, body: &str) -> String {
+    invite(call_id, "0049301234", body).replace(
+        "Max-Forwards: 70\r\n",
+        &format!("Max-Forwards: 70\r\n{header}: 100rel\r\n"),
+    )
+}
+
+/// A reliable provisional from the callee (RFC 3262 §3).
+fn reliable(req: &Request, status: u16, rseq: u32, body: &str) -> String {
+    answer(req, status, "callee-tag", body).replacen(
+        "\r\n",
+        &format!("\r\nRequire: 100rel\r\nRSeq: {rseq}\r\nContact: <sip:callee@127.0.0.3:5080>\r\n"),
+        1,
+    )
+}
+
+/// The caller's PRACK for a reliable provisional Vigil sent it.
+fn caller_prack(call_id: &str, a_tag: &str, cseq: u32, rseq: u32, body: &str) -> String {
+    caller_in_dialog("PRACK", cseq, a_tag, call_id, &format!("pr{cseq}"), body).replacen(
+        "Contact:",
+        &format!("RAck: {rseq} 1 INVITE\r\nContact:"),
+        1,
+    )
+}
+
+fn rseq(r: &Response) -> u32 {
+    RSeq::of(&r.headers).expect("RSeq").0
+}
+
+fn requests(msgs: Vec<Message>, method: Method) -> Vec<Request> {
+    msgs.into_iter()
+        .filter_map(|m| match m {
+            Message::Request(r) if r.method == method => Some(r),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn a_caller_requiring_100rel_gets_every_provisional_reliably_and_the_2xx_after_its_prack() {
+    let mut h = Harness::new();
+    h.caller_sends(&invite_100rel("r1", "Require", SDP));
+    assert_eq!(h.statuses(CALLER), vec![100]);
+    let b = h.take_one_request(CALLEE, Method::Invite);
+    assert!(b.headers.has_tag(&HeaderName::Supported, "100rel"));
+    assert!(!b.headers.has_tag(&HeaderName::Require, "100rel"));
+    // The callee knows nothing of 100rel: a plain 180, then 183 with SDP.
+    h.callee_sends(&answer(&b, 180, "callee-tag", ""));
+    h.callee_sends(&answer(&b, 183, "callee-tag", SDP));
+    let r = h.responses(CALLER);
+    assert_eq!(r.len(), 1, "the 183 waits for the 180's PRACK");
+    assert_eq!(r[0].status, 180);
+    assert!(r[0].headers.has_tag(&HeaderName::Require, "100rel"));
+    let first = rseq(&r[0]);
+    let a_tag = r[0].to.tag().expect("tag").to_string();
+    // The callee answers while the 183 is still held: the 2xx waits too.
+    h.callee_sends(&answer(&b, 200, "callee-tag", SDP));
+    assert!(h.responses(CALLER).is_empty());
+    h.caller_sends(&caller_prack("r1", &a_tag, 2, first, ""));
+    let r = h.responses(CALLER);
+    assert_eq!(
+        r.iter().map(|r| r.status).collect::<Vec<_>>(),
+        vec![200, 183]
+    );
+    assert_eq!(r[0].cseq.method, Method::Prack);
+    assert_eq!(rseq(&r[1]), first + 1, "RSeq counts up by one");
+    // A PRACK for something never sent, or already acknowledged: 481.
+    h.caller_sends(&caller_prack("r1", &a_tag, 3, first, ""));
+    assert_eq!(h.statuses(CALLER), vec![481]);
+    h.caller_sends(&caller_prack("r1", &a_tag, 4, first + 1, ""));
+    let r = h.responses(CALLER);
+    assert_eq!(
+        r.iter()
+            .map(|r| (r.status, r.cseq.method.clone()))
+            .collect::<Vec<_>>(),
+        vec![(200, Method::Prack), (200, Method::Invite)]
+    );
+    h.caller_sends(&caller_in_dialog("ACK", 1, &a_tag, "r1", "ack", ""));
+    let ack = h.take_one_request(CALLEE, Method::Ack);
+    assert_eq!(ack.cseq.seq, 1);
+    h.caller_sends(&caller_in_dialog("BYE", 5, &a_tag, "r1", "bye", ""));
+    assert_eq!(h.statuses(CALLER), vec![200]);
+    let _ = h.take_one_request(CALLEE, Method::Bye);
+    assert_eq!(h.cdrs.len(), 1);
+    assert!(h.cdrs[0].answer.is_some());
+    assert_eq!(h.cdrs[0].end_reason, EndReason::CallerBye);
+}
+
+#[test]
+fn a_callee_requiring_100rel_is_pracked_in_order_whatever_the_caller_supports() {
+    let mut h = Harness::new();
+    h.caller_sends(&invite("r2", "0049301234", SDP));
+    h.take(CALLER);
+    let b = h.take_one_request(CALLEE, Method::Invite);
+    h.callee_sends(&reliable(&b, 183, 5, SDP));
+    let msgs = h.take(CALLEE);
+    let pracks = requests(msgs, Method::Prack);
+    assert_eq!(pracks.len(), 1);
+    let prack = &pracks[0];
+    assert_eq!(
+        RAck::of(&prack.headers),
+        Some(RAck {
+            rseq: 5,
+            cseq: 1,
+            method: Method::Invite
+        })
+    );
+    assert_eq!(prack.cseq.seq, 2, "the early dialog's next CSeq");
+    assert_eq!(prack.to.tag(), Some("callee-tag"));
+    assert_eq!(prack.uri.to_string(), "sip:callee@127.0.0.3:5080");
+    // The caller (no 100rel) gets the 183 unreliably.
+    let r = h.responses(CALLER);
+    assert_eq!(r.len(), 1);
+    assert!(r[0].headers.get(&HeaderName::RSeq).is_none());
+    assert!(!r[0].headers.has_tag(&HeaderName::Require, "100rel"));
+    // A retransmission (same RSeq) and one past a gap (7) are dropped.
+    h.callee_sends(&reliable(&b, 183, 5, SDP));
+    h.callee_sends(&reliable(&b, 180, 7, ""));
+    assert!(requests(h.take(CALLEE), Method::Prack).is_empty());
+    assert!(h.responses(CALLER).is_empty(), "neither is relayed");
+    // The missing 6, then 7: each PRACKed, in order.
+    h.callee_sends(&reliable(&b, 180, 6, ""));
+    h.callee_sends(&reliable(&b, 180, 7, ""));
+    let pracks = requests(h.take(CALLEE), Method::Prack);
+    let racks: Vec<(u32, u32)> = pracks
+        .iter()
+        .map(|p| (RAck::of(&p.headers).expect("RAck").rseq, p.cseq.seq))
+        .collect();
+    assert_eq!(racks, vec![(6, 3), (7, 4)]);
+    // Answered: the confirmed dialog counts on after the PRACKs.
+    h.callee_sends(&answer(&b, 200, "callee-tag", SDP));
+    let ok = h.finals(CALLER);
+    let a_tag = ok[0].to.tag().expect("tag").to_string();
+    h.caller_sends(&caller_in_dialog("ACK", 1, &a_tag, "r2", "ack", ""));
+    h.caller_sends(&caller_in_dialog("BYE", 2, &a_tag, "r2", "bye", ""));
+    let bye = requests(h.take(CALLEE), Method::Bye);
+    assert_eq!(bye.len(), 1);
+    assert_eq!(
+        bye[0].cseq.seq, 5,
+        "after the early dialog's PRACKs (2..=4)"
+    );
+}
+
+#[test]
+fn a_reliable_provisional_never_pracked_fails_the_call_with_5xx_and_cancels_the_callee() {
+    let mut h = Harness::new();
+    h.caller_sends(&invite_100rel("r3", "Supported", SDP));
+    h.take(CALLER);
+    let b = h.take_one_request(CALLEE, Method::Invite);
+    h.callee_sends(&answer(&b, 180, "callee-tag", ""));
+    h.callee_sends(&answer(&b, 183, "callee-tag", SDP));
+    let r = h.responses(CALLER);
+    assert_eq!(r.len(), 2);
+    assert!(
+        r[0].headers.get(&HeaderName::RSeq).is_none(),
+        "180 without SDP: unreliable"
+    );
+    assert!(
+        r[1].headers.has_tag(&HeaderName::Require, "100rel"),
+        "183 with SDP: reliable"
+    );
+    let sent_rseq = rseq(&r[1]);
+    h.advance(Duration::from_secs(20));
+    let resent = h.responses(CALLER);
+    assert_eq!(resent.len(), 5, "at 0.5, 1.5, 3.5, 7.5 and 15.5 s");
+    assert!(
+        resent
+            .iter()
+            .all(|r| r.status == 183 && rseq(r) == sent_rseq)
+    );
+    assert!(h.cdrs.is_empty());
+    h.advance(Duration::from_secs(13));
+    let r = h.responses(CALLER);
+    assert_eq!(r.last().map(|r| r.status), Some(504), "{r:?}");
+    let _cancel = h.take_one_request(CALLEE, Method::Cancel);
+    assert_eq!(h.cdrs.len(), 1);
+    assert_eq!(h.cdrs[0].end_reason, EndReason::Rejected);
+    assert_eq!(h.cdrs[0].ended_by, EndedBy::Switch);
+    assert_eq!(h.cdrs[0].sip_code, Some(504));
+}
+
+#[test]
+fn a_late_offer_in_a_reliable_183_is_answered_in_the_callers_prack() {
+    let mut h = Harness::new();
+    h.caller_sends(&invite_100rel("r4", "Supported", ""));
+    h.take(CALLER);
+    let b = h.take_one_request(CALLEE, Method::Invite);
+    assert!(b.body.is_empty());
+    h.callee_sends(&reliable(&b, 183, 1, SDP));
+    assert!(
+        requests(h.take(CALLEE), Method::Prack).is_empty(),
+        "the PRACK waits for the caller's answer"
+    );
+    let r = h.responses(CALLER);
+    assert_eq!(r.len(), 1);
+    assert_eq!(r[0].body, SDP.as_bytes(), "the offer crosses");
+    let a_tag = r[0].to.tag().expect("tag").to_string();
+    let answer_sdp = SDP.replace("4000", "4002");
+    h.caller_sends(&caller_prack("r4", &a_tag, 2, rseq(&r[0]), &answer_sdp));
+    assert_eq!(h.statuses(CALLER), vec![200]);
+    let pracks = requests(h.take(CALLEE), Method::Prack);
+    assert_eq!(pracks.len(), 1);
+    assert_eq!(pracks[0].body, answer_sdp.as_bytes(), "the answer crosses");
+    assert_eq!(RAck::of(&pracks[0].headers).map(|r| r.rseq), Some(1));
+}
+
+#[test]
+fn prack_disabled_refuses_a_caller_that_requires_it_and_required_one_that_lacks_it() {
+    let disabled = CONFIG.replace(
+        "    route_to: carrier\n",
+        "    route_to: carrier\n    prack: disabled\n",
+    );
+    let mut h = Harness::with_config(&disabled);
+    h.caller_sends(&invite_100rel("r5", "Require", SDP));
+    let r = h.responses(CALLER);
+    assert_eq!(r.last().map(|r| r.status), Some(420));
+    assert_eq!(
+        r.last()
+            .and_then(|r| r.headers.get(&HeaderName::Unsupported)),
+        Some("100rel")
+    );
+    // Merely supported: the call goes on, with unreliable provisionals.
+    h.caller_sends(&invite_100rel("r6", "Supported", SDP));
+    let b = h.take_one_request(CALLEE, Method::Invite);
+    h.callee_sends(&answer(&b, 183, "callee-tag", SDP));
+    let r = h.responses(CALLER);
+    assert_eq!(r.last().map(|r| r.status), Some(183));
+    assert!(r.iter().all(|r| r.headers.get(&HeaderName::RSeq).is_none()));
+
+    let required = CONFIG.replace(
+        "    route_to: carrier\n",
+        "    route_to: carrier\n    prack: required\n",
+    );
+    let mut h = Harness::with_config(&required);
+    h.caller_sends(&invite("r7", "0049301234", SDP));
+    let r = h.responses(CALLER);
+    assert_eq!(r.last().map(|r| r.status), Some(421));
+    assert_eq!(
+        r.last().and_then(|r| r.headers.get(&HeaderName::Require)),
+        Some("100rel")
+    );
+    assert_eq!(h.engine.active_calls(), 0);
+}
+
+#[test]
+fn a_trunk_with_prack_required_gets_require_100rel_on_its_invites() {
+    let required = CONFIG.replace(
+        "    outbound: { to: \"127.0.0.3:5080\" }\n",
+        "    outbound: { to: \"127.0.0.3:5080\" }\n    prack: required\n",
+    );
+    let mut h = Harness::with_config(&required);
+    h.caller_sends(&invite("r8", "0049301234", SDP));
+    let b = h.take_one_request(CALLEE, Method::Invite);
+    assert!(b.headers.has_tag(&HeaderName::Require, "100rel"));
+    assert!(b.headers.has_tag(&HeaderName::Supported, "100rel"));
+}
