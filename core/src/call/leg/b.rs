@@ -422,7 +422,8 @@ impl BLeg {
         reoffer_timer(invite, interval, self.leg.timer_config(), false);
         invite.headers.set(HeaderName::MinSe, interval.to_string());
         if self.prack.enabled() {
-            invite.headers.push(HeaderName::Supported, TAG_100REL);
+            invite.headers.remove(&HeaderName::Require);
+            offer_100rel(self.prack, &mut invite.headers);
         }
         self.invite_tx = Some(env.tx.send_request(
             now,
@@ -616,14 +617,20 @@ fn reoffer_timer(
 }
 
 /// What a B-leg INVITE says of `100rel` (RFC 3262) for a trunk's `prack`.
+/// One `Supported` field lists every tag (some peers read only the first).
 fn offer_100rel(mode: PrackMode, headers: &mut crate::sip::Headers) {
-    match mode {
-        PrackMode::Supported => headers.push(HeaderName::Supported, TAG_100REL),
-        PrackMode::Required => {
-            headers.push(HeaderName::Supported, TAG_100REL);
-            headers.push(HeaderName::Require, TAG_100REL);
-        }
-        PrackMode::Disabled => {}
+    if !mode.enabled() {
+        return;
+    }
+    let mut tags: Vec<String> = headers
+        .list(&HeaderName::Supported)
+        .filter(|t| !t.eq_ignore_ascii_case(TAG_100REL))
+        .map(str::to_string)
+        .collect();
+    tags.push(TAG_100REL.to_string());
+    headers.set(HeaderName::Supported, tags.join(", "));
+    if mode == PrackMode::Required {
+        headers.push(HeaderName::Require, TAG_100REL);
     }
 }
 

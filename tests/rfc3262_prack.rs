@@ -1,0 +1,129 @@
+//! Reliable provisional responses (RFC 3262) end to end, hop by hop, with
+//! sipp on both sides: each leg does 100rel or not on its own, and the CDR
+//! is the same as without PRACK in the flow.
+
+mod support;
+
+use std::time::Duration;
+
+use support::{Net, SippResult, Vigil, callee, caller, scenario};
+
+/// One call from a caller scenario to a callee scenario; both must succeed.
+/// Returns what each sipp saw and the call's CDR.
+fn one_call(
+    net: Net,
+    extra: &str,
+    uac: &str,
+    uas: &str,
+) -> (SippResult, SippResult, serde_json::Value) {
+    let vigil = Vigil::start(net, extra);
+    let uas = callee(net, Some(&scenario(uas)), &["-m", "1", "-trace_msg"]);
+    let uac = caller(
+        net,
+        net.caller,
+        Some(&scenario(uac)),
+        "0049301234",
+        &["-m", "1", "-d", "200", "-trace_msg"],
+    )
+    .expect_success(Duration::from_secs(30));
+    let uas = uas.expect_success(Duration::from_secs(10));
+    let stopped = vigil.stop();
+    assert_eq!(stopped.cdrs.len(), 1, "{}", stopped.log);
+    (uac, uas, stopped.cdrs[0].clone())
+}
+
+fn answered_by_caller_bye(cdr: &serde_json::Value) {
+    assert_eq!(cdr["end_reason"], "caller-bye", "{cdr}");
+    assert!(cdr["answer"].is_string(), "{cdr}");
+    assert!(cdr["sip_code"].is_null(), "{cdr}");
+}
+
+/// The messages sipp received (its `-trace_msg` log marks each one).
+fn received(r: &SippResult) -> Vec<&str> {
+    r.messages.split("message received").skip(1).collect()
+}
+
+fn count_received(r: &SippResult, start_line: &str) -> usize {
+    received(r)
+        .iter()
+        .filter(|m| m.lines().any(|l| l.trim_start().starts_with(start_line)))
+        .count()
+}
+
+#[test]
+fn a_caller_requiring_100rel_calls_a_callee_without_it() {
+    let net = Net::new(231);
+    let (uac, uas, cdr) = one_call(net, "", "uac_prack.xml", "uas_plain_early.xml");
+    answered_by_caller_bye(&cdr);
+    // The callee saw no PRACK (it sent nothing reliably), and was offered 100rel.
+    assert_eq!(count_received(&uas, "PRACK "), 0, "{}", uas.messages);
+    // The caller's 180 and 183 both came reliably (its scenario checks RSeq).
+    assert_eq!(count_received(&uac, "RSeq:"), 2, "{}", uac.messages);
+}
+
+#[test]
+fn a_callee_requiring_100rel_is_pracked_for_a_caller_without_it() {
+    let net = Net::new(232);
+    let (uac, uas, cdr) = one_call(net, "", "uac_early.xml", "uas_100rel.xml");
+    answered_by_caller_bye(&cdr);
+    assert_eq!(count_received(&uas, "PRACK "), 1, "{}", uas.messages);
+    assert_eq!(count_received(&uac, "RSeq:"), 0, "{}", uac.messages);
+}
+
+#[test]
+fn both_sides_with_100rel_get_early_media_reliably() {
+    let net = Net::new(233);
+    let (uac, uas, cdr) = one_call(net, "", "uac_prack_183.xml", "uas_100rel.xml");
+    answered_by_caller_bye(&cdr);
+    assert_eq!(count_received(&uas, "PRACK "), 1, "{}", uas.messages);
+    let early = received(&uac)
+        .into_iter()
+        .find(|m| m.contains("SIP/2.0 183"))
+        .expect("a 183");
+    assert!(
+        early.contains("RSeq:") && early.contains("m=audio"),
+        "{early}"
+    );
+}
+
+#[test]
+fn a_lost_prack_has_the_183_retransmitted_then_the_call_goes_on() {
+    let net = Net::new(234);
+    let (uac, _uas, cdr) = one_call(net, "", "uac_prack_lost.xml", "uas_plain_early.xml");
+    answered_by_caller_bye(&cdr);
+    let copies = count_received(&uac, "SIP/2.0 183");
+    assert!(copies >= 2, "the reliable 183 came again: {copies}");
+}
+
+#[test]
+fn a_lost_reliable_provisional_is_pracked_once_it_arrives_in_order() {
+    let net = Net::new(235);
+    let (uac, uas, cdr) = one_call(net, "", "uac_prack_183.xml", "uas_100rel_gap.xml");
+    answered_by_caller_bye(&cdr);
+    // PRACKs for RSeq 1, 2, 3 (the callee's scenario checks each RAck and
+    // that none came for 3 before 2).
+    assert_eq!(count_received(&uas, "PRACK "), 3, "{}", uas.messages);
+    assert_eq!(count_received(&uac, "SIP/2.0 180"), 2, "{}", uac.messages);
+}
+
+#[test]
+fn a_cancel_during_reliable_early_media_ends_both_legs_with_487() {
+    let net = Net::new(236);
+    let (_uac, uas, cdr) = one_call(net, "", "uac_prack_cancel.xml", "uas_100rel_cancel.xml");
+    assert_eq!(cdr["end_reason"], "cancelled", "{cdr}");
+    assert_eq!(cdr["sip_code"], 487, "{cdr}");
+    assert!(cdr["answer"].is_null(), "{cdr}");
+    assert_eq!(count_received(&uas, "CANCEL "), 1, "{}", uas.messages);
+}
+
+#[test]
+fn a_late_offer_in_a_reliable_183_is_answered_in_the_pracks() {
+    let net = Net::new(237);
+    let (_uac, uas, cdr) = one_call(net, "", "uac_prack_late.xml", "uas_100rel_offer.xml");
+    answered_by_caller_bye(&cdr);
+    let prack = received(&uas)
+        .into_iter()
+        .find(|m| m.contains("PRACK sip:"))
+        .expect("a PRACK");
+    assert!(prack.contains("m=audio"), "the caller's answer: {prack}");
+}
