@@ -127,3 +127,90 @@ fn a_late_offer_in_a_reliable_183_is_answered_in_the_pracks() {
         .expect("a PRACK");
     assert!(prack.contains("m=audio"), "the caller's answer: {prack}");
 }
+
+/// The SDP lines of a message sipp received (`c=` and `m=`).
+fn media_lines(message: &str) -> Vec<String> {
+    message
+        .lines()
+        .map(str::trim)
+        .filter(|l| l.starts_with("c=") || l.starts_with("m="))
+        .map(str::to_string)
+        .collect()
+}
+
+/// With media relay on, the early media in a reliable 183 is anchored on
+/// rtpengine like any answer, and the 2xx repeating it brings the caller
+/// the same SDP (no new offer/answer).
+#[test]
+fn relayed_reliable_early_media_is_anchored_and_the_2xx_repeats_it() {
+    use support::rtpengine::Rtpengine;
+    let net = Net::new(238);
+    let engine_dir = tempfile::tempdir().expect("rtpengine dir");
+    let engine = Rtpengine::start(engine_dir.path(), 1, 23238, 32238..=32287);
+    let metrics = std::net::SocketAddr::new(net.vigil, 9090);
+    let dir = tempfile::tempdir().expect("vigil dir");
+    let extra = format!(
+        "metrics: {{ listen: \"{metrics}\" }}\nmedia:\n  rtpengines: [\"udp:{}\"]\n  ping_interval: 1\n",
+        engine.ng
+    );
+    let carrier = format!(
+        "outbound: {{ to: \"{}:{}\" }}",
+        net.callee,
+        support::CALLEE_PORT
+    );
+    let config = net
+        .config(&dir.path().join("cdr.jsonl"), &extra)
+        .replace(&carrier, &format!("{carrier}\n    media: relay"));
+    let vigil = Vigil::start_with(net, dir, &config);
+    let up = format!("vigil_rtpengine_up{{engine=\"{}\"}}", engine.ng);
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while support::series(&support::scrape(metrics), &up) != 1 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "rtpengine not seen up"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let uas = callee(
+        net,
+        Some(&scenario("uas_100rel.xml")),
+        &["-m", "1", "-trace_msg"],
+    );
+    let uac = caller(
+        net,
+        net.caller,
+        Some(&scenario("uac_prack_183.xml")),
+        "0049301234",
+        &["-m", "1", "-d", "200", "-trace_msg"],
+    )
+    .expect_success(Duration::from_secs(30));
+    let uas = uas.expect_success(Duration::from_secs(10));
+    let stopped = vigil.stop();
+    assert_eq!(stopped.cdrs.len(), 1, "{}", stopped.log);
+    answered_by_caller_bye(&stopped.cdrs[0]);
+    assert_eq!(count_received(&uas, "PRACK "), 1, "{}", uas.messages);
+    let seen = received(&uac);
+    let early = seen
+        .iter()
+        .find(|m| m.contains("SIP/2.0 183"))
+        .expect("a 183");
+    let ok = seen
+        .iter()
+        .find(|m| m.contains("SIP/2.0 200") && m.contains("INVITE"))
+        .expect("a 200 to the INVITE");
+    let early_media = media_lines(early);
+    assert!(
+        early_media.contains(&"c=IN IP4 127.0.0.1".to_string()),
+        "rtpengine's address, not the callee's: {early}"
+    );
+    let port: u16 = early_media
+        .iter()
+        .find_map(|l| l.strip_prefix("m=audio ")?.split(' ').next()?.parse().ok())
+        .expect("a media port");
+    assert!(engine.ports.contains(&port), "rtpengine's port: {port}");
+    assert_eq!(
+        media_lines(ok),
+        early_media,
+        "the 2xx repeats the early answer"
+    );
+}
