@@ -128,6 +128,34 @@ fn a_late_offer_in_a_reliable_183_is_answered_in_the_pracks() {
     assert!(prack.contains("m=audio"), "the caller's answer: {prack}");
 }
 
+/// RFC 3311: the caller changes codecs with an UPDATE in the early dialog;
+/// it crosses to the callee's early dialog and the answer comes back, all
+/// before the 2xx.
+#[test]
+fn an_update_in_the_early_dialog_changes_codecs_before_the_answer() {
+    let net = Net::new(239);
+    let (uac, uas, cdr) = one_call(net, "", "uac_prack_update.xml", "uas_100rel_update.xml");
+    answered_by_caller_bye(&cdr);
+    let update = received(&uas)
+        .into_iter()
+        .find(|m| m.contains("UPDATE sip:"))
+        .expect("the UPDATE reached the callee");
+    assert!(
+        !update.contains("Session-Expires"),
+        "no session refresh before the answer: {update}"
+    );
+    // Its answer (a retransmission of it may come too): PCMU, as the callee said.
+    let answers: Vec<&str> = received(&uac)
+        .into_iter()
+        .filter(|m| m.contains("SIP/2.0 200") && m.contains("CSeq: 3 UPDATE"))
+        .collect();
+    assert!(!answers.is_empty(), "{}", uac.messages);
+    assert!(
+        answers.iter().all(|m| m.contains("RTP/AVP 0")),
+        "{answers:?}"
+    );
+}
+
 /// The SDP lines of a message sipp received (`c=` and `m=`).
 fn media_lines(message: &str) -> Vec<String> {
     message

@@ -43,6 +43,10 @@ impl Call {
             reply(env, Reply::new(481));
             return;
         }
+        if request.method == Method::Update && !self.leg(leg).is_established() {
+            // RFC 3311 §5.1: an UPDATE in the early dialog, before the answer.
+            return self.relay_early_update(now, leg, tx, request, env);
+        }
         let Some(dialog) = self.leg_mut(leg).dialog_mut() else {
             reply(env, Reply::new(481));
             return;

@@ -6,11 +6,11 @@
 use std::time::Instant;
 
 use super::build::{relay_request_payload, relay_response};
-use super::{Call, Env, Leg};
+use super::{Call, Env, Leg, Purpose};
 use crate::session_timer::negotiate::uac_offer_headers;
 use crate::session_timer::{Refresher, UasOutcome};
 use crate::sip::local_response;
-use crate::sip::{HeaderName, Method, Request, Response};
+use crate::sip::{HeaderName, Method, Reply, Request, Response};
 use crate::transaction::ServerTxId;
 
 /// A request relayed from one leg to the other, waiting for its answer.
@@ -125,6 +125,79 @@ impl Call {
                 negotiated,
             });
         }
+    }
+
+    /// An UPDATE in an early dialog (RFC 3311 §5.1: codecs may change before
+    /// the answer): its CSeq is checked in the sender's early dialog and a
+    /// copy goes in the other leg's (the callee's latest); its answer comes
+    /// back as any relayed request's. No session-timer headers travel: no
+    /// session is refreshed before the answer. 481 when the sender's early
+    /// dialog is unknown, 500 with Retry-After when the other side has none
+    /// yet, 491 while another offer is in flight (§5.2).
+    pub(super) fn relay_early_update(
+        &mut self,
+        now: Instant,
+        from: Leg,
+        tx: ServerTxId,
+        request: Request,
+        env: &mut Env<'_>,
+    ) {
+        let ua = env.settings.user_agent.clone();
+        let reply = |env: &mut Env<'_>, answer: Reply| {
+            env.tx.respond(now, tx, answer.to(&request, None, &ua));
+        };
+        let accepted = match from {
+            _ if self.ending.is_some() => None,
+            Leg::A => self.a.early_dialog_mut(),
+            Leg::B => self.b.early_dialog_mut(&request),
+        }
+        .map(|d| d.accept_remote_cseq(&request));
+        match accepted {
+            None => return reply(env, Reply::new(481)),
+            Some(false) => return reply(env, Reply::new(500).reason("CSeq Out Of Order")),
+            Some(true) => {}
+        }
+        match self.relays.offer_from().or_else(|| self.media_offer_from()) {
+            Some(busy) if busy == from => {
+                return reply(
+                    env,
+                    Reply::new(500)
+                        .reason("Previous Request Pending")
+                        .retry_after(1),
+                );
+            }
+            Some(_) => return reply(env, Reply::new(491)),
+            None => {}
+        }
+        let copy = match from.other() {
+            Leg::A => self.a.early_request(Method::Update, env),
+            Leg::B => self.b.early_request(Method::Update, env),
+        };
+        let Some((mut copy, path)) = copy else {
+            return reply(
+                env,
+                Reply::new(500)
+                    .reason("Other Leg Not Connected")
+                    .retry_after(1),
+            );
+        };
+        relay_request_payload(&request, &mut copy);
+        if !request.body.is_empty() {
+            self.note_body(from, &request.headers, &request.body);
+        }
+        let id = self.relays.next_id;
+        self.relays.next_id += 1;
+        let sent_seq = copy.cseq.seq;
+        env.tx
+            .send_request(now, copy, path, self.owner(Purpose::Relay(id)));
+        self.relays.waiting.push(Relay {
+            id,
+            from,
+            server_tx: tx,
+            request,
+            sent_seq,
+            negotiated: None,
+        });
     }
 
     pub(super) fn on_relay_response(

@@ -262,10 +262,11 @@ impl Dialog {
         self.local_seq
     }
 
-    /// This dialog confirms the early one `early` (RFC 3262's PRACKs were
-    /// sent in it): its CSeq numbers carry on from there.
+    /// This dialog confirms the early one `early` (RFC 3262's PRACKs or RFC
+    /// 3311's UPDATEs went in it): its CSeq numbers carry on from there.
     pub fn continue_from(&mut self, early: &Dialog) {
         self.local_seq = self.local_seq.max(early.local_seq);
+        self.remote_seq = self.remote_seq.max(early.remote_seq);
     }
 
     /// The ACK for a 2xx to the INVITE with CSeq `invite_seq` (§13.2.2.4).

@@ -50,6 +50,10 @@ pub struct ALeg {
     /// Reliable provisionals towards a caller that takes them (RFC 3262);
     /// `None`: provisionals go unreliably. Boxed: most callers take none.
     reliable: Option<Box<ReliableUas>>,
+    /// The early dialog with the caller, once a request went in it before
+    /// the answer (an UPDATE, RFC 3311); the confirmed dialog carries on
+    /// its CSeq numbers.
+    early: Option<Box<Dialog>>,
 }
 
 /// What a PRACK from the caller brought.
@@ -98,6 +102,7 @@ impl ALeg {
             negotiated: inbound.negotiated,
             bye_after_ack: false,
             reliable,
+            early: None,
             invite: Some(Box::new(invite)),
         }
     }
@@ -175,6 +180,42 @@ impl ALeg {
         }
     }
 
+    /// The early dialog with the caller (RFC 3311: UPDATE before the
+    /// answer), made on first use; `None` once answered or ended.
+    pub fn early_dialog_mut(&mut self) -> Option<&mut Dialog> {
+        if self.state != AState::Proceeding {
+            return None;
+        }
+        if self.early.is_none() {
+            let invite = self.invite.as_deref()?;
+            self.early = Some(Box::new(Dialog::as_uas(
+                invite,
+                self.local_tag.to_string(),
+                self.leg.contact(),
+            )));
+        }
+        self.early.as_deref_mut()
+    }
+
+    /// A request in the early dialog with the caller (an UPDATE from the
+    /// callee), and the path it takes.
+    pub fn early_request(
+        &mut self,
+        method: crate::sip::Method,
+        env: &mut Env<'_>,
+    ) -> Option<(Request, crate::transaction::Path)> {
+        let via = self.leg.via(env);
+        let path = self.leg.path();
+        let dialog = self.early_dialog_mut()?;
+        let request = dialog.new_request(method, via)?;
+        let path = if path.proto.is_reliable() {
+            path
+        } else {
+            path.to(dialog.next_hop(path.remote))
+        };
+        Some((request, path))
+    }
+
     /// Whether the caller gets provisionals with an SDP reliably, so that
     /// its PRACK can carry the answer to an offer in one (a late-offer call).
     pub fn takes_reliable_sdp(&self) -> bool {
@@ -248,11 +289,11 @@ impl ALeg {
             return;
         }
         if let Some(invite) = self.invite.as_deref() {
-            self.leg.establish(Dialog::as_uas(
-                invite,
-                self.local_tag.to_string(),
-                self.leg.contact(),
-            ));
+            let mut dialog = Dialog::as_uas(invite, self.local_tag.to_string(), self.leg.contact());
+            if let Some(early) = self.early.take() {
+                dialog.continue_from(&early);
+            }
+            self.leg.establish(dialog);
         }
         self.state = AState::Answered;
         self.leg.send_2xx(

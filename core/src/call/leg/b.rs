@@ -267,11 +267,57 @@ impl BLeg {
 
     /// Whether `request` names this leg's dialog (RFC 3261 §12.2.2): To tag
     /// Vigil's, From tag the callee's. Nothing matches before the answer.
+    /// Before the answer, an early dialog (a callee's provisional with its
+    /// tag) matches too: its UPDATE (RFC 3311).
     pub fn owns(&self, request: &Request) -> bool {
-        self.leg.dialog().is_some_and(|d| {
+        let names = |d: &Dialog| {
             request.to.tag() == Some(d.local_tag())
                 && request.from.tag().unwrap_or_default() == d.remote_tag()
-        })
+        };
+        match self.leg.dialog() {
+            Some(d) => names(d),
+            None => {
+                self.state == BState::Proceeding
+                    && self.reliable.as_ref().is_some_and(|r| {
+                        r.early_dialog(request.from.tag().unwrap_or_default())
+                            .is_some_and(names)
+                    })
+            }
+        }
+    }
+
+    /// The callee's early dialog `request` (an UPDATE) came in.
+    pub fn early_dialog_mut(&mut self, request: &Request) -> Option<&mut Dialog> {
+        if self.state != BState::Proceeding {
+            return None;
+        }
+        self.reliable
+            .as_mut()?
+            .dialog_mut(request.from.tag().unwrap_or_default())
+    }
+
+    /// A request in the callee's latest early dialog (an UPDATE from the
+    /// caller, RFC 3311), and the path it takes.
+    pub fn early_request(
+        &mut self,
+        method: Method,
+        env: &mut Env<'_>,
+    ) -> Option<(Request, crate::transaction::Path)> {
+        if self.state != BState::Proceeding {
+            return None;
+        }
+        let via = self.leg.via(env);
+        let path = self.leg.path();
+        let (request, hop) = self
+            .reliable
+            .as_mut()?
+            .new_request(method, via, path.remote)?;
+        let path = if path.proto.is_reliable() {
+            path
+        } else {
+            path.to(hop)
+        };
+        Some((request, path))
     }
 
     /// How a provisional from the callee counts (RFC 3262 §4); none is
@@ -280,12 +326,14 @@ impl BLeg {
         let Some(invite) = self.invite.as_deref() else {
             return ReliableIncoming::Unreliable;
         };
-        if !self.prack.enabled() || response.cseq.seq != self.invite_seq {
+        if response.cseq.seq != self.invite_seq || response.to.tag().is_none() {
             return ReliableIncoming::Unreliable;
         }
         let contact = self.leg.contact();
         let reliable = self.reliable.get_or_insert_with(Box::default);
         match reliable.on_provisional(invite, response, contact) {
+            // A `disabled` leg does no PRACK: a reliable 18x is taken as it is.
+            _ if !self.prack.enabled() => ReliableIncoming::Unreliable,
             Incoming::Unreliable => ReliableIncoming::Unreliable,
             Incoming::Fresh { dialog, rack } => ReliableIncoming::Fresh { dialog, rack },
             Incoming::Dropped => ReliableIncoming::Dropped,

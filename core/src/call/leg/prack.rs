@@ -213,14 +213,17 @@ pub enum Incoming {
     Dropped,
 }
 
-/// One early dialog of the B-leg INVITE with reliable provisionals.
+/// One early dialog of the B-leg INVITE (a callee's To tag).
 #[derive(Debug)]
 struct Early {
     dialog: Dialog,
-    last_rseq: u32,
+    /// The RSeq of its last in-order reliable provisional (`None`: none yet).
+    last_rseq: Option<u32>,
 }
 
-/// The B leg's reliable provisionals (Vigil as UAC).
+/// The B leg's early dialogs and their reliable provisionals (Vigil as
+/// UAC): PRACKs (RFC 3262) and UPDATEs (RFC 3311) go in them before the
+/// answer.
 #[derive(Debug, Default)]
 pub struct ReliableUac {
     early: Vec<Early>,
@@ -233,45 +236,76 @@ pub struct ReliableUac {
 const MAX_EARLY: usize = 4;
 
 impl ReliableUac {
-    /// Classifies a provisional to the B-leg INVITE `invite` (§4).
+    /// Classifies a provisional to the B-leg INVITE `invite` (§4), keeping
+    /// the early dialog it creates.
     pub fn on_provisional(
         &mut self,
         invite: &Request,
         response: &Response,
         contact: crate::sip::SipUri,
     ) -> Incoming {
-        if response.status <= 100 || !requires_100rel(&response.headers) {
-            return Incoming::Unreliable;
-        }
-        let (Some(RSeq(rseq)), Some(tag)) = (RSeq::of(&response.headers), response.to.tag()) else {
+        let Some(tag) = response.to.tag().filter(|_| response.status > 100) else {
             return Incoming::Unreliable;
         };
-        let rack = RAck {
-            rseq,
-            cseq: response.cseq.seq,
-            method: Method::Invite,
-        };
-        match self.early.iter().position(|e| e.dialog.remote_tag() == tag) {
-            Some(i) => {
-                let early = &mut self.early[i];
-                if rseq != early.last_rseq.wrapping_add(1) {
-                    return Incoming::Dropped;
-                }
-                early.last_rseq = rseq;
-                Incoming::Fresh { dialog: i, rack }
-            }
-            None if self.early.len() >= MAX_EARLY => Incoming::Dropped,
+        let i = match self.position(tag) {
+            Some(i) => i,
+            None if self.early.len() >= MAX_EARLY => return Incoming::Unreliable,
             None => {
                 self.early.push(Early {
                     dialog: Dialog::as_uac(invite, response, contact),
-                    last_rseq: rseq,
+                    last_rseq: None,
                 });
-                Incoming::Fresh {
-                    dialog: self.early.len() - 1,
-                    rack,
-                }
+                self.early.len() - 1
             }
+        };
+        let Some(RSeq(rseq)) = RSeq::of(&response.headers) else {
+            return Incoming::Unreliable;
+        };
+        if !requires_100rel(&response.headers) {
+            return Incoming::Unreliable;
         }
+        let early = &mut self.early[i];
+        // §4: the first one sets the sequence; then only the next counts.
+        if early
+            .last_rseq
+            .is_some_and(|last| rseq != last.wrapping_add(1))
+        {
+            return Incoming::Dropped;
+        }
+        early.last_rseq = Some(rseq);
+        Incoming::Fresh {
+            dialog: i,
+            rack: RAck {
+                rseq,
+                cseq: response.cseq.seq,
+                method: Method::Invite,
+            },
+        }
+    }
+
+    fn position(&self, remote_tag: &str) -> Option<usize> {
+        self.early
+            .iter()
+            .position(|e| e.dialog.remote_tag() == remote_tag)
+    }
+
+    /// The early dialog whose remote tag is `remote_tag`.
+    pub fn dialog_mut(&mut self, remote_tag: &str) -> Option<&mut Dialog> {
+        let i = self.position(remote_tag)?;
+        Some(&mut self.early[i].dialog)
+    }
+
+    /// A new request (an UPDATE relayed from the caller) in the latest early
+    /// dialog, and where it goes.
+    pub fn new_request(
+        &mut self,
+        method: Method,
+        via: crate::sip::Via,
+        fallback: std::net::SocketAddr,
+    ) -> Option<(Request, std::net::SocketAddr)> {
+        let early = self.early.last_mut()?;
+        let request = early.dialog.new_request(method, via)?;
+        Some((request, early.dialog.next_hop(fallback)))
     }
 
     /// The PRACK for `rack` in early dialog `dialog`, with the next CSeq of

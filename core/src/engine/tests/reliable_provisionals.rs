@@ -263,3 +263,103 @@ fn a_trunk_with_prack_required_gets_require_100rel_on_its_invites() {
     assert!(b.headers.has_tag(&HeaderName::Require, "100rel"));
     assert!(b.headers.has_tag(&HeaderName::Supported, "100rel"));
 }
+
+/// An UPDATE from the callee inside the B leg's early dialog.
+fn callee_update(b_invite: &Request, cseq: u32, body: &str) -> String {
+    callee_in_dialog_with("UPDATE", cseq, b_invite, &format!("up{cseq}"), body)
+}
+
+#[test]
+fn an_update_in_the_early_dialog_crosses_both_ways_before_the_answer() {
+    let mut h = Harness::new();
+    h.caller_sends(&invite_100rel("u1", "Supported", SDP));
+    h.take(CALLER);
+    let b = h.take_one_request(CALLEE, Method::Invite);
+    h.callee_sends(&reliable(&b, 183, 1, SDP));
+    let prack = requests(h.take(CALLEE), Method::Prack);
+    assert_eq!(prack.len(), 1);
+    assert_eq!(prack[0].cseq.seq, 2);
+    let r = h.responses(CALLER);
+    let a_tag = r[0].to.tag().expect("tag").to_string();
+    h.caller_sends(&caller_prack("u1", &a_tag, 2, rseq(&r[0]), ""));
+    assert_eq!(h.statuses(CALLER), vec![200]);
+    // The caller changes codecs before the answer.
+    let pcma = SDP.replace("RTP/AVP 0", "RTP/AVP 8");
+    h.caller_sends(&caller_in_dialog("UPDATE", 3, &a_tag, "u1", "upd3", &pcma));
+    let updates = requests(h.take(CALLEE), Method::Update);
+    assert_eq!(updates.len(), 1);
+    let update = &updates[0];
+    assert_eq!(update.cseq.seq, 3, "after the PRACK in the early dialog");
+    assert_eq!(update.to.tag(), Some("callee-tag"));
+    assert_eq!(update.body, pcma.as_bytes());
+    assert!(
+        update.headers.get(&HeaderName::SessionExpires).is_none(),
+        "no refresh before answer"
+    );
+    let ok = callee_answers(update, 200, &pcma);
+    h.callee_sends(&ok);
+    let r = h.responses(CALLER);
+    assert_eq!(r.len(), 1);
+    assert_eq!(
+        (r[0].status, r[0].cseq.method.clone()),
+        (200, Method::Update)
+    );
+    assert_eq!(r[0].body, pcma.as_bytes());
+    // The callee's own UPDATE goes to the caller in the A early dialog.
+    h.callee_sends(&callee_update(&b, 5, SDP));
+    let to_caller = requests(h.take(CALLER), Method::Update);
+    assert_eq!(to_caller.len(), 1);
+    assert_eq!(to_caller[0].to.tag(), Some("caller-tag"));
+    assert_eq!(to_caller[0].from.tag(), Some(a_tag.as_str()));
+    let a_seq = to_caller[0].cseq.seq;
+    h.caller_sends(&caller_answers(&to_caller[0], 200, SDP));
+    assert_eq!(h.statuses(CALLEE), vec![200]);
+    // A stale CSeq in the early dialog: 500.
+    h.callee_sends(&callee_update(&b, 4, SDP));
+    assert_eq!(h.statuses(CALLEE), vec![500]);
+    // Answered: both confirmed dialogs count on after the early requests.
+    h.callee_sends(&answer(&b, 200, "callee-tag", ""));
+    let ok = h.finals(CALLER);
+    assert_eq!(ok.len(), 1);
+    h.caller_sends(&caller_in_dialog("ACK", 1, &a_tag, "u1", "ack", ""));
+    h.callee_sends(&callee_in_dialog("BYE", 6, &b, "bye6"));
+    let bye = requests(h.take(CALLER), Method::Bye);
+    assert_eq!(bye.len(), 1);
+    assert!(bye[0].cseq.seq > a_seq, "{} after {a_seq}", bye[0].cseq.seq);
+}
+
+#[test]
+fn an_early_update_before_any_early_dialog_is_481_and_glare_491() {
+    let mut h = Harness::new();
+    h.caller_sends(&invite("u2", "0049301234", SDP));
+    h.take(CALLER);
+    let b = h.take_one_request(CALLEE, Method::Invite);
+    // The callee's UPDATE before any provisional made an early dialog.
+    h.callee_sends(&callee_update(&b, 2, SDP));
+    assert_eq!(h.statuses(CALLEE), vec![481]);
+    h.callee_sends(&answer(&b, 183, "callee-tag", SDP));
+    let r = h.responses(CALLER);
+    let a_tag = r[0].to.tag().expect("tag").to_string();
+    // The caller's offer is in flight when the callee's crosses it: 491.
+    h.caller_sends(&caller_in_dialog("UPDATE", 2, &a_tag, "u2", "upd2", SDP));
+    assert_eq!(requests(h.take(CALLEE), Method::Update).len(), 1);
+    h.callee_sends(&callee_update(&b, 3, SDP));
+    assert_eq!(h.statuses(CALLEE), vec![491]);
+}
+
+/// A response from the callee to a request Vigil sent it in a dialog.
+fn callee_answers(req: &Request, status: u16, body: &str) -> String {
+    let mut r = req.response(status);
+    r.headers
+        .push(HeaderName::Contact, "<sip:callee@127.0.0.3:5080>");
+    if !body.is_empty() {
+        r.headers.push(HeaderName::ContentType, "application/sdp");
+        r.body = body.as_bytes().to_vec();
+    }
+    String::from_utf8(r.encode()).expect("utf8")
+}
+
+/// The same from the caller.
+fn caller_answers(req: &Request, status: u16, body: &str) -> String {
+    callee_answers(req, status, body).replace("callee@127.0.0.3:5080", "1001@127.0.0.2:5061")
+}
