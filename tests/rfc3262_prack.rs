@@ -166,15 +166,27 @@ fn media_lines(message: &str) -> Vec<String> {
         .collect()
 }
 
-/// With media relay on, the early media in a reliable 183 is anchored on
-/// rtpengine like any answer, and the 2xx repeating it brings the caller
-/// the same SDP (no new offer/answer).
-#[test]
-fn relayed_reliable_early_media_is_anchored_and_the_2xx_repeats_it() {
+/// The port of the `m=audio` line of an SDP.
+fn audio_port(media: &[String]) -> u16 {
+    media
+        .iter()
+        .find_map(|l| l.strip_prefix("m=audio ")?.split(' ').next()?.parse().ok())
+        .expect("a media port")
+}
+
+/// One call as [`one_call`], through a Vigil whose carrier trunk is
+/// `media: relay`, with its own rtpengine (ng on `ng_port`, media in
+/// `ports`). Returns the sipps' results, the CDR and rtpengine's ports.
+fn one_relayed_call(
+    net: Net,
+    ng_port: u16,
+    ports: std::ops::RangeInclusive<u16>,
+    uac: &str,
+    uas: &str,
+) -> (SippResult, SippResult, serde_json::Value) {
     use support::rtpengine::Rtpengine;
-    let net = Net::new(238);
     let engine_dir = tempfile::tempdir().expect("rtpengine dir");
-    let engine = Rtpengine::start(engine_dir.path(), 1, 23238, 32238..=32287);
+    let engine = Rtpengine::start(engine_dir.path(), 1, ng_port, ports);
     let metrics = std::net::SocketAddr::new(net.vigil, 9090);
     let dir = tempfile::tempdir().expect("vigil dir");
     let extra = format!(
@@ -199,15 +211,11 @@ fn relayed_reliable_early_media_is_anchored_and_the_2xx_repeats_it() {
         );
         std::thread::sleep(Duration::from_millis(200));
     }
-    let uas = callee(
-        net,
-        Some(&scenario("uas_100rel.xml")),
-        &["-m", "1", "-trace_msg"],
-    );
+    let uas = callee(net, Some(&scenario(uas)), &["-m", "1", "-trace_msg"]);
     let uac = caller(
         net,
         net.caller,
-        Some(&scenario("uac_prack_183.xml")),
+        Some(&scenario(uac)),
         "0049301234",
         &["-m", "1", "-d", "200", "-trace_msg"],
     )
@@ -215,7 +223,24 @@ fn relayed_reliable_early_media_is_anchored_and_the_2xx_repeats_it() {
     let uas = uas.expect_success(Duration::from_secs(10));
     let stopped = vigil.stop();
     assert_eq!(stopped.cdrs.len(), 1, "{}", stopped.log);
-    answered_by_caller_bye(&stopped.cdrs[0]);
+    assert!(engine.calls().is_empty(), "rtpengine still holds the call");
+    (uac, uas, stopped.cdrs[0].clone())
+}
+
+/// With media relay on, the early media in a reliable 183 is anchored on
+/// rtpengine like any answer, and the 2xx repeating it brings the caller
+/// the same SDP (no new offer/answer).
+#[test]
+fn relayed_reliable_early_media_is_anchored_and_the_2xx_repeats_it() {
+    let ports = 32238..=32287;
+    let (uac, uas, cdr) = one_relayed_call(
+        Net::new(238),
+        23238,
+        ports.clone(),
+        "uac_prack_183.xml",
+        "uas_100rel.xml",
+    );
+    answered_by_caller_bye(&cdr);
     assert_eq!(count_received(&uas, "PRACK "), 1, "{}", uas.messages);
     let seen = received(&uac);
     let early = seen
@@ -224,21 +249,49 @@ fn relayed_reliable_early_media_is_anchored_and_the_2xx_repeats_it() {
         .expect("a 183");
     let ok = seen
         .iter()
-        .find(|m| m.contains("SIP/2.0 200") && m.contains("INVITE"))
+        .find(|m| m.contains("SIP/2.0 200") && m.contains("CSeq: 1 INVITE"))
         .expect("a 200 to the INVITE");
     let early_media = media_lines(early);
     assert!(
         early_media.contains(&"c=IN IP4 127.0.0.1".to_string()),
         "rtpengine's address, not the callee's: {early}"
     );
-    let port: u16 = early_media
-        .iter()
-        .find_map(|l| l.strip_prefix("m=audio ")?.split(' ').next()?.parse().ok())
-        .expect("a media port");
-    assert!(engine.ports.contains(&port), "rtpengine's port: {port}");
+    assert!(ports.contains(&audio_port(&early_media)), "{early}");
     assert_eq!(
         media_lines(ok),
         early_media,
         "the 2xx repeats the early answer"
     );
+}
+
+/// A relayed late-offer call: the callee's offer in a reliable 183 and the
+/// caller's answer in its PRACK both go through rtpengine, so each side
+/// sees rtpengine's address and ports, never the other's.
+#[test]
+fn a_relayed_late_offer_answered_in_the_pracks_is_anchored_both_ways() {
+    let ports = 32290..=32339;
+    let (uac, uas, cdr) = one_relayed_call(
+        Net::new(240),
+        23240,
+        ports.clone(),
+        "uac_prack_late.xml",
+        "uas_100rel_offer.xml",
+    );
+    answered_by_caller_bye(&cdr);
+    let offer = received(&uac)
+        .into_iter()
+        .find(|m| m.contains("SIP/2.0 183"))
+        .expect("a 183");
+    let prack = received(&uas)
+        .into_iter()
+        .find(|m| m.contains("PRACK sip:"))
+        .expect("a PRACK");
+    for (what, message) in [("offer", offer), ("answer", prack)] {
+        let media = media_lines(message);
+        assert!(
+            media.contains(&"c=IN IP4 127.0.0.1".to_string()),
+            "the {what} names rtpengine: {message}"
+        );
+        assert!(ports.contains(&audio_port(&media)), "the {what}: {message}");
+    }
 }

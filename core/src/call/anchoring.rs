@@ -185,6 +185,13 @@ impl Call {
                     self.cross_ack(now, Leg::A, ack, Some(ack_other_seq), owed_bye, env);
                 }
             }
+            MediaOp::CallerPrackAnswer(original) => {
+                // Without rtpengine's SDP (it failed) the caller's goes as it is.
+                let body = sdp.and_then(|sdp| with_sdp(Some(&original), sdp));
+                self.b
+                    .send_deferred_prack(now, Some(body.as_ref().unwrap_or(&original)), env);
+                self.a.leg.set_remote_body(*original);
+            }
             MediaOp::Reoffer(offer) => {
                 let Reoffer {
                     from,
@@ -389,6 +396,38 @@ impl Call {
             owed_bye,
         }));
         self.media_request(now, command, op, env);
+        None
+    }
+
+    /// The caller's answer in its PRACK to the callee's offer in a reliable
+    /// 18x (a late offer): through rtpengine before the B leg's PRACK
+    /// carries it. Hands the body back when it may go as it is.
+    pub(super) fn prack_answer_through_media(
+        &mut self,
+        now: Instant,
+        body: Body,
+        env: &mut Env<'_>,
+    ) -> Option<Body> {
+        let late = self
+            .media
+            .as_ref()
+            .is_some_and(|m| !m.caller_offered && m.engine.is_some());
+        if !late {
+            return Some(body);
+        }
+        let command = Command::Answer(Answer {
+            call_id: self.a.call_id().to_string(),
+            from_tag: self.media_tag(Leg::B).to_string(),
+            to_tag: self.a.caller_tag().to_string(),
+            sdp: body.bytes().to_vec(),
+            options: self.sdp_options(Leg::A),
+        });
+        self.media_request(
+            now,
+            command,
+            MediaOp::CallerPrackAnswer(Box::new(body)),
+            env,
+        );
         None
     }
 

@@ -141,6 +141,9 @@ pub enum MediaOp {
     CalleeOffer(Box<Response>),
     /// The caller's answer to a late offer, in its ACK.
     CallerAnswer(Box<LateAnswer>),
+    /// The caller's answer to a late offer the callee made in a reliable
+    /// 18x, in its PRACK (RFC 3262): it goes on in the B leg's PRACK.
+    CallerPrackAnswer(Box<super::build::Body>),
     /// A re-INVITE or UPDATE with a new SDP, before it is relayed.
     Reoffer(Box<Reoffer>),
     /// The answer to a relayed offer, before it goes back.
@@ -159,6 +162,7 @@ impl MediaOp {
             MediaOp::CalleeAnswer(_) => "callee's answer",
             MediaOp::CalleeOffer(_) => "callee's offer",
             MediaOp::CallerAnswer(_) => "caller's answer",
+            MediaOp::CallerPrackAnswer(_) => "caller's answer in a PRACK",
             MediaOp::Reoffer(_) => "re-offer",
             MediaOp::Reanswer(_) => "re-answer",
             MediaOp::Check => "media check",

@@ -170,11 +170,19 @@ impl Call {
         prack: Request,
         env: &mut Env<'_>,
     ) {
-        if let CallerPrack::Acknowledged(body) = self.a.on_prack(now, tx, &prack, env) {
-            if body.is_some() {
-                self.note_body(Leg::A, &prack.headers, &prack.body);
-            }
-            self.b.send_deferred_prack(now, body.as_ref(), env);
+        let CallerPrack::Acknowledged(body) = self.a.on_prack(now, tx, &prack, env) else {
+            return;
+        };
+        let Some(body) = body else {
+            return self.b.send_deferred_prack(now, None, env);
+        };
+        if !self.b.has_deferred_prack() {
+            return;
+        }
+        self.note_body(Leg::A, &prack.headers, &prack.body);
+        // A relayed call's answer goes through rtpengine first.
+        if let Some(body) = self.prack_answer_through_media(now, body, env) {
+            self.b.send_deferred_prack(now, Some(&body), env);
         }
     }
 

@@ -387,6 +387,11 @@ impl BLeg {
         }
     }
 
+    /// A PRACK waits for the caller's answer.
+    pub fn has_deferred_prack(&self) -> bool {
+        self.reliable.as_ref().is_some_and(|r| r.has_deferred())
+    }
+
     /// Sends the held PRACK, if any, with the caller's answer.
     pub fn send_deferred_prack(&mut self, now: Instant, body: Option<&Body>, env: &mut Env<'_>) {
         if let Some((dialog, rack)) = self.reliable.as_mut().and_then(|r| r.take_deferred()) {

@@ -328,6 +328,10 @@ impl ReliableUac {
         self.deferred.replace((dialog, rack))
     }
 
+    pub fn has_deferred(&self) -> bool {
+        self.deferred.is_some()
+    }
+
     pub fn take_deferred(&mut self) -> Option<(usize, RAck)> {
         self.deferred.take()
     }
