@@ -363,3 +363,77 @@ fn callee_answers(req: &Request, status: u16, body: &str) -> String {
 fn caller_answers(req: &Request, status: u16, body: &str) -> String {
     callee_answers(req, status, body).replace("callee@127.0.0.3:5080", "1001@127.0.0.2:5061")
 }
+
+#[test]
+fn failover_after_a_pracked_provisional_starts_afresh_at_the_next_gateway() {
+    const GW1: &str = "127.0.0.3:5080";
+    const GW2: &str = "127.0.0.4:5080";
+    let config = r#"
+listen: ["udp:127.0.0.1:5060"]
+trunks:
+  - name: pbx
+    inbound: { from: ["127.0.0.2"] }
+    route_to: carrier
+  - name: carrier
+    outbound:
+      gateways:
+        - { to: "127.0.0.3:5080", priority: 1 }
+        - { to: "127.0.0.4:5080", priority: 2 }
+cdr: { path: "cdr.jsonl" }
+"#;
+    let mut h = Harness::with_config(config);
+    h.caller_sends(&invite_100rel("fo-r", "Supported", SDP));
+    h.take(CALLER);
+    let first = h.take_one_request(GW1, Method::Invite);
+    h.receive_from(GW1, &reliable(&first, 180, 7, ""), true);
+    let pracks = requests(h.take(GW1), Method::Prack);
+    assert_eq!(
+        RAck::of(&pracks[0].headers).map(|r| (r.rseq, r.cseq)),
+        Some((7, 1))
+    );
+    let r = h.responses(CALLER);
+    assert_eq!(r.len(), 1);
+    assert!(
+        r[0].headers.get(&HeaderName::RSeq).is_none(),
+        "no SDP: unreliable"
+    );
+    h.receive_from(GW1, &answer(&first, 503, "callee-tag", ""), true);
+    h.take_one_request(GW1, Method::Ack);
+    let second = h.take_one_request(GW2, Method::Invite);
+    assert_eq!(second.cseq.seq, 2);
+    assert!(second.headers.has_tag(&HeaderName::Supported, "100rel"));
+    // The next gateway's early dialog starts its own RSeq sequence.
+    let at_gw2 = |m: String| m.replace("callee@127.0.0.3:5080", "callee@127.0.0.4:5080");
+    h.receive_from(GW2, &at_gw2(reliable(&second, 183, 1, SDP)), true);
+    let pracks = requests(h.take(GW2), Method::Prack);
+    assert_eq!(pracks.len(), 1);
+    assert_eq!(
+        RAck::of(&pracks[0].headers).map(|r| (r.rseq, r.cseq)),
+        Some((1, 2))
+    );
+    assert_eq!(pracks[0].cseq.seq, 3);
+    let r = h.responses(CALLER);
+    assert_eq!(r.len(), 1);
+    let a_tag = r[0].to.tag().expect("tag").to_string();
+    h.caller_sends(&caller_prack("fo-r", &a_tag, 2, rseq(&r[0]), ""));
+    h.receive_from(GW2, &at_gw2(answer(&second, 200, "callee-tag", SDP)), true);
+    let finals = h.finals(CALLER);
+    assert_eq!(
+        finals
+            .iter()
+            .map(|r| (r.status, r.cseq.method.clone()))
+            .collect::<Vec<_>>(),
+        vec![(200, Method::Prack), (200, Method::Invite)]
+    );
+    h.caller_sends(&caller_in_dialog("ACK", 1, &a_tag, "fo-r", "ack", ""));
+    h.caller_sends(&caller_in_dialog("BYE", 3, &a_tag, "fo-r", "bye", ""));
+    let bye = h.take_one_request(GW2, Method::Bye);
+    assert_eq!(bye.cseq.seq, 4, "after the PRACK");
+    assert_eq!(h.cdrs.len(), 1);
+    let attempts: Vec<&str> = h.cdrs[0]
+        .attempts
+        .iter()
+        .map(|a| a.outcome.as_str())
+        .collect();
+    assert_eq!(attempts.len(), 2, "{attempts:?}");
+}
