@@ -28,6 +28,12 @@
 #     SUT "vigil-tcpn": the same with a TCP connection per call (-t tn, as
 #                     phones do): the caller opens, and closes at the call's
 #                     end, one connection per call
+#     SUT "vigil-prack": the same Vigil as "vigil", with 100rel (RFC 3262) on
+#                     both legs (issue 20): the callee (uas_prack.xml) sends
+#                     its early media in a reliable 183 that Vigil PRACKs,
+#                     the caller (uac_prack.xml) supports 100rel, gets that
+#                     183 reliably and PRACKs it before the 200 (two more
+#                     transactions per leg than "vigil"'s calls)
 #     SUT "kamailio": kamailio -f tests/load/kamailio.cfg on udp:127.0.0.1:5070
 #                     (stateful proxy: tm + dialog + sst + record_route)
 #
@@ -74,7 +80,7 @@
 #   -H, --hold MS            call hold time (ACK -> BYE), ms [HOLD_MS, default 1000]
 #                            keep it < 45000: the UAS scenario does not answer
 #                            session-timer refreshes (Min-SE 90 s)
-#   -s, --sut LIST           vigil | vigil-lua | vigil-relay | vigil-route | vigil-tcp1 |
+#   -s, --sut LIST           vigil | vigil-lua | vigil-relay | vigil-route | vigil-prack | vigil-tcp1 |
 #                            vigil-tcpn | kamailio | both (vigil and kamailio) | all
 #                            (vigil, vigil-lua and kamailio) | tcp (vigil, vigil-tcp1
 #                            and vigil-tcpn), or a space-separated list
@@ -212,8 +218,8 @@ parse_args() {
 	local sut
 	for sut in "${SUT_LIST[@]}"; do
 		case "$sut" in
-		vigil | vigil-lua | vigil-relay | vigil-route | vigil-tcp1 | vigil-tcpn | kamailio) ;;
-		*) die "--sut takes vigil, vigil-lua, vigil-relay, vigil-route, vigil-tcp1, vigil-tcpn, kamailio, both, all or tcp (got '$sut')" ;;
+		vigil | vigil-lua | vigil-relay | vigil-route | vigil-prack | vigil-tcp1 | vigil-tcpn | kamailio) ;;
+		*) die "--sut takes vigil, vigil-lua, vigil-relay, vigil-route, vigil-prack, vigil-tcp1, vigil-tcpn, kamailio, both, all or tcp (got '$sut')" ;;
 		esac
 	done
 	[[ "$DURATION" =~ ^[1-9][0-9]*$ ]] || die "--duration must be a positive integer (s)"
@@ -438,7 +444,7 @@ start_rtpengine() {
 start_sut() {
 	local sut="$1" dir="$2"
 	case "$sut" in
-	vigil | vigil-lua | vigil-relay | vigil-route | vigil-tcp1 | vigil-tcpn)
+	vigil | vigil-lua | vigil-relay | vigil-route | vigil-prack | vigil-tcp1 | vigil-tcpn)
 		SUT_PORT=$VIGIL_PORT
 		require_port_free "$SUT_PORT" vigil
 		local cfg="$VIGIL_CFG"
@@ -540,12 +546,20 @@ uac_transport_flags() {
 	esac
 }
 
+# The sipp scenarios of a SUT's calls: 100rel on both legs for vigil-prack.
+uas_scenario() {
+	if [[ "$1" == vigil-prack ]]; then echo "$LOAD_DIR/uas_prack.xml"; else echo "$LOAD_DIR/uas.xml"; fi
+}
+uac_scenario() {
+	if [[ "$1" == vigil-prack ]]; then echo "$LOAD_DIR/uac_prack.xml"; else echo "$LOAD_DIR/uac.xml"; fi
+}
+
 # Starts the UAS for one step; sets UAS_PID. $1 = sut, $2 = step dir.
 start_uas() {
 	local sut="$1" dir="$2"
 	require_port_free "$UAS_PORT" "sipp UAS"
 	# shellcheck disable=SC2046
-	"$SIPP" -sf "$LOAD_DIR/uas.xml" -i "$HOST" -p "$UAS_PORT" -t u1 \
+	"$SIPP" -sf "$(uas_scenario "$sut")" -i "$HOST" -p "$UAS_PORT" -t u1 \
 		-mp "$UAS_MEDIA_PORT" -buff_size "$SIPP_BUFF" -nostdin -aa \
 		$(sipp_behaviour_flags "$sut") \
 		-trace_err -error_file "$dir/uas-errors.log" -max_log_size "$SIPP_MAX_LOG" \
@@ -596,7 +610,7 @@ run_uac() {
 	limit=$((DURATION + HOLD_MS / 1000 + 40))
 	# -fd 1: one statistics row per second (used to check the achieved rate).
 	# shellcheck disable=SC2046
-	"$SIPP" "$HOST:$SUT_PORT" -sf "$LOAD_DIR/uac.xml" -i "$HOST" -p "$UAC_PORT" \
+	"$SIPP" "$HOST:$SUT_PORT" -sf "$(uac_scenario "$sut")" -i "$HOST" -p "$UAC_PORT" \
 		$(uac_transport_flags "$sut") -mp "$UAC_MEDIA_PORT" -buff_size "$SIPP_BUFF" -nostdin -aa \
 		-r "$rate" -rp 1000 -m "$calls" -d "$HOLD_MS" -timeout "${limit}s" \
 		$(sipp_behaviour_flags "$sut") $(uac_callee_flags "$sut") \
@@ -873,6 +887,26 @@ print_summary() {
 	if [[ -n "${BEST_RATE[vigil]:-}" && -n "${BEST_RATE[vigil-route]:-}" ]]; then
 		print_route_ratio
 	fi
+	if [[ -n "${BEST_RATE[vigil]:-}" && -n "${BEST_RATE[vigil-prack]:-}" ]]; then
+		print_prack_ratio
+	fi
+}
+
+# vigil-prack against vigil (issue 20): 100rel on both legs vs none, by best
+# rate and, at each rate both passed, by CPU per call (plain / prack).
+print_prack_ratio() {
+	local v="${BEST_RATE[vigil]}" p="${BEST_RATE[vigil-prack]}" rate pu ru
+	if ((v > 0)); then
+		echo "100rel on both legs / none: best-rate ratio $(awk -v v="$v" -v p="$p" 'BEGIN { printf "%.2f", p / v }') ($p / $v calls/s)"
+		if ((NEVER_FAILED[vigil] || NEVER_FAILED[vigil-prack])); then
+			echo "(a SUT that never failed is capped by the rate list: extend --rates for a true ratio)"
+		fi
+	fi
+	for rate in "${RATE_LIST[@]}"; do
+		pu="${US_AT[vigil@$rate]:-}" ru="${US_AT[vigil-prack@$rate]:-}"
+		[[ -n "$pu" && -n "$ru" ]] || continue
+		echo "  at $rate calls/s: CPU µs/call plain $pu (${RESULT_AT[vigil@$rate]}), 100rel $ru (${RESULT_AT[vigil-prack@$rate]}): plain/100rel $(awk -v p="$pu" -v r="$ru" 'BEGIN { printf "%.2f", (r > 0 ? p / r : 0) }')"
+	done
 }
 
 # vigil-route against vigil (issue 18's target: >= 0.70 of plain), by best
@@ -955,7 +989,7 @@ main() {
 	local sut
 	for sut in "${SUT_LIST[@]}"; do
 		case "$sut" in
-		vigil | vigil-lua | vigil-relay | vigil-route) check_vigil_bin ;;
+		vigil | vigil-lua | vigil-relay | vigil-route | vigil-prack) check_vigil_bin ;;
 		vigil-tcp1 | vigil-tcpn) check_vigil_bin; prepare_tcp ;;
 		kamailio)
 			command -v "$KAMAILIO" >/dev/null || die "kamailio not found (apt-get install kamailio)"
