@@ -318,6 +318,12 @@ impl Call {
         self.ending = Some(ending);
         self.timers.clear(CallTimer::Ring);
         self.timers.clear(CallTimer::MaxDuration);
+        if !self.a.was_answered() {
+            // The callee's 2xx waited for the caller's PRACK (RFC 3262 §3)
+            // and never reached it: the caller was never connected, nothing
+            // is billed.
+            self.answer = None;
+        }
         self.a.leg.end_session();
         self.b.leg.end_session();
         let answered = self.answer.is_some();

@@ -50,6 +50,8 @@ pub struct ALeg {
     /// Reliable provisionals towards a caller that takes them (RFC 3262);
     /// `None`: provisionals go unreliably. Boxed: most callers take none.
     reliable: Option<Box<ReliableUas>>,
+    /// Vigil's 2xx went to the caller (not merely held for a PRACK).
+    answered: bool,
     /// The early dialog with the caller, once a request went in it before
     /// the answer (an UPDATE, RFC 3311); the confirmed dialog carries on
     /// its CSeq numbers.
@@ -102,6 +104,7 @@ impl ALeg {
             negotiated: inbound.negotiated,
             bye_after_ack: false,
             reliable,
+            answered: false,
             early: None,
             invite: Some(Box::new(invite)),
         }
@@ -180,6 +183,11 @@ impl ALeg {
         }
     }
 
+    /// Whether the caller got Vigil's 2xx.
+    pub fn was_answered(&self) -> bool {
+        self.answered
+    }
+
     /// The early dialog with the caller (RFC 3311: UPDATE before the
     /// answer), made on first use; `None` once answered or ended.
     pub fn early_dialog_mut(&mut self) -> Option<&mut Dialog> {
@@ -233,9 +241,10 @@ impl ALeg {
         env: &mut Env<'_>,
     ) -> CallerPrack {
         let ua = &env.settings.user_agent;
+        // After the 2xx too: §3 wants an unacknowledged one still PRACKable.
         let matched = match self.reliable.as_mut() {
-            Some(r) if self.state == AState::Proceeding => r.on_prack(prack),
-            _ => PrackMatch::Unknown,
+            Some(r) => r.on_prack(prack),
+            None => PrackMatch::Unknown,
         };
         if let PrackMatch::Unknown = matched {
             env.tx
@@ -296,6 +305,7 @@ impl ALeg {
             self.leg.establish(dialog);
         }
         self.state = AState::Answered;
+        self.answered = true;
         self.leg.send_2xx(
             now,
             self.invite_tx,

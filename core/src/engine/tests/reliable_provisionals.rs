@@ -437,3 +437,36 @@ cdr: { path: "cdr.jsonl" }
         .collect();
     assert_eq!(attempts.len(), 2, "{attempts:?}");
 }
+
+/// The callee answered, but its 2xx waits for the caller's PRACK, which
+/// never comes: the caller gets 504, the callee ACK and BYE, and the CDR
+/// bills nothing (the caller was never connected).
+#[test]
+fn a_held_answer_whose_prack_never_comes_is_not_billed() {
+    let mut h = Harness::new();
+    h.caller_sends(&invite_100rel("r9", "Supported", SDP));
+    h.take(CALLER);
+    let b = h.take_one_request(CALLEE, Method::Invite);
+    h.callee_sends(&answer(&b, 183, "callee-tag", SDP));
+    h.callee_sends(&answer(&b, 200, "callee-tag", SDP));
+    let r = h.responses(CALLER);
+    assert_eq!(r.iter().map(|r| r.status).collect::<Vec<_>>(), vec![183]);
+    h.advance(Duration::from_secs(33));
+    let finals = h.finals(CALLER);
+    assert!(
+        !finals.is_empty() && finals.iter().all(|r| r.status == 504),
+        "{finals:?}"
+    );
+    let msgs = h.take(CALLEE);
+    assert_eq!(requests(msgs.clone(), Method::Ack).len(), 1);
+    let mut byes = requests(msgs, Method::Bye);
+    byes.dedup_by(|a, b| a.top_via().branch() == b.top_via().branch());
+    assert_eq!(byes.len(), 1, "one BYE (and its retransmissions)");
+    assert_eq!(h.cdrs.len(), 1);
+    assert_eq!(h.cdrs[0].sip_code, Some(504));
+    assert!(
+        h.cdrs[0].answer.is_none(),
+        "never connected: {:?}",
+        h.cdrs[0].answer
+    );
+}
