@@ -658,8 +658,12 @@ impl Engine {
                 let mut ok = Reply::new(200)
                     .with_header(HeaderName::Allow, ALLOWED_METHODS)
                     .with_header(HeaderName::Accept, "application/sdp");
-                if !SUPPORTED.is_empty() {
-                    ok = ok.with_header(HeaderName::Supported, SUPPORTED.join(", "));
+                let mut supported = SUPPORTED.to_vec();
+                if self.config.sip.prack.enabled() {
+                    supported.push(crate::sip::TAG_100REL);
+                }
+                if !supported.is_empty() {
+                    ok = ok.with_header(HeaderName::Supported, supported.join(", "));
                 }
                 self.reply(now, tx, &request, ok);
             }

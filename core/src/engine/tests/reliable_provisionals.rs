@@ -470,3 +470,19 @@ fn a_held_answer_whose_prack_never_comes_is_not_billed() {
         h.cdrs[0].answer
     );
 }
+
+#[test]
+fn options_lists_100rel_unless_prack_is_disabled() {
+    let options = |h: &mut Harness| {
+        let req =
+            invite_as("OPTIONS", "o1").replace("Contact:", "Accept: application/sdp\r\nContact:");
+        h.caller_sends(&req);
+        let r = h.responses(CALLER);
+        r.last()
+            .and_then(|r| r.headers.get(&HeaderName::Supported).map(str::to_string))
+    };
+    let mut h = Harness::new();
+    assert_eq!(options(&mut h).as_deref(), Some("timer, 100rel"));
+    let mut h = Harness::with_config(&(CONFIG.to_string() + "sip: { prack: disabled }\n"));
+    assert_eq!(options(&mut h).as_deref(), Some("timer"));
+}
