@@ -884,46 +884,33 @@ print_summary() {
 			echo "Vigil with Lua on every hook / without: best-rate ratio $(awk -v v="$v" -v k="$k" 'BEGIN { printf "%.2f", k / v }') ($k / $v calls/s)"
 		fi
 	fi
+	# Issue 18's target for carrier routing: >= 0.70 of plain.
 	if [[ -n "${BEST_RATE[vigil]:-}" && -n "${BEST_RATE[vigil-route]:-}" ]]; then
-		print_route_ratio
+		print_ratio_to_plain vigil-route "Carrier routing (route hook + 503 failover)" route ">= 0.70"
 	fi
+	# Issue 20: 100rel on both legs vs none.
 	if [[ -n "${BEST_RATE[vigil]:-}" && -n "${BEST_RATE[vigil-prack]:-}" ]]; then
-		print_prack_ratio
+		print_ratio_to_plain vigil-prack "100rel on both legs" 100rel ""
 	fi
 }
 
-# vigil-prack against vigil (issue 20): 100rel on both legs vs none, by best
-# rate and, at each rate both passed, by CPU per call (plain / prack).
-print_prack_ratio() {
-	local v="${BEST_RATE[vigil]}" p="${BEST_RATE[vigil-prack]}" rate pu ru
+# A SUT against plain vigil, by best rate and, at each rate both ran, by
+# CPU per call (plain / other: the share of plain's calls the same CPU would
+# carry with the other's feature). $1 = SUT, $2 = what it adds, $3 = its
+# label in the per-rate lines, $4 = a target to print (may be empty).
+print_ratio_to_plain() {
+	local sut="$1" what="$2" label="$3" target="$4"
+	local v="${BEST_RATE[vigil]}" r="${BEST_RATE[$sut]}" rate pu ru
 	if ((v > 0)); then
-		echo "100rel on both legs / none: best-rate ratio $(awk -v v="$v" -v p="$p" 'BEGIN { printf "%.2f", p / v }') ($p / $v calls/s)"
-		if ((NEVER_FAILED[vigil] || NEVER_FAILED[vigil-prack])); then
+		echo "$what / plain: best-rate ratio $(awk -v v="$v" -v r="$r" 'BEGIN { printf "%.2f", r / v }') ($r / $v calls/s${target:+; target $target})"
+		if ((NEVER_FAILED[vigil] || NEVER_FAILED[$sut])); then
 			echo "(a SUT that never failed is capped by the rate list: extend --rates for a true ratio)"
 		fi
 	fi
 	for rate in "${RATE_LIST[@]}"; do
-		pu="${US_AT[vigil@$rate]:-}" ru="${US_AT[vigil-prack@$rate]:-}"
+		pu="${US_AT[vigil@$rate]:-}" ru="${US_AT[$sut@$rate]:-}"
 		[[ -n "$pu" && -n "$ru" ]] || continue
-		echo "  at $rate calls/s: CPU µs/call plain $pu (${RESULT_AT[vigil@$rate]}), 100rel $ru (${RESULT_AT[vigil-prack@$rate]}): plain/100rel $(awk -v p="$pu" -v r="$ru" 'BEGIN { printf "%.2f", (r > 0 ? p / r : 0) }')"
-	done
-}
-
-# vigil-route against vigil (issue 18's target: >= 0.70 of plain), by best
-# rate and, at each rate both ran, by CPU per call (plain / route: the share
-# of plain's calls the same CPU would carry with carrier routing).
-print_route_ratio() {
-	local v="${BEST_RATE[vigil]}" r="${BEST_RATE[vigil-route]}" rate pu ru
-	if ((v > 0)); then
-		echo "Carrier routing (route hook + 503 failover) / plain: best-rate ratio $(awk -v v="$v" -v r="$r" 'BEGIN { printf "%.2f", r / v }') ($r / $v calls/s; target >= 0.70)"
-		if ((NEVER_FAILED[vigil] || NEVER_FAILED[vigil-route])); then
-			echo "(a SUT that never failed is capped by the rate list: extend --rates for a true ratio)"
-		fi
-	fi
-	for rate in "${RATE_LIST[@]}"; do
-		pu="${US_AT[vigil@$rate]:-}" ru="${US_AT[vigil-route@$rate]:-}"
-		[[ -n "$pu" && -n "$ru" ]] || continue
-		echo "  at $rate calls/s: CPU µs/call plain $pu (${RESULT_AT[vigil@$rate]}), route $ru (${RESULT_AT[vigil-route@$rate]}): plain/route $(awk -v p="$pu" -v r="$ru" 'BEGIN { printf "%.2f", (r > 0 ? p / r : 0) }')"
+		echo "  at $rate calls/s: CPU µs/call plain $pu (${RESULT_AT[vigil@$rate]}), $label $ru (${RESULT_AT[$sut@$rate]}): plain/$label $(awk -v p="$pu" -v r="$ru" 'BEGIN { printf "%.2f", (r > 0 ? p / r : 0) }')"
 	done
 }
 

@@ -374,22 +374,15 @@ impl Call {
         owed_bye: bool,
         env: &mut Env<'_>,
     ) -> Option<Request> {
-        let late = self
-            .media
-            .as_ref()
-            .is_some_and(|m| !m.caller_offered && m.engine.is_some());
-        let (Leg::A, true, Some(ack_other_seq), false) =
-            (leg, late, ack_other, ack.body.is_empty())
-        else {
+        let (Leg::A, true, Some(ack_other_seq), false) = (
+            leg,
+            self.late_offer_relayed(),
+            ack_other,
+            ack.body.is_empty(),
+        ) else {
             return Some(ack);
         };
-        let command = Command::Answer(Answer {
-            call_id: self.a.call_id().to_string(),
-            from_tag: self.media_tag(Leg::B).to_string(),
-            to_tag: self.a.caller_tag().to_string(),
-            sdp: ack.body.clone(),
-            options: self.sdp_options(Leg::A),
-        });
+        let command = self.caller_answer(ack.body.clone());
         let op = MediaOp::CallerAnswer(Box::new(LateAnswer {
             ack,
             ack_other_seq,
@@ -397,6 +390,25 @@ impl Call {
         }));
         self.media_request(now, command, op, env);
         None
+    }
+
+    /// A relayed call whose offer came from the callee (a late offer): the
+    /// caller's answer goes to rtpengine.
+    fn late_offer_relayed(&self) -> bool {
+        self.media
+            .as_ref()
+            .is_some_and(|m| !m.caller_offered && m.engine.is_some())
+    }
+
+    /// rtpengine's `answer` for the caller's SDP to the callee's offer.
+    fn caller_answer(&self, sdp: Vec<u8>) -> Command {
+        Command::Answer(Answer {
+            call_id: self.a.call_id().to_string(),
+            from_tag: self.media_tag(Leg::B).to_string(),
+            to_tag: self.a.caller_tag().to_string(),
+            sdp,
+            options: self.sdp_options(Leg::A),
+        })
     }
 
     /// The caller's answer in its PRACK to the callee's offer in a reliable
@@ -408,20 +420,10 @@ impl Call {
         body: Body,
         env: &mut Env<'_>,
     ) -> Option<Body> {
-        let late = self
-            .media
-            .as_ref()
-            .is_some_and(|m| !m.caller_offered && m.engine.is_some());
-        if !late {
+        if !self.late_offer_relayed() {
             return Some(body);
         }
-        let command = Command::Answer(Answer {
-            call_id: self.a.call_id().to_string(),
-            from_tag: self.media_tag(Leg::B).to_string(),
-            to_tag: self.a.caller_tag().to_string(),
-            sdp: body.bytes().to_vec(),
-            options: self.sdp_options(Leg::A),
-        });
+        let command = self.caller_answer(body.bytes().to_vec());
         self.media_request(
             now,
             command,

@@ -54,6 +54,33 @@ impl Relays {
         }
     }
 
+    /// A fresh id for the next relayed request.
+    fn allocate(&mut self) -> u32 {
+        let id = self.next_id;
+        self.next_id += 1;
+        id
+    }
+
+    /// The copy of `request` (from `from`, on server transaction `tx`) went
+    /// out on the other leg as CSeq `sent_seq`: its answer is awaited.
+    fn wait(
+        &mut self,
+        id: u32,
+        (from, server_tx): (Leg, ServerTxId),
+        request: Request,
+        sent_seq: u32,
+        negotiated: Option<UasOutcome>,
+    ) {
+        self.waiting.push(Relay {
+            id,
+            from,
+            server_tx,
+            request,
+            sent_seq,
+            negotiated,
+        });
+    }
+
     fn take(&mut self, id: u32) -> Option<Relay> {
         let pos = self.waiting.iter().position(|r| r.id == id)?;
         Some(self.waiting.remove(pos))
@@ -91,8 +118,7 @@ impl Call {
         negotiated: Option<UasOutcome>,
         env: &mut Env<'_>,
     ) {
-        let id = self.relays.next_id;
-        self.relays.next_id += 1;
+        let id = self.relays.allocate();
         if negotiated.is_some() {
             self.note_body(from, &request.headers, &request.body);
         }
@@ -116,14 +142,8 @@ impl Call {
             },
         );
         if let Some(sent_seq) = sent {
-            self.relays.waiting.push(Relay {
-                id,
-                from,
-                server_tx: tx,
-                request,
-                sent_seq,
-                negotiated,
-            });
+            self.relays
+                .wait(id, (from, tx), request, sent_seq, negotiated);
         }
     }
 
@@ -185,19 +205,11 @@ impl Call {
         if !request.body.is_empty() {
             self.note_body(from, &request.headers, &request.body);
         }
-        let id = self.relays.next_id;
-        self.relays.next_id += 1;
+        let id = self.relays.allocate();
         let sent_seq = copy.cseq.seq;
         env.tx
             .send_request(now, copy, path, self.owner(Purpose::Relay(id)));
-        self.relays.waiting.push(Relay {
-            id,
-            from,
-            server_tx: tx,
-            request,
-            sent_seq,
-            negotiated: None,
-        });
+        self.relays.wait(id, (from, tx), request, sent_seq, None);
     }
 
     pub(super) fn on_relay_response(

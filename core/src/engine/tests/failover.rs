@@ -5,11 +5,11 @@
 
 use super::*;
 
-const GW1: &str = "127.0.0.3:5080";
-const GW2: &str = "127.0.0.4:5080";
+pub(super) const GW1: &str = "127.0.0.3:5080";
+pub(super) const GW2: &str = "127.0.0.4:5080";
 const GW3: &str = "127.0.0.5:5080";
 
-const THREE_GATEWAYS: &str = r#"
+pub(super) const THREE_GATEWAYS: &str = r#"
 listen: ["udp:127.0.0.1:5060"]
 trunks:
   - name: pbx

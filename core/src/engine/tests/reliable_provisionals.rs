@@ -366,22 +366,8 @@ fn caller_answers(req: &Request, status: u16, body: &str) -> String {
 
 #[test]
 fn failover_after_a_pracked_provisional_starts_afresh_at_the_next_gateway() {
-    const GW1: &str = "127.0.0.3:5080";
-    const GW2: &str = "127.0.0.4:5080";
-    let config = r#"
-listen: ["udp:127.0.0.1:5060"]
-trunks:
-  - name: pbx
-    inbound: { from: ["127.0.0.2"] }
-    route_to: carrier
-  - name: carrier
-    outbound:
-      gateways:
-        - { to: "127.0.0.3:5080", priority: 1 }
-        - { to: "127.0.0.4:5080", priority: 2 }
-cdr: { path: "cdr.jsonl" }
-"#;
-    let mut h = Harness::with_config(config);
+    use super::failover::{GW1, GW2, THREE_GATEWAYS};
+    let mut h = Harness::with_config(THREE_GATEWAYS);
     h.caller_sends(&invite_100rel("fo-r", "Supported", SDP));
     h.take(CALLER);
     let first = h.take_one_request(GW1, Method::Invite);
