@@ -260,7 +260,8 @@ fn a_tls_caller_with_a_certificate_calls_a_udp_callee_and_one_without_is_refused
 /// A carrier reached over TLS: Vigil opens the connection, checks the
 /// carrier's certificate against its own CA and address, and the call goes
 /// through. The carrier here is a second Vigil with a `tls:` listener (in
-/// front of a sipp callee over UDP); the caller is sipp over UDP.
+/// front of a sipp callee over UDP); the caller is sipp over UDP. The trunk
+/// names the carrier with a `sips:` URI and no port: TLS on 5061.
 #[test]
 fn a_trunk_over_tls_is_reached_on_a_verified_connection() {
     let edge = Net::new(189);
@@ -298,10 +299,8 @@ log: {{ level: "info", format: json }}
         .config(&dir.path().join("edge-cdr.jsonl"), &tls_section)
         .replacen(
             &format!("outbound: {{ to: \"{}:5080\" }}", edge.callee),
-            &format!(
-                "outbound: {{ to: \"{}:5061\" }}\n    transport: tls",
-                carrier.vigil
-            ),
+            // `sips:` alone chooses TLS, and port 5061 by default.
+            &format!("outbound: {{ to: \"sips:{}\" }}", carrier.vigil),
             1,
         );
     let edge_vigil = Vigil::start_with(edge, tempfile::tempdir().expect("dir"), &edge_config);

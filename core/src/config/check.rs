@@ -223,10 +223,19 @@ impl Checker {
             }
         }
         for (i, t) in raw.trunks.iter().enumerate() {
-            if t.transport == Some(Protocol::Tls) && tls.is_none() {
+            let over_tls = trunks
+                .get(i)
+                .and_then(|t| t.outbound.as_ref())
+                .is_some_and(|ob| ob.gateways.iter().any(|g| g.transport == Protocol::Tls));
+            if (over_tls || t.transport == Some(Protocol::Tls)) && tls.is_none() {
+                let key = if t.transport == Some(Protocol::Tls) {
+                    format!("trunks[{i}].transport")
+                } else {
+                    format!("trunks[{i}].outbound")
+                };
                 self.problem(
-                    format!("trunks[{i}].transport"),
-                    "tls needs a `tls:` section (the certificate Vigil presents)",
+                    key,
+                    "tls (a sips: gateway or transport: tls) needs a `tls:` section (the certificate Vigil presents)",
                 );
             }
             if t.tls_verify.is_some() && tls.is_none() {
@@ -511,7 +520,7 @@ impl Checker {
                 }
             }
             let outbound = t.outbound.as_ref().and_then(|ob| {
-                let (outbound, problems) = check_outbound(ob, sip.invite_timeout);
+                let (outbound, problems) = check_outbound(ob, sip.invite_timeout, t.transport);
                 for (suffix, message) in problems {
                     self.problem(format!("{key}.outbound{suffix}"), message);
                 }
@@ -539,7 +548,6 @@ impl Checker {
                     .as_ref()
                     .and_then(|r| self.check_register(&key, r)),
                 tls_verify: t.tls_verify.unwrap_or(verify_server),
-                transport: t.transport.unwrap_or_default(),
             });
         }
         for (i, t) in raw.iter().enumerate() {

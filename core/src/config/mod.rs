@@ -215,8 +215,6 @@ pub struct Trunk {
     /// against the trunk's host name: its `tls_verify`, else
     /// `tls.verify_server`, else `true`.
     pub tls_verify: bool,
-    /// The transport its gateways are reached over (`transport:`).
-    pub transport: crate::sip::Protocol,
 }
 
 /// A prefix route to outbound trunks, tried in order.

@@ -656,3 +656,64 @@ fn tcp_and_tls_listeners_are_read_and_tls_needs_its_section() {
         "listed twice"
     );
 }
+
+#[test]
+fn a_gateway_uri_chooses_its_transport_and_tls_needs_its_section() {
+    use crate::sip::Protocol::{Tcp, Tls, Udp};
+    let tls = "tls: { certificate: /etc/vigil/chain.pem, key: /etc/vigil/key.pem }\n";
+    let text = format!("{GOOD}{tls}")
+        .replace(
+            "to: \"127.0.0.1:5080\"",
+            "to: \"sip:127.0.0.1:5080;transport=tcp\"",
+        )
+        .replace("to: \"[::1]:5090\"", "to: \"sips:[::1]\"");
+    let c = Config::parse(&text, Path::new("vigil.yaml")).expect("valid");
+    let gateways: Vec<_> = c
+        .trunks
+        .iter()
+        .flat_map(|t| t.outbound.iter().flat_map(|o| o.gateways.iter()))
+        .map(|g| (g.addr(), g.transport))
+        .collect();
+    assert_eq!(
+        gateways,
+        [
+            (Some("127.0.0.1:5080".parse().unwrap()), Tcp),
+            (Some("[::1]:5061".parse().unwrap()), Tls),
+        ]
+    );
+    let plain = Config::parse(GOOD, Path::new("vigil.yaml")).expect("valid");
+    assert!(
+        plain
+            .trunks
+            .iter()
+            .flat_map(|t| t.outbound.iter().flat_map(|o| o.gateways.iter()))
+            .all(|g| g.transport == Udp)
+    );
+
+    let without_tls = text.replace(tls, "");
+    let p: Vec<String> = problems(&without_tls)
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    assert_eq!(
+        p,
+        [
+            "vigil.yaml:11: trunks[2].outbound: tls (a sips: gateway or transport: tls) needs \
+          a `tls:` section (the certificate Vigil presents)"
+        ]
+    );
+    let conflict = text.replace(
+        "    outbound: { to: \"sips:[::1]\" }\n",
+        "    outbound: { to: \"sips:[::1]\" }\n    transport: tcp\n",
+    );
+    let p: Vec<String> = problems(&conflict)
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    assert!(
+        p.iter().any(|p| p.contains(
+            "trunks[2].outbound.to: \"sips:[::1]\" asks for TLS but the trunk's transport is TCP"
+        )),
+        "{p:#?}"
+    );
+}
