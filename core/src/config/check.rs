@@ -223,19 +223,26 @@ impl Checker {
             }
         }
         for (i, t) in raw.trunks.iter().enumerate() {
-            let over_tls = trunks
-                .get(i)
+            let built = trunks.get(i);
+            let gateway_over_tls = built
                 .and_then(|t| t.outbound.as_ref())
                 .is_some_and(|ob| ob.gateways.iter().any(|g| g.transport == Protocol::Tls));
-            if (over_tls || t.transport == Some(Protocol::Tls)) && tls.is_none() {
-                let key = if t.transport == Some(Protocol::Tls) {
-                    format!("trunks[{i}].transport")
-                } else {
-                    format!("trunks[{i}].outbound")
-                };
+            let register_over_tls = built
+                .and_then(|t| t.register.as_ref())
+                .is_some_and(|r| r.transport == Protocol::Tls);
+            let key = if t.transport == Some(Protocol::Tls) {
+                Some(format!("trunks[{i}].transport"))
+            } else if gateway_over_tls {
+                Some(format!("trunks[{i}].outbound"))
+            } else if register_over_tls {
+                Some(format!("trunks[{i}].register"))
+            } else {
+                None
+            };
+            if let (Some(key), None) = (key, &tls) {
                 self.problem(
                     key,
-                    "tls (a sips: gateway or transport: tls) needs a `tls:` section (the certificate Vigil presents)",
+                    "tls (a sips: URI or transport: tls) needs a `tls:` section (the certificate Vigil presents)",
                 );
             }
             if t.tls_verify.is_some() && tls.is_none() {
@@ -546,7 +553,7 @@ impl Checker {
                 register: t
                     .register
                     .as_ref()
-                    .and_then(|r| self.check_register(&key, r)),
+                    .and_then(|r| self.check_register(&key, r, t.transport)),
                 tls_verify: t.tls_verify.unwrap_or(verify_server),
             });
         }
@@ -592,6 +599,7 @@ impl Checker {
         &mut self,
         trunk: &str,
         register: &RegisterFile,
+        trunk_transport: Option<Protocol>,
     ) -> Option<Arc<TrunkRegistration>> {
         let key = format!("{trunk}.register");
         let before = self.problems.len();
@@ -604,7 +612,15 @@ impl Checker {
         if register.password.is_empty() {
             self.problem(format!("{key}.password"), "must not be empty");
         }
-        let registrar = match resolve(&register.registrar) {
+        let (hostport, transport) =
+            match crate::dns::transport_of(&register.registrar, trunk_transport) {
+                Ok(found) => found,
+                Err(e) => {
+                    self.problem(format!("{key}.registrar"), e.to_string());
+                    (register.registrar.as_str(), Protocol::Udp)
+                }
+            };
+        let registrar = match resolve(hostport) {
             Ok(addr) => Some(addr),
             Err(msg) => {
                 self.problem(format!("{key}.registrar"), msg);
@@ -614,7 +630,7 @@ impl Checker {
         let domain = register
             .domain
             .clone()
-            .unwrap_or_else(|| uplink::host_of(&register.registrar).to_string());
+            .unwrap_or_else(|| uplink::host_of(hostport).to_string());
         if crate::sip::Host::parse(&domain).is_err() {
             self.problem(
                 format!("{key}.domain"),
@@ -649,6 +665,7 @@ impl Checker {
                 password: register.password.clone(),
             },
             registrar,
+            transport,
             domain,
             contact_user,
             expires: register.expires,

@@ -465,6 +465,43 @@ fn trunks_may_authenticate_and_register_with_their_carrier() {
         c.registered_trunk("::1".parse().expect("ip"), "inbound"),
         Some(1)
     );
+    assert_eq!(reg.transport, crate::sip::Protocol::Udp);
+
+    let over_tls = UPLINK.replace(
+        "registrar: \"[::1]:5071\"",
+        "registrar: \"sips:[::1]:5071\"",
+    ) + "tls: { certificate: /etc/vigil/chain.pem, key: /etc/vigil/key.pem }\n";
+    let c = Config::parse(&over_tls, Path::new("vigil.yaml")).expect("valid");
+    let without_tls = over_tls.replace("tls: {", "metrics: {").replace(
+        "certificate: /etc/vigil/chain.pem, key: /etc/vigil/key.pem",
+        "listen: \"127.0.0.1:9090\"",
+    );
+    let p: Vec<String> = problems(&without_tls)
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    assert!(
+        p.iter().any(|p| p.contains("trunks[1].register: tls")),
+        "{p:#?}"
+    );
+    let other = c.trunks[1].register.as_deref().expect("register");
+    assert_eq!(other.registrar, "[::1]:5071".parse().expect("addr"));
+    assert_eq!(other.transport, crate::sip::Protocol::Tls);
+    let conflict = UPLINK
+        .replace(
+            "registrar: \"[::1]:5071\"",
+            "registrar: \"sip:[::1]:5071;transport=tls\"",
+        )
+        .replace("  - name: other\n", "  - name: other\n    transport: tcp\n");
+    let p: Vec<String> = problems(&conflict)
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    assert!(
+        p.iter()
+            .any(|p| p.contains("trunks[1].register.registrar") && p.contains("asks for TLS")),
+        "{p:#?}"
+    );
 }
 
 #[test]
@@ -698,7 +735,7 @@ fn a_gateway_uri_chooses_its_transport_and_tls_needs_its_section() {
     assert_eq!(
         p,
         [
-            "vigil.yaml:11: trunks[2].outbound: tls (a sips: gateway or transport: tls) needs \
+            "vigil.yaml:11: trunks[2].outbound: tls (a sips: URI or transport: tls) needs \
           a `tls:` section (the certificate Vigil presents)"
         ]
     );

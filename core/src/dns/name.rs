@@ -122,9 +122,8 @@ pub enum NameError {
 impl Gateway {
     /// Reads a gateway's `to`: `ip`, `ip:port`, `[v6]:port`, `host`,
     /// `host:port`, or any of them as a SIP URI (`sip:gw.example;transport=tcp`,
-    /// `sips:gw.example`), and says which transport reaches it: the URI's,
-    /// else `trunk_transport`, else UDP. A URI that contradicts the trunk's
-    /// `transport:` is refused rather than one silently winning. An address
+    /// `sips:gw.example`), and says which transport reaches it
+    /// ([`transport_of`]). An address
     /// without a port gets the transport's default (5060, 5061 for TLS); a
     /// host without one is looked up by SRV first (RFC 3263 §4.2).
     pub fn parse(
@@ -132,18 +131,28 @@ impl Gateway {
         trunk_transport: Option<Protocol>,
     ) -> Result<(Gateway, Protocol), NameError> {
         let text = text.trim();
-        let (hostport, uri_transport) = strip_uri(text)?;
-        let transport = match (uri_transport, trunk_transport) {
-            (Some(uri), Some(trunk)) if uri != trunk => {
-                return Err(NameError::TransportConflict {
-                    text: text.into(),
-                    uri: uri.via_token(),
-                    trunk: trunk.via_token(),
-                });
-            }
-            (uri, trunk) => uri.or(trunk).unwrap_or_default(),
-        };
+        let (hostport, transport) = transport_of(text, trunk_transport)?;
         Ok((parse_hostport(text, hostport, transport)?, transport))
+    }
+}
+
+/// The `host[:port]` of a peer's address as written (plain, or a `sip:` or
+/// `sips:` URI) and the transport that reaches it: the URI's, else
+/// `trunk_transport`, else UDP; a URI that contradicts the trunk's
+/// `transport:` is refused rather than one silently winning.
+pub fn transport_of(
+    text: &str,
+    trunk_transport: Option<Protocol>,
+) -> Result<(&str, Protocol), NameError> {
+    let text = text.trim();
+    let (hostport, uri_transport) = strip_uri(text)?;
+    match (uri_transport, trunk_transport) {
+        (Some(uri), Some(trunk)) if uri != trunk => Err(NameError::TransportConflict {
+            text: text.into(),
+            uri: uri.via_token(),
+            trunk: trunk.via_token(),
+        }),
+        (uri, trunk) => Ok((hostport, uri.or(trunk).unwrap_or_default())),
     }
 }
 
