@@ -6,7 +6,10 @@
 //! its targets by priority with their weights, A and AAAA merged; a host
 //! with a port ignores the SRV records it has; a host without a port takes
 //! its SRV records when it has some and port 5060 on its A record when it
-//! has none; a missing name is a failure that keeps nothing.
+//! has none; a missing name is a failure that keeps nothing; the transport
+//! a gateway URI asks for picks its records (`sip:…;transport=tcp` the
+//! `_sip._tcp` ones, `sips:` the `_sips._tcp` ones, and port 5061 without
+//! any, issue 19).
 //!
 //! Then a carrier's story: its SRV name resolves; the carrier's DNS is
 //! restarted with the gateway moved, and the task publishes the new target
@@ -33,9 +36,9 @@ use support::dnsmasq::{Dnsmasq, free_port};
 /// lookup's timeout (1 s) and slack for a loaded machine.
 const WAIT: Duration = Duration::from_secs(10);
 
-fn name(text: &str, srv: bool) -> GatewayName {
-    match Gateway::parse(text, srv) {
-        Ok(Gateway::Name(name)) => name,
+fn name(text: &str) -> GatewayName {
+    match Gateway::parse(text, None) {
+        Ok((Gateway::Name(name), _)) => name,
         other => panic!("{text}: {other:?}"),
     }
 }
@@ -122,26 +125,32 @@ async fn each_kind_of_name_asks_for_what_rfc3263_says() {
             "--host-record=gw1.carrier.test,127.0.180.21,::1".into(),
             "--host-record=gw2.carrier.test,127.0.180.22".into(),
             "--host-record=gw3.carrier.test,127.0.180.23".into(),
+            "--srv-host=_sip._tcp.carrier.test,gw2.carrier.test,5073,10,0".into(),
+            "--srv-host=_sips._tcp.carrier.test,gw3.carrier.test,5074,10,0".into(),
         ],
     );
-    let srv = name("carrier.test", true);
-    let host_port = name("gw2.carrier.test:5090", false);
-    let host_with_srv = name("gw2.carrier.test", false);
-    let host_without_srv = name("gw3.carrier.test", false);
-    let missing = name("missing.carrier.test", false);
-    let (_handle, mut events) = resolver(
-        addr,
-        vec![
-            srv.clone(),
-            host_port.clone(),
-            host_with_srv.clone(),
-            host_without_srv.clone(),
-            missing.clone(),
-        ],
-    );
+    let srv = name("carrier.test");
+    let host_port = name("gw2.carrier.test:5090");
+    let host_with_srv = name("gw2.carrier.test");
+    let host_without_srv = name("gw3.carrier.test");
+    let missing = name("missing.carrier.test");
+    let over_tcp = name("sip:carrier.test;transport=tcp");
+    let over_tls = name("sips:carrier.test");
+    let tls_without_srv = name("sips:gw3.carrier.test");
+    let names = vec![
+        srv.clone(),
+        host_port.clone(),
+        host_with_srv.clone(),
+        host_without_srv.clone(),
+        missing.clone(),
+        over_tcp.clone(),
+        over_tls.clone(),
+        tls_without_srv.clone(),
+    ];
+    let (_handle, mut events) = resolver(addr, names.clone());
 
     let mut seen = std::collections::BTreeMap::new();
-    while seen.len() < 5 {
+    while seen.len() < names.len() {
         let (name, outcome) = wait_for(&mut events, "an event for every name", |event| {
             Some(match event {
                 DnsEvent::Resolved { name, resolution } => {
@@ -184,6 +193,21 @@ async fn each_kind_of_name_asks_for_what_rfc3263_says() {
         "no SRV records: the A record on 5060"
     );
     assert_eq!(
+        seen[&over_tcp],
+        Ok(vec![target("127.0.180.22:5073", 10, 0)]),
+        "transport=tcp asks for _sip._tcp"
+    );
+    assert_eq!(
+        seen[&over_tls],
+        Ok(vec![target("127.0.180.23:5074", 10, 0)]),
+        "sips: asks for _sips._tcp"
+    );
+    assert_eq!(
+        seen[&tls_without_srv],
+        Ok(vec![target("127.0.180.23:5061", 0, 0)]),
+        "sips: without SRV records: the A record on 5061"
+    );
+    assert_eq!(
         seen[&missing],
         Err(LookupError::NoSuchName {
             name: "missing.carrier.test".into()
@@ -209,7 +233,7 @@ async fn a_carrier_s_records_are_followed_and_kept_when_its_dns_fails() {
         1,
         &records("127.0.180.31", 5071),
     );
-    let carrier = name("carrier.test", true);
+    let carrier = name("carrier.test");
     let (handle, mut events) = resolver(addr, vec![carrier.clone()]);
     let first = wait_for(&mut events, "the first resolution", resolved(&carrier)).await;
     assert_eq!(first, [target("127.0.180.31:5071", 10, 50)]);

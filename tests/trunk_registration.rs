@@ -2,7 +2,9 @@
 //! modules, a plain-text password) as the carrier; Vigil registers with it
 //! answering its digest challenge, a call Kamailio sends to the registered
 //! contact is admitted as that trunk's and reaches a sipp callee, and a
-//! shutdown unregisters Vigil. Everything on 127.0.218.0/24.
+//! shutdown unregisters Vigil; the same over TCP (issue 19), the registrar
+//! named by a `;transport=tcp` URI. Everything on 127.0.218.0/24 to
+//! 127.0.220.0/24.
 
 mod support;
 
@@ -172,4 +174,93 @@ fn a_wrong_password_fails_and_backs_off() {
         reg["next_in"].as_u64().is_some_and(|s| s > 20 && s <= 30),
         "back-off: {reg}"
     );
+}
+
+/// Over TCP (issue 19): the registrar written as a `;transport=tcp` URI
+/// gets its REGISTERs on a connection Vigil opens, with a Contact that asks
+/// for TCP; Kamailio then sends the carrier's call to Vigil over TCP too.
+#[test]
+fn vigil_registers_over_tcp_and_takes_the_call_over_tcp() {
+    let net = Net::new(NET + 2);
+    let carrier = SocketAddr::new(IpAddr::V4(Ipv4Addr::new(127, 0, NET + 2, 20)), 5070);
+    let kamailio = Kamailio::start(carrier, "s3cret");
+    let dir = tempfile::tempdir().expect("dir");
+    let text = config(net, dir.path(), "s3cret")
+        .replace(
+            &format!("registrar: \"{}:5070\"", carrier_ip()),
+            &format!("registrar: \"sip:{}:5070;transport=tcp\"", carrier.ip()),
+        )
+        .replace(
+            &format!("listen: [\"udp:{}:5060\"]", net.vigil),
+            &format!(
+                "listen: [\"udp:{v}:5060\", \"tcp:{v}:5060\"]",
+                v = net.vigil
+            ),
+        );
+    assert!(
+        text.contains("transport=tcp") && text.contains("\"tcp:"),
+        "{text}"
+    );
+    let vigil = Vigil::start_with(net, dir, &text);
+    let reg = wait_state(&vigil, "registered");
+    assert_eq!(reg["last_status"], 200, "{reg}");
+
+    let (ok, status, err) = vigil.ctl(&["status"]);
+    assert!(ok, "{err}");
+    let status: serde_json::Value = serde_json::from_str(&status).expect("json");
+    let tcp = status["connections"]
+        .as_array()
+        .and_then(|all| all.iter().find(|c| c["transport"] == "tcp"))
+        .unwrap_or_else(|| panic!("TCP connections in {status}"));
+    assert!(
+        tcp["connected"].as_u64() >= Some(1),
+        "Vigil connected: {status}"
+    );
+
+    let office = callee(net, None, &[]);
+    let caller = Sipp::spawn(
+        "carrier-caller-tcp",
+        &[
+            "-sn",
+            "uac",
+            "-i",
+            &format!("127.0.{}.5", NET + 2),
+            "-p",
+            "5062",
+            "-s",
+            "4930",
+            "-m",
+            "1",
+            "-d",
+            "500",
+            "-timeout",
+            "30s",
+            "-timeout_error",
+            &carrier.to_string(),
+        ]
+        .map(String::from),
+    );
+    caller.expect_success(Duration::from_secs(30));
+    office.stop();
+    // Kamailio reached the registered Contact (`;transport=tcp`) on a
+    // connection of its own to Vigil's TCP listener.
+    let (ok, status, err) = vigil.ctl(&["status"]);
+    assert!(ok, "{err}");
+    let status: serde_json::Value = serde_json::from_str(&status).expect("json");
+    assert!(
+        status["connections"]
+            .as_array()
+            .and_then(|all| all.iter().find(|c| c["transport"] == "tcp"))
+            .is_some_and(|tcp| tcp["accepted"].as_u64() >= Some(1)),
+        "the call came over TCP: {status}\n{}",
+        kamailio.log()
+    );
+    let stopped = vigil.stop();
+    assert!(stopped.status.success(), "{}", stopped.log);
+    let cdr = stopped
+        .cdrs
+        .iter()
+        .find(|c| c["callee"] == "4930")
+        .unwrap_or_else(|| panic!("a CDR for the call: {:?}\n{}", stopped.cdrs, kamailio.log()));
+    assert_eq!(cdr["trunk_in"], "carrier", "{cdr}");
 }

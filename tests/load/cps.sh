@@ -34,6 +34,19 @@
 #                     the caller (uac_prack.xml) supports 100rel, gets that
 #                     183 reliably and PRACKs it before the 200 (two more
 #                     transactions per leg than "vigil"'s calls)
+#     SUT "vigil-chain": two Vigils in a row, the front one (udp:127.0.0.1:5060)
+#                     sending every call over UDP to a second one
+#                     (udp:127.0.0.1:5062, the "carrier") that sends it on to
+#                     the UAS: the baseline of vigil-chain-tls. Both Vigils'
+#                     CPU is charged to the step.
+#     SUT "vigil-chain-tls": the same with the hop between the two Vigils over
+#                     TLS (the front's trunk is "sips:127.0.0.1", the carrier
+#                     listens on tls:127.0.0.1:5061): one TLS connection, as
+#                     a trunk to a carrier uses (issue 19). sipp has no TLS
+#                     here, so TLS is measured Vigil to Vigil, both ends of
+#                     it rustls. Certificates come from openssl, made by the
+#                     script in its work dir (a CA and a certificate for
+#                     127.0.0.1); the front verifies the carrier's.
 #     SUT "kamailio": kamailio -f tests/load/kamailio.cfg on udp:127.0.0.1:5070
 #                     (stateful proxy: tm + dialog + sst + record_route)
 #
@@ -81,9 +94,11 @@
 #                            keep it < 45000: the UAS scenario does not answer
 #                            session-timer refreshes (Min-SE 90 s)
 #   -s, --sut LIST           vigil | vigil-lua | vigil-relay | vigil-route | vigil-prack | vigil-tcp1 |
-#                            vigil-tcpn | kamailio | both (vigil and kamailio) | all
-#                            (vigil, vigil-lua and kamailio) | tcp (vigil, vigil-tcp1
-#                            and vigil-tcpn), or a space-separated list
+#                            vigil-tcpn | vigil-chain | vigil-chain-tls | kamailio |
+#                            both (vigil and kamailio) | all (vigil, vigil-lua and
+#                            kamailio) | tcp (vigil, vigil-tcp1 and vigil-tcpn) |
+#                            tls (vigil-chain and vigil-chain-tls), or a
+#                            space-separated list
 #                                                            [SUTS, default both]
 #   -p, --pass-ratio X       pass threshold ok/attempted     [PASS_RATIO, default 0.999]
 #   -k, --keep-going         do not stop a SUT at its first failing rate [KEEP_GOING=1]
@@ -165,6 +180,12 @@ readonly GW_UNUSED_PORT=5084
 # E.164 by tests/load/route_bench.lua.
 readonly ROUTE_CALLEE=00442079460000
 readonly VIGIL_PORT=5060
+# vigil-chain*: the second Vigil (the carrier), over UDP and over TLS.
+readonly CARRIER_UDP_PORT=5062
+readonly CARRIER_TLS_PORT=5061
+# The front Vigil's own TLS listener (vigil-chain-tls): what its Contact and
+# Via advertise, should the carrier need to connect back.
+readonly FRONT_TLS_PORT=5063
 readonly KAMAILIO_PORT=5070
 # sipp opens an RTP echo socket per instance (default 6000); keep the two apart.
 readonly UAC_MEDIA_PORT=46000
@@ -213,13 +234,14 @@ parse_args() {
 	both) SUT_LIST=(vigil kamailio) ;;
 	all) SUT_LIST=(vigil vigil-lua kamailio) ;;
 	tcp) SUT_LIST=(vigil vigil-tcp1 vigil-tcpn) ;;
+	tls) SUT_LIST=(vigil-chain vigil-chain-tls) ;;
 	*) read -r -a SUT_LIST <<<"$SUTS" ;;
 	esac
 	local sut
 	for sut in "${SUT_LIST[@]}"; do
 		case "$sut" in
-		vigil | vigil-lua | vigil-relay | vigil-route | vigil-prack | vigil-tcp1 | vigil-tcpn | kamailio) ;;
-		*) die "--sut takes vigil, vigil-lua, vigil-relay, vigil-route, vigil-prack, vigil-tcp1, vigil-tcpn, kamailio, both, all or tcp (got '$sut')" ;;
+		vigil | vigil-lua | vigil-relay | vigil-route | vigil-prack | vigil-tcp1 | vigil-tcpn | vigil-chain | vigil-chain-tls | kamailio) ;;
+		*) die "--sut takes vigil, vigil-lua, vigil-relay, vigil-route, vigil-prack, vigil-tcp1, vigil-tcpn, vigil-chain, vigil-chain-tls, kamailio, both, all, tcp or tls (got '$sut')" ;;
 		esac
 	done
 	[[ "$DURATION" =~ ^[1-9][0-9]*$ ]] || die "--duration must be a positive integer (s)"
@@ -261,6 +283,17 @@ cpu_ticks() {
 		fi
 	done
 	echo "$total"
+}
+
+# The SUT's CPU ticks: the front Vigil's, plus the carrier Vigil's for
+# vigil-chain* (each end of the hop does the TLS work).
+sut_cpu_ticks() {
+	local ticks
+	ticks="$(cpu_ticks "$SUT_PID")"
+	if [[ -n "${CARRIER_PID:-}" ]]; then
+		ticks=$((ticks + $(cpu_ticks "$CARRIER_PID")))
+	fi
+	echo "$ticks"
 }
 
 # Sum of a "Key:  N kB" field of /proc/PID/$2 over $1's process tree.
@@ -423,6 +456,71 @@ write_vigil_config() {
 	# (vigil-tcpn) that is thousands of connections from it, past the
 	# per-source default meant for the open Internet.
 	echo "limits: { max_connections_per_source: 100000 }" >>"$VIGIL_TCP_CFG"
+	write_chain_configs
+}
+
+# vigil-chain / vigil-chain-tls: the front Vigil sends every call to a
+# second Vigil, the carrier, over UDP or TLS; the carrier sends it to the
+# UAS. Its CDRs go to a file of its own (the step counts the front's).
+write_chain_configs() {
+	local tls_section=""
+	if [[ " ${SUT_LIST[*]} " == *" vigil-chain-tls "* ]]; then
+		make_certificates
+		tls_section="tls: { certificate: \"$WORK/pki/server.pem\", key: \"$WORK/pki/server.key\", ca: \"$WORK/pki/ca.pem\" }"
+	fi
+	local hop
+	for hop in udp tls; do
+		local to="$HOST:$CARRIER_UDP_PORT" listen="\"udp:$HOST:$VIGIL_PORT\""
+		if [[ "$hop" == tls ]]; then
+			to="sips:$HOST"
+			listen+=", \"tls:$HOST:$FRONT_TLS_PORT\""
+		fi
+		cat >"$WORK/vigil-chain-$hop.yaml" <<-EOF
+			listen: [$listen]
+			trunks:
+			  - name: loadgen
+			    inbound: { from: ["$HOST/32"] }
+			    route_to: carrier
+			  - name: carrier
+			    outbound: { to: "$to" }
+			routes: []
+			cdr: { path: "$VIGIL_CDR" }
+			log: { level: warn, format: text }
+			$( [[ "$hop" == tls ]] && echo "$tls_section" )
+		EOF
+	done
+	CARRIER_CFG="$WORK/vigil-carrier.yaml"
+	cat >"$CARRIER_CFG" <<-EOF
+		listen: ["udp:$HOST:$CARRIER_UDP_PORT"$( [[ -n "$tls_section" ]] && echo ", \"tls:$HOST:$CARRIER_TLS_PORT\"" )]
+		trunks:
+		  - name: front
+		    inbound: { from: ["$HOST/32"] }
+		    route_to: uas
+		  - name: uas
+		    outbound: { to: "$HOST:$UAS_PORT" }
+		routes: []
+		cdr: { path: "$WORK/carrier-cdr.jsonl" }
+		log: { level: warn, format: text }
+		$tls_section
+	EOF
+}
+
+# A CA and a certificate for 127.0.0.1 signed by it, in $WORK/pki (the
+# front Vigil checks the carrier's certificate against the CA, as a trunk
+# with tls_verify does; both Vigils present the same certificate).
+make_certificates() {
+	command -v openssl >/dev/null || die "vigil-chain-tls needs openssl to make its certificates"
+	local pki="$WORK/pki"
+	mkdir -p "$pki"
+	{
+		openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 \
+			-subj "/CN=vigil benchmark CA" -keyout "$pki/ca.key" -out "$pki/ca.pem" &&
+			openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes \
+				-subj "/CN=$HOST" -keyout "$pki/server.key" -out "$pki/server.csr" &&
+			printf 'subjectAltName=IP:%s\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth,clientAuth\n' "$HOST" >"$pki/ext.cnf" &&
+			openssl x509 -req -in "$pki/server.csr" -CA "$pki/ca.pem" -CAkey "$pki/ca.key" \
+				-CAcreateserial -days 2 -extfile "$pki/ext.cnf" -out "$pki/server.pem"
+	} >"$pki/openssl.log" 2>&1 || die "openssl could not make the certificates (see $pki/openssl.log)"
 }
 
 # rtpengine for the vigil-relay SUT, in userspace, ports for thousands of
@@ -440,10 +538,29 @@ start_rtpengine() {
 	wait_for_port "$RTPENGINE_NG_PORT" "$RTPENGINE_PID" rtpengine "$dir/rtpengine.log"
 }
 
-# Sets SUT_PID / SUT_PORT. $1 = sut, $2 = step dir.
+# Sets SUT_PID / SUT_PORT (and CARRIER_PID for vigil-chain*). $1 = sut,
+# $2 = step dir.
 start_sut() {
 	local sut="$1" dir="$2"
 	case "$sut" in
+	vigil-chain | vigil-chain-tls)
+		SUT_PORT=$VIGIL_PORT
+		require_port_free "$SUT_PORT" "the front vigil"
+		require_port_free "$CARRIER_UDP_PORT" "the carrier vigil"
+		"$VIGIL_BIN" run --config "$CARRIER_CFG" >"$dir/carrier-vigil.log" 2>&1 &
+		CARRIER_PID=$!
+		PIDS+=("$CARRIER_PID")
+		wait_for_port "$CARRIER_UDP_PORT" "$CARRIER_PID" "the carrier vigil" "$dir/carrier-vigil.log"
+		local hop=udp
+		if [[ "$sut" == vigil-chain-tls ]]; then
+			hop=tls
+			wait_for_port "$CARRIER_TLS_PORT" "$CARRIER_PID" "the carrier vigil" "$dir/carrier-vigil.log" tcp
+		fi
+		"$VIGIL_BIN" run --config "$WORK/vigil-chain-$hop.yaml" >"$dir/vigil.log" 2>&1 &
+		SUT_PID=$!
+		PIDS+=("$SUT_PID")
+		wait_for_port "$SUT_PORT" "$SUT_PID" "the front vigil" "$dir/vigil.log"
+		;;
 	vigil | vigil-lua | vigil-relay | vigil-route | vigil-prack | vigil-tcp1 | vigil-tcpn)
 		SUT_PORT=$VIGIL_PORT
 		require_port_free "$SUT_PORT" vigil
@@ -696,19 +813,27 @@ run_step() {
 	start_sut "$sut" "$dir"
 
 	# CPU baseline after start-up, so only call handling is charged.
-	c0="$(cpu_ticks "$SUT_PID")"
+	c0="$(sut_cpu_ticks)"
 	run_uac "$sut" "$dir" "$rate" "$calls"
 	# Measure before stopping anything: a dead process has no /proc entry.
-	if alive "$SUT_PID"; then
-		c1="$(cpu_ticks "$SUT_PID")"
+	if alive "$SUT_PID" && { [[ -z "${CARRIER_PID:-}" ]] || alive "$CARRIER_PID"; }; then
+		c1="$(sut_cpu_ticks)"
 		rss="$(sum_kb "$SUT_PID" status VmHWM)"
 		pss="$(sum_kb "$SUT_PID" smaps_rollup Pss)"
+		if [[ -n "${CARRIER_PID:-}" ]]; then
+			rss=$((rss + $(sum_kb "$CARRIER_PID" status VmHWM)))
+			pss=$((pss + $(sum_kb "$CARRIER_PID" smaps_rollup Pss)))
+		fi
 	else
-		log "$sut died during the $rate calls/s step (see $dir/$sut.log)"
+		log "$sut died during the $rate calls/s step (see $dir/*vigil.log)"
 		c1="$c0" rss=0 pss=0
 	fi
 
 	stop_pid "$SUT_PID" 10
+	if [[ -n "${CARRIER_PID:-}" ]]; then
+		stop_pid "$CARRIER_PID" 10
+		CARRIER_PID=""
+	fi
 	if [[ -n "${RTPENGINE_PID:-}" ]]; then
 		log "rtpengine used $(( $(cpu_ticks "$RTPENGINE_PID") * 1000000 / $(getconf CLK_TCK) / (calls > 0 ? calls : 1) )) µs of CPU per call"
 		stop_pid "$RTPENGINE_PID" 10
@@ -915,46 +1040,56 @@ print_ratio_to_plain() {
 }
 
 # Over TCP vs over UDP (issue 19): CPU µs per call at each rate, each TCP
-# SUT's cost relative to "vigil" at that rate, and best-rate ratios.
+# SUT's cost relative to "vigil" at that rate, and best-rate ratios; the
+# same for TLS, vigil-chain-tls against vigil-chain.
 print_transport_comparison() {
-	local tcp=() sut rate line u t v
-	for sut in vigil-tcp1 vigil-tcpn; do
-		[[ -n "${BEST_RATE[$sut]:-}" ]] && tcp+=("$sut")
+	print_cost_against vigil "TCP" 0.80 vigil-tcp1 vigil-tcpn
+	print_cost_against vigil-chain "TLS" 0.50 vigil-chain-tls
+}
+
+# $1 = the UDP baseline SUT, $2 = what the others add (for the heading),
+# $3 = issue 19's best-rate target, $4... = the SUTs compared with it (those
+# that ran).
+print_cost_against() {
+	local base="$1" what="$2" target="$3" others=() sut rate line u t v
+	shift 3
+	for sut in "$@"; do
+		[[ -n "${BEST_RATE[$sut]:-}" ]] && others+=("$sut")
 	done
-	((${#tcp[@]})) && [[ -n "${BEST_RATE[vigil]:-}" ]] || return 0
+	((${#others[@]})) && [[ -n "${BEST_RATE[$base]:-}" ]] || return 0
 	echo
-	echo "== Over TCP vs UDP: CPU µs per call at each rate (udp/tcp = vigil's µs / the TCP SUT's: 1.00 = TCP costs nothing more, and where CPU is the limit it estimates the TCP/UDP CPS ratio; a failed step is marked)"
-	line="| rate | vigil (udp) µs/call"
-	for sut in "${tcp[@]}"; do line+=" | $sut µs/call | udp/tcp"; done
+	echo "== Over $what vs UDP: CPU µs per call at each rate (udp/${what,,} = $base's µs / the $what SUT's: 1.00 = $what costs nothing more, and where CPU is the limit it estimates the $what/UDP CPS ratio; a failed step is marked)"
+	line="| rate | $base (udp) µs/call"
+	for sut in "${others[@]}"; do line+=" | $sut µs/call | udp/${what,,}"; done
 	echo "$line |"
 	line="|---|---"
-	for sut in "${tcp[@]}"; do line+="|---|---"; done
+	for sut in "${others[@]}"; do line+="|---|---"; done
 	echo "$line|"
 	for rate in "${RATE_LIST[@]}"; do
-		u="${AT_US["vigil $rate"]:--}"
-		[[ "${AT_RESULT["vigil $rate"]:-}" == PASS || "$u" == - ]] || u="$u (${AT_RESULT["vigil $rate"]})"
+		u="${AT_US["$base $rate"]:--}"
+		[[ "${AT_RESULT["$base $rate"]:-}" == PASS || "$u" == - ]] || u="$u (${AT_RESULT["$base $rate"]})"
 		line="| $rate | $u"
-		for sut in "${tcp[@]}"; do
+		for sut in "${others[@]}"; do
 			t="${AT_US["$sut $rate"]:--}"
 			v=-
 			# Only between two passing steps: a failed one's CPU is not a call's.
-			if [[ "${AT_RESULT["$sut $rate"]:-}" == PASS && "${AT_RESULT["vigil $rate"]:-}" == PASS ]]; then
-				v="$(awk -v u="${AT_US["vigil $rate"]}" -v t="$t" 'BEGIN { if (t > 0) printf "%.2f", u / t; else print "-" }')"
+			if [[ "${AT_RESULT["$sut $rate"]:-}" == PASS && "${AT_RESULT["$base $rate"]:-}" == PASS ]]; then
+				v="$(awk -v u="${AT_US["$base $rate"]}" -v t="$t" 'BEGIN { if (t > 0) printf "%.2f", u / t; else print "-" }')"
 			fi
 			[[ "${AT_RESULT["$sut $rate"]:-}" == PASS || "$t" == - ]] || t="$t (${AT_RESULT["$sut $rate"]})"
 			line+=" | $t | $v"
 		done
 		echo "$line |"
 	done
-	u="${BEST_RATE[vigil]}"
-	for sut in "${tcp[@]}"; do
+	u="${BEST_RATE[$base]}"
+	for sut in "${others[@]}"; do
 		t="${BEST_RATE[$sut]}"
 		if ((u > 0)); then
-			echo "$sut / vigil best-rate ratio: $(awk -v t="$t" -v u="$u" 'BEGIN { printf "%.2f", t / u }') ($t / $u calls/s; issue 19's target: >= 0.80)"
+			echo "$sut / $base best-rate ratio: $(awk -v t="$t" -v u="$u" 'BEGIN { printf "%.2f", t / u }') ($t / $u calls/s; issue 19's target: >= $target)"
 		fi
 	done
-	if ((NEVER_FAILED[vigil])); then
-		echo "(vigil never failed: the rate list caps its best rate, so these ratios are upper bounds)"
+	if ((NEVER_FAILED[$base])); then
+		echo "($base never failed: the rate list caps its best rate, so these ratios are upper bounds)"
 	fi
 }
 
@@ -978,6 +1113,7 @@ main() {
 		case "$sut" in
 		vigil | vigil-lua | vigil-relay | vigil-route | vigil-prack) check_vigil_bin ;;
 		vigil-tcp1 | vigil-tcpn) check_vigil_bin; prepare_tcp ;;
+		vigil-chain | vigil-chain-tls) check_vigil_bin ;;
 		kamailio)
 			command -v "$KAMAILIO" >/dev/null || die "kamailio not found (apt-get install kamailio)"
 			"$KAMAILIO" -c -f "$LOAD_DIR/kamailio.cfg" >/dev/null 2>&1 ||

@@ -41,6 +41,7 @@ log_stderror=yes
 children=1
 auto_aliases=no
 listen=udp:{listen}
+listen=tcp:{listen}
 mpath="/usr/lib/x86_64-linux-gnu/kamailio/modules/"
 loadmodule "tm.so"
 loadmodule "sl.so"

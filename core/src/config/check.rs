@@ -223,10 +223,26 @@ impl Checker {
             }
         }
         for (i, t) in raw.trunks.iter().enumerate() {
-            if t.transport == Some(Protocol::Tls) && tls.is_none() {
+            let built = trunks.get(i);
+            let gateway_over_tls = built
+                .and_then(|t| t.outbound.as_ref())
+                .is_some_and(|ob| ob.gateways.iter().any(|g| g.transport == Protocol::Tls));
+            let register_over_tls = built
+                .and_then(|t| t.register.as_ref())
+                .is_some_and(|r| r.transport == Protocol::Tls);
+            let key = if t.transport == Some(Protocol::Tls) {
+                Some(format!("trunks[{i}].transport"))
+            } else if gateway_over_tls {
+                Some(format!("trunks[{i}].outbound"))
+            } else if register_over_tls {
+                Some(format!("trunks[{i}].register"))
+            } else {
+                None
+            };
+            if let (Some(key), None) = (key, &tls) {
                 self.problem(
-                    format!("trunks[{i}].transport"),
-                    "tls needs a `tls:` section (the certificate Vigil presents)",
+                    key,
+                    "tls (a sips: URI or transport: tls) needs a `tls:` section (the certificate Vigil presents)",
                 );
             }
             if t.tls_verify.is_some() && tls.is_none() {
@@ -511,7 +527,7 @@ impl Checker {
                 }
             }
             let outbound = t.outbound.as_ref().and_then(|ob| {
-                let (outbound, problems) = check_outbound(ob, sip.invite_timeout);
+                let (outbound, problems) = check_outbound(ob, sip.invite_timeout, t.transport);
                 for (suffix, message) in problems {
                     self.problem(format!("{key}.outbound{suffix}"), message);
                 }
@@ -537,9 +553,8 @@ impl Checker {
                 register: t
                     .register
                     .as_ref()
-                    .and_then(|r| self.check_register(&key, r)),
+                    .and_then(|r| self.check_register(&key, r, t.transport)),
                 tls_verify: t.tls_verify.unwrap_or(verify_server),
-                transport: t.transport.unwrap_or_default(),
                 prack: t.prack.unwrap_or(sip.prack),
             });
         }
@@ -585,6 +600,7 @@ impl Checker {
         &mut self,
         trunk: &str,
         register: &RegisterFile,
+        trunk_transport: Option<Protocol>,
     ) -> Option<Arc<TrunkRegistration>> {
         let key = format!("{trunk}.register");
         let before = self.problems.len();
@@ -597,7 +613,15 @@ impl Checker {
         if register.password.is_empty() {
             self.problem(format!("{key}.password"), "must not be empty");
         }
-        let registrar = match resolve(&register.registrar) {
+        let (hostport, transport) =
+            match crate::dns::transport_of(&register.registrar, trunk_transport) {
+                Ok(found) => found,
+                Err(e) => {
+                    self.problem(format!("{key}.registrar"), e.to_string());
+                    (register.registrar.as_str(), Protocol::Udp)
+                }
+            };
+        let registrar = match resolve(hostport) {
             Ok(addr) => Some(addr),
             Err(msg) => {
                 self.problem(format!("{key}.registrar"), msg);
@@ -607,7 +631,7 @@ impl Checker {
         let domain = register
             .domain
             .clone()
-            .unwrap_or_else(|| uplink::host_of(&register.registrar).to_string());
+            .unwrap_or_else(|| uplink::host_of(hostport).to_string());
         if crate::sip::Host::parse(&domain).is_err() {
             self.problem(
                 format!("{key}.domain"),
@@ -642,6 +666,7 @@ impl Checker {
                 password: register.password.clone(),
             },
             registrar,
+            transport,
             domain,
             contact_user,
             expires: register.expires,

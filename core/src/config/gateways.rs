@@ -15,7 +15,10 @@
 //!   probe: { interval: 30, failures: 3, successes: 2 }
 //! ```
 //!
-//! `outbound: { to: "ip:port" }` is the one-gateway short form. A gateway
+//! `outbound: { to: "ip:port" }` is the one-gateway short form. A gateway may
+//! be written as a SIP URI whose scheme or `transport` parameter chooses its
+//! transport (`sips:sbc.carrier.example`, `sip:gw.example;transport=tcp`),
+//! which also picks its SRV records (`_sips._tcp`, `_sip._tcp`). A gateway
 //! named by host is never looked up here: the daemon keeps it resolved
 //! (`crate::dns`), so loading a config never waits on DNS.
 
@@ -24,6 +27,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::dns::Gateway as DnsGateway;
+use crate::sip::Protocol;
 
 /// The final statuses that move a call to its next gateway unless the trunk
 /// says otherwise: timeouts and server failures, and 480 (a carrier's "no
@@ -120,6 +124,9 @@ pub struct GatewayConfig {
     /// An address, or a name the daemon keeps resolved (RFC 3263: a domain
     /// without a port asks for SRV records first); never looked up here.
     pub target: DnsGateway,
+    /// What it is reached over: its URI's (`sips:`, `;transport=`), else the
+    /// trunk's `transport:`, else UDP.
+    pub transport: Protocol,
     /// Lower first.
     pub priority: u16,
     /// Share of the calls among gateways of the same priority.
@@ -167,6 +174,7 @@ pub const DEFAULT_INVITE_TIMEOUT: u32 = 5;
 pub(super) fn check_outbound(
     ob: &FileOutbound,
     default_invite_timeout: u32,
+    trunk_transport: Option<Protocol>,
 ) -> (Option<TrunkOutbound>, Vec<(String, String)>) {
     let allow_short = ob.allow_short_intervals;
     let mut problems = Vec::new();
@@ -205,14 +213,15 @@ pub(super) fn check_outbound(
         ));
     }
     for (key, to, priority, weight) in written {
-        match DnsGateway::parse(to, false) {
-            Ok(target) => {
+        match DnsGateway::parse(to, trunk_transport) {
+            Ok((target, transport)) => {
                 if gateways.iter().any(|g: &GatewayConfig| g.target == target) {
                     problems.push((key, format!("{to:?} is listed twice")));
                 } else {
                     gateways.push(GatewayConfig {
                         to: to.to_string(),
                         target,
+                        transport,
                         priority,
                         weight,
                     });

@@ -218,8 +218,6 @@ pub struct Trunk {
     /// against the trunk's host name: its `tls_verify`, else
     /// `tls.verify_server`, else `true`.
     pub tls_verify: bool,
-    /// The transport its gateways are reached over (`transport:`).
-    pub transport: crate::sip::Protocol,
     /// Reliable provisionals on its legs: its `prack`, else `sip.prack`.
     pub prack: PrackMode,
 }

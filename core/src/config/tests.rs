@@ -465,6 +465,43 @@ fn trunks_may_authenticate_and_register_with_their_carrier() {
         c.registered_trunk("::1".parse().expect("ip"), "inbound"),
         Some(1)
     );
+    assert_eq!(reg.transport, crate::sip::Protocol::Udp);
+
+    let over_tls = UPLINK.replace(
+        "registrar: \"[::1]:5071\"",
+        "registrar: \"sips:[::1]:5071\"",
+    ) + "tls: { certificate: /etc/vigil/chain.pem, key: /etc/vigil/key.pem }\n";
+    let c = Config::parse(&over_tls, Path::new("vigil.yaml")).expect("valid");
+    let without_tls = over_tls.replace("tls: {", "metrics: {").replace(
+        "certificate: /etc/vigil/chain.pem, key: /etc/vigil/key.pem",
+        "listen: \"127.0.0.1:9090\"",
+    );
+    let p: Vec<String> = problems(&without_tls)
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    assert!(
+        p.iter().any(|p| p.contains("trunks[1].register: tls")),
+        "{p:#?}"
+    );
+    let other = c.trunks[1].register.as_deref().expect("register");
+    assert_eq!(other.registrar, "[::1]:5071".parse().expect("addr"));
+    assert_eq!(other.transport, crate::sip::Protocol::Tls);
+    let conflict = UPLINK
+        .replace(
+            "registrar: \"[::1]:5071\"",
+            "registrar: \"sip:[::1]:5071;transport=tls\"",
+        )
+        .replace("  - name: other\n", "  - name: other\n    transport: tcp\n");
+    let p: Vec<String> = problems(&conflict)
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    assert!(
+        p.iter()
+            .any(|p| p.contains("trunks[1].register.registrar") && p.contains("asks for TLS")),
+        "{p:#?}"
+    );
 }
 
 #[test]
@@ -688,5 +725,66 @@ fn a_bad_prack_value_names_its_line_and_the_choices() {
             && rendered[0].contains("required")
             && rendered[0].contains("disabled"),
         "{rendered:?}"
+    );
+}
+
+#[test]
+fn a_gateway_uri_chooses_its_transport_and_tls_needs_its_section() {
+    use crate::sip::Protocol::{Tcp, Tls, Udp};
+    let tls = "tls: { certificate: /etc/vigil/chain.pem, key: /etc/vigil/key.pem }\n";
+    let text = format!("{GOOD}{tls}")
+        .replace(
+            "to: \"127.0.0.1:5080\"",
+            "to: \"sip:127.0.0.1:5080;transport=tcp\"",
+        )
+        .replace("to: \"[::1]:5090\"", "to: \"sips:[::1]\"");
+    let c = Config::parse(&text, Path::new("vigil.yaml")).expect("valid");
+    let gateways: Vec<_> = c
+        .trunks
+        .iter()
+        .flat_map(|t| t.outbound.iter().flat_map(|o| o.gateways.iter()))
+        .map(|g| (g.addr(), g.transport))
+        .collect();
+    assert_eq!(
+        gateways,
+        [
+            (Some("127.0.0.1:5080".parse().unwrap()), Tcp),
+            (Some("[::1]:5061".parse().unwrap()), Tls),
+        ]
+    );
+    let plain = Config::parse(GOOD, Path::new("vigil.yaml")).expect("valid");
+    assert!(
+        plain
+            .trunks
+            .iter()
+            .flat_map(|t| t.outbound.iter().flat_map(|o| o.gateways.iter()))
+            .all(|g| g.transport == Udp)
+    );
+
+    let without_tls = text.replace(tls, "");
+    let p: Vec<String> = problems(&without_tls)
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    assert_eq!(
+        p,
+        [
+            "vigil.yaml:11: trunks[2].outbound: tls (a sips: URI or transport: tls) needs \
+          a `tls:` section (the certificate Vigil presents)"
+        ]
+    );
+    let conflict = text.replace(
+        "    outbound: { to: \"sips:[::1]\" }\n",
+        "    outbound: { to: \"sips:[::1]\" }\n    transport: tcp\n",
+    );
+    let p: Vec<String> = problems(&conflict)
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    assert!(
+        p.iter().any(|p| p.contains(
+            "trunks[2].outbound.to: \"sips:[::1]\" asks for TLS but the trunk's transport is TCP"
+        )),
+        "{p:#?}"
     );
 }

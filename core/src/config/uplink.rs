@@ -54,6 +54,9 @@ pub struct TrunkRegistration {
     /// Where REGISTERs go (resolved at load); calls from its IP whose
     /// Request-URI names `contact_user` are this trunk's.
     pub registrar: SocketAddr,
+    /// What REGISTERs travel on: the registrar URI's (`sips:`,
+    /// `;transport=`), else the trunk's `transport:`, else UDP.
+    pub transport: crate::sip::Protocol,
     /// The AOR's host, and the REGISTER's Request-URI (`sip:<domain>`).
     pub domain: String,
     /// The user part of the Contact Vigil registers.

@@ -25,8 +25,7 @@ use tokio::task::JoinSet;
 use tokio::time::Instant;
 
 use crate::dns::{
-    Addresses, Answer, DEFAULT_SIP_PORT, DnsEvent, DnsSettings, GatewayName, LookupError,
-    Refresher, SrvRecord,
+    Addresses, Answer, DnsEvent, DnsSettings, GatewayName, LookupError, Refresher, SrvRecord,
 };
 
 /// Why the DNS task could not start.
@@ -164,13 +163,12 @@ async fn resolve(resolver: &TokioResolver, name: &GatewayName) -> Result<Answer,
             &addresses(resolver, host).await?,
             *port,
         )),
-        GatewayName::Host(host) => match srv(resolver, name).await {
+        GatewayName::Host { host, .. } => match srv(resolver, name).await {
             Err(LookupError::NoSuchName { .. } | LookupError::NoRecords { .. }) => Ok(
-                Answer::from_addresses(&addresses(resolver, host).await?, DEFAULT_SIP_PORT),
+                Answer::from_addresses(&addresses(resolver, host).await?, name.fallback_port()),
             ),
             found => found,
         },
-        GatewayName::Srv(_) => srv(resolver, name).await,
     }
 }
 

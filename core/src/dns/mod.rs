@@ -15,6 +15,6 @@ mod refresh;
 mod settings;
 
 pub use answer::{Addresses, Answer, LookupError, SrvRecord, Target};
-pub use name::{DEFAULT_SIP_PORT, Gateway, GatewayName, NameError};
+pub use name::{Gateway, GatewayName, NameError, transport_of};
 pub use refresh::{DnsEvent, Refresher, Resolution};
 pub use settings::{DnsFile, DnsSettings, MAX_TTL_CEILING, MIN_TTL_FLOOR, TtlBounds};

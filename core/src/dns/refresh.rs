@@ -196,7 +196,10 @@ mod tests {
     }
 
     fn carrier() -> GatewayName {
-        GatewayName::Srv("carrier.test".into())
+        GatewayName::Host {
+            host: "carrier.test".into(),
+            transport: crate::sip::Protocol::Udp,
+        }
     }
 
     fn answer(addr: &str, ttl: u64) -> Result<Answer, LookupError> {
@@ -314,7 +317,10 @@ mod tests {
         let mut r = Refresher::new(bounds());
         r.set_names(t0, [carrier()]);
         lookup(&mut r, t0, answer("127.0.0.1:5060", 60));
-        let other = GatewayName::Host("other.test".into());
+        let other = GatewayName::Host {
+            host: "other.test".into(),
+            transport: crate::sip::Protocol::Udp,
+        };
         r.set_names(t0 + S, [carrier(), other.clone()]);
         assert_eq!(
             r.poll_lookup(t0 + S),

@@ -237,7 +237,7 @@ impl Engine {
         };
         let (trunks, user_agent) = (&self.config.trunks, &self.config.sip.user_agent);
         let sockets = self.sockets.clone();
-        let socket_for = |target| LocalSocket::for_target(&sockets, target);
+        let socket_for = |target, proto| LocalSocket::for_target_over(&sockets, target, proto);
         let mut env = UplinkEnv {
             ids: &mut self.ids,
             socket_for: &socket_for,
@@ -265,7 +265,7 @@ impl Engine {
             return;
         };
         let sockets = self.sockets.clone();
-        let socket_for = |target| LocalSocket::for_target(&sockets, target);
+        let socket_for = |target, proto| LocalSocket::for_target_over(&sockets, target, proto);
         let mut env = UplinkEnv {
             ids: &mut self.ids,
             socket_for: &socket_for,

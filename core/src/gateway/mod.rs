@@ -156,7 +156,7 @@ impl Gateways {
                         probe: outbound.probe.clone(),
                         session_timer: trunk.session_timer,
                         auth: trunk.auth.clone(),
-                        proto: trunk.transport,
+                        proto: g.transport,
                         tls_name: match &g.target {
                             DnsGateway::Name(name) => name.host().to_string(),
                             DnsGateway::Addr(_) => target.addr.ip().to_string(),

@@ -192,7 +192,17 @@ pub struct Via {
 /// The transport a SIP message travels on (RFC 3261 §18): what a Via's
 /// sent-protocol and a URI's `transport` parameter name.
 #[derive(
-    Debug, Clone, Copy, PartialEq, Eq, Hash, Default, serde::Serialize, serde::Deserialize,
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+    Default,
+    serde::Serialize,
+    serde::Deserialize,
 )]
 #[serde(rename_all = "lowercase")]
 pub enum Protocol {

@@ -136,7 +136,7 @@ pub enum Inbound {
 /// Where a message arrived or goes: the transport, the local address (a
 /// UDP socket, or the listener or local end of a connection) and the peer's
 /// address. Over TCP and TLS the three name one connection (a flow, RFC 5626).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Path {
     pub local: SocketAddr,
     pub remote: SocketAddr,
@@ -171,6 +171,10 @@ pub struct TransactionLayer<O: Copy> {
     /// capacity; a boxed slot costs 16 bytes, an inline one a few hundred.
     clients: HashMap<ClientTxId, Box<ClientTx<O>>>,
     client_keys: HashMap<String, ClientTxId>,
+    /// The client transactions sent on each TCP or TLS connection, so a
+    /// connection that closes fails its own at once without a scan of every
+    /// transaction (phones open and close a connection per call).
+    clients_on_flows: HashMap<Path, Vec<ClientTxId>>,
     servers: HashMap<ServerTxId, Box<ServerTx<O>>>,
     server_keys: HashMap<String, ServerTxId>,
     queue: TimerQueue<TxRef>,
@@ -195,6 +199,7 @@ impl<O: Copy> TransactionLayer<O> {
             next_id: 0,
             clients: HashMap::new(),
             client_keys: HashMap::new(),
+            clients_on_flows: HashMap::new(),
             servers: HashMap::new(),
             server_keys: HashMap::new(),
             queue: TimerQueue::default(),
@@ -399,6 +404,9 @@ impl<O: Copy> TransactionLayer<O> {
         );
         self.clients.insert(id, Box::new(tx));
         self.client_keys.insert(key, id);
+        if path.proto.is_reliable() {
+            self.clients_on_flows.entry(path).or_default().push(id);
+        }
         self.reschedule(TxRef::Client(id));
         id
     }
@@ -427,17 +435,20 @@ impl<O: Copy> TransactionLayer<O> {
     /// every client transaction on it still waiting for its final answer
     /// fails now, as a timeout would, instead of at Timer B or F.
     pub fn flow_closed(&mut self, flow: Path) {
-        let failed: Vec<ClientTxId> = self
-            .clients
+        let Some(on_flow) = self.clients_on_flows.get(&flow) else {
+            return;
+        };
+        let failed: Vec<ClientTxId> = on_flow
             .iter()
-            .filter(|(_, t)| {
-                t.path == flow
-                    && matches!(
+            .copied()
+            .filter(|id| {
+                self.clients.get(id).is_some_and(|t| {
+                    matches!(
                         t.state,
                         ClientState::Calling | ClientState::Trying | ClientState::Proceeding
                     )
+                })
             })
-            .map(|(id, _)| *id)
             .collect();
         for tx in failed {
             if let Some(t) = self.clients.get(&tx) {
@@ -572,6 +583,16 @@ impl<O: Copy> TransactionLayer<O> {
     }
 
     /// Re-queues a transaction's next deadline, or removes it once terminated.
+    /// Drops `id` from its connection's list (a UDP path has none).
+    fn forget_on_flow(&mut self, path: Path, id: ClientTxId) {
+        if let Some(ids) = self.clients_on_flows.get_mut(&path) {
+            ids.retain(|other| *other != id);
+            if ids.is_empty() {
+                self.clients_on_flows.remove(&path);
+            }
+        }
+    }
+
     fn reschedule(&mut self, target: TxRef) {
         match target {
             TxRef::Client(id) => {
@@ -582,8 +603,9 @@ impl<O: Copy> TransactionLayer<O> {
                     id,
                     target,
                 );
-                if removed.is_some() {
+                if let Some(tx) = removed {
                     self.budget.release_client();
+                    self.forget_on_flow(tx.path, id);
                 }
             }
             TxRef::Server(id) => {

@@ -559,3 +559,23 @@ fn over_tcp_a_reliable_provisional_is_not_resent_but_still_times_out() {
         Some(TxEvent::PrackTimeout { tx: t, .. }) if t == tx
     ));
 }
+
+/// The per-connection index that makes a close cheap forgets a transaction
+/// once it ends: a connection per call leaves nothing behind.
+#[test]
+fn a_finished_request_leaves_nothing_on_its_connection() {
+    let t0 = Instant::now();
+    let mut l = layer();
+    let options = request("OPTIONS", "z9hG4bKidx1", "");
+    l.send_request(t0, options.clone(), tcp_path(), 1);
+    assert_eq!(l.clients_on_flows[&tcp_path()].len(), 1);
+    drain(&mut l);
+    let mut ok = response_to(&options, 200);
+    ok.to.set_tag("t1");
+    assert!(l.receive_response(t0, ok).is_some());
+    l.handle_timeout(t0);
+    assert!(l.is_empty(), "Timer K is zero over TCP");
+    assert!(l.clients_on_flows.is_empty(), "{:?}", l.clients_on_flows);
+    l.flow_closed(tcp_path());
+    assert_eq!(l.poll_event(), None, "nothing was waiting on it");
+}

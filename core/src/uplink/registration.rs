@@ -26,7 +26,8 @@ use super::auth::{authorize, is_challenge};
 use crate::config::{Trunk, TrunkRegistration};
 use crate::ids::IdGen;
 use crate::sip::{
-    CSeq, HeaderName, Headers, Host, Method, NameAddr, Request, Response, SipUri, Uri, Via,
+    CSeq, HeaderName, Headers, Host, Method, NameAddr, Protocol, Request, Response, SipUri, Uri,
+    Via,
 };
 use crate::transaction::Path;
 use crate::transport::LocalSocket;
@@ -136,7 +137,7 @@ pub struct Registrations {
 /// an address.
 pub struct UplinkEnv<'a> {
     pub ids: &'a mut IdGen,
-    pub socket_for: &'a dyn Fn(SocketAddr) -> Option<LocalSocket>,
+    pub socket_for: &'a dyn Fn(SocketAddr, Protocol) -> Option<LocalSocket>,
 }
 
 impl Registrations {
@@ -387,7 +388,10 @@ impl Registrations {
             return;
         };
         e.next = None;
-        let Some(socket) = e.socket.or_else(|| (env.socket_for)(e.config.registrar)) else {
+        let Some(socket) = e
+            .socket
+            .or_else(|| (env.socket_for)(e.config.registrar, e.config.transport))
+        else {
             tracing::warn!(trunk = %e.trunk, registrar = %e.config.registrar, "no socket towards the registrar");
             if e.removed {
                 self.entries.retain(|e| e.id != id);
@@ -402,7 +406,11 @@ impl Registrations {
         match build_register(e, socket, expires, env.ids.branch(), &user_agent) {
             Some(request) => {
                 e.in_flight = Some(request.clone());
-                let path = Path::udp(socket.bind, e.config.registrar);
+                let path = Path {
+                    local: socket.bind,
+                    remote: e.config.registrar,
+                    proto: socket.proto,
+                };
                 self.outgoing.push(Outgoing { id, request, path });
             }
             None => {
@@ -462,7 +470,11 @@ fn build_register(
     ));
     let mut from = NameAddr::new(aor.clone());
     from.set_tag(&e.from_tag);
-    let contact = SipUri::for_socket(Some(e.config.contact_user.clone()), socket.advertised);
+    let contact = SipUri::for_socket_over(
+        Some(e.config.contact_user.clone()),
+        socket.advertised,
+        socket.proto,
+    );
     let mut headers = Headers::new();
     headers.push(HeaderName::Contact, format!("<{contact}>"));
     headers.push(HeaderName::Expires, expires.to_string());
@@ -472,7 +484,7 @@ fn build_register(
     Some(Request {
         method: Method::Register,
         uri: Uri::Sip(SipUri::new(None, domain, None)),
-        via: vec![Via::ours(socket.advertised, branch)],
+        via: vec![Via::ours_over(socket.proto, socket.advertised, branch)],
         max_forwards: 70,
         from,
         to: NameAddr::new(aor),

@@ -27,7 +27,7 @@ struct World {
     now: Instant,
 }
 
-fn socket_for(_: SocketAddr) -> Option<LocalSocket> {
+fn socket_for(_: SocketAddr, _: crate::sip::Protocol) -> Option<LocalSocket> {
     let addr: SocketAddr = LOCAL.parse().expect("addr");
     Some(LocalSocket {
         bind: addr,
