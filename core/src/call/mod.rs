@@ -34,7 +34,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
-use crate::cdr::{CdrRecord, EndReason, EndedBy};
+use crate::cdr::{CdrId, CdrRecord, EndReason, EndedBy};
 use crate::config::{SessionTimerConfig, TrunkAuth};
 use crate::policy::{CallView, RefreshFailure, refresh_failure_cdr_value};
 use crate::session_timer::UasOutcome;
@@ -123,6 +123,8 @@ pub struct Placement {
 /// One B2BUA call.
 pub struct Call {
     key: CallKey,
+    /// The CDR's identity, made with the call.
+    cdr_id: CdrId,
     parties: Parties,
     start: Instant,
     answer: Option<Instant>,
@@ -177,6 +179,7 @@ impl Call {
         );
         let mut call = Call {
             key,
+            cdr_id: env.ids.cdr_id(),
             parties,
             start: now,
             answer: None,
@@ -342,6 +345,7 @@ impl Call {
             extra.extend(env.policies.for_trunk(policy_out).hangup(&view));
         }
         let record = Box::new(CdrRecord {
+            id: self.cdr_id,
             call_id: self.a.call_id().to_string(),
             b_call_id: Some(self.b.call_id().to_string()),
             caller: self.parties.caller.clone(),
@@ -483,7 +487,8 @@ mod tests {
         // 1,288 after the issue 16 diet, + 8 for a relayed call's media session
         // (boxed: most calls are not relayed), + 32 for failover (the gateway
         // and its boxed plan, the B leg's no-response timer), + 8 per leg for
-        // a trunk's `auth` (boxed: most trunks ask for none).
-        assert!(size <= 1_360, "size_of::<Call>() = {size} bytes");
+        // a trunk's `auth` (boxed: most trunks ask for none), + 16 for the
+        // CDR's id (issue 22: the database's key for the call).
+        assert!(size <= 1_376, "size_of::<Call>() = {size} bytes");
     }
 }
