@@ -13,6 +13,7 @@
 //! the tokio task around them.
 
 pub mod append;
+pub mod database;
 pub mod delivery;
 pub mod files;
 
