@@ -554,6 +554,12 @@ pub fn status_of(response: &str) -> Option<u16> {
 pub mod rtpengine;
 
 // ---------------------------------------------------------------------------
+// PostgreSQL
+
+#[path = "postgres.rs"]
+pub mod postgres;
+
+// ---------------------------------------------------------------------------
 // dnsmasq
 
 #[path = "dnsmasq.rs"]

@@ -1,0 +1,371 @@
+//! CDRs into a real PostgreSQL (issue 22): every call is exactly one row,
+//! with the fields of its line in the CDR file, through thousands of sipp
+//! calls, through a database stopped mid-run for 20 s, and through a Vigil
+//! `kill -9`ed mid-run (with the database down, so the restart must replay
+//! the spool). A database that refuses Vigil, or lacks the table, is named
+//! by `vigil check` and stops `vigil run` at start.
+
+mod support;
+
+use std::collections::{HashMap, HashSet};
+use std::process::Command;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use support::postgres::Postgres;
+use support::{Net, Vigil, callee, caller, read_cdrs};
+
+/// The load tests run one at a time: each wants the machine's two cores.
+static LOAD: Mutex<()> = Mutex::new(());
+
+fn vigil_bin() -> &'static str {
+    env!("CARGO_BIN_EXE_vigil")
+}
+
+/// The standard config with the CDR file and the database beside it.
+fn config(net: Net, dir: &std::path::Path, pg: &Postgres) -> String {
+    let cdr = dir.join("cdr.jsonl");
+    net.config(&cdr, "limits: { max_calls: 20000 }\n").replace(
+        &format!("cdr: {{ path: \"{}\" }}", cdr.display()),
+        &format!(
+            "cdr: {{ path: \"{}\", postgres: \"{}\", spool: \"{}\" }}",
+            cdr.display(),
+            pg.url(),
+            dir.join("spool").display()
+        ),
+    )
+}
+
+fn init_db(config: &std::path::Path) {
+    let out = Command::new(vigil_bin())
+        .args(["cdr", "init-db", "--config"])
+        .arg(config)
+        .output()
+        .expect("vigil cdr init-db");
+    assert!(
+        out.status.success(),
+        "init-db: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A Vigil on the database, its table created with `vigil cdr init-db`.
+fn start(net: Net, pg: &Postgres) -> Vigil {
+    let dir = tempfile::tempdir().expect("dir");
+    let text = config(net, dir.path(), pg);
+    let path = dir.path().join("vigil.yaml");
+    std::fs::write(&path, &text).expect("config");
+    init_db(&path);
+    Vigil::start_with(net, dir, &text)
+}
+
+/// `vigil ctl status`'s `cdr_database` object.
+fn db_status(vigil: &Vigil) -> serde_json::Value {
+    let (ok, out, err) = vigil.ctl(&["status"]);
+    assert!(ok, "ctl status: {err}");
+    let status: serde_json::Value = serde_json::from_str(&out).expect("status json");
+    status["cdr_database"].clone()
+}
+
+/// Waits until the database has everything Vigil holds.
+fn wait_drained(vigil: &Vigil, limit: Duration) -> serde_json::Value {
+    let deadline = Instant::now() + limit;
+    loop {
+        let status = db_status(vigil);
+        if status["spooled"] == 0 && status["pending"] == 0 && status["state"] == "ok" {
+            return status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the database did not catch up within {limit:?}: {status}\n{}",
+            support::tail(&vigil.log(), 30)
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// Every CDR line is exactly one row, equal field by field, and no row is
+/// without its line.
+fn assert_rows_are_the_cdr_lines(pg: &Postgres, lines: &[serde_json::Value]) {
+    let ids: HashSet<&str> = lines.iter().filter_map(|l| l["id"].as_str()).collect();
+    assert_eq!(ids.len(), lines.len(), "each CDR line has an id of its own");
+    let rows = pg.cdr_rows("vigil_cdr");
+    let by_id: HashMap<String, &serde_json::Value> = rows
+        .iter()
+        .map(|r| (r["id"].as_str().expect("id").to_string(), r))
+        .collect();
+    assert_eq!(by_id.len(), rows.len(), "no id twice in the table");
+    let missing: Vec<&str> = ids
+        .iter()
+        .filter(|id| !by_id.contains_key(**id))
+        .copied()
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "{} CDRs have no row, e.g. {:?}",
+        missing.len(),
+        &missing[..missing.len().min(5)]
+    );
+    assert_eq!(rows.len(), lines.len(), "no row without its CDR line");
+    for line in lines {
+        let row = by_id[line["id"].as_str().expect("id")];
+        assert_eq!(row, line, "the row differs from its CDR line");
+    }
+}
+
+#[test]
+fn ten_thousand_calls_are_ten_thousand_rows_equal_to_their_cdr_lines() {
+    let _one = LOAD
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let pg = Postgres::start(25431);
+    let net = Net::new(230);
+    let vigil = start(net, &pg);
+    let uas = callee(net, None, &[]);
+    let started = Instant::now();
+    caller(
+        net,
+        net.caller,
+        None,
+        "0049301234",
+        &["-m", "10000", "-r", "250", "-l", "2000", "-d", "10"],
+    )
+    .expect_success(Duration::from_secs(120));
+    let took = started.elapsed();
+    uas.stop();
+    let status = wait_drained(&vigil, Duration::from_secs(30));
+    assert_eq!(status["db_errors"], 0, "{status}");
+    let stopped = vigil.stop();
+    assert!(stopped.status.success(), "{}", stopped.log);
+    assert_eq!(stopped.cdrs.len(), 10_000, "one CDR line per call");
+    assert_rows_are_the_cdr_lines(&pg, &stopped.cdrs);
+    eprintln!("10,000 calls in {took:?}, each a row");
+}
+
+#[test]
+fn a_database_stopped_for_20_s_mid_run_gets_every_row_when_it_is_back() {
+    let _one = LOAD
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let mut pg = Postgres::start(25432);
+    let net = Net::new(231);
+    let vigil = start(net, &pg);
+    let uas = callee(net, None, &[]);
+    // 30 s of calls at 200 a second; the database goes away for 20 s of them.
+    let calls = caller(
+        net,
+        net.caller,
+        None,
+        "0049301234",
+        &["-m", "6000", "-r", "200", "-l", "2000", "-d", "10"],
+    );
+    std::thread::sleep(Duration::from_secs(4));
+    pg.stop();
+    let stopped_at = Instant::now();
+    std::thread::sleep(Duration::from_secs(10));
+    let down = db_status(&vigil);
+    assert_eq!(down["state"], "failing", "{down}");
+    assert_eq!(down["failing"], serde_json::json!(["database"]), "{down}");
+    assert!(
+        down["spooled"].as_u64() > Some(500),
+        "CDRs wait in the spool: {down}"
+    );
+    assert!(down["db_errors"].as_u64() >= Some(5), "{down}");
+    let metrics_like = vigil.cdrs().len();
+    assert!(
+        metrics_like > 1000,
+        "the CDR file did not wait: {metrics_like}"
+    );
+    std::thread::sleep(Duration::from_secs(20).saturating_sub(stopped_at.elapsed()));
+    pg.start_again();
+    calls.expect_success(Duration::from_secs(90));
+    uas.stop();
+    let status = wait_drained(&vigil, Duration::from_secs(60));
+    assert!(status["written"].as_u64() >= Some(6000), "{status}");
+    let segments = std::fs::read_dir(vigil.dir.path().join("spool/vigil_cdr.spool"))
+        .expect("spool")
+        .count();
+    assert!(
+        segments <= 1,
+        "committed segments are deleted: {segments} left"
+    );
+    let stopped = vigil.stop();
+    assert!(stopped.status.success(), "{}", stopped.log);
+    assert_eq!(stopped.cdrs.len(), 6000);
+    assert!(
+        stopped.log.contains("CDR database sink works again"),
+        "{}",
+        support::tail(&stopped.log, 20)
+    );
+    assert_rows_are_the_cdr_lines(&pg, &stopped.cdrs);
+}
+
+#[test]
+fn vigil_killed_mid_run_with_the_database_down_replays_its_spool_after_restart() {
+    let _one = LOAD
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let mut pg = Postgres::start(25433);
+    let net = Net::new(232);
+    let vigil = start(net, &pg);
+    let uas = callee(net, None, &["-default_behaviors", "all,-abortunexp"]);
+    let calls = caller(
+        net,
+        net.caller,
+        None,
+        "0049301234",
+        &["-m", "3000", "-r", "200", "-l", "1000", "-d", "10"],
+    );
+    std::thread::sleep(Duration::from_secs(3));
+    pg.stop();
+    std::thread::sleep(Duration::from_secs(3));
+    let before = db_status(&vigil);
+    assert!(before["spooled"].as_u64() > Some(100), "{before}");
+    // kill -9: nothing is flushed, nothing is said.
+    let dir = vigil.kill_hard();
+    let killed_lines = read_cdrs(&dir.path().join("cdr.jsonl")).len();
+    std::thread::sleep(Duration::from_millis(500));
+    // Back while the database is still down: it starts, and waits.
+    let vigil = Vigil::restart(net, dir);
+    let restarted = db_status(&vigil);
+    assert!(
+        restarted["spooled"].as_u64() >= before["spooled"].as_u64(),
+        "the spool survived the kill: {restarted} (before: {before})"
+    );
+    assert!(
+        vigil.log().contains("CDR database down at start"),
+        "{}",
+        vigil.log()
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    pg.start_again();
+    let _ = calls.wait(Duration::from_secs(90));
+    uas.stop();
+    wait_drained(&vigil, Duration::from_secs(60));
+    let stopped = vigil.stop();
+    assert!(stopped.status.success(), "{}", stopped.log);
+    assert!(
+        stopped.cdrs.len() > killed_lines + 1000,
+        "calls went on after the restart: {} lines, {killed_lines} at the kill",
+        stopped.cdrs.len()
+    );
+    assert_rows_are_the_cdr_lines(&pg, &stopped.cdrs);
+}
+
+/// `vigil check` and `vigil run` on a config, without a daemon left running.
+fn check(config: &std::path::Path) -> (bool, String) {
+    let out = Command::new(vigil_bin())
+        .args(["check", "--config"])
+        .arg(config)
+        .output()
+        .expect("vigil check");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn run_refused(config: &std::path::Path) -> String {
+    let mut child = Command::new(vigil_bin())
+        .args(["run", "--config"])
+        .arg(config)
+        .stderr(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("vigil run");
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            assert_eq!(status.code(), Some(1), "refused at start");
+            let mut err = String::new();
+            use std::io::Read;
+            child
+                .stderr
+                .take()
+                .expect("stderr")
+                .read_to_string(&mut err)
+                .expect("read");
+            return err;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("vigil run started on a database that refuses it");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn a_database_that_refuses_vigil_or_lacks_the_table_is_named_at_start_and_by_check() {
+    let pg = Postgres::start(25434);
+    let net = Net::new(233);
+    let dir = tempfile::tempdir().expect("dir");
+    let good = config(net, dir.path(), &pg);
+    let path = dir.path().join("vigil.yaml");
+
+    // No table yet.
+    std::fs::write(&path, &good).expect("config");
+    let (ok, err) = check(&path);
+    assert!(!ok);
+    assert!(
+        err.contains("cdr.postgres")
+            && err.contains("has no table vigil_cdr")
+            && err.contains("vigil cdr init-db"),
+        "{err}"
+    );
+    let err = run_refused(&path);
+    assert!(err.contains("has no table vigil_cdr"), "{err}");
+
+    // Wrong credentials.
+    let bad_user = dir.path().join("bad-user.yaml");
+    std::fs::write(&bad_user, good.replace("vigil@", "mallory@")).expect("config");
+    let (ok, err) = check(&bad_user);
+    assert!(!ok);
+    assert!(
+        err.contains("refuses Vigil") && err.contains("role \"mallory\" does not exist"),
+        "{err}"
+    );
+    let err = run_refused(&bad_user);
+    assert!(err.contains("refuses Vigil"), "{err}");
+    // A database that does not exist.
+    let no_db = dir.path().join("no-db.yaml");
+    std::fs::write(&no_db, good.replace("/billing", "/accounts")).expect("config");
+    let (ok, err) = check(&no_db);
+    assert!(!ok);
+    assert!(
+        err.contains("database \"accounts\" does not exist"),
+        "{err}"
+    );
+
+    // The SQL is printed without touching the database, then applied.
+    let out = Command::new(vigil_bin())
+        .args(["cdr", "init-db", "--print", "--config"])
+        .arg(&path)
+        .output()
+        .expect("init-db --print");
+    let sql = String::from_utf8_lossy(&out.stdout);
+    assert!(sql.contains("CREATE TABLE vigil_cdr ("), "{sql}");
+    assert_eq!(
+        pg.sql("billing", "SELECT to_regclass('vigil_cdr') IS NULL"),
+        "t\n",
+        "--print touches nothing"
+    );
+    init_db(&path);
+    let (ok, err) = check(&path);
+    assert!(ok, "{err}");
+    // Run twice: nothing to do.
+    let out = Command::new(vigil_bin())
+        .args(["cdr", "init-db", "--config"])
+        .arg(&path)
+        .output()
+        .expect("init-db");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("up to date"));
+    // An older Vigil's table, as far as this one can tell.
+    pg.sql("billing", "UPDATE vigil_schema SET version = 0");
+    let (ok, err) = check(&path);
+    assert!(!ok);
+    assert!(
+        err.contains("schema version 0") && err.contains("migrate"),
+        "{err}"
+    );
+}
