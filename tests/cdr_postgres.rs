@@ -128,7 +128,7 @@ fn ten_thousand_calls_are_ten_thousand_rows_equal_to_their_cdr_lines() {
         net.caller,
         None,
         "0049301234",
-        &["-m", "10000", "-r", "250", "-l", "2000", "-d", "10"],
+        &["-m", "10000", "-r", "200", "-l", "2000", "-d", "10"],
     )
     .expect_success(Duration::from_secs(120));
     let took = started.elapsed();
@@ -151,13 +151,13 @@ fn a_database_stopped_for_20_s_mid_run_gets_every_row_when_it_is_back() {
     let net = Net::new(231);
     let vigil = start(net, &pg);
     let uas = callee(net, None, &[]);
-    // 30 s of calls at 200 a second; the database goes away for 20 s of them.
+    // 40 s of calls at 150 a second; the database goes away for 20 s of them.
     let calls = caller(
         net,
         net.caller,
         None,
         "0049301234",
-        &["-m", "6000", "-r", "200", "-l", "2000", "-d", "10"],
+        &["-m", "6000", "-r", "150", "-l", "2000", "-d", "10"],
     );
     std::thread::sleep(Duration::from_secs(4));
     pg.stop();
@@ -214,7 +214,7 @@ fn vigil_killed_mid_run_with_the_database_down_replays_its_spool_after_restart()
         net.caller,
         None,
         "0049301234",
-        &["-m", "3000", "-r", "200", "-l", "1000", "-d", "10"],
+        &["-m", "3000", "-r", "150", "-l", "1000", "-d", "10"],
     );
     std::thread::sleep(Duration::from_secs(3));
     pg.stop();
