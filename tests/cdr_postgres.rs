@@ -369,3 +369,50 @@ fn a_database_that_refuses_vigil_or_lacks_the_table_is_named_at_start_and_by_che
         "{err}"
     );
 }
+
+#[test]
+fn a_cdr_the_database_refuses_is_set_aside_and_the_calls_after_it_get_their_rows() {
+    let pg = Postgres::start(25435);
+    let net = Net::new(234);
+    let vigil = start(net, &pg);
+    // A DBA's rule the CDR breaks: every batch holding it is refused
+    // (SQLSTATE 23514), forever.
+    pg.sql(
+        "billing",
+        "ALTER TABLE vigil_cdr ADD CONSTRAINT no_test_numbers CHECK (callee <> '0099')",
+    );
+    let uas = callee(net, None, &[]);
+    for (number, calls) in [("0049301234", "20"), ("0099", "1"), ("0049301234", "20")] {
+        caller(
+            net,
+            net.caller,
+            None,
+            number,
+            &["-m", calls, "-r", "50", "-d", "10"],
+        )
+        .expect_success(Duration::from_secs(30));
+    }
+    uas.stop();
+    let status = wait_drained(&vigil, Duration::from_secs(20));
+    assert_eq!(status["rejected"], 1, "{status}");
+    let rejected =
+        std::fs::read_to_string(vigil.dir.path().join("spool/vigil_cdr.spool/rejected.cdrs"))
+            .expect("rejected.cdrs");
+    let stopped = vigil.stop();
+    assert!(stopped.status.success(), "{}", stopped.log);
+    assert_eq!(stopped.cdrs.len(), 41);
+    let (refused, kept): (Vec<_>, Vec<_>) = stopped
+        .cdrs
+        .into_iter()
+        .partition(|c| c["callee"] == "0099");
+    assert_eq!(refused.len(), 1);
+    let set_aside: serde_json::Value =
+        serde_json::from_str(rejected.trim()).expect("one JSON line");
+    assert_eq!(set_aside, refused[0], "the refused CDR, whole");
+    assert!(
+        stopped.log.contains("the database refuses this CDR"),
+        "{}",
+        support::tail(&stopped.log, 20)
+    );
+    assert_rows_are_the_cdr_lines(&pg, &kept);
+}

@@ -28,6 +28,12 @@
 #     SUT "vigil-tcpn": the same with a TCP connection per call (-t tn, as
 #                     phones do): the caller opens, and closes at the call's
 #                     end, one connection per call
+#     SUT "vigil-pg": the same Vigil config with cdr.postgres (issue 22): every
+#                     CDR also goes through the database's spool (fsynced)
+#                     into a PostgreSQL it starts beside it for each step
+#                     (initdb as the postgres user, 127.0.0.1:$PG_PORT,
+#                     `vigil cdr init-db`); the step logs the rows the
+#                     database got. `--sut db` runs vigil and vigil-pg
 #     SUT "kamailio": kamailio -f tests/load/kamailio.cfg on udp:127.0.0.1:5070
 #                     (stateful proxy: tm + dialog + sst + record_route)
 #
@@ -149,6 +155,7 @@ SIPP="${SIPP:-sipp}"
 # Fixed addresses: distinct ports so nothing collides.
 readonly HOST=127.0.0.1
 readonly RTPENGINE_NG_PORT=22223
+readonly PG_PORT=25499
 readonly UAC_PORT=5090
 readonly UAS_PORT=5080
 # vigil-route's carrier trunk: a gateway that refuses every call with 503,
@@ -207,13 +214,14 @@ parse_args() {
 	both) SUT_LIST=(vigil kamailio) ;;
 	all) SUT_LIST=(vigil vigil-lua kamailio) ;;
 	tcp) SUT_LIST=(vigil vigil-tcp1 vigil-tcpn) ;;
+	db) SUT_LIST=(vigil vigil-pg) ;;
 	*) read -r -a SUT_LIST <<<"$SUTS" ;;
 	esac
 	local sut
 	for sut in "${SUT_LIST[@]}"; do
 		case "$sut" in
-		vigil | vigil-lua | vigil-relay | vigil-route | vigil-tcp1 | vigil-tcpn | kamailio) ;;
-		*) die "--sut takes vigil, vigil-lua, vigil-relay, vigil-route, vigil-tcp1, vigil-tcpn, kamailio, both, all or tcp (got '$sut')" ;;
+		vigil | vigil-lua | vigil-relay | vigil-route | vigil-tcp1 | vigil-tcpn | vigil-pg | kamailio) ;;
+		*) die "--sut takes vigil, vigil-lua, vigil-relay, vigil-route, vigil-tcp1, vigil-tcpn, vigil-pg, kamailio, both, all, tcp or db (got '$sut')" ;;
 		esac
 	done
 	[[ "$DURATION" =~ ^[1-9][0-9]*$ ]] || die "--duration must be a positive integer (s)"
@@ -408,6 +416,11 @@ write_vigil_config() {
 		cdr: { path: "$VIGIL_CDR" }
 		log: { level: warn, format: text }
 	EOF
+	# vigil-pg: the same, with the CDR database (issue 22).
+	VIGIL_PG_CFG="$WORK/vigil-pg.yaml"
+	sed "s|^cdr: { path: \"$VIGIL_CDR\" }\$|cdr: { path: \"$VIGIL_CDR\", postgres: \"postgresql://vigil@$HOST:$PG_PORT/billing\", spool: \"$WORK/pg-spool\" }|" \
+		"$VIGIL_CFG" >"$VIGIL_PG_CFG"
+	grep -q "postgres:" "$VIGIL_PG_CFG" || die "could not add cdr.postgres to $VIGIL_PG_CFG"
 	# vigil-tcp1 / vigil-tcpn: the same, also listening on TCP (issue 19).
 	VIGIL_TCP_CFG="$WORK/vigil-tcp.yaml"
 	sed "s|^listen: \[\"udp:$HOST:$VIGIL_PORT\"\]\$|listen: [\"udp:$HOST:$VIGIL_PORT\", \"tcp:$HOST:$VIGIL_PORT\"]|" \
@@ -434,15 +447,59 @@ start_rtpengine() {
 	wait_for_port "$RTPENGINE_NG_PORT" "$RTPENGINE_PID" rtpengine "$dir/rtpengine.log"
 }
 
+# PostgreSQL for the vigil-pg SUT: a fresh cluster per step in the step's
+# dir (run as the postgres user: the server refuses root), its CDR table made
+# by `vigil cdr init-db`. Sets PG_DATA; stopped by stop_pg.
+PG_DATA=""
+pg_bin() {
+	local dir
+	for dir in /usr/lib/postgresql/*/bin; do
+		[[ -x "$dir/$1" ]] && echo "$dir/$1"
+	done | tail -n 1
+}
+start_pg() {
+	local dir="$1" initdb pg_ctl
+	initdb="$(pg_bin initdb)" pg_ctl="$(pg_bin pg_ctl)"
+	[[ -n "$initdb" && -n "$pg_ctl" ]] || die "vigil-pg needs PostgreSQL (apt-get install postgresql)"
+	require_port_free "$PG_PORT" postgres tcp
+	mkdir -p "$dir/pg"
+	chown postgres "$dir/pg"
+	chmod o+x "$WORK" "$dir" # the postgres user walks down to its data
+	runuser -u postgres -- "$initdb" -D "$dir/pg/data" -A trust -U vigil >"$dir/pg/initdb.log" 2>&1 ||
+		die "initdb failed (see $dir/pg/initdb.log)"
+	runuser -u postgres -- "$pg_ctl" -D "$dir/pg/data" -o "-k $dir/pg -p $PG_PORT -c listen_addresses=$HOST" \
+		-l "$dir/pg/server.log" -w start >/dev/null || die "postgres did not start (see $dir/pg/server.log)"
+	PG_DATA="$dir/pg/data"
+	psql -h "$HOST" -p "$PG_PORT" -U vigil -d postgres -qc "CREATE DATABASE billing" >/dev/null
+	rm -rf "$WORK/pg-spool"
+	"$VIGIL_BIN" cdr init-db --config "$VIGIL_PG_CFG" >"$dir/pg/init-db.log" 2>&1 ||
+		die "vigil cdr init-db failed (see $dir/pg/init-db.log)"
+}
+pg_rows() {
+	psql -h "$HOST" -p "$PG_PORT" -U vigil -d billing -Atc "SELECT count(*) FROM vigil_cdr"
+}
+stop_pg() {
+	[[ -n "$PG_DATA" ]] || return 0
+	runuser -u postgres -- "$(pg_bin pg_ctl)" -D "$PG_DATA" -m fast -w stop >/dev/null 2>&1 || true
+	PG_DATA=""
+}
+cleanup_more() {
+	stop_pg
+}
+
 # Sets SUT_PID / SUT_PORT. $1 = sut, $2 = step dir.
 start_sut() {
 	local sut="$1" dir="$2"
 	case "$sut" in
-	vigil | vigil-lua | vigil-relay | vigil-route | vigil-tcp1 | vigil-tcpn)
+	vigil | vigil-lua | vigil-relay | vigil-route | vigil-tcp1 | vigil-tcpn | vigil-pg)
 		SUT_PORT=$VIGIL_PORT
 		require_port_free "$SUT_PORT" vigil
 		local cfg="$VIGIL_CFG"
 		[[ "$sut" == vigil-lua ]] && cfg="$VIGIL_LUA_CFG"
+		if [[ "$sut" == vigil-pg ]]; then
+			cfg="$VIGIL_PG_CFG"
+			start_pg "$dir"
+		fi
 		[[ "$sut" == vigil-route ]] && cfg="$VIGIL_ROUTE_CFG"
 		if [[ "$sut" == vigil-relay ]]; then
 			cfg="$VIGIL_RELAY_CFG"
@@ -700,6 +757,10 @@ run_step() {
 		stop_pid "$RTPENGINE_PID" 10
 		RTPENGINE_PID=""
 	fi
+	if [[ -n "$PG_DATA" ]]; then
+		log "vigil-pg $rate calls/s: the database has $(pg_rows) rows"
+		stop_pg
+	fi
 	stop_uas
 	if [[ -n "${GW503_PID:-}" ]]; then
 		stop_uas "$GW503_PID"
@@ -955,7 +1016,7 @@ main() {
 	local sut
 	for sut in "${SUT_LIST[@]}"; do
 		case "$sut" in
-		vigil | vigil-lua | vigil-relay | vigil-route) check_vigil_bin ;;
+		vigil | vigil-lua | vigil-relay | vigil-route | vigil-pg) check_vigil_bin ;;
 		vigil-tcp1 | vigil-tcpn) check_vigil_bin; prepare_tcp ;;
 		kamailio)
 			command -v "$KAMAILIO" >/dev/null || die "kamailio not found (apt-get install kamailio)"

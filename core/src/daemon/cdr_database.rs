@@ -36,7 +36,7 @@ use tokio_postgres::{Client, NoTls, Statement};
 
 use super::cdr_writer::{ERROR_LOG_WINDOW, FINAL_FLUSH};
 use crate::cdr::CdrRecord;
-use crate::cdr::database::queue::{DbQueue, Event, Op, Outcome};
+use crate::cdr::database::queue::{Action, DbQueue, Event, InsertError, Op, Outcome};
 use crate::cdr::database::schema;
 use crate::cdr::database::spool::{Spool, SpoolError};
 use crate::config::{CdrConfig, PostgresSink};
@@ -262,6 +262,9 @@ pub struct CdrDbStatus {
     pub pending: u64,
     pub db_errors: u64,
     pub spool_errors: u64,
+    /// CDRs the database refused for their content, set aside in the
+    /// spool's `rejected.cdrs`.
+    pub rejected: u64,
     pub last_error: Option<String>,
     pub last_error_at: Option<String>,
 }
@@ -335,6 +338,7 @@ impl CdrDatabase {
             pending: 0,
             db_errors: 0,
             spool_errors: 0,
+            rejected: 0,
             last_error: None,
             last_error_at: None,
         };
@@ -423,7 +427,9 @@ impl CdrDatabase {
                             self.conn = conn;
                             outcome
                         }
-                        Err(e) => Outcome::Inserted(Err(format!("insert task failed: {e}"))),
+                        Err(e) => Outcome::Inserted(Err(InsertError::transient(format!(
+                            "insert task failed: {e}"
+                        )))),
                     };
                     self.queue.handle_outcome(Instant::now(), outcome);
                 }
@@ -466,7 +472,7 @@ impl CdrDatabase {
     ) {
         while let Some(action) = self.queue.poll_action(Instant::now()) {
             match action {
-                crate::cdr::database::queue::Action::Insert { json, .. } => {
+                Action::Insert { json, .. } => {
                     let conn = self.conn.take();
                     let sink = self.sink.clone();
                     let metrics = self.metrics.clone();
@@ -546,6 +552,15 @@ impl CdrDatabase {
                     .cdr_db_written
                     .fetch_add(rows as u64, Ordering::Relaxed);
             }
+            Event::Rejected { line } => {
+                Metrics::count(&self.metrics.cdr_db_rejected);
+                self.status.rejected += 1;
+                tracing::error!(
+                    %spool,
+                    cdr = %line,
+                    "the database refuses this CDR for its content: set aside in rejected.cdrs in the spool, the CDRs behind it go on"
+                );
+            }
             Event::SpoolDrained => {
                 tracing::info!(%spool, "the CDR spool is replayed into the database")
             }
@@ -581,25 +596,34 @@ async fn insert(
     conn: Option<Conn>,
     sink: &PostgresSink,
     json: String,
-) -> (Option<Conn>, Result<u64, String>) {
+) -> (Option<Conn>, Result<u64, InsertError>) {
     let conn = match conn {
         Some(conn) if !conn.client.is_closed() => conn,
         _ => match connect_for_inserts(sink).await {
             Ok(conn) => conn,
-            Err(e) => return (None, Err(e)),
+            Err(e) => return (None, Err(InsertError::transient(e))),
         },
     };
     match timeout(INSERT_TIMEOUT, conn.client.execute(&conn.insert, &[&json])).await {
         Ok(Ok(new)) => (Some(conn), Ok(new)),
         Ok(Err(e)) => {
+            // SQLSTATE classes 22 (data exception) and 23 (integrity
+            // constraint violation): the rows, not the database.
+            let refused = e
+                .as_db_error()
+                .is_some_and(|d| matches!(d.code().code().get(..2), Some("22" | "23")));
             let keep = !conn.client.is_closed();
-            (keep.then_some(conn), Err(describe(&e)))
+            let error = InsertError {
+                message: describe(&e),
+                refused,
+            };
+            (keep.then_some(conn), Err(error))
         }
         Err(_) => (
             None,
-            Err(format!(
+            Err(InsertError::transient(format!(
                 "no answer within {INSERT_TIMEOUT:?}: the connection is dropped and the batch sent again"
-            )),
+            ))),
         ),
     }
 }

@@ -305,6 +305,12 @@ impl Collector for Scrape {
         )?;
         counter(
             &mut out,
+            "vigil_cdr_db_rejected",
+            "CDRs the database refused for their content (a data or constraint error), set aside in the spool's rejected.cdrs so the rows behind them go on",
+            load(&m.cdr_db_rejected),
+        )?;
+        counter(
+            &mut out,
             "vigil_cdr_spool_errors",
             "Failed appends to (a full disk), reads from or trims of the database's CDR spool",
             load(&m.cdr_spool_errors),
@@ -604,6 +610,7 @@ mod tests {
             "vigil_cdr_db_batch_seconds histogram",
             "vigil_cdr_db_errors_total counter",
             "vigil_cdr_spool_errors_total counter",
+            "vigil_cdr_db_rejected_total counter",
             "vigil_cdr_spool_depth gauge",
         ] {
             assert!(

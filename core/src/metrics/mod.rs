@@ -231,6 +231,8 @@ pub struct Metrics {
     pub cdr_db_batch: Histogram,
     /// Failed batch inserts (each is retried: no CDR is dropped).
     pub cdr_db_errors: AtomicU64,
+    /// CDRs the database refused for their content, set aside.
+    pub cdr_db_rejected: AtomicU64,
     /// Failed appends to, reads from or trims of the database's spool.
     pub cdr_spool_errors: AtomicU64,
     /// A gauge: CDRs in the database's spool, not yet committed.

@@ -17,6 +17,12 @@
 //! disk), records wait in memory, never dropped, and go to the database
 //! straight from there while nothing older waits in the spool.
 //!
+//! A batch the database refuses for its content (a data or constraint error:
+//! sent again it would fail again, forever) is sent again one row per
+//! statement, and the one row it refuses is set aside in the spool's
+//! `rejected.cdrs` file (fsynced, logged with its text) so the rows behind
+//! it go on.
+//!
 //! Two lanes work at once, one action in flight on each: the spool (append,
 //! load, trim: blocking file I/O) and the database (insert). A record is
 //! *released* (may go on to the CDR file) once its first append was tried:
@@ -70,6 +76,9 @@ pub enum Action {
     Trim { committed: SpoolPos },
     /// Insert these records (a JSON array of CDR objects) in one statement.
     Insert { json: String, rows: usize },
+    /// Set this record aside (append it to the rejected file, fsynced): the
+    /// database refuses it.
+    Reject { line: String },
 }
 
 impl Action {
@@ -113,7 +122,28 @@ pub enum Outcome {
     /// Where the next append goes now.
     Trimmed(Result<SpoolPos, String>),
     /// The batch committed (`Ok` with the rows that were new), or not.
-    Inserted(Result<u64, String>),
+    Inserted(Result<u64, InsertError>),
+    Rejected(Result<(), String>),
+}
+
+/// Why a batch did not commit.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InsertError {
+    pub message: String,
+    /// The database refused the rows for what they hold (a data or
+    /// constraint error), not for being down or slow: the same batch would
+    /// fail again.
+    pub refused: bool,
+}
+
+impl InsertError {
+    /// An error that may pass on retry (a connection lost, a timeout).
+    pub fn transient(message: impl Into<String>) -> InsertError {
+        InsertError {
+            message: message.into(),
+            refused: false,
+        }
+    }
 }
 
 /// Which operation failed or recovered.
@@ -156,6 +186,11 @@ pub enum Event {
     },
     /// Everything the spool held is in the database.
     SpoolDrained,
+    /// The database refused this record for its content: it was set aside
+    /// in the rejected file.
+    Rejected {
+        line: String,
+    },
 }
 
 /// What a spool found at start holds.
@@ -199,6 +234,7 @@ enum SpoolFlight {
     Append(usize),
     Load,
     Trim(SpoolPos),
+    Reject,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -242,6 +278,12 @@ pub struct DbQueue {
     written: u64,
     /// Records were read back from the spool since it was last drained.
     replaying: bool,
+    /// Rows to insert one per statement (a batch was refused: one of them
+    /// is the row the database will not take).
+    one_by_one: usize,
+    /// The row the database refused, to set aside before any insert.
+    rejecting: Option<DbFlight>,
+    rejected: u64,
 }
 
 impl DbQueue {
@@ -270,6 +312,9 @@ impl DbQueue {
             events: VecDeque::new(),
             written: 0,
             replaying: false,
+            one_by_one: 0,
+            rejecting: None,
+            rejected: 0,
         }
     }
 
@@ -315,8 +360,22 @@ impl DbQueue {
     }
 
     fn next_spool_action(&mut self, now: Instant) -> Option<Action> {
-        let direct = match self.db_flight {
-            Some(DbFlight::Direct(n)) => n,
+        if let Some(source) = self.rejecting
+            && self.spool_read.ready(now)
+        {
+            let line = match source {
+                DbFlight::Loaded(_) => self.loaded.front().map(|(l, _)| l.clone()),
+                DbFlight::Direct(_) => self.unspooled.front().cloned(),
+            };
+            if let Some(line) = line {
+                self.spool_flight = Some(SpoolFlight::Reject);
+                return Some(Action::Reject { line });
+            }
+            self.rejecting = None;
+        }
+        let direct = match (self.db_flight, self.rejecting) {
+            (Some(DbFlight::Direct(n)), _) => n,
+            (_, Some(DbFlight::Direct(_))) => 1,
             _ => 0,
         };
         if self.unspooled.len() > direct && self.spool_write.ready(now) {
@@ -351,11 +410,12 @@ impl DbQueue {
     }
 
     fn next_insert(&mut self, now: Instant) -> Option<Action> {
-        if !self.database.ready(now) {
+        if self.rejecting.is_some() || !self.database.ready(now) {
             return None;
         }
+        let max = if self.one_by_one > 0 { 1 } else { BATCH_ROWS };
         if !self.loaded.is_empty() {
-            let (json, rows) = json_array(self.loaded.iter().map(|(l, _)| l.as_str()));
+            let (json, rows) = json_array(self.loaded.iter().map(|(l, _)| l.as_str()), max);
             self.db_flight = Some(DbFlight::Loaded(rows));
             return Some(Action::Insert { json, rows });
         }
@@ -364,7 +424,7 @@ impl DbQueue {
         let spool_refuses = self.spool_write.failing_since.is_some()
             && !matches!(self.spool_flight, Some(SpoolFlight::Append(_)));
         if spool_refuses && self.read_at == self.write_at && !self.unspooled.is_empty() {
-            let (json, rows) = json_array(self.unspooled.iter().map(String::as_str));
+            let (json, rows) = json_array(self.unspooled.iter().map(String::as_str), max);
             self.db_flight = Some(DbFlight::Direct(rows));
             return Some(Action::Insert { json, rows });
         }
@@ -481,6 +541,7 @@ impl DbQueue {
                     error,
                 );
             }
+            Outcome::Rejected(result) => self.handle_rejected(now, result),
             Outcome::Inserted(result) => {
                 let Some(flight) = self.db_flight.take() else {
                     debug_assert!(false, "an insert outcome without an insert");
@@ -509,10 +570,28 @@ impl DbQueue {
                             }
                         };
                         self.written += rows as u64;
+                        self.one_by_one = self.one_by_one.saturating_sub(rows);
                         self.events.push_back(Event::Committed { rows, new });
                         None
                     }
-                    Err(e) => Some(e),
+                    Err(e) if e.refused => {
+                        // Not the database's health: no wait before the
+                        // next try, which goes one row at a time.
+                        let rows = match flight {
+                            DbFlight::Loaded(n) | DbFlight::Direct(n) => n,
+                        };
+                        if rows > 1 {
+                            self.one_by_one = rows;
+                        } else {
+                            self.rejecting = Some(flight);
+                        }
+                        self.events.push_back(Event::Failed {
+                            op: Op::Database,
+                            error: e.message,
+                        });
+                        return;
+                    }
+                    Err(e) => Some(e.message),
                 };
                 settle(
                     &mut self.database,
@@ -524,6 +603,53 @@ impl DbQueue {
                 );
             }
         }
+    }
+
+    fn handle_rejected(&mut self, now: Instant, result: Result<(), String>) {
+        let closing = self.give_up_at.is_some();
+        if self.spool_flight.take() != Some(SpoolFlight::Reject) {
+            debug_assert!(false, "a reject outcome without a reject");
+            return;
+        }
+        let error = match (result, self.rejecting.take()) {
+            (Ok(()), Some(DbFlight::Loaded(_))) => {
+                if let Some((line, end)) = self.loaded.pop_front() {
+                    self.committed = end;
+                    self.spooled = self.spooled.saturating_sub(1);
+                    self.events.push_back(Event::Rejected { line });
+                }
+                None
+            }
+            (Ok(()), Some(DbFlight::Direct(_))) => {
+                if let Some(line) = self.unspooled.pop_front() {
+                    self.unspooled_seq += 1;
+                    self.events.push_back(Event::Rejected { line });
+                }
+                None
+            }
+            (Ok(()), None) => None,
+            (Err(e), source) => {
+                self.rejecting = source;
+                Some(e)
+            }
+        };
+        if error.is_none() {
+            self.rejected += 1;
+            self.one_by_one = self.one_by_one.saturating_sub(1);
+        }
+        settle(
+            &mut self.spool_read,
+            &mut self.events,
+            now,
+            closing,
+            Op::SpoolRead,
+            error,
+        );
+    }
+
+    /// Records the database refused, set aside since start.
+    pub fn rejected(&self) -> u64 {
+        self.rejected
     }
 
     /// The next thing worth knowing, to log and count.
@@ -648,11 +774,11 @@ fn batch<'a>(lines: impl Iterator<Item = &'a str>) -> (Vec<u8>, usize) {
 }
 
 /// The first lines of a queue as one JSON array (each line is an object).
-fn json_array<'a>(lines: impl Iterator<Item = &'a str>) -> (String, usize) {
+fn json_array<'a>(lines: impl Iterator<Item = &'a str>, max: usize) -> (String, usize) {
     let mut json = String::from("[");
     let mut count = 0;
     for line in lines {
-        if count == BATCH_ROWS || (count > 0 && json.len() + line.len() >= BATCH_BYTES) {
+        if count == max || (count > 0 && json.len() + line.len() >= BATCH_BYTES) {
             break;
         }
         if count > 0 {

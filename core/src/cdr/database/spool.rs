@@ -16,10 +16,13 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{self, BufRead, BufReader, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 
-use super::queue::{Action, Loaded, Outcome, SEGMENT_BYTES, SpoolFound, SpoolPos};
+use super::queue::{Action, InsertError, Loaded, Outcome, SEGMENT_BYTES, SpoolFound, SpoolPos};
 use crate::cdr::append::LineAppender;
 
 const SUFFIX: &str = ".cdrs";
+/// Where records the database refuses are set aside (its name is no
+/// segment's: it is never replayed).
+pub const REJECTED: &str = "rejected.cdrs";
 /// Bytes of a damaged line quoted in the log.
 const QUOTED: usize = 300;
 
@@ -120,9 +123,12 @@ impl Spool {
             Action::Trim { committed } => {
                 Outcome::Trimmed(self.trim(committed).map_err(|e| e.to_string()))
             }
+            Action::Reject { line } => {
+                Outcome::Rejected(self.reject(&line).map_err(|e| e.to_string()))
+            }
             Action::Insert { .. } => {
                 debug_assert!(false, "an insert is not spool I/O");
-                Outcome::Inserted(Err("an insert given to the spool".into()))
+                Outcome::Inserted(Err(InsertError::transient("an insert given to the spool")))
             }
         }
     }
@@ -256,6 +262,22 @@ impl Spool {
             }
         }
         Ok(loaded)
+    }
+
+    /// Appends a record the database refuses to `rejected.cdrs` (kept for an
+    /// operator; never read back), fsynced.
+    fn reject(&mut self, line: &str) -> Result<(), SpoolError> {
+        use std::io::Write;
+        let path = self.dir.join(REJECTED);
+        let mut file = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .map_err(failed("open", &path))?;
+        let mut bytes = line.as_bytes().to_vec();
+        bytes.push(b'\n');
+        file.write_all(&bytes).map_err(failed("write", &path))?;
+        file.sync_data().map_err(failed("sync", &path))
     }
 
     fn trim(&mut self, committed: SpoolPos) -> Result<SpoolPos, SpoolError> {

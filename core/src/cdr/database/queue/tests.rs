@@ -52,6 +52,8 @@ impl Spool {
 #[derive(Default)]
 struct Db {
     down: bool,
+    /// Records it refuses for their content (a `\u0000` in jsonb, say).
+    poison: HashSet<String>,
     rows: Vec<String>,
     keys: HashSet<String>,
     statements: usize,
@@ -59,6 +61,7 @@ struct Db {
 
 struct World {
     spool: Spool,
+    rejected: Vec<String>,
     db: Db,
     /// What went on to the CDR file.
     file: Vec<String>,
@@ -69,6 +72,7 @@ impl World {
     fn new() -> World {
         World {
             spool: Spool::default(),
+            rejected: Vec::new(),
             db: Db::default(),
             file: Vec::new(),
             given: VecDeque::new(),
@@ -155,13 +159,28 @@ impl World {
                     offset: current_len,
                 }))
             }
+            Action::Reject { line } => {
+                self.rejected.push(line);
+                Outcome::Rejected(Ok(()))
+            }
             Action::Insert { json, rows } => {
                 self.db.statements += 1;
                 if self.db.down {
-                    return Outcome::Inserted(Err("connection refused".into()));
+                    return Outcome::Inserted(Err(InsertError::transient("connection refused")));
                 }
                 let values: Vec<serde_json::Value> = serde_json::from_str(&json).expect("json");
                 assert_eq!(values.len(), rows);
+                if values.iter().any(|v| {
+                    self.db
+                        .poison
+                        .contains(v["id"].as_str().unwrap_or_default())
+                }) {
+                    // The whole statement fails: nothing of it commits.
+                    return Outcome::Inserted(Err(InsertError {
+                        message: "unsupported Unicode escape sequence (22P05)".into(),
+                        refused: true,
+                    }));
+                }
                 let mut new = 0;
                 for v in values {
                     let id = v["id"].as_str().expect("id").to_string();
@@ -402,4 +421,32 @@ fn a_drained_spool_is_cut_off_once_it_has_grown() {
     assert_eq!(w.db.rows.len(), calls as usize);
     let left: u64 = w.spool.segments.values().map(|s| s.len() as u64).sum();
     assert!(left < TRIM_DRAINED, "{left} bytes left");
+}
+
+#[test]
+fn a_row_the_database_refuses_is_set_aside_and_the_rows_behind_it_go_on() {
+    let t0 = Instant::now();
+    let mut w = World::new();
+    let mut q = DbQueue::new(1000, w.spool.found());
+    w.db.poison.insert("call-00042".into());
+    w.give(&mut q, 1..=100);
+    let events = w.drive(&mut q, t0);
+    let mut expected = ids(1..=100);
+    expected.retain(|id| id != "call-00042");
+    assert_eq!(w.db.rows, expected, "every other row, in order, at once");
+    assert_eq!(w.rejected.len(), 1);
+    assert!(w.rejected[0].contains("call-00042"));
+    assert!(
+        events
+            .iter()
+            .any(|e| matches!(e, Event::Rejected { line } if line.contains("call-00042"))),
+        "{events:?}"
+    );
+    assert_eq!((q.spooled(), q.rejected()), (0, 1));
+    assert!(q.failing().is_empty(), "the database is not down");
+    // Batches again after the refused one.
+    let statements = w.db.statements;
+    w.give(&mut q, 101..=600);
+    w.drive(&mut q, t0);
+    assert_eq!(w.db.statements, statements + 1);
 }
