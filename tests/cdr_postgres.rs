@@ -13,6 +13,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use support::postgres::Postgres;
+use support::tmpfs::Tmpfs;
 use support::{Net, Vigil, callee, caller, read_cdrs};
 
 /// The load tests run one at a time: each wants the machine's two cores.
@@ -51,8 +52,19 @@ fn init_db(config: &std::path::Path) {
 
 /// A Vigil on the database, its table created with `vigil cdr init-db`.
 fn start(net: Net, pg: &Postgres) -> Vigil {
+    start_with_spool(net, pg, None)
+}
+
+/// The same with the spool in `spool` (else in the test's directory).
+fn start_with_spool(net: Net, pg: &Postgres, spool: Option<&std::path::Path>) -> Vigil {
     let dir = tempfile::tempdir().expect("dir");
-    let text = config(net, dir.path(), pg);
+    let mut text = config(net, dir.path(), pg);
+    if let Some(spool) = spool {
+        text = text.replace(
+            &format!("spool: \"{}\"", dir.path().join("spool").display()),
+            &format!("spool: \"{}\"", spool.display()),
+        );
+    }
     let path = dir.path().join("vigil.yaml");
     std::fs::write(&path, &text).expect("config");
     init_db(&path);
@@ -415,4 +427,69 @@ fn a_cdr_the_database_refuses_is_set_aside_and_the_calls_after_it_get_their_rows
         support::tail(&stopped.log, 20)
     );
     assert_rows_are_the_cdr_lines(&pg, &kept);
+}
+
+#[test]
+fn a_full_spool_disk_is_loud_and_calls_and_rows_go_on() {
+    let disk = Tmpfs::mount("1m");
+    let pg = Postgres::start(25436);
+    let net = Net::new(235);
+    let vigil = start_with_spool(net, &pg, Some(disk.path()));
+    let filler = disk.fill_leaving(0);
+    let uas = callee(net, None, &[]);
+    caller(
+        net,
+        net.caller,
+        None,
+        "0049301234",
+        &["-m", "50", "-r", "50", "-d", "10"],
+    )
+    .expect_success(Duration::from_secs(30));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let full = loop {
+        let status = db_status(&vigil);
+        if status["written"] == 50 || Instant::now() > deadline {
+            break status;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(full["state"], "failing", "{full}");
+    assert_eq!(
+        full["failing"],
+        serde_json::json!(["spool write"]),
+        "{full}"
+    );
+    assert!(full["spool_errors"].as_u64() >= Some(1), "{full}");
+    assert_eq!(full["written"], 50, "straight into the database: {full}");
+    assert!(
+        full["last_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("No space left on device")),
+        "{full}"
+    );
+    assert!(
+        vigil.log().contains("the CDR spool cannot be written"),
+        "{}",
+        vigil.log()
+    );
+    // Room again: the spool takes CDRs again.
+    std::fs::remove_file(filler).expect("free the disk");
+    caller(
+        net,
+        net.caller,
+        None,
+        "0049301234",
+        &["-m", "20", "-r", "50", "-d", "10"],
+    )
+    .expect_success(Duration::from_secs(30));
+    uas.stop();
+    let status = wait_drained(&vigil, Duration::from_secs(20));
+    assert!(
+        status["failing"].as_array().is_some_and(Vec::is_empty),
+        "{status}"
+    );
+    let stopped = vigil.stop();
+    assert!(stopped.status.success(), "{}", stopped.log);
+    assert_eq!(stopped.cdrs.len(), 70);
+    assert_rows_are_the_cdr_lines(&pg, &stopped.cdrs);
 }

@@ -559,6 +559,9 @@ pub mod rtpengine;
 #[path = "postgres.rs"]
 pub mod postgres;
 
+#[path = "tmpfs.rs"]
+pub mod tmpfs;
+
 // ---------------------------------------------------------------------------
 // dnsmasq
 

@@ -35,6 +35,8 @@
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
+use super::retry::{Health, Settled};
+
 /// How long a failed write, spill, replay or reopen waits before its retry.
 pub const RETRY: Duration = Duration::from_secs(1);
 /// How often, when nothing is written, the open CDR file is compared with
@@ -75,27 +77,6 @@ struct Spill {
     drained: bool,
     /// Records written from it to the CDR file, for the log.
     replayed: u64,
-}
-
-/// Whether a kind of operation may run now.
-#[derive(Debug, Default)]
-struct Health {
-    failing_since: Option<Instant>,
-    retry_at: Option<Instant>,
-    /// Shutting down, it failed its last attempt: no more tries.
-    gave_up: bool,
-}
-
-impl Health {
-    fn ready(&self) -> bool {
-        !self.gave_up && self.retry_at.is_none()
-    }
-
-    fn expire(&mut self, now: Instant) {
-        if self.retry_at.is_some_and(|at| now >= at) {
-            self.retry_at = None;
-        }
-    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -472,23 +453,10 @@ fn settle(
     target: Target,
     error: Option<CdrIoError>,
 ) {
-    match error {
-        Some(error) => {
-            health.failing_since.get_or_insert(now);
-            if closing {
-                health.gave_up = true;
-            } else {
-                health.retry_at = Some(now + RETRY);
-            }
-            events.push_back(Event::Failed { target, error });
-        }
-        None => {
-            health.retry_at = None;
-            if let Some(since) = health.failing_since.take() {
-                let after = now.saturating_duration_since(since);
-                events.push_back(Event::Recovered { target, after });
-            }
-        }
+    match health.settle(now, RETRY, closing, error) {
+        Some(Settled::Failed(error)) => events.push_back(Event::Failed { target, error }),
+        Some(Settled::Recovered(after)) => events.push_back(Event::Recovered { target, after }),
+        None => {}
     }
 }
 

@@ -16,6 +16,7 @@ pub mod append;
 pub mod database;
 pub mod delivery;
 pub mod files;
+pub mod retry;
 
 use std::collections::BTreeMap;
 use std::fmt;

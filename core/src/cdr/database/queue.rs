@@ -39,6 +39,8 @@
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
+use crate::cdr::retry::{Health, Settled};
+
 /// How long a failed append, load, trim or insert waits before its retry.
 pub const RETRY: Duration = Duration::from_secs(1);
 /// At most this many rows per INSERT...
@@ -213,22 +215,6 @@ pub struct Remaining {
     pub spooled: u64,
 }
 
-#[derive(Debug, Default)]
-struct Health {
-    failing_since: Option<Instant>,
-    retry_at: Option<Instant>,
-    gave_up: bool,
-}
-
-impl Health {
-    fn ready(&mut self, now: Instant) -> bool {
-        if self.retry_at.is_some_and(|at| now >= at) {
-            self.retry_at = None;
-        }
-        !self.gave_up && self.retry_at.is_none()
-    }
-}
-
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum SpoolFlight {
     Append(usize),
@@ -361,7 +347,7 @@ impl DbQueue {
 
     fn next_spool_action(&mut self, now: Instant) -> Option<Action> {
         if let Some(source) = self.rejecting
-            && self.spool_read.ready(now)
+            && ready(&mut self.spool_read, now)
         {
             let line = match source {
                 DbFlight::Loaded(_) => self.loaded.front().map(|(l, _)| l.clone()),
@@ -378,7 +364,7 @@ impl DbQueue {
             (_, Some(DbFlight::Direct(_))) => 1,
             _ => 0,
         };
-        if self.unspooled.len() > direct && self.spool_write.ready(now) {
+        if self.unspooled.len() > direct && ready(&mut self.spool_write, now) {
             let (bytes, lines) = batch(self.unspooled.iter().skip(direct).map(String::as_str));
             // Records sent straight to the database wait for that to end:
             // the spool takes records in order.
@@ -387,7 +373,7 @@ impl DbQueue {
                 return Some(Action::Append { bytes, lines });
             }
         }
-        if !self.spool_read.ready(now) {
+        if !ready(&mut self.spool_read, now) {
             return None;
         }
         let drained = self.committed == self.write_at
@@ -410,7 +396,7 @@ impl DbQueue {
     }
 
     fn next_insert(&mut self, now: Instant) -> Option<Action> {
-        if self.rejecting.is_some() || !self.database.ready(now) {
+        if self.rejecting.is_some() || !ready(&mut self.database, now) {
             return None;
         }
         let max = if self.one_by_one > 0 { 1 } else { BATCH_ROWS };
@@ -433,7 +419,6 @@ impl DbQueue {
 
     /// How an action went.
     pub fn handle_outcome(&mut self, now: Instant, outcome: Outcome) {
-        let closing = self.give_up_at.is_some();
         match outcome {
             Outcome::Appended {
                 segment,
@@ -471,14 +456,7 @@ impl DbQueue {
                     }
                     self.write_at = at;
                 }
-                settle(
-                    &mut self.spool_write,
-                    &mut self.events,
-                    now,
-                    closing,
-                    Op::SpoolWrite,
-                    error,
-                );
+                self.settle_op(now, Op::SpoolWrite, error);
                 if self.spool_write.failing_since.is_some() {
                     self.release_upto = self.end_seq();
                 }
@@ -504,14 +482,7 @@ impl DbQueue {
                     }
                     Err(e) => Some(e),
                 };
-                settle(
-                    &mut self.spool_read,
-                    &mut self.events,
-                    now,
-                    closing,
-                    Op::SpoolRead,
-                    error,
-                );
+                self.settle_op(now, Op::SpoolRead, error);
             }
             Outcome::Trimmed(result) => {
                 let Some(SpoolFlight::Trim(upto)) = self.spool_flight.take() else {
@@ -532,14 +503,7 @@ impl DbQueue {
                     }
                     Err(e) => Some(e),
                 };
-                settle(
-                    &mut self.spool_read,
-                    &mut self.events,
-                    now,
-                    closing,
-                    Op::SpoolRead,
-                    error,
-                );
+                self.settle_op(now, Op::SpoolRead, error);
             }
             Outcome::Rejected(result) => self.handle_rejected(now, result),
             Outcome::Inserted(result) => {
@@ -593,20 +557,12 @@ impl DbQueue {
                     }
                     Err(e) => Some(e.message),
                 };
-                settle(
-                    &mut self.database,
-                    &mut self.events,
-                    now,
-                    closing,
-                    Op::Database,
-                    error,
-                );
+                self.settle_op(now, Op::Database, error);
             }
         }
     }
 
     fn handle_rejected(&mut self, now: Instant, result: Result<(), String>) {
-        let closing = self.give_up_at.is_some();
         if self.spool_flight.take() != Some(SpoolFlight::Reject) {
             debug_assert!(false, "a reject outcome without a reject");
             return;
@@ -637,14 +593,18 @@ impl DbQueue {
             self.rejected += 1;
             self.one_by_one = self.one_by_one.saturating_sub(1);
         }
-        settle(
-            &mut self.spool_read,
-            &mut self.events,
-            now,
-            closing,
-            Op::SpoolRead,
-            error,
-        );
+        self.settle_op(now, Op::SpoolRead, error);
+    }
+
+    /// Records an operation's result in the health of its kind.
+    fn settle_op(&mut self, now: Instant, op: Op, error: Option<String>) {
+        let closing = self.give_up_at.is_some();
+        let health = match op {
+            Op::SpoolWrite => &mut self.spool_write,
+            Op::SpoolRead => &mut self.spool_read,
+            Op::Database => &mut self.database,
+        };
+        settle(health, &mut self.events, now, closing, op, error);
     }
 
     /// Records the database refused, set aside since start.
@@ -738,24 +698,18 @@ fn settle(
     op: Op,
     error: Option<String>,
 ) {
-    match error {
-        Some(error) => {
-            health.failing_since.get_or_insert(now);
-            if closing {
-                health.gave_up = true;
-            } else {
-                health.retry_at = Some(now + RETRY);
-            }
-            events.push_back(Event::Failed { op, error });
-        }
-        None => {
-            health.retry_at = None;
-            if let Some(since) = health.failing_since.take() {
-                let after = now.saturating_duration_since(since);
-                events.push_back(Event::Recovered { op, after });
-            }
-        }
+    match health.settle(now, RETRY, closing, error) {
+        Some(Settled::Failed(error)) => events.push_back(Event::Failed { op, error }),
+        Some(Settled::Recovered(after)) => events.push_back(Event::Recovered { op, after }),
+        None => {}
     }
+}
+
+/// Whether an operation may start now (its retry time, if it has come, is
+/// cleared).
+fn ready(health: &mut Health, now: Instant) -> bool {
+    health.expire(now);
+    health.ready()
 }
 
 /// The first lines of a queue as spool bytes (each with its newline).
