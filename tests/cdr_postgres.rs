@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use support::postgres::Postgres;
 use support::tmpfs::Tmpfs;
-use support::{Net, Vigil, callee, caller, read_cdrs};
+use support::{Net, Vigil, callee, caller, read_cdrs, scrape, series};
 
 /// The load tests run one at a time: each wants the machine's two cores.
 static LOAD: Mutex<()> = Mutex::new(());
@@ -26,7 +26,11 @@ fn vigil_bin() -> &'static str {
 /// The standard config with the CDR file and the database beside it.
 fn config(net: Net, dir: &std::path::Path, pg: &Postgres) -> String {
     let cdr = dir.join("cdr.jsonl");
-    net.config(&cdr, "limits: { max_calls: 20000 }\n").replace(
+    let extra = format!(
+        "limits: {{ max_calls: 20000 }}\nmetrics: {{ listen: \"{}\" }}\n",
+        metrics_at(net)
+    );
+    net.config(&cdr, &extra).replace(
         &format!("cdr: {{ path: \"{}\" }}", cdr.display()),
         &format!(
             "cdr: {{ path: \"{}\", postgres: \"{}\", spool: \"{}\" }}",
@@ -48,6 +52,10 @@ fn init_db(config: &std::path::Path) {
         "init-db: {}",
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+fn metrics_at(net: Net) -> std::net::SocketAddr {
+    std::net::SocketAddr::new(net.vigil, 9090)
 }
 
 /// A Vigil on the database, its table created with `vigil cdr init-db`.
@@ -209,6 +217,10 @@ fn a_database_stopped_for_20_s_mid_run_gets_every_row_when_it_is_back() {
     uas.stop();
     let status = wait_drained(&vigil, Duration::from_secs(60));
     assert!(status["written"].as_u64() >= Some(6000), "{status}");
+    let metrics = scrape(metrics_at(net));
+    assert_eq!(series(&metrics, "vigil_cdr_spool_depth"), 0);
+    assert!(series(&metrics, "vigil_cdr_db_written_total") >= 6000);
+    assert!(series(&metrics, "vigil_cdr_db_batch_seconds_count") > 0);
     let segments = std::fs::read_dir(vigil.dir.path().join("spool/vigil_cdr.spool"))
         .expect("spool")
         .count();
