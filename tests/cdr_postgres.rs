@@ -542,3 +542,81 @@ fn a_full_spool_disk_is_loud_and_calls_and_rows_go_on() {
     assert_eq!(stopped.cdrs.len(), 70);
     assert_rows_are_the_cdr_lines(&pg, &stopped.cdrs);
 }
+
+/// `vigil ARGS --config CONFIG` with `SSL_CERT_FILE` (the trust store
+/// rustls-native-certs reads) set or not: (exit ok, stdout and stderr).
+fn vigil_with_roots(
+    args: &[&str],
+    config: &std::path::Path,
+    roots: Option<&std::path::Path>,
+) -> (bool, String) {
+    let mut command = Command::new(vigil_bin());
+    command.args(args).arg("--config").arg(config);
+    if let Some(roots) = roots {
+        command.env("SSL_CERT_FILE", roots);
+    }
+    let out = command.output().expect("vigil");
+    (
+        out.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
+#[test]
+fn sslmode_require_talks_tls_and_checks_the_database_certificate() {
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
+    let mut pg = Postgres::start(25437);
+    let dir = tempfile::tempdir().expect("dir");
+    // A CA of the test's own, and the server's certificate for 127.0.0.1.
+    let ca_key = KeyPair::generate().expect("CA key");
+    let mut ca = CertificateParams::new(Vec::<String>::new()).expect("CA");
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca_pem = ca.self_signed(&ca_key).expect("CA cert").pem();
+    let issuer = Issuer::new(ca, ca_key);
+    let key = KeyPair::generate().expect("key");
+    let server = CertificateParams::new(vec!["127.0.0.1".to_string()])
+        .expect("params")
+        .signed_by(&key, &issuer)
+        .expect("server cert");
+    pg.require_tls(&server.pem(), &key.serialize_pem());
+    let roots = dir.path().join("ca.pem");
+    std::fs::write(&roots, ca_pem).expect("ca");
+
+    let net = Net::new(236);
+    let plain = config(net, dir.path(), &pg);
+    let tls = plain.replace("/billing\"", "/billing?sslmode=require\"");
+    let (plain_path, tls_path) = (dir.path().join("plain.yaml"), dir.path().join("tls.yaml"));
+    std::fs::write(&plain_path, &plain).expect("config");
+    std::fs::write(&tls_path, &tls).expect("config");
+
+    // Over TLS, with the CA trusted: the table is made, the check passes.
+    let (ok, out) = vigil_with_roots(&["cdr", "init-db"], &tls_path, Some(&roots));
+    assert!(ok, "{out}");
+    let (ok, out) = vigil_with_roots(&["check"], &tls_path, Some(&roots));
+    assert!(ok, "{out}");
+    // Without TLS, this server refuses Vigil.
+    let (ok, out) = vigil_with_roots(&["check"], &plain_path, Some(&roots));
+    assert!(!ok);
+    assert!(
+        out.contains("refuses Vigil") && out.contains("no encryption"),
+        "{out}"
+    );
+    // A certificate from a CA the host does not trust: no connection.
+    let other_key = KeyPair::generate().expect("key");
+    let other_ca = CertificateParams::new(Vec::<String>::new())
+        .expect("CA")
+        .self_signed(&other_key)
+        .expect("other CA");
+    let other = dir.path().join("other-ca.pem");
+    std::fs::write(&other, other_ca.pem()).expect("other ca");
+    let (ok, out) = vigil_with_roots(&["check"], &tls_path, Some(&other));
+    assert!(!ok);
+    assert!(
+        out.contains("cdr.postgres") && out.contains("certificate"),
+        "{out}"
+    );
+}

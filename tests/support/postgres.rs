@@ -48,6 +48,8 @@ pub struct Postgres {
     pub port: u16,
     bin: PathBuf,
     running: bool,
+    /// More `-c` settings for the server (TLS).
+    options: String,
 }
 
 impl Postgres {
@@ -67,6 +69,7 @@ impl Postgres {
             port,
             bin,
             running: false,
+            options: String::new(),
         };
         let out = pg.as_postgres("initdb", &["-D", &pg.data(), "-A", "trust", "-U", "vigil"]);
         assert!(out.status.success(), "initdb: {}", text(&out));
@@ -97,9 +100,10 @@ impl Postgres {
     /// Starts the server (again), waiting until it accepts connections.
     pub fn start_again(&mut self) {
         let options = format!(
-            "-k {} -p {} -c listen_addresses=127.0.0.1 -c fsync=on",
+            "-k {} -p {} -c listen_addresses=127.0.0.1 -c fsync=on{}",
             self.dir.path().display(),
-            self.port
+            self.port,
+            self.options
         );
         let log = self.dir.path().join("server.log").display().to_string();
         let out = self.as_postgres(
@@ -122,6 +126,42 @@ impl Postgres {
             std::fs::read_to_string(&log).unwrap_or_default()
         );
         self.running = true;
+    }
+
+    /// Restarts the server with TLS on this certificate and key (PEM), and
+    /// refusing connections without TLS (`hostssl` only).
+    pub fn require_tls(&mut self, cert_pem: &str, key_pem: &str) {
+        let (cert, key) = (
+            self.dir.path().join("server.crt"),
+            self.dir.path().join("server.key"),
+        );
+        std::fs::write(&cert, cert_pem).expect("cert");
+        std::fs::write(&key, key_pem).expect("key");
+        let hba = self.dir.path().join("data/pg_hba.conf");
+        std::fs::write(
+            &hba,
+            "local all all trust\nhostssl all all 127.0.0.1/32 trust\n",
+        )
+        .expect("pg_hba.conf");
+        let status = Command::new("chown")
+            .args(["postgres:postgres"])
+            .args([&cert, &key, &hba])
+            .status()
+            .expect("chown");
+        assert!(status.success());
+        let status = Command::new("chmod")
+            .arg("600")
+            .arg(&key)
+            .status()
+            .expect("chmod");
+        assert!(status.success());
+        self.options = format!(
+            " -c ssl=on -c ssl_cert_file={} -c ssl_key_file={}",
+            cert.display(),
+            key.display()
+        );
+        self.stop();
+        self.start_again();
     }
 
     /// Stops the server (fast: connections are cut).

@@ -31,8 +31,9 @@ use serde::Serialize;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tokio::time::{sleep_until, timeout};
+use tokio_postgres::config::SslMode;
 use tokio_postgres::error::SqlState;
-use tokio_postgres::{Client, NoTls, Statement};
+use tokio_postgres::{Client, Connection, NoTls, Socket, Statement};
 
 use super::cdr_writer::{ERROR_LOG_WINDOW, FINAL_FLUSH};
 use crate::cdr::CdrRecord;
@@ -130,8 +131,9 @@ struct Conn {
     insert: Statement,
 }
 
-/// Connects (within [`CONNECT_TIMEOUT`]); the connection is driven by a
-/// task of its own until the client is dropped.
+/// Connects (within [`CONNECT_TIMEOUT`]), over TLS with `sslmode=require`
+/// (the server's certificate checked against the host's trust store); the
+/// connection is driven by a task of its own until the client is dropped.
 async fn connect(sink: &PostgresSink) -> Result<Client, DbSetupError> {
     let mut config: tokio_postgres::Config = sink.url.parse().map_err(|e| DbSetupError::Other {
         url: sink.shown_url(),
@@ -139,7 +141,30 @@ async fn connect(sink: &PostgresSink) -> Result<Client, DbSetupError> {
     })?;
     config.connect_timeout(CONNECT_TIMEOUT);
     config.application_name("vigil");
-    let attempt = timeout(CONNECT_TIMEOUT, config.connect(NoTls)).await;
+    if config.get_ssl_mode() == SslMode::Require {
+        let tls =
+            crate::transport::tls::system_client_config().map_err(|e| DbSetupError::Other {
+                url: sink.shown_url(),
+                reason: format!("sslmode=require: {e}"),
+            })?;
+        let tls = tokio_postgres_rustls::MakeRustlsConnect::new(tls);
+        spawn_connection(sink, timeout(CONNECT_TIMEOUT, config.connect(tls)).await)
+    } else {
+        spawn_connection(sink, timeout(CONNECT_TIMEOUT, config.connect(NoTls)).await)
+    }
+}
+
+/// The client of a connection attempt, its connection driven by a task.
+fn spawn_connection<T>(
+    sink: &PostgresSink,
+    attempt: Result<
+        Result<(Client, Connection<Socket, T>), tokio_postgres::Error>,
+        tokio::time::error::Elapsed,
+    >,
+) -> Result<Client, DbSetupError>
+where
+    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
     let (client, connection) = match attempt {
         Ok(Ok(pair)) => pair,
         Ok(Err(e)) => return Err(DbSetupError::from_postgres(sink, &e)),
