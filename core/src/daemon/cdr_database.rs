@@ -154,14 +154,14 @@ async fn connect(sink: &PostgresSink) -> Result<Client, DbSetupError> {
     }
 }
 
+/// A connection attempt within [`CONNECT_TIMEOUT`], over a stream `T`.
+type Attempt<T> = Result<
+    Result<(Client, Connection<Socket, T>), tokio_postgres::Error>,
+    tokio::time::error::Elapsed,
+>;
+
 /// The client of a connection attempt, its connection driven by a task.
-fn spawn_connection<T>(
-    sink: &PostgresSink,
-    attempt: Result<
-        Result<(Client, Connection<Socket, T>), tokio_postgres::Error>,
-        tokio::time::error::Elapsed,
-    >,
-) -> Result<Client, DbSetupError>
+fn spawn_connection<T>(sink: &PostgresSink, attempt: Attempt<T>) -> Result<Client, DbSetupError>
 where
     T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
