@@ -35,6 +35,7 @@
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
+use super::append::join_lines;
 use super::retry::{Health, Settled};
 
 /// How long a failed write, spill, replay or reopen waits before its retry.
@@ -462,20 +463,8 @@ fn settle(
 
 /// The first records of a queue, as one batch.
 fn batch<'a>(lines: impl Iterator<Item = &'a str>) -> Batch {
-    let mut bytes = Vec::new();
-    let mut count = 0;
-    for line in lines {
-        if count == BATCH_LINES || (count > 0 && bytes.len() + line.len() >= BATCH_BYTES) {
-            break;
-        }
-        bytes.extend_from_slice(line.as_bytes());
-        bytes.push(b'\n');
-        count += 1;
-    }
-    Batch {
-        bytes,
-        lines: count,
-    }
+    let (bytes, lines) = join_lines(lines, BATCH_LINES, BATCH_BYTES, b"", b"\n");
+    Batch { bytes, lines }
 }
 
 #[cfg(test)]

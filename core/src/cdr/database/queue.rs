@@ -39,6 +39,7 @@
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
+use crate::cdr::append::join_lines;
 use crate::cdr::retry::{Health, Settled};
 
 /// How long a failed append, load, trim or insert waits before its retry.
@@ -714,35 +715,16 @@ fn ready(health: &mut Health, now: Instant) -> bool {
 
 /// The first lines of a queue as spool bytes (each with its newline).
 fn batch<'a>(lines: impl Iterator<Item = &'a str>) -> (Vec<u8>, usize) {
-    let mut bytes = Vec::new();
-    let mut count = 0;
-    for line in lines {
-        if count == BATCH_ROWS || (count > 0 && bytes.len() + line.len() >= BATCH_BYTES) {
-            break;
-        }
-        bytes.extend_from_slice(line.as_bytes());
-        bytes.push(b'\n');
-        count += 1;
-    }
-    (bytes, count)
+    join_lines(lines, BATCH_ROWS, BATCH_BYTES, b"", b"\n")
 }
 
 /// The first lines of a queue as one JSON array (each line is an object).
 fn json_array<'a>(lines: impl Iterator<Item = &'a str>, max: usize) -> (String, usize) {
-    let mut json = String::from("[");
-    let mut count = 0;
-    for line in lines {
-        if count == max || (count > 0 && json.len() + line.len() >= BATCH_BYTES) {
-            break;
-        }
-        if count > 0 {
-            json.push(',');
-        }
-        json.push_str(line);
-        count += 1;
-    }
-    json.push(']');
-    (json, count)
+    let (joined, count) = join_lines(lines, max, BATCH_BYTES, b",", b"");
+    // Whole lines of UTF-8 joined with commas are UTF-8: nothing is
+    // replaced (and never a row dropped, as an empty array would).
+    let body = String::from_utf8_lossy(&joined);
+    (format!("[{body}]"), count)
 }
 
 #[cfg(test)]
