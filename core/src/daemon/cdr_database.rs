@@ -318,6 +318,8 @@ pub struct CdrDatabase {
     errors_log: RateLimit,
     status: CdrDbStatus,
     published: watch::Sender<CdrDbStatus>,
+    /// When `status.spool_bytes` was last measured.
+    bytes_checked: Instant,
 }
 
 type SpoolTask = JoinHandle<(Spool, Outcome)>;
@@ -378,6 +380,7 @@ impl CdrDatabase {
             errors_log: RateLimit::new(1, ERROR_LOG_WINDOW),
             status,
             published,
+            bytes_checked: Instant::now(),
         }))
     }
 
@@ -603,8 +606,12 @@ impl CdrDatabase {
         self.status.written = self.queue.written();
         self.status.spooled = spooled;
         self.status.pending = self.queue.pending() as u64;
-        if let Some(spool) = &self.spool {
+        // Its size takes a stat per segment: once a second is enough.
+        if let Some(spool) = &self.spool
+            && self.bytes_checked.elapsed() >= Duration::from_secs(1)
+        {
             self.status.spool_bytes = spool.bytes();
+            self.bytes_checked = Instant::now();
         }
         self.published.send_if_modified(|shown| {
             let changed = *shown != self.status;
