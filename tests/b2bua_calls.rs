@@ -59,10 +59,11 @@ fn two_hundred_calls_complete_with_one_cdr_each() {
         .iter()
         .filter_map(|c| c["b_call_id"].as_str())
         .collect();
+    let ids: HashSet<&str> = cdrs.iter().filter_map(|c| c["id"].as_str()).collect();
     assert_eq!(
-        (call_ids.len(), b_call_ids.len()),
-        (200, 200),
-        "each CDR is a different call"
+        (call_ids.len(), b_call_ids.len(), ids.len()),
+        (200, 200, 200),
+        "each CDR is a different call, with an id of its own"
     );
     for cdr in &cdrs {
         assert_eq!(cdr["end_reason"], "caller-bye", "{cdr}");

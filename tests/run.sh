@@ -5,7 +5,8 @@
 # proxy, Debian's rtpengine-daemon, of which the tests start their own on
 # loopback; the dnsmasq DNS server, Debian's dnsmasq-base: the binary without a
 # system service, started by the DNS tests on loopback; Kamailio, a carrier's
-# registrar and proxy), then runs every test
+# registrar and proxy; PostgreSQL, Debian's postgresql, of which the CDR
+# database tests start their own clusters on loopback), then runs every test
 # of the workspace: unit tests, the RFC 4475 torture suite and the end-to-end
 # calls.
 set -euo pipefail
@@ -19,6 +20,12 @@ command -v rtpengine >/dev/null 2>&1 || missing+=(rtpengine-daemon)
 command -v dnsmasq >/dev/null 2>&1 || [ -x /usr/sbin/dnsmasq ] || missing+=(dnsmasq-base)
 # Kamailio is the carrier Vigil registers with (tests/trunk_registration.rs).
 [ -x /usr/sbin/kamailio ] || command -v kamailio >/dev/null 2>&1 || missing+=(kamailio)
+# PostgreSQL's server binaries live in a versioned folder, off PATH.
+pg_server=""
+for dir in /usr/lib/postgresql/*/bin; do
+    [ -x "$dir/initdb" ] && [ -x "$dir/pg_ctl" ] && pg_server="$dir"
+done
+{ [ -n "$pg_server" ] && command -v psql >/dev/null 2>&1; } || missing+=(postgresql)
 if [ "${#missing[@]}" -gt 0 ]; then
     echo "tests/run.sh: installing ${missing[*]}" >&2
     sudo=""

@@ -9,6 +9,7 @@
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
 
+use crate::cdr::CdrId;
 use crate::sip::MAGIC_COOKIE;
 
 /// The worker number the registrar's Via branches and Call-IDs carry, so the
@@ -79,6 +80,11 @@ impl IdGen {
     /// A random number in `[0, n)` (`0` for `n` = 0): weighted choices.
     pub fn below(&mut self, n: u64) -> u64 {
         self.rng.random::<u64>().checked_rem(n).unwrap_or(0)
+    }
+
+    /// A call's CDR identity (a random UUID).
+    pub fn cdr_id(&mut self) -> CdrId {
+        CdrId::from_random(self.rng.random::<u128>())
     }
 
     /// A From/To tag.

@@ -52,6 +52,11 @@ enum Command {
         #[arg(long, short)]
         config: PathBuf,
     },
+    /// CDR database tools (`cdr.postgres`).
+    Cdr {
+        #[command(subcommand)]
+        command: CdrCommand,
+    },
     /// Ask the daemon running on this config: `status`, `calls`, `call ID`,
     /// `hangup ID` (BYE both legs, CDR `admin`), `registrations` (the
     /// registrar's contacts), `registrations trunks` (Vigil's own with its
@@ -70,11 +75,29 @@ enum Command {
     },
 }
 
+#[derive(Subcommand)]
+enum CdrCommand {
+    /// Create the CDR table in `cdr.postgres` (`cdr.table`), or migrate it
+    /// to this Vigil's schema version; with `--print`, print the SQL of the
+    /// whole schema instead and touch no database.
+    InitDb {
+        /// The YAML config file naming the database.
+        #[arg(long, short)]
+        config: PathBuf,
+        /// Print the SQL (for a DBA to run) instead of running it.
+        #[arg(long)]
+        print: bool,
+    },
+}
+
 fn main() -> ExitCode {
     match Cli::parse().command {
         Command::Check { config } => check(&config),
         Command::Reload { config } => reload(&config),
         Command::Ctl { config, command } => ctl(&config, &command.join(" ")),
+        Command::Cdr {
+            command: CdrCommand::InitDb { config, print },
+        } => init_db(&config, print),
         Command::Run { config } => match run(&config) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
@@ -136,7 +159,76 @@ fn cdr_problems(c: &Config) -> Vec<String> {
     {
         problems.push(c.problem("cdr.spool", e.to_string()).to_string());
     }
+    if let (Some(sink), Some(dir)) = (&c.cdr.postgres, c.cdr.db_spool_dir()) {
+        if let Err(e) = vigil::cdr::check_path(&dir.join("check.cdrs")) {
+            problems.push(c.problem("cdr.spool", e.to_string()).to_string());
+        }
+        let checked = current_thread().map_err(|e| e.to_string()).and_then(|rt| {
+            rt.block_on(vigil::daemon::cdr_database::check_database(sink))
+                .map_err(|e| e.to_string())
+        });
+        if let Err(e) = checked {
+            problems.push(c.problem("cdr.postgres", e).to_string());
+        }
+    }
     problems
+}
+
+fn current_thread() -> std::io::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+}
+
+/// `vigil cdr init-db`: prints the schema's SQL, or applies what the
+/// database lacks of it.
+fn init_db(path: &std::path::Path, print: bool) -> ExitCode {
+    let config = match Config::load(path) {
+        Ok(config) => config,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let Some(sink) = &config.cdr.postgres else {
+        eprintln!(
+            "{}",
+            config.problem("cdr.postgres", "not set: no CDR database to initialise")
+        );
+        return ExitCode::FAILURE;
+    };
+    if print {
+        print!("{}", vigil::cdr::database::schema::full_script(&sink.table));
+        return ExitCode::SUCCESS;
+    }
+    let applied = current_thread().map_err(|e| e.to_string()).and_then(|rt| {
+        rt.block_on(vigil::daemon::cdr_database::init_database(sink))
+            .map_err(|e| e.to_string())
+    });
+    match applied {
+        Ok(versions) if versions.is_empty() => {
+            println!(
+                "{}: table {} is up to date (schema version {})",
+                sink.shown_url(),
+                sink.table,
+                vigil::cdr::database::schema::VERSION
+            );
+            ExitCode::SUCCESS
+        }
+        Ok(versions) => {
+            println!(
+                "{}: table {} migrated to schema version {} (applied {versions:?})",
+                sink.shown_url(),
+                sink.table,
+                vigil::cdr::database::schema::VERSION
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("vigil: {e}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 /// Whether `vigil run` could build its TLS configs from the `tls:` files, as

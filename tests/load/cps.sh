@@ -47,6 +47,12 @@
 #                     it rustls. Certificates come from openssl, made by the
 #                     script in its work dir (a CA and a certificate for
 #                     127.0.0.1); the front verifies the carrier's.
+#     SUT "vigil-pg": the same Vigil config with cdr.postgres (issue 22): every
+#                     CDR also goes through the database's spool (fsynced)
+#                     into a PostgreSQL it starts beside it for each step
+#                     (initdb as the postgres user, 127.0.0.1:$PG_PORT,
+#                     `vigil cdr init-db`); the step logs the rows the
+#                     database got. `--sut db` runs vigil and vigil-pg
 #     SUT "kamailio": kamailio -f tests/load/kamailio.cfg on udp:127.0.0.1:5070
 #                     (stateful proxy: tm + dialog + sst + record_route)
 #
@@ -94,11 +100,11 @@
 #                            keep it < 45000: the UAS scenario does not answer
 #                            session-timer refreshes (Min-SE 90 s)
 #   -s, --sut LIST           vigil | vigil-lua | vigil-relay | vigil-route | vigil-prack | vigil-tcp1 |
-#                            vigil-tcpn | vigil-chain | vigil-chain-tls | kamailio |
-#                            both (vigil and kamailio) | all (vigil, vigil-lua and
-#                            kamailio) | tcp (vigil, vigil-tcp1 and vigil-tcpn) |
-#                            tls (vigil-chain and vigil-chain-tls), or a
-#                            space-separated list
+#                            vigil-tcpn | vigil-chain | vigil-chain-tls | vigil-pg |
+#                            kamailio | both (vigil and kamailio) | all (vigil, vigil-lua
+#                            and kamailio) | tcp (vigil, vigil-tcp1 and vigil-tcpn) |
+#                            tls (vigil-chain and vigil-chain-tls) | db (vigil and
+#                            vigil-pg), or a space-separated list
 #                                                            [SUTS, default both]
 #   -p, --pass-ratio X       pass threshold ok/attempted     [PASS_RATIO, default 0.999]
 #   -k, --keep-going         do not stop a SUT at its first failing rate [KEEP_GOING=1]
@@ -170,6 +176,7 @@ SIPP="${SIPP:-sipp}"
 # Fixed addresses: distinct ports so nothing collides.
 readonly HOST=127.0.0.1
 readonly RTPENGINE_NG_PORT=22223
+readonly PG_PORT=25499
 readonly UAC_PORT=5090
 readonly UAS_PORT=5080
 # vigil-route's carrier trunk: a gateway that refuses every call with 503,
@@ -235,13 +242,14 @@ parse_args() {
 	all) SUT_LIST=(vigil vigil-lua kamailio) ;;
 	tcp) SUT_LIST=(vigil vigil-tcp1 vigil-tcpn) ;;
 	tls) SUT_LIST=(vigil-chain vigil-chain-tls) ;;
+	db) SUT_LIST=(vigil vigil-pg) ;;
 	*) read -r -a SUT_LIST <<<"$SUTS" ;;
 	esac
 	local sut
 	for sut in "${SUT_LIST[@]}"; do
 		case "$sut" in
-		vigil | vigil-lua | vigil-relay | vigil-route | vigil-prack | vigil-tcp1 | vigil-tcpn | vigil-chain | vigil-chain-tls | kamailio) ;;
-		*) die "--sut takes vigil, vigil-lua, vigil-relay, vigil-route, vigil-prack, vigil-tcp1, vigil-tcpn, vigil-chain, vigil-chain-tls, kamailio, both, all, tcp or tls (got '$sut')" ;;
+		vigil | vigil-lua | vigil-relay | vigil-route | vigil-prack | vigil-tcp1 | vigil-tcpn | vigil-chain | vigil-chain-tls | vigil-pg | kamailio) ;;
+		*) die "--sut takes vigil, vigil-lua, vigil-relay, vigil-route, vigil-prack, vigil-tcp1, vigil-tcpn, vigil-chain, vigil-chain-tls, vigil-pg, kamailio, both, all, tcp, tls or db (got '$sut')" ;;
 		esac
 	done
 	[[ "$DURATION" =~ ^[1-9][0-9]*$ ]] || die "--duration must be a positive integer (s)"
@@ -447,6 +455,11 @@ write_vigil_config() {
 		cdr: { path: "$VIGIL_CDR" }
 		log: { level: warn, format: text }
 	EOF
+	# vigil-pg: the same, with the CDR database (issue 22).
+	VIGIL_PG_CFG="$WORK/vigil-pg.yaml"
+	sed "s|^cdr: { path: \"$VIGIL_CDR\" }\$|cdr: { path: \"$VIGIL_CDR\", postgres: \"postgresql://vigil@$HOST:$PG_PORT/billing\", spool: \"$WORK/pg-spool\" }|" \
+		"$VIGIL_CFG" >"$VIGIL_PG_CFG"
+	grep -q "postgres:" "$VIGIL_PG_CFG" || die "could not add cdr.postgres to $VIGIL_PG_CFG"
 	# vigil-tcp1 / vigil-tcpn: the same, also listening on TCP (issue 19).
 	VIGIL_TCP_CFG="$WORK/vigil-tcp.yaml"
 	sed "s|^listen: \[\"udp:$HOST:$VIGIL_PORT\"\]\$|listen: [\"udp:$HOST:$VIGIL_PORT\", \"tcp:$HOST:$VIGIL_PORT\"]|" \
@@ -538,6 +551,46 @@ start_rtpengine() {
 	wait_for_port "$RTPENGINE_NG_PORT" "$RTPENGINE_PID" rtpengine "$dir/rtpengine.log"
 }
 
+# PostgreSQL for the vigil-pg SUT: a fresh cluster per step in the step's
+# dir (run as the postgres user: the server refuses root), its CDR table made
+# by `vigil cdr init-db`. Sets PG_DATA; stopped by stop_pg.
+PG_DATA=""
+pg_bin() {
+	local dir
+	for dir in /usr/lib/postgresql/*/bin; do
+		[[ -x "$dir/$1" ]] && echo "$dir/$1"
+	done | tail -n 1
+}
+start_pg() {
+	local dir="$1" initdb pg_ctl
+	initdb="$(pg_bin initdb)" pg_ctl="$(pg_bin pg_ctl)"
+	[[ -n "$initdb" && -n "$pg_ctl" ]] || die "vigil-pg needs PostgreSQL (apt-get install postgresql)"
+	require_port_free "$PG_PORT" postgres tcp
+	mkdir -p "$dir/pg"
+	chown postgres "$dir/pg"
+	chmod o+x "$WORK" "$dir" # the postgres user walks down to its data
+	runuser -u postgres -- "$initdb" -D "$dir/pg/data" -A trust -U vigil >"$dir/pg/initdb.log" 2>&1 ||
+		die "initdb failed (see $dir/pg/initdb.log)"
+	runuser -u postgres -- "$pg_ctl" -D "$dir/pg/data" -o "-k $dir/pg -p $PG_PORT -c listen_addresses=$HOST" \
+		-l "$dir/pg/server.log" -w start >/dev/null || die "postgres did not start (see $dir/pg/server.log)"
+	PG_DATA="$dir/pg/data"
+	psql -h "$HOST" -p "$PG_PORT" -U vigil -d postgres -qc "CREATE DATABASE billing" >/dev/null
+	rm -rf "$WORK/pg-spool"
+	"$VIGIL_BIN" cdr init-db --config "$VIGIL_PG_CFG" >"$dir/pg/init-db.log" 2>&1 ||
+		die "vigil cdr init-db failed (see $dir/pg/init-db.log)"
+}
+pg_rows() {
+	psql -h "$HOST" -p "$PG_PORT" -U vigil -d billing -Atc "SELECT count(*) FROM vigil_cdr"
+}
+stop_pg() {
+	[[ -n "$PG_DATA" ]] || return 0
+	runuser -u postgres -- "$(pg_bin pg_ctl)" -D "$PG_DATA" -m fast -w stop >/dev/null 2>&1 || true
+	PG_DATA=""
+}
+cleanup_more() {
+	stop_pg
+}
+
 # Sets SUT_PID / SUT_PORT (and CARRIER_PID for vigil-chain*). $1 = sut,
 # $2 = step dir.
 start_sut() {
@@ -561,11 +614,15 @@ start_sut() {
 		PIDS+=("$SUT_PID")
 		wait_for_port "$SUT_PORT" "$SUT_PID" "the front vigil" "$dir/vigil.log"
 		;;
-	vigil | vigil-lua | vigil-relay | vigil-route | vigil-prack | vigil-tcp1 | vigil-tcpn)
+	vigil | vigil-lua | vigil-relay | vigil-route | vigil-prack | vigil-tcp1 | vigil-tcpn | vigil-pg)
 		SUT_PORT=$VIGIL_PORT
 		require_port_free "$SUT_PORT" vigil
 		local cfg="$VIGIL_CFG"
 		[[ "$sut" == vigil-lua ]] && cfg="$VIGIL_LUA_CFG"
+		if [[ "$sut" == vigil-pg ]]; then
+			cfg="$VIGIL_PG_CFG"
+			start_pg "$dir"
+		fi
 		[[ "$sut" == vigil-route ]] && cfg="$VIGIL_ROUTE_CFG"
 		if [[ "$sut" == vigil-relay ]]; then
 			cfg="$VIGIL_RELAY_CFG"
@@ -839,6 +896,10 @@ run_step() {
 		stop_pid "$RTPENGINE_PID" 10
 		RTPENGINE_PID=""
 	fi
+	if [[ -n "$PG_DATA" ]]; then
+		log "vigil-pg $rate calls/s: the database has $(pg_rows) rows"
+		stop_pg
+	fi
 	stop_uas
 	if [[ -n "${GW503_PID:-}" ]]; then
 		stop_uas "$GW503_PID"
@@ -1111,7 +1172,7 @@ main() {
 	local sut
 	for sut in "${SUT_LIST[@]}"; do
 		case "$sut" in
-		vigil | vigil-lua | vigil-relay | vigil-route | vigil-prack) check_vigil_bin ;;
+		vigil | vigil-lua | vigil-relay | vigil-route | vigil-prack | vigil-pg) check_vigil_bin ;;
 		vigil-tcp1 | vigil-tcpn) check_vigil_bin; prepare_tcp ;;
 		vigil-chain | vigil-chain-tls) check_vigil_bin ;;
 		kamailio)

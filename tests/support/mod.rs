@@ -554,6 +554,15 @@ pub fn status_of(response: &str) -> Option<u16> {
 pub mod rtpengine;
 
 // ---------------------------------------------------------------------------
+// PostgreSQL
+
+#[path = "postgres.rs"]
+pub mod postgres;
+
+#[path = "tmpfs.rs"]
+pub mod tmpfs;
+
+// ---------------------------------------------------------------------------
 // dnsmasq
 
 #[path = "dnsmasq.rs"]

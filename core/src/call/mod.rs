@@ -34,7 +34,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
-use crate::cdr::{CdrRecord, EndReason, EndedBy};
+use crate::cdr::{CdrId, CdrRecord, EndReason, EndedBy};
 use crate::config::{PrackMode, SessionTimerConfig, TrunkAuth};
 use crate::policy::{CallView, RefreshFailure, refresh_failure_cdr_value};
 use crate::session_timer::UasOutcome;
@@ -127,6 +127,8 @@ pub struct Placement {
 /// One B2BUA call.
 pub struct Call {
     key: CallKey,
+    /// The CDR's identity, made with the call.
+    cdr_id: CdrId,
     parties: Parties,
     start: Instant,
     answer: Option<Instant>,
@@ -181,6 +183,7 @@ impl Call {
         );
         let mut call = Call {
             key,
+            cdr_id: env.ids.cdr_id(),
             parties,
             start: now,
             answer: None,
@@ -352,6 +355,7 @@ impl Call {
             extra.extend(env.policies.for_trunk(policy_out).hangup(&view));
         }
         let record = Box::new(CdrRecord {
+            id: self.cdr_id,
             call_id: self.a.call_id().to_string(),
             b_call_id: Some(self.b.call_id().to_string()),
             caller: self.parties.caller.clone(),
@@ -500,7 +504,8 @@ mod tests {
         // and its boxed plan, the B leg's no-response timer), + 8 per leg for
         // a trunk's `auth` (boxed: most trunks ask for none), + 8 per leg
         // for reliable provisionals and early dialogs (boxed: most calls
-        // have none), + 8 for the A leg's early dialog (RFC 3311 UPDATE).
-        assert!(size <= 1_384, "size_of::<Call>() = {size} bytes");
+        // have none), + 8 for the A leg's early dialog (RFC 3311 UPDATE),
+        // + 16 for the CDR's id (issue 22: the database's key for the call).
+        assert!(size <= 1_400, "size_of::<Call>() = {size} bytes");
     }
 }

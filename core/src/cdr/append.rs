@@ -123,6 +123,33 @@ impl LineAppender {
     }
 }
 
+/// The first of `lines` that make one batch, joined: at most `max_lines`,
+/// and about `max_bytes` (at least one line, whatever its size), each
+/// followed by `after` and separated by `between`. Returns the bytes and how
+/// many lines they hold.
+pub fn join_lines<'a>(
+    lines: impl Iterator<Item = &'a str>,
+    max_lines: usize,
+    max_bytes: usize,
+    between: &[u8],
+    after: &[u8],
+) -> (Vec<u8>, usize) {
+    let mut bytes = Vec::new();
+    let mut count = 0;
+    for line in lines {
+        if count == max_lines || (count > 0 && bytes.len() + line.len() >= max_bytes) {
+            break;
+        }
+        if count > 0 {
+            bytes.extend_from_slice(between);
+        }
+        bytes.extend_from_slice(line.as_bytes());
+        bytes.extend_from_slice(after);
+        count += 1;
+    }
+    (bytes, count)
+}
+
 /// Writes until everything is written or a write fails; returns how much was
 /// written either way.
 fn write_all(sink: &mut impl LineSink, bytes: &[u8]) -> (usize, io::Result<()>) {

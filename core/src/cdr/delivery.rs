@@ -35,6 +35,9 @@
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
+use super::append::join_lines;
+use super::retry::{Health, Settled};
+
 /// How long a failed write, spill, replay or reopen waits before its retry.
 pub const RETRY: Duration = Duration::from_secs(1);
 /// How often, when nothing is written, the open CDR file is compared with
@@ -75,27 +78,6 @@ struct Spill {
     drained: bool,
     /// Records written from it to the CDR file, for the log.
     replayed: u64,
-}
-
-/// Whether a kind of operation may run now.
-#[derive(Debug, Default)]
-struct Health {
-    failing_since: Option<Instant>,
-    retry_at: Option<Instant>,
-    /// Shutting down, it failed its last attempt: no more tries.
-    gave_up: bool,
-}
-
-impl Health {
-    fn ready(&self) -> bool {
-        !self.gave_up && self.retry_at.is_none()
-    }
-
-    fn expire(&mut self, now: Instant) {
-        if self.retry_at.is_some_and(|at| now >= at) {
-            self.retry_at = None;
-        }
-    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -472,42 +454,17 @@ fn settle(
     target: Target,
     error: Option<CdrIoError>,
 ) {
-    match error {
-        Some(error) => {
-            health.failing_since.get_or_insert(now);
-            if closing {
-                health.gave_up = true;
-            } else {
-                health.retry_at = Some(now + RETRY);
-            }
-            events.push_back(Event::Failed { target, error });
-        }
-        None => {
-            health.retry_at = None;
-            if let Some(since) = health.failing_since.take() {
-                let after = now.saturating_duration_since(since);
-                events.push_back(Event::Recovered { target, after });
-            }
-        }
+    match health.settle(now, RETRY, closing, error) {
+        Some(Settled::Failed(error)) => events.push_back(Event::Failed { target, error }),
+        Some(Settled::Recovered(after)) => events.push_back(Event::Recovered { target, after }),
+        None => {}
     }
 }
 
 /// The first records of a queue, as one batch.
 fn batch<'a>(lines: impl Iterator<Item = &'a str>) -> Batch {
-    let mut bytes = Vec::new();
-    let mut count = 0;
-    for line in lines {
-        if count == BATCH_LINES || (count > 0 && bytes.len() + line.len() >= BATCH_BYTES) {
-            break;
-        }
-        bytes.extend_from_slice(line.as_bytes());
-        bytes.push(b'\n');
-        count += 1;
-    }
-    Batch {
-        bytes,
-        lines: count,
-    }
+    let (bytes, lines) = join_lines(lines, BATCH_LINES, BATCH_BYTES, b"", b"\n");
+    Batch { bytes, lines }
 }
 
 #[cfg(test)]

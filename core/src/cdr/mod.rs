@@ -13,8 +13,10 @@
 //! the tokio task around them.
 
 pub mod append;
+pub mod database;
 pub mod delivery;
 pub mod files;
+pub mod retry;
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -92,9 +94,48 @@ pub enum EndedBy {
     Switch,
 }
 
+/// A call's CDR identity: made when the call is created, random (a UUID,
+/// version 4), and the same in the CDR file, the database (its primary key:
+/// a retried insert never makes a second row) and the call's shared state.
+/// The A-leg Call-ID cannot serve: a caller may reuse it, and a refused call
+/// has no B leg.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct CdrId([u8; 16]);
+
+impl CdrId {
+    /// A version 4 UUID from 128 random bits (6 of them are replaced by the
+    /// version and variant).
+    pub fn from_random(bits: u128) -> CdrId {
+        let mut bytes = bits.to_be_bytes();
+        bytes[6] = (bytes[6] & 0x0f) | 0x40;
+        bytes[8] = (bytes[8] & 0x3f) | 0x80;
+        CdrId(bytes)
+    }
+}
+
+impl fmt::Display for CdrId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, b) in self.0.iter().enumerate() {
+            if matches!(i, 4 | 6 | 8 | 10) {
+                f.write_str("-")?;
+            }
+            write!(f, "{b:02x}")?;
+        }
+        Ok(())
+    }
+}
+
+impl fmt::Debug for CdrId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(self, f)
+    }
+}
+
 /// One finished call, as the state machine saw it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CdrRecord {
+    /// Stable for the call: see [`CdrId`].
+    pub id: CdrId,
     pub call_id: String,
     pub b_call_id: Option<String>,
     pub caller: String,
@@ -174,6 +215,7 @@ impl CdrRecord {
             humantime::format_rfc3339_millis(t).to_string()
         };
         let line = CdrLine {
+            id: self.id.to_string(),
             call_id: &self.call_id,
             b_call_id: self.b_call_id.as_deref(),
             caller: &self.caller,
@@ -213,6 +255,7 @@ impl CdrRecord {
 
 #[derive(Serialize)]
 struct CdrLine<'a> {
+    id: String,
     call_id: &'a str,
     b_call_id: Option<&'a str>,
     caller: &'a str,
@@ -250,6 +293,7 @@ mod tests {
     fn json_line_has_every_field_in_utc_with_millis() {
         let t0 = Instant::now();
         let record = CdrRecord {
+            id: CdrId::from_random(0x0123_4567_89ab_cdef_0123_4567_89ab_cdef),
             call_id: "a@b".into(),
             b_call_id: Some("vgl00-1".into()),
             caller: "1001".into(),
@@ -284,6 +328,7 @@ mod tests {
         let wall = SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000);
         let line = record.to_json_line(t0 + Duration::from_millis(61_500), wall);
         let v: serde_json::Value = serde_json::from_str(&line).expect("json");
+        assert_eq!(v["id"], "01234567-89ab-4def-8123-456789abcdef");
         assert_eq!(v["duration_ms"], 60_000);
         assert_eq!(v["end_reason"], "caller-bye");
         assert_eq!(v["ended_by"], "caller");

@@ -25,9 +25,9 @@ use super::schema::{
 };
 use super::uplink::{self, AuthFile, RegisterFile};
 use super::{
-    CdrConfig, Config, ConfigProblem, KeepaliveConfig, Listener, REGISTER_EXPIRES, Route,
-    SessionTimerConfig, Trunk, TrunkAuth, TrunkRegistration, User, parse_digest_algorithms,
-    unknown,
+    CdrConfig, Config, ConfigProblem, KeepaliveConfig, Listener, PostgresSink, REGISTER_EXPIRES,
+    Route, SessionTimerConfig, Trunk, TrunkAuth, TrunkRegistration, User, is_sql_identifier,
+    parse_digest_algorithms, unknown,
 };
 use crate::sip::{DigestAlgorithm, Protocol};
 
@@ -283,6 +283,13 @@ impl Checker {
                 path: raw.cdr.path,
                 max_pending: raw.cdr.max_pending,
                 spool: raw.cdr.spool,
+                postgres: raw.cdr.postgres.map(|url| PostgresSink {
+                    url,
+                    table: raw
+                        .cdr
+                        .table
+                        .unwrap_or_else(|| PostgresSink::DEFAULT_TABLE.into()),
+                }),
             },
             log: raw.log,
             sip: raw.sip,
@@ -416,6 +423,34 @@ impl Checker {
             .is_some_and(|dir| dir.as_os_str().is_empty())
         {
             self.problem("cdr.spool", "must not be empty (leave it out for none)");
+        }
+        self.check_postgres(cdr);
+    }
+
+    /// `cdr.postgres` and `cdr.table` as written; whether the database
+    /// answers is for `vigil check` (and the daemon's start) to find out.
+    fn check_postgres(&mut self, cdr: &FileCdr) {
+        if let Some(url) = &cdr.postgres {
+            if !(url.starts_with("postgresql://") || url.starts_with("postgres://")) {
+                self.problem(
+                    "cdr.postgres",
+                    "must be a URL: postgresql://user[:password]@host[:port]/database",
+                );
+            } else if let Err(e) = url.parse::<tokio_postgres::Config>() {
+                self.problem("cdr.postgres", format!("not a PostgreSQL URL: {e}"));
+            }
+        }
+        if let Some(table) = &cdr.table {
+            if cdr.postgres.is_none() {
+                self.problem("cdr.table", "needs cdr.postgres (the database it is in)");
+            } else if !is_sql_identifier(table) {
+                self.problem(
+                    "cdr.table",
+                    format!(
+                        "{table:?} is not a plain table name (lower-case letters, digits and _, at most 63)"
+                    ),
+                );
+            }
         }
     }
 

@@ -240,8 +240,51 @@ pub struct CdrConfig {
     /// to the spill file (in order), so a long outage cannot eat the heap.
     pub max_pending: usize,
     /// A directory for the spill file, ideally on another disk than `path`
-    /// (a disk that is full for the CDR file is full for a spill beside it).
+    /// (a disk that is full for the CDR file is full for a spill beside it),
+    /// and for the database's spool.
     pub spool: Option<PathBuf>,
+    /// `cdr.postgres` and `cdr.table`: CDRs go to this database too.
+    pub postgres: Option<PostgresSink>,
+}
+
+/// `cdr.postgres`: a PostgreSQL database that gets one row per call, beside
+/// the CDR file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PostgresSink {
+    /// The connection URL as written (it may hold a password: never logged).
+    pub url: String,
+    /// The table (a plain SQL identifier, checked).
+    pub table: String,
+}
+
+impl PostgresSink {
+    pub const DEFAULT_TABLE: &'static str = "vigil_cdr";
+
+    /// The URL without its password, for logs and `vigil ctl status`.
+    pub fn shown_url(&self) -> String {
+        let Some((scheme, rest)) = self.url.split_once("://") else {
+            return self.url.clone();
+        };
+        match rest.split_once('@') {
+            Some((user, host)) => {
+                let user = user.split(':').next().unwrap_or_default();
+                format!("{scheme}://{user}@{host}")
+            }
+            None => self.url.clone(),
+        }
+    }
+}
+
+/// Whether `name` can be a table's name as Vigil writes it in SQL unquoted:
+/// lower-case letters, digits and `_`, not starting with a digit, at most 63
+/// bytes (PostgreSQL's limit).
+pub fn is_sql_identifier(name: &str) -> bool {
+    let mut chars = name.chars();
+    chars
+        .next()
+        .is_some_and(|c| c.is_ascii_lowercase() || c == '_')
+        && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+        && name.len() <= 63
 }
 
 impl CdrConfig {
@@ -256,7 +299,19 @@ impl CdrConfig {
             path: path.into(),
             max_pending: CdrConfig::DEFAULT_MAX_PENDING,
             spool: None,
+            postgres: None,
         }
+    }
+
+    /// Where CDRs wait for the database: the folder `<table>.spool` in
+    /// `cdr.spool`, or beside the CDR file without one.
+    pub fn db_spool_dir(&self) -> Option<PathBuf> {
+        let sink = self.postgres.as_ref()?;
+        let name = format!("{}.spool", sink.table);
+        Some(match &self.spool {
+            Some(dir) => dir.join(name),
+            None => self.path.with_file_name(name),
+        })
     }
 
     /// Where records that overflow memory wait: `<spool>/<file name>.spill`,

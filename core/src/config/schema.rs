@@ -257,6 +257,11 @@ pub(super) struct FileCdr {
     pub(super) max_pending: usize,
     #[serde(default)]
     pub(super) spool: Option<PathBuf>,
+    /// `postgresql://user[:password]@host[:port]/database[?sslmode=...]`.
+    #[serde(default)]
+    pub(super) postgres: Option<String>,
+    #[serde(default)]
+    pub(super) table: Option<String>,
 }
 
 fn default_max_pending() -> usize {

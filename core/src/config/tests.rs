@@ -264,6 +264,68 @@ fn metrics_listen_is_an_optional_socket_address() {
 }
 
 #[test]
+fn a_postgres_cdr_sink_is_a_url_and_a_plain_table_name() {
+    let cdr = "cdr: { path: \"cdr.jsonl\" }";
+    let c = Config::parse(
+        &GOOD.replace(
+            cdr,
+            "cdr: { path: /var/lib/vigil/cdr.jsonl, postgres: \"postgresql://vigil:secret@127.0.0.1:5432/billing\", spool: /srv/spool }",
+        ),
+        Path::new("vigil.yaml"),
+    )
+    .expect("valid");
+    let sink = c.cdr.postgres.as_ref().expect("postgres");
+    assert_eq!(sink.table, "vigil_cdr", "the default table");
+    assert_eq!(
+        sink.shown_url(),
+        "postgresql://vigil@127.0.0.1:5432/billing"
+    );
+    assert_eq!(
+        c.cdr.db_spool_dir(),
+        Some(PathBuf::from("/srv/spool/vigil_cdr.spool"))
+    );
+    let c = Config::parse(
+        &GOOD.replace(
+            cdr,
+            "cdr: { path: /var/lib/vigil/cdr.jsonl, postgres: \"postgresql://u@h/db\", table: calls_2027 }",
+        ),
+        Path::new("vigil.yaml"),
+    )
+    .expect("valid");
+    assert_eq!(
+        c.cdr.db_spool_dir(),
+        Some(PathBuf::from("/var/lib/vigil/calls_2027.spool")),
+        "beside the CDR file without a spool"
+    );
+    let p = problems(&GOOD.replace(
+        cdr,
+        "cdr: { path: cdr.jsonl, postgres: \"mysql://u@h/db\", table: \"Bad-Name\" }",
+    ));
+    let rendered: Vec<String> = p.iter().map(ToString::to_string).collect();
+    assert_eq!(p.len(), 2, "{rendered:#?}");
+    assert!(
+        rendered[0].contains("cdr.postgres: must be a URL"),
+        "{rendered:#?}"
+    );
+    assert!(
+        rendered[1].contains("cdr.table: \"Bad-Name\" is not a plain table name"),
+        "{rendered:#?}"
+    );
+    let p = problems(&GOOD.replace(cdr, "cdr: { path: cdr.jsonl, table: calls }"));
+    assert_eq!(p.len(), 1);
+    assert!(p[0].to_string().contains("cdr.table: needs cdr.postgres"));
+    let p = problems(&GOOD.replace(
+        cdr,
+        "cdr: { path: cdr.jsonl, postgres: \"postgresql://u@h:notaport/db\" }",
+    ));
+    assert_eq!(p.len(), 1);
+    assert!(
+        p[0].to_string()
+            .contains("cdr.postgres: not a PostgreSQL URL")
+    );
+}
+
+#[test]
 fn cdr_limits_and_spool_have_defaults_and_bounds() {
     let c = Config::parse(GOOD, Path::new("vigil.yaml")).expect("valid");
     assert_eq!(c.cdr.max_pending, CdrConfig::DEFAULT_MAX_PENDING);

@@ -100,6 +100,25 @@ impl CdrShutdown {
     }
 }
 
+/// What the writer is given: a finished call's record, turned into its line
+/// on arrival, or a line made already (by the database sink, which passes
+/// each line on once the spool has it).
+pub trait CdrInput: Send + 'static {
+    fn into_line(self, now: Instant, wall: SystemTime) -> String;
+}
+
+impl CdrInput for CdrRecord {
+    fn into_line(self, now: Instant, wall: SystemTime) -> String {
+        self.to_json_line(now, wall)
+    }
+}
+
+impl CdrInput for String {
+    fn into_line(self, _: Instant, _: SystemTime) -> String {
+        self
+    }
+}
+
 /// The CDR writer, opened and ready to run.
 pub struct CdrWriter {
     core: Box<Core>,
@@ -167,9 +186,9 @@ impl CdrWriter {
     /// Writes records until every sender is gone, then makes a last attempt,
     /// syncs and says what is left. Each change on `reopen` (every reload,
     /// applied or refused) reopens the file by its path.
-    pub async fn run(
+    pub async fn run<T: CdrInput>(
         self,
-        mut records: mpsc::UnboundedReceiver<CdrRecord>,
+        mut records: mpsc::UnboundedReceiver<T>,
         mut reopen: watch::Receiver<u64>,
     ) -> CdrShutdown {
         let mut core = round(self.core).await;
@@ -191,7 +210,7 @@ impl CdrWriter {
                         break;
                     }
                     let wall = SystemTime::now();
-                    let lines = batch.drain(..).map(|r| r.to_json_line(now, wall));
+                    let lines = batch.drain(..).map(|r| r.into_line(now, wall));
                     core.delivery.handle_records(now, lines);
                 }
                 changed = reopen.changed(), if reopen_open => match changed {
@@ -380,6 +399,7 @@ mod tests {
     fn record(call_id: &str) -> CdrRecord {
         let now = Instant::now();
         CdrRecord {
+            id: crate::cdr::CdrId::from_random(1),
             call_id: call_id.into(),
             b_call_id: None,
             caller: "1001".into(),

@@ -11,6 +11,7 @@ use arc_swap::ArcSwap;
 use serde::Serialize;
 use tokio::sync::{mpsc, oneshot, watch};
 
+use super::cdr_database::CdrDbStatus;
 use super::cdr_writer::CdrStatus;
 use super::control::{Command, Reply};
 use super::reload::{ReloadRequest, ReloadStatus};
@@ -36,6 +37,9 @@ pub struct Operator {
     pub budget: Arc<TxBudget>,
     /// The CDR writer's state: pending and spilled records, errors.
     pub cdr: watch::Receiver<CdrStatus>,
+    /// The database sink's state (`cdr.postgres`): written rows, the spool's
+    /// depth, errors.
+    pub cdr_database: Option<watch::Receiver<CdrDbStatus>>,
     /// Every trunk's gateways and their health.
     pub gateways: Arc<ArcSwap<Gateways>>,
 }
@@ -67,6 +71,8 @@ impl Operator {
                     calls: usize,
                     resources: Resources,
                     cdr: CdrStatus,
+                    #[serde(skip_serializing_if = "Option::is_none")]
+                    cdr_database: Option<CdrDbStatus>,
                     connections: Vec<crate::transport::connections::ConnectionSnapshot>,
                 }
                 let reload = self.status.borrow().clone();
@@ -78,6 +84,7 @@ impl Operator {
                     calls,
                     resources,
                     cdr,
+                    cdr_database: self.cdr_database.as_ref().map(|s| s.borrow().clone()),
                     connections: self.transport.connections().snapshot(),
                 })
             }

@@ -7,6 +7,7 @@
 //! `run` returns [`DaemonError::CdrsNotWritten`] so the process exits
 //! [`EXIT_CDRS_NOT_WRITTEN`] and a supervisor sees it.
 
+pub mod cdr_database;
 mod cdr_writer;
 mod commands;
 pub mod control;
@@ -43,6 +44,7 @@ use crate::transaction::TxBudget;
 use crate::transport::LocalSocket;
 use crate::transport::connections::StreamLimits;
 use crate::transport::{Transport, TransportError};
+use cdr_database::{CdrDatabase, CdrDatabaseError, DbShutdown};
 use cdr_writer::{CdrShutdown, CdrWriter, CdrWriterError, FINAL_FLUSH};
 use gateway_book::{GatewayBook, follow_dns};
 
@@ -75,6 +77,18 @@ pub enum DaemonError {
     Transport(#[from] TransportError),
     #[error(transparent)]
     Cdr(#[from] CdrWriterError),
+    #[error(transparent)]
+    CdrDatabase(#[from] CdrDatabaseError),
+    /// Stopped with CDRs that neither the database nor its spool took (they
+    /// are in the CDR file).
+    #[error(
+        "stopped with {held} CDRs not in the database nor its spool {}: they are in the CDR file only",
+        spool.display()
+    )]
+    CdrsNotInDatabase {
+        spool: std::path::PathBuf,
+        held: usize,
+    },
     #[error("cannot install signal handler: {0}")]
     Signal(std::io::Error),
     #[error(transparent)]
@@ -111,9 +125,9 @@ impl DaemonError {
     /// The process's exit code for this error.
     pub fn exit_code(&self) -> u8 {
         match self {
-            DaemonError::CdrsNotWritten { .. } | DaemonError::CdrWriterLost(_) => {
-                EXIT_CDRS_NOT_WRITTEN
-            }
+            DaemonError::CdrsNotWritten { .. }
+            | DaemonError::CdrWriterLost(_)
+            | DaemonError::CdrsNotInDatabase { .. } => EXIT_CDRS_NOT_WRITTEN,
             _ => 1,
         }
     }
@@ -140,10 +154,22 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
     transport.trace().configure(&config);
     let metrics = Arc::new(Metrics::default());
     let cdr_writer = CdrWriter::open(&config.cdr, metrics.clone())?;
+    let cdr_database = CdrDatabase::open(&config.cdr, metrics.clone()).await?;
     let cdr_status = cdr_writer.status();
+    let cdr_database_status = cdr_database.as_ref().map(CdrDatabase::status);
     let (cdr_tx, cdr_rx) = mpsc::unbounded_channel();
     let (cdr_reopen, cdr_reopens) = latest::channel(0u64);
-    let writer = tokio::spawn(cdr_writer.run(cdr_rx, cdr_reopens));
+    // With a database, records go through its spool first and on to the
+    // file from there (see `cdr_database`).
+    let (writer, database) = match cdr_database {
+        Some(database) => {
+            let (lines, line_queue) = mpsc::unbounded_channel();
+            let database = tokio::spawn(database.run(cdr_rx, lines));
+            let writer = tokio::spawn(cdr_writer.run(line_queue, cdr_reopens));
+            (writer, Some(database))
+        }
+        None => (tokio::spawn(cdr_writer.run(cdr_rx, cdr_reopens)), None),
+    };
 
     let workers = config.workers().min(usize::from(REGISTRAR_WORKER));
     let local_sockets = transport.local_sockets();
@@ -309,6 +335,7 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
         transport: transport.clone(),
         budget,
         cdr: cdr_status,
+        cdr_database: cdr_database_status,
         gateways,
     };
     let control = start_control(&config.control_socket, operator);
@@ -345,6 +372,22 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
         thread.stop(Duration::from_secs(1)).await;
     }
     drop(worker_inputs);
+    let in_database = match database {
+        Some(task) => match tokio::time::timeout(CDR_FLUSH_TIME, task).await {
+            Ok(Ok(shutdown)) => account_for_database(shutdown),
+            Ok(Err(e)) => {
+                tracing::error!(error = %e, "CDR database task failed");
+                Err(DaemonError::CdrWriterLost("database task failed"))
+            }
+            Err(_) => {
+                tracing::error!("CDR database task did not finish in time");
+                Err(DaemonError::CdrWriterLost(
+                    "database task did not finish in time",
+                ))
+            }
+        },
+        None => Ok(()),
+    };
     let cdrs = match tokio::time::timeout(CDR_FLUSH_TIME, writer).await {
         Ok(Ok(shutdown)) => account_for_cdrs(shutdown),
         Ok(Err(e)) => {
@@ -359,7 +402,33 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
     tracing::info!(summary = %metrics.refresh_summary(), "session refreshes");
     tracing::info!(summary = %metrics.keepalive_summary(), "NAT keep-alives");
     tracing::info!("stopped");
-    cdrs
+    cdrs.and(in_database)
+}
+
+/// Says where the CDRs the database has not got are: in its spool (the next
+/// start inserts them), or, when the spool refused them too, in the CDR file
+/// only.
+fn account_for_database(shutdown: DbShutdown) -> Result<(), DaemonError> {
+    if shutdown.spooled > 0 {
+        tracing::warn!(
+            spool = %shutdown.spool.display(),
+            cdrs = shutdown.spooled,
+            "CDRs stay in the spool: the next start inserts them into the database"
+        );
+    } else {
+        tracing::info!(rows = shutdown.written, "CDRs in the database");
+    }
+    if shutdown.held > 0 {
+        tracing::error!(
+            cdrs = shutdown.held,
+            "CDRs neither the database nor its spool took: they are in the CDR file only"
+        );
+        return Err(DaemonError::CdrsNotInDatabase {
+            spool: shutdown.spool,
+            held: shutdown.held,
+        });
+    }
+    Ok(())
 }
 
 /// Says where every CDR the writer could not write went: those held in

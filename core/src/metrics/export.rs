@@ -285,6 +285,42 @@ impl Collector for Scrape {
             "CDRs not yet in the CDR file: held in memory or in the spill file",
             load(&m.cdrs_pending),
         )?;
+        counter(
+            &mut out,
+            "vigil_cdr_db_written",
+            "CDR rows committed to the database (cdr.postgres)",
+            load(&m.cdr_db_written),
+        )?;
+        histogram(
+            &mut out,
+            "vigil_cdr_db_batch_seconds",
+            "How long each batch insert of CDRs into the database took",
+            &m.cdr_db_batch,
+        )?;
+        counter(
+            &mut out,
+            "vigil_cdr_db_errors",
+            "Failed batch inserts of CDRs into the database; each is retried from the spool and no CDR is dropped",
+            load(&m.cdr_db_errors),
+        )?;
+        counter(
+            &mut out,
+            "vigil_cdr_db_rejected",
+            "CDRs the database refused for their content (a data or constraint error), set aside in the spool's rejected.cdrs so the rows behind them go on",
+            load(&m.cdr_db_rejected),
+        )?;
+        counter(
+            &mut out,
+            "vigil_cdr_spool_errors",
+            "Failed appends to (a full disk), reads from or trims of the database's CDR spool",
+            load(&m.cdr_spool_errors),
+        )?;
+        gauge(
+            &mut out,
+            "vigil_cdr_spool_depth",
+            "CDRs in the database's spool, not yet committed to the database",
+            load(&m.cdr_spool_depth),
+        )?;
         rtpengine_families(&mut out, m)?;
         gateway_families(&mut out, &self.gauges.gateways)?;
         connection_families(&mut out, &self.gauges.connections)
@@ -513,6 +549,7 @@ mod tests {
     fn cdr(end_reason: EndReason, answered: bool, sip_code: Option<u16>) -> CdrRecord {
         let t0 = Instant::now();
         CdrRecord {
+            id: crate::cdr::CdrId::from_random(1),
             call_id: "a@b".into(),
             b_call_id: Some("vgl00-1".into()),
             caller: "1001".into(),
@@ -569,6 +606,12 @@ mod tests {
             "vigil_datagrams_dropped_total counter",
             "vigil_cdr_write_errors_total counter",
             "vigil_cdrs_pending gauge",
+            "vigil_cdr_db_written_total counter",
+            "vigil_cdr_db_batch_seconds histogram",
+            "vigil_cdr_db_errors_total counter",
+            "vigil_cdr_spool_errors_total counter",
+            "vigil_cdr_db_rejected_total counter",
+            "vigil_cdr_spool_depth gauge",
         ] {
             assert!(
                 text.contains(&format!("# TYPE {family}\n")),

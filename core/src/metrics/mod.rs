@@ -224,6 +224,19 @@ pub struct Metrics {
     /// A gauge the CDR writer sets: records not yet in the CDR file (held in
     /// memory or in the spill file).
     pub cdrs_pending: AtomicU64,
+    /// CDR rows committed to the database (`cdr.postgres`), those sent again
+    /// after a restart included.
+    pub cdr_db_written: AtomicU64,
+    /// How long each batch insert took, connecting included.
+    pub cdr_db_batch: Histogram,
+    /// Failed batch inserts (each is retried: no CDR is dropped).
+    pub cdr_db_errors: AtomicU64,
+    /// CDRs the database refused for their content, set aside.
+    pub cdr_db_rejected: AtomicU64,
+    /// Failed appends to, reads from or trims of the database's spool.
+    pub cdr_spool_errors: AtomicU64,
+    /// A gauge: CDRs in the database's spool, not yet committed.
+    pub cdr_spool_depth: AtomicU64,
     /// Every rtpengine's counters, in the order first registered.
     rtpengines: Mutex<Vec<Arc<RtpEngineCounters>>>,
     /// Calls whose media began to be relayed through rtpengine, and those

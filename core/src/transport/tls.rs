@@ -368,6 +368,20 @@ fn certified_key(
     })
 }
 
+/// A client config for Vigil's own outside parties (the CDR database with
+/// `sslmode=require`): no certificate of its own, the server checked against
+/// the host's trust store (`SSL_CERT_FILE`/`SSL_CERT_DIR` too) and its name.
+pub fn system_client_config() -> Result<ClientConfig, TlsSetupError> {
+    let provider = provider();
+    let roots = Arc::new(system_roots()?);
+    let verifier = WebPkiServerVerifier::builder_with_provider(roots, provider.clone()).build()?;
+    Ok(ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(TlsSetupError::Rustls)?
+        .with_webpki_verifier(verifier)
+        .with_no_client_auth())
+}
+
 /// The CAs peers' certificates are checked against.
 fn roots(tls: &TlsConfig) -> Result<Arc<RootCertStore>, TlsSetupError> {
     match &tls.ca {
