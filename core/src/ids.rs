@@ -81,6 +81,15 @@ impl IdGen {
         self.rng.random::<u64>().checked_rem(n).unwrap_or(0)
     }
 
+    /// A call's CDR id: 128 random bits, unique across restarts and nodes.
+    pub fn cdr_id(&mut self) -> String {
+        format!(
+            "{:016x}{:016x}",
+            self.rng.random::<u64>(),
+            self.rng.random::<u64>()
+        )
+    }
+
     /// A From/To tag.
     pub fn tag(&mut self) -> String {
         format!("{:016x}", self.rng.random::<u64>())

@@ -24,6 +24,7 @@ mod in_dialog;
 mod leg;
 mod liveness;
 pub mod media;
+mod persist;
 mod refresh;
 mod relay;
 mod setup;
@@ -47,6 +48,7 @@ pub use crate::policy::Leg;
 pub use env::{CallKey, CallSettings, Env, Purpose, TxOwner};
 pub use failover::{AttemptEnd, Failover, outbound_to};
 use leg::{ALeg, AState, BIdentity, BLeg, BState, BTimeout, CallLeg, LegTimeout};
+pub use persist::{Restore, SavedBody, SavedCall, SavedLeg};
 use relay::Relays;
 pub use snapshot::{CallSnapshot, LegMedia, LegTimerSnapshot};
 
@@ -123,6 +125,8 @@ pub struct Placement {
 /// One B2BUA call.
 pub struct Call {
     key: CallKey,
+    /// The CDR's id, made when the call starts (the state store's key too).
+    id: Box<str>,
     parties: Parties,
     start: Instant,
     answer: Option<Instant>,
@@ -135,7 +139,12 @@ pub struct Call {
     /// The gateways a call to trunks may still try (`None`: a call to a
     /// registered user).
     failover: Option<Failover>,
+    /// A call restored from the state store: the gateways it had tried
+    /// (it holds no [`Failover`] any more).
+    restored_attempts: Option<Box<[crate::cdr::Attempt]>>,
     timers: CallTimers,
+    /// The fingerprint of the state last sent to the state store; 0: never.
+    saved: u64,
     pub(crate) scheduled: Scheduled,
 }
 
@@ -177,6 +186,7 @@ impl Call {
         );
         let mut call = Call {
             key,
+            id: env.ids.cdr_id().into_boxed_str(),
             parties,
             start: now,
             answer: None,
@@ -186,7 +196,9 @@ impl Call {
             relays: Relays::default(),
             media: None,
             failover,
+            restored_attempts: None,
             timers,
+            saved: 0,
             scheduled: Scheduled::default(),
         };
         if relay && env.media.is_some() {
@@ -195,6 +207,11 @@ impl Call {
             call.b.send_invite(now, None, env);
         }
         call
+    }
+
+    /// The CDR's id.
+    pub fn id(&self) -> &str {
+        &self.id
     }
 
     pub fn a_call_id(&self) -> &str {
@@ -308,6 +325,11 @@ impl Call {
     }
 
     fn finish(&mut self, now: Instant, ending: Ending, env: &mut Env<'_>) {
+        self.finish_at(now, now, ending, env);
+    }
+
+    /// Records how the call ended, at `end` (the CDR's; at most `now`).
+    fn finish_at(&mut self, now: Instant, end: Instant, ending: Ending, env: &mut Env<'_>) {
         if self.ending.is_some() {
             return;
         }
@@ -331,7 +353,7 @@ impl Call {
             caller: &self.parties.caller,
             callee: &self.parties.callee,
             end_reason: ending.reason.as_str(),
-            since_answer: self.answer.map(|a| now.saturating_duration_since(a)),
+            since_answer: self.answer.map(|a| end.saturating_duration_since(a)),
         };
         let (policy_in, policy_out) = (
             self.parties.policy_in.as_deref(),
@@ -342,6 +364,7 @@ impl Call {
             extra.extend(env.policies.for_trunk(policy_out).hangup(&view));
         }
         let record = Box::new(CdrRecord {
+            id: self.id.to_string(),
             call_id: self.a.call_id().to_string(),
             b_call_id: Some(self.b.call_id().to_string()),
             caller: self.parties.caller.clone(),
@@ -350,7 +373,7 @@ impl Call {
             trunk_out: Some(self.parties.trunk_out.clone()),
             start: self.start,
             answer: self.answer,
-            end: now,
+            end,
             end_reason: ending.reason,
             ended_by: ending.by,
             sip_code: ending.sip_code,
@@ -372,7 +395,10 @@ impl Call {
     /// call's (answered, or the status it failed with).
     fn attempts(&self, ending: Ending) -> Vec<crate::cdr::Attempt> {
         let Some(f) = &self.failover else {
-            return Vec::new();
+            return self
+                .restored_attempts
+                .as_deref()
+                .map_or_else(Vec::new, <[_]>::to_vec);
         };
         let last = if self.answer.is_some() {
             Some(200)
@@ -483,7 +509,9 @@ mod tests {
         // 1,288 after the issue 16 diet, + 8 for a relayed call's media session
         // (boxed: most calls are not relayed), + 32 for failover (the gateway
         // and its boxed plan, the B leg's no-response timer), + 8 per leg for
-        // a trunk's `auth` (boxed: most trunks ask for none).
-        assert!(size <= 1_360, "size_of::<Call>() = {size} bytes");
+        // a trunk's `auth` (boxed: most trunks ask for none), + 32 for the
+        // state store (the CDR id, a restored call's attempts, the
+        // fingerprint last saved).
+        assert!(size <= 1_392, "size_of::<Call>() = {size} bytes");
     }
 }

@@ -95,6 +95,9 @@ pub enum EndedBy {
 /// One finished call, as the state machine saw it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CdrRecord {
+    /// Unique to the call, made when it starts and kept across restarts and
+    /// takeovers: a record is billed once by its id.
+    pub id: String,
     pub call_id: String,
     pub b_call_id: Option<String>,
     pub caller: String,
@@ -123,9 +126,9 @@ pub struct CdrRecord {
 }
 
 /// One gateway a call tried.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct Attempt {
-    #[serde(serialize_with = "text")]
+    #[serde(serialize_with = "text", deserialize_with = "arc_text")]
     pub trunk: Arc<str>,
     /// The gateway's address (for a gateway the config names by host, the
     /// one DNS gave).
@@ -134,6 +137,10 @@ pub struct Attempt {
     /// within `invite_timeout`), `timeout` (no final answer before Timer B),
     /// or `none` (the call ended while it was being tried).
     pub outcome: String,
+}
+
+fn arc_text<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Arc<str>, D::Error> {
+    <String as serde::Deserialize>::deserialize(d).map(Arc::from)
 }
 
 fn text<S: serde::Serializer>(value: &Arc<str>, s: S) -> Result<S::Ok, S::Error> {
@@ -157,6 +164,15 @@ pub struct Flow {
     pub bytes: u64,
 }
 
+/// The `id` of a CDR line Vigil wrote (its first field), without parsing
+/// the whole line: the state store learns from the lines written which
+/// calls are billed.
+pub fn line_id(line: &str) -> Option<&str> {
+    let rest = line.strip_prefix("{\"id\":\"")?;
+    // Vigil's ids are hex: no escapes inside.
+    rest.split_once('"').map(|(id, _)| id)
+}
+
 impl CdrRecord {
     /// Billable milliseconds: end − answer, 0 if never answered.
     pub fn duration_ms(&self) -> u64 {
@@ -174,6 +190,7 @@ impl CdrRecord {
             humantime::format_rfc3339_millis(t).to_string()
         };
         let line = CdrLine {
+            id: &self.id,
             call_id: &self.call_id,
             b_call_id: self.b_call_id.as_deref(),
             caller: &self.caller,
@@ -213,6 +230,7 @@ impl CdrRecord {
 
 #[derive(Serialize)]
 struct CdrLine<'a> {
+    id: &'a str,
     call_id: &'a str,
     b_call_id: Option<&'a str>,
     caller: &'a str,
@@ -250,6 +268,7 @@ mod tests {
     fn json_line_has_every_field_in_utc_with_millis() {
         let t0 = Instant::now();
         let record = CdrRecord {
+            id: "cdr-1".into(),
             call_id: "a@b".into(),
             b_call_id: Some("vgl00-1".into()),
             caller: "1001".into(),
@@ -298,6 +317,7 @@ mod tests {
         assert_eq!(v["attempts"][0]["outcome"], "503");
         assert_eq!(v["attempts"][1]["trunk"], "carrier");
         let unanswered = CdrRecord {
+            id: "cdr-2".into(),
             answer: None,
             end_reason: EndReason::Rejected,
             sip_code: Some(486),

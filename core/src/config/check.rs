@@ -258,6 +258,27 @@ impl Checker {
                 self.problem(key, "relay needs media.rtpengines");
             }
         }
+        let state = raw.state.and_then(|file| match file.check() {
+            Ok(state) => Some(state),
+            Err((key, message)) => {
+                self.problem(key, message);
+                None
+            }
+        });
+        if let Some(state) = &state {
+            let taken = [
+                Some(("cdr.path", &raw.cdr.path)),
+                raw.registrar.as_ref().map(|r| ("registrar.db", &r.db)),
+            ];
+            for (key, path) in taken.into_iter().flatten() {
+                if *path == state.path {
+                    self.problem(
+                        "state.path",
+                        format!("is {key} too: each needs a file of its own"),
+                    );
+                }
+            }
+        }
         Config {
             file: self.file.clone(),
             listen,
@@ -286,6 +307,7 @@ impl Checker {
             media,
             dns,
             tls,
+            state,
         }
     }
 

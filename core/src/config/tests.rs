@@ -96,7 +96,7 @@ fn every_unknown_key_is_reported_with_the_other_problems() {
             "vigil.yaml:2: listen[1].adress: unknown key, expected one of `addr`, `advertise`",
             "vigil.yaml:7: trunks[0].rout_to: unknown key, expected one of `name`, `inbound`, `outbound`, `route_to`, `session_timer`, `policy`, `media`, `auth`, `register`, `tls_verify`, `transport`",
             "vigil.yaml:12: trunks[2].colour: unknown key, expected one of `name`, `inbound`, `outbound`, `route_to`, `session_timer`, `policy`, `media`, `auth`, `register`, `tls_verify`, `transport`",
-            "vigil.yaml:17: sesion_timer: unknown key, expected one of `listen`, `trunks`, `routes`, `cdr`, `log`, `sip`, `session_timer`, `registrar`, `users`, `nat_keepalive`, `policy`, `control`, `metrics`, `trace`, `limits`, `media`, `dns`, `tls`",
+            "vigil.yaml:17: sesion_timer: unknown key, expected one of `listen`, `trunks`, `routes`, `cdr`, `log`, `sip`, `session_timer`, `registrar`, `users`, `nat_keepalive`, `policy`, `control`, `metrics`, `trace`, `limits`, `media`, `dns`, `tls`, `state`",
             "vigil.yaml:18: session_timer.tll: unknown key, expected one of `ttl`, `update_segment`, `early_hangup`, `no_timer_max_duration`, `min_se`, `refresh_method`, `prefer_refresher`, `refresh_non_timer_peers`, `allow_short_intervals`",
             "vigil.yaml:14: routes[0].trunk: no trunk named \"nowhere\"",
         ]
@@ -654,5 +654,41 @@ fn tcp_and_tls_listeners_are_read_and_tls_needs_its_section() {
     assert!(
         !problems(&text.replace("\"tls:127.0.0.1:5061\"", "\"tcp:127.0.0.1:5060\"")).is_empty(),
         "listed twice"
+    );
+}
+
+#[test]
+fn state_keeps_calls_in_a_file_of_its_own() {
+    let c = Config::parse(
+        &format!("{GOOD}state: {{ path: calls.db }}\n"),
+        Path::new("vigil.yaml"),
+    )
+    .expect("valid");
+    assert_eq!(
+        c.state.map(|s| s.path),
+        Some(std::path::PathBuf::from("calls.db"))
+    );
+    let default =
+        Config::parse(&format!("{GOOD}state: {{}}\n"), Path::new("vigil.yaml")).expect("valid");
+    assert_eq!(
+        default.state.map(|s| s.path),
+        Some(std::path::PathBuf::from("calls.db"))
+    );
+    assert!(
+        Config::parse(GOOD, Path::new("vigil.yaml"))
+            .expect("valid")
+            .state
+            .is_none(),
+        "no state section, no store"
+    );
+    let shared = problems(&format!("{GOOD}state: {{ path: cdr.jsonl }}\n"));
+    assert_eq!(
+        shared.iter().map(ToString::to_string).collect::<Vec<_>>(),
+        vec!["vigil.yaml:15: state.path: is cdr.path too: each needs a file of its own"]
+    );
+    let unknown = problems(&format!("{GOOD}state: {{ pth: calls.db }}\n"));
+    assert!(
+        unknown[0].to_string().contains("state.pth: unknown key"),
+        "{unknown:?}"
     );
 }

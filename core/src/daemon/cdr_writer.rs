@@ -380,6 +380,7 @@ mod tests {
     fn record(call_id: &str) -> CdrRecord {
         let now = Instant::now();
         CdrRecord {
+            id: format!("cdr-{call_id}"),
             call_id: call_id.into(),
             b_call_id: None,
             caller: "1001".into(),

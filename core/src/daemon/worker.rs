@@ -125,6 +125,7 @@ pub async fn run_worker(
         // One worker probes every gateway; all of them read the health.
         probes: id == 0,
         uplink: id == UPLINK_WORKER,
+        persist: config.state.is_some(),
     };
     let mut engine = Engine::new(config, sockets, deps);
     engine.start_registrations(Instant::now());

@@ -513,6 +513,7 @@ mod tests {
     fn cdr(end_reason: EndReason, answered: bool, sip_code: Option<u16>) -> CdrRecord {
         let t0 = Instant::now();
         CdrRecord {
+            id: "cdr-1".into(),
             call_id: "a@b".into(),
             b_call_id: Some("vgl00-1".into()),
             caller: "1001".into(),

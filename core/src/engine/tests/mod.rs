@@ -7,6 +7,7 @@ mod failover;
 mod media;
 mod policies;
 mod resources;
+mod restore;
 mod session_timers;
 mod trunk_auth;
 mod uplink;
