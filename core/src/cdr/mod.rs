@@ -23,7 +23,7 @@ use std::time::{Instant, SystemTime};
 
 use serde::Serialize;
 
-pub use files::{CdrPathError, check_path};
+pub use files::{CdrPathError, billed_ids, check_path};
 
 /// Why a call ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]

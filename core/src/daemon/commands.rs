@@ -14,6 +14,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use super::cdr_writer::CdrStatus;
 use super::control::{Command, Reply};
 use super::reload::{ReloadRequest, ReloadStatus};
+use super::state_writer::StateStatus;
 use super::worker::WorkerInput;
 use crate::call::CallSnapshot;
 use crate::engine::EngineResources;
@@ -36,6 +37,8 @@ pub struct Operator {
     pub budget: Arc<TxBudget>,
     /// The CDR writer's state: pending and spilled records, errors.
     pub cdr: watch::Receiver<CdrStatus>,
+    /// The state store's: backend, role, lag, errors (`None`: no `state:`).
+    pub state: Option<watch::Receiver<StateStatus>>,
     /// Every trunk's gateways and their health.
     pub gateways: Arc<ArcSwap<Gateways>>,
 }
@@ -67,6 +70,7 @@ impl Operator {
                     calls: usize,
                     resources: Resources,
                     cdr: CdrStatus,
+                    state: Option<StateStatus>,
                     connections: Vec<crate::transport::connections::ConnectionSnapshot>,
                 }
                 let reload = self.status.borrow().clone();
@@ -78,6 +82,7 @@ impl Operator {
                     calls,
                     resources,
                     cdr,
+                    state: self.state.as_ref().map(|s| s.borrow().clone()),
                     connections: self.transport.connections().snapshot(),
                 })
             }

@@ -17,6 +17,7 @@ mod metrics_http;
 mod receive;
 mod registrar;
 mod reload;
+mod state_writer;
 pub mod watch;
 mod worker;
 
@@ -39,6 +40,7 @@ use crate::registrar::Registrar;
 use crate::registrar::digest::DigestAuth;
 use crate::registrar::location::LocationView;
 use crate::registrar::store::Store;
+use crate::state::Recovery;
 use crate::transaction::TxBudget;
 use crate::transport::LocalSocket;
 use crate::transport::connections::StreamLimits;
@@ -79,6 +81,8 @@ pub enum DaemonError {
     Signal(std::io::Error),
     #[error(transparent)]
     Store(#[from] crate::registrar::store::StoreError),
+    #[error("state store: {0}")]
+    State(#[from] state_writer::StateOpenError),
     #[error("cannot start the registrar thread: {0}")]
     RegistrarThread(std::io::Error),
     #[error("tls: {0}")]
@@ -139,13 +143,20 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
     };
     transport.trace().configure(&config);
     let metrics = Arc::new(Metrics::default());
-    let cdr_writer = CdrWriter::open(&config.cdr, metrics.clone())?;
+    let mut cdr_writer = CdrWriter::open(&config.cdr, metrics.clone())?;
     let cdr_status = cdr_writer.status();
+    let workers = config.workers().min(usize::from(REGISTRAR_WORKER));
+    let store = open_state_store(&config, &mut cdr_writer, &metrics, workers)?;
     let (cdr_tx, cdr_rx) = mpsc::unbounded_channel();
     let (cdr_reopen, cdr_reopens) = latest::channel(0u64);
     let writer = tokio::spawn(cdr_writer.run(cdr_rx, cdr_reopens));
+    let StateStore {
+        changes: state_changes,
+        task: state_task,
+        status: state_status,
+        mut restored,
+    } = store;
 
-    let workers = config.workers().min(usize::from(REGISTRAR_WORKER));
     let local_sockets = transport.local_sockets();
     let policy_loader = load_policies(&config, &metrics);
     let (registrar_input, registrar_task, registrar_shared) = start_registrar(
@@ -170,6 +181,7 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
         cdrs: cdr_tx,
         budget: budget.clone(),
         gateways: gateways.clone(),
+        state: state_changes,
     };
     let mut worker_inputs = Vec::with_capacity(workers);
     let mut worker_tasks = Vec::with_capacity(workers);
@@ -185,6 +197,7 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
             shared.clone(),
             policies,
             rx,
+            restored.get_mut(id).map(std::mem::take).unwrap_or_default(),
         )));
     }
     // The CDR writer stops once the workers' senders are all gone.
@@ -309,6 +322,7 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
         transport: transport.clone(),
         budget,
         cdr: cdr_status,
+        state: state_status,
         gateways,
     };
     let control = start_control(&config.control_socket, operator);
@@ -356,10 +370,86 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
             Err(DaemonError::CdrWriterLost("did not finish in time"))
         }
     };
+    if let Some(task) = state_task
+        && tokio::time::timeout(STATE_FLUSH_TIME, task).await.is_err()
+    {
+        tracing::error!("the state store did not finish its last writes in time");
+    }
     tracing::info!(summary = %metrics.refresh_summary(), "session refreshes");
     tracing::info!(summary = %metrics.keepalive_summary(), "NAT keep-alives");
     tracing::info!("stopped");
     cdrs
+}
+
+/// How long shutdown waits for the state store's last batch, after the CDR
+/// writer (the calls ended by the drain are forgotten once billed).
+const STATE_FLUSH_TIME: Duration = Duration::from_secs(2);
+
+/// The state store as the daemon runs it (all empty without `state:`).
+struct StateStore {
+    /// Where workers send what changed.
+    changes: Option<mpsc::UnboundedSender<crate::engine::StateChange>>,
+    task: Option<tokio::task::JoinHandle<()>>,
+    status: Option<latest::Receiver<state_writer::StateStatus>>,
+    /// The calls each worker resumes, by worker.
+    restored: Vec<Vec<crate::call::SavedCall>>,
+}
+
+/// Opens the state store (`state:`), sorts what it held against the CDR
+/// file, hands the CDRs of calls that ended unbilled to the CDR writer, and
+/// starts the task that writes it. The calls to resume go to the workers
+/// their dialogs' requests reach.
+fn open_state_store(
+    config: &Config,
+    cdr_writer: &mut CdrWriter,
+    metrics: &Arc<Metrics>,
+    workers: usize,
+) -> Result<StateStore, DaemonError> {
+    let mut restored = vec![Vec::new(); workers];
+    let Some(state) = &config.state else {
+        return Ok(StateStore {
+            changes: None,
+            task: None,
+            status: None,
+            restored,
+        });
+    };
+    let (task, recovery) = state_writer::open(state, &config.cdr, metrics.clone())?;
+    for (id, why) in &recovery.damaged {
+        tracing::error!(id, error = %why, "a call in the state store cannot be read: it is dropped, unbilled");
+    }
+    tracing::info!(
+        path = %state.path.display(),
+        resumed = recovery.resume.len(),
+        billed_now = recovery.rebill.len(),
+        already_billed = recovery.forget.len(),
+        "state store ready"
+    );
+    let status = task.status();
+    let Recovery { resume, rebill, .. } = recovery;
+    cdr_writer.replay(rebill);
+    let (billed_tx, billed) = mpsc::unbounded_channel();
+    cdr_writer.report_written(billed_tx);
+    for call in resume {
+        let worker = crate::ingress::worker_for(&call.a.dialog.call_id, workers);
+        let b_worker = crate::ids::worker_of(&call.b.dialog.call_id);
+        if b_worker.is_some_and(|b| b != worker) {
+            tracing::warn!(
+                call_id = %call.a.dialog.call_id,
+                worker,
+                b_worker = ?b_worker,
+                "a resumed call's legs land on different workers (sip.workers changed?): its B leg's requests will not find it"
+            );
+        }
+        restored[worker].push(call);
+    }
+    let (changes, rx) = mpsc::unbounded_channel();
+    Ok(StateStore {
+        changes: Some(changes),
+        task: Some(tokio::spawn(task.run(rx, billed))),
+        status: Some(status),
+        restored,
+    })
 }
 
 /// Says where every CDR the writer could not write went: those held in

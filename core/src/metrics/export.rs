@@ -285,6 +285,24 @@ impl Collector for Scrape {
             "CDRs not yet in the CDR file: held in memory or in the spill file",
             load(&m.cdrs_pending),
         )?;
+        counter(
+            &mut out,
+            "vigil_state_writes",
+            "Changes the state store took: established calls saved, ended, forgotten once billed",
+            load(&m.state_writes),
+        )?;
+        counter(
+            &mut out,
+            "vigil_state_write_failures",
+            "Batches the state store refused; each is retried and calls go on",
+            load(&m.state_write_failures),
+        )?;
+        gauge(
+            &mut out,
+            "vigil_state_lag_milliseconds",
+            "How long the oldest change not yet in the state store has waited",
+            load(&m.state_lag_ms),
+        )?;
         rtpengine_families(&mut out, m)?;
         gateway_families(&mut out, &self.gauges.gateways)?;
         connection_families(&mut out, &self.gauges.connections)
@@ -570,6 +588,9 @@ mod tests {
             "vigil_datagrams_dropped_total counter",
             "vigil_cdr_write_errors_total counter",
             "vigil_cdrs_pending gauge",
+            "vigil_state_writes_total counter",
+            "vigil_state_write_failures_total counter",
+            "vigil_state_lag_milliseconds gauge",
         ] {
             assert!(
                 text.contains(&format!("# TYPE {family}\n")),

@@ -224,6 +224,13 @@ pub struct Metrics {
     /// A gauge the CDR writer sets: records not yet in the CDR file (held in
     /// memory or in the spill file).
     pub cdrs_pending: AtomicU64,
+    /// Rows the state store took (call saves, ends and deletes), and failed
+    /// batches (retried: calls go on, the store catches up).
+    pub state_writes: AtomicU64,
+    pub state_write_failures: AtomicU64,
+    /// A gauge the state task sets: how long the oldest change not yet in
+    /// the store has waited, in milliseconds.
+    pub state_lag_ms: AtomicU64,
     /// Every rtpengine's counters, in the order first registered.
     rtpengines: Mutex<Vec<Arc<RtpEngineCounters>>>,
     /// Calls whose media began to be relayed through rtpengine, and those
