@@ -696,4 +696,18 @@ mod tests {
         let e = check_path(dir.path()).expect_err("a directory");
         assert!(matches!(e, CdrPathError::IsADirectory(_)), "{e}");
     }
+
+    #[test]
+    fn billed_ids_are_read_from_the_cdr_file_tail_and_the_spill() {
+        let dir = tempfile::tempdir().expect("dir");
+        let (cdr, spill) = (dir.path().join("cdr.jsonl"), dir.path().join("cdr.spill"));
+        std::fs::write(&cdr, "{\"id\":\"a1\",\"x\":1}\nnot json\n{\"id\":\"b2\"}\n").expect("cdr");
+        std::fs::write(&spill, "{\"id\":\"c3\"}\n").expect("spill");
+        let wanted: std::collections::HashSet<String> = ["a1", "c3", "d4"].map(String::from).into();
+        let found = billed_ids(&cdr, &spill, &wanted).expect("read");
+        assert_eq!(found, ["a1", "c3"].map(String::from).into());
+        let none = billed_ids(&dir.path().join("none"), &dir.path().join("none2"), &wanted)
+            .expect("missing files carry none");
+        assert!(none.is_empty());
+    }
 }
