@@ -5,7 +5,7 @@
 # proxy, Debian's rtpengine-daemon, of which the tests start their own on
 # loopback; the dnsmasq DNS server, Debian's dnsmasq-base: the binary without a
 # system service, started by the DNS tests on loopback; Kamailio, a carrier's
-# registrar and proxy), then runs every test
+# registrar and proxy; redis-server, the state store two nodes share), then runs every test
 # of the workspace: unit tests, the RFC 4475 torture suite and the end-to-end
 # calls.
 set -euo pipefail
@@ -19,6 +19,8 @@ command -v rtpengine >/dev/null 2>&1 || missing+=(rtpengine-daemon)
 command -v dnsmasq >/dev/null 2>&1 || [ -x /usr/sbin/dnsmasq ] || missing+=(dnsmasq-base)
 # Kamailio is the carrier Vigil registers with (tests/trunk_registration.rs).
 [ -x /usr/sbin/kamailio ] || command -v kamailio >/dev/null 2>&1 || missing+=(kamailio)
+# Redis holds the calls of two Vigil nodes (tests/standby_takeover.rs).
+command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
 if [ "${#missing[@]}" -gt 0 ]; then
     echo "tests/run.sh: installing ${missing[*]}" >&2
     sudo=""

@@ -559,6 +559,12 @@ pub mod rtpengine;
 #[path = "dnsmasq.rs"]
 pub mod dnsmasq;
 
+// ---------------------------------------------------------------------------
+// Redis, the state store several nodes share
+
+#[path = "redis.rs"]
+pub mod redis;
+
 // Kamailio as a carrier
 
 #[path = "kamailio.rs"]

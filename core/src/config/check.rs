@@ -265,13 +265,13 @@ impl Checker {
                 None
             }
         });
-        if let Some(state) = &state {
+        if let Some(state_path) = state.as_ref().and_then(|s| s.path()) {
             let taken = [
                 Some(("cdr.path", &raw.cdr.path)),
                 raw.registrar.as_ref().map(|r| ("registrar.db", &r.db)),
             ];
             for (key, path) in taken.into_iter().flatten() {
-                if *path == state.path {
+                if path == state_path {
                     self.problem(
                         "state.path",
                         format!("is {key} too: each needs a file of its own"),

@@ -665,14 +665,18 @@ fn state_keeps_calls_in_a_file_of_its_own() {
     )
     .expect("valid");
     assert_eq!(
-        c.state.map(|s| s.path),
-        Some(std::path::PathBuf::from("calls.db"))
+        c.state,
+        Some(StateConfig::File {
+            path: "calls.db".into()
+        })
     );
     let default =
         Config::parse(&format!("{GOOD}state: {{}}\n"), Path::new("vigil.yaml")).expect("valid");
     assert_eq!(
-        default.state.map(|s| s.path),
-        Some(std::path::PathBuf::from("calls.db"))
+        default.state,
+        Some(StateConfig::File {
+            path: "calls.db".into()
+        })
     );
     assert!(
         Config::parse(GOOD, Path::new("vigil.yaml"))
@@ -686,6 +690,30 @@ fn state_keeps_calls_in_a_file_of_its_own() {
         shared.iter().map(ToString::to_string).collect::<Vec<_>>(),
         vec!["vigil.yaml:15: state.path: is cdr.path too: each needs a file of its own"]
     );
+    let redis = Config::parse(
+        &format!("{GOOD}state: {{ redis: \"redis://127.0.0.1:6379\" }}\n"),
+        Path::new("vigil.yaml"),
+    )
+    .expect("valid");
+    assert_eq!(
+        redis.state,
+        Some(StateConfig::Redis {
+            url: "redis://127.0.0.1:6379".into()
+        })
+    );
+    for (bad, message) in [
+        (
+            "{ redis: \"127.0.0.1:6379\" }",
+            "state.redis: \"127.0.0.1:6379\" is not a redis:// URL",
+        ),
+        (
+            "{ path: calls.db, redis: \"redis://127.0.0.1\" }",
+            "state.redis: give either path (a local file) or redis, not both",
+        ),
+    ] {
+        let p = problems(&format!("{GOOD}state: {bad}\n"));
+        assert!(p[0].to_string().ends_with(message), "{p:?}");
+    }
     let unknown = problems(&format!("{GOOD}state: {{ pth: calls.db }}\n"));
     assert!(
         unknown[0].to_string().contains("state.pth: unknown key"),

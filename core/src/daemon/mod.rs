@@ -12,6 +12,7 @@ mod commands;
 pub mod control;
 pub mod dns;
 mod gateway_book;
+mod lease;
 mod logging;
 mod metrics_http;
 mod receive;
@@ -70,6 +71,8 @@ const CDR_FLUSH_TIME: Duration = FINAL_FLUSH.saturating_add(Duration::from_milli
 /// `vigil run`'s exit code when it stopped with CDRs not in the CDR file:
 /// they were printed on stderr or left in the spill file (see the log).
 pub const EXIT_CDRS_NOT_WRITTEN: u8 = 3;
+/// `vigil run`'s exit code when another node took its lease (Redis state).
+pub use lease::EXIT_FENCED;
 
 #[derive(Debug, thiserror::Error)]
 pub enum DaemonError {
@@ -83,6 +86,8 @@ pub enum DaemonError {
     Store(#[from] crate::registrar::store::StoreError),
     #[error("state store: {0}")]
     State(#[from] state_writer::StateOpenError),
+    #[error("state store: {0}")]
+    Shared(#[from] crate::state::shared::SharedError),
     #[error("cannot start the registrar thread: {0}")]
     RegistrarThread(std::io::Error),
     #[error("tls: {0}")]
@@ -126,6 +131,13 @@ impl DaemonError {
 /// Runs the switch until SIGTERM or SIGINT, then shuts down gracefully.
 pub async fn run(config: Config) -> Result<(), DaemonError> {
     let config = Arc::new(config);
+    // With Redis, a node is a standby until it holds the lease: it binds
+    // nothing and loads no call before then.
+    let lease = match &config.state {
+        Some(crate::config::StateConfig::Redis { url }) => Some(lease::acquire(url).await?),
+        _ => None,
+    };
+    let lease_keeper = lease.map(|l| tokio::spawn(lease::keep(l)));
     let transport = Arc::new(Transport::bind(
         &config.listen,
         StreamLimits::from_config(&config.limits),
@@ -146,7 +158,7 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
     let mut cdr_writer = CdrWriter::open(&config.cdr, metrics.clone())?;
     let cdr_status = cdr_writer.status();
     let workers = config.workers().min(usize::from(REGISTRAR_WORKER));
-    let store = open_state_store(&config, &mut cdr_writer, &metrics, workers)?;
+    let store = open_state_store(&config, &mut cdr_writer, &metrics, workers).await?;
     let (cdr_tx, cdr_rx) = mpsc::unbounded_channel();
     let (cdr_reopen, cdr_reopens) = latest::channel(0u64);
     let writer = tokio::spawn(cdr_writer.run(cdr_rx, cdr_reopens));
@@ -375,6 +387,10 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
     {
         tracing::error!("the state store did not finish its last writes in time");
     }
+    // Held to the end: a standby takes over once this node sends no more.
+    if let Some(keeper) = lease_keeper {
+        keeper.abort();
+    }
     tracing::info!(summary = %metrics.refresh_summary(), "session refreshes");
     tracing::info!(summary = %metrics.keepalive_summary(), "NAT keep-alives");
     tracing::info!("stopped");
@@ -399,7 +415,7 @@ struct StateStore {
 /// file, hands the CDRs of calls that ended unbilled to the CDR writer, and
 /// starts the task that writes it. The calls to resume go to the workers
 /// their dialogs' requests reach.
-fn open_state_store(
+async fn open_state_store(
     config: &Config,
     cdr_writer: &mut CdrWriter,
     metrics: &Arc<Metrics>,
@@ -414,12 +430,12 @@ fn open_state_store(
             restored,
         });
     };
-    let (task, recovery) = state_writer::open(state, &config.cdr, metrics.clone())?;
+    let (task, recovery) = state_writer::open(state, &config.cdr, metrics.clone()).await?;
     for (id, why) in &recovery.damaged {
         tracing::error!(id, error = %why, "a call in the state store cannot be read: it is dropped, unbilled");
     }
     tracing::info!(
-        path = %state.path.display(),
+        store = ?state,
         resumed = recovery.resume.len(),
         billed_now = recovery.rebill.len(),
         already_billed = recovery.forget.len(),

@@ -595,7 +595,7 @@ mod tests {
         new.trunks.pop();
         new.cdr.path = "other.jsonl".into();
         new.cdr.spool = Some("/var/spool/vigil".into());
-        new.state = Some(crate::config::StateConfig {
+        new.state = Some(crate::config::StateConfig::File {
             path: "calls.db".into(),
         });
         let summary = summarise(&old, &new);

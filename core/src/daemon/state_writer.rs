@@ -17,7 +17,6 @@
 //! the ids of the CDRs already in the CDR file.
 
 use std::collections::HashSet;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant, SystemTime};
@@ -30,6 +29,7 @@ use crate::engine::StateChange;
 use crate::metrics::Metrics;
 use crate::ratelimit::RateLimit;
 use crate::state::pending::Batch;
+use crate::state::shared::{Redis, SharedError};
 use crate::state::{FileStore, Pending, Recovery, StateError, recover};
 
 /// A failed batch is tried again after this long.
@@ -42,10 +42,12 @@ const TICK: Duration = Duration::from_millis(500);
 /// What `vigil ctl status` shows of the state store.
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
 pub struct StateStatus {
-    /// `file` (the embedded SQLite store).
+    /// `file` (the embedded SQLite store) or `redis`.
     pub backend: &'static str,
-    pub path: PathBuf,
-    /// `active`: this node saves and resumes calls.
+    /// The file, or the Redis URL.
+    pub location: String,
+    /// `active`: this node holds the calls (with Redis: the lease; a
+    /// standby waits for it before it even binds its addresses).
     pub role: &'static str,
     /// `ok`, or `failing` while batches are refused.
     pub state: &'static str,
@@ -66,13 +68,57 @@ pub struct StateStatus {
 pub enum StateOpenError {
     #[error(transparent)]
     Store(#[from] StateError),
+    #[error(transparent)]
+    Shared(#[from] SharedError),
+    #[error("cannot forget the calls already billed: {0}")]
+    Forget(String),
     #[error("cannot read the CDR file to tell billed calls from live ones: {0}")]
     Cdr(std::io::Error),
 }
 
+/// Where the rows go.
+enum Backend {
+    /// The SQLite file (taken while a batch is written on the blocking pool).
+    File(Option<FileStore>),
+    Redis(Redis),
+}
+
+impl Backend {
+    /// Writes `batch`; gives it back with the outcome.
+    async fn apply(&mut self, batch: Batch) -> (Batch, Result<(), String>) {
+        match self {
+            Backend::Redis(redis) => {
+                let result = redis.apply(&batch).await.map_err(|e| e.to_string());
+                (batch, result)
+            }
+            Backend::File(slot) => {
+                let Some(mut store) = slot.take() else {
+                    return (batch, Err("the state file is gone".into()));
+                };
+                let written = tokio::task::spawn_blocking(move || {
+                    let result = store.apply(&batch).map_err(|e| e.to_string());
+                    (store, batch, result)
+                })
+                .await;
+                match written {
+                    Ok((store, batch, result)) => {
+                        *slot = Some(store);
+                        (batch, result)
+                    }
+                    // The I/O code panicked (a bug): the task fails the same way.
+                    Err(e) => std::panic::resume_unwind(
+                        e.try_into_panic()
+                            .unwrap_or_else(|e| Box::new(format!("state I/O task cancelled: {e}"))),
+                    ),
+                }
+            }
+        }
+    }
+}
+
 /// The state store, opened, with what it held at start sorted.
 pub struct StateTask {
-    store: Option<FileStore>,
+    store: Backend,
     pending: Pending,
     metrics: Arc<Metrics>,
     status: StateStatus,
@@ -83,13 +129,24 @@ pub struct StateTask {
 /// Opens the store, loads its rows and sorts them against the CDR file:
 /// the task (with the rows of billed calls already deleted) and what to do
 /// with the rest.
-pub fn open(
+pub async fn open(
     config: &StateConfig,
     cdr: &CdrConfig,
     metrics: Arc<Metrics>,
 ) -> Result<(StateTask, Recovery), StateOpenError> {
-    let mut store = FileStore::open(&config.path)?;
-    let rows = store.load()?;
+    let (mut store, rows, backend, location) = match config {
+        StateConfig::File { path } => {
+            let store = FileStore::open(path)?;
+            let rows = store.load()?;
+            let location = path.display().to_string();
+            (Backend::File(Some(store)), rows, "file", location)
+        }
+        StateConfig::Redis { url } => {
+            let mut redis = Redis::new(url)?;
+            let rows = redis.load().await?;
+            (Backend::Redis(redis), rows, "redis", url.clone())
+        }
+    };
     let wanted: HashSet<String> = rows.iter().map(|r| r.id.clone()).collect();
     let billed = crate::cdr::billed_ids(&cdr.path, &cdr.spill_path(), &wanted)
         .map_err(StateOpenError::Cdr)?;
@@ -99,11 +156,13 @@ pub fn open(
     for id in &recovery.forget {
         pending.cdr_written(now, id);
     }
-    store.apply(&pending.take())?;
+    if let (_, Err(e)) = store.apply(pending.take()).await {
+        return Err(StateOpenError::Forget(e));
+    }
     let pending = Pending::with_stored(recovery.kept_ids());
     let status = StateStatus {
-        backend: "file",
-        path: config.path.clone(),
+        backend,
+        location,
         role: "active",
         state: "ok",
         calls: pending.stored() as u64,
@@ -115,7 +174,7 @@ pub fn open(
     };
     let (published, _) = watch::channel(status.clone());
     let task = StateTask {
-        store: Some(store),
+        store,
         pending,
         metrics,
         status,
@@ -207,32 +266,16 @@ impl StateTask {
     /// Writes everything pending in one transaction; false if it failed
     /// (the batch is back in `pending`).
     async fn write(&mut self) -> bool {
-        let Some(mut store) = self.store.take() else {
-            return false;
-        };
         let batch = self.pending.take();
         let rows = batch.ops.len() as u64;
-        let written = tokio::task::spawn_blocking(move || {
-            let result = store.apply(&batch);
-            (store, batch, result)
-        })
-        .await;
-        let (store, batch, result): (FileStore, Batch, Result<(), StateError>) = match written {
-            Ok(done) => done,
-            // The I/O code panicked (a bug): the task fails the same way.
-            Err(e) => std::panic::resume_unwind(
-                e.try_into_panic()
-                    .unwrap_or_else(|e| Box::new(format!("state I/O task cancelled: {e}"))),
-            ),
-        };
-        self.store = Some(store);
+        let (batch, result) = self.store.apply(batch).await;
         match result {
             Ok(()) => {
                 self.metrics.state_writes.fetch_add(rows, Ordering::Relaxed);
                 self.status.writes += rows;
                 if self.status.state != "ok" {
                     tracing::warn!(
-                        path = %self.status.path.display(),
+                        store = %self.status.location,
                         "state store works again: it has caught up"
                     );
                 }
@@ -243,7 +286,7 @@ impl StateTask {
                 Metrics::count(&self.metrics.state_write_failures);
                 self.status.write_errors += 1;
                 self.status.state = "failing";
-                self.status.last_error = Some(e.to_string());
+                self.status.last_error = Some(e.clone());
                 if let Some(suppressed) = self.errors_log.allow(Instant::now()) {
                     tracing::error!(
                         error = %e,

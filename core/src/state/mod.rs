@@ -8,11 +8,14 @@
 //! batch to the [`FileStore`], and deletes a call that ended once the CDR
 //! writer reports its CDR written (durable against a crash of the process).
 //! At start, [`recover`] sorts what the store holds: calls to resume, ended
-//! calls whose CDR must still be written, and calls already billed.
+//! calls whose CDR must still be written, and calls already billed. With
+//! several nodes, the store is Redis ([`shared`]) and a lease there says
+//! which node is active.
 
 pub mod file;
 pub mod pending;
 pub mod recover;
+pub mod shared;
 
 pub use file::{FileStore, StateError, StoredRow};
 pub use pending::{Op, Pending};
