@@ -115,6 +115,9 @@ fn two_hundred_calls_survive_a_kill_and_a_restart_within_two_seconds() {
         support::tail(&vigil.log(), 40)
     );
     let uas = uas.expect_success(Duration::from_secs(20));
+    if let Some(first) = support::first_request_after(&uas.messages, "UPDATE", killed_at) {
+        println!("kill -9 to the first refresh the new process sent: {first:?}");
+    }
     // Vigil refreshed every callee before and after the restart: at 5 and
     // 10 s of a 12.5 s call.
     let refreshes = uas.messages.matches("UPDATE sip:").count();

@@ -3,14 +3,17 @@
 //! active is killed with SIGKILL during 200 calls; the standby takes the
 //! lease within 3 s, binds the same address, loads the calls and goes on
 //! refreshing them: the sipp peers see no failed refresh and no lost call,
-//! and every call has one CDR. And a Redis stopped during calls: the calls go
-//! on, the failure is loud, and the store catches up when Redis is back.
+//! and every call has one CDR. Registered contacts live in Redis too and keep
+//! their keep-alives from the new active. And a Redis stopped during calls:
+//! the calls go on, the failure is loud, and the store catches up when Redis
+//! is back.
 
 mod support;
 
 use std::collections::HashSet;
 use std::time::{Duration, Instant, SystemTime};
 
+use support::phone::Phone;
 use support::redis::RedisServer;
 use support::{Net, Vigil, callee, caller, read_cdrs, scenario};
 
@@ -115,6 +118,9 @@ fn the_standby_takes_over_the_calls_of_an_active_killed_during_200_calls() {
         support::tail(&standby.log(), 40)
     );
     let uas = uas.expect_success(Duration::from_secs(20));
+    if let Some(first) = support::first_request_after(&uas.messages, "UPDATE", killed_at) {
+        println!("kill -9 to the first refresh the standby sent: {first:?}");
+    }
     let refreshes = uas.messages.matches("UPDATE sip:").count();
     assert!(
         refreshes >= 2 * CALLS,
@@ -180,4 +186,46 @@ fn calls_go_on_while_redis_is_down_and_the_store_catches_up() {
     assert!(stopped.status.success(), "{}", stopped.log);
     assert_eq!(stopped.cdrs.len(), CALLS);
     assert!(stopped.cdrs.iter().all(|c| c["end_reason"] == "caller-bye"));
+}
+
+#[test]
+fn registered_contacts_keep_their_keepalives_after_a_takeover() {
+    let net = Net::new(244);
+    let redis_dir = tempfile::tempdir().expect("dir");
+    let redis = RedisServer::start(redis_dir.path(), free_tcp_port());
+    let extra = format!(
+        "{}registrar: {{ domain: vigil.local, min_expires: 1 }}\n\
+         users:\n  - {{ user: \"1001\", password: secret1001 }}\n\
+         nat_keepalive: {{ period: 1, allow_short_intervals: true }}\n",
+        config(&redis)
+    );
+    let active = Vigil::start(net, &extra);
+    let shared_config = std::fs::read_to_string(active.config_path()).expect("config");
+    let standby = Vigil::start_with(net, tempfile::tempdir().expect("dir"), &shared_config);
+    let mut phone = Phone::new(net.caller, "1001", "secret1001");
+    assert_eq!(phone.register(net.vigil_addr(), 300), 200);
+    assert_eq!(
+        redis.cli(&["HLEN", "vigil:contacts"]),
+        "1",
+        "the contact is in Redis"
+    );
+    assert!(
+        !phone.keepalives(Duration::from_secs(3)).is_empty(),
+        "keep-alives from the active"
+    );
+    let _active_dir = active.kill_hard();
+    eventually(
+        Duration::from_secs(3),
+        "the standby takes the lease",
+        || standby.log().contains("lease taken: this node is active"),
+    );
+    let after = phone.keepalives(Duration::from_secs(4));
+    assert!(
+        after.len() >= 2,
+        "the new active keeps the contact alive: {} keep-alives in 4 s\n{}",
+        after.len(),
+        standby.log()
+    );
+    let (ok, out, err) = standby.ctl(&["registrations"]);
+    assert!(ok && out.contains("1001"), "{out}{err}");
 }

@@ -28,6 +28,11 @@
 #     SUT "vigil-tcpn": the same with a TCP connection per call (-t tn, as
 #                     phones do): the caller opens, and closes at the call's
 #                     end, one connection per call
+#     SUT "vigil-file": the same Vigil config with the embedded state store
+#                     (state: { path: calls.db }, issue 21): every answered
+#                     call saved, its end stored, then forgotten once billed.
+#     SUT "vigil-redis": the same with the store on Redis (a redis-server the
+#                     script starts on 127.0.0.1:$REDIS_PORT, no persistence).
 #     SUT "kamailio": kamailio -f tests/load/kamailio.cfg on udp:127.0.0.1:5070
 #                     (stateful proxy: tm + dialog + sst + record_route)
 #
@@ -136,6 +141,7 @@ REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 LOAD_DIR="$REPO_ROOT/tests/load"
 
 RATES="${RATES:-250 500 750 1000 1250 1500 2000 2500 3000}"
+REDIS_PORT="${REDIS_PORT:-16399}"
 DURATION="${DURATION:-30}"
 HOLD_MS="${HOLD_MS:-1000}"
 SUTS="${SUTS:-both}"
@@ -207,13 +213,14 @@ parse_args() {
 	both) SUT_LIST=(vigil kamailio) ;;
 	all) SUT_LIST=(vigil vigil-lua kamailio) ;;
 	tcp) SUT_LIST=(vigil vigil-tcp1 vigil-tcpn) ;;
+	state) SUT_LIST=(vigil vigil-file vigil-redis) ;;
 	*) read -r -a SUT_LIST <<<"$SUTS" ;;
 	esac
 	local sut
 	for sut in "${SUT_LIST[@]}"; do
 		case "$sut" in
-		vigil | vigil-lua | vigil-relay | vigil-route | vigil-tcp1 | vigil-tcpn | kamailio) ;;
-		*) die "--sut takes vigil, vigil-lua, vigil-relay, vigil-route, vigil-tcp1, vigil-tcpn, kamailio, both, all or tcp (got '$sut')" ;;
+		vigil | vigil-lua | vigil-relay | vigil-route | vigil-tcp1 | vigil-tcpn | vigil-file | vigil-redis | kamailio) ;;
+		*) die "--sut takes vigil, vigil-lua, vigil-relay, vigil-route, vigil-tcp1, vigil-tcpn, vigil-file, vigil-redis, kamailio, both, all, tcp or state (got '$sut')" ;;
 		esac
 	done
 	[[ "$DURATION" =~ ^[1-9][0-9]*$ ]] || die "--duration must be a positive integer (s)"
@@ -417,6 +424,33 @@ write_vigil_config() {
 	# (vigil-tcpn) that is thousands of connections from it, past the
 	# per-source default meant for the open Internet.
 	echo "limits: { max_connections_per_source: 100000 }" >>"$VIGIL_TCP_CFG"
+	# vigil-file / vigil-redis: the same with the state store (issue 21).
+	VIGIL_FILE_CFG="$WORK/vigil-file.yaml"
+	{
+		cat "$VIGIL_CFG"
+		echo "state: { path: \"$WORK/calls.db\" }"
+	} >"$VIGIL_FILE_CFG"
+	VIGIL_REDIS_CFG="$WORK/vigil-redis.yaml"
+	{
+		cat "$VIGIL_CFG"
+		echo "state: { redis: \"redis://$HOST:$REDIS_PORT\" }"
+	} >"$VIGIL_REDIS_CFG"
+}
+
+# Redis for the vigil-redis SUT, a fresh one per step; its CPU is not
+# charged to Vigil's figure.
+start_redis() {
+	local dir="$1"
+	command -v redis-server >/dev/null || die "vigil-redis needs redis-server (apt-get install redis-server)"
+	(cd "$dir" && exec redis-server --port "$REDIS_PORT" --bind "$HOST" --save '' --appendonly no) >"$dir/redis.log" 2>&1 &
+	REDIS_PID=$!
+	PIDS+=("$REDIS_PID")
+	local i
+	for ((i = 0; i < 100; i++)); do
+		redis-cli -h "$HOST" -p "$REDIS_PORT" ping 2>/dev/null | grep -q PONG && return 0
+		sleep 0.1
+	done
+	die "redis-server did not answer on $HOST:$REDIS_PORT (log: $dir/redis.log)"
 }
 
 # rtpengine for the vigil-relay SUT, in userspace, ports for thousands of
@@ -438,10 +472,18 @@ start_rtpengine() {
 start_sut() {
 	local sut="$1" dir="$2"
 	case "$sut" in
-	vigil | vigil-lua | vigil-relay | vigil-route | vigil-tcp1 | vigil-tcpn)
+	vigil | vigil-lua | vigil-relay | vigil-route | vigil-tcp1 | vigil-tcpn | vigil-file | vigil-redis)
 		SUT_PORT=$VIGIL_PORT
 		require_port_free "$SUT_PORT" vigil
 		local cfg="$VIGIL_CFG"
+		if [[ "$sut" == vigil-file ]]; then
+			cfg="$VIGIL_FILE_CFG"
+			rm -f "$WORK/calls.db" "$WORK/calls.db-wal" "$WORK/calls.db-shm"
+		fi
+		if [[ "$sut" == vigil-redis ]]; then
+			cfg="$VIGIL_REDIS_CFG"
+			start_redis "$dir"
+		fi
 		[[ "$sut" == vigil-lua ]] && cfg="$VIGIL_LUA_CFG"
 		[[ "$sut" == vigil-route ]] && cfg="$VIGIL_ROUTE_CFG"
 		if [[ "$sut" == vigil-relay ]]; then
@@ -700,6 +742,11 @@ run_step() {
 		stop_pid "$RTPENGINE_PID" 10
 		RTPENGINE_PID=""
 	fi
+	if [[ -n "${REDIS_PID:-}" ]]; then
+		log "redis-server used $(( $(cpu_ticks "$REDIS_PID") * 1000000 / $(getconf CLK_TCK) / (calls > 0 ? calls : 1) )) µs of CPU per call"
+		stop_pid "$REDIS_PID" 10
+		REDIS_PID=""
+	fi
 	stop_uas
 	if [[ -n "${GW503_PID:-}" ]]; then
 		stop_uas "$GW503_PID"
@@ -955,7 +1002,7 @@ main() {
 	local sut
 	for sut in "${SUT_LIST[@]}"; do
 		case "$sut" in
-		vigil | vigil-lua | vigil-relay | vigil-route) check_vigil_bin ;;
+		vigil | vigil-lua | vigil-relay | vigil-route | vigil-file | vigil-redis) check_vigil_bin ;;
 		vigil-tcp1 | vigil-tcpn) check_vigil_bin; prepare_tcp ;;
 		kamailio)
 			command -v "$KAMAILIO" >/dev/null || die "kamailio not found (apt-get install kamailio)"

@@ -54,7 +54,7 @@ use control::ControlServer;
 pub use logging::{LoggingError, init_logging};
 use metrics_http::MetricsEndpoint;
 use receive::{Handoff, Inputs, receive_loop, stream_loop};
-use registrar::{RegistrarInput, RegistrarThread};
+use registrar::{Contacts, RegistrarInput, RegistrarThread};
 use reload::{
     Listening, ReloadRequest, Reloader, SpawnReceiver, Targets, serve_reloads, watch_files,
 };
@@ -177,7 +177,8 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
         &metrics,
         &transport,
         policy_loader.policies(&config).0.default_policy(),
-    )?;
+    )
+    .await?;
     let location_view = registrar_shared.as_ref().map(|(view, _)| view.clone());
     let budget = Arc::new(TxBudget::new(&config.limits));
     let (gateway_book, dns_events) =
@@ -560,7 +561,7 @@ type RegistrarShared = Option<(Arc<LocationView>, DigestAuth)>;
 /// Opens the location store, loads the registrations it kept (their keep-alives
 /// resume at once) and starts the registrar task, when users are configured.
 #[allow(clippy::type_complexity)]
-fn start_registrar(
+async fn start_registrar(
     config: &Arc<Config>,
     sockets: &Arc<[LocalSocket]>,
     metrics: &Arc<Metrics>,
@@ -577,7 +578,23 @@ fn start_registrar(
     let Some(settings) = &config.registrar else {
         return Ok((None, None, None));
     };
-    let store = Store::open(&settings.db)?;
+    // With Redis, the nodes share the location store there.
+    let (store, stored, location) = match &config.state {
+        Some(crate::config::StateConfig::Redis { url }) => {
+            let mut redis = crate::state::shared::Redis::new(url)?;
+            let stored = redis.load_contacts(SystemTime::now()).await?;
+            (Contacts::Redis(redis), stored, url.clone())
+        }
+        _ => {
+            let store = Store::open(&settings.db)?;
+            let stored = store.load(SystemTime::now())?;
+            (
+                Contacts::File(store),
+                stored,
+                settings.db.display().to_string(),
+            )
+        }
+    };
     let now = Instant::now();
     let key: [u8; 32] = rand::random();
     let auth = DigestAuth::new(
@@ -595,8 +612,8 @@ fn start_registrar(
         metrics.clone(),
     );
     registrar.set_policy(policy);
-    let loaded = registrar.load(now, store.load(SystemTime::now())?);
-    tracing::info!(db = %settings.db.display(), contacts = loaded, users = config.users.len(), "registrar ready");
+    let loaded = registrar.load(now, stored);
+    tracing::info!(db = %location, contacts = loaded, users = config.users.len(), "registrar ready");
     let (tx, rx) = mpsc::channel(WORKER_QUEUE);
     let thread = RegistrarThread::spawn(registrar, store, rx, transport.clone())
         .map_err(DaemonError::RegistrarThread)?;

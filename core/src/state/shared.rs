@@ -14,6 +14,9 @@ use redis::aio::MultiplexedConnection;
 
 use super::StoredRow;
 use super::pending::{Batch, Op};
+use crate::registrar::StoredBinding;
+use crate::registrar::location::Change;
+use crate::registrar::store::{ContactRow, unix_secs};
 
 /// Calls' saved state, by id.
 pub const CALLS: &str = "vigil:calls";
@@ -21,6 +24,8 @@ pub const CALLS: &str = "vigil:calls";
 pub const ENDED: &str = "vigil:ended";
 /// The active node's lease.
 pub const LEASE: &str = "vigil:lease";
+/// Registered contacts: `AOR\nURI` → [`ContactRow`] (JSON).
+pub const CONTACTS: &str = "vigil:contacts";
 /// How long one request to Redis may take.
 pub const IO_TIMEOUT: Duration = Duration::from_secs(1);
 
@@ -144,6 +149,58 @@ impl Redis {
             };
         }
         self.query(|c| Box::pin(async move { pipe.query_async::<()>(c).await }))
+            .await
+    }
+}
+
+impl Redis {
+    /// Every registered contact not yet expired at `wall` (the registrar's
+    /// location store, shared by the nodes).
+    pub async fn load_contacts(
+        &mut self,
+        wall: std::time::SystemTime,
+    ) -> Result<Vec<StoredBinding>, SharedError> {
+        let fields: Fields = self
+            .query(|c| {
+                Box::pin(async move { redis::cmd("HGETALL").arg(CONTACTS).query_async(c).await })
+            })
+            .await?;
+        let now = unix_secs(wall);
+        Ok(fields
+            .into_iter()
+            .filter_map(|(key, json)| {
+                let (aor, uri) = key.split_once('\n')?;
+                let row: ContactRow = serde_json::from_str(&json).ok()?;
+                (row.expires > now)
+                    .then(|| row.binding(aor.to_string(), uri.to_string(), now))
+                    .flatten()
+            })
+            .collect())
+    }
+
+    /// Writes one registration change.
+    pub async fn apply_contact(
+        &mut self,
+        change: &Change,
+        now: std::time::Instant,
+        wall: std::time::SystemTime,
+    ) -> Result<(), SharedError> {
+        let cmd = match change {
+            Change::Upsert(b) => {
+                let json = serde_json::to_string(&ContactRow::of(b, now, wall)).unwrap_or_default();
+                let mut cmd = redis::cmd("HSET");
+                cmd.arg(CONTACTS)
+                    .arg(format!("{}\n{}", b.aor, b.contact.uri))
+                    .arg(json);
+                cmd
+            }
+            Change::Remove { aor, uri } => {
+                let mut cmd = redis::cmd("HDEL");
+                cmd.arg(CONTACTS).arg(format!("{aor}\n{uri}"));
+                cmd
+            }
+        };
+        self.query(|c| Box::pin(async move { cmd.query_async::<()>(c).await }))
             .await
     }
 }
