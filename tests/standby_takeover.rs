@@ -49,6 +49,18 @@ fn eventually(limit: Duration, what: &str, mut check: impl FnMut() -> bool) {
     }
 }
 
+/// Kills the active (SIGKILL) and waits (at most 3 s) for the standby to
+/// take the lease; the dead node's directory (its CDR file) is kept.
+fn kill_and_take_over(active: Vigil, standby: &Vigil) -> tempfile::TempDir {
+    let dir = active.kill_hard();
+    eventually(
+        Duration::from_secs(3),
+        "the standby takes the lease",
+        || standby.log().contains("lease taken: this node is active"),
+    );
+    dir
+}
+
 fn callers(net: Net, calls: usize, every_ms: &str) -> (support::Sipp, support::Sipp) {
     let n = calls.to_string();
     let uas = callee(
@@ -97,12 +109,7 @@ fn the_standby_takes_over_the_calls_of_an_active_killed_during_200_calls() {
     let cdr_path = active.cdr_path();
     let killed_at = SystemTime::now();
     let killed = Instant::now();
-    let _active_dir = active.kill_hard();
-    eventually(
-        Duration::from_secs(3),
-        "the standby takes the lease",
-        || standby.log().contains("lease taken: this node is active"),
-    );
+    let _active_dir = kill_and_take_over(active, &standby);
     let took_over = killed.elapsed();
     eventually(
         Duration::from_secs(2),
@@ -213,12 +220,7 @@ fn registered_contacts_keep_their_keepalives_after_a_takeover() {
         !phone.keepalives(Duration::from_secs(3)).is_empty(),
         "keep-alives from the active"
     );
-    let _active_dir = active.kill_hard();
-    eventually(
-        Duration::from_secs(3),
-        "the standby takes the lease",
-        || standby.log().contains("lease taken: this node is active"),
-    );
+    let _active_dir = kill_and_take_over(active, &standby);
     let after = phone.keepalives(Duration::from_secs(4));
     assert!(
         after.len() >= 2,
