@@ -81,19 +81,29 @@ impl IdGen {
         self.rng.random::<u64>().checked_rem(n).unwrap_or(0)
     }
 
-    /// A call's CDR id: 128 random bits, unique across restarts and nodes.
-    pub fn cdr_id(&mut self) -> String {
-        format!(
-            "{:016x}{:016x}",
-            self.rng.random::<u64>(),
-            self.rng.random::<u64>()
-        )
+    /// A call's CDR id: 128 random bits, unique across restarts and nodes
+    /// (written as [`cdr_id_text`]; kept as a number, a call carries no
+    /// string for it).
+    pub fn cdr_id(&mut self) -> u128 {
+        self.rng.random::<u128>()
     }
 
     /// A From/To tag.
     pub fn tag(&mut self) -> String {
         format!("{:016x}", self.rng.random::<u64>())
     }
+}
+
+/// A CDR id as the CDR and the state store write it: 32 hex digits.
+pub fn cdr_id_text(id: u128) -> String {
+    format!("{id:032x}")
+}
+
+/// A CDR id read back from its text; `None` for anything else.
+pub fn parse_cdr_id(text: &str) -> Option<u128> {
+    (text.len() == 32)
+        .then(|| u128::from_str_radix(text, 16).ok())
+        .flatten()
 }
 
 /// The worker encoded in a Call-ID or branch Vigil generated, if it is one.

@@ -126,7 +126,7 @@ pub struct Placement {
 pub struct Call {
     key: CallKey,
     /// The CDR's id, made when the call starts (the state store's key too).
-    id: Box<str>,
+    id: u128,
     parties: Parties,
     start: Instant,
     answer: Option<Instant>,
@@ -186,7 +186,7 @@ impl Call {
         );
         let mut call = Call {
             key,
-            id: env.ids.cdr_id().into_boxed_str(),
+            id: env.ids.cdr_id(),
             parties,
             start: now,
             answer: None,
@@ -209,9 +209,9 @@ impl Call {
         call
     }
 
-    /// The CDR's id.
-    pub fn id(&self) -> &str {
-        &self.id
+    /// The CDR's id, as the CDR writes it.
+    pub fn id(&self) -> String {
+        crate::ids::cdr_id_text(self.id)
     }
 
     pub fn a_call_id(&self) -> &str {
@@ -364,7 +364,7 @@ impl Call {
             extra.extend(env.policies.for_trunk(policy_out).hangup(&view));
         }
         let record = Box::new(CdrRecord {
-            id: self.id.to_string(),
+            id: self.id(),
             call_id: self.a.call_id().to_string(),
             b_call_id: Some(self.b.call_id().to_string()),
             caller: self.parties.caller.clone(),

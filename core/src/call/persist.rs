@@ -105,6 +105,8 @@ impl SavedBody {
 /// What a restored call takes from the engine that resumes it.
 pub struct Restore<'a> {
     pub key: CallKey,
+    /// `saved.id`, read as a number.
+    pub id: u128,
     pub now: Instant,
     pub timeline: Timeline,
     /// The B-leg trunk's `auth` in the config now (its carrier's challenges
@@ -149,7 +151,7 @@ impl Call {
         let timeline = Timeline::saving(now);
         let p = &self.parties;
         SavedCall {
-            id: self.id.to_string(),
+            id: self.id(),
             saved_at_ms: 0,
             caller: p.caller.clone(),
             callee: p.callee.clone(),
@@ -183,7 +185,7 @@ impl Call {
         let attempts = (!s.attempts.is_empty()).then(|| s.attempts.clone().into_boxed_slice());
         Call {
             key: r.key,
-            id: s.id.as_str().into(),
+            id: r.id,
             parties: Parties {
                 caller: s.caller.clone(),
                 callee: s.callee.clone(),

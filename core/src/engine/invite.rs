@@ -373,7 +373,7 @@ impl Engine {
     ) {
         Metrics::count(&self.metrics.calls_started);
         self.cdrs.push_back(CdrRecord {
-            id: self.ids.cdr_id(),
+            id: crate::ids::cdr_id_text(self.ids.cdr_id()),
             call_id: request.call_id.clone(),
             b_call_id: None,
             caller: unplaced.caller,

@@ -467,6 +467,10 @@ impl Engine {
         if self.by_a.contains_key(&a_key) || self.by_b.contains_key(&saved.b.dialog.call_id) {
             return false;
         }
+        let Some(id) = crate::ids::parse_cdr_id(&saved.id) else {
+            tracing::error!(id = %saved.id, call_id = %saved.a.dialog.call_id, "a saved call's id is not a CDR id: not resumed");
+            return false;
+        };
         let key = self.next_key;
         self.next_key += 1;
         let auth = self
@@ -477,6 +481,7 @@ impl Engine {
             .and_then(|t| t.auth.clone());
         let mut call = Call::restore(crate::call::Restore {
             key,
+            id,
             now,
             timeline: crate::timer::Timeline::restoring(now, wall_ms, saved.saved_at_ms),
             auth,
