@@ -6,7 +6,8 @@
 # loopback; the dnsmasq DNS server, Debian's dnsmasq-base: the binary without a
 # system service, started by the DNS tests on loopback; Kamailio, a carrier's
 # registrar and proxy; PostgreSQL, Debian's postgresql, of which the CDR
-# database tests start their own clusters on loopback), then runs every test
+# database tests start their own clusters on loopback; redis-server, the
+# state store two nodes share), then runs every test
 # of the workspace: unit tests, the RFC 4475 torture suite and the end-to-end
 # calls.
 set -euo pipefail
@@ -26,6 +27,8 @@ for dir in /usr/lib/postgresql/*/bin; do
     [ -x "$dir/initdb" ] && [ -x "$dir/pg_ctl" ] && pg_server="$dir"
 done
 { [ -n "$pg_server" ] && command -v psql >/dev/null 2>&1; } || missing+=(postgresql)
+# Redis holds the calls of two Vigil nodes (tests/standby_takeover.rs).
+command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
 if [ "${#missing[@]}" -gt 0 ]; then
     echo "tests/run.sh: installing ${missing[*]}" >&2
     sudo=""

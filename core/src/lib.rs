@@ -13,7 +13,8 @@
 //!    [`uplink`] (Vigil as a carrier's client: digest answers, registration);
 //! 3. [`policy`] (the decision points; their types are `vigil-plugin-api`'s);
 //! 4. [`call`] (two legs and the rules between them), [`registrar`];
-//! 5. [`engine`] (one worker's core) and [`ingress`] (the stateless front);
+//! 5. [`engine`] (one worker's core) and [`ingress`] (the stateless front),
+//!    [`state`] (the store that keeps established calls across restarts);
 //! 6. [`daemon`], the tokio shell.
 //!
 //! Everything below the daemon is sans-IO: it takes `now` and returns what to
@@ -39,6 +40,7 @@ pub mod sdp;
 pub mod session_timer;
 pub mod shrink;
 pub mod sip;
+pub mod state;
 pub mod timer;
 pub mod transaction;
 pub mod transport;

@@ -185,6 +185,72 @@ impl Scheduled {
     }
 }
 
+/// Instants written down as signed milliseconds from a moment whose wall-clock
+/// time is known, and read back in another process.
+///
+/// A saved call's deadlines (a session timer's refresh and expiry, the
+/// call's start and answer) are monotonic instants, which mean nothing in the
+/// next process. Saving measures each from the moment of saving (`offset`);
+/// the shell notes the wall clock at that moment. Restoring shifts every
+/// offset by how far the wall clock moved meanwhile (`instant`), so a
+/// deadline that fell while Vigil was down comes out in the past: due now.
+#[derive(Debug, Clone, Copy)]
+pub struct Timeline {
+    origin: Instant,
+    /// Wall-clock milliseconds of the saving minus those of `origin`.
+    shift_ms: i64,
+}
+
+impl Timeline {
+    /// Offsets from `now`, the moment a state is saved.
+    pub fn saving(now: Instant) -> Timeline {
+        Timeline {
+            origin: now,
+            shift_ms: 0,
+        }
+    }
+
+    /// Reads back offsets saved when the wall clock read `saved_ms`, at the
+    /// instant `now` when it reads `now_ms` (both milliseconds since the Unix
+    /// epoch).
+    pub fn restoring(now: Instant, now_ms: u64, saved_ms: u64) -> Timeline {
+        let signed = |ms: u64| i64::try_from(ms).unwrap_or(i64::MAX);
+        Timeline {
+            origin: now,
+            shift_ms: signed(saved_ms).saturating_sub(signed(now_ms)),
+        }
+    }
+
+    /// `at` as milliseconds from the saving (negative: before it).
+    pub fn offset(&self, at: Instant) -> i64 {
+        let ms = |d: std::time::Duration| i64::try_from(d.as_millis()).unwrap_or(i64::MAX);
+        let from_origin = if at >= self.origin {
+            ms(at - self.origin)
+        } else {
+            -ms(self.origin - at)
+        };
+        from_origin.saturating_sub(self.shift_ms)
+    }
+
+    /// The instant of an offset. One before the machine's boot (which the
+    /// monotonic clock cannot name) comes out as early as it can.
+    pub fn instant(&self, offset: i64) -> Instant {
+        let from_origin = offset.saturating_add(self.shift_ms);
+        let d = std::time::Duration::from_millis(from_origin.unsigned_abs());
+        if from_origin >= 0 {
+            self.origin + d
+        } else {
+            let mut back = d;
+            loop {
+                if let Some(at) = self.origin.checked_sub(back) {
+                    return at;
+                }
+                back /= 2;
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -257,5 +323,25 @@ mod tests {
         }
         q.purge_stale(10, alive);
         assert_eq!(q.len(), 100);
+    }
+
+    #[test]
+    fn a_timeline_reads_back_deadlines_shifted_by_the_time_spent_down() {
+        use std::time::Duration;
+        let t0 = Instant::now() + Duration::from_secs(3600);
+        let saving = Timeline::saving(t0);
+        let due = t0 + Duration::from_secs(45);
+        assert_eq!(saving.offset(due), 45_000);
+        assert_eq!(saving.offset(t0 - Duration::from_secs(10)), -10_000);
+        // Read back 50 s of wall clock later, at another instant.
+        let t1 = t0 + Duration::from_secs(7);
+        let back = Timeline::restoring(t1, 1_000_050_000, 1_000_000_000);
+        assert_eq!(
+            back.instant(45_000),
+            t1 - Duration::from_secs(5),
+            "due 5 s ago"
+        );
+        assert_eq!(back.instant(-10_000), t1 - Duration::from_secs(60));
+        assert_eq!(back.offset(back.instant(1234)), 1234);
     }
 }

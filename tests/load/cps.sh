@@ -53,6 +53,11 @@
 #                     (initdb as the postgres user, 127.0.0.1:$PG_PORT,
 #                     `vigil cdr init-db`); the step logs the rows the
 #                     database got. `--sut db` runs vigil and vigil-pg
+#     SUT "vigil-file": the same Vigil config with the embedded state store
+#                     (state: { path: calls.db }, issue 21): every answered
+#                     call saved, its end stored, then forgotten once billed.
+#     SUT "vigil-redis": the same with the store on Redis (a redis-server the
+#                     script starts on 127.0.0.1:$REDIS_PORT, no persistence).
 #     SUT "kamailio": kamailio -f tests/load/kamailio.cfg on udp:127.0.0.1:5070
 #                     (stateful proxy: tm + dialog + sst + record_route)
 #
@@ -104,7 +109,8 @@
 #                            kamailio | both (vigil and kamailio) | all (vigil, vigil-lua
 #                            and kamailio) | tcp (vigil, vigil-tcp1 and vigil-tcpn) |
 #                            tls (vigil-chain and vigil-chain-tls) | db (vigil and
-#                            vigil-pg), or a space-separated list
+#                            vigil-pg) | state (vigil, vigil-file and vigil-redis),
+#                            or a space-separated list
 #                                                            [SUTS, default both]
 #   -p, --pass-ratio X       pass threshold ok/attempted     [PASS_RATIO, default 0.999]
 #   -k, --keep-going         do not stop a SUT at its first failing rate [KEEP_GOING=1]
@@ -163,6 +169,7 @@ REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 LOAD_DIR="$REPO_ROOT/tests/load"
 
 RATES="${RATES:-250 500 750 1000 1250 1500 2000 2500 3000}"
+REDIS_PORT="${REDIS_PORT:-16399}"
 DURATION="${DURATION:-30}"
 HOLD_MS="${HOLD_MS:-1000}"
 SUTS="${SUTS:-both}"
@@ -243,13 +250,14 @@ parse_args() {
 	tcp) SUT_LIST=(vigil vigil-tcp1 vigil-tcpn) ;;
 	tls) SUT_LIST=(vigil-chain vigil-chain-tls) ;;
 	db) SUT_LIST=(vigil vigil-pg) ;;
+	state) SUT_LIST=(vigil vigil-file vigil-redis) ;;
 	*) read -r -a SUT_LIST <<<"$SUTS" ;;
 	esac
 	local sut
 	for sut in "${SUT_LIST[@]}"; do
 		case "$sut" in
-		vigil | vigil-lua | vigil-relay | vigil-route | vigil-prack | vigil-tcp1 | vigil-tcpn | vigil-chain | vigil-chain-tls | vigil-pg | kamailio) ;;
-		*) die "--sut takes vigil, vigil-lua, vigil-relay, vigil-route, vigil-prack, vigil-tcp1, vigil-tcpn, vigil-chain, vigil-chain-tls, vigil-pg, kamailio, both, all, tcp, tls or db (got '$sut')" ;;
+		vigil | vigil-lua | vigil-relay | vigil-route | vigil-prack | vigil-tcp1 | vigil-tcpn | vigil-chain | vigil-chain-tls | vigil-pg | vigil-file | vigil-redis | kamailio) ;;
+		*) die "--sut takes vigil, vigil-lua, vigil-relay, vigil-route, vigil-prack, vigil-tcp1, vigil-tcpn, vigil-chain, vigil-chain-tls, vigil-pg, vigil-file, vigil-redis, kamailio, both, all, tcp, tls, db or state (got '$sut')" ;;
 		esac
 	done
 	[[ "$DURATION" =~ ^[1-9][0-9]*$ ]] || die "--duration must be a positive integer (s)"
@@ -469,6 +477,17 @@ write_vigil_config() {
 	# (vigil-tcpn) that is thousands of connections from it, past the
 	# per-source default meant for the open Internet.
 	echo "limits: { max_connections_per_source: 100000 }" >>"$VIGIL_TCP_CFG"
+	# vigil-file / vigil-redis: the same with the state store (issue 21).
+	VIGIL_FILE_CFG="$WORK/vigil-file.yaml"
+	{
+		cat "$VIGIL_CFG"
+		echo "state: { path: \"$WORK/calls.db\" }"
+	} >"$VIGIL_FILE_CFG"
+	VIGIL_REDIS_CFG="$WORK/vigil-redis.yaml"
+	{
+		cat "$VIGIL_CFG"
+		echo "state: { redis: \"redis://$HOST:$REDIS_PORT\" }"
+	} >"$VIGIL_REDIS_CFG"
 	write_chain_configs
 }
 
@@ -534,6 +553,22 @@ make_certificates() {
 			openssl x509 -req -in "$pki/server.csr" -CA "$pki/ca.pem" -CAkey "$pki/ca.key" \
 				-CAcreateserial -days 2 -extfile "$pki/ext.cnf" -out "$pki/server.pem"
 	} >"$pki/openssl.log" 2>&1 || die "openssl could not make the certificates (see $pki/openssl.log)"
+}
+
+# Redis for the vigil-redis SUT, a fresh one per step; its CPU is not
+# charged to Vigil's figure.
+start_redis() {
+	local dir="$1"
+	command -v redis-server >/dev/null || die "vigil-redis needs redis-server (apt-get install redis-server)"
+	(cd "$dir" && exec redis-server --port "$REDIS_PORT" --bind "$HOST" --save '' --appendonly no) >"$dir/redis.log" 2>&1 &
+	REDIS_PID=$!
+	PIDS+=("$REDIS_PID")
+	local i
+	for ((i = 0; i < 100; i++)); do
+		redis-cli -h "$HOST" -p "$REDIS_PORT" ping 2>/dev/null | grep -q PONG && return 0
+		sleep 0.1
+	done
+	die "redis-server did not answer on $HOST:$REDIS_PORT (log: $dir/redis.log)"
 }
 
 # rtpengine for the vigil-relay SUT, in userspace, ports for thousands of
@@ -614,10 +649,18 @@ start_sut() {
 		PIDS+=("$SUT_PID")
 		wait_for_port "$SUT_PORT" "$SUT_PID" "the front vigil" "$dir/vigil.log"
 		;;
-	vigil | vigil-lua | vigil-relay | vigil-route | vigil-prack | vigil-tcp1 | vigil-tcpn | vigil-pg)
+	vigil | vigil-lua | vigil-relay | vigil-route | vigil-prack | vigil-tcp1 | vigil-tcpn | vigil-pg | vigil-file | vigil-redis)
 		SUT_PORT=$VIGIL_PORT
 		require_port_free "$SUT_PORT" vigil
 		local cfg="$VIGIL_CFG"
+		if [[ "$sut" == vigil-file ]]; then
+			cfg="$VIGIL_FILE_CFG"
+			rm -f "$WORK/calls.db" "$WORK/calls.db-wal" "$WORK/calls.db-shm"
+		fi
+		if [[ "$sut" == vigil-redis ]]; then
+			cfg="$VIGIL_REDIS_CFG"
+			start_redis "$dir"
+		fi
 		[[ "$sut" == vigil-lua ]] && cfg="$VIGIL_LUA_CFG"
 		if [[ "$sut" == vigil-pg ]]; then
 			cfg="$VIGIL_PG_CFG"
@@ -900,6 +943,11 @@ run_step() {
 		log "vigil-pg $rate calls/s: the database has $(pg_rows) rows"
 		stop_pg
 	fi
+	if [[ -n "${REDIS_PID:-}" ]]; then
+		log "redis-server used $(( $(cpu_ticks "$REDIS_PID") * 1000000 / $(getconf CLK_TCK) / (calls > 0 ? calls : 1) )) µs of CPU per call"
+		stop_pid "$REDIS_PID" 10
+		REDIS_PID=""
+	fi
 	stop_uas
 	if [[ -n "${GW503_PID:-}" ]]; then
 		stop_uas "$GW503_PID"
@@ -1172,7 +1220,7 @@ main() {
 	local sut
 	for sut in "${SUT_LIST[@]}"; do
 		case "$sut" in
-		vigil | vigil-lua | vigil-relay | vigil-route | vigil-prack | vigil-pg) check_vigil_bin ;;
+		vigil | vigil-lua | vigil-relay | vigil-route | vigil-prack | vigil-pg | vigil-file | vigil-redis) check_vigil_bin ;;
 		vigil-tcp1 | vigil-tcpn) check_vigil_bin; prepare_tcp ;;
 		vigil-chain | vigil-chain-tls) check_vigil_bin ;;
 		kamailio)

@@ -568,6 +568,17 @@ pub mod tmpfs;
 #[path = "dnsmasq.rs"]
 pub mod dnsmasq;
 
+// ---------------------------------------------------------------------------
+// Redis, the state store several nodes share
+
+#[path = "redis.rs"]
+pub mod redis;
+
+// A registering phone
+
+#[path = "phone.rs"]
+pub mod phone;
+
 // Kamailio as a carrier
 
 #[path = "kamailio.rs"]
@@ -590,4 +601,30 @@ pub fn example_script(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("../scripts")
         .join(name)
+}
+
+/// How long after `after` the first `method` request in a sipp `-trace_msg`
+/// log arrived (sipp stamps each message with the local time; the test
+/// machines run on UTC): the time from a kill to the first refresh a new
+/// process sent. `None` without one.
+pub fn first_request_after(
+    messages: &str,
+    method: &str,
+    after: std::time::SystemTime,
+) -> Option<Duration> {
+    let mut stamp = None;
+    let start = format!("{method} sip:");
+    for line in messages.lines() {
+        if let Some(rest) = line.strip_prefix("----------------------------------------------- ") {
+            // `2026-12-07\t06:36:04.123456`
+            let text = rest.trim().replace('\t', "T");
+            stamp = humantime::parse_rfc3339_weak(&text).ok();
+        } else if line.starts_with(&start)
+            && let Some(at) = stamp
+            && let Ok(later) = at.duration_since(after)
+        {
+            return Some(later);
+        }
+    }
+    None
 }

@@ -104,6 +104,29 @@ impl Body {
         })))
     }
 
+    /// A body from its describing headers and bytes (read back from the
+    /// state store).
+    pub fn from_parts<'a>(
+        headers: impl IntoIterator<Item = (HeaderName, &'a str)>,
+        bytes: &[u8],
+    ) -> Body {
+        Body(std::sync::Arc::new(BodyParts {
+            headers: headers.into_iter().map(|(n, v)| (n, v.into())).collect(),
+            bytes: bytes.into(),
+        }))
+    }
+
+    /// The headers that describe it.
+    pub fn headers(&self) -> impl Iterator<Item = (&HeaderName, &str)> {
+        self.0.headers.iter().map(|(n, v)| (n, &**v))
+    }
+
+    /// Tells this body apart from another one set later: the same value for
+    /// the same body, shared or cloned.
+    pub fn identity(&self) -> usize {
+        std::sync::Arc::as_ptr(&self.0) as usize
+    }
+
     /// The body itself (an SDP, most often).
     pub fn bytes(&self) -> &[u8] {
         &self.0.bytes

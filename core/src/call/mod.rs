@@ -24,6 +24,7 @@ mod in_dialog;
 mod leg;
 mod liveness;
 pub mod media;
+mod persist;
 mod refresh;
 mod relay;
 mod setup;
@@ -47,6 +48,7 @@ pub use crate::policy::Leg;
 pub use env::{CallKey, CallSettings, Env, Purpose, TxOwner};
 pub use failover::{AttemptEnd, Failover, outbound_to};
 use leg::{ALeg, AState, BIdentity, BLeg, BState, BTimeout, CallLeg, LegTimeout};
+pub use persist::{Restore, SavedBody, SavedCall, SavedLeg};
 use relay::Relays;
 pub use snapshot::{CallSnapshot, LegMedia, LegTimerSnapshot};
 
@@ -141,7 +143,12 @@ pub struct Call {
     /// The gateways a call to trunks may still try (`None`: a call to a
     /// registered user).
     failover: Option<Failover>,
+    /// A call restored from the state store: the gateways it had tried
+    /// (it holds no [`Failover`] any more).
+    restored_attempts: Option<Box<[crate::cdr::Attempt]>>,
     timers: CallTimers,
+    /// The fingerprint of the state last sent to the state store; 0: never.
+    saved: u64,
     pub(crate) scheduled: Scheduled,
 }
 
@@ -193,7 +200,9 @@ impl Call {
             relays: Relays::default(),
             media: None,
             failover,
+            restored_attempts: None,
             timers,
+            saved: 0,
             scheduled: Scheduled::default(),
         };
         if relay && env.media.is_some() {
@@ -202,6 +211,11 @@ impl Call {
             call.b.send_invite(now, None, env);
         }
         call
+    }
+
+    /// The CDR's id, as the CDR writes it.
+    pub fn id(&self) -> String {
+        self.cdr_id.to_string()
     }
 
     pub fn a_call_id(&self) -> &str {
@@ -315,6 +329,11 @@ impl Call {
     }
 
     fn finish(&mut self, now: Instant, ending: Ending, env: &mut Env<'_>) {
+        self.finish_at(now, now, ending, env);
+    }
+
+    /// Records how the call ended, at `end` (the CDR's; at most `now`).
+    fn finish_at(&mut self, now: Instant, end: Instant, ending: Ending, env: &mut Env<'_>) {
         if self.ending.is_some() {
             return;
         }
@@ -344,7 +363,7 @@ impl Call {
             caller: &self.parties.caller,
             callee: &self.parties.callee,
             end_reason: ending.reason.as_str(),
-            since_answer: self.answer.map(|a| now.saturating_duration_since(a)),
+            since_answer: self.answer.map(|a| end.saturating_duration_since(a)),
         };
         let (policy_in, policy_out) = (
             self.parties.policy_in.as_deref(),
@@ -364,7 +383,7 @@ impl Call {
             trunk_out: Some(self.parties.trunk_out.clone()),
             start: self.start,
             answer: self.answer,
-            end: now,
+            end,
             end_reason: ending.reason,
             ended_by: ending.by,
             sip_code: ending.sip_code,
@@ -386,7 +405,10 @@ impl Call {
     /// call's (answered, or the status it failed with).
     fn attempts(&self, ending: Ending) -> Vec<crate::cdr::Attempt> {
         let Some(f) = &self.failover else {
-            return Vec::new();
+            return self
+                .restored_attempts
+                .as_deref()
+                .map_or_else(Vec::new, <[_]>::to_vec);
         };
         let last = if self.answer.is_some() {
             Some(200)
@@ -505,7 +527,9 @@ mod tests {
         // a trunk's `auth` (boxed: most trunks ask for none), + 8 per leg
         // for reliable provisionals and early dialogs (boxed: most calls
         // have none), + 8 for the A leg's early dialog (RFC 3311 UPDATE),
-        // + 16 for the CDR's id (issue 22: the database's key for the call).
-        assert!(size <= 1_400, "size_of::<Call>() = {size} bytes");
+        // + 16 for the CDR's id (issue 22: the database's key for the call;
+        // the state store's too), + 16 for the state store (a restored
+        // call's attempts, the fingerprint last saved).
+        assert!(size <= 1_416, "size_of::<Call>() = {size} bytes");
     }
 }

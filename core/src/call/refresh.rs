@@ -64,7 +64,7 @@ impl Call {
         for leg in [Leg::A, Leg::B] {
             while let Some(event) = self.leg_mut(leg).poll_session(now) {
                 match event {
-                    LegEvent::Expired => {
+                    LegEvent::Expired { at } => {
                         let session = self.leg(leg).session();
                         let in_flight = session.is_some_and(|s| s.in_flight().is_some());
                         let failure = match session {
@@ -80,7 +80,9 @@ impl Call {
                             env.metrics
                                 .refresh_failed(RefreshFailureCause::SessionExpired);
                         }
-                        self.session_timeout(now, leg, failure, env);
+                        // The CDR ends when the session did: a call restored
+                        // after its session expired ends at its expiry.
+                        self.session_timeout_at(now, at.min(now), leg, failure, env);
                     }
                     LegEvent::RefreshDue { due } => self.refresh_due(now, due, leg, env),
                 }
@@ -234,12 +236,25 @@ impl Call {
         failure: RefreshFailure,
         env: &mut Env<'_>,
     ) {
+        self.session_timeout_at(now, now, leg, failure, env);
+    }
+
+    /// The same, for a session that was over at `ended_at` (the CDR's end).
+    fn session_timeout_at(
+        &mut self,
+        now: Instant,
+        ended_at: Instant,
+        leg: Leg,
+        failure: RefreshFailure,
+        env: &mut Env<'_>,
+    ) {
         if self.ending.is_some() {
             return;
         }
         tracing::info!(call_id = %self.a.call_id(), ?leg, ?failure, "session timer expired");
-        self.finish(
+        self.finish_at(
             now,
+            ended_at,
             Ending {
                 reason: EndReason::SessionTimeout,
                 by: EndedBy::Switch,

@@ -122,6 +122,10 @@ pub struct Delivery {
     give_up_at: Option<Instant>,
     events: VecDeque<Event>,
     written: u64,
+    /// The ids of the records written since [`Delivery::take_written_ids`]
+    /// (`None`: nobody asks; with a state store, it learns from them which
+    /// calls are billed).
+    written_ids: Option<Vec<String>>,
 }
 
 impl Delivery {
@@ -152,7 +156,21 @@ impl Delivery {
             give_up_at: None,
             events: VecDeque::new(),
             written: 0,
+            written_ids: None,
         }
+    }
+
+    /// From now on, note the id of every record written.
+    pub fn track_written_ids(&mut self) {
+        self.written_ids.get_or_insert_with(Vec::new);
+    }
+
+    /// The ids of the records written to the CDR file since the last call.
+    pub fn take_written_ids(&mut self) -> Vec<String> {
+        self.written_ids
+            .as_mut()
+            .map(std::mem::take)
+            .unwrap_or_default()
     }
 
     /// New records (JSON lines without their newline), in the order their
@@ -253,6 +271,11 @@ impl Delivery {
                         self.spill.lines = self.spill.lines.saturating_sub(1);
                         self.spill.replayed_to = end;
                         self.spill.replayed += 1;
+                    }
+                    if let Some(ids) = self.written_ids.as_mut()
+                        && let Some(id) = super::line_id(&held.line)
+                    {
+                        ids.push(id.to_string());
                     }
                     self.written += 1;
                 }

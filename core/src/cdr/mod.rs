@@ -25,7 +25,7 @@ use std::time::{Instant, SystemTime};
 
 use serde::Serialize;
 
-pub use files::{CdrPathError, check_path};
+pub use files::{CdrPathError, billed_ids, check_path};
 
 /// Why a call ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -113,6 +113,24 @@ impl CdrId {
     }
 }
 
+impl std::str::FromStr for CdrId {
+    type Err = ();
+
+    /// A CDR id read back from its text (the state store keeps it so):
+    /// 32 hex digits in the UUID's 8-4-4-4-12 groups.
+    fn from_str(text: &str) -> Result<CdrId, ()> {
+        let groups: Vec<&str> = text.split('-').collect();
+        let lengths: Vec<usize> = groups.iter().map(|g| g.len()).collect();
+        if lengths != [8, 4, 4, 4, 12] {
+            return Err(());
+        }
+        let hex: String = groups.concat();
+        u128::from_str_radix(&hex, 16)
+            .map(|bits| CdrId(bits.to_be_bytes()))
+            .map_err(|_| ())
+    }
+}
+
 impl fmt::Display for CdrId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         for (i, b) in self.0.iter().enumerate() {
@@ -164,9 +182,9 @@ pub struct CdrRecord {
 }
 
 /// One gateway a call tried.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct Attempt {
-    #[serde(serialize_with = "text")]
+    #[serde(serialize_with = "text", deserialize_with = "arc_text")]
     pub trunk: Arc<str>,
     /// The gateway's address (for a gateway the config names by host, the
     /// one DNS gave).
@@ -175,6 +193,10 @@ pub struct Attempt {
     /// within `invite_timeout`), `timeout` (no final answer before Timer B),
     /// or `none` (the call ended while it was being tried).
     pub outcome: String,
+}
+
+fn arc_text<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Arc<str>, D::Error> {
+    <String as serde::Deserialize>::deserialize(d).map(Arc::from)
 }
 
 fn text<S: serde::Serializer>(value: &Arc<str>, s: S) -> Result<S::Ok, S::Error> {
@@ -196,6 +218,15 @@ pub struct MediaTotals {
 pub struct Flow {
     pub packets: u64,
     pub bytes: u64,
+}
+
+/// The `id` of a CDR line Vigil wrote (its first field), without parsing
+/// the whole line: the state store learns from the lines written which
+/// calls are billed.
+pub fn line_id(line: &str) -> Option<&str> {
+    let rest = line.strip_prefix("{\"id\":\"")?;
+    // Vigil's ids are hex: no escapes inside.
+    rest.split_once('"').map(|(id, _)| id)
 }
 
 impl CdrRecord {
@@ -287,6 +318,20 @@ struct MediaLine {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_cdr_id_reads_back_from_its_text() {
+        let id = CdrId::from_random(0xfeed_beef_0123_4567_89ab_cdef_0011_2233);
+        assert_eq!(id.to_string().parse::<CdrId>(), Ok(id));
+        for bad in [
+            "",
+            "cdr-1",
+            "5f0c2a9e41d7b3c8a2e6f1d09b4c7e35",
+            "zzzzzzzz-9bba-44d8-8da4-231a21a6d229",
+        ] {
+            assert!(bad.parse::<CdrId>().is_err(), "{bad}");
+        }
+    }
     use std::time::Duration;
 
     #[test]
@@ -343,6 +388,7 @@ mod tests {
         assert_eq!(v["attempts"][0]["outcome"], "503");
         assert_eq!(v["attempts"][1]["trunk"], "carrier");
         let unanswered = CdrRecord {
+            id: CdrId::from_random(2),
             answer: None,
             end_reason: EndReason::Rejected,
             sip_code: Some(486),

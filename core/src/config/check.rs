@@ -274,6 +274,27 @@ impl Checker {
                 self.problem(key, "relay needs media.rtpengines");
             }
         }
+        let state = raw.state.and_then(|file| match file.check() {
+            Ok(state) => Some(state),
+            Err((key, message)) => {
+                self.problem(key, message);
+                None
+            }
+        });
+        if let Some(state_path) = state.as_ref().and_then(|s| s.path()) {
+            let taken = [
+                Some(("cdr.path", &raw.cdr.path)),
+                raw.registrar.as_ref().map(|r| ("registrar.db", &r.db)),
+            ];
+            for (key, path) in taken.into_iter().flatten() {
+                if path == state_path {
+                    self.problem(
+                        "state.path",
+                        format!("is {key} too: each needs a file of its own"),
+                    );
+                }
+            }
+        }
         Config {
             file: self.file.clone(),
             listen,
@@ -309,6 +330,7 @@ impl Checker {
             media,
             dns,
             tls,
+            state,
         }
     }
 

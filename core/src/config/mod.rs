@@ -29,6 +29,7 @@ mod registrar;
 mod routing;
 mod schema;
 mod session_timer;
+mod state;
 mod tls;
 mod unknown;
 mod uplink;
@@ -60,6 +61,7 @@ pub use schema::{LimitsConfig, LogConfig, LogFormat, SipConfig, TraceConfig};
 pub use session_timer::{
     PreferRefresher, RFC_MIN_SE, RefreshMethod, SessionTimerConfig, SessionTimerFile,
 };
+pub use state::StateConfig;
 pub use tls::{TlsConfig, TlsFile};
 pub use uplink::{REGISTER_EXPIRES, TrunkAuth, TrunkRegistration};
 
@@ -139,6 +141,9 @@ pub struct Config {
     pub dns: crate::dns::DnsSettings,
     /// `tls:` — the certificate and trust for TLS; `None`: no TLS at all.
     pub tls: Option<TlsConfig>,
+    /// `state:` — the store that keeps established calls across restarts;
+    /// `None`: calls live only in the process.
+    pub state: Option<StateConfig>,
 }
 
 /// The control socket a config names: `control.socket`, else the config file's

@@ -21,6 +21,7 @@ use super::media::{MediaFile, MediaMode};
 use super::policy::{PolicyFile, PolicySources};
 use super::registrar::{KeepaliveFile, RegistrarConfig, UserFile};
 use super::session_timer::SessionTimerFile;
+use super::state::StateFile;
 use super::tls::TlsFile;
 use super::uplink::{AuthFile, RegisterFile};
 use crate::dns::DnsFile;
@@ -61,6 +62,8 @@ pub(super) struct FileConfig {
     pub(super) dns: DnsFile,
     #[serde(default)]
     pub(super) tls: Option<TlsFile>,
+    #[serde(default)]
+    pub(super) state: Option<StateFile>,
 }
 
 /// `limits:` — overload and flood control (absent keys: no limit).

@@ -14,7 +14,7 @@ pub const RFC_MIN_SE: u32 = 90;
 pub use vigil_plugin_api::RefreshMethod;
 
 /// Who refreshes when the peer leaves the choice to Vigil.
-#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, serde::Serialize, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
 pub enum PreferRefresher {
     /// The peer (it supports timers and did not say otherwise).
@@ -37,8 +37,9 @@ pub struct SessionTimerFile {
     pub allow_short_intervals: Option<bool>,
 }
 
-/// Session-timer settings in force for one trunk's legs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Session-timer settings in force for one trunk's legs (kept with a saved
+/// call: it goes on with the settings it started under).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, Deserialize)]
 pub struct SessionTimerConfig {
     /// Session-Expires offered and the most Vigil accepts, seconds.
     pub ttl: u32,

@@ -96,7 +96,7 @@ fn every_unknown_key_is_reported_with_the_other_problems() {
             "vigil.yaml:2: listen[1].adress: unknown key, expected one of `addr`, `advertise`",
             "vigil.yaml:7: trunks[0].rout_to: unknown key, expected one of `name`, `inbound`, `outbound`, `route_to`, `session_timer`, `policy`, `media`, `auth`, `register`, `tls_verify`, `transport`, `prack`",
             "vigil.yaml:12: trunks[2].colour: unknown key, expected one of `name`, `inbound`, `outbound`, `route_to`, `session_timer`, `policy`, `media`, `auth`, `register`, `tls_verify`, `transport`, `prack`",
-            "vigil.yaml:17: sesion_timer: unknown key, expected one of `listen`, `trunks`, `routes`, `cdr`, `log`, `sip`, `session_timer`, `registrar`, `users`, `nat_keepalive`, `policy`, `control`, `metrics`, `trace`, `limits`, `media`, `dns`, `tls`",
+            "vigil.yaml:17: sesion_timer: unknown key, expected one of `listen`, `trunks`, `routes`, `cdr`, `log`, `sip`, `session_timer`, `registrar`, `users`, `nat_keepalive`, `policy`, `control`, `metrics`, `trace`, `limits`, `media`, `dns`, `tls`, `state`",
             "vigil.yaml:18: session_timer.tll: unknown key, expected one of `ttl`, `update_segment`, `early_hangup`, `no_timer_max_duration`, `min_se`, `refresh_method`, `prefer_refresher`, `refresh_non_timer_peers`, `allow_short_intervals`",
             "vigil.yaml:14: routes[0].trunk: no trunk named \"nowhere\"",
         ]
@@ -848,5 +848,69 @@ fn a_gateway_uri_chooses_its_transport_and_tls_needs_its_section() {
             "trunks[2].outbound.to: \"sips:[::1]\" asks for TLS but the trunk's transport is TCP"
         )),
         "{p:#?}"
+    );
+}
+
+#[test]
+fn state_keeps_calls_in_a_file_of_its_own() {
+    let c = Config::parse(
+        &format!("{GOOD}state: {{ path: calls.db }}\n"),
+        Path::new("vigil.yaml"),
+    )
+    .expect("valid");
+    assert_eq!(
+        c.state,
+        Some(StateConfig::File {
+            path: "calls.db".into()
+        })
+    );
+    let default =
+        Config::parse(&format!("{GOOD}state: {{}}\n"), Path::new("vigil.yaml")).expect("valid");
+    assert_eq!(
+        default.state,
+        Some(StateConfig::File {
+            path: "calls.db".into()
+        })
+    );
+    assert!(
+        Config::parse(GOOD, Path::new("vigil.yaml"))
+            .expect("valid")
+            .state
+            .is_none(),
+        "no state section, no store"
+    );
+    let shared = problems(&format!("{GOOD}state: {{ path: cdr.jsonl }}\n"));
+    assert_eq!(
+        shared.iter().map(ToString::to_string).collect::<Vec<_>>(),
+        vec!["vigil.yaml:15: state.path: is cdr.path too: each needs a file of its own"]
+    );
+    let redis = Config::parse(
+        &format!("{GOOD}state: {{ redis: \"redis://127.0.0.1:6379\" }}\n"),
+        Path::new("vigil.yaml"),
+    )
+    .expect("valid");
+    assert_eq!(
+        redis.state,
+        Some(StateConfig::Redis {
+            url: "redis://127.0.0.1:6379".into()
+        })
+    );
+    for (bad, message) in [
+        (
+            "{ redis: \"127.0.0.1:6379\" }",
+            "state.redis: \"127.0.0.1:6379\" is not a redis:// URL",
+        ),
+        (
+            "{ path: calls.db, redis: \"redis://127.0.0.1\" }",
+            "state.redis: give either path (a local file) or redis, not both",
+        ),
+    ] {
+        let p = problems(&format!("{GOOD}state: {bad}\n"));
+        assert!(p[0].to_string().ends_with(message), "{p:?}");
+    }
+    let unknown = problems(&format!("{GOOD}state: {{ pth: calls.db }}\n"));
+    assert!(
+        unknown[0].to_string().contains("state.pth: unknown key"),
+        "{unknown:?}"
     );
 }

@@ -320,6 +320,8 @@ pub struct CdrDatabase {
     published: watch::Sender<CdrDbStatus>,
     /// When `status.spool_bytes` was last measured.
     bytes_checked: Instant,
+    /// Lines made before the sink runs, taken first (see [`Self::replay`]).
+    replayed: Vec<String>,
 }
 
 type SpoolTask = JoinHandle<(Spool, Outcome)>;
@@ -381,7 +383,16 @@ impl CdrDatabase {
             status,
             published,
             bytes_checked: Instant::now(),
+            replayed: Vec::new(),
         }))
+    }
+
+    /// Lines made before the sink runs (the CDRs of calls that ended
+    /// before a crash without being billed, which the state store kept):
+    /// spooled, inserted and passed on to the file before new ones, like
+    /// any record.
+    pub fn replay(&mut self, lines: Vec<String>) {
+        self.replayed.extend(lines);
     }
 
     /// The sink's state as `vigil ctl status` shows it, kept current.
@@ -402,6 +413,9 @@ impl CdrDatabase {
         let mut spool_task: Option<SpoolTask> = None;
         let mut insert_task: Option<InsertTask> = None;
         let mut closing_at: Option<Instant> = None;
+        let replayed = std::mem::take(&mut self.replayed);
+        given.extend(replayed.iter().cloned());
+        self.queue.handle_records(replayed);
         loop {
             self.start_actions(&mut spool_task, &mut insert_task);
             self.settle(&mut given, &file);

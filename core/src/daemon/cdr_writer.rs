@@ -134,6 +134,8 @@ struct Core {
     published: watch::Sender<CdrStatus>,
     /// The last round stopped at [`ROUND_ACTIONS`] with work left.
     more: bool,
+    /// Where the ids of written records go (the state store's task).
+    written_to: Option<mpsc::UnboundedSender<Vec<String>>>,
 }
 
 impl CdrWriter {
@@ -173,9 +175,23 @@ impl CdrWriter {
             status,
             published,
             more: false,
+            written_to: None,
         });
         core.publish();
         Ok(CdrWriter { core })
+    }
+
+    /// Sends the ids of the records written, after each round, to `to`
+    /// (the state store forgets a call once its CDR is durable).
+    pub fn report_written(&mut self, to: mpsc::UnboundedSender<Vec<String>>) {
+        self.core.delivery.track_written_ids();
+        self.core.written_to = Some(to);
+    }
+
+    /// Records made before the writer runs (the CDRs of calls that ended
+    /// before a crash without reaching the file), written before new ones.
+    pub fn replay(&mut self, lines: Vec<String>) {
+        self.core.delivery.handle_records(Instant::now(), lines);
     }
 
     /// The writer's state as `vigil ctl status` shows it, kept current.
@@ -270,6 +286,13 @@ impl Core {
         }
         while let Some(event) = self.delivery.poll_event() {
             self.report(event);
+        }
+        if let Some(to) = &self.written_to {
+            let ids = self.delivery.take_written_ids();
+            if !ids.is_empty() {
+                // The state task outlives the writer; gone, it needs none.
+                let _ = to.send(ids);
+            }
         }
         self.publish();
     }

@@ -15,6 +15,7 @@ use super::cdr_database::CdrDbStatus;
 use super::cdr_writer::CdrStatus;
 use super::control::{Command, Reply};
 use super::reload::{ReloadRequest, ReloadStatus};
+use super::state_writer::StateStatus;
 use super::worker::WorkerInput;
 use crate::call::CallSnapshot;
 use crate::engine::EngineResources;
@@ -40,6 +41,8 @@ pub struct Operator {
     /// The database sink's state (`cdr.postgres`): written rows, the spool's
     /// depth, errors.
     pub cdr_database: Option<watch::Receiver<CdrDbStatus>>,
+    /// The state store's: backend, role, lag, errors (`None`: no `state:`).
+    pub state: Option<watch::Receiver<StateStatus>>,
     /// Every trunk's gateways and their health.
     pub gateways: Arc<ArcSwap<Gateways>>,
 }
@@ -73,6 +76,7 @@ impl Operator {
                     cdr: CdrStatus,
                     #[serde(skip_serializing_if = "Option::is_none")]
                     cdr_database: Option<CdrDbStatus>,
+                    state: Option<StateStatus>,
                     connections: Vec<crate::transport::connections::ConnectionSnapshot>,
                 }
                 let reload = self.status.borrow().clone();
@@ -85,6 +89,7 @@ impl Operator {
                     resources,
                     cdr,
                     cdr_database: self.cdr_database.as_ref().map(|s| s.borrow().clone()),
+                    state: self.state.as_ref().map(|s| s.borrow().clone()),
                     connections: self.transport.connections().snapshot(),
                 })
             }

@@ -13,11 +13,13 @@ mod commands;
 pub mod control;
 pub mod dns;
 mod gateway_book;
+mod lease;
 mod logging;
 mod metrics_http;
 mod receive;
 mod registrar;
 mod reload;
+mod state_writer;
 pub mod watch;
 mod worker;
 
@@ -40,6 +42,7 @@ use crate::registrar::Registrar;
 use crate::registrar::digest::DigestAuth;
 use crate::registrar::location::LocationView;
 use crate::registrar::store::Store;
+use crate::state::Recovery;
 use crate::transaction::TxBudget;
 use crate::transport::LocalSocket;
 use crate::transport::connections::StreamLimits;
@@ -53,7 +56,7 @@ use control::ControlServer;
 pub use logging::{LoggingError, init_logging};
 use metrics_http::MetricsEndpoint;
 use receive::{Handoff, Inputs, receive_loop, stream_loop};
-use registrar::{RegistrarInput, RegistrarThread};
+use registrar::{Contacts, RegistrarInput, RegistrarThread};
 use reload::{
     Listening, ReloadRequest, Reloader, SpawnReceiver, Targets, serve_reloads, watch_files,
 };
@@ -70,6 +73,8 @@ const CDR_FLUSH_TIME: Duration = FINAL_FLUSH.saturating_add(Duration::from_milli
 /// `vigil run`'s exit code when it stopped with CDRs not in the CDR file:
 /// they were printed on stderr or left in the spill file (see the log).
 pub const EXIT_CDRS_NOT_WRITTEN: u8 = 3;
+/// `vigil run`'s exit code when another node took its lease (Redis state).
+pub use lease::EXIT_FENCED;
 
 #[derive(Debug, thiserror::Error)]
 pub enum DaemonError {
@@ -93,6 +98,10 @@ pub enum DaemonError {
     Signal(std::io::Error),
     #[error(transparent)]
     Store(#[from] crate::registrar::store::StoreError),
+    #[error("state store: {0}")]
+    State(#[from] state_writer::StateOpenError),
+    #[error("state store: {0}")]
+    Shared(#[from] crate::state::shared::SharedError),
     #[error("cannot start the registrar thread: {0}")]
     RegistrarThread(std::io::Error),
     #[error("tls: {0}")]
@@ -136,6 +145,13 @@ impl DaemonError {
 /// Runs the switch until SIGTERM or SIGINT, then shuts down gracefully.
 pub async fn run(config: Config) -> Result<(), DaemonError> {
     let config = Arc::new(config);
+    // With Redis, a node is a standby until it holds the lease: it binds
+    // nothing and loads no call before then.
+    let lease = match &config.state {
+        Some(crate::config::StateConfig::Redis { url }) => Some(lease::acquire(url).await?),
+        _ => None,
+    };
+    let lease_keeper = lease.map(|l| tokio::spawn(lease::keep(l)));
     let transport = Arc::new(Transport::bind(
         &config.listen,
         StreamLimits::from_config(&config.limits),
@@ -153,10 +169,19 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
     };
     transport.trace().configure(&config);
     let metrics = Arc::new(Metrics::default());
-    let cdr_writer = CdrWriter::open(&config.cdr, metrics.clone())?;
-    let cdr_database = CdrDatabase::open(&config.cdr, metrics.clone()).await?;
+    let mut cdr_writer = CdrWriter::open(&config.cdr, metrics.clone())?;
+    let mut cdr_database = CdrDatabase::open(&config.cdr, metrics.clone()).await?;
     let cdr_status = cdr_writer.status();
     let cdr_database_status = cdr_database.as_ref().map(CdrDatabase::status);
+    let workers = config.workers().min(usize::from(REGISTRAR_WORKER));
+    let store = open_state_store(
+        &config,
+        &mut cdr_writer,
+        cdr_database.as_mut(),
+        &metrics,
+        workers,
+    )
+    .await?;
     let (cdr_tx, cdr_rx) = mpsc::unbounded_channel();
     let (cdr_reopen, cdr_reopens) = latest::channel(0u64);
     // With a database, records go through its spool first and on to the
@@ -170,8 +195,13 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
         }
         None => (tokio::spawn(cdr_writer.run(cdr_rx, cdr_reopens)), None),
     };
+    let StateStore {
+        changes: state_changes,
+        task: state_task,
+        status: state_status,
+        mut restored,
+    } = store;
 
-    let workers = config.workers().min(usize::from(REGISTRAR_WORKER));
     let local_sockets = transport.local_sockets();
     let policy_loader = load_policies(&config, &metrics);
     let (registrar_input, registrar_task, registrar_shared) = start_registrar(
@@ -180,7 +210,8 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
         &metrics,
         &transport,
         policy_loader.policies(&config).0.default_policy(),
-    )?;
+    )
+    .await?;
     let location_view = registrar_shared.as_ref().map(|(view, _)| view.clone());
     let budget = Arc::new(TxBudget::new(&config.limits));
     let (gateway_book, dns_events) =
@@ -196,6 +227,7 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
         cdrs: cdr_tx,
         budget: budget.clone(),
         gateways: gateways.clone(),
+        state: state_changes,
     };
     let mut worker_inputs = Vec::with_capacity(workers);
     let mut worker_tasks = Vec::with_capacity(workers);
@@ -211,6 +243,7 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
             shared.clone(),
             policies,
             rx,
+            restored.get_mut(id).map(std::mem::take).unwrap_or_default(),
         )));
     }
     // The CDR writer stops once the workers' senders are all gone.
@@ -336,6 +369,7 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
         budget,
         cdr: cdr_status,
         cdr_database: cdr_database_status,
+        state: state_status,
         gateways,
     };
     let control = start_control(&config.control_socket, operator);
@@ -399,6 +433,15 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
             Err(DaemonError::CdrWriterLost("did not finish in time"))
         }
     };
+    if let Some(task) = state_task
+        && tokio::time::timeout(STATE_FLUSH_TIME, task).await.is_err()
+    {
+        tracing::error!("the state store did not finish its last writes in time");
+    }
+    // Held to the end: a standby takes over once this node sends no more.
+    if let Some(keeper) = lease_keeper {
+        keeper.abort();
+    }
     tracing::info!(summary = %metrics.refresh_summary(), "session refreshes");
     tracing::info!(summary = %metrics.keepalive_summary(), "NAT keep-alives");
     tracing::info!("stopped");
@@ -429,6 +472,84 @@ fn account_for_database(shutdown: DbShutdown) -> Result<(), DaemonError> {
         });
     }
     Ok(())
+}
+
+/// How long shutdown waits for the state store's last batch, after the CDR
+/// writer (the calls ended by the drain are forgotten once billed).
+const STATE_FLUSH_TIME: Duration = Duration::from_secs(2);
+
+/// The state store as the daemon runs it (all empty without `state:`).
+struct StateStore {
+    /// Where workers send what changed.
+    changes: Option<mpsc::UnboundedSender<crate::engine::StateChange>>,
+    task: Option<tokio::task::JoinHandle<()>>,
+    status: Option<latest::Receiver<state_writer::StateStatus>>,
+    /// The calls each worker resumes, by worker.
+    restored: Vec<Vec<crate::call::SavedCall>>,
+}
+
+/// Opens the state store (`state:`), sorts what it held against the CDR
+/// file, hands the CDRs of calls that ended unbilled to the CDR database
+/// sink if there is one, else to the CDR writer, and
+/// starts the task that writes it. The calls to resume go to the workers
+/// their dialogs' requests reach.
+async fn open_state_store(
+    config: &Config,
+    cdr_writer: &mut CdrWriter,
+    cdr_database: Option<&mut CdrDatabase>,
+    metrics: &Arc<Metrics>,
+    workers: usize,
+) -> Result<StateStore, DaemonError> {
+    let mut restored = vec![Vec::new(); workers];
+    let Some(state) = &config.state else {
+        return Ok(StateStore {
+            changes: None,
+            task: None,
+            status: None,
+            restored,
+        });
+    };
+    let (task, recovery) = state_writer::open(state, &config.cdr, metrics.clone()).await?;
+    for (id, why) in &recovery.damaged {
+        tracing::error!(id, error = %why, "a call in the state store cannot be read: it is dropped, unbilled");
+    }
+    tracing::info!(
+        store = ?state,
+        resumed = recovery.resume.len(),
+        billed_now = recovery.rebill.len(),
+        already_billed = recovery.forget.len(),
+        "state store ready"
+    );
+    let status = task.status();
+    let Recovery { resume, rebill, .. } = recovery;
+    // With a database, they go through its spool like any CDR (and on to
+    // the file from there).
+    match cdr_database {
+        Some(database) => database.replay(rebill),
+        None => cdr_writer.replay(rebill),
+    }
+    let (billed_tx, billed) = mpsc::unbounded_channel();
+    cdr_writer.report_written(billed_tx);
+    for call in resume {
+        let worker = crate::ingress::worker_for(&call.a.dialog.call_id, workers);
+        let b_worker = crate::ids::worker_of(&call.b.dialog.call_id);
+        if b_worker.is_some_and(|b| b != worker) {
+            tracing::warn!(
+                call_id = %call.a.dialog.call_id,
+                worker,
+                b_worker = ?b_worker,
+                "a resumed call's legs land on different workers (sip.workers changed?): its B leg's requests will not find it"
+            );
+        }
+        restored[worker].push(call);
+    }
+    let (changes, rx) = mpsc::unbounded_channel();
+    Ok(StateStore {
+        changes: Some(changes),
+        task: Some(tokio::spawn(task.run(rx, billed))),
+        status: Some(status),
+        restored,
+    })
 }
 
 /// Says where every CDR the writer could not write went: those held in
@@ -523,7 +644,7 @@ type RegistrarShared = Option<(Arc<LocationView>, DigestAuth)>;
 /// Opens the location store, loads the registrations it kept (their keep-alives
 /// resume at once) and starts the registrar task, when users are configured.
 #[allow(clippy::type_complexity)]
-fn start_registrar(
+async fn start_registrar(
     config: &Arc<Config>,
     sockets: &Arc<[LocalSocket]>,
     metrics: &Arc<Metrics>,
@@ -540,7 +661,23 @@ fn start_registrar(
     let Some(settings) = &config.registrar else {
         return Ok((None, None, None));
     };
-    let store = Store::open(&settings.db)?;
+    // With Redis, the nodes share the location store there.
+    let (store, stored, location) = match &config.state {
+        Some(crate::config::StateConfig::Redis { url }) => {
+            let mut redis = crate::state::shared::Redis::new(url)?;
+            let stored = redis.load_contacts(SystemTime::now()).await?;
+            (Contacts::Redis(redis), stored, url.clone())
+        }
+        _ => {
+            let store = Store::open(&settings.db)?;
+            let stored = store.load(SystemTime::now())?;
+            (
+                Contacts::File(store),
+                stored,
+                settings.db.display().to_string(),
+            )
+        }
+    };
     let now = Instant::now();
     let key: [u8; 32] = rand::random();
     let auth = DigestAuth::new(
@@ -558,8 +695,8 @@ fn start_registrar(
         metrics.clone(),
     );
     registrar.set_policy(policy);
-    let loaded = registrar.load(now, store.load(SystemTime::now())?);
-    tracing::info!(db = %settings.db.display(), contacts = loaded, users = config.users.len(), "registrar ready");
+    let loaded = registrar.load(now, stored);
+    tracing::info!(db = %location, contacts = loaded, users = config.users.len(), "registrar ready");
     let (tx, rx) = mpsc::channel(WORKER_QUEUE);
     let thread = RegistrarThread::spawn(registrar, store, rx, transport.clone())
         .map_err(DaemonError::RegistrarThread)?;

@@ -41,6 +41,30 @@ pub enum RegistrarInput {
     },
 }
 
+/// Where registrations are kept: the SQLite location store, or Redis
+/// shared by the nodes (`state: { redis: … }`).
+pub enum Contacts {
+    File(Store),
+    Redis(crate::state::shared::Redis),
+}
+
+impl Contacts {
+    async fn apply(
+        &mut self,
+        change: &crate::registrar::location::Change,
+        now: Instant,
+        wall: SystemTime,
+    ) -> Result<(), String> {
+        match self {
+            Contacts::File(store) => store.apply(change, now, wall).map_err(|e| e.to_string()),
+            Contacts::Redis(redis) => redis
+                .apply_contact(change, now, wall)
+                .await
+                .map_err(|e| e.to_string()),
+        }
+    }
+}
+
 /// The running registrar thread.
 pub struct RegistrarThread {
     stop: oneshot::Sender<()>,
@@ -52,7 +76,7 @@ impl RegistrarThread {
     /// runtime, whose reactor keeps serving them while it runs.
     pub fn spawn(
         registrar: Registrar,
-        store: Store,
+        store: Contacts,
         inputs: mpsc::Receiver<RegistrarInput>,
         transport: Arc<Transport>,
     ) -> std::io::Result<RegistrarThread> {
@@ -81,7 +105,7 @@ impl RegistrarThread {
 
 async fn run_registrar(
     mut registrar: Registrar,
-    store: Store,
+    mut store: Contacts,
     mut inputs: mpsc::Receiver<RegistrarInput>,
     mut stop: oneshot::Receiver<()>,
     transport: Arc<Transport>,
@@ -108,9 +132,12 @@ async fn run_registrar(
         while let Some(output) = registrar.poll_output() {
             match output {
                 Output::Persist(change) => {
-                    // SQLite in WAL mode takes tens of microseconds per write; the
-                    // 200 must not go out before it is done.
-                    let result = store.apply(&change, Instant::now(), SystemTime::now());
+                    // SQLite in WAL mode takes tens of microseconds per write,
+                    // Redis a round trip; the 200 must not go out before it is
+                    // done.
+                    let result = store
+                        .apply(&change, Instant::now(), SystemTime::now())
+                        .await;
                     if let Err(e) = result
                         && let Some(suppressed) = store_errors.allow(Instant::now())
                     {

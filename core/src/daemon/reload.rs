@@ -427,6 +427,9 @@ fn needs_restart(old: &Config, new: &Config) -> Vec<&'static str> {
         (Some(_), None) | (None, Some(_)) => keys.push("registrar"),
         _ => {}
     }
+    if old.state != new.state {
+        keys.push("state");
+    }
     keys
 }
 
@@ -592,6 +595,9 @@ mod tests {
         new.trunks.pop();
         new.cdr.path = "other.jsonl".into();
         new.cdr.spool = Some("/var/spool/vigil".into());
+        new.state = Some(crate::config::StateConfig::File {
+            path: "calls.db".into(),
+        });
         let summary = summarise(&old, &new);
         assert!(
             summary.starts_with("1 trunks, 0 routes, 0 users"),
@@ -602,7 +608,8 @@ mod tests {
             "{summary}"
         );
         assert!(
-            summary.contains("not applied until a restart: sip.workers, cdr.path, cdr.spool"),
+            summary
+                .contains("not applied until a restart: sip.workers, cdr.path, cdr.spool, state"),
             "{summary}"
         );
         assert_eq!(summarise(&old, &old), "2 trunks, 0 routes, 0 users");

@@ -12,10 +12,11 @@ use tokio::time::sleep_until;
 
 use super::DRAIN_TIME;
 use crate::call::CallSnapshot;
+use crate::call::SavedCall;
 use crate::call::media::MediaRelay;
 use crate::cdr::CdrRecord;
 use crate::config::Config;
-use crate::engine::{Engine, EngineDeps, EngineResources, Users};
+use crate::engine::{Engine, EngineDeps, EngineResources, StateChange, Users};
 use crate::gateway::Gateways;
 use crate::ids::IdGen;
 use crate::media::{MAX_DATAGRAM, NgClient, NgSettings};
@@ -90,6 +91,8 @@ pub struct Shared {
     pub budget: Arc<TxBudget>,
     /// Every trunk's gateways and their health (replaced on reload).
     pub gateways: Arc<ArcSwap<Gateways>>,
+    /// Where established calls' state goes (the state task), with `state:`.
+    pub state: Option<mpsc::UnboundedSender<StateChange>>,
 }
 
 pub async fn run_worker(
@@ -99,6 +102,7 @@ pub async fn run_worker(
     shared: Shared,
     policies: Policies,
     mut inputs: mpsc::Receiver<WorkerInput>,
+    restored: Vec<SavedCall>,
 ) {
     let Shared {
         metrics,
@@ -107,6 +111,7 @@ pub async fn run_worker(
         cdrs,
         budget,
         gateways,
+        state,
     } = shared;
     let users = registrar.map(|(location, auth)| Users {
         location,
@@ -125,9 +130,22 @@ pub async fn run_worker(
         // One worker probes every gateway; all of them read the health.
         probes: id == 0,
         uplink: id == UPLINK_WORKER,
+        persist: state.is_some(),
     };
     let mut engine = Engine::new(config, sockets, deps);
     engine.start_registrations(Instant::now());
+    if !restored.is_empty() {
+        let (now, wall) = (Instant::now(), wall_ms(SystemTime::now()));
+        let resumed = restored
+            .iter()
+            .filter(|call| engine.restore_call(now, wall, call))
+            .count();
+        tracing::info!(
+            worker = id,
+            calls = resumed,
+            "calls resumed from the state store"
+        );
+    }
     let mut drain_until: Option<Instant> = None;
     let mut batch = Vec::with_capacity(BATCH);
     let mut ng_buf = vec![0u8; MAX_DATAGRAM + 1];
@@ -194,11 +212,11 @@ pub async fn run_worker(
             }
             _ = sleep_until(drain_wake.into()), if drain_until.is_some() => {
                 log_drain_leftovers(id, &engine);
-                flush(&mut engine, &transport, &cdrs, &mut ng).await;
+                flush(&mut engine, &transport, &cdrs, &state, &mut ng).await;
                 break;
             }
         }
-        flush(&mut engine, &transport, &cdrs, &mut ng).await;
+        flush(&mut engine, &transport, &cdrs, &state, &mut ng).await;
         if drain_until.is_some() && engine.active_calls() == 0 && engine.requests_in_flight() == 0 {
             break;
         }
@@ -222,6 +240,7 @@ async fn flush(
     engine: &mut Engine,
     transport: &Transport,
     cdrs: &mpsc::UnboundedSender<CdrRecord>,
+    state: &Option<mpsc::UnboundedSender<StateChange>>,
     ng: &mut NgSocket,
 ) {
     while let Some(t) = engine.poll_transmit() {
@@ -230,10 +249,25 @@ async fn flush(
     while let Some((to, bytes)) = engine.poll_ng_transmit() {
         ng.send(to, &bytes).await;
     }
+    // Before the CDRs: the state task hears of a saved call's end before
+    // its CDR can be written and reported billed.
+    if let Some(state) = state {
+        let (now, wall) = (Instant::now(), wall_ms(SystemTime::now()));
+        while let Some(change) = engine.poll_state(now, wall) {
+            // The state task only stops after every worker has.
+            let _ = state.send(change);
+        }
+    }
     while let Some(record) = engine.poll_cdr() {
         // The writer only goes away after every worker has stopped.
         let _ = cdrs.send(record);
     }
+}
+
+/// Milliseconds since the Unix epoch (0 for a clock before it).
+fn wall_ms(t: SystemTime) -> u64 {
+    t.duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 /// This worker's ng client of the rtpengines `media:` names (none without).

@@ -92,6 +92,27 @@ fn without_tag(addr: &NameAddr) -> String {
     addr.to_string()
 }
 
+/// A dialog as the state store keeps it (a call that outlives the process):
+/// every text as written, the CSeqs and the route set.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct SavedDialog {
+    pub call_id: String,
+    pub local_tag: String,
+    pub remote_tag: String,
+    pub local_uri: String,
+    pub remote_uri: String,
+    pub remote_target: String,
+    pub local_contact: String,
+    pub local_seq: u32,
+    pub remote_seq: Option<u32>,
+    pub route_set: Vec<String>,
+}
+
+/// How far a restored dialog's own CSeq jumps: the store may lag the last
+/// requests Vigil sent, and a peer refuses a CSeq it has seen (§12.2.2);
+/// CSeqs only have to grow, not to be consecutive.
+pub const RESTORED_SEQ_GAP: u32 = 100;
+
 impl Dialog {
     fn new(
         texts: Texts<'_>,
@@ -110,6 +131,48 @@ impl Dialog {
         };
         dialog.find_hop();
         dialog
+    }
+
+    /// What the state store keeps of this dialog.
+    pub fn save(&self) -> SavedDialog {
+        let t = self.texts();
+        SavedDialog {
+            call_id: t.call_id.into(),
+            local_tag: t.local_tag.into(),
+            remote_tag: t.remote_tag.into(),
+            local_uri: t.local_uri.into(),
+            remote_uri: t.remote_uri.into(),
+            remote_target: t.remote_target.into(),
+            local_contact: t.local_contact.into(),
+            local_seq: self.local_seq,
+            remote_seq: self.remote_seq,
+            route_set: self.route_set.iter().map(|r| r.to_string()).collect(),
+        }
+    }
+
+    /// The dialog back from the store, its own CSeq moved on by
+    /// [`RESTORED_SEQ_GAP`].
+    pub fn restore(saved: SavedDialog) -> Dialog {
+        let texts = Texts {
+            call_id: &saved.call_id,
+            local_tag: &saved.local_tag,
+            remote_tag: &saved.remote_tag,
+            local_uri: &saved.local_uri,
+            remote_uri: &saved.remote_uri,
+            remote_target: &saved.remote_target,
+            local_contact: &saved.local_contact,
+        };
+        Dialog::new(
+            texts,
+            saved.local_seq.saturating_add(RESTORED_SEQ_GAP),
+            saved.remote_seq,
+            saved.route_set,
+        )
+    }
+
+    /// The last CSeq the peer used (an in-dialog request moves it).
+    pub fn remote_seq(&self) -> Option<u32> {
+        self.remote_seq
     }
 
     fn part(&self, part: Part) -> &str {

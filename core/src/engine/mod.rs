@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::call::media::MediaRelay;
-use crate::call::{Call, CallKey, CallSettings, CallSnapshot, Env, Leg, TxOwner};
+use crate::call::{Call, CallKey, CallSettings, CallSnapshot, Env, Leg, SavedCall, TxOwner};
 use crate::cdr::CdrRecord;
 use crate::config::Config;
 use crate::gateway::probe::{ProbeEvent, Prober};
@@ -84,6 +84,25 @@ pub struct Engine {
     /// that keeps them ([`EngineDeps::uplink`]); their REGISTERs go through
     /// this engine's transaction layer.
     uplink: Option<Registrations>,
+    /// Established calls are saved to the state store (`state:`).
+    persist: bool,
+    /// What the state store is told, in order (ends of saved calls).
+    state_out: VecDeque<StateChange>,
+    /// Calls whose state changed since it was last saved; saved when
+    /// [`Engine::poll_state`] is asked.
+    dirty: Vec<CallKey>,
+}
+
+/// What the engine tells the state store (`state:`); the daemon batches
+/// it, off the workers.
+#[derive(Debug)]
+pub enum StateChange {
+    /// An established call's state changed: keep this (a record with its
+    /// [`SavedCall::saved_at_ms`] set from the wall clock the shell gave).
+    Save(Box<SavedCall>),
+    /// A saved call ended with this CDR: keep it until the CDR is durable,
+    /// then forget the call.
+    Ended(Box<CdrRecord>),
 }
 
 /// The owner's call key on a REGISTER's transaction: no call has it.
@@ -156,6 +175,8 @@ pub struct EngineDeps {
     pub probes: bool,
     /// This worker keeps the trunks' registrations (one worker does).
     pub uplink: bool,
+    /// Established calls are saved to a state store (`state:`).
+    pub persist: bool,
 }
 
 impl EngineDeps {
@@ -172,6 +193,7 @@ impl EngineDeps {
             gateways: None,
             probes: true,
             uplink: false,
+            persist: false,
         }
     }
 }
@@ -226,6 +248,9 @@ impl Engine {
             shutdown_next: None,
             shed_log: RateLimit::new(5, Duration::from_secs(10)),
             uplink: deps.uplink.then(Registrations::default),
+            persist: deps.persist,
+            state_out: VecDeque::new(),
+            dirty: Vec::new(),
         }
     }
 
@@ -409,6 +434,68 @@ impl Engine {
         Some(record)
     }
 
+    /// What the state store is to be told. Saves are taken now, at `now`,
+    /// when the wall clock reads `wall_ms` (milliseconds since the Unix
+    /// epoch): every deadline in them is absolute. Drain it before
+    /// [`poll_cdr`](Self::poll_cdr) and hand both on in that order, so the
+    /// store hears of a call's end before its CDR can be written.
+    pub fn poll_state(&mut self, now: Instant, wall_ms: u64) -> Option<StateChange> {
+        if let Some(change) = self.state_out.pop_front() {
+            return Some(change);
+        }
+        while let Some(key) = self.dirty.pop() {
+            if let Some(call) = self.calls.get(&key)
+                && call.ending().is_none()
+            {
+                let mut saved = call.save(now);
+                saved.saved_at_ms = wall_ms;
+                return Some(StateChange::Save(Box::new(saved)));
+            }
+        }
+        None
+    }
+
+    /// Resumes a call from the state store on this worker (at start, or
+    /// taking over). Whatever fell due while no process had it fires at the
+    /// next [`handle_timeout`](Self::handle_timeout). False if the call is
+    /// here already.
+    pub fn restore_call(&mut self, now: Instant, wall_ms: u64, saved: &SavedCall) -> bool {
+        let a_key = (
+            saved.a.dialog.call_id.clone(),
+            saved.a.dialog.remote_tag.clone(),
+        );
+        if self.by_a.contains_key(&a_key) || self.by_b.contains_key(&saved.b.dialog.call_id) {
+            return false;
+        }
+        let Ok(id) = saved.id.parse::<crate::cdr::CdrId>() else {
+            tracing::error!(id = %saved.id, call_id = %saved.a.dialog.call_id, "a saved call's id is not a CDR id: not resumed");
+            return false;
+        };
+        let key = self.next_key;
+        self.next_key += 1;
+        let auth = self
+            .config
+            .trunks
+            .iter()
+            .find(|t| *t.name == *saved.trunk_out)
+            .and_then(|t| t.auth.clone());
+        let mut call = Call::restore(crate::call::Restore {
+            key,
+            id,
+            now,
+            timeline: crate::timer::Timeline::restoring(now, wall_ms, saved.saved_at_ms),
+            auth,
+            saved,
+        });
+        call.mark_saved(call.save_fingerprint().unwrap_or(1));
+        self.by_a.insert(a_key, key);
+        self.by_b.insert(saved.b.dialog.call_id.clone(), key);
+        self.calls.insert(key, Box::new(call));
+        self.metrics.call_placed();
+        self.with_call(key, |_, _| {});
+        true
+    }
+
     pub fn poll_timeout(&self) -> Option<Instant> {
         [
             self.tx.poll_timeout(),
@@ -590,7 +677,22 @@ impl Engine {
             media: self.media.as_mut(),
             sockets: &self.sockets,
         };
+        let cdrs_before = env.cdrs.len();
         f(call, &mut env);
+        if self.persist {
+            if call.saved_fingerprint() != 0 {
+                for record in self.cdrs.range(cdrs_before..) {
+                    self.state_out
+                        .push_back(StateChange::Ended(Box::new(record.clone())));
+                }
+            }
+            if let Some(fingerprint) = call.save_fingerprint()
+                && fingerprint != call.saved_fingerprint()
+            {
+                call.mark_saved(fingerprint);
+                self.dirty.push(key);
+            }
+        }
         if call.is_finished() {
             let a_key = (call.a_call_id().to_string(), call.a_from_tag().to_string());
             let b_key = call.b_call_id().to_string();

@@ -243,9 +243,7 @@ impl Ingress {
                         }
                     }
                 }
-                let worker = worker_of(&request.call_id)
-                    .filter(|&w| w < self.workers)
-                    .unwrap_or_else(|| shard(&request.call_id, self.workers));
+                let worker = worker_for(&request.call_id, self.workers);
                 Verdict::Dispatch {
                     worker,
                     message: Box::new(Message::Request(request)),
@@ -276,6 +274,15 @@ fn is_user_call(config: &Config, request: &crate::sip::Request) -> bool {
             .uri
             .user_part()
             .is_some_and(|u| config.user(&u).is_some())
+}
+
+/// The worker a request with this Call-ID goes to: the one a Vigil-made
+/// Call-ID names, else a stable hash of it (a restored call is resumed
+/// there, so its dialogs' requests find it).
+pub fn worker_for(call_id: &str, workers: usize) -> usize {
+    worker_of(call_id)
+        .filter(|&w| w < workers)
+        .unwrap_or_else(|| shard(call_id, workers))
 }
 
 /// The worker for a Call-ID Vigil did not generate: a stable hash, so every

@@ -321,6 +321,24 @@ impl Collector for Scrape {
             "CDRs in the database's spool, not yet committed to the database",
             load(&m.cdr_spool_depth),
         )?;
+        counter(
+            &mut out,
+            "vigil_state_writes",
+            "Changes the state store took: established calls saved, ended, forgotten once billed",
+            load(&m.state_writes),
+        )?;
+        counter(
+            &mut out,
+            "vigil_state_write_failures",
+            "Batches the state store refused; each is retried and calls go on",
+            load(&m.state_write_failures),
+        )?;
+        gauge(
+            &mut out,
+            "vigil_state_lag_milliseconds",
+            "How long the oldest change not yet in the state store has waited",
+            load(&m.state_lag_ms),
+        )?;
         rtpengine_families(&mut out, m)?;
         gateway_families(&mut out, &self.gauges.gateways)?;
         connection_families(&mut out, &self.gauges.connections)
@@ -612,6 +630,9 @@ mod tests {
             "vigil_cdr_spool_errors_total counter",
             "vigil_cdr_db_rejected_total counter",
             "vigil_cdr_spool_depth gauge",
+            "vigil_state_writes_total counter",
+            "vigil_state_write_failures_total counter",
+            "vigil_state_lag_milliseconds gauge",
         ] {
             assert!(
                 text.contains(&format!("# TYPE {family}\n")),

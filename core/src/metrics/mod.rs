@@ -237,6 +237,13 @@ pub struct Metrics {
     pub cdr_spool_errors: AtomicU64,
     /// A gauge: CDRs in the database's spool, not yet committed.
     pub cdr_spool_depth: AtomicU64,
+    /// Rows the state store took (call saves, ends and deletes), and failed
+    /// batches (retried: calls go on, the store catches up).
+    pub state_writes: AtomicU64,
+    pub state_write_failures: AtomicU64,
+    /// A gauge the state task sets: how long the oldest change not yet in
+    /// the store has waited, in milliseconds.
+    pub state_lag_ms: AtomicU64,
     /// Every rtpengine's counters, in the order first registered.
     rtpengines: Mutex<Vec<Arc<RtpEngineCounters>>>,
     /// Calls whose media began to be relayed through rtpengine, and those

@@ -30,6 +30,65 @@ pub struct Store {
     conn: Connection,
 }
 
+/// One binding as a store keeps it: addresses as text, times as Unix
+/// seconds (the SQLite row's columns; the Redis field's JSON).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ContactRow {
+    pub received: String,
+    pub local: String,
+    pub expires: i64,
+    pub call_id: String,
+    pub cseq: u32,
+    pub q: u16,
+    pub registered: Option<i64>,
+}
+
+impl ContactRow {
+    /// `b` at `now`, when the wall clock reads `wall`.
+    pub fn of(b: &super::location::Binding, now: Instant, wall: SystemTime) -> ContactRow {
+        ContactRow {
+            received: b.contact.received.to_string(),
+            local: b.contact.local.to_string(),
+            expires: unix(wall) + b.expires.saturating_duration_since(now).as_secs() as i64,
+            call_id: b.call_id.to_string(),
+            cseq: b.cseq,
+            q: b.contact.q,
+            registered: Some(
+                unix(wall) - now.saturating_duration_since(b.contact.updated).as_secs() as i64,
+            ),
+        }
+    }
+
+    /// The binding of `aor` to `uri` this row says, at `now` (Unix
+    /// seconds); `None` for a row a human edited into nonsense.
+    pub fn binding(self, aor: String, uri: String, now: i64) -> Option<StoredBinding> {
+        let (Ok(received), Ok(local)) = (
+            self.received.parse::<SocketAddr>(),
+            self.local.parse::<SocketAddr>(),
+        ) else {
+            return None;
+        };
+        Some(StoredBinding {
+            aor,
+            uri,
+            received,
+            local,
+            expires_in: Duration::from_secs(u64::try_from(self.expires - now).unwrap_or(0)),
+            call_id: self.call_id,
+            cseq: self.cseq,
+            q: self.q,
+            registered_ago: self
+                .registered
+                .map(|at| Duration::from_secs(u64::try_from(now - at).unwrap_or(0))),
+        })
+    }
+}
+
+/// Unix seconds of `wall`.
+pub fn unix_secs(wall: SystemTime) -> i64 {
+    unix(wall)
+}
+
 fn unix(t: SystemTime) -> i64 {
     t.duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs() as i64)
@@ -118,24 +177,17 @@ impl Store {
         for row in rows {
             let (aor, uri, received, local, expires, call_id, cseq, q, registered) =
                 row.map_err(|e| self.err(e))?;
-            // A row a human edited into nonsense is skipped, not fatal.
-            let (Ok(received), Ok(local)) =
-                (received.parse::<SocketAddr>(), local.parse::<SocketAddr>())
-            else {
-                continue;
-            };
-            out.push(StoredBinding {
-                aor,
-                uri,
+            let row = ContactRow {
                 received,
                 local,
-                expires_in: Duration::from_secs(u64::try_from(expires - now).unwrap_or(0)),
+                expires,
                 call_id,
                 cseq: u32::try_from(cseq).unwrap_or(0),
                 q: u16::try_from(q).unwrap_or(1000),
-                registered_ago: registered
-                    .map(|at| Duration::from_secs(u64::try_from(now - at).unwrap_or(0))),
-            });
+                registered,
+            };
+            // A row a human edited into nonsense is skipped, not fatal.
+            out.extend(row.binding(aor, uri, now));
         }
         Ok(out)
     }
@@ -144,10 +196,7 @@ impl Store {
     pub fn apply(&self, change: &Change, now: Instant, wall: SystemTime) -> Result<(), StoreError> {
         match change {
             Change::Upsert(b) => {
-                let expires =
-                    unix(wall) + b.expires.saturating_duration_since(now).as_secs() as i64;
-                let registered =
-                    unix(wall) - now.saturating_duration_since(b.contact.updated).as_secs() as i64;
+                let row = ContactRow::of(b, now, wall);
                 self.conn
                     .execute(
                         "INSERT INTO contacts
@@ -158,13 +207,13 @@ impl Store {
                         params![
                             &*b.aor,
                             &*b.contact.uri,
-                            b.contact.received.to_string(),
-                            b.contact.local.to_string(),
-                            expires,
-                            &*b.call_id,
-                            i64::from(b.cseq),
-                            i64::from(b.contact.q),
-                            registered
+                            row.received,
+                            row.local,
+                            row.expires,
+                            row.call_id,
+                            i64::from(row.cseq),
+                            i64::from(row.q),
+                            row.registered
                         ],
                     )
                     .map_err(|e| self.err(e))?;

@@ -5,6 +5,7 @@ use std::time::{Duration, Instant};
 
 use super::{Agreed, Refresher};
 use crate::config::{RefreshMethod, SessionTimerConfig};
+use crate::timer::Timeline;
 use crate::timer_table;
 
 timer_table!(
@@ -26,8 +27,8 @@ pub enum RefreshKind {
 pub enum LegEvent {
     /// Vigil should send a refresh; it was due at `due`.
     RefreshDue { due: Instant },
-    /// No proof of life came in time: the session is over.
-    Expired,
+    /// No proof of life came in time: the session is over since `at`.
+    Expired { at: Instant },
 }
 
 /// A leg's live session timer.
@@ -115,7 +116,7 @@ impl SessionLeg {
             match timer {
                 LegTimer::Expiry => {
                     self.timers.clear_all();
-                    return Some(LegEvent::Expired);
+                    return Some(LegEvent::Expired { at: due });
                 }
                 LegTimer::Refresh | LegTimer::Retry if self.in_flight.is_none() => {
                     return Some(LegEvent::RefreshDue { due });
@@ -220,6 +221,87 @@ impl SessionLeg {
     }
 }
 
+/// A leg's session timer as the state store keeps it: what was agreed, and
+/// every deadline as an offset on the saving's [`Timeline`] (absolute, so a
+/// process started later knows what fell due while it was down).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct SavedSession {
+    pub interval: u32,
+    /// Vigil refreshes (else the peer does).
+    pub vigil_refreshes: bool,
+    pub peer_supports: bool,
+    pub config: SessionTimerConfig,
+    pub last_proof: i64,
+    pub refreshes: u32,
+    pub update_refused: bool,
+    pub refresh_at: Option<i64>,
+    pub retry_at: Option<i64>,
+    pub expiry_at: Option<i64>,
+    /// A refresh of Vigil's was waiting for its answer.
+    pub in_flight: bool,
+}
+
+impl SessionLeg {
+    /// What the state store keeps of this timer.
+    pub fn save(&self, timeline: &Timeline) -> SavedSession {
+        let at = |timer| self.timers.get(timer).map(|t| timeline.offset(t));
+        SavedSession {
+            interval: self.agreed.interval,
+            vigil_refreshes: self.agreed.refresher == Refresher::Vigil,
+            peer_supports: self.agreed.peer_supports,
+            config: self.config,
+            last_proof: timeline.offset(self.last_proof),
+            refreshes: self.refreshes,
+            update_refused: self.update_refused,
+            refresh_at: at(LegTimer::Refresh),
+            retry_at: at(LegTimer::Retry),
+            expiry_at: at(LegTimer::Expiry),
+            in_flight: self.in_flight.is_some(),
+        }
+    }
+
+    /// The timer back from the store at `now`. A refresh that was on its way
+    /// lost its transaction with the process: it goes again at once. A
+    /// session that expired meanwhile only expires (nothing is refreshed
+    /// first), at its own deadline.
+    pub fn restore(now: Instant, saved: &SavedSession, timeline: &Timeline) -> SessionLeg {
+        let mut timers = LegTimers::default();
+        let mut set = |timer, at: Option<i64>| {
+            if let Some(at) = at {
+                timers.set(timer, timeline.instant(at));
+            }
+        };
+        set(LegTimer::Refresh, saved.refresh_at);
+        set(LegTimer::Retry, saved.retry_at);
+        set(LegTimer::Expiry, saved.expiry_at);
+        if saved.in_flight {
+            timers.set(LegTimer::Retry, now);
+        }
+        if timers.get(LegTimer::Expiry).is_some_and(|at| at <= now) {
+            timers.clear(LegTimer::Refresh);
+            timers.clear(LegTimer::Retry);
+        }
+        SessionLeg {
+            agreed: Agreed {
+                interval: saved.interval,
+                refresher: if saved.vigil_refreshes {
+                    Refresher::Vigil
+                } else {
+                    Refresher::Peer
+                },
+                peer_supports: saved.peer_supports,
+            },
+            config: saved.config,
+            last_proof: timeline.instant(saved.last_proof),
+            refreshes: saved.refreshes,
+            in_flight: None,
+            update_refused: saved.update_refused,
+            retried_422: false,
+            timers,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -242,7 +324,10 @@ mod tests {
                     assert_eq!(due, at, "a refresh reports when it was due");
                     "refresh"
                 }
-                LegEvent::Expired => "expired",
+                LegEvent::Expired { at: expired } => {
+                    assert_eq!(expired, at, "an expiry reports when it was due");
+                    "expired"
+                }
             };
             ((at - t0).as_secs(), what)
         })

@@ -6,7 +6,7 @@
 pub mod leg;
 pub mod negotiate;
 
-pub use leg::{LegEvent, RefreshKind, SessionLeg};
+pub use leg::{LegEvent, RefreshKind, SavedSession, SessionLeg};
 pub use negotiate::{Agreed, UasOutcome};
 /// Who refreshes a leg's session: the policy API's type, which hooks see as is.
 pub use vigil_plugin_api::Refresher;

@@ -105,6 +105,12 @@ pub struct ClientTxId(u64);
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct ServerTxId(u64);
 
+impl ServerTxId {
+    /// No transaction: what a call restored from the state store holds for
+    /// the INVITE it was answered on (long gone with the old process).
+    pub const GONE: ServerTxId = ServerTxId(u64::MAX);
+}
+
 /// What the layer tells its user, besides the direct results of `receive_*`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum TxEvent<O> {

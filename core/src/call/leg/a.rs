@@ -110,6 +110,36 @@ impl ALeg {
         }
     }
 
+    /// A confirmed A leg back from the state store.
+    pub fn restore(leg: CallLeg) -> ALeg {
+        let texts = leg.dialog().map(|d| {
+            (
+                Box::from(d.call_id()),
+                Box::from(d.remote_tag()),
+                Box::from(d.local_tag()),
+            )
+        });
+        let (call_id, from_tag, local_tag) = texts.unwrap_or_default();
+        let negotiated = leg
+            .session()
+            .map_or(UasOutcome::NoTimer, |s| UasOutcome::Timer(s.agreed()));
+        ALeg {
+            leg,
+            state: AState::Confirmed,
+            invite: None,
+            invite_tx: ServerTxId::GONE,
+            call_id,
+            from_tag,
+            local_tag,
+            negotiated,
+            bye_after_ack: false,
+            // Confirmed: nothing provisional is left to acknowledge.
+            reliable: None,
+            answered: true,
+            early: None,
+        }
+    }
+
     pub fn call_id(&self) -> &str {
         &self.call_id
     }

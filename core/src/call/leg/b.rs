@@ -244,6 +244,32 @@ impl BLeg {
         true
     }
 
+    /// A confirmed B leg back from the state store.
+    pub fn restore(leg: CallLeg) -> BLeg {
+        let call_id = leg
+            .dialog()
+            .map_or_else(Box::default, |d| d.call_id().into());
+        let offered = leg
+            .session()
+            .map_or(leg.timer_config().ttl, |s| s.agreed().interval);
+        BLeg {
+            leg,
+            state: BState::Confirmed,
+            invite: None,
+            call_id,
+            invite_tx: None,
+            invite_seq: 1,
+            offered,
+            retried_422: false,
+            cancel_pending: false,
+            invite_timeout: None,
+            timers: BTimers::default(),
+            // Confirmed: its provisionals are long acknowledged.
+            prack: PrackMode::default(),
+            reliable: None,
+        }
+    }
+
     pub fn call_id(&self) -> &str {
         &self.call_id
     }

@@ -23,6 +23,7 @@ pub use a::{ALeg, AState, CallerPrack};
 pub use b::{BIdentity, BLeg, BState, BTimeout, ReliableIncoming};
 
 use super::build::Body;
+use super::persist::{SavedBody, SavedLeg};
 use super::{CallKey, Env, Purpose, TxOwner};
 use crate::config::SessionTimerConfig;
 use crate::config::TrunkAuth;
@@ -34,6 +35,7 @@ use crate::session_timer::negotiate::{
 };
 use crate::session_timer::{LegEvent, RefreshKind, SessionLeg, UasOutcome};
 use crate::sip::{ALLOWED_METHODS, HeaderName, Headers, Method, Request, Response, SipUri, Via};
+use crate::timer::Timeline;
 use crate::timer_table;
 use crate::transaction::{Path, ServerTxId};
 use crate::uplink::auth::{authorize, is_challenge};
@@ -113,6 +115,49 @@ pub struct CallLeg {
 }
 
 impl CallLeg {
+    /// What the state store keeps of this leg (an established one).
+    pub fn save(&self, timeline: &Timeline) -> SavedLeg {
+        SavedLeg {
+            local: self.path.local,
+            remote: self.path.remote,
+            proto: self.path.proto,
+            advertised: self.advertised,
+            dialog: self.dialog.as_ref().map(Dialog::save).unwrap_or_default(),
+            timer: self.timer,
+            session: self.session.as_ref().map(|s| s.save(timeline)),
+            allows_update: self.allows_update,
+            local_body: self.local_body.as_ref().map(SavedBody::of),
+            remote_body: self.remote_body.as_ref().map(SavedBody::of),
+        }
+    }
+
+    /// The leg back from the store, at `now`.
+    pub fn restore(
+        call: CallKey,
+        side: Leg,
+        saved: &SavedLeg,
+        now: Instant,
+        timeline: &Timeline,
+        auth: Option<Arc<TrunkAuth>>,
+    ) -> CallLeg {
+        let path = Path {
+            local: saved.local,
+            remote: saved.remote,
+            proto: saved.proto,
+        };
+        let mut leg = CallLeg::new(call, side, path, saved.advertised, saved.timer);
+        leg.dialog = Some(Dialog::restore(saved.dialog.clone()));
+        leg.session = saved
+            .session
+            .as_ref()
+            .map(|s| SessionLeg::restore(now, s, timeline));
+        leg.allows_update = saved.allows_update;
+        leg.local_body = saved.local_body.as_ref().map(SavedBody::body);
+        leg.remote_body = saved.remote_body.as_ref().map(SavedBody::body);
+        leg.set_auth(auth);
+        leg
+    }
+
     pub fn new(
         call: CallKey,
         side: Leg,

@@ -8,6 +8,7 @@ mod media;
 mod policies;
 mod reliable_provisionals;
 mod resources;
+mod restore;
 mod session_timers;
 mod trunk_auth;
 mod uplink;
