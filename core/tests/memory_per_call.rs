@@ -44,8 +44,12 @@ static ALLOCATOR: Counting = Counting;
 
 const CALLS: usize = 1_000;
 /// Heap bytes a confirmed call may keep (the struct, both dialogs, both SDPs, the
-/// session timers, index entries).
-const BUDGET_PER_CALL: isize = 3 * 1024;
+/// session timers, index entries). 3 KiB until issues 20 to 22 added 12 bytes
+/// net (the reliable-provisional state of each leg and the A leg's early
+/// dialog, boxed and empty in an established call; the CDR's id; the state
+/// store's fingerprint of what it last saved): 3,084 bytes measured, so the
+/// budget is 3 KiB and a cache line.
+const BUDGET_PER_CALL: isize = 3 * 1024 + 64;
 
 const SDP: &str = "v=0\r\no=user1 53655765 2353687637 IN IP4 127.0.0.2\r\ns=-\r\nc=IN IP4 127.0.0.2\r\nt=0 0\r\nm=audio 6000 RTP/AVP 0\r\na=rtpmap:0 PCMU/8000\r\n";
 
