@@ -72,6 +72,33 @@ fn wait_state(vigil: &Vigil, state: &str) -> serde_json::Value {
     );
 }
 
+/// A caller of the carrier's (sipp at `ip`) dialling the AOR through
+/// `carrier`: one call, hung up after half a second.
+fn carrier_caller(name: &str, ip: String, carrier: SocketAddr) -> Sipp {
+    Sipp::spawn(
+        name,
+        &[
+            "-sn",
+            "uac",
+            "-i",
+            &ip,
+            "-p",
+            "5062",
+            "-s",
+            "4930",
+            "-m",
+            "1",
+            "-d",
+            "500",
+            "-timeout",
+            "30s",
+            "-timeout_error",
+            &carrier.to_string(),
+        ]
+        .map(String::from),
+    )
+}
+
 /// What the carrier answers a request for the AOR: relayed to the registered
 /// contact (Vigil answers OPTIONS 200), or 404 with no one registered.
 fn carrier_reaches_vigil() -> Option<u16> {
@@ -114,27 +141,10 @@ fn vigil_registers_with_kamailio_and_takes_the_calls_it_sends() {
     // A caller of the carrier's dials the AOR: Kamailio looks it up and
     // relays the call to Vigil, which routes it to the office's sipp.
     let office = callee(net, None, &[]);
-    let caller = Sipp::spawn(
+    let caller = carrier_caller(
         "carrier-caller",
-        &[
-            "-sn",
-            "uac",
-            "-i",
-            &format!("127.0.{NET}.5"),
-            "-p",
-            "5062",
-            "-s",
-            "4930",
-            "-m",
-            "1",
-            "-d",
-            "500",
-            "-timeout",
-            "30s",
-            "-timeout_error",
-            &format!("{}:5070", carrier_ip()),
-        ]
-        .map(String::from),
+        format!("127.0.{NET}.5"),
+        SocketAddr::new(carrier_ip(), 5070),
     );
     caller.expect_success(Duration::from_secs(30));
     office.stop();
@@ -218,27 +228,10 @@ fn vigil_registers_over_tcp_and_takes_the_call_over_tcp() {
     );
 
     let office = callee(net, None, &[]);
-    let caller = Sipp::spawn(
+    let caller = carrier_caller(
         "carrier-caller-tcp",
-        &[
-            "-sn",
-            "uac",
-            "-i",
-            &format!("127.0.{}.5", NET + 2),
-            "-p",
-            "5062",
-            "-s",
-            "4930",
-            "-m",
-            "1",
-            "-d",
-            "500",
-            "-timeout",
-            "30s",
-            "-timeout_error",
-            &carrier.to_string(),
-        ]
-        .map(String::from),
+        format!("127.0.{}.5", NET + 2),
+        carrier,
     );
     caller.expect_success(Duration::from_secs(30));
     office.stop();
