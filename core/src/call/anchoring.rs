@@ -206,7 +206,10 @@ impl Call {
                         if let Some(body) = with_sdp(original.as_ref(), sdp) {
                             replace_body(&mut request.headers, &mut request.body, &body);
                         }
-                        self.relay_now(now, from, tx, request, Some(negotiated), env);
+                        match negotiated {
+                            Some(_) => self.relay_now(now, from, tx, request, negotiated, env),
+                            None => self.send_early_update(now, from, tx, request, env),
+                        }
                         if let Some(original) = original {
                             self.leg_mut(from).set_remote_body(original);
                         }
@@ -433,15 +436,16 @@ impl Call {
         None
     }
 
-    /// A re-INVITE's or UPDATE's new offer from `from`: through rtpengine
-    /// before it is relayed. Hands the request back when it may go as it is.
+    /// A re-INVITE's or UPDATE's new offer from `from` (`negotiated`:
+    /// `None` for an UPDATE in the early dialog): through rtpengine before
+    /// it is relayed. Hands the request back when it may go as it is.
     pub(super) fn reoffer(
         &mut self,
         now: Instant,
         from: Leg,
         tx: ServerTxId,
         request: Request,
-        negotiated: UasOutcome,
+        negotiated: Option<UasOutcome>,
         env: &mut Env<'_>,
     ) -> Option<(ServerTxId, Request)> {
         let relayed = self.media.as_ref().is_some_and(|m| m.engine.is_some());

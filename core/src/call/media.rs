@@ -185,7 +185,10 @@ pub struct Reoffer {
     pub from: Leg,
     pub tx: ServerTxId,
     pub request: Request,
-    pub negotiated: UasOutcome,
+    /// The session timer the sender's leg agreed, for an in-dialog offer;
+    /// `None` for an UPDATE in the early dialog (no session before the
+    /// answer).
+    pub negotiated: Option<UasOutcome>,
 }
 
 /// rtpengine's side of one call.

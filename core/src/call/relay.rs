@@ -103,7 +103,9 @@ impl Call {
         let Some(negotiated_offer) = negotiated else {
             return self.relay_now(now, from, tx, request, None, env);
         };
-        if let Some((tx, request)) = self.reoffer(now, from, tx, request, negotiated_offer, env) {
+        if let Some((tx, request)) =
+            self.reoffer(now, from, tx, request, Some(negotiated_offer), env)
+        {
             self.relay_now(now, from, tx, request, negotiated, env);
         }
     }
@@ -189,17 +191,32 @@ impl Call {
             Some(_) => return reply(env, Reply::new(491)),
             None => {}
         }
+        // A relayed call's new offer is anchored like one after the answer.
+        if let Some((tx, request)) = self.reoffer(now, from, tx, request, None, env) {
+            self.send_early_update(now, from, tx, request, env);
+        }
+    }
+
+    /// Sends the copy of an early UPDATE (its SDP already rtpengine's, if
+    /// relayed) in the other leg's early dialog.
+    pub(super) fn send_early_update(
+        &mut self,
+        now: Instant,
+        from: Leg,
+        tx: ServerTxId,
+        request: Request,
+        env: &mut Env<'_>,
+    ) {
         let copy = match from.other() {
             Leg::A => self.a.early_request(Method::Update, env),
             Leg::B => self.b.early_request(Method::Update, env),
         };
         let Some((mut copy, path)) = copy else {
-            return reply(
-                env,
-                Reply::new(500)
-                    .reason("Other Leg Not Connected")
-                    .retry_after(1),
-            );
+            let refusal = Reply::new(500)
+                .reason("Other Leg Not Connected")
+                .retry_after(1)
+                .to(&request, None, &env.settings.user_agent);
+            return env.tx.respond(now, tx, refusal);
         };
         relay_request_payload(&request, &mut copy);
         if !request.body.is_empty() {

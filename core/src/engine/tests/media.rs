@@ -613,3 +613,61 @@ fn a_call_rtpengine_forgot_is_dead_media() {
     assert_eq!(h.cdrs[0].end_reason, EndReason::MediaTimeout);
     assert_eq!(h.cdrs[0].media, None);
 }
+
+/// An UPDATE in the early dialog of a relayed call (RFC 3311 §5.1: codecs
+/// or ports change before the answer) is anchored like one after the
+/// answer: its offer and the answer to it go through rtpengine, so neither
+/// side ever sees the other's address.
+#[test]
+fn an_early_update_of_a_relayed_call_goes_through_rtpengine_both_ways() {
+    let mut h = Harness::relayed("");
+    h.caller_sends(&invite("eu-1", "0049301234", SDP));
+    assert_eq!(h.statuses(CALLER), vec![100]);
+    let offer = h.one_ng("offer");
+    h.ng_reply(&offer, &sdp_reply(SDP_TO_CALLEE));
+    let b = h.take_one_request(CALLEE, Method::Invite);
+    // Early media: the 183's SDP is anchored.
+    h.callee_sends(&answer(&b, 183, "callee-tag", CALLEE_SDP));
+    let early = h.one_ng("answer");
+    h.ng_reply(&early, &sdp_reply(SDP_TO_CALLER));
+    let r = h.responses(CALLER);
+    assert_eq!(
+        (r[0].status, r[0].body.as_slice()),
+        (183, SDP_TO_CALLER.as_bytes())
+    );
+    // The callee moves its media before answering.
+    let moved = CALLEE_SDP.replace("5000", "5100");
+    h.callee_sends(&callee_in_dialog_with("UPDATE", 2, &b, "eu-up", &moved));
+    assert!(
+        h.take(CALLER).is_empty(),
+        "the early UPDATE waits for rtpengine"
+    );
+    let reoffer = h.one_ng("offer");
+    let callee_tag = b.from.tag().unwrap_or_default().to_string();
+    assert_eq!(reoffer.str("from-tag"), callee_tag);
+    assert_eq!(reoffer.str("sdp"), moved);
+    let rewritten = SDP_TO_CALLER.replace("30002", "30004");
+    h.ng_reply(&reoffer, &sdp_reply(&rewritten));
+    let update = h.take_one_request(CALLER, Method::Update);
+    assert_eq!(
+        update.body,
+        rewritten.as_bytes(),
+        "the caller sees rtpengine"
+    );
+    // The caller's answer goes back through rtpengine too.
+    let mut ok = update.response(200);
+    ok.headers
+        .push(HeaderName::Contact, "<sip:1001@127.0.0.2:5061>");
+    ok.headers.push(HeaderName::ContentType, "application/sdp");
+    ok.body = SDP.as_bytes().to_vec();
+    h.caller_sends(&String::from_utf8(ok.encode()).expect("utf8"));
+    assert!(h.take(CALLEE).is_empty(), "the 200 waits for rtpengine");
+    let reanswer = h.one_ng("answer");
+    assert_eq!(reanswer.str("sdp"), SDP);
+    h.ng_reply(&reanswer, &sdp_reply(SDP_TO_CALLEE));
+    let r = h.responses(CALLEE);
+    assert_eq!(
+        (r[0].status, r[0].cseq.method.clone(), r[0].body.as_slice()),
+        (200, Method::Update, SDP_TO_CALLEE.as_bytes())
+    );
+}
