@@ -15,6 +15,10 @@
 //! - a late offer, and a re-INVITE that moves the callee's media;
 //! - a resumed call whose media then dies is ended as any other; so is a
 //!   call whose dead media rtpengine's own `--timeout` deleted first;
+//! - a relayed call outlives a `kill -9` of Vigil (issue 21): the restarted
+//!   Vigil keeps looking at its media through the same rtpengine session,
+//!   and its end deletes that session and bills its totals from both
+//!   processes' time;
 //! - rtpengine killed under calls: they go on and end with their CDRs, a
 //!   new call gets `on_failure` (503, or no relay), and a restarted
 //!   rtpengine takes calls again; a stalled rtpengine and a caller who
@@ -28,8 +32,8 @@
 //! After each test, rtpengine holds no call and no worker waits for it.
 //!
 //! Every address in every SDP is loopback. Each test has its own network
-//! (127.0.160–175.0/24), ng port (23100–23115) and 50 of rtpengine's media
-//! ports (31200–31999), so they run in parallel. Timeouts are generous: the tests
+//! (127.0.160–177.0/24), ng port (23100–23117) and 50 of rtpengine's media
+//! ports (31200–31999, 32400–32449), so they run in parallel. Timeouts are generous: the tests
 //! assert behaviour, not speed, on a busy 2-core machine.
 
 mod support;
@@ -89,6 +93,8 @@ impl Relay {
             Rtpengine::start_with_timeout(engine_dir.path(), 1, ng_port, ports, engine_timeout);
         let metrics = SocketAddr::new(net.vigil, 9090);
         let dir = tempfile::tempdir().expect("vigil dir");
+        // `{dir}` names Vigil's directory (the state store's file).
+        let media_keys = media_keys.replace("{dir}", &dir.path().display().to_string());
         let extra = format!(
             "metrics: {{ listen: \"{metrics}\" }}\nmedia:\n  rtpengines: [\"udp:{}\"]\n  ping_interval: 1\n{media_keys}",
             engine.ng
@@ -129,6 +135,20 @@ impl Relay {
             );
             std::thread::sleep(Duration::from_millis(200));
         }
+    }
+
+    /// Kills Vigil with SIGKILL and starts it again `down_for` later on
+    /// the same directory (its config and state store); waits until it
+    /// sees rtpengine up.
+    fn kill_and_restart_vigil(self, net: Net, down_for: Duration) -> Relay {
+        let dir = self.vigil.kill_hard();
+        std::thread::sleep(down_for);
+        let relay = Relay {
+            vigil: Vigil::restart(net, dir),
+            ..self
+        };
+        relay.wait_engine(true);
+        relay
     }
 
     /// Restarts a killed rtpengine on the same ports.
@@ -500,6 +520,21 @@ impl Drop for Ear {
     }
 }
 
+/// The test's socket is a phone (port 7000 of the caller's address) that
+/// calls through sipp (`uac_media_elsewhere.xml`, hanging up after `ms`)
+/// a sipp callee echoing its RTP.
+fn phone_calls_echo(net: Net, ms: &str) -> (Ear, Sipp, Sipp) {
+    let phone = Ear::bind(SocketAddr::new(net.caller, 7000), false);
+    let uas = sipp_callee(net, "uas_rtp.xml", &["-m", "1", "-rtp_echo"]);
+    let uac = sipp_caller(
+        net,
+        CALLER_PORT,
+        &scenario("uac_media_elsewhere.xml"),
+        &["-d", ms, "-set", "rtp_port", "7000"],
+    );
+    (phone, uas, uac)
+}
+
 /// RTP's SSRC.
 fn ssrc(packet: &[u8]) -> u32 {
     u32::from_be_bytes([packet[8], packet[9], packet[10], packet[11]])
@@ -514,14 +549,7 @@ fn ssrc(packet: &[u8]) -> u32 {
 fn media_flows_through_rtpengine_both_ways() {
     let net = Net::new(160);
     let relay = Relay::start(net, 23100, 31200..=31249, "");
-    let phone = Ear::bind(SocketAddr::new(net.caller, 7000), false);
-    let uas = sipp_callee(net, "uas_rtp.xml", &["-m", "1", "-rtp_echo"]);
-    let uac = sipp_caller(
-        net,
-        CALLER_PORT,
-        &scenario("uac_media_elsewhere.xml"),
-        &["-d", "15000", "-set", "rtp_port", "7000"],
-    );
+    let (phone, uas, uac) = phone_calls_echo(net, "15000");
 
     // What each leg's SDP names, as the operator sees it: the peers' own
     // addresses, and rtpengine's (two ports of its range) given to them.
@@ -1035,6 +1063,96 @@ fn a_resumed_call_whose_media_dies_is_ended() {
     let cdrs = relay.cdrs(1);
     assert_eq!(cdrs[0]["end_reason"], "media-timeout", "{}", cdrs[0]);
     relay.assert_idle();
+}
+
+/// A relayed call outlives Vigil (issue 21): the state store keeps it with
+/// its rtpengine session, Vigil is killed with SIGKILL while the phone
+/// talks and started again. rtpengine kept relaying meanwhile; the new
+/// process looks at the call's media (4 s timeout, so it looks several
+/// times) and, the media being alive, leaves the call be until the caller
+/// hangs up. The end deletes the call from rtpengine, and the CDR has
+/// rtpengine's totals for the whole call, from before and after the kill.
+#[test]
+fn a_relayed_call_outlives_a_kill_and_a_restart_of_vigil() {
+    let net = Net::new(177);
+    let relay = Relay::start(
+        net,
+        23117,
+        32400..=32449,
+        "  timeout: 4\n  timeout_mode: either\n  allow_short_intervals: true\nstate: { path: \"{dir}/calls.db\" }\n",
+    );
+    let (phone, uas, uac) = phone_calls_echo(net, "14000");
+    let call = relay.answered_call(|_| true);
+    let to_engine = stream_addr(&call["a_media"]["local"][0]);
+
+    // The phone talks every 20 ms until the call is over.
+    let talking = Arc::new(AtomicBool::new(true));
+    let talker = {
+        let (socket, talking) = (phone.socket.try_clone().expect("clone"), talking.clone());
+        std::thread::spawn(move || {
+            let mut sent = 0u64;
+            for packet in g711a_packets().iter().cycle() {
+                if !talking.load(Ordering::Relaxed) || sent >= 1_500 {
+                    break;
+                }
+                let _ = socket.send_to(packet, to_engine);
+                sent += 1;
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            sent
+        })
+    };
+    let started = Instant::now();
+    phone.wait_for(50, started, "the echo before the kill");
+
+    // The call is in the store; Vigil dies and comes back within a second.
+    wait_saved(&relay.vigil, 1);
+    let relay = relay.kill_and_restart_vigil(net, Duration::from_millis(500));
+    phone.wait_for(50, Instant::now(), "the echo after the restart");
+
+    let uac = uac.expect_success(SIPP_LIMIT);
+    uas.expect_success(SIPP_LIMIT);
+    talking.store(false, Ordering::Relaxed);
+    let sent = talker.join().expect("talker");
+    let caller_log = traced(&uac.messages);
+    assert!(
+        !caller_log.iter().any(|m| m.received && m.is_request("BYE")),
+        "live media: Vigil did not hang up"
+    );
+    let cdrs = relay.cdrs(1);
+    let cdr = &cdrs[0];
+    assert_eq!(cdr["end_reason"], "caller-bye", "{cdr}");
+    let (to_callee, _) = flow(cdr, "caller_to_callee");
+    let (to_caller, _) = flow(cdr, "callee_to_caller");
+    // About 14 s of a packet every 20 ms, most of it after the restart:
+    // the totals are the whole call's, from the one rtpengine session.
+    assert!(
+        to_callee >= 500 && to_callee <= sent && to_caller >= 500,
+        "{sent} sent; {cdr}"
+    );
+    let log = relay.vigil.log();
+    assert!(log.contains("calls resumed from the state store"), "{log}");
+    relay.assert_idle();
+}
+
+/// Waits (at most 10 s) until the state store holds `calls` calls, as
+/// `vigil ctl status` says.
+fn wait_saved(vigil: &Vigil, calls: u64) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (ok, stdout, stderr) = vigil.ctl(&["status"]);
+        assert!(ok, "vigil ctl status: {stderr}");
+        let status: serde_json::Value = serde_json::from_str(&stdout).expect("status json");
+        if status["state"]["calls"] == calls {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the store holds {} calls, want {calls}",
+            status["state"]
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }
 
 /// rtpengine stalls (SIGSTOP) as a call starts, and the caller cancels

@@ -48,7 +48,7 @@ pub use crate::policy::Leg;
 pub use env::{CallKey, CallSettings, Env, Purpose, TxOwner};
 pub use failover::{AttemptEnd, Failover, outbound_to};
 use leg::{ALeg, AState, BIdentity, BLeg, BState, BTimeout, CallLeg, LegTimeout};
-pub use persist::{Restore, SavedBody, SavedCall, SavedLeg};
+pub use persist::{Restore, SavedBody, SavedCall, SavedLeg, SavedMedia};
 use relay::Relays;
 pub use snapshot::{CallSnapshot, LegMedia, LegTimerSnapshot};
 

@@ -6,9 +6,13 @@
 //! route set, remote target, CSeqs), each leg's last SDP each way, each
 //! leg's session timer with its deadlines as absolute times (see
 //! [`Timeline`]), the call's maximum duration, and the CDR so far (its id,
-//! start, answer, trunks, the gateways tried). Transactions in flight are
-//! not: a refresh that was on its way goes again at once, and a peer
-//! retransmits what it had sent.
+//! start, answer, trunks, the gateways tried), and for a relayed call which
+//! rtpengine holds its media and how it is being watched ([`SavedMedia`]):
+//! rtpengine keeps the call while Vigil restarts, so the restored call's
+//! SDP still goes through it, its media is still looked at, and its end
+//! still frees rtpengine's ports and bills what the media carried.
+//! Transactions in flight are not: a refresh that was on its way goes again
+//! at once, and a peer retransmits what it had sent.
 //!
 //! A call knows when it has changed in a way worth saving
 //! ([`Call::save_fingerprint`]): an answer, a refresh (its deadlines move), a
@@ -18,15 +22,17 @@
 use std::hash::{Hash, Hasher};
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant, SystemTime};
 
 use super::build::Body;
 use super::leg::{ALeg, AState, BLeg, BState, CallLeg};
+use super::media::MediaSession;
 use super::relay::Relays;
 use super::{Call, CallKey, CallTimer, CallTimers, Leg, Parties};
 use crate::cdr::Attempt;
 use crate::config::{SessionTimerConfig, TrunkAuth};
 use crate::dialog::SavedDialog;
+use crate::media::{EngineId, NgClient};
 use crate::session_timer::SavedSession;
 use crate::sip::{HeaderName, Protocol};
 use crate::timer::{Scheduled, Timeline};
@@ -53,6 +59,63 @@ pub struct SavedCall {
     pub attempts: Vec<Attempt>,
     pub a: SavedLeg,
     pub b: SavedLeg,
+    /// A relayed call's rtpengine side (absent in what earlier versions
+    /// saved: those calls resume unrelayed).
+    #[serde(default)]
+    pub media: Option<SavedMedia>,
+}
+
+/// What a relayed call knows of its rtpengine session. rtpengine knows the
+/// call by the caller's Call-ID and From tag (in the A leg's dialog) and by
+/// `callee_tag`.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct SavedMedia {
+    /// The ng address of the rtpengine that holds the call (`None`: none
+    /// took it).
+    pub engine: Option<SocketAddr>,
+    pub callee_tag: String,
+    pub caller_offered: bool,
+    pub on_hold: bool,
+    /// Since when silence counts against the call, and when its media is
+    /// next looked at (offsets, like every instant here).
+    pub silence_from: Option<i64>,
+    pub check_at: Option<i64>,
+    /// The latest packet a look saw, milliseconds since the Unix epoch.
+    pub heard_at_ms: Option<u64>,
+}
+
+impl SavedMedia {
+    fn of(m: &MediaSession, timeline: &Timeline, engines: Option<&NgClient>) -> SavedMedia {
+        SavedMedia {
+            engine: m
+                .engine
+                .and_then(|id| engines.and_then(|c| c.engine_addr(id))),
+            callee_tag: m.callee_tag.to_string(),
+            caller_offered: m.caller_offered,
+            on_hold: m.on_hold,
+            silence_from: m.silence_from.map(|at| timeline.offset(at)),
+            check_at: m.check_at.map(|at| timeline.offset(at)),
+            heard_at_ms: m.heard_at.and_then(|t| {
+                let ms = t.duration_since(SystemTime::UNIX_EPOCH).ok()?.as_millis();
+                u64::try_from(ms).ok()
+            }),
+        }
+    }
+
+    /// The session back, held by `engine` (its id in this process's ng
+    /// client). A look that fell due while no process watched the call goes
+    /// at the first timeout.
+    fn session(&self, engine: Option<EngineId>, timeline: &Timeline) -> MediaSession {
+        let mut m = MediaSession::new(&self.callee_tag, self.caller_offered);
+        m.engine = engine;
+        m.on_hold = self.on_hold;
+        m.silence_from = self.silence_from.map(|at| timeline.instant(at));
+        m.check_at = self.check_at.map(|at| timeline.instant(at));
+        m.heard_at = self
+            .heard_at_ms
+            .map(|ms| SystemTime::UNIX_EPOCH + Duration::from_millis(ms));
+        m
+    }
 }
 
 /// One leg of a saved call.
@@ -112,6 +175,11 @@ pub struct Restore<'a> {
     /// The B-leg trunk's `auth` in the config now (its carrier's challenges
     /// to in-dialog requests are answered with it).
     pub auth: Option<Arc<TrunkAuth>>,
+    /// This process relays media (`media:` is configured), and the id of
+    /// the saved rtpengine in its ng client (`None`: not configured now).
+    /// A relayed call restored where nothing relays crosses its SDPs as
+    /// they come.
+    pub relay: Option<Option<EngineId>>,
     pub saved: &'a SavedCall,
 }
 
@@ -146,8 +214,9 @@ impl Call {
         self.saved
     }
 
-    /// The record the store keeps, with instants measured from `now`.
-    pub fn save(&self, now: Instant) -> SavedCall {
+    /// The record the store keeps, with instants measured from `now`;
+    /// `engines` names a relayed call's rtpengine by its address.
+    pub fn save(&self, now: Instant, engines: Option<&NgClient>) -> SavedCall {
         let timeline = Timeline::saving(now);
         let p = &self.parties;
         SavedCall {
@@ -168,6 +237,10 @@ impl Call {
             attempts: self.answered_attempts(),
             a: self.a.leg.save(&timeline),
             b: self.b.leg.save(&timeline),
+            media: self
+                .media
+                .as_deref()
+                .map(|m| SavedMedia::of(m, &timeline, engines)),
         }
     }
 
@@ -200,7 +273,10 @@ impl Call {
             a: ALeg::restore(a),
             b: BLeg::restore(b),
             relays: Relays::default(),
-            media: None,
+            media: match (&s.media, r.relay) {
+                (Some(m), Some(engine)) => Some(Box::new(m.session(engine, &r.timeline))),
+                _ => None,
+            },
             failover: None,
             restored_attempts: attempts,
             timers,

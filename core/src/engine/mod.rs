@@ -447,7 +447,7 @@ impl Engine {
             if let Some(call) = self.calls.get(&key)
                 && call.ending().is_none()
             {
-                let mut saved = call.save(now);
+                let mut saved = call.save(now, self.media.as_ref().map(|m| &m.client));
                 saved.saved_at_ms = wall_ms;
                 return Some(StateChange::Save(Box::new(saved)));
             }
@@ -479,12 +479,14 @@ impl Engine {
             .iter()
             .find(|t| *t.name == *saved.trunk_out)
             .and_then(|t| t.auth.clone());
+        let relay = self.restored_relay(saved);
         let mut call = Call::restore(crate::call::Restore {
             key,
             id,
             now,
             timeline: crate::timer::Timeline::restoring(now, wall_ms, saved.saved_at_ms),
             auth,
+            relay,
             saved,
         });
         call.mark_saved(call.save_fingerprint().unwrap_or(1));
@@ -494,6 +496,22 @@ impl Engine {
         self.metrics.call_placed();
         self.with_call(key, |_, _| {});
         true
+    }
+
+    /// How a saved relayed call's media goes on here: through the same
+    /// rtpengine (which kept the call while no process had it). Said loudly
+    /// when it cannot.
+    fn restored_relay(&self, saved: &SavedCall) -> Option<Option<crate::media::EngineId>> {
+        let media = saved.media.as_ref()?;
+        let Some(relay) = self.media.as_ref() else {
+            tracing::warn!(call_id = %saved.a.dialog.call_id, "a relayed call resumed where no media is relayed (no `media:`): its SDPs cross as they come and its media is not looked at");
+            return None;
+        };
+        let engine = media.engine.and_then(|addr| relay.client.engine_id(addr));
+        if let (Some(addr), None) = (media.engine, engine) {
+            tracing::warn!(call_id = %saved.a.dialog.call_id, rtpengine = %addr, "a relayed call's rtpengine is not in `media.rtpengines`: its next media request goes to another rtpengine, which does not know the call");
+        }
+        Some(engine)
     }
 
     pub fn poll_timeout(&self) -> Option<Instant> {

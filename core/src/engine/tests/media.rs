@@ -69,6 +69,11 @@ impl Harness {
     /// A harness whose carrier trunk is relayed through the test's
     /// rtpengine; `media` adds keys to the `media:` section.
     fn relayed(media: &str) -> Harness {
+        Harness::relayed_with(media, |_| {})
+    }
+
+    /// [`Harness::relayed`] whose other dependencies `wire` sets.
+    fn relayed_with(media: &str, wire: impl FnOnce(&mut EngineDeps)) -> Harness {
         let text = format!(
             "{}media: {{ rtpengines: [\"udp:{RTPENGINE}\"], timeout: 20, allow_short_intervals: true{media} }}\n",
             CONFIG.replace(
@@ -87,6 +92,7 @@ impl Harness {
                 deps.metrics.clone(),
             );
             deps.media = Some(MediaRelay::new(client, media));
+            wire(deps);
         });
         // rtpengine answers its first ping: it is up.
         let ping = h.ng().remove(0);
@@ -176,6 +182,42 @@ impl Harness {
         self.take_one_request(CALLEE, Method::Ack);
         (b, a_tag)
     }
+
+    /// The caller's re-INVITE of a relayed call (CSeq 2) moves its media:
+    /// the offer goes to rtpengine before the callee sees it, and the
+    /// callee's answer before the caller does; ACKed. The offer and the
+    /// answer as rtpengine got them.
+    fn caller_moves_media(&mut self, call_id: &str, a_tag: &str) -> (Ng, Ng) {
+        let moved = SDP.replace("4000", "4100");
+        self.caller_sends(&caller_in_dialog("INVITE", 2, a_tag, call_id, "re", &moved));
+        assert!(
+            self.take(CALLEE).is_empty(),
+            "the re-INVITE waits for rtpengine"
+        );
+        let reoffer = self.one_ng("offer");
+        assert_eq!(
+            (
+                reoffer.str("call-id"),
+                reoffer.str("from-tag"),
+                reoffer.str("sdp")
+            ),
+            (call_id, "caller-tag", moved.as_str())
+        );
+        self.ng_reply(&reoffer, &sdp_reply(SDP_TO_CALLEE));
+        let reinvite = self.take_one_request(CALLEE, Method::Invite);
+        assert_eq!(reinvite.body, SDP_TO_CALLEE.as_bytes());
+        self.callee_sends(&answer(&reinvite, 200, "callee-tag", CALLEE_SDP));
+        let reanswer = self.one_ng("answer");
+        self.ng_reply(&reanswer, &sdp_reply(SDP_TO_CALLER));
+        let ok = self.finals(CALLER);
+        assert_eq!(
+            (ok[0].status, ok[0].body.as_slice()),
+            (200, SDP_TO_CALLER.as_bytes())
+        );
+        self.caller_sends(&caller_in_dialog("ACK", 2, a_tag, call_id, "ack2", ""));
+        self.take(CALLEE);
+        (reoffer, reanswer)
+    }
 }
 
 #[test]
@@ -183,28 +225,7 @@ fn every_sdp_goes_through_rtpengine_and_the_cdr_gets_its_totals() {
     let mut h = Harness::relayed("");
     let (b, a_tag) = h.relayed_call("m-1");
     // The caller's re-INVITE with a new SDP: offered again, then relayed.
-    let moved = SDP.replace("4000", "4100");
-    h.caller_sends(&caller_in_dialog("INVITE", 2, &a_tag, "m-1", "re", &moved));
-    assert!(
-        h.take(CALLEE).is_empty(),
-        "the re-INVITE waits for rtpengine"
-    );
-    let reoffer = h.one_ng("offer");
-    assert_eq!(reoffer.str("from-tag"), "caller-tag");
-    assert_eq!(reoffer.str("sdp"), moved);
-    h.ng_reply(&reoffer, &sdp_reply(SDP_TO_CALLEE));
-    let reinvite = h.take_one_request(CALLEE, Method::Invite);
-    assert_eq!(reinvite.body, SDP_TO_CALLEE.as_bytes());
-    h.callee_sends(&answer(&reinvite, 200, "callee-tag", CALLEE_SDP));
-    let reanswer = h.one_ng("answer");
-    h.ng_reply(&reanswer, &sdp_reply(SDP_TO_CALLER));
-    let ok = h.finals(CALLER);
-    assert_eq!(
-        (ok[0].status, ok[0].body.as_slice()),
-        (200, SDP_TO_CALLER.as_bytes())
-    );
-    h.caller_sends(&caller_in_dialog("ACK", 2, &a_tag, "m-1", "ack2", ""));
-    h.take(CALLEE);
+    h.caller_moves_media("m-1", &a_tag);
     // The caller hangs up: delete, and the CDR waits for its totals.
     h.now += Duration::from_secs(5);
     h.caller_sends(&caller_in_dialog("BYE", 3, &a_tag, "m-1", "bye", ""));
@@ -670,4 +691,95 @@ fn an_early_update_of_a_relayed_call_goes_through_rtpengine_both_ways() {
         (r[0].status, r[0].cseq.method.clone(), r[0].body.as_slice()),
         (200, Method::Update, SDP_TO_CALLEE.as_bytes())
     );
+}
+
+/// A relayed call that outlives the process (issue 21): rtpengine kept the
+/// call while Vigil restarted, so the restored call's media is looked at
+/// when it was due, a re-INVITE's SDP still goes through rtpengine, and
+/// the end deletes the call there and bills what its media carried.
+#[test]
+fn a_relayed_call_resumed_after_a_restart_goes_on_through_the_same_rtpengine() {
+    let persisting = |d: &mut EngineDeps| d.persist = true;
+    let mut first = Harness::relayed_with("", persisting);
+    let (b, a_tag) = first.relayed_call("m-r");
+    let callee_tag = b.from.tag().unwrap_or_default().to_string();
+    let saved = super::restore::saves(&mut first);
+    assert_eq!(saved.len(), 1, "the confirmed call is saved once");
+    let media = saved[0].media.clone().expect("the call is relayed");
+    assert_eq!(
+        (media.engine, media.callee_tag.as_str()),
+        (Some(addr(RTPENGINE)), callee_tag.as_str())
+    );
+    assert_eq!(media.check_at, Some(20_000), "a look 20 s after the answer");
+
+    // Another process (same rtpengine) resumes it 5 s after the save.
+    let mut h = Harness::relayed_with("", persisting);
+    h.now = first.now;
+    assert!(
+        h.engine
+            .restore_call(h.now, super::restore::SAVED_AT + 5_000, &saved[0])
+    );
+    h.advance(Duration::from_secs(14));
+    assert!(h.ng().iter().all(|n| n.command() == "ping"), "not yet");
+    h.advance(Duration::from_secs(1));
+    let query = h.one_ng("query");
+    assert_eq!(query.str("call-id"), "m-r");
+    let recent = h
+        .wall(h.now)
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+        - 2;
+    h.ng_reply(
+        &query,
+        &stats_reply(&[("caller-tag", 100, recent), (&callee_tag, 100, recent)]),
+    );
+    assert!(
+        h.take(CALLER).is_empty() && h.take(CALLEE).is_empty(),
+        "alive"
+    );
+
+    // The caller moves its media: the offer goes to rtpengine first.
+    let (_, reanswer) = h.caller_moves_media("m-r", &a_tag);
+    assert_eq!(reanswer.str("to-tag"), callee_tag);
+
+    // The caller hangs up: rtpengine frees the call and its totals are billed.
+    h.caller_sends(&caller_in_dialog("BYE", 3, &a_tag, "m-r", "bye", ""));
+    assert_eq!(h.statuses(CALLER), vec![200]);
+    h.take_one_request(CALLEE, Method::Bye);
+    let delete = h.one_ng("delete");
+    assert_eq!(delete.str("call-id"), "m-r");
+    h.ng_reply(
+        &delete,
+        &stats_reply(&[("caller-tag", 900, recent), (&callee_tag, 880, recent)]),
+    );
+    assert_eq!(h.cdrs.len(), 1);
+    assert_eq!(h.cdrs[0].id.to_string(), saved[0].id, "the same call");
+    let totals = h.cdrs[0].media.expect("media totals");
+    assert_eq!(
+        (
+            totals.caller_to_callee.packets,
+            totals.callee_to_caller.packets
+        ),
+        (900, 880)
+    );
+    assert_eq!(h.engine.active_calls(), 0);
+}
+
+/// A relayed call saved by a Vigil without `media:` now (the section was
+/// removed before the restart) resumes unrelayed, not lost.
+#[test]
+fn a_relayed_call_resumed_where_nothing_relays_goes_on_unrelayed() {
+    let mut first = Harness::relayed_with("", |d| d.persist = true);
+    let (_, a_tag) = first.relayed_call("m-u");
+    let saved = super::restore::saves(&mut first);
+    let mut h = Harness::with_deps(CONFIG, |d| d.persist = true);
+    h.now = first.now;
+    assert!(
+        h.engine
+            .restore_call(h.now, super::restore::SAVED_AT, &saved[0])
+    );
+    let moved = SDP.replace("4000", "4100");
+    h.caller_sends(&caller_in_dialog("INVITE", 2, &a_tag, "m-u", "re", &moved));
+    let reinvite = h.take_one_request(CALLEE, Method::Invite);
+    assert_eq!(reinvite.body, moved.as_bytes(), "crosses as it came");
 }

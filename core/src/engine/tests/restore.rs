@@ -8,14 +8,14 @@ use super::session_timers::{timed_call, timer_answer};
 use super::*;
 
 /// The wall clock (ms since the epoch) when the first process saved.
-const SAVED_AT: u64 = 1_800_000_000_000;
+pub(super) const SAVED_AT: u64 = 1_800_000_000_000;
 
 fn persisting() -> Harness {
     Harness::with_deps(CONFIG, |d| d.persist = true)
 }
 
 /// Every save the engine has for the store now, through JSON and back.
-fn saves(h: &mut Harness) -> Vec<SavedCall> {
+pub(super) fn saves(h: &mut Harness) -> Vec<SavedCall> {
     let mut out = Vec::new();
     while let Some(change) = h.engine.poll_state(h.now, SAVED_AT) {
         if let StateChange::Save(call) = change {
