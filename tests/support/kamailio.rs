@@ -7,6 +7,7 @@
 //! SIGKILL after 3 s).
 
 use std::net::SocketAddr;
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -98,6 +99,9 @@ impl Kamailio {
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log)
+            // Its own process group: Kamailio forks its workers, and they
+            // must go with it (see `Drop`).
+            .process_group(0)
             .spawn()
             .expect("start kamailio");
         let mut k = Kamailio {
@@ -142,19 +146,25 @@ impl Kamailio {
 }
 
 impl Drop for Kamailio {
+    /// Stops Kamailio's whole process group: SIGTERM, then SIGKILL for
+    /// whatever is left after 3 s. Its main process alone is not enough: a
+    /// Kamailio whose shutdown hung (seen in CI) left its forked workers
+    /// holding the test's address, failing the next run that needs it.
     fn drop(&mut self) {
         if let Some(mut child) = self.child.take() {
-            let _ = Command::new("kill")
-                .args(["-TERM", &child.id().to_string()])
-                .status();
+            let group = format!("-{}", child.id());
+            let _ = Command::new("kill").args(["-TERM", "--", &group]).status();
             let deadline = Instant::now() + Duration::from_secs(3);
             while Instant::now() < deadline {
                 if let Ok(Some(_)) = child.try_wait() {
-                    return;
+                    break;
                 }
                 std::thread::sleep(Duration::from_millis(50));
             }
-            let _ = child.kill();
+            let _ = Command::new("kill")
+                .args(["-KILL", "--", &group])
+                .stderr(Stdio::null())
+                .status();
             let _ = child.wait();
         }
     }
