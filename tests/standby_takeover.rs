@@ -100,6 +100,15 @@ fn the_standby_takes_over_the_calls_of_an_active_killed_during_200_calls() {
                 .contains("standby: another node holds the lease")
         },
     );
+    // An operator (or a health check) tells the standby from a dead node.
+    let waiting = status(&standby);
+    assert_eq!(
+        (&waiting["state"]["role"], &waiting["state"]["state"]),
+        (&"standby".into(), &"ok".into()),
+        "{waiting}"
+    );
+    let (ok, _, err) = standby.ctl(&["calls"]);
+    assert!(!ok && err.contains("standby"), "{err}");
     let (uas, uac) = callers(net, CALLS, "2500");
     std::thread::sleep(Duration::from_secs(6));
     let before = status(&active);
@@ -116,6 +125,8 @@ fn the_standby_takes_over_the_calls_of_an_active_killed_during_200_calls() {
         "the standby resumes the calls",
         || standby.log().contains("calls resumed from the state store"),
     );
+    let after = status(&standby);
+    assert_eq!(after["state"]["role"], "active", "{after}");
     let uac = uac.wait(Duration::from_secs(60));
     assert!(
         uac.status.success(),

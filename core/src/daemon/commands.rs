@@ -62,6 +62,47 @@ pub async fn serve_commands(
     }
 }
 
+/// Answers commands while this node is a standby (with Redis, before it
+/// holds the lease): `status` says so and whether Redis answers (`reach`:
+/// why not); anything else is for the active node, which has the calls.
+pub async fn serve_standby(
+    url: String,
+    reach: watch::Receiver<Option<String>>,
+    mut commands: mpsc::Receiver<(Command, oneshot::Sender<Reply>)>,
+) {
+    #[derive(Serialize)]
+    struct Standby<'a> {
+        backend: &'static str,
+        location: &'a str,
+        role: &'static str,
+        /// `ok` while Redis answers, `failing` while it does not.
+        state: &'static str,
+        last_error: Option<String>,
+    }
+    while let Some((command, reply)) = commands.recv().await {
+        let answer = match command {
+            Command::Status => {
+                let last_error = reach.borrow().clone();
+                json(&serde_json::json!({
+                    "state": Standby {
+                        backend: "redis",
+                        location: &url,
+                        role: "standby",
+                        state: if last_error.is_some() { "failing" } else { "ok" },
+                        last_error,
+                    }
+                }))
+            }
+            other => Reply::error(format!(
+                "this node is a standby: another node holds the lease and serves the calls; \
+                 ask it for `{}`",
+                other.word()
+            )),
+        };
+        let _ = reply.send(answer);
+    }
+}
+
 impl Operator {
     async fn answer(&self, command: Command) -> Reply {
         match command {

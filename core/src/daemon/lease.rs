@@ -17,6 +17,8 @@
 
 use std::time::Duration;
 
+use tokio::sync::watch;
+
 use crate::ratelimit::RateLimit;
 use crate::state::shared::{Lease, Redis, Renewal, SharedError};
 
@@ -29,14 +31,20 @@ pub const POLL: Duration = Duration::from_millis(200);
 /// `vigil run`'s exit code when another node took the lease.
 pub const EXIT_FENCED: u8 = 4;
 
-/// Waits (as a standby) until this node holds the lease.
-pub async fn acquire(url: &str) -> Result<Lease, SharedError> {
+/// Waits (as a standby) until this node holds the lease. `reach` says,
+/// after each try, why Redis could not be asked (`None`: it answered).
+pub async fn acquire(
+    url: &str,
+    reach: &watch::Sender<Option<String>>,
+) -> Result<Lease, SharedError> {
     let node = format!("{}-{:08x}", std::process::id(), rand::random::<u32>());
     let mut lease = Lease::new(Redis::new(url)?, node, TTL);
     let mut said_standby = false;
     let mut errors = RateLimit::new(1, Duration::from_secs(10));
     loop {
-        match lease.try_acquire().await {
+        let tried = lease.try_acquire().await;
+        reach.send_replace(tried.as_ref().err().map(ToString::to_string));
+        match tried {
             Ok(true) => {
                 tracing::info!(
                     node = lease.node(),

@@ -148,7 +148,9 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
     // With Redis, a node is a standby until it holds the lease: it binds
     // nothing and loads no call before then.
     let lease = match &config.state {
-        Some(crate::config::StateConfig::Redis { url }) => Some(lease::acquire(url).await?),
+        Some(crate::config::StateConfig::Redis { url }) => {
+            Some(wait_for_lease(url, &config.control_socket).await?)
+        }
         _ => None,
     };
     let lease_keeper = lease.map(|l| tokio::spawn(lease::keep(l)));
@@ -701,6 +703,39 @@ async fn start_registrar(
     let thread = RegistrarThread::spawn(registrar, store, rx, transport.clone())
         .map_err(DaemonError::RegistrarThread)?;
     Ok((Some(tx), Some(thread), Some((view, auth))))
+}
+
+/// Waits as a standby until this node holds the lease on `url`. Meanwhile
+/// the control socket answers that it is a standby (`vigil ctl status`), so
+/// an operator or a health check can tell a standby from a dead node; the
+/// socket is handed to the active node's commands once the lease is taken.
+async fn wait_for_lease(
+    url: &str,
+    control: &FsPath,
+) -> Result<crate::state::shared::Lease, DaemonError> {
+    let (reach_tx, reach) = latest::channel(None);
+    let (commands_tx, commands) = mpsc::channel(8);
+    let location = url.to_string();
+    let serving = match ControlServer::bind(control, commands_tx) {
+        Ok(server) => Some(tokio::spawn(async move {
+            tokio::join!(
+                server.run(),
+                commands::serve_standby(location, reach, commands)
+            );
+        })),
+        Err(e) => {
+            tracing::error!(error = %e, "no control socket while a standby");
+            None
+        }
+    };
+    let lease = lease::acquire(url, &reach_tx).await;
+    if let Some(task) = serving {
+        // Dropping the server removes its socket file before the active
+        // node's commands bind it again.
+        task.abort();
+        let _ = task.await;
+    }
+    Ok(lease?)
 }
 
 /// Serves `vigil ctl` and `vigil reload` on the control socket. Without it (the
