@@ -1106,7 +1106,7 @@ fn a_relayed_call_outlives_a_kill_and_a_restart_of_vigil() {
     phone.wait_for(50, started, "the echo before the kill");
 
     // The call is in the store; Vigil dies and comes back within a second.
-    wait_saved(&relay.vigil, 1);
+    relay.vigil.wait_saved(1);
     let relay = relay.kill_and_restart_vigil(net, Duration::from_millis(500));
     phone.wait_for(50, Instant::now(), "the echo after the restart");
 
@@ -1133,26 +1133,6 @@ fn a_relayed_call_outlives_a_kill_and_a_restart_of_vigil() {
     let log = relay.vigil.log();
     assert!(log.contains("calls resumed from the state store"), "{log}");
     relay.assert_idle();
-}
-
-/// Waits (at most 10 s) until the state store holds `calls` calls, as
-/// `vigil ctl status` says.
-fn wait_saved(vigil: &Vigil, calls: u64) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let (ok, stdout, stderr) = vigil.ctl(&["status"]);
-        assert!(ok, "vigil ctl status: {stderr}");
-        let status: serde_json::Value = serde_json::from_str(&stdout).expect("status json");
-        if status["state"]["calls"] == calls {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the store holds {} calls, want {calls}",
-            status["state"]
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
 }
 
 /// rtpengine stalls (SIGSTOP) as a call starts, and the caller cancels

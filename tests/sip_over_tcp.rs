@@ -456,3 +456,100 @@ fn a_gateway_whose_connection_closes_is_failed_over_at_once() {
     assert_eq!(attempts[0]["outcome"], "timeout", "{}", stopped.cdrs[0]);
     assert_eq!(attempts[1]["outcome"], "200");
 }
+
+/// A caller on TCP outlives a restart of Vigil (issues 19 and 21): its
+/// connection dies with the process; the phone connects again from another
+/// port (as a phone behind NAT does) and refreshes on the new connection;
+/// when the callee hangs up, Vigil's BYE reaches the caller on that
+/// connection, not at the dead connection's address. (sipp ends a TCP call
+/// when its connection breaks, so the caller is the test's own socket.)
+#[test]
+fn a_tcp_caller_is_reached_on_its_new_connection_after_a_restart() {
+    let net = Net::new(195);
+    let vigil = start(
+        net,
+        "session_timer: { min_se: 2, allow_short_intervals: true }\n\
+         state: { path: \"{dir}/calls.db\" }\n",
+    );
+    let uas = callee(
+        net,
+        Some(&scenario("uas_hangup.xml")),
+        &["-d", "6000", "-m", "1"],
+    );
+    let (c, v) = (net.caller, net.vigil);
+    let request = |phone: &TcpPhone, line: &str, cseq: &str, to: &str, extra: &str, body: &str| {
+        let p = phone.stream.local_addr().expect("local").port();
+        format!(
+            "{line} SIP/2.0\r\nVia: SIP/2.0/TCP {c}:{p};branch=z9hG4bK-tcp-{n};rport\r\n\
+             From: <sip:1001@{c}>;tag=phone\r\nTo: {to}\r\nCall-ID: tcp-restart\r\n\
+             CSeq: {cseq}\r\nContact: <sip:1001@{c}:{p};transport=tcp>\r\nMax-Forwards: 70\r\n\
+             {extra}Content-Length: {len}\r\n\r\n{body}",
+            n = cseq.replace(' ', ""),
+            len = body.len()
+        )
+    };
+    let timer = "Supported: timer\r\nSession-Expires: 10;refresher=uac\r\n";
+    let sdp = format!(
+        "v=0\r\no=- 1 1 IN IP4 {c}\r\ns=-\r\nc=IN IP4 {c}\r\nt=0 0\r\nm=audio 7000 RTP/AVP 0\r\n"
+    );
+    let mut phone = TcpPhone::connect(c, net.vigil_addr());
+    let invite = request(
+        &phone,
+        &format!("INVITE sip:0049301234@{v}"),
+        "1 INVITE",
+        &format!("<sip:0049301234@{v}>"),
+        &format!("{timer}Content-Type: application/sdp\r\n"),
+        &sdp,
+    );
+    phone.send(invite.as_bytes());
+    let ok = phone.response(Duration::from_secs(10));
+    assert_eq!(ok.status, 200);
+    let answered = ok.to.to_string();
+    let target = ok.contact().expect("Contact").uri.to_string();
+    let ack = request(&phone, &format!("ACK {target}"), "1 ACK", &answered, "", "");
+    phone.send(ack.as_bytes());
+
+    // The call is saved; Vigil dies and comes back.
+    vigil.wait_saved(1);
+    let old = phone.stream.local_addr().expect("local");
+    let dir = vigil.kill_hard();
+    std::thread::sleep(Duration::from_millis(500));
+    let vigil = Vigil::restart(net, dir);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !vigil.ctl(&["calls"]).1.contains("tcp-restart") {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the call is not resumed"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
+    // The phone connects again and refreshes on its new connection.
+    let mut phone = TcpPhone::connect(c, net.vigil_addr());
+    assert_ne!(phone.stream.local_addr().expect("local"), old);
+    let refresh = request(
+        &phone,
+        &format!("UPDATE {target}"),
+        "2 UPDATE",
+        &answered,
+        timer,
+        "",
+    );
+    phone.send(refresh.as_bytes());
+    assert_eq!(phone.response(Duration::from_secs(10)).status, 200);
+
+    // The callee hangs up (6 s after its answer): the BYE comes on the
+    // phone's new connection.
+    let bye = phone.request(Duration::from_secs(15));
+    assert_eq!(bye.method, vigil::sip::Method::Bye);
+    phone.send(&bye.response(200).encode());
+    uas.expect_success(Duration::from_secs(30));
+    let stopped = vigil.stop();
+    assert!(stopped.status.success(), "{}", stopped.log);
+    assert_eq!(stopped.cdrs.len(), 1, "{}", stopped.log);
+    assert_eq!(
+        stopped.cdrs[0]["end_reason"], "callee-bye",
+        "{}",
+        stopped.cdrs[0]
+    );
+}

@@ -92,6 +92,25 @@ impl Vigil {
         Vigil::start_with(net, dir, &config)
     }
 
+    /// Waits (at most 10 s) until the state store holds `calls` calls, as
+    /// `vigil ctl status` says.
+    pub fn wait_saved(&self, calls: u64) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let (_, stdout, _) = self.ctl(&["status"]);
+            let status: serde_json::Value = serde_json::from_str(&stdout).unwrap_or_default();
+            if status["state"]["calls"] == calls {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the store holds {} calls, want {calls}",
+                status["state"]
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
     /// Kills the daemon with SIGKILL (no shutdown at all) and returns its
     /// directory, config and all, to start it again.
     pub fn kill_hard(mut self) -> TempDir {

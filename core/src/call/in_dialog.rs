@@ -55,6 +55,9 @@ impl Call {
             reply(env, Reply::new(500).reason("CSeq Out Of Order"));
             return;
         }
+        if let Some(from) = env.tx.reply_path(tx) {
+            self.leg_mut(leg).follow_flow(from);
+        }
         match request.method {
             Method::Bye => {
                 reply(env, Reply::new(200));

@@ -286,6 +286,19 @@ impl CallLeg {
         self.timer = timer;
     }
 
+    /// A request inside the dialog came over `from`. Over TCP or TLS, the
+    /// caller's newest connection is where Vigil reaches it from then on
+    /// (RFC 5626 §4.2's flow, RFC 5923's reuse): the one the leg had may be
+    /// gone — always, after a restart — and a caller behind NAT can only be
+    /// reached on a connection it opened. The B leg keeps the address Vigil
+    /// dialled: a gateway's listening port can always be connected to
+    /// again, an ephemeral port it sent from cannot.
+    pub fn follow_flow(&mut self, from: Path) {
+        if self.side == Leg::A && self.path.proto.is_reliable() && from.proto == self.path.proto {
+            self.path = from;
+        }
+    }
+
     /// Where in-dialog requests go: the remote target (through the route set)
     /// once there is a dialog, else the address the leg started with. Over
     /// TCP or TLS they go on the leg's connection (its flow, RFC 5626): a

@@ -107,6 +107,18 @@ impl Harness {
     }
 
     fn receive_from(&mut self, from: &str, text: &str, admitted: bool) {
+        self.receive_over(from, crate::sip::Protocol::Udp, text, admitted);
+    }
+
+    /// `text` arrives from `from` over `proto` (over TCP or TLS, `from` is
+    /// the connection's far end).
+    fn receive_over(
+        &mut self,
+        from: &str,
+        proto: crate::sip::Protocol,
+        text: &str,
+        admitted: bool,
+    ) {
         let message = decode(text.as_bytes()).unwrap_or_else(|e| panic!("{e}: {text}"));
         self.engine.handle_message(
             self.now,
@@ -114,7 +126,7 @@ impl Harness {
             Path {
                 local: addr(LOCAL),
                 remote: addr(from),
-                proto: crate::sip::Protocol::Udp,
+                proto,
             },
             admitted,
         );

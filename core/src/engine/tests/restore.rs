@@ -220,3 +220,40 @@ fn calls_not_yet_confirmed_are_not_saved_and_nothing_is_saved_without_a_store() 
     connected_call(&mut plain, "rs-6");
     assert!(plain.engine.poll_state(plain.now, SAVED_AT).is_none());
 }
+
+/// Over TCP, the caller's connection died with the first process. A caller
+/// behind NAT connects again and refreshes on its new connection (another
+/// port): Vigil answers there and sends its own requests there from then on
+/// (here the BYE for the callee's hang-up), not to the dead connection's
+/// address, where nothing would take them.
+#[test]
+fn a_caller_on_tcp_is_reached_on_the_connection_it_opened_after_the_restart() {
+    use crate::sip::Protocol;
+    let (first, mut saved, b, a_tag) = saved_call("rs-tcp");
+    saved.a.proto = Protocol::Tcp;
+    let mut h = restarted(&first, &saved, Duration::from_secs(2));
+    const NEW_FLOW: &str = "127.0.0.2:40001";
+    let refresh = caller_in_dialog("UPDATE", 2, &a_tag, "rs-tcp", "upd", "").replace(
+        "Contact:",
+        "Supported: timer\r\nSession-Expires: 90;refresher=uac\r\nContact:",
+    );
+    h.receive_over(NEW_FLOW, Protocol::Tcp, &refresh, true);
+    assert_eq!(
+        h.statuses(NEW_FLOW),
+        vec![200],
+        "answered on its connection"
+    );
+    h.callee_sends(&callee_in_dialog("BYE", 2, &b, "cbye"));
+    assert!(
+        h.sent
+            .iter()
+            .any(|t| t.remote == addr(NEW_FLOW) && t.proto == Protocol::Tcp),
+        "over TCP"
+    );
+    let bye = h.take_one_request(NEW_FLOW, Method::Bye);
+    assert_eq!(bye.call_id, "rs-tcp");
+    assert!(
+        h.take(CALLER).is_empty(),
+        "nothing to the dead connection's address"
+    );
+}
