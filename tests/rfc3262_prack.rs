@@ -38,9 +38,14 @@ fn answered_by_caller_bye(cdr: &serde_json::Value) {
     assert!(cdr["sip_code"].is_null(), "{cdr}");
 }
 
-/// The messages sipp received (its `-trace_msg` log marks each one).
+/// The messages sipp received (its `-trace_msg` log marks each one), each
+/// up to the dashed line that starts the next entry of the log.
 fn received(r: &SippResult) -> Vec<&str> {
-    r.messages.split("message received").skip(1).collect()
+    r.messages
+        .split("message received")
+        .skip(1)
+        .map(|m| m.split("\n-----").next().unwrap_or(m))
+        .collect()
 }
 
 fn count_received(r: &SippResult, start_line: &str) -> usize {
@@ -291,6 +296,39 @@ fn a_relayed_late_offer_answered_in_the_pracks_is_anchored_both_ways() {
         assert!(
             media.contains(&"c=IN IP4 127.0.0.1".to_string()),
             "the {what} names rtpengine: {message}"
+        );
+        assert!(ports.contains(&audio_port(&media)), "the {what}: {message}");
+    }
+}
+
+/// A relayed call whose caller changes codecs with an UPDATE in the early
+/// dialog: the UPDATE's offer and the callee's answer both go through
+/// rtpengine, so the callee sees rtpengine's address in the UPDATE and the
+/// caller sees it in the answer, never each other's.
+#[test]
+fn a_relayed_early_update_is_anchored_both_ways() {
+    let ports = 32340..=32389;
+    let (uac, uas, cdr) = one_relayed_call(
+        Net::new(245),
+        23245,
+        ports.clone(),
+        "uac_prack_update.xml",
+        "uas_100rel_update.xml",
+    );
+    answered_by_caller_bye(&cdr);
+    let update = received(&uas)
+        .into_iter()
+        .find(|m| m.contains("UPDATE sip:"))
+        .expect("the UPDATE reached the callee");
+    let answer = received(&uac)
+        .into_iter()
+        .find(|m| m.contains("SIP/2.0 200") && m.contains("CSeq: 3 UPDATE"))
+        .expect("the UPDATE's answer reached the caller");
+    for (what, message) in [("offer", update), ("answer", answer)] {
+        let media = media_lines(message);
+        assert!(
+            media.contains(&"c=IN IP4 127.0.0.1".to_string()),
+            "the early UPDATE's {what} names rtpengine: {message}"
         );
         assert!(ports.contains(&audio_port(&media)), "the {what}: {message}");
     }
